@@ -1,0 +1,64 @@
+"""What a strategy is: a small unit that turns one plan into a cheaper one, or says why it cannot.
+
+Like Composer's algorithms: `apply` is a pure function of (plan, facts, failure); the class only
+carries its validated parameters. A strategy never touches processes, files or the journal.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from supervisor.classify import Failure
+from supervisor.plan import Facts, Plan
+
+
+@dataclass(frozen=True)
+class Applied:
+    plan: Plan
+    reason: str          # one line a person reads in the morning
+
+
+@dataclass(frozen=True)
+class Skipped:
+    reason: str
+
+
+Outcome = Applied | Skipped
+
+
+class Strategy(ABC):
+    """Subclass, set `name` and `memory`, implement `apply`; register with `@register`."""
+
+    name: ClassVar[str]
+    memory: ClassVar[frozenset[str]] = frozenset({"device"})  # which failures it can help with
+    phases: ClassVar[frozenset[str]] = frozenset({"train"})   # "eval" OOMs only go to eval rungs
+    repeatable: ClassVar[bool] = False  # a rung that can usefully apply again to its own output
+    params: ClassVar[dict[str, type]] = {}  # accepted YAML parameters and their types
+
+    def __init__(self, **params: Any) -> None:
+        from supervisor.errors import StrategyError
+        for key, value in params.items():
+            expected = self.params.get(key)
+            if expected is None:
+                accepted = ", ".join(self.params) or "none"
+                raise StrategyError(f"strategy '{self.name}' has no parameter '{key}' (it accepts: {accepted})")
+            if not isinstance(value, expected) or isinstance(value, bool) and expected is not bool:
+                raise StrategyError(f"strategy '{self.name}': parameter '{key}' must be {expected.__name__}, "
+                                    f"not {value!r}")
+        self.options = params
+        self.validate()
+
+    def validate(self) -> None:
+        """Check parameter values; raise StrategyError with what is accepted."""
+
+    def matches(self, failure: Failure) -> bool:
+        return failure.memory in self.memory and (failure.phase or "train") in self.phases
+
+    @abstractmethod
+    def apply(self, plan: Plan, facts: Facts, failure: Failure) -> Outcome:
+        """The cheaper plan and why, or why this rung does not apply to `plan`."""
+
+    def __repr__(self) -> str:
+        return f"{self.name}({', '.join(f'{k}={v!r}' for k, v in self.options.items())})"

@@ -1,0 +1,35 @@
+"""Full precision to bf16: autocast halves activations; frozen base weights load in bf16 too.
+
+Trainable weights keep fp32 master copies (Trainer's `bf16=True` is mixed precision), so
+optimizer numerics do not change. fp16 is never chosen: it needs loss scaling and overflows
+where bf16 does not, and mixing it with bf16 is the seed note's mistake.
+"""
+
+from __future__ import annotations
+
+from supervisor.plan import Facts, Plan
+
+from strategies.base import Applied, Outcome, Skipped, Strategy
+from strategies.registry import register
+
+
+@register
+class Bf16(Strategy):
+    name = "bf16"
+
+    def apply(self, plan: Plan, facts: Facts, failure) -> Outcome:
+        if plan.precision is None:
+            return Skipped("the program's precision is not known yet (it died before building TrainingArguments)")
+        if facts.bf16_supported is False:
+            return Skipped(f"{facts.device or 'this device'} does not support bf16")
+        load_bf16 = bool(facts.base_frozen) and plan.quantization in (None, "none") and plan.load_dtype == "float32"
+        if plan.precision in ("bf16", "fp16") and not load_bf16:
+            return Skipped(f"training already runs in {plan.precision}")
+        changes, parts = {}, []
+        if plan.precision == "fp32":
+            changes["precision"] = "bf16"
+            parts.append("bf16 autocast halves activation memory")
+        if load_bf16:
+            changes["load_dtype"] = "bfloat16"
+            parts.append("frozen base weights load in bf16, half their fp32 size")
+        return Applied(plan.replace(**changes), "; ".join(parts))

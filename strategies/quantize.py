@@ -1,0 +1,49 @@
+"""Load the frozen base weights quantized through bitsandbytes' `BitsAndBytesConfig`.
+
+Only where the base is frozen (adapters such as LoRA train): quantized weights cannot be
+trained, so quantizing a full fine-tune would silently change what is learned.
+"""
+
+from __future__ import annotations
+
+from supervisor.plan import Facts, Plan
+
+from strategies.base import Applied, Outcome, Skipped, Strategy
+from strategies.registry import register
+
+_BNB_DEVICES = ("cuda", "cpu", "xpu", "hip")
+
+
+class _Quantize(Strategy):
+    level: str
+    why: str
+
+    def apply(self, plan: Plan, facts: Facts, failure) -> Outcome:
+        if plan.quantization in ("int8", "nf4") and _rank(plan.quantization) >= _rank(self.level):
+            return Skipped(f"base weights are already loaded in {plan.quantization}")
+        if facts.base_frozen is None:
+            return Skipped("not known yet whether the base weights are frozen (the program had not built its Trainer)")
+        if not facts.base_frozen:
+            return Skipped("the base weights train: quantized weights cannot, so this rung only applies to "
+                           "adapter training such as LoRA")
+        if facts.device not in _BNB_DEVICES:
+            return Skipped(f"bitsandbytes does not run on {facts.device or 'an unknown device'}")
+        return Applied(plan.replace(quantization=self.level), self.why)
+
+
+def _rank(level: str) -> int:
+    return {"none": 0, "int8": 1, "nf4": 2}[level]
+
+
+@register
+class Int8(_Quantize):
+    name = "int8"
+    level = "int8"
+    why = "frozen base weights load in 8-bit (BitsAndBytesConfig(load_in_8bit=True)): about 1 byte per parameter"
+
+
+@register
+class Nf4(_Quantize):
+    name = "nf4"
+    level = "nf4"
+    why = "frozen base weights load in 4-bit NF4 (BitsAndBytesConfig(load_in_4bit=True)): about 0.5 byte per parameter"

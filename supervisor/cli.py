@@ -1,0 +1,221 @@
+"""`oomladder`: the command line. Bad input is one line on stderr and exit status 2, never a
+traceback; a traceback means a bug in oomladder (exit status 70)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from supervisor import __version__
+from supervisor.errors import RunDirError, UsageError
+
+EXIT_INTERNAL = 70
+
+EXIT_CODES_HELP = """exit status:
+  0    training finished (after recovering, or with nothing to recover from)
+  2    bad input: a flag, size, ladder file, command or run directory; nothing was run
+  3    the worker failed for a reason no memory setting fixes (a bug, an unexplained kill)
+  4    out of memory and no rung of the ladder left
+  5    the attempt budget (--max-attempts) ran out
+  130  interrupted by SIGINT (Ctrl-C); 143 by SIGTERM: run the same command again to continue
+  70   a bug in oomladder itself
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's own two-line usage dump, as one line
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="oomladder", description="Run a training command; on out-of-memory, walk a fallback "
+                     "ladder (bf16, 8-bit, smaller batch with more accumulation, checkpointing, fewer workers) "
+                     "and run it again, keeping the effective batch.", epilog=EXIT_CODES_HELP,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"oomladder {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="{run,report,demo,strategies}", parser_class=_Parser)
+
+    run = sub.add_parser("run", help="run a training command under the supervisor",
+                         usage="oomladder run [options] -- COMMAND ...", epilog=EXIT_CODES_HELP,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    _run_options(run)
+    run.add_argument("command", nargs=argparse.REMAINDER, help="the training command, after --")
+
+    report = sub.add_parser("report", help="show the fallback report of a run directory")
+    report.add_argument("run_dir")
+    report.add_argument("--format", choices=("table", "md", "json"), default="table")
+
+    demo = sub.add_parser("demo", help="the ladder at work on a tiny Llama fine-tune, on the CPU")
+    demo.add_argument("--run-dir", default=None, help="where to keep the demo's run (default: a new folder "
+                      "under ./oomladder-runs)")
+    demo.add_argument("--memory-cap", default=None, help="the emulated device size (default: the demo's own)")
+
+    sub.add_parser("strategies", help="list the strategies a ladder file can name")
+    return parser
+
+
+def _run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ladder", help="a YAML ladder file (default: the ladder shipped with oomladder)")
+    p.add_argument("--memory-cap", metavar="SIZE", help="emulate a device of SIZE (1200MiB, 16GiB, 1.5G): a CUDA "
+                   "memory fraction on a GPU, an address-space limit on the CPU")
+    p.add_argument("--run-dir", metavar="DIR", help="where the journal, logs and report go (default: a new "
+                   "folder under ./oomladder-runs); the same DIR again continues that run")
+    p.add_argument("--max-attempts", type=_positive_int, default=10, metavar="N",
+                   help="stop after N attempts in this invocation (default 10)")
+    p.add_argument("--set", dest="settings", action="append", default=[], metavar="SETTING=VALUE",
+                   help="a starting value for a plan setting, e.g. per_device_train_batch_size=16 (repeatable); "
+                        "needed for {placeholders} in a command that is not a Hugging Face Trainer program")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"it must be 1 or more, not {value}")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(argv)
+        if args.verb == "run":
+            return _run(args)
+        if args.verb == "report":
+            return _report(args)
+        if args.verb == "demo":
+            from supervisor.demo import run_demo
+            return run_demo(args.run_dir, args.memory_cap, _console())
+        if args.verb == "strategies":
+            return _strategies()
+        build_parser().print_help()
+        return 2
+    except UsageError as exc:
+        print(f"oomladder: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("oomladder: interrupted", file=sys.stderr)
+        return 130
+
+
+def _console():
+    from rich.console import Console
+    return Console(stderr=False)
+
+
+def make_run_config(args: argparse.Namespace):
+    """Everything `run` needs, validated before anything starts."""
+    from supervisor.ladder import load_ladder
+    from supervisor.launch import placeholders
+    from supervisor.plan import Plan, coerce_field
+    from supervisor.runner import RunConfig
+    from supervisor.sizes import parse_size
+
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise UsageError("no command to run: put the training command after --, e.g. "
+                         "oomladder run -- python train.py")
+    settings = {}
+    for item in args.settings:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise UsageError(f"--set takes SETTING=VALUE, not '{item}'")
+        try:
+            settings[name.strip()] = coerce_field(name.strip(), value.strip())
+        except ValueError as exc:
+            raise UsageError(f"--set {item}: {exc}") from None
+    missing = placeholders(command) - set(settings)
+    initial = Plan(**settings)
+    memory_cap = parse_size(args.memory_cap) if args.memory_cap else None
+    ladder = load_ladder(args.ladder)
+    run_dir = Path(args.run_dir) if args.run_dir else _new_run_dir()
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"--run-dir '{run_dir}' is a file: give a directory")
+    if missing and not (run_dir / "journal.jsonl").exists():
+        raise UsageError(f"the command's placeholder {{{sorted(missing)[0]}}} has no starting value: add "
+                         f"--set {sorted(missing)[0]}=VALUE")
+    return RunConfig(command=tuple(command), run_dir=run_dir, ladder=ladder, memory_cap=memory_cap,
+                     max_attempts=args.max_attempts, initial=initial)
+
+
+def _new_run_dir() -> Path:
+    base = Path("oomladder-runs") / time.strftime("%Y%m%d-%H%M%S")
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = make_run_config(args)
+    return run_config(config, _console())
+
+
+def run_config(config, console) -> int:
+    from supervisor.display import LineDisplay, LiveDisplay
+    from supervisor.runner import Runner
+    title = f"oomladder: {' '.join(config.command)}"
+    display = LiveDisplay(console, title) if console.is_terminal else LineDisplay(console, title)
+    code = Runner(config, display=display).run()
+    console.print(f"report: {config.run_dir / 'report.md'} (again any time: oomladder report {config.run_dir})",
+                  markup=False, highlight=False)
+    return code
+
+
+def _report(args: argparse.Namespace) -> int:
+    from supervisor.history import fold
+    from supervisor.journal import JOURNAL_NAME, read_journal
+    from supervisor.report import build_report, render_markdown
+
+    journal = Path(args.run_dir) / JOURNAL_NAME
+    if not journal.is_file():
+        raise RunDirError(f"'{args.run_dir}' is not an oomladder run directory (it has no {JOURNAL_NAME}): give "
+                          f"the --run-dir of a run")
+    records = read_journal(journal)
+    if not any(r.get("type") == "run_started" for r in records):
+        raise RunDirError(f"'{args.run_dir}' has a journal with no run in it")
+    view = fold(records)
+    report = build_report(view)
+    if args.format == "json":
+        print(json.dumps(report, indent=2, default=str))
+    elif args.format == "md":
+        print(render_markdown(report), end="")
+    else:
+        from supervisor.render import print_report
+        print_report(_console(), view, report)
+    return 0
+
+
+def _strategies() -> int:
+    import strategies
+    for name in strategies.available():
+        cls = strategies.get(name)
+        doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
+        params = ", ".join(cls.params) or "-"
+        print(f"{name:24} memory: {'/'.join(sorted(cls.memory)):7} params: {params:10} {doc}")
+    return 0
+
+
+def entry() -> None:
+    try:
+        code = main()
+    except Exception:
+        import traceback
+        traceback.print_exc()
+        print("oomladder: this is a bug in oomladder; the run directory keeps its journal. Please report it with "
+              "the traceback above.", file=sys.stderr)
+        code = EXIT_INTERNAL
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    entry()

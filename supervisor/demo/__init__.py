@@ -1,0 +1,35 @@
+"""`oomladder demo`: the ladder at work on a tiny model, on the CPU, with a real out-of-memory error.
+
+The bundled script (train_tiny.py) is an ordinary Trainer + LoRA fine-tune at per-device batch
+16 whose sequences grow at step 3; under the demo's memory cap the first plan fits at step 1
+and runs out of memory when the long sequences arrive.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+DEMO_CAP = "1200MiB"
+SCRIPT = Path(__file__).resolve().parent / "train_tiny.py"
+
+
+def demo_command(run_dir: Path) -> list[str]:
+    return [sys.executable, str(SCRIPT), "--model-dir", str(run_dir / "tiny-llama"),
+            "--output-dir", str(run_dir / "trainer-output"), "--batch-size", "16", "--max-steps", "6"]
+
+
+def run_demo(run_dir: str | None, memory_cap: str | None, console) -> int:
+    from supervisor.cli import run_config
+    from supervisor.ladder import load_ladder
+    from supervisor.runner import RunConfig
+    from supervisor.sizes import parse_size
+
+    path = Path(run_dir) if run_dir else Path("oomladder-runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    cap = parse_size(memory_cap or DEMO_CAP)
+    console.print(f"oomladder demo: a Trainer + LoRA fine-tune of a tiny Llama at batch 16, capped at "
+                  f"{memory_cap or DEMO_CAP} of emulated device memory; its sequences grow at step 3.",
+                  markup=False, highlight=False)
+    config = RunConfig(command=tuple(demo_command(path)), run_dir=path, ladder=load_ladder(None), memory_cap=cap)
+    return run_config(config, console)

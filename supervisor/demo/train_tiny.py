@@ -1,0 +1,93 @@
+"""An ordinary Hugging Face fine-tune, with nothing of oomladder in it: a tiny Llama-style model
+built from a config (nothing is downloaded), LoRA adapters through peft, and the real Trainer.
+
+Its sequences grow mid-run (short for the first steps, long after), as real data does when
+the long documents come up: the plan that fit at step 1 runs out of memory later. The demo and
+the end-to-end tests run it under `oomladder run`; it runs just as well on its own.
+"""
+
+import argparse
+import json
+import os
+
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--model-dir", required=True, help="where the tiny model is saved (built there if missing)")
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--max-steps", type=int, default=6)
+    p.add_argument("--short-len", type=int, default=32)
+    p.add_argument("--long-len", type=int, default=256)
+    p.add_argument("--grow-at-step", type=int, default=3, help="the first optimizer step with long sequences")
+    p.add_argument("--bf16", action="store_true")
+    p.add_argument("--full", action="store_true", help="train every weight instead of LoRA adapters")
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--vocab", type=int, default=32000)
+    p.add_argument("--losses", help="write the per-step losses to this JSON file")
+    return p.parse_args()
+
+
+def build_model(model_dir, vocab):
+    if not os.path.exists(os.path.join(model_dir, "config.json")):
+        torch.manual_seed(0)
+        config = LlamaConfig(vocab_size=vocab, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
+                             num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024)
+        LlamaForCausalLM(config).save_pretrained(model_dir)
+
+
+class GrowingSequences(torch.utils.data.Dataset):
+    """Sample i is short before `grow_at` samples and long after; tokens depend on i alone."""
+
+    def __init__(self, n, grow_at, short_len, long_len, vocab):
+        self.n, self.grow_at, self.short_len, self.long_len, self.vocab = n, grow_at, short_len, long_len, vocab
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        length = self.short_len if i < self.grow_at else self.long_len
+        ids = torch.randint(0, self.vocab, (length,), generator=torch.Generator().manual_seed(i))
+        return {"input_ids": ids, "labels": ids.clone()}
+
+
+class LossLog(__import__("transformers").TrainerCallback):
+    def __init__(self, path):
+        self.path, self.losses = path, {}
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.losses[state.global_step] = logs["loss"]
+            with open(self.path, "w") as f:
+                json.dump(self.losses, f)
+
+
+def main():
+    a = parse_args()
+    build_model(a.model_dir, a.vocab)
+    model = AutoModelForCausalLM.from_pretrained(a.model_dir, dtype=torch.bfloat16 if a.bf16 else torch.float32)
+    if not a.full:
+        model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],
+                                                 task_type="CAUSAL_LM"))
+    effective = a.batch_size * a.grad_accum
+    data = GrowingSequences(effective * a.max_steps, effective * (a.grow_at_step - 1), a.short_len, a.long_len,
+                            a.vocab)
+    args = TrainingArguments(
+        output_dir=a.output_dir, per_device_train_batch_size=a.batch_size, gradient_accumulation_steps=a.grad_accum,
+        max_steps=a.max_steps, learning_rate=1e-3, lr_scheduler_type="linear", logging_steps=1, save_strategy="no",
+        report_to="none", bf16=a.bf16, use_cpu=not torch.cuda.is_available(), dataloader_num_workers=a.workers,
+        train_sampling_strategy="sequential", seed=0)
+    trainer = Trainer(model=model, args=args, train_dataset=data,
+                      callbacks=[LossLog(a.losses)] if a.losses else None)
+    trainer.train()
+    print(f"finished {trainer.state.global_step} steps; batch {args.per_device_train_batch_size} x accumulation "
+          f"{args.gradient_accumulation_steps} = effective batch {args.per_device_train_batch_size * args.gradient_accumulation_steps}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""Where the run shows itself: a live rich table on a terminal, a line per event in a log file
+(an overnight job's stdout), nothing in tests. All three read the same `RunView`."""
+
+from __future__ import annotations
+
+import time
+from typing import Protocol
+
+from rich.console import Console
+from rich.live import Live
+
+from supervisor.history import RunView
+from supervisor.table import attempts_table
+
+
+class Display(Protocol):
+    def update(self, view: RunView) -> None: ...
+
+    def event(self, text: str) -> None: ...
+
+    def close(self, view: RunView) -> None: ...
+
+
+class NullDisplay:
+    def update(self, view: RunView) -> None:
+        pass
+
+    def event(self, text: str) -> None:
+        pass
+
+    def close(self, view: RunView) -> None:
+        pass
+
+
+class LiveDisplay:
+    """The attempts table redrawn in place; events print above it."""
+
+    def __init__(self, console: Console, title: str) -> None:
+        self.console, self.title = console, title
+        self._view: RunView | None = None
+        self._live = Live(get_renderable=self._render, console=console, refresh_per_second=2, transient=False)
+        self._live.start()
+
+    def _render(self):
+        if self._view is None:
+            return ""
+        return attempts_table(self._view, now=time.time(), title=self.title)
+
+    def update(self, view: RunView) -> None:
+        self._view = view
+
+    def event(self, text: str) -> None:
+        self._live.console.print(text, markup=False, highlight=False)
+
+    def close(self, view: RunView) -> None:
+        self._view = view
+        self._live.stop()
+
+
+class LineDisplay:
+    """One line per event and the table at the end: readable in a log file."""
+
+    def __init__(self, console: Console, title: str) -> None:
+        self.console, self.title = console, title
+
+    def update(self, view: RunView) -> None:
+        pass
+
+    def event(self, text: str) -> None:
+        self.console.print(f"oomladder: {text}", markup=False, highlight=False, soft_wrap=True)
+
+    def close(self, view: RunView) -> None:
+        self.console.print(attempts_table(view, now=time.time(), title=self.title))

@@ -1,0 +1,108 @@
+"""Fold the journal into a view of the run: what the live table, the report and resume show.
+
+Pure: records in, `RunView` out. Nothing here reads files or clocks, except `now` for the
+duration of an attempt still running.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from supervisor.classify import Failure
+from supervisor.plan import Facts, Plan
+
+
+@dataclass
+class AttemptView:
+    number: int
+    rung: str | None
+    reason: str
+    overrides: Plan
+    plan: Plan                       # the program's own settings with this attempt's overrides
+    started: float
+    ended: float | None = None
+    status: str = "running"          # running | finished | failed | interrupted
+    failure: Failure | None = None
+    step: int | None = None
+    max_steps: int | None = None
+    loss: float | None = None
+    phase: str | None = None
+    peak: int | None = None
+    peak_measure: str | None = None
+    exit_code: int | None = None
+    command: list[str] = field(default_factory=list)
+
+    def duration(self, now: float | None = None) -> float | None:
+        end = self.ended if self.ended is not None else now
+        return None if end is None else max(0.0, end - self.started)
+
+
+@dataclass
+class RunView:
+    run: dict[str, Any]
+    attempts: list[AttemptView]
+    decisions: list[dict[str, Any]]
+    program_plan: Plan               # what the wrapped program does on its own, as observed
+    facts: Facts
+    ended: dict[str, Any] | None
+
+    @property
+    def rung_uses(self) -> dict[int, int]:
+        uses: dict[int, int] = {}
+        for d in self.decisions:
+            if d.get("rung_index") is not None:
+                uses[d["rung_index"]] = uses.get(d["rung_index"], 0) + 1
+        return uses
+
+    @property
+    def final_plan(self) -> Plan:
+        return self.attempts[-1].plan if self.attempts else self.program_plan
+
+    @property
+    def status(self) -> str:
+        if self.ended:
+            return self.ended["status"]
+        return "running" if self.attempts else "not started"
+
+
+def fold(records: list[dict[str, Any]]) -> RunView:
+    run: dict[str, Any] = {}
+    attempts: dict[int, AttemptView] = {}
+    decisions: list[dict[str, Any]] = []
+    observed = Plan()
+    facts: dict[str, Any] = {}
+    ended = None
+    for r in records:
+        kind = r.get("type")
+        if kind == "run_started":
+            run = r
+            ended = None  # a resumed run starts again
+        elif kind == "attempt_started":
+            overrides = Plan.from_dict(r.get("plan"))
+            attempts[r["attempt"]] = AttemptView(
+                number=r["attempt"], rung=r.get("rung"), reason=r.get("reason", ""), overrides=overrides,
+                plan=observed.merged(overrides), started=r["ts"], command=r.get("command", []))
+        elif kind == "observed":
+            # Later observations fill fields earlier attempts died before reaching.
+            observed = observed.merged(Plan.from_dict(r.get("plan")))
+            facts.update({k: v for k, v in (r.get("facts") or {}).items() if v is not None})
+            for a in attempts.values():
+                a.plan = observed.merged(a.overrides)
+        elif kind == "progress" and r.get("attempt") in attempts:
+            a = attempts[r["attempt"]]
+            for key in ("step", "max_steps", "loss", "phase", "peak", "peak_measure"):
+                if r.get(key) is not None:
+                    setattr(a, key, r[key])
+        elif kind == "attempt_ended" and r.get("attempt") in attempts:
+            a = attempts[r["attempt"]]
+            a.ended, a.status, a.exit_code = r["ts"], r["outcome"], r.get("exit_code")
+            a.failure = Failure.from_dict(r["failure"]) if r.get("failure") else None
+            for key in ("step", "max_steps", "peak", "peak_measure"):
+                if r.get(key) is not None:
+                    setattr(a, key, r[key])
+        elif kind == "decision":
+            decisions.append(r)
+        elif kind == "run_ended":
+            ended = r
+    return RunView(run, [attempts[n] for n in sorted(attempts)], decisions, observed, Facts.from_dict(facts), ended)

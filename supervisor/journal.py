@@ -1,0 +1,72 @@
+"""The run's one append-only journal: JSON lines, a schema version on each, synced at each record.
+
+It is the single source of truth: the live table, the report and a later resume are all folded
+from it (supervisor/history.py), so a crash loses at most the line being written, and a line cut
+off by a crash is skipped on reading rather than failing the whole run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+SCHEMA_VERSION = 1
+JOURNAL_NAME = "journal.jsonl"
+
+
+class Journal:
+    def __init__(self, path: str | Path, clock: Callable[[], float] = time.time) -> None:
+        self.path = Path(path)
+        self.clock = clock
+        self.records: list[dict[str, Any]] = read_journal(self.path) if self.path.exists() else []
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a", encoding="utf-8")
+        if self.path.stat().st_size and not _ends_with_newline(self.path):
+            self._file.write("\n")  # a crash cut the last line: start the next record on a line of its own
+
+    @classmethod
+    def in_run_dir(cls, run_dir: str | Path, clock: Callable[[], float] = time.time) -> "Journal":
+        return cls(Path(run_dir) / JOURNAL_NAME, clock)
+
+    def append(self, type_: str, **fields: Any) -> dict[str, Any]:
+        record = {"v": SCHEMA_VERSION, "type": type_, "ts": round(self.clock(), 3), **fields}
+        self._file.write(json.dumps(record, sort_keys=False, default=str) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self.records.append(record)
+        return record
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> "Journal":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_journal(path: str | Path) -> list[dict[str, Any]]:
+    """Every whole record in `path`; a line cut off mid-write, or not a record, is skipped."""
+    records = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and "type" in record:
+                records.append(record)
+    return records
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"

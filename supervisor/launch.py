@@ -1,0 +1,54 @@
+"""How an attempt's plan reaches the worker: environment variables and command placeholders.
+
+Hugging Face programs get the plan through the injected adapter (OOMLADDER_PLAN); any other
+program can read OOMLADDER_<SETTING> variables or put `{per_device_train_batch_size}`-style
+placeholders in its command, which are filled in element by element, never through a shell.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from supervisor.errors import UsageError
+from supervisor.plan import FIELD_NAMES, Plan
+
+INJECT_DIR = Path(__file__).resolve().parent / "worker" / "inject"
+_PLACEHOLDER = re.compile(r"\{(" + "|".join(FIELD_NAMES) + r")\}")
+
+
+def placeholders(command: Sequence[str]) -> set[str]:
+    return {m.group(1) for part in command for m in _PLACEHOLDER.finditer(part)}
+
+
+def substitute(command: Sequence[str], plan: Plan) -> list[str]:
+    """`command` with each `{setting}` replaced by the plan's value; other braces are left alone."""
+    def value(match: re.Match[str]) -> str:
+        v = getattr(plan, match.group(1))
+        if v is None:
+            raise UsageError(f"the command's placeholder {{{match.group(1)}}} has no value yet: give its starting "
+                             f"value with --set {match.group(1)}=VALUE")
+        return str(v).lower() if isinstance(v, bool) else str(v)
+    return [_PLACEHOLDER.sub(value, part) for part in command]
+
+
+def worker_env(base: Mapping[str, str], attempt_dir: Path, overrides: Plan, plan: Plan,
+               memory_cap: int | None) -> dict[str, str]:
+    env = dict(base)
+    env["PYTHONPATH"] = os.pathsep.join([str(INJECT_DIR)] + ([base["PYTHONPATH"]] if base.get("PYTHONPATH") else []))
+    env["OOMLADDER_ATTEMPT_DIR"] = str(attempt_dir)
+    env["OOMLADDER_PLAN"] = json.dumps(overrides.set_fields())
+    env["PYTHONUNBUFFERED"] = "1"  # the stderr tail must hold the last words, not a buffer
+    for name, value in plan.set_fields().items():
+        env[f"OOMLADDER_{name.upper()}"] = str(value)
+    if plan.allocator:
+        # Both names: PyTorch 2.9 renamed PYTORCH_CUDA_ALLOC_CONF, older releases read only the old one.
+        env["PYTORCH_CUDA_ALLOC_CONF"] = env["PYTORCH_ALLOC_CONF"] = plan.allocator
+    if memory_cap:
+        env["OOMLADDER_MEMORY_CAP"] = str(memory_cap)
+        # glibc reserves 64 MiB of address space per malloc arena: keep that overhead small and fixed.
+        env.setdefault("MALLOC_ARENA_MAX", "2")
+    return env

@@ -1,0 +1,119 @@
+"""The plan: every setting the ladder controls, as one immutable value.
+
+A field left `None` is one the supervisor has not observed yet (the program had not reached
+`TrainingArguments` when it died, say); strategies that need it skip and say so. The worker
+adapter applies only the fields that are set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from typing import Any
+
+PRECISIONS = ("fp32", "bf16", "fp16")            # the Trainer's mixed precision
+LOAD_DTYPES = ("float32", "bfloat16", "float16", "auto")  # the dtype `from_pretrained` loads in
+QUANTIZATIONS = ("none", "int8", "nf4")
+
+
+@dataclass(frozen=True)
+class Plan:
+    per_device_train_batch_size: int | None = None
+    gradient_accumulation_steps: int | None = None
+    per_device_eval_batch_size: int | None = None
+    world_size: int | None = None    # observed from the launcher; None is a single process
+    precision: str | None = None
+    load_dtype: str | None = None
+    quantization: str | None = None
+    gradient_checkpointing: bool | None = None
+    dataloader_num_workers: int | None = None
+    optim: str | None = None
+    allocator: str | None = None  # PYTORCH_ALLOC_CONF value, e.g. "expandable_segments:True"
+
+    @property
+    def effective_batch(self) -> int | None:
+        """Samples per optimizer step across the world; the ladder never changes it."""
+        if self.per_device_train_batch_size is None or self.gradient_accumulation_steps is None:
+            return None
+        return self.per_device_train_batch_size * self.gradient_accumulation_steps * (self.world_size or 1)
+
+    def replace(self, **changes: Any) -> "Plan":
+        return dataclasses.replace(self, **changes)
+
+    def merged(self, other: "Plan") -> "Plan":
+        """This plan with every field that `other` sets taking `other`'s value."""
+        return self.replace(**other.set_fields())
+
+    def set_fields(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> "Plan":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in (data or {}).items() if k in known})
+
+
+FIELD_NAMES = tuple(f.name for f in fields(Plan))
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the worker reported about itself: not settings, but what decides whether a rung applies."""
+
+    device: str | None = None            # "cuda", "cpu", "mps", ...
+    bf16_supported: bool | None = None
+    base_frozen: bool | None = None      # only adapters train (LoRA & co): 8-bit base weights are safe
+    trainable_fraction: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> "Facts":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in (data or {}).items() if k in known})
+
+
+def changes(before: Plan, after: Plan) -> list[tuple[str, Any, Any]]:
+    """(field, old, new) for every field that differs, in the plan's field order."""
+    return [(name, getattr(before, name), getattr(after, name)) for name in FIELD_NAMES
+            if getattr(before, name) != getattr(after, name)]
+
+
+def describe_changes(before: Plan, after: Plan) -> str:
+    """`per_device_train_batch_size 16→8, gradient_accumulation_steps 1→2` (or `-` for none)."""
+    parts = [f"{name} {_show(old)}→{_show(new)}" for name, old, new in changes(before, after)]
+    return ", ".join(parts) or "-"
+
+
+def _show(value: Any) -> str:
+    return "unset" if value is None else str(value)
+
+
+def coerce_field(name: str, text: str) -> Any:
+    """Parse `--set name=text` into the field's type; raises ValueError with what is accepted."""
+    if name not in FIELD_NAMES:
+        raise ValueError(f"'{name}' is not a plan setting (settings: {', '.join(FIELD_NAMES)})")
+    choices = {"precision": PRECISIONS, "load_dtype": LOAD_DTYPES, "quantization": QUANTIZATIONS}
+    if name in choices:
+        if text not in choices[name]:
+            raise ValueError(f"{name} must be one of {', '.join(choices[name])}, not '{text}'")
+        return text
+    if name == "gradient_checkpointing":
+        lowered = text.lower()
+        if lowered not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(f"gradient_checkpointing must be true or false, not '{text}'")
+        return lowered in ("true", "1", "yes")
+    if name in ("optim", "allocator"):
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number, not '{text}'") from None
+    minimum = 0 if name == "dataloader_num_workers" else 1
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, not {value}")
+    return value

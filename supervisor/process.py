@@ -1,0 +1,151 @@
+"""The process layer: start a worker in its own session, poll it, stop its whole group.
+
+It knows nothing of plans or ladders (as in PyTorch's elastic agent, the policy lives above and
+sees only `Exit` values). Every system call the runner makes on workers goes through a
+`WorkerHandle`, so the runner's tests swap in fakes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol, Sequence
+
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    cwd: str
+    stdout: Path
+    stderr: Path
+
+
+class WorkerHandle(Protocol):
+    pid: int
+
+    def poll(self) -> int | None: ...
+
+    def stop(self, sig: int = signal.SIGTERM, grace: float = 10.0) -> int: ...
+
+    def reap_group(self) -> None: ...
+
+
+Launcher = Callable[[LaunchSpec], WorkerHandle]
+
+
+class LaunchError(Exception):
+    """The command could not be started at all (not found, not executable)."""
+
+
+def _die_with_parent() -> None:
+    # Linux: the kernel sends SIGTERM to the worker if the supervisor dies, so no orphan keeps a GPU.
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
+class Worker:
+    """A real worker process, leader of its own process group."""
+
+    def __init__(self, spec: LaunchSpec) -> None:
+        self.spec = spec
+        out = open(spec.stdout, "ab")
+        err = open(spec.stderr, "ab")
+        try:
+            self.popen = subprocess.Popen(
+                list(spec.argv), env=spec.env, cwd=spec.cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                start_new_session=True, preexec_fn=_die_with_parent)
+        except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
+            raise LaunchError(f"cannot start '{spec.argv[0]}': {exc.strerror or exc}") from None
+        finally:
+            out.close()
+            err.close()
+        self.pid = self.popen.pid
+        self.pgid = self.pid
+
+    def poll(self) -> int | None:
+        return self.popen.poll()
+
+    def signal_group(self, sig: int) -> None:
+        try:
+            os.killpg(self.pgid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def stop(self, sig: int = signal.SIGTERM, grace: float = 10.0) -> int:
+        """`sig` to the whole group, `grace` seconds to exit (Trainer can save), then SIGKILL."""
+        if self.popen.poll() is None:
+            self.signal_group(sig)
+            try:
+                self.popen.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                self.signal_group(signal.SIGKILL)
+                self.popen.wait()
+        self.reap_group()
+        return self.popen.returncode
+
+    def reap_group(self, timeout: float = 10.0) -> None:
+        """Kill what the leader left behind (DataLoader workers, ranks) and wait until it is gone."""
+        self.signal_group(signal.SIGKILL)
+        deadline = time.monotonic() + timeout
+        while group_members(self.pgid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+def spawn(spec: LaunchSpec) -> Worker:
+    return Worker(spec)
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes in process group `pgid`."""
+    members = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # pid (comm) state ppid pgrp ...: comm may hold spaces and parentheses, so split after the last ')'
+        fields = stat[stat.rfind(")") + 2:].split()
+        if len(fields) > 2 and fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(entry))
+    return members
+
+
+def exit_description(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit status {returncode}"
+
+
+def read_tail(path: Path, limit: int = 64 * 1024) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - limit))
+            return f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def argv_of(command: Sequence[str]) -> tuple[str, ...]:
+    return tuple(str(part) for part in command)

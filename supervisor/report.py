@@ -1,0 +1,171 @@
+"""The fallback report: what each attempt ran with, what killed it, what the ladder changed and
+why, the before/after table of the seed note, and how to run the final plan without oomladder.
+
+`build_report` folds a `RunView` into plain data (report.json); the Markdown and console
+renderings are views of that data only, so `oomladder report` shows what the run wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+from pathlib import Path
+from typing import Any
+
+from supervisor.history import RunView
+from supervisor.plan import Plan, changes, describe_changes
+from supervisor.sizes import format_size
+from supervisor.table import format_duration, status_text
+
+REPORT_SCHEMA = 1
+STATUS_TEXT = {
+    "finished": "Training finished.",
+    "ladder_exhausted": "Stopped: out of memory, and no rung of the ladder was left to try.",
+    "attempts_exhausted": "Stopped: the attempt budget (--max-attempts) ran out.",
+    "not_memory": "Stopped: the worker failed for a reason no memory setting fixes.",
+    "interrupted": "Stopped: interrupted.",
+    "launch_failed": "Stopped: the command could not be started.",
+    "running": "Still running (or the supervisor died): `oomladder report` shows the journal as it stands.",
+}
+
+
+def build_report(view: RunView) -> dict[str, Any]:
+    attempts, previous = [], None
+    decisions = {d["attempt"]: d for d in view.decisions}
+    for a in view.attempts:
+        led_here = decisions.get(a.number - 1, {})
+        attempts.append({
+            "number": a.number, "rung": a.rung or "start", "reason": a.reason,
+            "changes": describe_changes(previous, a.plan) if previous else "-",
+            "plan": a.plan.to_dict(), "status": a.status, "status_text": status_text(a),
+            "failure": a.failure.to_dict() if a.failure else None,
+            "step": a.step, "max_steps": a.max_steps, "peak": a.peak, "peak_measure": a.peak_measure,
+            "duration": a.duration(), "exit_code": a.exit_code, "command": a.command,
+            "skipped": [{"rung": r, "reason": why} for r, why in led_here.get("skipped", [])],
+        })
+        previous = a.plan
+    before, after = view.program_plan, view.final_plan
+    ended = view.ended or {}
+    return {
+        "schema": REPORT_SCHEMA,
+        "status": view.status, "exit_code": ended.get("exit_code"), "reason": ended.get("reason"),
+        "command": view.run.get("command", []), "memory_cap": view.run.get("memory_cap"),
+        "ladder": (view.run.get("ladder") or {}).get("source"),
+        "effective_batch": {"before": before.effective_batch, "after": after.effective_batch},
+        "attempts": attempts,
+        "before_after": [{"setting": name, "before": old, "after": new} for name, old, new in changes(before, after)],
+        "final_plan": after.to_dict(),
+        "reproduce": reproduce(before, after, view.attempts[-1].command if view.attempts else []),
+    }
+
+
+def reproduce(before: Plan, after: Plan, command: list[str]) -> dict[str, Any]:
+    """The final plan as code and flags, for running it again without the supervisor."""
+    diff = {name: new for name, _old, new in changes(before, after)}
+    args: dict[str, Any] = {}
+    for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "per_device_eval_batch_size",
+                 "dataloader_num_workers", "optim"):
+        if name in diff:
+            args[name] = diff[name]
+    if "precision" in diff:
+        args["bf16"], args["fp16"] = diff["precision"] == "bf16", diff["precision"] == "fp16"
+    if diff.get("gradient_checkpointing"):
+        args["gradient_checkpointing"] = True
+        args["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
+    load: dict[str, str] = {}
+    if "load_dtype" in diff:
+        load["dtype"] = f"torch.{diff['load_dtype']}"
+    if diff.get("quantization") == "int8":
+        load["quantization_config"] = "BitsAndBytesConfig(load_in_8bit=True)"
+    elif diff.get("quantization") == "nf4":
+        load["quantization_config"] = ("BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type='nf4', "
+                                       "bnb_4bit_use_double_quant=True)")
+    env = {}
+    if after.allocator and "allocator" in diff:
+        env = {"PYTORCH_CUDA_ALLOC_CONF": after.allocator, "PYTORCH_ALLOC_CONF": after.allocator}
+    flags = []
+    for key, value in args.items():
+        if key == "gradient_checkpointing_kwargs":
+            flags += [f"--{key}", json.dumps(value)]
+        else:
+            flags += [f"--{key}", str(value)]
+    prefix = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+    return {
+        "training_arguments": args, "from_pretrained": load, "environment": env,
+        "hf_argument_flags": shlex.join(flags),
+        "command": (prefix + " " if prefix else "") + shlex.join(command) if command else "",
+    }
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    out = ["# oomladder report", "", f"**{STATUS_TEXT.get(report['status'], report['status'])}**"]
+    if report.get("reason"):
+        out += ["", _md(report["reason"])]
+    eb = report["effective_batch"]
+    out += ["", f"- command: `{_code(shlex.join(report['command']))}`",
+            f"- memory cap: {format_size(report['memory_cap']) if report['memory_cap'] else 'none'}",
+            f"- ladder: {_md(report['ladder'] or '-')}",
+            f"- effective batch: {eb['before']} at the start, {eb['after']} at the end", "",
+            "## Attempts", "", "| # | rung | what changed | status | peak | time |", "|---|---|---|---|---|---|"]
+    for a in report["attempts"]:
+        out.append(f"| {a['number']} | {_md(a['rung'])} | {_md(a['changes'])} | {_md(a['status_text'])} | "
+                   f"{format_size(a['peak'])} | {format_duration(a['duration'])} |")
+    out += ["", "### Why each rung was taken", ""]
+    for a in report["attempts"]:
+        line = f"- **{a['number']}. {_md(a['rung'])}**: {_md(a['reason'] or 'the program as it was given')}"
+        if a["skipped"]:
+            line += "; skipped: " + "; ".join(f"{_md(s['rung'])} ({_md(s['reason'])})" for s in a["skipped"])
+        out.append(line)
+        failure = a["failure"]
+        if failure:
+            numbers = ", ".join(f"{k.replace('_', ' ')} {format_size(v)}" for k, v in failure["numbers"].items())
+            out.append(f"  - died: {_md(failure['kind'])}, {_md(failure['summary'])}" + (f" ({numbers})" if numbers else ""))
+    if report["before_after"]:
+        out += ["", "## Final plan", "", "| setting | before | after |", "|---|---|---|"]
+        for row in report["before_after"]:
+            out.append(f"| {row['setting']} | {_md(str(row['before']))} | **{_md(str(row['after']))}** |")
+        out += _reproduce_md(report["reproduce"])
+    return "\n".join(out) + "\n"
+
+
+def _reproduce_md(r: dict[str, Any]) -> list[str]:
+    out = ["", "## Run the final plan without oomladder", ""]
+    if r["training_arguments"]:
+        body = ", ".join(f"{k}={v!r}" for k, v in r["training_arguments"].items())
+        out += ["In `TrainingArguments(...)`:", "", "```python", f"TrainingArguments(..., {body})", "```", ""]
+        out += ["or, for a script that reads them from the command line (HfArgumentParser):", "",
+                "```", _code(r["hf_argument_flags"]), "```", ""]
+    if r["from_pretrained"]:
+        body = ", ".join(f"{k}={v}" for k, v in r["from_pretrained"].items())
+        out += ["In `from_pretrained(...)`:", "", "```python", f"from_pretrained(..., {body})", "```", ""]
+    if r["command"]:
+        out += ["The command of the last attempt (placeholders filled in):", "", "```", _code(r["command"]), "```"]
+    return out
+
+
+def write_reports(run_dir: str | Path, view: RunView) -> dict[str, Any]:
+    report = build_report(view)
+    run_dir = Path(run_dir)
+    _atomic_write(run_dir / "report.json", json.dumps(report, indent=2, default=str) + "\n")
+    _atomic_write(run_dir / "report.md", render_markdown(report))
+    return report
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _md(text: str) -> str:
+    """Text from workers and users, made inert in a Markdown table: no HTML, no column breaks."""
+    return (str(text).replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+            .replace("\n", " ").replace("`", "\\`"))
+
+
+def _code(text: str) -> str:
+    return text.replace("```", "'''")

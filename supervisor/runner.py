@@ -1,0 +1,276 @@
+"""The loop that wires it together: launch an attempt, watch it, classify its death, ask the
+ladder for the next plan, and write every step to the journal before acting on it.
+
+Clock, sleep, launcher and display are parameters: the policy is tested without processes and
+without waiting, and the same loop runs real workers end to end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from supervisor import __version__, cgroup
+from supervisor.classify import Evidence, Failure, Kind, classify
+from supervisor.display import Display, NullDisplay
+from supervisor.errors import RunDirError
+from supervisor.history import RunView, fold
+from supervisor.journal import Journal
+from supervisor.ladder import Ladder, next_plan
+from supervisor.launch import substitute, worker_env
+from supervisor.plan import Plan, describe_changes
+from supervisor.process import LaunchError, LaunchSpec, Launcher, read_tail, spawn
+from supervisor.report import write_reports
+from supervisor.worker import files
+
+# Exit codes (README, "Exit codes").
+EXIT_FINISHED = 0
+EXIT_USAGE = 2
+EXIT_NOT_MEMORY = 3
+EXIT_LADDER_EXHAUSTED = 4
+EXIT_ATTEMPTS_EXHAUSTED = 5
+EXIT_INTERRUPTED = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    command: tuple[str, ...]
+    run_dir: Path
+    ladder: Ladder
+    memory_cap: int | None = None
+    max_attempts: int = 10
+    initial: Plan = field(default_factory=Plan)   # --set values
+    poll_interval: float = 0.5
+    grace: float = 15.0                           # seconds between SIGTERM and SIGKILL
+    cwd: str = field(default_factory=os.getcwd)
+
+
+class Runner:
+    def __init__(self, config: RunConfig, *, launcher: Launcher = spawn, clock: Callable[[], float] = time.time,
+                 sleep: Callable[[float], None] = time.sleep, display: Display | None = None,
+                 environ: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.launcher, self.clock, self.sleep = launcher, clock, sleep
+        self.display = display or NullDisplay()
+        self.environ = dict(os.environ if environ is None else environ)
+        self._signal: int | None = None
+        self._offsets: dict[Path, int] = {}
+        self._observed: dict[Path, Any] = {}
+
+    # --- public ---------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        cfg = self.config
+        cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        journal = Journal.in_run_dir(cfg.run_dir, self.clock)
+        try:
+            overrides, rung, reason = self._starting_point(journal)
+            journal.append("run_started", command=list(cfg.command), ladder=cfg.ladder.to_dict(),
+                           memory_cap=cfg.memory_cap, max_attempts=cfg.max_attempts, cwd=cfg.cwd,
+                           version=__version__, initial=cfg.initial.set_fields())
+            with _forwarded_signals(self):
+                return self._loop(journal, overrides, rung, reason)
+        finally:
+            view = fold(journal.records)
+            write_reports(cfg.run_dir, view)
+            self.display.close(view)
+            journal.close()
+
+    def request_stop(self, signum: int) -> None:
+        self._signal = signum
+
+    # --- the loop ---------------------------------------------------------------------------------
+
+    def _loop(self, journal: Journal, overrides: Plan, rung: str | None, reason: str) -> int:
+        cfg = self.config
+        attempts_this_run = 0
+        if not any(r["type"] == "observed" for r in journal.records):
+            allocator = self.environ.get("PYTORCH_ALLOC_CONF", self.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""))
+            journal.append("observed", attempt=0, source="environment", plan={"allocator": allocator}, facts={})
+        while True:
+            number = max((r["attempt"] for r in journal.records if r["type"] == "attempt_started"), default=0) + 1
+            attempts_this_run += 1
+            view = fold(journal.records)
+            plan = view.program_plan.merged(overrides)
+            attempt_dir = cfg.run_dir / "attempts" / f"{number:03d}"
+            attempt_dir.mkdir(parents=True, exist_ok=True)
+            argv = substitute(cfg.command, plan)
+            journal.append("attempt_started", attempt=number, rung=rung, reason=reason, plan=overrides.to_dict(),
+                           command=argv, attempt_dir=str(attempt_dir))
+            self.display.event(f"attempt {number}: {rung or 'start'}"
+                               + (f" ({reason})" if reason else "") + f"; log: {attempt_dir / 'stderr.log'}")
+            failure = self._attempt(journal, number, attempt_dir, argv, overrides, plan)
+            if failure is None:
+                return self._end(journal, "finished", EXIT_FINISHED, "every step ran")
+            if failure.kind is Kind.INTERRUPTED and self._signal is not None:
+                return self._end(journal, "interrupted", EXIT_INTERRUPTED.get(self._signal, 130),
+                                 f"oomladder received {signal.Signals(self._signal).name}; the worker group was "
+                                 f"stopped. Run the same command again to continue.")
+            if failure.kind is Kind.UNKNOWN and failure.summary.startswith("cannot start"):
+                return self._end(journal, "launch_failed", EXIT_USAGE, failure.summary)
+            if not failure.is_memory:
+                return self._end(journal, "not_memory", EXIT_NOT_MEMORY,
+                                 f"attempt {number} failed with {failure.kind.value}: {failure.summary}. No memory "
+                                 f"setting fixes this, so the ladder was not walked; see "
+                                 f"{attempt_dir / 'stderr.log'}")
+            view = fold(journal.records)
+            current = view.attempts[-1].plan
+            decision = next_plan(cfg.ladder, current, view.facts, failure, view.rung_uses)
+            journal.append("decision", attempt=number, rung=decision.rung, rung_index=decision.rung_index,
+                           reason=decision.reason, plan=decision.plan.to_dict() if decision.plan else None,
+                           changes=describe_changes(current, decision.plan) if decision.plan else None,
+                           skipped=[list(s) for s in decision.skipped])
+            if decision.exhausted:
+                tried = "; ".join(f"{name}: {why}" for name, why in decision.skipped) or "none applied"
+                return self._end(journal, "ladder_exhausted", EXIT_LADDER_EXHAUSTED,
+                                 f"attempt {number} ran out of memory and {decision.reason} ({tried}). Try a "
+                                 f"bigger device, a smaller model or sequence, or a ladder with more rungs.")
+            self.display.event(f"attempt {number}: {failure.summary}; next: {decision.rung}: "
+                               f"{describe_changes(current, decision.plan)}")
+            if attempts_this_run >= cfg.max_attempts:
+                return self._end(journal, "attempts_exhausted", EXIT_ATTEMPTS_EXHAUSTED,
+                                 f"{attempts_this_run} attempts used (--max-attempts {cfg.max_attempts}); the next "
+                                 f"plan would have been: {decision.rung}. Run the same command again to continue.")
+            overrides, rung, reason = decision.plan, decision.rung, decision.reason
+
+    def _end(self, journal: Journal, status: str, exit_code: int, reason: str) -> int:
+        journal.append("run_ended", status=status, exit_code=exit_code, reason=reason)
+        self.display.event(f"{status.replace('_', ' ')}: {reason}")
+        return exit_code
+
+    def _attempt(self, journal: Journal, number: int, attempt_dir: Path, argv: list[str], overrides: Plan,
+                 plan: Plan) -> Failure | None:
+        cfg = self.config
+        spec = LaunchSpec(tuple(argv), worker_env(self.environ, attempt_dir, overrides, plan, cfg.memory_cap),
+                          cfg.cwd, attempt_dir / "stdout.log", attempt_dir / "stderr.log")
+        oom_kills_before = cgroup.oom_kill_count()
+        started = self.clock()
+        try:
+            handle = self.launcher(spec)
+        except LaunchError as exc:
+            failure = Failure(Kind.UNKNOWN, None, str(exc))
+            journal.append("attempt_ended", attempt=number, outcome="failed", exit_code=None,
+                           failure=failure.to_dict(), duration=0.0)
+            return failure
+        stopping = False
+        while (returncode := handle.poll()) is None:
+            if self._signal is not None and not stopping:
+                stopping = True
+                journal.append("interrupt", attempt=number, signal=signal.Signals(self._signal).name)
+                returncode = handle.stop(self._signal, cfg.grace)
+                break
+            self._ingest(journal, number, attempt_dir)
+            self.display.update(fold(journal.records))
+            self.sleep(cfg.poll_interval)
+        handle.reap_group()
+        self._ingest(journal, number, attempt_dir)
+        view = fold(journal.records)
+        attempt = view.attempts[-1]
+        ended = dict(attempt=number, exit_code=returncode, duration=round(self.clock() - started, 3),
+                     step=attempt.step, max_steps=attempt.max_steps)
+        if returncode == 0:
+            journal.append("attempt_ended", outcome="finished", **ended)
+            return None
+        record = _first_failure_record(attempt_dir)
+        oom_kills_after = cgroup.oom_kill_count()
+        capped = bool(cfg.memory_cap) and view.facts.device in (None, "cpu")
+        failure = classify(Evidence(
+            returncode=returncode, record=record, stderr_tail=read_tail(spec.stderr), capped=capped,
+            cgroup_oom_kill=None not in (oom_kills_before, oom_kills_after) and oom_kills_after > oom_kills_before))
+        if record and record.get("peak") is not None:
+            ended.update(peak=record["peak"], peak_measure=record.get("peak_measure"))
+        outcome = "interrupted" if failure.kind is Kind.INTERRUPTED else "failed"
+        journal.append("attempt_ended", outcome=outcome, failure=failure.to_dict(), **ended)
+        return failure
+
+    def _ingest(self, journal: Journal, number: int, attempt_dir: Path) -> None:
+        """Copy what the worker reported since the last look into the journal."""
+        for path in sorted(attempt_dir.glob(f"{files.OBSERVED}.*.json")):
+            try:
+                data = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            if self._observed.get(path) != data:
+                self._observed[path] = data
+                journal.append("observed", attempt=number, rank=_rank_of(path), plan=data.get("plan", {}),
+                               facts=data.get("facts", {}), memory_cap=data.get("memory_cap", {}))
+        for path in sorted(attempt_dir.glob(f"{files.PROGRESS}.*.jsonl")):
+            offset = self._offsets.get(path, 0)
+            try:
+                with open(path, encoding="utf-8") as f:
+                    f.seek(offset)
+                    chunk = f.read()
+            except OSError:
+                continue
+            complete = chunk[: chunk.rfind("\n") + 1]  # a line still being written waits for the next look
+            self._offsets[path] = offset + len(complete.encode("utf-8"))
+            for line in complete.splitlines():
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                entry.pop("ts", None)
+                journal.append("progress", attempt=number, rank=_rank_of(path), **entry)
+
+    def _starting_point(self, journal: Journal) -> tuple[Plan, str | None, str]:
+        """A fresh run starts on the program's own settings; a run directory that already holds a run of
+        the same command continues on the plan that run had reached."""
+        cfg = self.config
+        if not journal.records:
+            given = cfg.initial.set_fields()
+            return cfg.initial, None, ("given with --set" if given else "")
+        view = fold(journal.records)
+        if view.run and view.run.get("command") != list(cfg.command):
+            raise RunDirError(f"run directory '{cfg.run_dir}' holds a run of another command "
+                              f"({' '.join(view.run.get('command', []))}): give this run its own --run-dir")
+        plan = _reached_plan(view).merged(cfg.initial)
+        return plan, "resume", "continues on the plan the earlier run reached"
+
+
+def _reached_plan(view: RunView) -> Plan:
+    last = view.decisions[-1] if view.decisions else None
+    if last and last.get("plan") and (not view.attempts or last["attempt"] >= view.attempts[-1].number):
+        return Plan.from_dict(last["plan"])
+    return view.attempts[-1].plan if view.attempts else Plan()
+
+
+def _first_failure_record(attempt_dir: Path) -> dict[str, Any] | None:
+    """The earliest failure record of any rank: the root cause, not a peer dying of it."""
+    records = []
+    for path in attempt_dir.glob(f"{files.FAILURE}.*.json"):
+        try:
+            records.append(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError):
+            continue
+    return min(records, key=lambda r: r.get("ts", float("inf"))) if records else None
+
+
+def _rank_of(path: Path) -> int:
+    try:
+        return int(path.name.split(".")[1])
+    except (IndexError, ValueError):
+        return 0
+
+
+class _forwarded_signals:
+    """SIGINT/SIGTERM ask the runner to stop the worker group gracefully instead of killing oomladder."""
+
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> None:
+        import threading
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.previous[sig] = signal.signal(sig, lambda signum, frame: self.runner.request_stop(signum))
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,73 @@
+"""The attempts table: a pure function from the run's view to a rich `Table` (shown live, and
+again in `oomladder report`)."""
+
+from __future__ import annotations
+
+from rich.table import Table
+from rich.text import Text
+
+from supervisor.history import AttemptView, RunView
+from supervisor.plan import Plan, describe_changes
+from supervisor.sizes import format_size
+
+
+def attempts_table(view: RunView, now: float | None = None, title: str | None = None) -> Table:
+    table = Table(title=title, title_justify="left", expand=False)
+    table.add_column("#", justify="right")
+    table.add_column("rung")
+    table.add_column("what changed")
+    table.add_column("status")
+    table.add_column("peak", justify="right")
+    table.add_column("time", justify="right")
+    previous: Plan | None = None
+    for attempt in view.attempts:
+        changed = _changed(view, attempt, previous)
+        table.add_row(str(attempt.number), attempt.rung or "start", Text(changed), _status(attempt),
+                      format_size(attempt.peak), format_duration(attempt.duration(now)))
+        previous = attempt.plan
+    return table
+
+
+def _changed(view: RunView, attempt: AttemptView, previous: Plan | None) -> str:
+    if previous is None:
+        if attempt.rung == "resume":
+            return f"resumed on the plan reached before: {describe_changes(view.program_plan, attempt.plan)}"
+        given = attempt.overrides.set_fields()
+        return ", ".join(f"{k}={v}" for k, v in given.items()) if given else "the program's own settings"
+    return describe_changes(previous, attempt.plan)
+
+
+def status_text(attempt: AttemptView) -> str:
+    total = f"/{attempt.max_steps}" if attempt.max_steps else ""
+    if attempt.status == "running":
+        if attempt.step is None:
+            return "starting"
+        return f"{'evaluating' if attempt.phase == 'eval' else 'running'} at step {attempt.step}{total}"
+    if attempt.status == "finished":
+        return f"finished{f' at step {attempt.step}{total}' if attempt.step is not None else ''}"
+    failure = attempt.failure
+    where = ""
+    if failure is not None and failure.step is not None:
+        where = f" in step {failure.step + 1}{total}" if failure.phase != "eval" else f" in evaluation after step {failure.step}"
+    elif attempt.step is not None:
+        where = f" after step {attempt.step}{total}"
+    if failure is None:
+        return attempt.status + where
+    if failure.is_memory:
+        return f"OOM{where}" + (" (host)" if failure.memory == "host" else "")
+    return f"{failure.kind.value}{where}: {failure.summary}"
+
+
+def _status(attempt: AttemptView) -> Text:
+    style = {"finished": "green", "running": "cyan"}.get(attempt.status)
+    if attempt.failure is not None:
+        style = "yellow" if attempt.failure.is_memory else "red"
+    return Text(status_text(attempt), style=style or "")
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"

@@ -1,0 +1,338 @@
+"""The adapter: applies the plan to an unmodified Hugging Face program and reports back.
+
+Installed from sitecustomize before the program runs. It patches, when (and only if) the program
+imports them: `TrainingArguments.__post_init__` (observe the program's settings, then apply the
+plan), `PreTrainedModel.from_pretrained` (dtype and quantization), `Trainer` (progress callback,
+facts, failure record) and `torch.optim.Optimizer` (the memory cap for programs without a model
+from transformers). Patching happens in a post-import hook, so a program that never imports
+transformers pays nothing for it.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.abc
+import json
+import os
+import sys
+import time
+from typing import Any, Callable
+
+from supervisor.worker import files, memcap
+
+_observed: dict[str, Any] = {"plan": {}, "facts": {}}
+_phase = ["train"]
+
+
+def plan() -> dict[str, Any]:
+    return json.loads(os.environ.get("OOMLADDER_PLAN") or "{}")
+
+
+def install() -> None:
+    hooks = {
+        "transformers.training_args": _patch_training_args,
+        "transformers.modeling_utils": _patch_modeling_utils,
+        "transformers.trainer": _patch_trainer,
+        "torch.optim.optimizer": _patch_optimizer,
+    }
+    for name, hook in list(hooks.items()):
+        if name in sys.modules:
+            hook(sys.modules[name])
+            del hooks[name]
+    sys.meta_path.insert(0, _PostImportFinder(hooks))
+    _chain_excepthook()
+
+
+# --- import hook -------------------------------------------------------------------------------
+
+class _PostImportFinder(importlib.abc.MetaPathFinder):
+    """Runs a hook on a module right after it has executed, whoever imports it."""
+
+    def __init__(self, hooks: dict[str, Callable[[Any], None]]) -> None:
+        self.hooks = hooks
+
+    def find_spec(self, fullname, path, target=None):
+        hook = self.hooks.get(fullname)
+        if hook is None:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        if spec.loader is None:
+            return spec
+        del self.hooks[fullname]
+        spec.loader = _HookedLoader(spec.loader, hook)
+        return spec
+
+
+class _HookedLoader(importlib.abc.Loader):
+    def __init__(self, loader, hook) -> None:
+        self._loader, self._hook = loader, hook
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        self._loader.exec_module(module)
+        _safely(self._hook, module)
+
+    def __getattr__(self, name):
+        return getattr(self._loader, name)
+
+
+def _safely(fn: Callable[..., Any], *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except Exception as exc:  # the adapter failing must not take the program down with it
+        print(f"oomladder: adapter step {getattr(fn, '__name__', fn)} failed: {exc!r}", file=sys.stderr)
+        return None
+
+
+# --- observation -------------------------------------------------------------------------------
+
+def _observe(plan_fields: dict[str, Any] | None = None, facts: dict[str, Any] | None = None) -> None:
+    _observed["plan"].update({k: v for k, v in (plan_fields or {}).items() if v is not None})
+    _observed["facts"].update({k: v for k, v in (facts or {}).items() if v is not None})
+    files.write_json(files.path(files.OBSERVED), {**_observed, "memory_cap": memcap.info(), "pid": os.getpid()})
+
+
+# --- TrainingArguments ---------------------------------------------------------------------------
+
+def _patch_training_args(module) -> None:
+    cls = module.TrainingArguments
+    original = cls.__post_init__
+
+    @functools.wraps(original)
+    def __post_init__(self, *args, **kwargs):
+        _safely(_observe, _program_training_settings(self))
+        _safely(_apply_to_training_args, self, plan())
+        return original(self, *args, **kwargs)
+
+    cls.__post_init__ = __post_init__
+
+
+def _program_training_settings(args) -> dict[str, Any]:
+    return {
+        "per_device_train_batch_size": args.per_device_train_batch_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "per_device_eval_batch_size": args.per_device_eval_batch_size,
+        "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
+        "gradient_checkpointing": bool(args.gradient_checkpointing),
+        "dataloader_num_workers": args.dataloader_num_workers,
+        "optim": getattr(args.optim, "value", args.optim),
+        "world_size": int(os.environ.get("WORLD_SIZE", "1") or 1),
+    }
+
+
+def _apply_to_training_args(args, p: dict[str, Any]) -> None:
+    for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "per_device_eval_batch_size",
+                 "dataloader_num_workers", "optim"):
+        if p.get(name) is not None:
+            setattr(args, name, p[name])
+    if p.get("precision") is not None:
+        args.bf16, args.fp16 = p["precision"] == "bf16", p["precision"] == "fp16"
+    if p.get("gradient_checkpointing") is not None:
+        args.gradient_checkpointing = p["gradient_checkpointing"]
+        if p["gradient_checkpointing"]:
+            kwargs = dict(args.gradient_checkpointing_kwargs or {}) if isinstance(
+                args.gradient_checkpointing_kwargs, dict) else {}
+            kwargs["use_reentrant"] = False
+            args.gradient_checkpointing_kwargs = kwargs
+    if p.get("dataloader_num_workers") == 0:
+        args.dataloader_prefetch_factor = None  # only allowed with workers
+        args.dataloader_persistent_workers = False
+    # The supervisor, not the Trainer, chooses the batch: the Trainer's own search would undo the plan.
+    args.auto_find_batch_size = False
+
+
+# --- from_pretrained -----------------------------------------------------------------------------
+
+def _patch_modeling_utils(module) -> None:
+    cls = module.PreTrainedModel
+    original = cls.from_pretrained.__func__
+    depth = [0]
+
+    @functools.wraps(original)
+    def from_pretrained(klass, *args, **kwargs):
+        memcap.arm()
+        if depth[0]:  # an Auto class calling the concrete class: apply the plan once
+            return original(klass, *args, **kwargs)
+        depth[0] += 1
+        try:
+            requested = _safely(_requested_load, kwargs) or {}
+            changed = _safely(_apply_to_load, kwargs, plan()) or False
+            model = original(klass, *args, **kwargs)
+            if not changed and "load_dtype" not in requested:
+                requested["load_dtype"] = str(getattr(model, "dtype", "")).replace("torch.", "") or None
+            _safely(_observe, requested)
+            return model
+        finally:
+            depth[0] -= 1
+
+    cls.from_pretrained = classmethod(from_pretrained)
+    original_init = cls.__init__
+
+    @functools.wraps(original_init)
+    def __init__(self, *args, **kwargs):
+        memcap.arm()  # a model built from its config, without from_pretrained
+        return original_init(self, *args, **kwargs)
+
+    cls.__init__ = __init__
+
+
+def _requested_load(kwargs: dict[str, Any]) -> dict[str, Any]:
+    dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
+    out: dict[str, Any] = {"quantization": _quantization_of(kwargs)}
+    if dtype is not None and dtype != "auto":
+        out["load_dtype"] = str(dtype).replace("torch.", "")
+    return out
+
+
+def _quantization_of(kwargs: dict[str, Any]) -> str:
+    config = kwargs.get("quantization_config")
+    if kwargs.get("load_in_4bit") or getattr(config, "load_in_4bit", False):
+        return "nf4"
+    if kwargs.get("load_in_8bit") or getattr(config, "load_in_8bit", False):
+        return "int8"
+    return "none" if config is None else type(config).__name__
+
+
+def _apply_to_load(kwargs: dict[str, Any], p: dict[str, Any]) -> bool:
+    import torch
+    changed = False
+    if p.get("load_dtype") not in (None, "auto"):
+        kwargs.pop("torch_dtype", None)
+        kwargs["dtype"] = getattr(torch, p["load_dtype"])
+        changed = True
+    quantization = p.get("quantization")
+    if quantization in ("int8", "nf4") and _quantization_of(kwargs) != quantization:
+        from transformers import BitsAndBytesConfig
+        kwargs.pop("load_in_8bit", None)
+        kwargs.pop("load_in_4bit", None)
+        if quantization == "int8":
+            kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+        else:
+            compute = torch.bfloat16 if p.get("precision") == "bf16" else torch.float32
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute,
+                bnb_4bit_use_double_quant=True)
+        changed = True
+    return changed
+
+
+# --- Trainer ----------------------------------------------------------------------------------
+
+def _patch_trainer(module) -> None:
+    cls = module.Trainer
+    original_init, original_train, original_evaluate = cls.__init__, cls.train, cls.evaluate
+
+    @functools.wraps(original_init)
+    def __init__(self, *args, **kwargs):
+        memcap.arm()
+        original_init(self, *args, **kwargs)
+        _safely(lambda: self.add_callback(_progress_callback(module)))
+        _safely(_observe, None, _facts(self))
+
+    @functools.wraps(original_train)
+    def train(self, *args, **kwargs):
+        try:
+            return original_train(self, *args, **kwargs)
+        except Exception as exc:
+            _safely(_record_failure, self, exc)
+            raise
+
+    @functools.wraps(original_evaluate)
+    def evaluate(self, *args, **kwargs):
+        previous, _phase[0] = _phase[0], "eval"
+        try:
+            return original_evaluate(self, *args, **kwargs)
+        except Exception as exc:
+            _safely(_record_failure, self, exc)
+            raise
+        finally:
+            _phase[0] = previous
+
+    cls.__init__, cls.train, cls.evaluate = __init__, train, evaluate
+
+
+def _facts(trainer) -> dict[str, Any]:
+    import torch
+    model = trainer.model
+    total = trainable = 0
+    base_frozen = hasattr(model, "peft_config")
+    for name, param in model.named_parameters():
+        total += param.numel()
+        if param.requires_grad:
+            trainable += param.numel()
+            if not any(tag in name for tag in ("lora_", "modules_to_save", "adapter", "prompt", "ia3_")):
+                base_frozen = False
+    device = trainer.args.device.type
+    bf16 = torch.cuda.is_bf16_supported() if device == "cuda" else device in ("cpu", "xpu", "mps")
+    return {"device": device, "bf16_supported": bool(bf16), "base_frozen": bool(base_frozen and trainable),
+            "trainable_fraction": round(trainable / total, 6) if total else None}
+
+
+def _record_failure(trainer, exc: BaseException) -> None:
+    state = trainer.state
+    peak, measure = memcap.peak()
+    files.write_failure(exc, step=state.global_step, max_steps=state.max_steps, phase=_phase[0],
+                        peak=peak, peak_measure=measure)
+
+
+def _progress_callback(module):
+    class OomLadderProgress(module.TrainerCallback):
+        """Reports each finished optimizer step (and evaluation) to the supervisor."""
+
+        def __init__(self) -> None:
+            self.loss = None
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:  # logged after on_step_end: report the step again with its loss
+                self.loss = logs["loss"]
+                self._report(state, "train")
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self._report(state, "train")
+
+        def on_evaluate(self, args, state, control, **kwargs):
+            self._report(state, "eval")
+
+        def _report(self, state, phase):
+            peak, measure = memcap.peak()
+            _safely(files.append_progress, {"step": state.global_step, "max_steps": state.max_steps,
+                                            "loss": self.loss, "phase": phase, "peak": peak,
+                                            "peak_measure": measure})
+
+    return OomLadderProgress()
+
+
+# --- programs without transformers ----------------------------------------------------------------
+
+def _patch_optimizer(module) -> None:
+    cls = module.Optimizer
+    original = cls.__init__
+
+    @functools.wraps(original)
+    def __init__(self, *args, **kwargs):
+        memcap.arm()  # the last moment before training allocates: weights exist, the rest counts
+        return original(self, *args, **kwargs)
+
+    cls.__init__ = __init__
+
+
+def _chain_excepthook() -> None:
+    previous = sys.excepthook
+
+    def excepthook(cls, exc, tb):
+        if not isinstance(exc, KeyboardInterrupt):
+            peak, measure = memcap.peak()
+            _safely(files.write_failure, exc, phase=_phase[0], peak=peak, peak_measure=measure,
+                    step=None, ts_exit=time.time())
+        previous(cls, exc, tb)
+
+    sys.excepthook = excepthook

@@ -1,0 +1,37 @@
+"""Loaded by Python at start-up because the supervisor puts this folder first on PYTHONPATH.
+
+PYTHONPATH survives launchers (torchrun, accelerate launch) that pass the environment on, so
+every rank gets the adapter without a change to the user's script.
+"""
+
+import os
+import sys
+
+
+def _install():
+    if not os.environ.get("OOMLADDER_ATTEMPT_DIR"):
+        return
+    try:
+        from supervisor.worker import adapter
+        adapter.install()
+    except Exception as exc:  # never break the user's program because the adapter could not load
+        print(f"oomladder: the worker adapter could not load ({exc!r}); the plan is not applied", file=sys.stderr)
+
+
+def _chain_next_sitecustomize():
+    """Run the sitecustomize this one shadows, if the environment had one."""
+    import importlib.machinery
+    import importlib.util
+    here = os.path.dirname(os.path.abspath(__file__))
+    path = [p for p in sys.path if os.path.abspath(p or ".") != here]
+    spec = importlib.machinery.PathFinder.find_spec("sitecustomize", path)
+    if spec and spec.loader and spec.origin and os.path.abspath(spec.origin) != os.path.abspath(__file__):
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+
+
+_install()
+try:
+    _chain_next_sitecustomize()
+except Exception as exc:
+    print(f"oomladder: the environment's own sitecustomize failed: {exc!r}", file=sys.stderr)

@@ -1,0 +1,76 @@
+"""`--memory-cap` inside the worker: emulate a device of that size.
+
+On CUDA it is `torch.cuda.set_per_process_memory_fraction`, so the caching allocator raises its
+own OutOfMemoryError. On the CPU it is an address-space limit of the worker's size once the
+frameworks are imported, plus the cap: PyTorch's CPU allocator then fails with its real
+"DefaultCPUAllocator: can't allocate memory" error where a smaller machine would.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import resource
+
+_state: dict[str, int | str] = {}
+# Imported before the limit is set: their code and libraries are the framework, not the workload.
+_FRAMEWORK = ("transformers.trainer", "transformers.modeling_utils", "peft", "bitsandbytes", "accelerate")
+
+
+def cap_bytes() -> int | None:
+    value = os.environ.get("OOMLADDER_MEMORY_CAP")
+    return int(value) if value else None
+
+
+def arm() -> None:
+    """Apply the cap once, as late as possible before the first model exists. Idempotent."""
+    cap = cap_bytes()
+    if not cap or _state:
+        return
+    import torch
+    if torch.cuda.is_available():
+        device = int(os.environ.get("LOCAL_RANK", "0") or 0)
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), device)
+        _state.update(mode="cuda_fraction", device_total=total)
+        return
+    for name in _FRAMEWORK:
+        try:
+            importlib.import_module(name)
+        except Exception:
+            pass  # not installed or not importable: the program will not use it either
+    torch.ones(64, 64) @ torch.ones(64, 64)  # start the intra-op threads: their stacks are overhead, not workload
+    base = vm_size()
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    limit = base + cap if hard == resource.RLIM_INFINITY else min(hard, base + cap)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    _state.update(mode="cpu_address_space", baseline=base, limit=limit)
+
+
+def peak() -> tuple[int | None, str | None]:
+    """(bytes, what was measured): the peak that counts against the cap, or the best stand-in."""
+    try:
+        import torch
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            return int(torch.cuda.max_memory_allocated()), "cuda_max_allocated"
+    except Exception:
+        pass
+    if _state.get("mode") == "cpu_address_space":
+        return max(0, _status_bytes("VmPeak") - int(_state["baseline"])), "address_space_over_baseline"
+    return _status_bytes("VmHWM"), "max_rss"
+
+
+def info() -> dict[str, int | str]:
+    return dict(_state)
+
+
+def vm_size() -> int:
+    return _status_bytes("VmSize")
+
+
+def _status_bytes(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    return 0
