@@ -105,8 +105,13 @@ def classify(evidence: Evidence) -> Failure:
     """The `Failure` that best explains `evidence`. Never raises."""
     record = evidence.record or {}
     phase, step = record.get("phase"), record.get("step")
-    record_text = " ".join(str(record.get(k) or "") for k in ("exc_type", "message"))
-    for text in (record_text, evidence.stderr_tail):
+    # The record names the exception that killed the worker; stderr may also hold OOMs it survived.
+    # Explicit causes (`raise X from oom`) count as part of it.
+    if record.get("exc_type"):
+        texts = ["\n".join([f"{record['exc_type']}: {record.get('message', '')}", *record.get("causes", [])])]
+    else:
+        texts = [evidence.stderr_tail]
+    for text in texts:
         found = _match(text, evidence.capped)
         if found:
             kind, memory = found
@@ -197,12 +202,13 @@ def parse_numbers(text: str) -> dict[str, int]:
     return numbers
 
 
-def is_fragmented(failure: Failure, threshold: float = 0.25) -> bool:
-    """Much memory reserved but unallocated, relative to the request: the allocator setting may be enough."""
+def is_fragmented(failure: Failure, share_of_device: float = 0.05) -> bool:
+    """Enough memory reserved but unallocated to serve the request, and a real share of the device:
+    the memory is there but in pieces, so the allocator setting alone may be enough."""
     reserved = failure.numbers.get("reserved_unallocated", 0)
     wanted = failure.numbers.get("tried_to_allocate", 0)
     total = failure.numbers.get("total_capacity", 0)
-    return reserved > 0 and (reserved >= wanted or (total and reserved >= threshold * total))
+    return reserved > 0 and reserved >= wanted and reserved >= share_of_device * total
 
 
 def _signal_name(signum: int) -> str:

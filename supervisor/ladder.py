@@ -93,6 +93,10 @@ def parse_ladder(text: str, source: str) -> Ladder:
         problem = getattr(exc, "problem", None) or "not valid YAML"
         raise LadderFileError(f"ladder file '{source}' is not valid YAML{at} ({problem}): fix it, "
                               f"or compare with configs/default.yaml") from None
+    if isinstance(data, dict) and set(data) - {"version", "rungs", "description"}:
+        unknown = sorted(map(str, set(data) - {"version", "rungs", "description"}))
+        raise LadderFileError(f"ladder file '{source}' has unknown keys {unknown}: only 'version', "
+                              f"'description' and 'rungs' are read")
     if not isinstance(data, dict) or not isinstance(data.get("rungs"), list) or not data["rungs"]:
         raise LadderFileError(f"ladder file '{source}' needs a non-empty 'rungs:' list of strategy names "
                               f"(see configs/default.yaml)")
@@ -100,10 +104,6 @@ def parse_ladder(text: str, source: str) -> Ladder:
     if version != LADDER_VERSION:
         raise LadderFileError(f"ladder file '{source}' is version {version!r}; this oomladder reads version "
                               f"{LADDER_VERSION}")
-    unknown = set(data) - {"version", "rungs", "description"}
-    if unknown:
-        raise LadderFileError(f"ladder file '{source}' has unknown keys {sorted(unknown)}: only 'version', "
-                              f"'description' and 'rungs' are read")
     return Ladder(tuple(_parse_rung(i, entry, source) for i, entry in enumerate(data["rungs"])), source)
 
 

@@ -50,6 +50,11 @@ def write_failure(exc: BaseException, **context: Any) -> bool:
         # torch.OutOfMemoryError's module says torch.cuda on old releases; print what the traceback prints
         name = f"{module}.{cls.__qualname__}"
     lines = traceback.format_exception(cls, exc, exc.__traceback__)
-    write_json(target, {"exc_type": name, "message": str(exc)[:20000], "traceback": "".join(lines)[-8000:],
+    causes, cause = [], exc.__cause__
+    while cause is not None and len(causes) < 5:  # `raise X from oom`: the OOM is part of why it died
+        causes.append(f"{type(cause).__qualname__}: {str(cause)[:4000]}")
+        cause = cause.__cause__
+    write_json(target, {"exc_type": name, "message": str(exc)[:20000], "causes": causes,
+                        "traceback": "".join(lines)[-8000:],
                         "pid": os.getpid(), "rank": rank(), "ts": round(time.time(), 3), **context})
     return True

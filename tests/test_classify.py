@@ -1,0 +1,125 @@
+"""Every out-of-memory signature the classifier knows, on the real text PyTorch, CUDA, NCCL and
+friends print (sources for each text: tests/fixtures/oom_messages.md)."""
+
+import signal
+
+import pytest
+
+from supervisor.classify import Evidence, Kind, classify, is_fragmented, parse_numbers
+
+REAL_TEXTS = {
+    "cuda_alloc_pre_1_13": (Kind.CUDA_OOM, "RuntimeError: CUDA out of memory. Tried to allocate 3.20 GiB (GPU 0; 22.20 GiB total capacity; 18.38 GiB already allocated; 2.83 GiB free; 18.46 GiB reserved in total by PyTorch) If reserved memory is >> allocated memory try setting max_split_size_mb to avoid fragmentation.  See documentation for Memory Management and PYTORCH_CUDA_ALLOC_CONF"),
+    "cuda_alloc_2_0": (Kind.CUDA_OOM, "torch.cuda.OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 MiB (GPU 0; 8.00 GiB total capacity; 7.06 GiB already allocated; 0 bytes free; 7.29 GiB reserved in total by PyTorch) If reserved memory is >> allocated memory try setting max_split_size_mb to avoid fragmentation.  See documentation for Memory Management and PYTORCH_CUDA_ALLOC_CONF"),
+    "cuda_alloc_2_1_capacty": (Kind.CUDA_OOM, "torch.cuda.OutOfMemoryError: CUDA out of memory. Tried to allocate 3.00 GiB. GPU 0 has a total capacty of 23.65 GiB of which 1.66 GiB is free. Including non-PyTorch memory, this process has 20.81 GiB memory in use. Of the allocated memory 12.09 GiB is allocated by PyTorch, and 4.84 GiB is reserved by PyTorch but unallocated. If reserved but unallocated memory is large try setting max_split_size_mb to avoid fragmentation.  See documentation for Memory Management and PYTORCH_CUDA_ALLOC_CONF"),
+    "cuda_alloc_2_2": (Kind.CUDA_OOM, "torch.cuda.OutOfMemoryError: CUDA out of memory. Tried to allocate 22.00 MiB. GPU 0 has a total capacity of 23.65 GiB of which 11.06 MiB is free. Including non-PyTorch memory, this process has 23.60 GiB memory in use. Of the allocated memory 22.90 GiB is allocated by PyTorch, and 194.87 MiB is reserved by PyTorch but unallocated. If reserved but unallocated memory is large try setting PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to avoid fragmentation.  See documentation for Memory Management  (https://pytorch.org/docs/stable/notes/cuda.html#environment-variables)"),
+    "cuda_alloc_2_4_rank": (Kind.CUDA_OOM, "[rank0]: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 158.00 MiB. GPU 0 has a total capacity of 23.69 GiB of which 115.69 MiB is free. Process 21422 has 23.57 GiB memory in use. Of the allocated memory 22.14 GiB is allocated by PyTorch, and 910.35 MiB is reserved by PyTorch but unallocated. If reserved but unallocated memory is large try setting PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to avoid fragmentation.  See documentation for Memory Management  (https://pytorch.org/docs/stable/notes/cuda.html#environment-variables)"),
+    "cuda_alloc_current": (Kind.CUDA_OOM, "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.60 GiB. GPU 0 has a total capacity of 14.74 GiB of which 2.44 GiB is free. Process 21197 has 366.00 MiB memory in use. Process 21194 has 8.07 GiB memory in use. Process 21200 has 3.40 GiB memory in use. Process 21203 has 484.00 MiB memory in use. Of the allocated memory 7.85 GiB is allocated by PyTorch, and 86.90 MiB is reserved by PyTorch but unallocated. If reserved but unallocated memory is large try setting PYTORCH_ALLOC_CONF=expandable_segments:True to avoid fragmentation.  See documentation for Memory Management  (https://pytorch.org/docs/stable/notes/cuda.html#environment-variables)"),
+    "cuda_driver_old": (Kind.CUDA_DRIVER_OOM, "RuntimeError: CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported at some other API call, so the stacktrace below might be incorrect.\nFor debugging consider passing CUDA_LAUNCH_BLOCKING=1.\nCompile with `TORCH_USE_CUDA_DSA` to enable device-side assertions."),
+    "cuda_driver_accelerator_error": (Kind.CUDA_DRIVER_OOM, "torch.AcceleratorError: CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported at some other API call, so the stacktrace below might be incorrect.\nFor debugging consider passing CUDA_LAUNCH_BLOCKING=1\nCompile with `TORCH_USE_CUDA_DSA` to enable device-side assertions."),
+    "cublas_alloc": (Kind.CUBLAS_ALLOC, "RuntimeError: CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"),
+    "cudnn_alloc": (Kind.CUDNN_ALLOC, "RuntimeError: cuDNN error: CUDNN_STATUS_ALLOC_FAILED"),
+    "nccl_warn": (Kind.NCCL_OOM, "ng30903:3063028:3066152 [3] include/alloc.h:178 NCCL WARN Cuda failure 'out of memory'\n\nng30903:3063028:3066152 [3] include/alloc.h:185 NCCL WARN Failed to CUDA calloc 6291456 bytes"),
+    "nccl_last_error": (Kind.NCCL_OOM, "torch.distributed.DistBackendError: NCCL error in: ../torch/csrc/distributed/c10d/ProcessGroupNCCL.cpp:1691, unhandled cuda error (run with NCCL_DEBUG=INFO for details), NCCL version 2.19.3\nncclUnhandledCudaError: Call to CUDA function failed.\nLast error:\nCuda failure 2 'out of memory'"),
+    "mps_oom": (Kind.MPS_OOM, "RuntimeError: MPS backend out of memory (MPS allocated: 5.50 GB, other allocations: 14.76 GB, max allowed: 20.40 GB). Tried to allocate 147.24 MB on private pool. Use PYTORCH_MPS_HIGH_WATERMARK_RATIO=0.0 to disable upper limit for memory allocations (may cause system failure)."),
+    "hip_oom": (Kind.HIP_OOM, "torch.OutOfMemoryError: HIP out of memory. Tried to allocate 3.31 GiB. GPU 0 has a total capacity of 128.00 GiB of which 780.24 MiB is free. Of the allocated memory 57.70 GiB is allocated by PyTorch, and 75.82 MiB is reserved by PyTorch but unallocated. If reserved but unallocated memory is large try setting PYTORCH_HIP_ALLOC_CONF=expandable_segments:True to avoid fragmentation.  See documentation for Memory Management  (https://pytorch.org/docs/stable/notes/cuda.html#environment-variables)"),
+    "xpu_oom": (Kind.XPU_OOM, "torch.OutOfMemoryError: XPU out of memory. Tried to allocate 4.66 GiB. GPU 0 has a total capacity of 5.65 GiB of which 5.65 GiB is free. Of the allocated memory 195.50 KiB is allocated by PyTorch, and 1.81 MiB is reserved by PyTorch but unallocated. Please use `empty_cache` to release all unoccupied cached memory."),
+    "dataloader_killed": (Kind.DATALOADER_KILLED, "RuntimeError: DataLoader worker (pid 1817) is killed by signal: Killed. "),
+    "dataloader_exited": (Kind.DATALOADER_KILLED, "RuntimeError: DataLoader worker (pid(s) 1448, 8988) exited unexpectedly"),
+}
+
+CPU_ALLOC = ("RuntimeError: [enforce fail at alloc_cpu.cpp:75] err == 0. DefaultCPUAllocator: can't allocate memory: "
+             "you tried to allocate 132426121216 bytes. Error code 12 (Cannot allocate memory)")
+CPU_ALLOC_WINDOWS = ("RuntimeError: [enforce fail at C:\\b\\abs_bao0hdcrdh\\croot\\pytorch_1675190257512\\work\\c10\\core"
+                     "\\impl\\alloc_cpu.cpp:81] data. DefaultCPUAllocator: not enough memory: you tried to allocate "
+                     "1981808640 bytes.")
+ONEDNN = "RuntimeError: could not create a primitive"
+
+
+@pytest.mark.parametrize("name", sorted(REAL_TEXTS))
+def test_each_device_oom_is_recognised_from_stderr(name):
+    kind, text = REAL_TEXTS[name]
+    failure = classify(Evidence(returncode=1, stderr_tail="Traceback (most recent call last):\n  ...\n" + text))
+    assert failure.kind is kind
+    assert failure.memory == ("host" if kind is Kind.DATALOADER_KILLED else "device")
+
+
+@pytest.mark.parametrize("name", sorted(REAL_TEXTS))
+def test_each_device_oom_is_recognised_from_the_failure_record(name):
+    kind, text = REAL_TEXTS[name]
+    exc_type, _, message = text.partition(": ")
+    failure = classify(Evidence(returncode=1, record={"exc_type": exc_type, "message": message, "step": 2,
+                                                      "phase": "train"}))
+    assert failure.kind is kind
+    assert failure.step == 2
+
+
+@pytest.mark.parametrize("text", [CPU_ALLOC, CPU_ALLOC_WINDOWS])
+def test_the_cpu_allocator_oom_is_the_device_oom_under_a_cap_and_host_memory_without(text):
+    assert classify(Evidence(1, stderr_tail=text, capped=True)).memory == "device"
+    uncapped = classify(Evidence(1, stderr_tail=text, capped=False))
+    assert (uncapped.kind, uncapped.memory) == (Kind.CPU_OOM, "host")
+
+
+def test_onednn_failing_to_create_a_primitive_is_an_oom_only_under_a_cap():
+    assert classify(Evidence(1, stderr_tail=ONEDNN, capped=True)).kind is Kind.ONEDNN_PRIMITIVE
+    assert classify(Evidence(1, stderr_tail=ONEDNN, capped=False)).kind is Kind.ERROR
+
+
+def test_an_ordinary_exception_is_a_bug_and_not_a_memory_problem():
+    record = {"exc_type": "KeyError", "message": "'labels'", "step": 0, "phase": "train"}
+    failure = classify(Evidence(1, record=record, stderr_tail="KeyError: 'labels'"))
+    assert failure.kind is Kind.ERROR and not failure.is_memory
+    assert failure.summary == "KeyError: 'labels'"
+
+
+def test_a_bug_in_stderr_without_a_record_is_still_named():
+    failure = classify(Evidence(1, stderr_tail="Traceback (most recent call last):\nValueError: bad shape\n"))
+    assert (failure.kind, failure.summary) == (Kind.ERROR, "ValueError: bad shape")
+
+
+def test_the_record_wins_over_an_earlier_oom_that_was_handled():
+    """A program may survive an OOM (a probing batch-size search) and die of a bug later."""
+    stderr = REAL_TEXTS["cuda_alloc_2_2"][1] + "\n...\n"
+    failure = classify(Evidence(1, record={"exc_type": "ValueError", "message": "nan loss"}, stderr_tail=stderr))
+    assert failure.kind is Kind.ERROR
+
+
+def test_the_last_signature_in_stderr_is_the_cause():
+    stderr = REAL_TEXTS["cuda_alloc_2_2"][1] + "\n" + REAL_TEXTS["dataloader_killed"][1]
+    assert classify(Evidence(1, stderr_tail=stderr)).kind is Kind.DATALOADER_KILLED
+
+
+def test_sigkill_is_a_host_oom_only_with_the_kernels_word_for_it():
+    assert classify(Evidence(-signal.SIGKILL, cgroup_oom_kill=True)).kind is Kind.HOST_OOM_KILL
+    unexplained = classify(Evidence(-signal.SIGKILL))
+    assert unexplained.kind is Kind.KILLED and not unexplained.is_memory
+
+
+@pytest.mark.parametrize("code", [-signal.SIGTERM, -signal.SIGINT, 128 + signal.SIGTERM])
+def test_termination_signals_are_interruptions(code):
+    assert classify(Evidence(code)).kind is Kind.INTERRUPTED
+
+
+def test_a_crash_and_a_silent_exit_are_not_guessed_to_be_memory():
+    assert classify(Evidence(-signal.SIGSEGV)).kind is Kind.CRASHED
+    silent = classify(Evidence(7, stderr_tail=""))
+    assert (silent.kind, silent.summary) == (Kind.UNKNOWN, "exited with status 7")
+
+
+def test_the_numbers_in_an_oom_message_are_kept():
+    numbers = parse_numbers(REAL_TEXTS["cuda_alloc_2_1_capacty"][1])
+    gib = 2**30
+    assert numbers["tried_to_allocate"] == 3 * gib
+    assert numbers["total_capacity"] == int(23.65 * gib)
+    assert numbers["free"] == int(1.66 * gib)
+    assert numbers["allocated_by_pytorch"] == int(12.09 * gib)
+    assert numbers["reserved_unallocated"] == int(4.84 * gib)
+    old = parse_numbers(REAL_TEXTS["cuda_alloc_2_0"][1])
+    assert old["free"] == 0 and old["reserved_unallocated"] == int(7.29 * gib) - int(7.06 * gib)
+    assert parse_numbers(CPU_ALLOC)["tried_to_allocate"] == 132426121216
+
+
+def test_fragmentation_is_much_reserved_but_unallocated():
+    fragmented = classify(Evidence(1, stderr_tail=REAL_TEXTS["cuda_alloc_2_1_capacty"][1]))
+    tight = classify(Evidence(1, stderr_tail=REAL_TEXTS["cuda_alloc_2_2"][1]))
+    assert is_fragmented(fragmented) and not is_fragmented(tight)

@@ -1,0 +1,113 @@
+"""The ladder as data (YAML) and as a pure step from (plan, failure) to the next plan."""
+
+import pytest
+
+from strategies import registry
+from strategies.base import Applied, Strategy
+from supervisor.classify import Failure, Kind
+from supervisor.errors import LadderFileError, StrategyError
+from supervisor.ladder import load_ladder, next_plan, parse_ladder
+from supervisor.plan import Facts, Plan
+
+OOM = Failure(Kind.CPU_OOM, "device", "CPU allocator out of memory", phase="train", step=2)
+HOST = Failure(Kind.DATALOADER_KILLED, "host", "a DataLoader worker was killed")
+PROGRAM = Plan(per_device_train_batch_size=16, gradient_accumulation_steps=1, per_device_eval_batch_size=8,
+               precision="fp32", load_dtype="float32", quantization="none", gradient_checkpointing=False,
+               dataloader_num_workers=2, allocator="", world_size=1)
+LORA_ON_CPU = Facts(device="cpu", bf16_supported=True, base_frozen=True)
+
+
+def walk(ladder, plan=PROGRAM, facts=LORA_ON_CPU, failure=OOM, steps=20):
+    """The rungs taken by repeated OOMs, as the runner would take them."""
+    taken, uses = [], {}
+    for _ in range(steps):
+        decision = next_plan(ladder, plan, facts, failure, uses)
+        if decision.exhausted:
+            return taken, decision
+        taken.append(decision.rung)
+        uses[decision.rung_index] = uses.get(decision.rung_index, 0) + 1
+        plan = decision.plan
+    raise AssertionError("the ladder never ran out")
+
+
+def test_the_default_ladder_walks_the_cards_order():
+    taken, end = walk(load_ladder(None))
+    assert taken == ["bf16", "int8", "halve_batch", "gradient_checkpointing",
+                     "halve_batch", "halve_batch", "halve_batch"]
+    assert end.reason == "no rung of the ladder is left that saves device memory"
+
+
+def test_the_default_ladder_on_cuda_starts_with_the_free_allocator_rung():
+    taken, _ = walk(load_ladder(None), facts=LORA_ON_CPU.__class__(device="cuda", bf16_supported=True,
+                                                                   base_frozen=True))
+    assert taken[0] == "expandable_segments"
+
+
+def test_skips_are_recorded_with_their_reasons():
+    decision = next_plan(load_ladder(None), PROGRAM.replace(precision="bf16", load_dtype="bfloat16"),
+                         LORA_ON_CPU, OOM, {})
+    assert decision.rung == "int8"
+    assert dict(decision.skipped) == {
+        "expandable_segments": "the worker ran on cpu: only a CUDA caching allocator has segments to expand",
+        "bf16": "training already runs in bf16"}
+
+
+def test_the_effective_batch_never_changes_along_the_whole_ladder():
+    plan, uses = PROGRAM, {}
+    ladder = load_ladder(None)
+    while not (decision := next_plan(ladder, plan, LORA_ON_CPU, OOM, uses)).exhausted:
+        assert decision.plan.effective_batch == 16
+        uses[decision.rung_index] = uses.get(decision.rung_index, 0) + 1
+        plan = decision.plan
+    assert plan.per_device_train_batch_size == 1 and plan.gradient_accumulation_steps == 16
+
+
+def test_a_rung_that_would_change_the_effective_batch_is_refused(monkeypatch):
+    class Sloppy(Strategy):
+        name = "sloppy"
+
+        def apply(self, plan, facts, failure):
+            return Applied(plan.replace(per_device_train_batch_size=plan.per_device_train_batch_size // 2), "smaller")
+
+    monkeypatch.setitem(registry._REGISTRY, "sloppy", Sloppy)
+    decision = next_plan(parse_ladder("rungs: [sloppy, halve_batch]", "test"), PROGRAM, LORA_ON_CPU, OOM, {})
+    assert decision.rung == "halve_batch"
+    assert decision.skipped == (("sloppy", "refused: it would change the effective batch from 16 to 8"),)
+
+
+def test_times_caps_a_rung_and_host_memory_goes_to_fewer_workers():
+    ladder = parse_ladder("rungs: [{halve_batch: {times: 2}}, fewer_workers]", "test")
+    assert walk(ladder)[0] == ["halve_batch", "halve_batch"]
+    assert walk(ladder, failure=HOST)[0] == ["fewer_workers", "fewer_workers"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("rungs: [bf16", "is not valid YAML at line 1"),
+    ("- bf16", "needs a non-empty 'rungs:' list"),
+    ("rungs: []", "needs a non-empty 'rungs:' list"),
+    ("version: 2\nrungs: [bf16]", "is version 2"),
+    ("rung: [bf16]", "unknown keys"),
+    ("rungs: [[bf16]]", "rung 1 of ladder file 'x.yaml' must be a strategy name"),
+    ("rungs: [{halve_batch: 2}]", "parameters of 'halve_batch' must be a mapping"),
+    ("rungs: [{halve_batch: {times: 0}}]", "'times' must be a whole number"),
+])
+def test_a_broken_ladder_file_says_what_is_wrong(text, message):
+    with pytest.raises(LadderFileError, match=message):
+        parse_ladder(text, "x.yaml")
+
+
+def test_an_unknown_strategy_names_the_rung_and_the_known_ones():
+    with pytest.raises(StrategyError, match=r"rung 2 of ladder file 'x.yaml': unknown strategy 'int4'.*known:"):
+        parse_ladder("rungs: [bf16, int4]", "x.yaml")
+
+
+def test_a_missing_ladder_file_says_what_to_do(tmp_path):
+    with pytest.raises(LadderFileError, match="does not exist.*leave out --ladder"):
+        load_ladder(tmp_path / "nope.yaml")
+
+
+def test_ladder_files_are_loaded_safely(tmp_path):
+    path = tmp_path / "evil.yaml"
+    path.write_text("rungs: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(LadderFileError, match="not valid YAML"):
+        load_ladder(path)

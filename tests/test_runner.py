@@ -1,0 +1,214 @@
+"""The supervisor's policy, with scripted stand-in workers: no processes, no waiting.
+
+The stand-ins write the files the real adapter writes. They are not evidence that recovery
+works with real training: tests/e2e runs the same loop on real Trainer workers and real OOMs.
+"""
+
+import json
+import signal
+from itertools import count
+from pathlib import Path
+
+import pytest
+
+from supervisor.errors import RunDirError
+from supervisor.history import fold
+from supervisor.journal import read_journal
+from supervisor.ladder import load_ladder, parse_ladder
+from supervisor.plan import Plan
+from supervisor.process import LaunchError
+from supervisor.runner import RunConfig, Runner
+
+CPU_OOM = ("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried "
+           "to allocate 524288000 bytes. Error code 12 (Cannot allocate memory)")
+PROGRAM = {"per_device_train_batch_size": 16, "gradient_accumulation_steps": 1, "per_device_eval_batch_size": 8,
+           "precision": "bf16", "load_dtype": "bfloat16", "quantization": "none", "gradient_checkpointing": False,
+           "dataloader_num_workers": 0, "optim": "adamw_torch", "world_size": 1}
+FACTS = {"device": "cpu", "bf16_supported": True, "base_frozen": True}
+
+
+class Handle:
+    def __init__(self, returncode):
+        self.pid, self.returncode, self.polls = 4242, returncode, 0
+        self.stopped_with = None
+
+    def poll(self):
+        self.polls += 1
+        return None if self.polls < 2 else self.returncode
+
+    def stop(self, sig=signal.SIGTERM, grace=10.0):
+        self.stopped_with = sig
+        return -sig
+
+    def reap_group(self):
+        pass
+
+
+class ScriptedWorkers:
+    """Launcher whose n-th worker does what the n-th behaviour says, writing what the adapter writes."""
+
+    def __init__(self, *behaviours):
+        self.behaviours = list(behaviours)
+        self.specs = []
+
+    def __call__(self, spec):
+        self.specs.append(spec)
+        behaviour = self.behaviours.pop(0)
+        return Handle(behaviour(Path(spec.env["OOMLADDER_ATTEMPT_DIR"]), json.loads(spec.env["OOMLADDER_PLAN"])))
+
+    def plans(self):
+        return [json.loads(s.env["OOMLADDER_PLAN"]) for s in self.specs]
+
+
+def _observe(folder, program=PROGRAM):
+    (folder / "observed.0.json").write_text(json.dumps({"plan": program, "facts": FACTS}))
+
+
+def _steps(folder, upto, max_steps=6):
+    with open(folder / "progress.0.jsonl", "a") as f:
+        for step in range(1, upto + 1):
+            f.write(json.dumps({"step": step, "max_steps": max_steps, "loss": 10.0 - step, "phase": "train",
+                                "peak": 100 * step, "peak_measure": "address_space_over_baseline"}) + "\n")
+
+
+def oom_at(step):
+    def behaviour(folder, plan):
+        _observe(folder)
+        _steps(folder, step - 1)
+        (folder / "failure.0.json").write_text(json.dumps({
+            "exc_type": "RuntimeError", "message": CPU_OOM, "step": step - 1, "max_steps": 6, "phase": "train",
+            "ts": 1.0, "peak": 999}))
+        return 1
+    return behaviour
+
+
+def finish(folder, plan):
+    _observe(folder)
+    _steps(folder, 6)
+    return 0
+
+
+def bug(folder, plan):
+    _observe(folder)
+    (folder / "failure.0.json").write_text(json.dumps({"exc_type": "KeyError", "message": "'labels'", "step": 0}))
+    return 1
+
+
+def run(tmp_path, launcher, ladder=None, **options):
+    config = RunConfig(command=("python", "train.py"), run_dir=tmp_path / "run",
+                       ladder=ladder or load_ladder(None), memory_cap=2**30, **options)
+    ticks = count()
+    runner = Runner(config, launcher=launcher, clock=lambda: float(next(ticks)), sleep=lambda s: None, environ={})
+    return runner.run(), fold(read_journal(tmp_path / "run" / "journal.jsonl"))
+
+
+def test_an_oom_walks_the_ladder_and_the_next_attempt_finishes(tmp_path):
+    workers = ScriptedWorkers(oom_at(3), oom_at(3), finish)
+    code, view = run(tmp_path, workers)
+    assert code == 0
+    assert [a.rung for a in view.attempts] == [None, "int8", "halve_batch"]
+    assert [a.status for a in view.attempts] == ["failed", "failed", "finished"]
+    assert workers.plans()[0] == {}  # the first attempt runs the program as it is
+    assert workers.plans()[2]["per_device_train_batch_size"] == 8
+    assert workers.plans()[2]["gradient_accumulation_steps"] == 2
+    assert {a.plan.effective_batch for a in view.attempts} == {16}
+    assert view.attempts[0].failure.summary == "CPU allocator out of memory: tried to allocate 500 MiB"
+    assert view.ended["status"] == "finished"
+
+
+def test_the_report_is_written_beside_the_journal(tmp_path):
+    run(tmp_path, ScriptedWorkers(oom_at(3), oom_at(3), finish))
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["effective_batch"] == {"before": 16, "after": 16}
+    assert [row["setting"] for row in report["before_after"]] == [
+        "per_device_train_batch_size", "gradient_accumulation_steps", "quantization"]
+    assert "| 3 | halve_batch | per_device_train_batch_size 16→8, gradient_accumulation_steps 1→2 |" in (
+        tmp_path / "run" / "report.md").read_text()
+
+
+def test_a_bug_stops_the_run_without_walking_the_ladder(tmp_path):
+    code, view = run(tmp_path, ScriptedWorkers(bug))
+    assert code == 3
+    assert len(view.attempts) == 1 and not view.decisions
+    assert "KeyError: 'labels'" in view.ended["reason"] and "ladder was not walked" in view.ended["reason"]
+
+
+def test_when_no_rung_is_left_the_run_stops_and_says_why(tmp_path):
+    code, view = run(tmp_path, ScriptedWorkers(oom_at(1), oom_at(1)), ladder=parse_ladder(
+        "rungs: [{halve_batch: {times: 1}}]", "one rung"))
+    assert code == 4
+    assert view.ended["status"] == "ladder_exhausted"
+    assert "no rung of the ladder is left" in view.ended["reason"]
+
+
+def test_the_attempt_budget_is_kept(tmp_path):
+    code, view = run(tmp_path, ScriptedWorkers(oom_at(1), oom_at(1)), max_attempts=2)
+    assert code == 5 and len(view.attempts) == 2
+    assert "--max-attempts 2" in view.ended["reason"]
+
+
+def test_the_same_run_directory_again_continues_on_the_plan_it_reached(tmp_path):
+    run(tmp_path, ScriptedWorkers(oom_at(3), oom_at(3)), max_attempts=2)
+    workers = ScriptedWorkers(finish)
+    code, view = run(tmp_path, workers)
+    assert code == 0
+    assert workers.plans()[0]["per_device_train_batch_size"] == 8
+    assert [a.number for a in view.attempts] == [1, 2, 3] and view.attempts[-1].rung == "resume"
+
+
+def test_a_run_directory_of_another_command_is_refused(tmp_path):
+    run(tmp_path, ScriptedWorkers(finish))
+    config = RunConfig(command=("python", "other.py"), run_dir=tmp_path / "run", ladder=load_ladder(None))
+    with pytest.raises(RunDirError, match="holds a run of another command"):
+        Runner(config, launcher=ScriptedWorkers(finish), environ={}).run()
+    assert len(read_journal(tmp_path / "run" / "journal.jsonl")) > 3  # the earlier run is untouched
+
+
+def test_placeholders_and_variables_carry_the_plan_to_any_program(tmp_path):
+    workers = ScriptedWorkers(oom_at(2), finish)
+    config = RunConfig(command=("train", "--bs={per_device_train_batch_size}", "--acc", "{gradient_accumulation_steps}",
+                                '{"json": 1}'), run_dir=tmp_path / "run", ladder=parse_ladder("rungs: [halve_batch]", "t"),
+                       initial=Plan(per_device_train_batch_size=16, gradient_accumulation_steps=1), memory_cap=2**30)
+    assert Runner(config, launcher=workers, clock=count().__next__, sleep=lambda s: None, environ={}).run() == 0
+    first, second = workers.specs
+    assert first.argv == ("train", "--bs=16", "--acc", "1", '{"json": 1}')
+    assert second.argv == ("train", "--bs=8", "--acc", "2", '{"json": 1}')
+    assert second.env["OOMLADDER_PER_DEVICE_TRAIN_BATCH_SIZE"] == "8"
+    assert second.env["OOMLADDER_MEMORY_CAP"] == str(2**30)
+
+
+def test_a_command_that_cannot_start_is_bad_input(tmp_path):
+    def cannot(spec):
+        raise LaunchError("cannot start 'trian.py': No such file or directory")
+    code, view = run(tmp_path, cannot)
+    assert code == 2 and view.ended["status"] == "launch_failed"
+
+
+def test_the_allocator_rung_reaches_the_worker_under_both_variable_names(tmp_path):
+    cuda = dict(FACTS, device="cuda")
+
+    def cuda_oom(folder, plan):
+        (folder / "observed.0.json").write_text(json.dumps({"plan": PROGRAM, "facts": cuda}))
+        (folder / "failure.0.json").write_text(json.dumps({
+            "exc_type": "torch.OutOfMemoryError", "message": "CUDA out of memory. Tried to allocate 20.00 MiB."}))
+        return 1
+
+    workers = ScriptedWorkers(cuda_oom, finish)
+    assert run(tmp_path, workers)[0] == 0
+    env = workers.specs[1].env
+    assert env["PYTORCH_CUDA_ALLOC_CONF"] == env["PYTORCH_ALLOC_CONF"] == "expandable_segments:True"
+
+
+def test_a_stop_signal_stops_the_worker_group_and_the_run_says_so(tmp_path):
+    config = RunConfig(command=("python", "train.py"), run_dir=tmp_path / "run", ladder=load_ladder(None))
+    handles = []
+
+    def launcher(spec):
+        handles.append(Handle(None))
+        return handles[-1]
+
+    runner = Runner(config, launcher=launcher, sleep=lambda s: runner.request_stop(signal.SIGTERM), environ={})
+    assert runner.run() == 143
+    assert handles[0].stopped_with == signal.SIGTERM
+    view = fold(read_journal(tmp_path / "run" / "journal.jsonl"))
+    assert view.ended["status"] == "interrupted" and view.attempts[0].status == "interrupted"
