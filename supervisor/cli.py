@@ -21,7 +21,8 @@ EXIT_CODES_HELP = """exit status:
   3    the worker failed for a reason no memory setting fixes (a bug, an unexplained kill)
   4    out of memory and no rung of the ladder left
   5    the attempt budget (--max-attempts) ran out
-  130  interrupted by SIGINT (Ctrl-C); 143 by SIGTERM: run the same command again to continue
+  130  interrupted by SIGINT (Ctrl-C): run the same command again to continue
+  143  stopped by SIGTERM (a scheduler's pre-emption): run the same command again to continue
   70   a bug in oomladder itself
 """
 
@@ -105,8 +106,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _console():
+    import os
     from rich.console import Console
-    return Console(stderr=False)
+    console = Console()
+    if not console.is_terminal:  # a log file: wide enough that a table row stays one line
+        console = Console(width=int(os.environ.get("COLUMNS", 0)) or 140)
+    return console
 
 
 def make_run_config(args: argparse.Namespace):
@@ -123,6 +128,7 @@ def make_run_config(args: argparse.Namespace):
     if not command:
         raise UsageError("no command to run: put the training command after --, e.g. "
                          "oomladder run -- python train.py")
+    _check_command(command)
     settings = {}
     for item in args.settings:
         name, sep, value = item.partition("=")
@@ -144,6 +150,28 @@ def make_run_config(args: argparse.Namespace):
                          f"--set {sorted(missing)[0]}=VALUE")
     return RunConfig(command=tuple(command), run_dir=run_dir, ladder=ladder, memory_cap=memory_cap,
                      max_attempts=args.max_attempts, initial=initial)
+
+
+def _check_command(command: list[str]) -> None:
+    """Catch the commonest typos before a run directory is made: no such program, no such script."""
+    import re
+    import shutil
+    program = command[0]
+    if shutil.which(program) is None:
+        raise UsageError(f"cannot start '{program}': no such program (not a path to an executable, nor on PATH)")
+    if re.search(r"python[\d.]*$", Path(program).name):
+        args = iter(command[1:])
+        for arg in args:
+            if arg in ("-m", "-c", "-"):
+                return
+            if arg in ("-W", "-X"):  # options that take a value
+                next(args, None)
+                continue
+            if arg.startswith("-"):
+                continue
+            if not Path(arg).exists():
+                raise UsageError(f"the script '{arg}' does not exist (looked in {Path.cwd()}): check its path")
+            return
 
 
 def _new_run_dir() -> Path:

@@ -65,7 +65,7 @@ def load_ladder(path: str | Path | None = None) -> Ladder:
     if path is None:
         return parse_ladder(default_ladder_path().read_text(), f"default ladder ({DEFAULT_LADDER})")
     path = Path(path)
-    if not path.is_file():
+    if not path.exists() or path.is_dir():
         raise LadderFileError(f"ladder file '{path}' does not exist: give the path of a YAML ladder "
                               f"(see configs/default.yaml) or leave out --ladder to use the default")
     try:

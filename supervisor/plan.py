@@ -83,10 +83,10 @@ def changes(before: Plan, after: Plan) -> list[tuple[str, Any, Any]]:
             if getattr(before, name) != getattr(after, name)]
 
 
-def describe_changes(before: Plan, after: Plan) -> str:
+def describe_changes(before: Plan, after: Plan, separator: str = ", ") -> str:
     """`per_device_train_batch_size 16→8, gradient_accumulation_steps 1→2` (or `-` for none)."""
     parts = [f"{name} {_show(old)}→{_show(new)}" for name, old, new in changes(before, after)]
-    return ", ".join(parts) or "-"
+    return separator.join(parts) or "-"
 
 
 def _show(value: Any) -> str:

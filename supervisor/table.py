@@ -31,10 +31,10 @@ def attempts_table(view: RunView, now: float | None = None, title: str | None = 
 def _changed(view: RunView, attempt: AttemptView, previous: Plan | None) -> str:
     if previous is None:
         if attempt.rung == "resume":
-            return f"resumed on the plan reached before: {describe_changes(view.program_plan, attempt.plan)}"
+            return "resumed on the plan reached before:\n" + describe_changes(view.program_plan, attempt.plan, "\n")
         given = attempt.overrides.set_fields()
         return ", ".join(f"{k}={v}" for k, v in given.items()) if given else "the program's own settings"
-    return describe_changes(previous, attempt.plan)
+    return describe_changes(previous, attempt.plan, separator="\n")  # a line each: narrow terminals wrap cleanly
 
 
 def status_text(attempt: AttemptView) -> str:

@@ -19,3 +19,22 @@ def env():
     e = dict(os.environ)
     e["COLUMNS"] = "200"
     return e
+
+
+def processes_of(run_dir) -> list[int]:
+    """Live processes started for `run_dir`: every worker carries its attempt folder in its environment."""
+    marker = f"OOMLADDER_ATTEMPT_DIR={Path(run_dir).resolve()}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                environ = f.read()
+            with open(f"/proc/{entry}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if marker in environ and state != "Z":
+            found.append(int(entry))
+    return found

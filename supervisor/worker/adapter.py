@@ -10,6 +10,7 @@ transformers pays nothing for it.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import importlib.abc
 import json
@@ -41,6 +42,7 @@ def install() -> None:
             del hooks[name]
     sys.meta_path.insert(0, _PostImportFinder(hooks))
     _chain_excepthook()
+    atexit.register(_report_exit)
 
 
 # --- import hook -------------------------------------------------------------------------------
@@ -85,9 +87,9 @@ class _HookedLoader(importlib.abc.Loader):
         return getattr(self._loader, name)
 
 
-def _safely(fn: Callable[..., Any], *args: Any) -> Any:
+def _safely(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     try:
-        return fn(*args)
+        return fn(*args, **kwargs)
     except Exception as exc:  # the adapter failing must not take the program down with it
         print(f"oomladder: adapter step {getattr(fn, '__name__', fn)} failed: {exc!r}", file=sys.stderr)
         return None
@@ -323,6 +325,12 @@ def _patch_optimizer(module) -> None:
         return original(self, *args, **kwargs)
 
     cls.__init__ = __init__
+
+
+def _report_exit() -> None:
+    """The peak of a worker that finished: programs without a Trainer report nothing else."""
+    peak, measure = memcap.peak()
+    _safely(files.append_progress, {"peak": peak, "peak_measure": measure})
 
 
 def _chain_excepthook() -> None:

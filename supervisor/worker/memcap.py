@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import os
 import resource
+import sys
 
 _state: dict[str, int | str] = {}
 # Imported before the limit is set: their code and libraries are the framework, not the workload.
@@ -34,11 +35,12 @@ def arm() -> None:
         torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), device)
         _state.update(mode="cuda_fraction", device_total=total)
         return
-    for name in _FRAMEWORK:
-        try:
-            importlib.import_module(name)
-        except Exception:
-            pass  # not installed or not importable: the program will not use it either
+    if "transformers" in sys.modules:  # a Hugging Face program: its frameworks are overhead, not workload
+        for name in _FRAMEWORK:
+            try:
+                importlib.import_module(name)
+            except Exception:
+                pass  # not installed or not importable: the program will not use it either
     torch.ones(64, 64) @ torch.ones(64, 64)  # start the intra-op threads: their stacks are overhead, not workload
     base = vm_size()
     soft, hard = resource.getrlimit(resource.RLIMIT_AS)
@@ -49,9 +51,9 @@ def arm() -> None:
 
 def peak() -> tuple[int | None, str | None]:
     """(bytes, what was measured): the peak that counts against the cap, or the best stand-in."""
+    torch = sys.modules.get("torch")  # never import it here: the program may not use it
     try:
-        import torch
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
+        if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
             return int(torch.cuda.max_memory_allocated()), "cuda_max_allocated"
     except Exception:
         pass

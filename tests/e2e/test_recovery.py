@@ -1,0 +1,121 @@
+"""End to end: real training workers as real subprocesses, real out-of-memory errors under a real
+memory cap, the ladder walked to a finished run. Nothing here is faked."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from supervisor.classify import Kind
+from supervisor.history import fold
+from supervisor.journal import read_journal
+from tests.conftest import oomladder_argv, processes_of
+
+pytestmark = pytest.mark.e2e
+HERE = Path(__file__).resolve().parent
+TRAIN_TINY = HERE.parent.parent / "supervisor" / "demo" / "train_tiny.py"
+PLAIN = HERE / "programs" / "plain_torch.py"
+
+
+def oomladder(*args, cwd, env, timeout=900):
+    return subprocess.run(oomladder_argv(*args), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def view_of(run_dir):
+    return fold(read_journal(run_dir / "journal.jsonl"))
+
+
+def test_the_demo_hits_a_real_oom_and_finishes_with_the_same_effective_batch(tmp_path, env):
+    run_dir = tmp_path / "demo"
+    result = oomladder("demo", "--run-dir", str(run_dir), cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    view = view_of(run_dir)
+    first, last = view.attempts[0], view.attempts[-1]
+    assert first.failure.kind is Kind.CPU_OOM and first.failure.memory == "device"
+    assert first.failure.step == 2  # died in step 3, when the long sequences came
+    assert (last.status, last.step, last.max_steps) == ("finished", 6, 6)
+    assert {a.plan.effective_batch for a in view.attempts} == {16}
+    assert "effective batch 16" in (run_dir / "attempts" / f"{last.number:03d}" / "stdout.log").read_text()
+    assert (run_dir / "report.md").read_text().startswith("# oomladder report\n\n**Training finished.**")
+    assert json.loads((run_dir / "report.json").read_text())["effective_batch"] == {"before": 16, "after": 16}
+    assert f"oomladder report {run_dir}" in result.stdout
+    assert processes_of(run_dir) == []
+
+
+def test_an_unmodified_bf16_lora_script_recovers_mid_run(tmp_path, env):
+    """The shape of the user's night: Trainer + peft LoRA in bf16 at batch 16, fine at first, out of
+    memory when the sequences grow; `oomladder run --memory-cap 1200MiB` finishes every step."""
+    run_dir = tmp_path / "R"
+    result = oomladder("run", "--memory-cap", "1200MiB", "--run-dir", str(run_dir), "--",
+                       sys.executable, str(TRAIN_TINY), "--model-dir", str(tmp_path / "model"), "--output-dir",
+                       str(tmp_path / "out"), "--bf16", "--batch-size", "16", "--max-steps", "6",
+                       "--losses", str(tmp_path / "losses.json"), cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    view = view_of(run_dir)
+    assert view.program_plan.precision == "bf16" and view.program_plan.per_device_train_batch_size == 16
+    assert view.facts.base_frozen is True and view.facts.device == "cpu"
+    assert all(a.failure.kind is Kind.CPU_OOM for a in view.attempts[:-1])
+    assert view.attempts[-1].status == "finished" and view.attempts[-1].step == 6
+    assert {a.plan.effective_batch for a in view.attempts} == {16}
+    skipped = {name: why for d in view.decisions for name, why in d["skipped"]}
+    assert skipped["bf16"] == "training already runs in bf16"
+    final = view.final_plan
+    assert final.per_device_train_batch_size * final.gradient_accumulation_steps == 16
+    assert sorted(json.loads((tmp_path / "losses.json").read_text())) == ["1", "2", "3", "4", "5", "6"]
+    shown = oomladder("report", str(run_dir), cwd=tmp_path, env=env)
+    assert shown.returncode == 0 and "halve_batch" in shown.stdout and "Final plan" in shown.stdout
+    md = oomladder("report", str(run_dir), "--format", "md", cwd=tmp_path, env=env).stdout
+    assert md == (run_dir / "report.md").read_text()
+    assert processes_of(run_dir) == []
+
+
+def _plain(run_dir, *extra, cap="600MiB"):
+    return ("run", "--memory-cap", cap, "--run-dir", str(run_dir), "--set", "per_device_train_batch_size=16",
+            "--set", "gradient_accumulation_steps=1", "--", sys.executable, str(PLAIN),
+            "--batch", "{per_device_train_batch_size}", "--accum", "{gradient_accumulation_steps}", *extra)
+
+
+def test_a_plain_pytorch_program_gets_its_plan_through_placeholders(tmp_path, env):
+    run_dir = tmp_path / "plain"
+    result = oomladder(*_plain(run_dir), cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    view = view_of(run_dir)
+    assert view.attempts[0].failure.kind is Kind.CPU_OOM
+    assert [a.rung for a in view.attempts][-1] == "halve_batch"
+    last_stdout = (run_dir / "attempts" / f"{view.attempts[-1].number:03d}" / "stdout.log").read_text()
+    assert "step 5 effective_batch 16" in last_stdout
+    assert view.attempts[-1].command[-4:] == ["--batch", str(view.final_plan.per_device_train_batch_size),
+                                             "--accum", str(view.final_plan.gradient_accumulation_steps)]
+    assert processes_of(run_dir) == []
+
+
+def test_a_real_bug_stops_the_run_at_once(tmp_path, env):
+    run_dir = tmp_path / "bug"
+    result = oomladder(*_plain(run_dir, "--fail", "bad data in shard 7"), cwd=tmp_path, env=env)
+    assert result.returncode == 3
+    view = view_of(run_dir)
+    assert len(view.attempts) == 1 and not view.decisions
+    assert view.attempts[0].failure.kind is Kind.ERROR
+    assert view.attempts[0].failure.summary == "ValueError: bad data in shard 7"
+    assert "ladder was not walked" in (run_dir / "report.md").read_text()
+
+
+def test_sigterm_stops_the_worker_group_and_leaves_a_run_to_continue(tmp_path, env):
+    run_dir = tmp_path / "term"
+    argv = oomladder_argv(*_plain(run_dir, "--steps", "100000", cap="4GiB"))
+    supervisor = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True)
+    log = run_dir / "attempts" / "001" / "stdout.log"
+    deadline = time.monotonic() + 120
+    while not (log.exists() and "step 3" in log.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert processes_of(run_dir)
+    supervisor.send_signal(signal.SIGTERM)
+    assert supervisor.wait(timeout=60) == 143
+    view = view_of(run_dir)
+    assert view.ended["status"] == "interrupted" and view.attempts[0].status == "interrupted"
+    assert processes_of(run_dir) == []

@@ -1,0 +1,70 @@
+"""Bad input: one clear line on stderr saying what is wrong and what to do, exit status 2, no
+traceback, and an existing run directory left as it was."""
+
+import subprocess
+
+import pytest
+
+from tests.conftest import oomladder_argv
+
+BAD_INPUT = {
+    "no command": (["run"], "no command to run"),
+    "only the separator": (["run", "--"], "no command to run"),
+    "misspelt flag": (["run", "--memroy-cap", "1G", "--", "python", "-c", "pass"], "unrecognized arguments"),
+    "malformed size": (["run", "--memory-cap", "12parsecs", "--", "python", "-c", "pass"], "not a memory size"),
+    "missing ladder": (["run", "--ladder", "nope.yaml", "--", "python", "-c", "pass"], "does not exist"),
+    "no such program": (["run", "--", "no-such-program-xyz"], "no such program"),
+    "missing script": (["run", "--", "python", "no_such_train.py"], "the script 'no_such_train.py' does not exist"),
+    "zero attempts": (["run", "--max-attempts", "0", "--", "python", "-c", "pass"], "must be 1 or more"),
+    "unknown setting": (["run", "--set", "bs=2", "--", "python", "-c", "pass"], "'bs' is not a plan setting"),
+    "placeholder without value": (["run", "--", "python", "-c", "pass", "{per_device_train_batch_size}"],
+                                  "add --set per_device_train_batch_size=VALUE"),
+    "unknown verb": (["train"], "invalid choice"),
+    "report of a non-run": (["report", "."], "is not an oomladder run directory"),
+}
+
+
+def _check_one_line(result, message):
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("oomladder: ") and message in lines[0], result.stderr
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUT))
+def test_bad_input_gets_one_line_and_exit_status_2(case, tmp_path, env):
+    argv, message = BAD_INPUT[case]
+    result = subprocess.run(oomladder_argv(*argv), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    _check_one_line(result, message)
+    assert not (tmp_path / "oomladder-runs").exists()  # nothing was started
+
+
+@pytest.mark.parametrize("ladder, message", [
+    ("rungs: [bf16\n", "is not valid YAML at line 2"),
+    ("rungs: [bf16, int4]\n", "unknown strategy 'int4'"),
+    ("rungs: [{halve_batch: {floor: 2}}]\n", "has no parameter 'floor'"),
+])
+def test_a_bad_ladder_file_never_touches_the_run_directory(ladder, message, tmp_path, env):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "journal.jsonl").write_text('{"v": 1, "type": "run_started", "ts": 0, "command": ["x"]}\n')
+    (tmp_path / "ladder.yaml").write_text(ladder)
+    result = subprocess.run(oomladder_argv("run", "--ladder", "ladder.yaml", "--run-dir", "run", "--", "python", "-c",
+                                           "pass"), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    _check_one_line(result, message)
+    assert (run_dir / "journal.jsonl").read_text() == '{"v": 1, "type": "run_started", "ts": 0, "command": ["x"]}\n'
+    assert sorted(p.name for p in run_dir.iterdir()) == ["journal.jsonl"]
+
+
+def test_help_documents_the_exit_codes(env):
+    result = subprocess.run(oomladder_argv("run", "--help"), env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    for code in ("0 ", "2 ", "3 ", "4 ", "5 ", "130", "143"):
+        assert f"  {code}" in result.stdout
+
+
+def test_strategies_lists_every_registered_rung(env):
+    result = subprocess.run(oomladder_argv("strategies"), env=env, capture_output=True, text=True, timeout=60)
+    names = [line.split()[0] for line in result.stdout.splitlines()]
+    assert names == ["bf16", "expandable_segments", "fewer_workers", "gradient_checkpointing", "halve_batch",
+                     "halve_eval_batch", "int8", "nf4"]

@@ -1,0 +1,66 @@
+"""The process layer on real processes: a worker is a group leader, and stopping it stops the group."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from supervisor.process import LaunchSpec, Worker, group_members
+
+SPAWNS_A_CHILD = ("import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; "
+                  "time.sleep(60)']); print('ready', flush=True); time.sleep(60)")
+
+
+def _spec(tmp_path, code):
+    return LaunchSpec((sys.executable, "-c", code), dict(os.environ), str(tmp_path), tmp_path / "out.log",
+                      tmp_path / "err.log")
+
+
+def _wait_for(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return predicate()
+
+
+def test_stopping_a_worker_stops_its_children_too(tmp_path):
+    worker = Worker(_spec(tmp_path, SPAWNS_A_CHILD))
+    assert _wait_for(lambda: len(group_members(worker.pgid)) == 2)
+    returncode = worker.stop(signal.SIGTERM, grace=5)
+    assert returncode == -signal.SIGTERM
+    assert group_members(worker.pgid) == []
+
+
+def test_a_worker_that_ignores_sigterm_is_killed_after_the_grace_period(tmp_path):
+    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"
+    worker = Worker(_spec(tmp_path, code))
+    assert _wait_for(lambda: "ready" in (tmp_path / "out.log").read_text())
+    started = time.monotonic()
+    assert worker.stop(signal.SIGTERM, grace=0.5) == -signal.SIGKILL
+    assert time.monotonic() - started < 5
+
+
+def test_what_a_finished_worker_left_behind_is_reaped(tmp_path):
+    code = ("import subprocess, sys; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], "
+            "stdout=subprocess.DEVNULL)")
+    worker = Worker(_spec(tmp_path, code))
+    assert _wait_for(lambda: worker.poll() is not None)
+    worker.reap_group()
+    assert group_members(worker.pgid) == []
+
+
+def test_a_worker_dies_with_its_supervisor(tmp_path):
+    """The kernel's parent-death signal: no orphan keeps training (and a GPU) after oomladder is gone."""
+    supervisor_code = (
+        "import sys, time; sys.path.insert(0, %r); from pathlib import Path; import os;"
+        "from supervisor.process import LaunchSpec, Worker;"
+        "w = Worker(LaunchSpec((sys.executable, '-c', 'import time; time.sleep(60)'), dict(os.environ), '.', "
+        "Path(%r), Path(%r))); print(w.pid, flush=True); time.sleep(60)"
+    ) % (os.getcwd(), str(tmp_path / "o"), str(tmp_path / "e"))
+    parent = subprocess.Popen([sys.executable, "-c", supervisor_code], stdout=subprocess.PIPE, text=True)
+    worker_pid = int(parent.stdout.readline())
+    parent.kill()
+    parent.wait()
+    assert _wait_for(lambda: not os.path.exists(f"/proc/{worker_pid}") or
+                     open(f"/proc/{worker_pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z")
