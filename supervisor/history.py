@@ -27,11 +27,20 @@ class AttemptView:
     step: int | None = None
     max_steps: int | None = None
     loss: float | None = None
+    learning_rate: float | None = None
     phase: str | None = None
     peak: int | None = None
     peak_measure: str | None = None
     exit_code: int | None = None
     command: list[str] = field(default_factory=list)
+    resumed_from: int | None = None  # the step whose end this attempt continued from
+
+    @property
+    def steps_run(self) -> tuple[int, int] | None:
+        """(first, last) optimizer step this attempt completed, or None if it completed none."""
+        first = (self.resumed_from or 0) + 1
+        last = self.failure.step if self.failure is not None and self.failure.step is not None else self.step
+        return (first, last) if last is not None and last >= first else None
 
     def duration(self, now: float | None = None) -> float | None:
         end = self.ended if self.ended is not None else now
@@ -43,6 +52,7 @@ class RunView:
     run: dict[str, Any]
     attempts: list[AttemptView]
     decisions: list[dict[str, Any]]
+    checkpoints: list[dict[str, Any]]
     program_plan: Plan               # what the wrapped program does on its own, as observed
     facts: Facts
     ended: dict[str, Any] | None
@@ -70,6 +80,7 @@ def fold(records: list[dict[str, Any]]) -> RunView:
     run: dict[str, Any] = {}
     attempts: dict[int, AttemptView] = {}
     decisions: list[dict[str, Any]] = []
+    checkpoints: list[dict[str, Any]] = []
     observed = Plan()
     facts: dict[str, Any] = {}
     ended = None
@@ -82,7 +93,8 @@ def fold(records: list[dict[str, Any]]) -> RunView:
             overrides = Plan.from_dict(r.get("plan"))
             attempts[r["attempt"]] = AttemptView(
                 number=r["attempt"], rung=r.get("rung"), reason=r.get("reason", ""), overrides=overrides,
-                plan=observed.merged(overrides), started=r["ts"], command=r.get("command", []))
+                plan=observed.merged(overrides), started=r["ts"], command=r.get("command", []),
+                resumed_from=(r.get("resume_from") or {}).get("step"))
         elif kind == "observed":
             # Later observations fill fields earlier attempts died before reaching.
             observed = observed.merged(Plan.from_dict(r.get("plan")))
@@ -91,7 +103,7 @@ def fold(records: list[dict[str, Any]]) -> RunView:
                 a.plan = observed.merged(a.overrides)
         elif kind == "progress" and r.get("attempt") in attempts:
             a = attempts[r["attempt"]]
-            for key in ("step", "max_steps", "loss", "phase", "peak", "peak_measure"):
+            for key in ("step", "max_steps", "loss", "learning_rate", "phase", "peak", "peak_measure"):
                 if r.get(key) is not None:
                     setattr(a, key, r[key])
         elif kind == "attempt_ended" and r.get("attempt") in attempts:
@@ -103,6 +115,9 @@ def fold(records: list[dict[str, Any]]) -> RunView:
                     setattr(a, key, r[key])
         elif kind == "decision":
             decisions.append(r)
+        elif kind == "checkpoint":
+            checkpoints.append(r)
         elif kind == "run_ended":
             ended = r
-    return RunView(run, [attempts[n] for n in sorted(attempts)], decisions, observed, Facts.from_dict(facts), ended)
+    return RunView(run, [attempts[n] for n in sorted(attempts)], decisions, checkpoints, observed,
+                   Facts.from_dict(facts), ended)

@@ -36,8 +36,12 @@ def substitute(command: Sequence[str], plan: Plan) -> list[str]:
 
 
 def worker_env(base: Mapping[str, str], attempt_dir: Path, overrides: Plan, plan: Plan,
-               memory_cap: int | None) -> dict[str, str]:
+               memory_cap: int | None, resume_from: str | None = None) -> dict[str, str]:
     env = dict(base)
+    env.pop("OOMLADDER_RESUME_FROM", None)
+    if resume_from:
+        env["OOMLADDER_RESUME_FROM"] = resume_from
+    env["OOMLADDER_RUN_DIR"] = str(attempt_dir.parent.parent)
     env["PYTHONPATH"] = os.pathsep.join([str(INJECT_DIR)] + ([base["PYTHONPATH"]] if base.get("PYTHONPATH") else []))
     env["OOMLADDER_ATTEMPT_DIR"] = str(attempt_dir)
     env["OOMLADDER_PLAN"] = json.dumps(overrides.set_fields())

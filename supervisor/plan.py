@@ -67,6 +67,7 @@ class Facts:
     bf16_supported: bool | None = None
     base_frozen: bool | None = None      # only adapters train (LoRA & co): 8-bit base weights are safe
     trainable_fraction: float | None = None
+    output_dir: str | None = None        # where the program's own checkpoints go
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

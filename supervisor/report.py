@@ -16,7 +16,7 @@ from typing import Any
 from supervisor.history import RunView
 from supervisor.plan import Plan, changes, describe_changes
 from supervisor.sizes import format_size
-from supervisor.table import format_duration, status_text
+from supervisor.table import format_duration, status_text, steps_text
 
 REPORT_SCHEMA = 1
 STATUS_TEXT = {
@@ -41,6 +41,8 @@ def build_report(view: RunView) -> dict[str, Any]:
             "plan": a.plan.to_dict(), "status": a.status, "status_text": status_text(a),
             "failure": a.failure.to_dict() if a.failure else None,
             "step": a.step, "max_steps": a.max_steps, "peak": a.peak, "peak_measure": a.peak_measure,
+            "resumed_from_step": a.resumed_from, "steps_run": list(a.steps_run) if a.steps_run else None,
+            "steps_text": steps_text(a),
             "duration": a.duration(), "exit_code": a.exit_code, "command": a.command,
             "skipped": [{"rung": r, "reason": why} for r, why in led_here.get("skipped", [])],
         })
@@ -107,13 +109,16 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"- memory cap: {format_size(report['memory_cap']) if report['memory_cap'] else 'none'}",
             f"- ladder: {_md(report['ladder'] or '-')}",
             f"- effective batch: {eb['before']} at the start, {eb['after']} at the end", "",
-            "## Attempts", "", "| # | rung | what changed | status | peak | time |", "|---|---|---|---|---|---|"]
+            "## Attempts", "", "| # | rung | what changed | status | steps run | peak | time |",
+            "|---|---|---|---|---|---|---|"]
     for a in report["attempts"]:
         out.append(f"| {a['number']} | {_md(a['rung'])} | {_md(a['changes'])} | {_md(a['status_text'])} | "
-                   f"{format_size(a['peak'])} | {format_duration(a['duration'])} |")
+                   f"{_md(a['steps_text'])} | {format_size(a['peak'])} | {format_duration(a['duration'])} |")
     out += ["", "### Why each rung was taken", ""]
     for a in report["attempts"]:
         line = f"- **{a['number']}. {_md(a['rung'])}**: {_md(a['reason'] or 'the program as it was given')}"
+        if a["resumed_from_step"]:
+            line += f"; resumed from the end of step {a['resumed_from_step']}"
         if a["skipped"]:
             line += "; skipped: " + "; ".join(f"{_md(s['rung'])} ({_md(s['reason'])})" for s in a["skipped"])
         out.append(line)

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from supervisor import __version__, cgroup
+from supervisor import __version__, cgroup, checkpoints
 from supervisor.classify import Evidence, Failure, Kind, classify
 from supervisor.display import Display, NullDisplay
 from supervisor.errors import RunDirError
@@ -26,7 +27,7 @@ from supervisor.launch import substitute, worker_env
 from supervisor.plan import Plan, describe_changes
 from supervisor.process import LaunchError, LaunchSpec, Launcher, read_tail, spawn
 from supervisor.report import write_reports
-from supervisor.worker import files
+from supervisor.worker import emergency, files
 
 # Exit codes (README, "Exit codes").
 EXIT_FINISHED = 0
@@ -100,13 +101,18 @@ class Runner:
             attempt_dir = cfg.run_dir / "attempts" / f"{number:03d}"
             attempt_dir.mkdir(parents=True, exist_ok=True)
             argv = substitute(cfg.command, plan)
+            first_start = next(r["ts"] for r in journal.records if r["type"] == "run_started")
+            output_dir = Path(cfg.cwd, view.facts.output_dir) if view.facts.output_dir else None
+            resume = checkpoints.latest(view.checkpoints, output_dir, since=first_start)
             journal.append("attempt_started", attempt=number, rung=rung, reason=reason, plan=overrides.to_dict(),
-                           command=argv, attempt_dir=str(attempt_dir))
+                           command=argv, attempt_dir=str(attempt_dir), resume_from=resume)
             self.display.event(f"attempt {number}: {rung or 'start'}"
                                + (f" ({reason})" if reason else "") + f"; log: {attempt_dir / 'stderr.log'}")
-            failure = self._attempt(journal, number, attempt_dir, argv, overrides, plan)
+            failure = self._attempt(journal, number, attempt_dir, argv, overrides, plan,
+                                    resume["path"] if resume else None)
             if failure is None:
-                return self._end(journal, "finished", EXIT_FINISHED, "every step ran")
+                _remove_checkpoints(fold(journal.records), keep=None)
+                return self._end(journal, "finished", EXIT_FINISHED, _finished_reason(fold(journal.records)))
             if failure.kind is Kind.INTERRUPTED and self._signal is not None:
                 return self._end(journal, "interrupted", EXIT_INTERRUPTED.get(self._signal, 130),
                                  f"oomladder received {signal.Signals(self._signal).name}; the worker group was "
@@ -144,10 +150,10 @@ class Runner:
         return exit_code
 
     def _attempt(self, journal: Journal, number: int, attempt_dir: Path, argv: list[str], overrides: Plan,
-                 plan: Plan) -> Failure | None:
+                 plan: Plan, resume_from: str | None) -> Failure | None:
         cfg = self.config
-        spec = LaunchSpec(tuple(argv), worker_env(self.environ, attempt_dir, overrides, plan, cfg.memory_cap),
-                          cfg.cwd, attempt_dir / "stdout.log", attempt_dir / "stderr.log")
+        env = worker_env(self.environ, attempt_dir, overrides, plan, cfg.memory_cap, resume_from)
+        spec = LaunchSpec(tuple(argv), env, cfg.cwd, attempt_dir / "stdout.log", attempt_dir / "stderr.log")
         oom_kills_before = cgroup.oom_kill_count()
         started = self.clock()
         try:
@@ -177,11 +183,18 @@ class Runner:
             journal.append("attempt_ended", outcome="finished", **ended)
             return None
         record = _first_failure_record(attempt_dir)
+        if record and ended["max_steps"] is None:
+            ended["max_steps"] = record.get("max_steps")
         oom_kills_after = cgroup.oom_kill_count()
         capped = bool(cfg.memory_cap) and view.facts.device in (None, "cpu")
         failure = classify(Evidence(
             returncode=returncode, record=record, stderr_tail=read_tail(spec.stderr), capped=capped,
             cgroup_oom_kill=None not in (oom_kills_before, oom_kills_after) and oom_kills_after > oom_kills_before))
+        checkpoint = _read_json(files.path(emergency.EMERGENCY, 0, attempt_dir))
+        if checkpoint and Path(checkpoint.get("path", "")).is_dir():
+            journal.append("checkpoint", attempt=number, kind="emergency", path=checkpoint["path"],
+                           step=checkpoint["step"])
+            _remove_checkpoints(fold(journal.records), keep=checkpoint["path"])
         if record and record.get("peak") is not None:
             ended.update(peak=record["peak"], peak_measure=record.get("peak_measure"))
         outcome = "interrupted" if failure.kind is Kind.INTERRUPTED else "failed"
@@ -237,6 +250,32 @@ def _reached_plan(view: RunView) -> Plan:
     if last and last.get("plan") and (not view.attempts or last["attempt"] >= view.attempts[-1].number):
         return Plan.from_dict(last["plan"])
     return view.attempts[-1].plan if view.attempts else Plan()
+
+
+
+
+def _remove_checkpoints(view: RunView, keep: str | None) -> None:
+    """Emergency checkpoints are ours: each is superseded by the next one, and all by a finished run."""
+    for record in view.checkpoints:
+        if record["path"] != keep and record.get("kind") == "emergency":
+            shutil.rmtree(record["path"], ignore_errors=True)
+
+
+def _finished_reason(view: RunView) -> str:
+    ooms = sum(1 for a in view.attempts if a.failure is not None and a.failure.is_memory)
+    last = view.attempts[-1]
+    batch = view.final_plan.effective_batch
+    text = f"every step ran; attempt {last.number} finished"
+    if ooms:
+        text += f" after {ooms} out-of-memory error{'s' if ooms > 1 else ''}"
+    return text + (f"; effective batch {batch} throughout" if batch else "")
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
 
 
 def _first_failure_record(attempt_dir: Path) -> dict[str, Any] | None:

@@ -17,13 +17,14 @@ def attempts_table(view: RunView, now: float | None = None, title: str | None = 
     table.add_column("rung")
     table.add_column("what changed")
     table.add_column("status")
+    table.add_column("steps run", justify="right")
     table.add_column("peak", justify="right")
     table.add_column("time", justify="right")
     previous: Plan | None = None
     for attempt in view.attempts:
         changed = _changed(view, attempt, previous)
         table.add_row(str(attempt.number), attempt.rung or "start", Text(changed), _status(attempt),
-                      format_size(attempt.peak), format_duration(attempt.duration(now)))
+                      steps_text(attempt), format_size(attempt.peak), format_duration(attempt.duration(now)))
         previous = attempt.plan
     return table
 
@@ -56,6 +57,13 @@ def status_text(attempt: AttemptView) -> str:
     if failure.is_memory:
         return f"OOM{where}" + (" (host)" if failure.memory == "host" else "")
     return f"{failure.kind.value}{where}: {failure.summary}"
+
+
+def steps_text(attempt: AttemptView) -> str:
+    """`3–6`, with where it resumed from: each optimizer step should appear in exactly one row."""
+    steps = attempt.steps_run
+    run = "none" if steps is None else (str(steps[0]) if steps[0] == steps[1] else f"{steps[0]}–{steps[1]}")
+    return f"{run} (resumed)" if attempt.resumed_from else run
 
 
 def _status(attempt: AttemptView) -> Text:

@@ -30,6 +30,7 @@ def parse_args():
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--vocab", type=int, default=32000)
     p.add_argument("--losses", help="write the per-step losses to this JSON file")
+    p.add_argument("--save-final", help="save the trained model (or adapters) here at the end")
     return p.parse_args()
 
 
@@ -70,6 +71,7 @@ class LossLog(__import__("transformers").TrainerCallback):
 def main():
     a = parse_args()
     build_model(a.model_dir, a.vocab)
+    torch.manual_seed(0)  # the adapters' initial weights
     model = AutoModelForCausalLM.from_pretrained(a.model_dir, dtype=torch.bfloat16 if a.bf16 else torch.float32)
     if not a.full:
         model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],
@@ -85,6 +87,8 @@ def main():
     trainer = Trainer(model=model, args=args, train_dataset=data,
                       callbacks=[LossLog(a.losses)] if a.losses else None)
     trainer.train()
+    if a.save_final:
+        trainer.save_model(a.save_final)
     print(f"finished {trainer.state.global_step} steps; batch {args.per_device_train_batch_size} x accumulation "
           f"{args.gradient_accumulation_steps} = effective batch {args.per_device_train_batch_size * args.gradient_accumulation_steps}")
 

@@ -19,7 +19,7 @@ import sys
 import time
 from typing import Any, Callable
 
-from supervisor.worker import files, memcap
+from supervisor.worker import emergency, files, memcap
 
 _observed: dict[str, Any] = {"plan": {}, "facts": {}}
 _phase = ["train"]
@@ -111,7 +111,7 @@ def _patch_training_args(module) -> None:
 
     @functools.wraps(original)
     def __post_init__(self, *args, **kwargs):
-        _safely(_observe, _program_training_settings(self))
+        _safely(_observe, _program_training_settings(self), {"output_dir": str(self.output_dir or "")})
         _safely(_apply_to_training_args, self, plan())
         return original(self, *args, **kwargs)
 
@@ -242,10 +242,19 @@ def _patch_trainer(module) -> None:
 
     @functools.wraps(original_train)
     def train(self, *args, **kwargs):
+        resume = emergency.resume_point()
+        if resume:  # continue where the OOM struck, whatever the script passes
+            _safely(emergency.prepare_resume, resume, self)
+            if args:
+                args = (resume, *args[1:])
+            else:
+                kwargs["resume_from_checkpoint"] = resume
         try:
             return original_train(self, *args, **kwargs)
         except Exception as exc:
             _safely(_record_failure, self, exc)
+            if _is_device_oom(exc):
+                _safely(emergency.save, self, exc)
             raise
 
     @functools.wraps(original_evaluate)
@@ -279,6 +288,13 @@ def _facts(trainer) -> dict[str, Any]:
             "trainable_fraction": round(trainable / total, 6) if total else None}
 
 
+def _is_device_oom(exc: BaseException) -> bool:
+    from supervisor.classify import Evidence, classify
+    capped = memcap.info().get("mode") == "cpu_address_space"
+    record = {"exc_type": type(exc).__name__, "message": str(exc)}
+    return classify(Evidence(returncode=1, record=record, capped=capped)).memory == "device"
+
+
 def _record_failure(trainer, exc: BaseException) -> None:
     state = trainer.state
     peak, measure = memcap.peak()
@@ -291,15 +307,22 @@ def _progress_callback(module):
         """Reports each finished optimizer step (and evaluation) to the supervisor."""
 
         def __init__(self) -> None:
-            self.loss = None
+            self.loss = self.learning_rate = None
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "loss" in logs:  # logged after on_step_end: report the step again with its loss
-                self.loss = logs["loss"]
+                self.loss, self.learning_rate = logs["loss"], logs.get("learning_rate")
                 self._report(state, "train")
 
         def on_step_end(self, args, state, control, **kwargs):
+            _safely(emergency.snapshot_rng)
             self._report(state, "train")
+
+        def on_pre_optimizer_step(self, args, state, control, **kwargs):
+            emergency.optimizer_step(True)
+
+        def on_optimizer_step(self, args, state, control, **kwargs):
+            emergency.optimizer_step(False)
 
         def on_evaluate(self, args, state, control, **kwargs):
             self._report(state, "eval")
@@ -307,8 +330,8 @@ def _progress_callback(module):
         def _report(self, state, phase):
             peak, measure = memcap.peak()
             _safely(files.append_progress, {"step": state.global_step, "max_steps": state.max_steps,
-                                            "loss": self.loss, "phase": phase, "peak": peak,
-                                            "peak_measure": measure})
+                                            "loss": self.loss, "learning_rate": self.learning_rate,
+                                            "phase": phase, "peak": peak, "peak_measure": measure})
 
     return OomLadderProgress()
 

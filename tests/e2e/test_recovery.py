@@ -53,7 +53,7 @@ def test_an_unmodified_bf16_lora_script_recovers_mid_run(tmp_path, env):
     result = oomladder("run", "--memory-cap", "1200MiB", "--run-dir", str(run_dir), "--",
                        sys.executable, str(TRAIN_TINY), "--model-dir", str(tmp_path / "model"), "--output-dir",
                        str(tmp_path / "out"), "--bf16", "--batch-size", "16", "--max-steps", "6",
-                       "--losses", str(tmp_path / "losses.json"), cwd=tmp_path, env=env)
+                       cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     view = view_of(run_dir)
     assert view.program_plan.precision == "bf16" and view.program_plan.per_device_train_batch_size == 16
@@ -65,7 +65,10 @@ def test_an_unmodified_bf16_lora_script_recovers_mid_run(tmp_path, env):
     assert skipped["bf16"] == "training already runs in bf16"
     final = view.final_plan
     assert final.per_device_train_batch_size * final.gradient_accumulation_steps == 16
-    assert sorted(json.loads((tmp_path / "losses.json").read_text())) == ["1", "2", "3", "4", "5", "6"]
+    # Every optimizer step ran exactly once across the attempts, each resumed where the last stopped.
+    ranges = [a.steps_run for a in view.attempts if a.steps_run]
+    assert [s for first, last in ranges for s in range(first, last + 1)] == [1, 2, 3, 4, 5, 6]
+    assert all(a.resumed_from == 2 for a in view.attempts[1:])
     shown = oomladder("report", str(run_dir), cwd=tmp_path, env=env)
     assert shown.returncode == 0 and "halve_batch" in shown.stdout and "Final plan" in shown.stdout
     md = oomladder("report", str(run_dir), "--format", "md", cwd=tmp_path, env=env).stdout

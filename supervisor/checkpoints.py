@@ -1,0 +1,47 @@
+"""Which checkpoint the next attempt resumes from: the newest whole one of this run.
+
+Candidates are the emergency checkpoints the adapter saved (in the journal) and the program's
+own periodic `checkpoint-N` folders written since the run started. "Whole" means the trainer
+state and the weights are there and it is not a `.partial` folder: Transformers'
+`get_last_checkpoint` goes by name alone and will pick a folder a crash left half-written.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Iterable
+
+_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin", "model.safetensors", "model.safetensors.index.json",
+            "pytorch_model.bin", "pytorch_model.bin.index.json")
+_PERIODIC = re.compile(r"^checkpoint-(\d+)$")
+
+
+def is_whole(path: str | Path) -> bool:
+    path = Path(path)
+    return (path.is_dir() and not path.name.endswith(".partial") and (path / "trainer_state.json").is_file()
+            and any((path / name).exists() for name in _WEIGHTS))
+
+
+def periodic(output_dir: str | Path, since: float) -> Iterable[dict[str, Any]]:
+    """The program's own checkpoints written after `since` (older ones may belong to another run)."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return []
+    found = []
+    for child in folder.iterdir():
+        m = _PERIODIC.match(child.name)
+        if m and is_whole(child) and (child / "trainer_state.json").stat().st_mtime >= since:
+            found.append({"path": str(child), "step": int(m.group(1)), "kind": "periodic"})
+    return found
+
+
+def latest(emergency: Iterable[dict[str, Any]], output_dir: str | Path | None, since: float) -> dict[str, Any] | None:
+    candidates = [dict(c, kind="emergency") for c in emergency if is_whole(c["path"])]
+    if output_dir:
+        candidates += periodic(output_dir, since)
+    if not candidates:
+        return None
+    # The furthest step wins; at a tie, the emergency one, which holds the RNG of the step's end.
+    best = max(candidates, key=lambda c: (c["step"], c["kind"] == "emergency"))
+    return {"path": best["path"], "step": best["step"], "kind": best["kind"]}

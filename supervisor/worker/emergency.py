@@ -1,0 +1,116 @@
+"""Zero lost work: when an OOM kills step k, save the state at the end of step k-1, and resume
+the next attempt from exactly there.
+
+What the checkpoint holds is what an uninterrupted run had between steps k-1 and k: the model
+(or its adapters), optimizer, scheduler and scaler as they are (the failed step never reached
+the optimizer), the trainer state, and the RNG states snapshotted at the end of step k-1, not
+the ones step k had already advanced. The partial gradients of step k are dropped; the next
+attempt runs step k whole. Because the effective batch never changes, the data position is exact.
+
+It is written to a `.partial` folder and renamed when complete; the marker file the supervisor
+reads is written last, so a half-written checkpoint is never resumed from.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import random
+import shutil
+import traceback
+from pathlib import Path
+from typing import Any
+
+from supervisor.worker import files
+
+EMERGENCY = "emergency"
+_rng: dict[str, Any] = {}
+_in_optimizer_step = [False]
+
+
+def snapshot_rng() -> None:
+    """At each step's end: the RNG states the next step starts from."""
+    import torch
+    _rng.clear()
+    _rng.update(python=random.getstate(), cpu=torch.random.get_rng_state())
+    try:
+        import numpy as np
+        _rng["numpy"] = np.random.get_state()
+    except ImportError:
+        pass
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        _rng["cuda"] = torch.cuda.random.get_rng_state_all() if _world() > 1 else torch.cuda.random.get_rng_state()
+
+
+def optimizer_step(inside: bool) -> None:
+    _in_optimizer_step[0] = inside
+
+
+def save(trainer, exc: BaseException) -> str | None:
+    """The emergency checkpoint of the last completed step, or None with the reason on stderr."""
+    import torch
+    step = trainer.state.global_step
+    if step == 0:
+        return _skip("the OOM struck in the first step: there is nothing to keep")
+    if _in_optimizer_step[0]:
+        return _skip("the OOM struck inside the optimizer step: the weights may be half-updated")
+    if not _rng:
+        if resume_point():
+            return _skip("no step ended since the checkpoint this attempt resumed from, which stays the latest")
+        return _skip("no step has ended in this process")
+    # Free what the failed step held before writing: its activations live in the traceback's frames.
+    traceback.clear_frames(exc.__traceback__)
+    for model in {id(m): m for m in (trainer.model, getattr(trainer, "model_wrapped", None)) if m is not None}.values():
+        model.zero_grad(set_to_none=True)
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    attempt = Path(os.environ["OOMLADDER_ATTEMPT_DIR"]).name
+    root = Path(os.environ["OOMLADDER_RUN_DIR"]) / "checkpoints"
+    target = root / f"{EMERGENCY}-step-{step}-attempt-{attempt}"
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    trainer.save_model(str(partial), _internal_call=True)
+    trainer._save_optimizer_and_scheduler(str(partial))
+    if hasattr(trainer, "_save_scaler"):
+        trainer._save_scaler(str(partial))
+    rng_name = f"rng_state_{trainer.args.process_index}.pth" if _world() > 1 else "rng_state.pth"
+    torch.save(dict(_rng), partial / rng_name)
+    trainer.state.save_to_json(str(partial / "trainer_state.json"))
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(partial, target)
+    files.write_json(files.path(EMERGENCY), {"path": str(target), "step": step, "max_steps": trainer.state.max_steps})
+    return str(target)
+
+
+def resume_point() -> str | None:
+    """The checkpoint the supervisor asked this attempt to resume from, if it is whole."""
+    path = os.environ.get("OOMLADDER_RESUME_FROM")
+    if path and (Path(path) / "trainer_state.json").is_file() and not path.endswith(".partial"):
+        return path
+    return None
+
+
+def prepare_resume(path: str, trainer) -> None:
+    """Make the checkpoint's trainer state agree with this attempt's plan.
+
+    Transformers before 4.57 restored `train_batch_size` from trainer_state.json on resume, silently
+    undoing a smaller micro-batch (transformers issue 43708): the state says the new batch instead.
+    """
+    state_file = Path(path) / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    state["train_batch_size"] = trainer._train_batch_size
+    tmp = state_file.with_name(".trainer_state.json.tmp")
+    tmp.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, state_file)
+
+
+def _skip(reason: str) -> None:
+    print(f"oomladder: no emergency checkpoint: {reason}", flush=True, file=__import__("sys").stderr)
+    return None
+
+
+def _world() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
