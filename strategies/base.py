@@ -35,6 +35,7 @@ class Strategy(ABC):
     memory: ClassVar[frozenset[str]] = frozenset({"device"})  # which failures it can help with
     phases: ClassVar[frozenset[str]] = frozenset({"train"})   # "eval" OOMs only go to eval rungs
     repeatable: ClassVar[bool] = False  # a rung that can usefully apply again to its own output
+    fixes_fragmentation: ClassVar[bool] = False  # tried first when the OOM shows memory reserved in pieces
     params: ClassVar[dict[str, type]] = {}  # accepted YAML parameters and their types
 
     def __init__(self, **params: Any) -> None:

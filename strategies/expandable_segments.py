@@ -16,6 +16,7 @@ _CACHING_DEVICES = ("cuda", "hip", "xpu")
 @register
 class ExpandableSegments(Strategy):
     name = "expandable_segments"
+    fixes_fragmentation = True
 
     def apply(self, plan: Plan, facts: Facts, failure) -> Outcome:
         if facts.device not in _CACHING_DEVICES:

@@ -16,7 +16,7 @@ import yaml
 
 import strategies
 from strategies.base import Applied, Strategy
-from supervisor.classify import Failure
+from supervisor.classify import Failure, is_fragmented
 from supervisor.errors import LadderFileError, StrategyError
 from supervisor.plan import Facts, Plan
 
@@ -139,7 +139,11 @@ def next_plan(ladder: Ladder, plan: Plan, facts: Facts, failure: Failure,
     `uses` counts how often each rung index has applied so far in this run (from the journal).
     """
     skipped: list[tuple[str, str]] = []
-    for rung in ladder.rungs:
+    rungs = list(ladder.rungs)
+    if is_fragmented(failure):
+        # The memory is there but in pieces: an allocator rung goes before any that changes the training.
+        rungs.sort(key=lambda rung: not rung.strategy.fixes_fragmentation)
+    for rung in rungs:
         if not rung.strategy.matches(failure):
             continue
         if rung.times is not None and uses.get(rung.index, 0) >= rung.times:

@@ -111,3 +111,13 @@ def test_ladder_files_are_loaded_safely(tmp_path):
     path.write_text("rungs: !!python/object/apply:os.system ['echo pwned']\n")
     with pytest.raises(LadderFileError, match="not valid YAML"):
         load_ladder(path)
+
+
+def test_a_fragmented_oom_tries_the_allocator_rung_before_any_that_changes_training():
+    fragmented = Failure(Kind.CUDA_OOM, "device", "CUDA out of memory", numbers={
+        "tried_to_allocate": 3 * 2**30, "reserved_unallocated": int(4.84 * 2**30), "total_capacity": 24 * 2**30})
+    ladder = parse_ladder("rungs: [halve_batch, expandable_segments]", "test")
+    cuda = Facts(device="cuda", bf16_supported=True, base_frozen=True)
+    assert next_plan(ladder, PROGRAM, cuda, fragmented, {}).rung == "expandable_segments"
+    tight = Failure(Kind.CUDA_OOM, "device", "CUDA out of memory", numbers={"tried_to_allocate": 2**30})
+    assert next_plan(ladder, PROGRAM, cuda, tight, {}).rung == "halve_batch"

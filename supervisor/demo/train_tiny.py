@@ -7,7 +7,6 @@ the end-to-end tests run it under `oomladder run`; it runs just as well on its o
 """
 
 import argparse
-import json
 import os
 
 import torch
@@ -29,7 +28,6 @@ def parse_args():
     p.add_argument("--full", action="store_true", help="train every weight instead of LoRA adapters")
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--vocab", type=int, default=32000)
-    p.add_argument("--losses", help="write the per-step losses to this JSON file")
     p.add_argument("--save-final", help="save the trained model (or adapters) here at the end")
     return p.parse_args()
 
@@ -57,17 +55,6 @@ class GrowingSequences(torch.utils.data.Dataset):
         return {"input_ids": ids, "labels": ids.clone()}
 
 
-class LossLog(__import__("transformers").TrainerCallback):
-    def __init__(self, path):
-        self.path, self.losses = path, {}
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and "loss" in logs:
-            self.losses[state.global_step] = logs["loss"]
-            with open(self.path, "w") as f:
-                json.dump(self.losses, f)
-
-
 def main():
     a = parse_args()
     build_model(a.model_dir, a.vocab)
@@ -84,8 +71,7 @@ def main():
         max_steps=a.max_steps, learning_rate=1e-3, lr_scheduler_type="linear", logging_steps=1, save_strategy="no",
         report_to="none", bf16=a.bf16, use_cpu=not torch.cuda.is_available(), dataloader_num_workers=a.workers,
         train_sampling_strategy="sequential", seed=0)
-    trainer = Trainer(model=model, args=args, train_dataset=data,
-                      callbacks=[LossLog(a.losses)] if a.losses else None)
+    trainer = Trainer(model=model, args=args, train_dataset=data)
     trainer.train()
     if a.save_final:
         trainer.save_model(a.save_final)

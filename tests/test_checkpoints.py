@@ -1,0 +1,61 @@
+"""Which checkpoint a relaunch resumes from: the newest whole one, never a half-written one."""
+
+import json
+import os
+import time
+
+from supervisor.checkpoints import is_whole, latest
+from supervisor.worker import emergency
+
+
+def make(path, step, weights=True, state=True):
+    path.mkdir(parents=True)
+    if weights:
+        (path / "adapter_model.safetensors").write_bytes(b"x")
+    if state:
+        (path / "trainer_state.json").write_text(json.dumps({"global_step": step, "train_batch_size": 16}))
+    return {"path": str(path), "step": step}
+
+
+def test_a_half_written_checkpoint_is_never_resumed_from(tmp_path):
+    whole = make(tmp_path / "emergency-step-2-attempt-001", 2)
+    no_state = make(tmp_path / "emergency-step-4-attempt-002", 4, state=False)
+    partial = make(tmp_path / "emergency-step-5-attempt-003.partial", 5)
+    assert is_whole(whole["path"]) and not is_whole(no_state["path"]) and not is_whole(partial["path"])
+    assert latest([whole, no_state, partial], None, since=0)["path"] == whole["path"]
+
+
+def test_the_programs_own_checkpoints_count_when_they_are_newer_and_from_this_run(tmp_path):
+    emergency_ckpt = make(tmp_path / "run" / "emergency-step-3-attempt-001", 3)
+    out = tmp_path / "out"
+    make(out / "checkpoint-5", 5)
+    make(out / "checkpoint-8", 8, weights=False)  # cut off by a crash
+    assert latest([emergency_ckpt], out, since=0) == {"path": str(out / "checkpoint-5"), "step": 5,
+                                                      "kind": "periodic"}
+    stale = time.time() + 60  # checkpoints older than the run belong to another run
+    assert latest([emergency_ckpt], out, since=stale)["kind"] == "emergency"
+    assert latest([], tmp_path / "missing", since=0) is None
+
+
+def test_at_the_same_step_the_emergency_checkpoint_wins(tmp_path):
+    ours = make(tmp_path / "emergency-step-5-attempt-001", 5)
+    make(tmp_path / "out" / "checkpoint-5", 5)
+    assert latest([ours], tmp_path / "out", since=0)["kind"] == "emergency"
+
+
+def test_resuming_writes_the_new_plans_batch_into_the_trainer_state(tmp_path, monkeypatch):
+    """transformers issue 43708: the batch in trainer_state.json must not undo the smaller micro-batch."""
+    ckpt = make(tmp_path / "emergency-step-2-attempt-001", 2)
+
+    class Trainer:
+        _train_batch_size = 8
+
+    monkeypatch.setenv("OOMLADDER_RESUME_FROM", ckpt["path"])
+    assert emergency.resume_point() == ckpt["path"]
+    emergency.prepare_resume(ckpt["path"], Trainer())
+    state = json.loads((tmp_path / "emergency-step-2-attempt-001" / "trainer_state.json").read_text())
+    assert state == {"global_step": 2, "train_batch_size": 8}
+    monkeypatch.setenv("OOMLADDER_RESUME_FROM", str(tmp_path / "gone"))
+    assert emergency.resume_point() is None
+    assert sorted(os.listdir(tmp_path / "emergency-step-2-attempt-001")) == [
+        "adapter_model.safetensors", "trainer_state.json"]  # no temporary file left behind
