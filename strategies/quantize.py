@@ -19,6 +19,8 @@ class _Quantize(Strategy):
     why: str
 
     def apply(self, plan: Plan, facts: Facts, failure) -> Outcome:
+        if plan.quantization is None:
+            return Skipped("the model was not loaded with from_pretrained, where quantization is applied")
         if plan.quantization in ("int8", "nf4") and _rank(plan.quantization) >= _rank(self.level):
             return Skipped(f"base weights are already loaded in {plan.quantization}")
         if facts.base_frozen is None:

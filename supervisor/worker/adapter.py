@@ -35,6 +35,7 @@ def install() -> None:
         "transformers.modeling_utils": _patch_modeling_utils,
         "transformers.trainer": _patch_trainer,
         "torch.optim.optimizer": _patch_optimizer,
+        "torch.utils.data._utils.worker": _patch_dataloader_worker,
     }
     for name, hook in list(hooks.items()):
         if name in sys.modules:
@@ -348,6 +349,17 @@ def _patch_optimizer(module) -> None:
         return original(self, *args, **kwargs)
 
     cls.__init__ = __init__
+
+
+def _patch_dataloader_worker(module) -> None:
+    original = module._worker_loop
+
+    @functools.wraps(original)
+    def _worker_loop(*args, **kwargs):
+        _safely(memcap.lift_in_child)
+        return original(*args, **kwargs)
+
+    module._worker_loop = _worker_loop
 
 
 def _report_exit() -> None:

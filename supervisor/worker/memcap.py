@@ -49,6 +49,14 @@ def arm() -> None:
     _state.update(mode="cpu_address_space", baseline=base, limit=limit)
 
 
+def lift_in_child() -> None:
+    """In a DataLoader worker: host memory, which a device cap must not count. A forked child starts
+    at its parent's size, so the parent's limit would leave it almost nothing."""
+    if _state.get("mode") == "cpu_address_space":
+        _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
+
+
 def peak() -> tuple[int | None, str | None]:
     """(bytes, what was measured): the peak that counts against the cap, or the best stand-in."""
     torch = sys.modules.get("torch")  # never import it here: the program may not use it
