@@ -34,6 +34,8 @@ class Kind(str, enum.Enum):
     KILLED = "killed"                      # SIGKILL without evidence: not guessed to be memory
     CRASHED = "crashed"                    # another fatal signal (SIGSEGV, SIGABRT, ...)
     INTERRUPTED = "interrupted"            # SIGINT / SIGTERM from outside
+    HANG = "hang"                          # no progress for --hang-timeout: stopped by the supervisor
+    LAUNCH_FAILED = "launch_failed"        # the command could not be started
     ERROR = "error"                        # an ordinary exception: a bug no memory setting fixes
     UNKNOWN = "unknown"                    # non-zero exit and nothing else to go on
 
@@ -171,7 +173,7 @@ def _summary(kind: Kind, text: str) -> str:
     numbers = parse_numbers(text)
     base = _SUMMARIES[kind]
     if "tried_to_allocate" in numbers:
-        from supervisor.sizes import format_size
+        from supervisor.units import format_size
         base += f": tried to allocate {format_size(numbers['tried_to_allocate'])}"
     return base
 

@@ -18,9 +18,9 @@ EXIT_INTERNAL = 70
 EXIT_CODES_HELP = """exit status:
   0    training finished (after recovering, or with nothing to recover from)
   2    bad input: a flag, size, ladder file, command or run directory; nothing was run
-  3    the worker failed for a reason no memory setting fixes (a bug, an unexplained kill)
+  3    the worker failed for a reason no memory setting fixes (a bug, an unexplained kill, a hang twice)
   4    out of memory and no rung of the ladder left
-  5    the attempt budget (--max-attempts) ran out
+  5    a budget ran out (--max-attempts, --max-wall-time)
   130  interrupted by SIGINT (Ctrl-C): run the same command again to continue
   143  stopped by SIGTERM (a scheduler's pre-emption): run the same command again to continue
   70   a bug in oomladder itself
@@ -38,13 +38,18 @@ def build_parser() -> argparse.ArgumentParser:
                      "and run it again, keeping the effective batch.", epilog=EXIT_CODES_HELP,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"oomladder {__version__}")
-    sub = parser.add_subparsers(dest="verb", metavar="{run,report,demo,strategies}", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="verb", metavar="{run,resume,report,demo,strategies}", parser_class=_Parser)
 
     run = sub.add_parser("run", help="run a training command under the supervisor",
                          usage="oomladder run [options] -- COMMAND ...", epilog=EXIT_CODES_HELP,
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     _run_options(run)
     run.add_argument("command", nargs=argparse.REMAINDER, help="the training command, after --")
+
+    resume = sub.add_parser("resume", help="continue a stopped run (even one whose supervisor was killed) on "
+                            "the plan and from the checkpoint it reached", epilog=EXIT_CODES_HELP,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    resume.add_argument("run_dir")
 
     report = sub.add_parser("report", help="show the fallback report of a run directory")
     report.add_argument("run_dir")
@@ -67,6 +72,9 @@ def _run_options(p: argparse.ArgumentParser) -> None:
                    "folder under ./oomladder-runs); the same DIR again continues that run")
     p.add_argument("--max-attempts", type=_positive_int, default=10, metavar="N",
                    help="stop after N attempts in this invocation (default 10)")
+    p.add_argument("--max-wall-time", metavar="DURATION", help="stop (gracefully) after DURATION in all, e.g. 8h")
+    p.add_argument("--hang-timeout", metavar="DURATION", help="a worker with no progress and no output for DURATION "
+                   "is stopped and retried once on the same plan, e.g. 30m")
     p.add_argument("--set", dest="settings", action="append", default=[], metavar="SETTING=VALUE",
                    help="a starting value for a plan setting, e.g. per_device_train_batch_size=16 (repeatable); "
                         "needed for {placeholders} in a command that is not a Hugging Face Trainer program")
@@ -88,6 +96,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if args.verb == "run":
             return _run(args)
+        if args.verb == "resume":
+            return run_config(resume_config(Path(args.run_dir)), _console())
         if args.verb == "report":
             return _report(args)
         if args.verb == "demo":
@@ -120,7 +130,7 @@ def make_run_config(args: argparse.Namespace):
     from supervisor.launch import placeholders
     from supervisor.plan import Plan, coerce_field
     from supervisor.runner import RunConfig
-    from supervisor.sizes import parse_size
+    from supervisor.units import parse_duration, parse_size
 
     command = list(args.command)
     if command and command[0] == "--":
@@ -149,7 +159,9 @@ def make_run_config(args: argparse.Namespace):
         raise UsageError(f"the command's placeholder {{{sorted(missing)[0]}}} has no starting value: add "
                          f"--set {sorted(missing)[0]}=VALUE")
     return RunConfig(command=tuple(command), run_dir=run_dir, ladder=ladder, memory_cap=memory_cap,
-                     max_attempts=args.max_attempts, initial=initial)
+                     max_attempts=args.max_attempts, initial=initial,
+                     max_wall_time=parse_duration(args.max_wall_time) if args.max_wall_time else None,
+                     hang_timeout=parse_duration(args.hang_timeout) if args.hang_timeout else None)
 
 
 def _check_command(command: list[str]) -> None:
@@ -199,19 +211,41 @@ def run_config(config, console) -> int:
     return code
 
 
-def _report(args: argparse.Namespace) -> int:
-    from supervisor.history import fold
+def _run_records(run_dir: Path) -> list[dict]:
     from supervisor.journal import JOURNAL_NAME, read_journal
-    from supervisor.report import build_report, render_markdown
-
-    journal = Path(args.run_dir) / JOURNAL_NAME
+    journal = run_dir / JOURNAL_NAME
     if not journal.is_file():
-        raise RunDirError(f"'{args.run_dir}' is not an oomladder run directory (it has no {JOURNAL_NAME}): give "
+        raise RunDirError(f"'{run_dir}' is not an oomladder run directory (it has no {JOURNAL_NAME}): give "
                           f"the --run-dir of a run")
     records = read_journal(journal)
     if not any(r.get("type") == "run_started" for r in records):
-        raise RunDirError(f"'{args.run_dir}' has a journal with no run in it")
-    view = fold(records)
+        raise RunDirError(f"'{run_dir}' has a journal with no run in it")
+    return records
+
+
+def resume_config(run_dir: Path):
+    """The run as its journal recorded it, to continue where it stopped."""
+    from supervisor.history import fold
+    from supervisor.ladder import ladder_from_journal
+    from supervisor.plan import Plan
+    from supervisor.runner import RunConfig
+
+    view = fold(_run_records(run_dir))
+    if view.status == "finished":
+        raise RunDirError(f"the run in '{run_dir}' already finished: there is nothing to resume (its report: "
+                          f"{run_dir / 'report.md'})")
+    started = view.run
+    return RunConfig(command=tuple(started["command"]), run_dir=run_dir, ladder=ladder_from_journal(started["ladder"]),
+                     memory_cap=started.get("memory_cap"), max_attempts=started.get("max_attempts") or 10,
+                     max_wall_time=started.get("max_wall_time"), hang_timeout=started.get("hang_timeout"),
+                     initial=Plan.from_dict(started.get("initial")), cwd=started.get("cwd") or str(Path.cwd()))
+
+
+def _report(args: argparse.Namespace) -> int:
+    from supervisor.history import fold
+    from supervisor.report import build_report, render_markdown
+
+    view = fold(_run_records(Path(args.run_dir)))
     report = build_report(view)
     if args.format == "json":
         print(json.dumps(report, indent=2, default=str))

@@ -75,6 +75,13 @@ def load_ladder(path: str | Path | None = None) -> Ladder:
     return parse_ladder(text, str(path))
 
 
+def ladder_from_journal(data: dict[str, Any]) -> Ladder:
+    """The ladder a run recorded in its journal: a resumed run walks the same one, whatever the file says now."""
+    rungs = [{r["name"]: {**r.get("params", {}), **({"times": r["times"]} if r.get("times") else {})}}
+             for r in data.get("rungs", [])]
+    return parse_ladder(yaml.safe_dump({"version": LADDER_VERSION, "rungs": rungs}), data.get("source", "journal"))
+
+
 def default_ladder_path() -> Path:
     """configs/ beside the packages in a checkout or editable install; supervisor/configs in a wheel."""
     here = Path(__file__).resolve().parent

@@ -82,14 +82,22 @@ class Worker:
             pass
 
     def stop(self, sig: int = signal.SIGTERM, grace: float = 10.0) -> int:
-        """`sig` to the whole group, `grace` seconds to exit (Trainer can save), then SIGKILL."""
-        if self.popen.poll() is None:
-            self.signal_group(sig)
+        """`sig` to the leader (it finishes and saves its step; a launcher passes it on to its ranks), to
+        the whole group half-way through `grace`, and SIGKILL to the group when `grace` is up."""
+        for target, wait in ((self.popen.send_signal, grace / 2), (self.signal_group, grace / 2)):
+            if self.popen.poll() is not None:
+                break
             try:
-                self.popen.wait(timeout=grace)
+                target(sig)
+            except ProcessLookupError:
+                break
+            try:
+                self.popen.wait(timeout=wait)
             except subprocess.TimeoutExpired:
-                self.signal_group(signal.SIGKILL)
-                self.popen.wait()
+                continue
+        if self.popen.poll() is None:
+            self.signal_group(signal.SIGKILL)
+            self.popen.wait()
         self.reap_group()
         return self.popen.returncode
 

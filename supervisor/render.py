@@ -10,7 +10,7 @@ from rich.text import Text
 
 from supervisor.history import RunView
 from supervisor.report import STATUS_TEXT
-from supervisor.sizes import format_size
+from supervisor.units import format_size
 from supervisor.table import attempts_table
 
 

@@ -15,14 +15,15 @@ from typing import Any
 
 from supervisor.history import RunView
 from supervisor.plan import Plan, changes, describe_changes
-from supervisor.sizes import format_size
+from supervisor.units import format_size
 from supervisor.table import format_duration, status_text, steps_text
 
 REPORT_SCHEMA = 1
 STATUS_TEXT = {
     "finished": "Training finished.",
     "ladder_exhausted": "Stopped: out of memory, and no rung of the ladder was left to try.",
-    "attempts_exhausted": "Stopped: the attempt budget (--max-attempts) ran out.",
+    "budget_exhausted": "Stopped: a budget (--max-attempts or --max-wall-time) ran out.",
+    "hang": "Stopped: the worker hung, and hung again on the retry.",
     "not_memory": "Stopped: the worker failed for a reason no memory setting fixes.",
     "interrupted": "Stopped: interrupted.",
     "launch_failed": "Stopped: the command could not be started.",

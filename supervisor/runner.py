@@ -7,6 +7,7 @@ without waiting, and the same loop runs real workers end to end.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from supervisor import __version__, cgroup, checkpoints
+from supervisor.budget import BudgetState, budgets, exhausted
 from supervisor.classify import Evidence, Failure, Kind, classify
 from supervisor.display import Display, NullDisplay
 from supervisor.errors import RunDirError
@@ -34,7 +36,7 @@ EXIT_FINISHED = 0
 EXIT_USAGE = 2
 EXIT_NOT_MEMORY = 3
 EXIT_LADDER_EXHAUSTED = 4
-EXIT_ATTEMPTS_EXHAUSTED = 5
+EXIT_BUDGET = 5
 EXIT_INTERRUPTED = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
@@ -45,6 +47,8 @@ class RunConfig:
     ladder: Ladder
     memory_cap: int | None = None
     max_attempts: int = 10
+    max_wall_time: float | None = None            # seconds for this invocation, attempts included
+    hang_timeout: float | None = None             # seconds without progress or output before a worker is stopped
     initial: Plan = field(default_factory=Plan)   # --set values
     poll_interval: float = 0.5
     grace: float = 15.0                           # seconds between SIGTERM and SIGKILL
@@ -55,11 +59,16 @@ class Runner:
     def __init__(self, config: RunConfig, *, launcher: Launcher = spawn, clock: Callable[[], float] = time.time,
                  sleep: Callable[[float], None] = time.sleep, display: Display | None = None,
                  environ: dict[str, str] | None = None) -> None:
-        self.config = config
+        # Workers run in the command's own folder: every path handed to them must be absolute.
+        self.config = config = dataclasses.replace(config, run_dir=config.run_dir.resolve())
         self.launcher, self.clock, self.sleep = launcher, clock, sleep
         self.display = display or NullDisplay()
         self.environ = dict(os.environ if environ is None else environ)
         self._signal: int | None = None
+        self._stop: tuple[str, Any] | None = None   # why the runner itself stopped a worker
+        self._budgets = budgets(config.max_attempts, config.max_wall_time)
+        self._started = 0.0
+        self._attempts_this_run = 0
         self._offsets: dict[Path, int] = {}
         self._observed: dict[Path, Any] = {}
 
@@ -73,6 +82,7 @@ class Runner:
             overrides, rung, reason = self._starting_point(journal)
             journal.append("run_started", command=list(cfg.command), ladder=cfg.ladder.to_dict(),
                            memory_cap=cfg.memory_cap, max_attempts=cfg.max_attempts, cwd=cfg.cwd,
+                           max_wall_time=cfg.max_wall_time, hang_timeout=cfg.hang_timeout,
                            version=__version__, initial=cfg.initial.set_fields())
             with _forwarded_signals(self):
                 return self._loop(journal, overrides, rung, reason)
@@ -89,13 +99,14 @@ class Runner:
 
     def _loop(self, journal: Journal, overrides: Plan, rung: str | None, reason: str) -> int:
         cfg = self.config
-        attempts_this_run = 0
+        self._started = self.clock()
+        self._attempts_this_run = 0
         if not any(r["type"] == "observed" for r in journal.records):
             allocator = self.environ.get("PYTORCH_ALLOC_CONF", self.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""))
             journal.append("observed", attempt=0, source="environment", plan={"allocator": allocator}, facts={})
         while True:
             number = max((r["attempt"] for r in journal.records if r["type"] == "attempt_started"), default=0) + 1
-            attempts_this_run += 1
+            self._attempts_this_run += 1
             view = fold(journal.records)
             plan = view.program_plan.merged(overrides)
             attempt_dir = cfg.run_dir / "attempts" / f"{number:03d}"
@@ -110,39 +121,68 @@ class Runner:
                                + (f" ({reason})" if reason else "") + f"; log: {attempt_dir / 'stderr.log'}")
             failure = self._attempt(journal, number, attempt_dir, argv, overrides, plan,
                                     resume["path"] if resume else None)
-            if failure is None:
-                _remove_checkpoints(fold(journal.records), keep=None)
-                return self._end(journal, "finished", EXIT_FINISHED, _finished_reason(fold(journal.records)))
-            if failure.kind is Kind.INTERRUPTED and self._signal is not None:
-                return self._end(journal, "interrupted", EXIT_INTERRUPTED.get(self._signal, 130),
-                                 f"oomladder received {signal.Signals(self._signal).name}; the worker group was "
-                                 f"stopped. Run the same command again to continue.")
-            if failure.kind is Kind.UNKNOWN and failure.summary.startswith("cannot start"):
-                return self._end(journal, "launch_failed", EXIT_USAGE, failure.summary)
-            if not failure.is_memory:
-                return self._end(journal, "not_memory", EXIT_NOT_MEMORY,
-                                 f"attempt {number} failed with {failure.kind.value}: {failure.summary}. No memory "
-                                 f"setting fixes this, so the ladder was not walked; see "
-                                 f"{attempt_dir / 'stderr.log'}")
-            view = fold(journal.records)
-            current = view.attempts[-1].plan
-            decision = next_plan(cfg.ladder, current, view.facts, failure, view.rung_uses)
-            journal.append("decision", attempt=number, rung=decision.rung, rung_index=decision.rung_index,
-                           reason=decision.reason, plan=decision.plan.to_dict() if decision.plan else None,
-                           changes=describe_changes(current, decision.plan) if decision.plan else None,
-                           skipped=[list(s) for s in decision.skipped])
-            if decision.exhausted:
-                tried = "; ".join(f"{name}: {why}" for name, why in decision.skipped) or "none applied"
-                return self._end(journal, "ladder_exhausted", EXIT_LADDER_EXHAUSTED,
-                                 f"attempt {number} ran out of memory and {decision.reason} ({tried}). Try a "
-                                 f"bigger device, a smaller model or sequence, or a ladder with more rungs.")
-            self.display.event(f"attempt {number}: {failure.summary}; next: {decision.rung}: "
-                               f"{describe_changes(current, decision.plan)}")
-            if attempts_this_run >= cfg.max_attempts:
-                return self._end(journal, "attempts_exhausted", EXIT_ATTEMPTS_EXHAUSTED,
-                                 f"{attempts_this_run} attempts used (--max-attempts {cfg.max_attempts}); the next "
-                                 f"plan would have been: {decision.rung}. Run the same command again to continue.")
-            overrides, rung, reason = decision.plan, decision.rung, decision.reason
+            outcome = self._after(journal, number, attempt_dir, failure)
+            if isinstance(outcome, int):
+                return outcome
+            overrides, rung, reason = outcome
+
+    def _after(self, journal: Journal, number: int, attempt_dir: Path,
+               failure: Failure | None) -> int | tuple[Plan, str | None, str]:
+        """What an attempt's end means: the exit code of the run, or the next (plan, rung, reason)."""
+        cfg = self.config
+        view = fold(journal.records)
+        if failure is None:
+            _remove_checkpoints(view, keep=None)
+            return self._end(journal, "finished", EXIT_FINISHED, _finished_reason(view))
+        if self._stop is not None:
+            return self._end_stopped(journal)
+        if failure.kind is Kind.LAUNCH_FAILED:
+            return self._end(journal, "launch_failed", EXIT_USAGE, failure.summary)
+        current = view.attempts[-1].plan
+        if failure.kind is Kind.HANG:
+            hangs = sum(1 for a in view.attempts if a.failure is not None and a.failure.kind is Kind.HANG)
+            if hangs > 1:
+                return self._end(journal, "hang", EXIT_NOT_MEMORY, f"attempt {number} hung again ({failure.summary}); "
+                                 f"stopped after one retry. See {attempt_dir / 'stderr.log'}")
+            return self._next_or_budget(journal, (current, "retry", "the worker hung: one retry on the same plan"))
+        if not failure.is_memory:
+            return self._end(journal, "not_memory", EXIT_NOT_MEMORY,
+                             f"attempt {number} failed with {failure.kind.value}: {failure.summary}. No memory "
+                             f"setting fixes this, so the ladder was not walked; see {attempt_dir / 'stderr.log'}")
+        decision = next_plan(cfg.ladder, current, view.facts, failure, view.rung_uses)
+        journal.append("decision", attempt=number, rung=decision.rung, rung_index=decision.rung_index,
+                       reason=decision.reason, plan=decision.plan.to_dict() if decision.plan else None,
+                       changes=describe_changes(current, decision.plan) if decision.plan else None,
+                       skipped=[list(s) for s in decision.skipped])
+        if decision.exhausted:
+            tried = "; ".join(f"{name}: {why}" for name, why in decision.skipped) or "none applied"
+            return self._end(journal, "ladder_exhausted", EXIT_LADDER_EXHAUSTED,
+                             f"attempt {number} ran out of memory and {decision.reason} ({tried}). Try a "
+                             f"bigger device, a smaller model or sequence, or a ladder with more rungs.")
+        self.display.event(f"attempt {number}: {failure.summary}; next: {decision.rung}: "
+                           f"{describe_changes(current, decision.plan)}")
+        return self._next_or_budget(journal, (decision.plan, decision.rung, decision.reason))
+
+    def _next_or_budget(self, journal: Journal, nxt: tuple[Plan, str | None, str]) -> int | tuple[Plan, str | None, str]:
+        spent = exhausted(self._budgets, self._budget_state())
+        if spent is None:
+            return nxt
+        return self._end(journal, "budget_exhausted", EXIT_BUDGET,
+                         f"the {spent.flag} budget ({spent.text}) is spent; the next attempt would have been: "
+                         f"{nxt[1]}. Run the same command again to continue.")
+
+    def _budget_state(self) -> BudgetState:
+        return BudgetState(self._attempts_this_run, self.clock() - self._started)
+
+    def _end_stopped(self, journal: Journal) -> int:
+        why, detail = self._stop
+        if why == "signal":
+            return self._end(journal, "interrupted", EXIT_INTERRUPTED.get(detail, 130),
+                             f"oomladder received {signal.Signals(detail).name}; the worker group was stopped. "
+                             f"Run the same command again (or oomladder resume) to continue.")
+        return self._end(journal, "budget_exhausted", EXIT_BUDGET,
+                         f"the {detail.flag} budget ({detail.text}) ran out during an attempt; its worker group was "
+                         f"stopped. Run the same command again to continue.")
 
     def _end(self, journal: Journal, status: str, exit_code: int, reason: str) -> int:
         journal.append("run_ended", status=status, exit_code=exit_code, reason=reason)
@@ -159,18 +199,31 @@ class Runner:
         try:
             handle = self.launcher(spec)
         except LaunchError as exc:
-            failure = Failure(Kind.UNKNOWN, None, str(exc))
+            failure = Failure(Kind.LAUNCH_FAILED, None, str(exc))
             journal.append("attempt_ended", attempt=number, outcome="failed", exit_code=None,
                            failure=failure.to_dict(), duration=0.0)
             return failure
-        stopping = False
+        hung: float | None = None
+        last_activity, activity = started, None
         while (returncode := handle.poll()) is None:
-            if self._signal is not None and not stopping:
-                stopping = True
-                journal.append("interrupt", attempt=number, signal=signal.Signals(self._signal).name)
-                returncode = handle.stop(self._signal, cfg.grace)
+            if self._signal is not None:
+                self._stop = ("signal", self._signal)
+            elif (spent := exhausted(self._budgets, self._budget_state())) is not None and \
+                    spent.flag == "--max-wall-time":
+                self._stop = ("budget", spent)
+            if self._stop is not None:
+                journal.append("interrupt", attempt=number, reason=self._stop[0],
+                               detail=str(getattr(self._stop[1], "flag", self._stop[1])))
+                returncode = handle.stop(self._stop[1] if self._stop[0] == "signal" else signal.SIGTERM, cfg.grace)
                 break
-            self._ingest(journal, number, attempt_dir)
+            now_activity = (self._ingest(journal, number, attempt_dir), _size(spec.stdout), _size(spec.stderr))
+            if now_activity != activity:
+                activity, last_activity = now_activity, self.clock()
+            elif cfg.hang_timeout and self.clock() - last_activity > cfg.hang_timeout:
+                hung = self.clock() - last_activity
+                journal.append("interrupt", attempt=number, reason="hang", detail=f"{hung:.0f}s without progress")
+                returncode = handle.stop(signal.SIGTERM, cfg.grace)
+                break
             self.display.update(fold(journal.records))
             self.sleep(cfg.poll_interval)
         handle.reap_group()
@@ -179,30 +232,31 @@ class Runner:
         attempt = view.attempts[-1]
         ended = dict(attempt=number, exit_code=returncode, duration=round(self.clock() - started, 3),
                      step=attempt.step, max_steps=attempt.max_steps)
-        if returncode == 0:
+        if returncode == 0 and self._stop is None:
             journal.append("attempt_ended", outcome="finished", **ended)
             return None
         record = _first_failure_record(attempt_dir)
         if record and ended["max_steps"] is None:
             ended["max_steps"] = record.get("max_steps")
         oom_kills_after = cgroup.oom_kill_count()
-        capped = bool(cfg.memory_cap) and view.facts.device in (None, "cpu")
-        failure = classify(Evidence(
-            returncode=returncode, record=record, stderr_tail=read_tail(spec.stderr), capped=capped,
-            cgroup_oom_kill=None not in (oom_kills_before, oom_kills_after) and oom_kills_after > oom_kills_before))
-        checkpoint = _read_json(files.path(emergency.EMERGENCY, 0, attempt_dir))
-        if checkpoint and Path(checkpoint.get("path", "")).is_dir():
-            journal.append("checkpoint", attempt=number, kind="emergency", path=checkpoint["path"],
-                           step=checkpoint["step"])
-            _remove_checkpoints(fold(journal.records), keep=checkpoint["path"])
+        if hung is not None:
+            failure = Failure(Kind.HANG, None, f"no progress for {hung:.0f} s (--hang-timeout {cfg.hang_timeout:g})",
+                              step=attempt.step)
+        else:
+            capped = bool(cfg.memory_cap) and view.facts.device in (None, "cpu")
+            failure = classify(Evidence(
+                returncode=returncode, record=record, stderr_tail=read_tail(spec.stderr), capped=capped,
+                cgroup_oom_kill=None not in (oom_kills_before, oom_kills_after) and oom_kills_after > oom_kills_before))
+        self._journal_checkpoint(journal, number, attempt_dir)
         if record and record.get("peak") is not None:
             ended.update(peak=record["peak"], peak_measure=record.get("peak_measure"))
-        outcome = "interrupted" if failure.kind is Kind.INTERRUPTED else "failed"
+        outcome = "interrupted" if self._stop is not None or failure.kind is Kind.INTERRUPTED else "failed"
         journal.append("attempt_ended", outcome=outcome, failure=failure.to_dict(), **ended)
         return failure
 
-    def _ingest(self, journal: Journal, number: int, attempt_dir: Path) -> None:
-        """Copy what the worker reported since the last look into the journal."""
+    def _ingest(self, journal: Journal, number: int, attempt_dir: Path) -> int:
+        """Copy what the worker reported since the last look into the journal; the number of records."""
+        before = len(journal.records)
         for path in sorted(attempt_dir.glob(f"{files.OBSERVED}.*.json")):
             try:
                 data = json.loads(path.read_text())
@@ -229,6 +283,25 @@ class Runner:
                     continue
                 entry.pop("ts", None)
                 journal.append("progress", attempt=number, rank=_rank_of(path), **entry)
+        return len(journal.records) - before
+
+    def _close_orphans(self, journal: Journal, view: RunView) -> None:
+        """An attempt the journal never saw end: its supervisor died. Take in what its worker left."""
+        for attempt in view.attempts:
+            if attempt.status != "running":
+                continue
+            attempt_dir = self.config.run_dir / "attempts" / f"{attempt.number:03d}"
+            self._ingest(journal, attempt.number, attempt_dir)
+            self._journal_checkpoint(journal, attempt.number, attempt_dir)
+            journal.append("attempt_ended", attempt=attempt.number, outcome="interrupted", exit_code=None,
+                           failure=Failure(Kind.INTERRUPTED, None, "the supervisor died during this attempt").to_dict())
+
+    def _journal_checkpoint(self, journal: Journal, number: int, attempt_dir: Path) -> None:
+        checkpoint = _read_json(files.path(emergency.EMERGENCY, 0, attempt_dir))
+        if checkpoint and Path(checkpoint.get("path", "")).is_dir():
+            journal.append("checkpoint", attempt=number, kind="emergency", path=checkpoint["path"],
+                           step=checkpoint["step"])
+            _remove_checkpoints(fold(journal.records), keep=checkpoint["path"])
 
     def _starting_point(self, journal: Journal) -> tuple[Plan, str | None, str]:
         """A fresh run starts on the program's own settings; a run directory that already holds a run of
@@ -241,7 +314,8 @@ class Runner:
         if view.run and view.run.get("command") != list(cfg.command):
             raise RunDirError(f"run directory '{cfg.run_dir}' holds a run of another command "
                               f"({' '.join(view.run.get('command', []))}): give this run its own --run-dir")
-        plan = _reached_plan(view).merged(cfg.initial)
+        self._close_orphans(journal, view)
+        plan = _reached_plan(fold(journal.records)).merged(cfg.initial)
         return plan, "resume", "continues on the plan the earlier run reached"
 
 
@@ -269,6 +343,13 @@ def _finished_reason(view: RunView) -> str:
     if ooms:
         text += f" after {ooms} out-of-memory error{'s' if ooms > 1 else ''}"
     return text + (f"; effective batch {batch} throughout" if batch else "")
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

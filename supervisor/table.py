@@ -8,7 +8,7 @@ from rich.text import Text
 
 from supervisor.history import AttemptView, RunView
 from supervisor.plan import Plan, describe_changes
-from supervisor.sizes import format_size
+from supervisor.units import format_size
 
 
 def attempts_table(view: RunView, now: float | None = None, title: str | None = None) -> Table:

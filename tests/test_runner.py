@@ -144,7 +144,8 @@ def test_when_no_rung_is_left_the_run_stops_and_says_why(tmp_path):
 def test_the_attempt_budget_is_kept(tmp_path):
     code, view = run(tmp_path, ScriptedWorkers(oom_at(1), oom_at(1)), max_attempts=2)
     assert code == 5 and len(view.attempts) == 2
-    assert "--max-attempts 2" in view.ended["reason"]
+    assert view.ended["status"] == "budget_exhausted"
+    assert "the --max-attempts budget (2 attempts) is spent" in view.ended["reason"]
 
 
 def test_the_same_run_directory_again_continues_on_the_plan_it_reached(tmp_path):
@@ -212,3 +213,46 @@ def test_a_stop_signal_stops_the_worker_group_and_the_run_says_so(tmp_path):
     assert handles[0].stopped_with == signal.SIGTERM
     view = fold(read_journal(tmp_path / "run" / "journal.jsonl"))
     assert view.ended["status"] == "interrupted" and view.attempts[0].status == "interrupted"
+
+
+class Clock:
+    """A clock that moves only when the runner sleeps."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+
+def test_a_worker_without_progress_is_stopped_and_retried_once_then_the_run_stops(tmp_path):
+    clock, handles = Clock(), []
+
+    def silent(spec):
+        handles.append(Handle(None))
+        return handles[-1]
+
+    config = RunConfig(command=("python", "train.py"), run_dir=tmp_path / "run", ladder=load_ladder(None),
+                       hang_timeout=60, poll_interval=5)
+    code = Runner(config, launcher=silent, clock=clock, sleep=clock.sleep, environ={}).run()
+    assert code == 3
+    view = fold(read_journal(tmp_path / "run" / "journal.jsonl"))
+    assert [a.rung for a in view.attempts] == [None, "retry"]
+    assert [a.failure.kind.value for a in view.attempts] == ["hang", "hang"]
+    assert all(h.stopped_with == signal.SIGTERM for h in handles)
+    assert view.ended["status"] == "hang" and "hung again" in view.ended["reason"]
+
+
+def test_the_wall_time_budget_stops_a_running_attempt_and_names_itself(tmp_path):
+    clock = Clock()
+    handle = Handle(None)
+    config = RunConfig(command=("python", "train.py"), run_dir=tmp_path / "run", ladder=load_ladder(None),
+                       max_wall_time=3600, poll_interval=60)
+    code = Runner(config, launcher=lambda spec: handle, clock=clock, sleep=clock.sleep, environ={}).run()
+    assert code == 5 and handle.stopped_with == signal.SIGTERM
+    view = fold(read_journal(tmp_path / "run" / "journal.jsonl"))
+    assert view.ended["status"] == "budget_exhausted"
+    assert "--max-wall-time budget (3600 s of wall time)" in view.ended["reason"]

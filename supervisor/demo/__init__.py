@@ -24,7 +24,7 @@ def run_demo(run_dir: str | None, memory_cap: str | None, console) -> int:
     from supervisor.cli import run_config
     from supervisor.ladder import load_ladder
     from supervisor.runner import RunConfig
-    from supervisor.sizes import parse_size
+    from supervisor.units import parse_size
 
     path = Path(run_dir) if run_dir else Path("oomladder-runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     cap = parse_size(memory_cap or DEMO_CAP)

@@ -15,7 +15,9 @@ import functools
 import importlib.abc
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from typing import Any, Callable
 
@@ -23,6 +25,7 @@ from supervisor.worker import emergency, files, memcap
 
 _observed: dict[str, Any] = {"plan": {}, "facts": {}}
 _phase = ["train"]
+_stop_requested: list[int] = [0]
 
 
 def plan() -> dict[str, Any]:
@@ -238,7 +241,7 @@ def _patch_trainer(module) -> None:
     def __init__(self, *args, **kwargs):
         memcap.arm()
         original_init(self, *args, **kwargs)
-        _safely(lambda: self.add_callback(_progress_callback(module)))
+        _safely(lambda: self.add_callback(_progress_callback(module, self)))
         _safely(_observe, None, _facts(self))
 
     @functools.wraps(original_train)
@@ -250,12 +253,13 @@ def _patch_trainer(module) -> None:
                 args = (resume, *args[1:])
             else:
                 kwargs["resume_from_checkpoint"] = resume
+        _safely(_stop_at_step_end_on, signal.SIGTERM, signal.SIGINT)
         try:
             return original_train(self, *args, **kwargs)
         except Exception as exc:
             _safely(_record_failure, self, exc)
             if _is_device_oom(exc):
-                _safely(emergency.save, self, exc)
+                _safely(emergency.save_after_oom, self, exc)
             raise
 
     @functools.wraps(original_evaluate)
@@ -303,7 +307,22 @@ def _record_failure(trainer, exc: BaseException) -> None:
                         peak=peak, peak_measure=measure)
 
 
-def _progress_callback(module):
+def _stop_at_step_end_on(*signals: int) -> None:
+    """SIGTERM (a scheduler, the supervisor) finishes the step in flight, saves it, and exits 128+signal:
+    a pre-empted run loses no step. A second signal acts at once."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in signals:
+        previous = signal.getsignal(signum)
+
+        def handler(sig, frame, previous=previous):
+            _stop_requested[0] = sig
+            signal.signal(sig, previous if callable(previous) else signal.SIG_DFL)
+
+        signal.signal(signum, handler)
+
+
+def _progress_callback(module, trainer):
     class OomLadderProgress(module.TrainerCallback):
         """Reports each finished optimizer step (and evaluation) to the supervisor."""
 
@@ -318,6 +337,12 @@ def _progress_callback(module):
         def on_step_end(self, args, state, control, **kwargs):
             _safely(emergency.snapshot_rng)
             self._report(state, "train")
+            if _stop_requested[0]:
+                signum = _stop_requested[0]
+                _safely(emergency.save, trainer)
+                print(f"oomladder: stopped by {signal.Signals(signum).name} after step {state.global_step}, "
+                      f"which is saved", file=sys.stderr, flush=True)
+                raise SystemExit(128 + signum)
 
         def on_pre_optimizer_step(self, args, state, control, **kwargs):
             emergency.optimizer_step(True)

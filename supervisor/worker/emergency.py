@@ -47,11 +47,10 @@ def optimizer_step(inside: bool) -> None:
     _in_optimizer_step[0] = inside
 
 
-def save(trainer, exc: BaseException) -> str | None:
-    """The emergency checkpoint of the last completed step, or None with the reason on stderr."""
+def save_after_oom(trainer, exc: BaseException) -> str | None:
+    """The checkpoint of the last completed step, or None with the reason on stderr."""
     import torch
-    step = trainer.state.global_step
-    if step == 0:
+    if trainer.state.global_step == 0:
         return _skip("the OOM struck in the first step: there is nothing to keep")
     if _in_optimizer_step[0]:
         return _skip("the OOM struck inside the optimizer step: the weights may be half-updated")
@@ -66,6 +65,13 @@ def save(trainer, exc: BaseException) -> str | None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+    return save(trainer)
+
+
+def save(trainer) -> str:
+    """Write the state between two steps (RNG as the last step left it) and mark it whole."""
+    import torch
+    step = trainer.state.global_step
     attempt = Path(os.environ["OOMLADDER_ATTEMPT_DIR"]).name
     root = Path(os.environ["OOMLADDER_RUN_DIR"]) / "checkpoints"
     target = root / f"{EMERGENCY}-step-{step}-attempt-{attempt}"

@@ -1,4 +1,4 @@
-"""Memory sizes as people write them: `1200MiB`, `16GiB`, `1.5G`, `800M`, `1073741824`.
+"""Units people write: memory sizes (`1200MiB`, `16GiB`, `1.5G`) and durations (`90s`, `30m`, `8h`).
 
 Decimal (`GB`) and binary (`GiB`) suffixes mean what they say; a bare `G`/`M`/`K` is binary,
 as in `nvidia-smi` and PyTorch's own messages, which is what people mean by "a 16G card".
@@ -42,3 +42,16 @@ def format_size(n: int | float | None) -> str:
             value = n / scale
             return f"{value:.1f} {unit}" if value < 100 else f"{value:.0f} {unit}"
     return f"{n:.0f} B"
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d)?\s*$", re.I)
+_SECONDS = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in `90`, `90s`, `30m`, `8h`, `1.5h`; raises UsageError with an example."""
+    match = _DURATION.match(str(text))
+    if not match or float(match.group(1)) <= 0:
+        raise UsageError(f"'{text}' is not a duration: write it like 90s, 30m or 8h")
+    unit = match.group(2).lower() if match.group(2) else None
+    return float(match.group(1)) * _SECONDS[unit]

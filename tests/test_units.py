@@ -1,7 +1,7 @@
 import pytest
 
 from supervisor.errors import UsageError
-from supervisor.sizes import format_size, parse_size
+from supervisor.units import format_size, parse_duration, parse_size
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -23,3 +23,14 @@ def test_sizes_print_in_pytorchs_units():
     assert format_size(500 * 2**20) == "500 MiB"
     assert format_size(1.5 * 2**30) == "1.5 GiB"
     assert format_size(12) == "12 B"
+
+
+@pytest.mark.parametrize("text, seconds", [("90", 90), ("90s", 90), ("30m", 1800), ("8h", 28800), ("1.5h", 5400)])
+def test_durations_read_as_people_write_them(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "soon", "-5m", "0", "5 fortnights"])
+def test_a_malformed_duration_says_what_is_accepted(text):
+    with pytest.raises(UsageError, match="write it like 90s, 30m or 8h"):
+        parse_duration(text)

@@ -1,0 +1,45 @@
+"""Budgets as tenacity stop policies: small objects that read one state and compose with `|`.
+
+The runner asks `exhausted(...)` between attempts and while one runs; the policy that fired is
+named in the journal and the report, so a person knows which limit ended the night.
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+from dataclasses import dataclass
+
+from tenacity import stop_after_attempt, stop_after_delay
+from tenacity.stop import stop_base
+
+
+@dataclass(frozen=True)
+class BudgetState:
+    """The two fields tenacity's stop policies read."""
+
+    attempt_number: int           # attempts made by this invocation
+    seconds_since_start: float    # wall time of this invocation
+
+
+@dataclass(frozen=True)
+class Budget:
+    flag: str
+    policy: stop_base
+    text: str
+
+
+def budgets(max_attempts: int | None, max_wall_time: float | None) -> list[Budget]:
+    out = []
+    if max_attempts:
+        out.append(Budget("--max-attempts", stop_after_attempt(max_attempts), f"{max_attempts} attempts"))
+    if max_wall_time:
+        out.append(Budget("--max-wall-time", stop_after_delay(max_wall_time), f"{max_wall_time:g} s of wall time"))
+    return out
+
+
+def exhausted(all_budgets: list[Budget], state: BudgetState) -> Budget | None:
+    """The first budget that is spent, or None."""
+    if not all_budgets or not functools.reduce(operator.or_, [b.policy for b in all_budgets])(state):
+        return None
+    return next(b for b in all_budgets if b.policy(state))
