@@ -36,11 +36,13 @@ def substitute(command: Sequence[str], plan: Plan) -> list[str]:
 
 
 def worker_env(base: Mapping[str, str], attempt_dir: Path, overrides: Plan, plan: Plan,
-               memory_cap: int | None, resume_from: str | None = None) -> dict[str, str]:
-    env = dict(base)
-    env.pop("OOMLADDER_RESUME_FROM", None)
+               memory_cap: int | None, resume_from: str | None = None,
+               evaluate_at: int | None = None) -> dict[str, str]:
+    env = {k: v for k, v in base.items() if not k.startswith("OOMLADDER_")}
     if resume_from:
         env["OOMLADDER_RESUME_FROM"] = resume_from
+    if evaluate_at is not None:
+        env["OOMLADDER_RESUME_EVAL_AT"] = str(evaluate_at)
     env["OOMLADDER_RUN_DIR"] = str(attempt_dir.parent.parent)
     env["PYTHONPATH"] = os.pathsep.join([str(INJECT_DIR)] + ([base["PYTHONPATH"]] if base.get("PYTHONPATH") else []))
     env["OOMLADDER_ATTEMPT_DIR"] = str(attempt_dir)

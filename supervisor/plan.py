@@ -16,8 +16,21 @@ LOAD_DTYPES = ("float32", "bfloat16", "float16", "auto")  # the dtype `from_pret
 QUANTIZATIONS = ("none", "int8", "nf4")
 
 
+class _JournalValue:
+    """A frozen dataclass as it is written to and read from the journal; unknown keys (from a newer
+    oomladder) are ignored."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None):
+        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        return cls(**{k: v for k, v in (data or {}).items() if k in known})
+
+
 @dataclass(frozen=True)
-class Plan:
+class Plan(_JournalValue):
     per_device_train_batch_size: int | None = None
     gradient_accumulation_steps: int | None = None
     per_device_eval_batch_size: int | None = None
@@ -47,20 +60,13 @@ class Plan:
     def set_fields(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> "Plan":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in (data or {}).items() if k in known})
 
 
 FIELD_NAMES = tuple(f.name for f in fields(Plan))
 
 
 @dataclass(frozen=True)
-class Facts:
+class Facts(_JournalValue):
     """What the worker reported about itself: not settings, but what decides whether a rung applies."""
 
     device: str | None = None            # "cuda", "cpu", "mps", ...
@@ -69,13 +75,6 @@ class Facts:
     trainable_fraction: float | None = None
     output_dir: str | None = None        # where the program's own checkpoints go
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> "Facts":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in (data or {}).items() if k in known})
 
 
 def changes(before: Plan, after: Plan) -> list[tuple[str, Any, Any]]:

@@ -80,6 +80,10 @@ class Runner:
         journal = Journal.in_run_dir(cfg.run_dir, self.clock)
         try:
             overrides, rung, reason = self._starting_point(journal)
+        except BaseException:
+            journal.close()  # refused before starting: the directory stays exactly as it was
+            raise
+        try:
             journal.append("run_started", command=list(cfg.command), ladder=cfg.ladder.to_dict(),
                            memory_cap=cfg.memory_cap, max_attempts=cfg.max_attempts, cwd=cfg.cwd,
                            max_wall_time=cfg.max_wall_time, hang_timeout=cfg.hang_timeout,
@@ -119,8 +123,8 @@ class Runner:
                            command=argv, attempt_dir=str(attempt_dir), resume_from=resume)
             self.display.event(f"attempt {number}: {rung or 'start'}"
                                + (f" ({reason})" if reason else "") + f"; log: {attempt_dir / 'stderr.log'}")
-            failure = self._attempt(journal, number, attempt_dir, argv, overrides, plan,
-                                    resume["path"] if resume else None)
+            failure = self._attempt(journal, number, attempt_dir, argv, overrides, plan, resume,
+                                    _evaluation_owed(view, resume))
             outcome = self._after(journal, number, attempt_dir, failure)
             if isinstance(outcome, int):
                 return outcome
@@ -190,9 +194,10 @@ class Runner:
         return exit_code
 
     def _attempt(self, journal: Journal, number: int, attempt_dir: Path, argv: list[str], overrides: Plan,
-                 plan: Plan, resume_from: str | None) -> Failure | None:
+                 plan: Plan, resume: dict[str, Any] | None, evaluate_at: int | None) -> Failure | None:
         cfg = self.config
-        env = worker_env(self.environ, attempt_dir, overrides, plan, cfg.memory_cap, resume_from)
+        env = worker_env(self.environ, attempt_dir, overrides, plan, cfg.memory_cap,
+                         resume["path"] if resume else None, evaluate_at)
         spec = LaunchSpec(tuple(argv), env, cfg.cwd, attempt_dir / "stdout.log", attempt_dir / "stderr.log")
         oom_kills_before = cgroup.oom_kill_count()
         started = self.clock()
@@ -326,6 +331,15 @@ def _reached_plan(view: RunView) -> Plan:
     return view.attempts[-1].plan if view.attempts else Plan()
 
 
+
+
+def _evaluation_owed(view: RunView, resume: dict[str, Any] | None) -> int | None:
+    """The step whose evaluation an OOM cut short, if the next attempt resumes right there."""
+    last = view.attempts[-1] if view.attempts else None
+    failure = last.failure if last else None
+    if resume and failure is not None and failure.phase == "eval" and failure.step == resume["step"]:
+        return resume["step"]
+    return None
 
 
 def _remove_checkpoints(view: RunView, keep: str | None) -> None:

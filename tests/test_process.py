@@ -64,3 +64,14 @@ def test_a_worker_dies_with_its_supervisor(tmp_path):
     parent.wait()
     assert _wait_for(lambda: not os.path.exists(f"/proc/{worker_pid}") or
                      open(f"/proc/{worker_pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z")
+
+
+def test_the_post_import_hook_patches_a_module_when_it_is_imported(tmp_path, monkeypatch):
+    from supervisor.worker.importhook import PostImportFinder
+    (tmp_path / "patched_later.py").write_text("VALUE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    seen = []
+    finder = PostImportFinder({"patched_later": lambda m: seen.append(m.VALUE)}, lambda hook, m: hook(m))
+    monkeypatch.setattr(sys, "meta_path", [finder, *sys.meta_path])
+    import patched_later  # noqa: F401
+    assert seen == [1]

@@ -29,6 +29,8 @@ def parse_args():
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--vocab", type=int, default=32000)
     p.add_argument("--save-final", help="save the trained model (or adapters) here at the end")
+    p.add_argument("--eval-len", type=int, default=0, help="evaluate every --eval-steps on sequences this long")
+    p.add_argument("--eval-steps", type=int, default=3)
     return p.parse_args()
 
 
@@ -66,12 +68,15 @@ def main():
     effective = a.batch_size * a.grad_accum
     data = GrowingSequences(effective * a.max_steps, effective * (a.grow_at_step - 1), a.short_len, a.long_len,
                             a.vocab)
+    evaluate = {"eval_strategy": "steps", "eval_steps": a.eval_steps} if a.eval_len else {}
     args = TrainingArguments(
+        **evaluate, per_device_eval_batch_size=a.batch_size,
         output_dir=a.output_dir, per_device_train_batch_size=a.batch_size, gradient_accumulation_steps=a.grad_accum,
         max_steps=a.max_steps, learning_rate=1e-3, lr_scheduler_type="linear", logging_steps=1, save_strategy="no",
         report_to="none", bf16=a.bf16, use_cpu=not torch.cuda.is_available(), dataloader_num_workers=a.workers,
         train_sampling_strategy="sequential", seed=0)
-    trainer = Trainer(model=model, args=args, train_dataset=data)
+    eval_data = GrowingSequences(32, 0, a.eval_len, a.eval_len, a.vocab) if a.eval_len else None
+    trainer = Trainer(model=model, args=args, train_dataset=data, eval_dataset=eval_data)
     trainer.train()
     if a.save_final:
         trainer.save_model(a.save_final)

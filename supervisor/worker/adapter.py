@@ -3,16 +3,16 @@
 Installed from sitecustomize before the program runs. It patches, when (and only if) the program
 imports them: `TrainingArguments.__post_init__` (observe the program's settings, then apply the
 plan), `PreTrainedModel.from_pretrained` (dtype and quantization), `Trainer` (progress callback,
-facts, failure record) and `torch.optim.Optimizer` (the memory cap for programs without a model
-from transformers). Patching happens in a post-import hook, so a program that never imports
-transformers pays nothing for it.
+facts, failure record, emergency checkpoint, resume, SIGTERM at a step boundary),
+`torch.optim.Optimizer` (the memory cap for programs without a model from transformers) and
+DataLoader workers (host memory, not under the cap). Patching happens in a post-import hook, so a
+program that never imports transformers pays nothing for it.
 """
 
 from __future__ import annotations
 
 import atexit
 import functools
-import importlib.abc
 import json
 import os
 import signal
@@ -22,6 +22,7 @@ import time
 from typing import Any, Callable
 
 from supervisor.worker import emergency, files, memcap
+from supervisor.worker.importhook import PostImportFinder
 
 _observed: dict[str, Any] = {"plan": {}, "facts": {}}
 _phase = ["train"]
@@ -44,51 +45,9 @@ def install() -> None:
         if name in sys.modules:
             hook(sys.modules[name])
             del hooks[name]
-    sys.meta_path.insert(0, _PostImportFinder(hooks))
+    sys.meta_path.insert(0, PostImportFinder(hooks, _safely))
     _chain_excepthook()
     atexit.register(_report_exit)
-
-
-# --- import hook -------------------------------------------------------------------------------
-
-class _PostImportFinder(importlib.abc.MetaPathFinder):
-    """Runs a hook on a module right after it has executed, whoever imports it."""
-
-    def __init__(self, hooks: dict[str, Callable[[Any], None]]) -> None:
-        self.hooks = hooks
-
-    def find_spec(self, fullname, path, target=None):
-        hook = self.hooks.get(fullname)
-        if hook is None:
-            return None
-        for finder in sys.meta_path:
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(fullname, path, target)
-            if spec is not None:
-                break
-        else:
-            return None
-        if spec.loader is None:
-            return spec
-        del self.hooks[fullname]
-        spec.loader = _HookedLoader(spec.loader, hook)
-        return spec
-
-
-class _HookedLoader(importlib.abc.Loader):
-    def __init__(self, loader, hook) -> None:
-        self._loader, self._hook = loader, hook
-
-    def create_module(self, spec):
-        return self._loader.create_module(spec)
-
-    def exec_module(self, module) -> None:
-        self._loader.exec_module(module)
-        _safely(self._hook, module)
-
-    def __getattr__(self, name):
-        return getattr(self._loader, name)
 
 
 def _safely(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -333,6 +292,11 @@ def _progress_callback(module, trainer):
             if logs and "loss" in logs:  # logged after on_step_end: report the step again with its loss
                 self.loss, self.learning_rate = logs["loss"], logs.get("learning_rate")
                 self._report(state, "train")
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            # The last attempt died evaluating at this very step: the evaluation is still owed.
+            if os.environ.get("OOMLADDER_RESUME_EVAL_AT") == str(state.global_step) and state.global_step:
+                trainer.evaluate()
 
         def on_step_end(self, args, state, control, **kwargs):
             _safely(emergency.snapshot_rng)

@@ -82,3 +82,23 @@ def test_the_report_shows_where_each_attempt_resumed(tmp_path, env):
     report = json.loads((run_dir / "report.json").read_text())
     assert [(a["resumed_from_step"], a["steps_run"]) for a in report["attempts"]] == [(None, [1, 2]), (2, [3, 6])]
     assert "resumed from the end of step 2" in (run_dir / "report.md").read_text()
+
+
+def test_an_oom_in_evaluation_changes_the_evaluation_only_and_the_evaluation_still_happens(tmp_path, env):
+    run_dir = tmp_path / "eval"
+    result = oomladder("run", "--run-dir", str(run_dir), "--memory-cap", "1200MiB", "--", sys.executable,
+                       str(TRAIN_TINY), "--model-dir", str(tmp_path / "model"), "--output-dir", str(tmp_path / "o"),
+                       "--long-len", "32", "--eval-len", "512", "--eval-steps", "3", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    records = read_journal(run_dir / "journal.jsonl")
+    view = fold(records)
+    assert view.attempts[0].failure.phase == "eval" and view.attempts[0].failure.is_memory
+    assert {a.rung for a in view.attempts[1:]} == {"halve_eval_batch"}
+    assert {(a.plan.per_device_train_batch_size, a.plan.gradient_accumulation_steps) for a in view.attempts} == {(16, 1)}
+    assert view.final_plan.per_device_eval_batch_size < 16
+    ranges = [a.steps_run for a in view.attempts if a.steps_run]
+    assert [s for first, last in ranges for s in range(first, last + 1)] == [1, 2, 3, 4, 5, 6]
+    last = view.attempts[-1].number
+    evaluated = [r["step"] for r in records if r["type"] == "progress" and r["attempt"] == last
+                 and r.get("phase") == "eval"]
+    assert evaluated == [3, 6]  # the evaluation the OOM cut short ran on resume, at its own step
