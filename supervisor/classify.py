@@ -35,6 +35,7 @@ class Kind(str, enum.Enum):
     CRASHED = "crashed"                    # another fatal signal (SIGSEGV, SIGABRT, ...)
     INTERRUPTED = "interrupted"            # SIGINT / SIGTERM from outside
     HANG = "hang"                          # no progress for --hang-timeout: stopped by the supervisor
+    TRANSIENT = "transient"                # the infrastructure blinked (collective timeout, reset connection)
     LAUNCH_FAILED = "launch_failed"        # the command could not be started
     ERROR = "error"                        # an ordinary exception: a bug no memory setting fixes
     UNKNOWN = "unknown"                    # non-zero exit and nothing else to go on
@@ -93,6 +94,12 @@ _SIGNATURES: list[tuple[Kind, re.Pattern[str], str | None]] = [
      "host"),
 ]
 
+# Failures of the infrastructure rather than of the program or its memory: the same plan, later, may pass.
+_TRANSIENT = re.compile(
+    r"Watchdog caught collective operation timeout|NCCL communicator was aborted|RendezvousTimeoutError"
+    r"|RendezvousConnectionError|DistNetworkError|Connection reset by peer|ConnectionResetError"
+    r"|socket timed out|requests\.exceptions\.(?:ConnectionError|ReadTimeout)|httpx\.(?:ConnectError|ReadTimeout)")
+
 _SUMMARIES = {
     Kind.CUDA_OOM: "CUDA out of memory", Kind.CUDA_DRIVER_OOM: "CUDA driver out of memory",
     Kind.CUBLAS_ALLOC: "cuBLAS could not allocate its workspace", Kind.CUDNN_ALLOC: "cuDNN could not allocate",
@@ -118,6 +125,9 @@ def classify(evidence: Evidence) -> Failure:
         if found:
             kind, memory = found
             return Failure(kind, memory, _summary(kind, text), phase, step, parse_numbers(text))
+    transient = _TRANSIENT.search(texts[0])
+    if transient:
+        return Failure(Kind.TRANSIENT, None, f"a transient infrastructure failure ({transient.group(0)})", phase, step)
     if record.get("exc_type"):
         # The worker raised, and it is no memory signature: a bug, whatever the ladder could change.
         line = f"{record['exc_type']}: {record.get('message', '')}".strip().rstrip(":")

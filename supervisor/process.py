@@ -83,8 +83,8 @@ class Worker:
 
     def stop(self, sig: int = signal.SIGTERM, grace: float = 10.0) -> int:
         """`sig` to the leader (it finishes and saves its step; a launcher passes it on to its ranks), to
-        the whole group half-way through `grace`, and SIGKILL to the group when `grace` is up."""
-        for target, wait in ((self.popen.send_signal, grace / 2), (self.signal_group, grace / 2)):
+        the whole group when most of `grace` is gone, and SIGKILL to the group when it is up."""
+        for target, wait in ((self.popen.send_signal, grace * 0.8), (self.signal_group, grace * 0.2)):
             if self.popen.poll() is not None:
                 break
             try:

@@ -24,6 +24,7 @@ STATUS_TEXT = {
     "ladder_exhausted": "Stopped: out of memory, and no rung of the ladder was left to try.",
     "budget_exhausted": "Stopped: a budget (--max-attempts or --max-wall-time) ran out.",
     "hang": "Stopped: the worker hung, and hung again on the retry.",
+    "transient": "Stopped: the same infrastructure failure kept coming back after the retries.",
     "not_memory": "Stopped: the worker failed for a reason no memory setting fixes.",
     "interrupted": "Stopped: interrupted.",
     "launch_failed": "Stopped: the command could not be started.",

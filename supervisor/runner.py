@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from supervisor import __version__, cgroup, checkpoints
+from supervisor import __version__, cgroup, checkpoints, gpu
+from tenacity import wait_exponential
+
 from supervisor.budget import BudgetState, budgets, exhausted
 from supervisor.classify import Evidence, Failure, Kind, classify
 from supervisor.display import Display, NullDisplay
@@ -38,6 +40,8 @@ EXIT_NOT_MEMORY = 3
 EXIT_LADDER_EXHAUSTED = 4
 EXIT_BUDGET = 5
 EXIT_INTERRUPTED = {signal.SIGINT: 130, signal.SIGTERM: 143}
+# Failures that no plan causes: the same plan again, this many times in a row at most.
+RETRIES_ON_SAME_PLAN = {Kind.HANG: 1, Kind.TRANSIENT: 3}
 
 
 @dataclass(frozen=True)
@@ -49,9 +53,11 @@ class RunConfig:
     max_attempts: int = 10
     max_wall_time: float | None = None            # seconds for this invocation, attempts included
     hang_timeout: float | None = None             # seconds without progress or output before a worker is stopped
+    # tenacity wait policy before retrying a transient failure: 5 s, 10 s, 20 s, ...
+    backoff: Callable[[Any], float] = field(default_factory=lambda: wait_exponential(multiplier=5, max=300))
     initial: Plan = field(default_factory=Plan)   # --set values
     poll_interval: float = 0.5
-    grace: float = 15.0                           # seconds between SIGTERM and SIGKILL
+    grace: float = 60.0                           # seconds between SIGTERM and SIGKILL: a step and its save
     cwd: str = field(default_factory=os.getcwd)
 
 
@@ -143,12 +149,19 @@ class Runner:
         if failure.kind is Kind.LAUNCH_FAILED:
             return self._end(journal, "launch_failed", EXIT_USAGE, failure.summary)
         current = view.attempts[-1].plan
-        if failure.kind is Kind.HANG:
-            hangs = sum(1 for a in view.attempts if a.failure is not None and a.failure.kind is Kind.HANG)
-            if hangs > 1:
-                return self._end(journal, "hang", EXIT_NOT_MEMORY, f"attempt {number} hung again ({failure.summary}); "
-                                 f"stopped after one retry. See {attempt_dir / 'stderr.log'}")
-            return self._next_or_budget(journal, (current, "retry", "the worker hung: one retry on the same plan"))
+        if failure.kind in RETRIES_ON_SAME_PLAN:
+            streak = _streak(view, failure.kind)
+            if streak > RETRIES_ON_SAME_PLAN[failure.kind]:
+                return self._end(journal, failure.kind.value, EXIT_NOT_MEMORY,
+                                 f"attempt {number}: {failure.summary}, {streak} times in a row; stopped after "
+                                 f"{RETRIES_ON_SAME_PLAN[failure.kind]} retries. See {attempt_dir / 'stderr.log'}")
+            delay = cfg.backoff(BudgetState(streak, 0.0)) if failure.kind is Kind.TRANSIENT else 0.0
+            why = f"{failure.summary}: retry {streak} on the same plan" + (f" after {delay:g} s" if delay else "")
+            journal.append("decision", attempt=number, rung="retry", rung_index=None, reason=why,
+                           plan=current.to_dict(), changes="-", skipped=[])
+            self.display.event(f"attempt {number}: {why}")
+            self.sleep(delay)
+            return self._next_or_budget(journal, (current, "retry", why))
         if not failure.is_memory:
             return self._end(journal, "not_memory", EXIT_NOT_MEMORY,
                              f"attempt {number} failed with {failure.kind.value}: {failure.summary}. No memory "
@@ -200,6 +213,7 @@ class Runner:
                          resume["path"] if resume else None, evaluate_at)
         spec = LaunchSpec(tuple(argv), env, cfg.cwd, attempt_dir / "stdout.log", attempt_dir / "stderr.log")
         oom_kills_before = cgroup.oom_kill_count()
+        gpu_before = gpu.gpu_pids()
         started = self.clock()
         try:
             handle = self.launcher(spec)
@@ -232,6 +246,10 @@ class Runner:
             self.display.update(fold(journal.records))
             self.sleep(cfg.poll_interval)
         handle.reap_group()
+        released = gpu.wait_released(gpu_before)
+        if released == "still held":
+            journal.append("warning", attempt=number, text="GPU memory of the stopped worker was still held after "
+                           "30 s; the next attempt may fail on it")
         self._ingest(journal, number, attempt_dir)
         view = fold(journal.records)
         attempt = view.attempts[-1]
@@ -331,6 +349,16 @@ def _reached_plan(view: RunView) -> Plan:
     return view.attempts[-1].plan if view.attempts else Plan()
 
 
+
+
+def _streak(view: RunView, kind: Kind) -> int:
+    """How many attempts in a row, up to the last, died of `kind`."""
+    count = 0
+    for attempt in reversed(view.attempts):
+        if attempt.failure is None or attempt.failure.kind is not kind:
+            break
+        count += 1
+    return count
 
 
 def _evaluation_owed(view: RunView, resume: dict[str, Any] | None) -> int | None:

@@ -123,3 +123,20 @@ def test_fragmentation_is_much_reserved_but_unallocated():
     fragmented = classify(Evidence(1, stderr_tail=REAL_TEXTS["cuda_alloc_2_1_capacty"][1]))
     tight = classify(Evidence(1, stderr_tail=REAL_TEXTS["cuda_alloc_2_2"][1]))
     assert is_fragmented(fragmented) and not is_fragmented(tight)
+
+
+@pytest.mark.parametrize("text", [
+    "[Rank 0] Watchdog caught collective operation timeout: WorkNCCL(SeqNum=1, OpType=ALLREDUCE, NumelIn=1, "
+    "NumelOut=1, Timeout(ms)=600000) ran for 600010 milliseconds before timing out.",
+    "torch.distributed.elastic.rendezvous.api.RendezvousTimeoutError",
+    "ConnectionResetError: [Errno 104] Connection reset by peer",
+])
+def test_infrastructure_blinks_are_transient_not_bugs(text):
+    failure = classify(Evidence(1, stderr_tail="Traceback (most recent call last):\n" + text))
+    assert failure.kind is Kind.TRANSIENT and not failure.is_memory
+
+
+def test_an_oom_wins_over_a_transient_failure_it_caused():
+    """A rank that ran out of memory leaves its peers timing out: the OOM is the cause."""
+    text = REAL_TEXTS["cuda_alloc_2_4_rank"][1] + "\n[Rank 1] Watchdog caught collective operation timeout"
+    assert classify(Evidence(1, stderr_tail=text)).kind is Kind.CUDA_OOM

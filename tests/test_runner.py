@@ -243,7 +243,7 @@ def test_a_worker_without_progress_is_stopped_and_retried_once_then_the_run_stop
     assert [a.rung for a in view.attempts] == [None, "retry"]
     assert [a.failure.kind.value for a in view.attempts] == ["hang", "hang"]
     assert all(h.stopped_with == signal.SIGTERM for h in handles)
-    assert view.ended["status"] == "hang" and "hung again" in view.ended["reason"]
+    assert view.ended["status"] == "hang" and "2 times in a row; stopped after 1 retries" in view.ended["reason"]
 
 
 def test_the_wall_time_budget_stops_a_running_attempt_and_names_itself(tmp_path):
@@ -256,3 +256,33 @@ def test_the_wall_time_budget_stops_a_running_attempt_and_names_itself(tmp_path)
     view = fold(read_journal(tmp_path / "run" / "journal.jsonl"))
     assert view.ended["status"] == "budget_exhausted"
     assert "--max-wall-time budget (3600 s of wall time)" in view.ended["reason"]
+
+
+def test_a_transient_failure_is_retried_on_the_same_plan_with_backoff(tmp_path):
+    def reset(folder, plan):
+        _observe(folder)
+        (folder / "failure.0.json").write_text(json.dumps({
+            "exc_type": "ConnectionResetError", "message": "[Errno 104] Connection reset by peer"}))
+        return 1
+
+    slept = []
+    config = RunConfig(command=("python", "train.py"), run_dir=tmp_path / "run", ladder=load_ladder(None))
+    runner = Runner(config, launcher=ScriptedWorkers(reset, reset, finish), clock=Clock(), sleep=slept.append,
+                    environ={})
+    assert runner.run() == 0
+    view = fold(read_journal(tmp_path / "run" / "journal.jsonl"))
+    assert [a.rung for a in view.attempts] == [None, "retry", "retry"]
+    assert {a.plan for a in view.attempts} == {view.program_plan}
+    assert [s for s in slept if s >= 1] == [5, 10]  # tenacity's exponential wait
+
+
+def test_transient_failures_that_keep_coming_stop_the_run(tmp_path):
+    def reset(folder, plan):
+        (folder / "failure.0.json").write_text(json.dumps({"exc_type": "RendezvousTimeoutError", "message": ""}))
+        return 1
+
+    config = RunConfig(command=("python", "train.py"), run_dir=tmp_path / "run", ladder=load_ladder(None))
+    runner = Runner(config, launcher=ScriptedWorkers(*[reset] * 4), clock=Clock(), sleep=lambda s: None, environ={})
+    assert runner.run() == 3
+    view = fold(read_journal(tmp_path / "run" / "journal.jsonl"))
+    assert len(view.attempts) == 4 and view.ended["status"] == "transient"

@@ -11,7 +11,8 @@ import os
 
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
+from transformers import (AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, Trainer, TrainerCallback,
+                          TrainingArguments)
 
 
 def parse_args():
@@ -31,6 +32,8 @@ def parse_args():
     p.add_argument("--save-final", help="save the trained model (or adapters) here at the end")
     p.add_argument("--eval-len", type=int, default=0, help="evaluate every --eval-steps on sequences this long")
     p.add_argument("--eval-steps", type=int, default=3)
+    p.add_argument("--auto-find-batch-size", action="store_true", help="Hugging Face's own in-process search")
+    p.add_argument("--count-steps", help="append a line to this file for every optimizer step executed")
     return p.parse_args()
 
 
@@ -57,6 +60,15 @@ class GrowingSequences(torch.utils.data.Dataset):
         return {"input_ids": ids, "labels": ids.clone()}
 
 
+class StepCounter(TrainerCallback):
+    def __init__(self, path):
+        self.path = path
+
+    def on_step_end(self, args, state, control, **kwargs):
+        with open(self.path, "a") as f:
+            f.write(f"{state.global_step}\n")
+
+
 def main():
     a = parse_args()
     build_model(a.model_dir, a.vocab)
@@ -74,14 +86,16 @@ def main():
         output_dir=a.output_dir, per_device_train_batch_size=a.batch_size, gradient_accumulation_steps=a.grad_accum,
         max_steps=a.max_steps, learning_rate=1e-3, lr_scheduler_type="linear", logging_steps=1, save_strategy="no",
         report_to="none", bf16=a.bf16, use_cpu=not torch.cuda.is_available(), dataloader_num_workers=a.workers,
-        train_sampling_strategy="sequential", seed=0)
+        train_sampling_strategy="sequential", seed=0, auto_find_batch_size=a.auto_find_batch_size)
     eval_data = GrowingSequences(32, 0, a.eval_len, a.eval_len, a.vocab) if a.eval_len else None
-    trainer = Trainer(model=model, args=args, train_dataset=data, eval_dataset=eval_data)
+    trainer = Trainer(model=model, args=args, train_dataset=data, eval_dataset=eval_data,
+                      callbacks=[StepCounter(a.count_steps)] if a.count_steps else None)
     trainer.train()
     if a.save_final:
         trainer.save_model(a.save_final)
-    print(f"finished {trainer.state.global_step} steps; batch {args.per_device_train_batch_size} x accumulation "
-          f"{args.gradient_accumulation_steps} = effective batch {args.per_device_train_batch_size * args.gradient_accumulation_steps}")
+    batch = trainer._train_batch_size  # what the Trainer really used (auto_find_batch_size changes it)
+    print(f"finished {trainer.state.global_step} steps; batch {batch} x accumulation "
+          f"{args.gradient_accumulation_steps} = effective batch {batch * args.gradient_accumulation_steps}")
 
 
 if __name__ == "__main__":

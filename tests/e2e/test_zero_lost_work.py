@@ -98,7 +98,7 @@ def test_an_oom_in_evaluation_changes_the_evaluation_only_and_the_evaluation_sti
     assert view.final_plan.per_device_eval_batch_size < 16
     ranges = [a.steps_run for a in view.attempts if a.steps_run]
     assert [s for first, last in ranges for s in range(first, last + 1)] == [1, 2, 3, 4, 5, 6]
-    last = view.attempts[-1].number
-    evaluated = [r["step"] for r in records if r["type"] == "progress" and r["attempt"] == last
-                 and r.get("phase") == "eval"]
-    assert evaluated == [3, 6]  # the evaluation the OOM cut short ran on resume, at its own step
+    # Each evaluation completed once, at its own step, whichever attempt completed it: the one an OOM
+    # cut short ran on resume before training went on.
+    evaluated = [r["step"] for r in records if r["type"] == "progress" and r.get("phase") == "eval"]
+    assert evaluated == [3, 6]
