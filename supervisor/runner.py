@@ -56,7 +56,7 @@ class RunConfig:
     # tenacity wait policy before retrying a transient failure: 5 s, 10 s, 20 s, ...
     backoff: Callable[[Any], float] = field(default_factory=lambda: wait_exponential(multiplier=5, max=300))
     initial: Plan = field(default_factory=Plan)   # --set values
-    poll_interval: float = 0.5
+    poll_interval: float = 0.25
     grace: float = 60.0                           # seconds between SIGTERM and SIGKILL: a step and its save
     cwd: str = field(default_factory=os.getcwd)
 
@@ -245,6 +245,7 @@ class Runner:
                 break
             self.display.update(fold(journal.records))
             self.sleep(cfg.poll_interval)
+        exited = self.clock()
         handle.reap_group()
         released = gpu.wait_released(gpu_before)
         if released == "still held":
@@ -253,8 +254,8 @@ class Runner:
         self._ingest(journal, number, attempt_dir)
         view = fold(journal.records)
         attempt = view.attempts[-1]
-        ended = dict(attempt=number, exit_code=returncode, duration=round(self.clock() - started, 3),
-                     step=attempt.step, max_steps=attempt.max_steps)
+        ended = dict(attempt=number, exit_code=returncode, duration=round(exited - started, 3),
+                     exited=round(exited, 3), step=attempt.step, max_steps=attempt.max_steps)
         if returncode == 0 and self._stop is None:
             journal.append("attempt_ended", outcome="finished", **ended)
             return None
