@@ -259,9 +259,11 @@ def _report(args: argparse.Namespace) -> int:
 
 def _strategies() -> int:
     import strategies
+    from strategies.base import Strategy
     for name in strategies.available():
         cls = strategies.get(name)
-        doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
+        own = cls.__doc__ if cls.__doc__ and cls.__doc__ is not Strategy.__doc__ else None
+        doc = (own or sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
         params = ", ".join(cls.params) or "-"
         print(f"{name:24} memory: {'/'.join(sorted(cls.memory)):7} params: {params:10} {doc}")
     return 0

@@ -60,6 +60,18 @@ class GrowingSequences(torch.utils.data.Dataset):
         return {"input_ids": ids, "labels": ids.clone()}
 
 
+def pad(batch):
+    """Pad to the longest sequence of the batch; padded positions are left out of the loss."""
+    width = max(len(item["input_ids"]) for item in batch)
+    ids = torch.zeros(len(batch), width, dtype=torch.long)
+    labels = torch.full((len(batch), width), -100, dtype=torch.long)
+    mask = torch.zeros(len(batch), width, dtype=torch.long)
+    for row, item in enumerate(batch):
+        n = len(item["input_ids"])
+        ids[row, :n], labels[row, :n], mask[row, :n] = item["input_ids"], item["labels"], 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
 class StepCounter(TrainerCallback):
     def __init__(self, path):
         self.path = path
@@ -88,7 +100,7 @@ def main():
         report_to="none", bf16=a.bf16, use_cpu=not torch.cuda.is_available(), dataloader_num_workers=a.workers,
         train_sampling_strategy="sequential", seed=0, auto_find_batch_size=a.auto_find_batch_size)
     eval_data = GrowingSequences(32, 0, a.eval_len, a.eval_len, a.vocab) if a.eval_len else None
-    trainer = Trainer(model=model, args=args, train_dataset=data, eval_dataset=eval_data,
+    trainer = Trainer(model=model, args=args, train_dataset=data, eval_dataset=eval_data, data_collator=pad,
                       callbacks=[StepCounter(a.count_steps)] if a.count_steps else None)
     trainer.train()
     if a.save_final:
