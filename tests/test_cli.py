@@ -21,6 +21,8 @@ BAD_INPUT = {
                                   "add --set per_device_train_batch_size=VALUE"),
     "unknown verb": (["train"], "invalid choice"),
     "report of a non-run": (["report", "."], "is not an oomladder run directory"),
+    "resume of a non-run": (["resume", "."], "is not an oomladder run directory"),
+    "resume without a directory": (["resume"], "the following arguments are required: run_dir"),
 }
 
 
