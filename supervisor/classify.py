@@ -70,7 +70,7 @@ class Failure:
                 "phase": self.phase, "step": self.step, "numbers": dict(self.numbers)}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Failure":
+    def from_dict(cls, data: dict[str, Any]) -> Failure:
         return cls(kind=Kind(data["kind"]), memory=data.get("memory"), summary=data.get("summary", ""),
                    phase=data.get("phase"), step=data.get("step"), numbers=data.get("numbers") or {})
 

@@ -8,7 +8,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from collections.abc import Sequence
 
 from supervisor import __version__
 from supervisor.errors import RunDirError, UsageError

@@ -5,7 +5,7 @@ released, so it does not fail on memory a dying process still held. Uses NVML wh
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 
 def gpu_pids() -> set[int] | None:

@@ -11,7 +11,8 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 SCHEMA_VERSION = 1
 JOURNAL_NAME = "journal.jsonl"
@@ -28,7 +29,7 @@ class Journal:
             self._file.write("\n")  # a crash cut the last line: start the next record on a line of its own
 
     @classmethod
-    def in_run_dir(cls, run_dir: str | Path, clock: Callable[[], float] = time.time) -> "Journal":
+    def in_run_dir(cls, run_dir: str | Path, clock: Callable[[], float] = time.time) -> Journal:
         return cls(Path(run_dir) / JOURNAL_NAME, clock)
 
     def append(self, type_: str, **fields: Any) -> dict[str, Any]:
@@ -42,7 +43,7 @@ class Journal:
     def close(self) -> None:
         self._file.close()
 
-    def __enter__(self) -> "Journal":
+    def __enter__(self) -> Journal:
         return self
 
     def __exit__(self, *exc: object) -> None:

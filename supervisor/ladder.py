@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 import yaml
 
@@ -71,7 +72,8 @@ def load_ladder(path: str | Path | None = None) -> Ladder:
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
-        raise LadderFileError(f"ladder file '{path}' cannot be read ({exc}): check its permissions and encoding")
+        raise LadderFileError(f"ladder file '{path}' cannot be read ({exc}): check its permissions and "
+                              f"encoding") from None
     return parse_ladder(text, str(path))
 
 

@@ -11,7 +11,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from supervisor.errors import UsageError
 from supervisor.plan import FIELD_NAMES, Plan

@@ -50,10 +50,10 @@ class Plan(_JournalValue):
             return None
         return self.per_device_train_batch_size * self.gradient_accumulation_steps * (self.world_size or 1)
 
-    def replace(self, **changes: Any) -> "Plan":
+    def replace(self, **changes: Any) -> Plan:
         return dataclasses.replace(self, **changes)
 
-    def merged(self, other: "Plan") -> "Plan":
+    def merged(self, other: Plan) -> Plan:
         """This plan with every field that `other` sets taking `other`'s value."""
         return self.replace(**other.set_fields())
 

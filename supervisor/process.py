@@ -14,7 +14,8 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import Protocol
+from collections.abc import Callable
 
 _PR_SET_PDEATHSIG = 1
 
@@ -135,15 +136,6 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
-def exit_description(returncode: int) -> str:
-    if returncode < 0:
-        try:
-            return f"killed by {signal.Signals(-returncode).name}"
-        except ValueError:
-            return f"killed by signal {-returncode}"
-    return f"exit status {returncode}"
-
-
 def read_tail(path: Path, limit: int = 64 * 1024) -> str:
     try:
         with open(path, "rb") as f:
@@ -153,7 +145,3 @@ def read_tail(path: Path, limit: int = 64 * 1024) -> str:
             return f.read().decode("utf-8", errors="replace")
     except OSError:
         return ""
-
-
-def argv_of(command: Sequence[str]) -> tuple[str, ...]:
-    return tuple(str(part) for part in command)

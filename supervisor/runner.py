@@ -15,7 +15,8 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from supervisor import __version__, cgroup, checkpoints, gpu
 from tenacity import wait_exponential

@@ -19,7 +19,8 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from supervisor.worker import emergency, files, memcap
 from supervisor.worker.importhook import PostImportFinder

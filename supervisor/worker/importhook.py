@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import importlib.abc
 import sys
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 
 class PostImportFinder(importlib.abc.MetaPathFinder):

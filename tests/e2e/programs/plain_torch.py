@@ -49,7 +49,7 @@ for step in range(1, a.steps + 1):
         open(a.reset_once, "w").close()
         raise ConnectionResetError(104, "Connection reset by peer")
     rows = 64 if step < 3 else 2048  # the long examples arrive at step 3
-    for micro in range(a.accum):
+    for _ in range(a.accum):
         x = torch.randn(a.batch * rows, a.width)
         loss = model(x).pow(2).mean() / a.accum
         loss.backward()
