@@ -14,6 +14,8 @@ from supervisor.table import attempts_table
 
 
 class Display(Protocol):
+    live: bool  # redraws while an attempt runs, so it wants fresh views
+
     def update(self, view: RunView) -> None: ...
 
     def event(self, text: str) -> None: ...
@@ -22,6 +24,8 @@ class Display(Protocol):
 
 
 class NullDisplay:
+    live = False
+
     def update(self, view: RunView) -> None:
         pass
 
@@ -34,6 +38,8 @@ class NullDisplay:
 
 class LiveDisplay:
     """The attempts table redrawn in place; events print above it."""
+
+    live = True
 
     def __init__(self, console: Console, title: str) -> None:
         self.console, self.title = console, title
@@ -59,6 +65,8 @@ class LiveDisplay:
 
 class LineDisplay:
     """One line per event and the table at the end: readable in a log file."""
+
+    live = False
 
     def __init__(self, console: Console, title: str) -> None:
         self.console, self.title = console, title

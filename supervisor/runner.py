@@ -224,7 +224,7 @@ class Runner:
                            failure=failure.to_dict(), duration=0.0)
             return failure
         hung: float | None = None
-        last_activity, activity = started, None
+        last_activity, activity, shown = started, None, 0.0
         while (returncode := handle.poll()) is None:
             if self._signal is not None:
                 self._stop = ("signal", self._signal)
@@ -244,7 +244,9 @@ class Runner:
                 journal.append("interrupt", attempt=number, reason="hang", detail=f"{hung:.0f}s without progress")
                 returncode = handle.stop(signal.SIGTERM, cfg.grace)
                 break
-            self.display.update(fold(journal.records))
+            if self.display.live and self.clock() - shown >= 0.5:  # the table redraws twice a second at most
+                self.display.update(fold(journal.records))
+                shown = self.clock()
             self.sleep(cfg.poll_interval)
         exited = self.clock()
         handle.reap_group()
@@ -294,20 +296,22 @@ class Runner:
         for path in sorted(attempt_dir.glob(f"{files.PROGRESS}.*.jsonl")):
             offset = self._offsets.get(path, 0)
             try:
-                with open(path, encoding="utf-8") as f:
+                with open(path, "rb") as f:
                     f.seek(offset)
                     chunk = f.read()
             except OSError:
                 continue
-            complete = chunk[: chunk.rfind("\n") + 1]  # a line still being written waits for the next look
-            self._offsets[path] = offset + len(complete.encode("utf-8"))
-            for line in complete.splitlines():
+            complete = chunk[: chunk.rfind(b"\n") + 1]  # a line still being written waits for the next look
+            self._offsets[path] = offset + len(complete)
+            entries = []
+            for line in complete.decode("utf-8", errors="replace").splitlines():
                 try:
                     entry = json.loads(line)
                 except json.JSONDecodeError:
                     continue
                 entry.pop("ts", None)
-                journal.append("progress", attempt=number, rank=_rank_of(path), **entry)
+                entries.append({"attempt": number, "rank": _rank_of(path), **entry})
+            journal.extend("progress", entries)
         return len(journal.records) - before
 
     def _close_orphans(self, journal: Journal, view: RunView) -> None:

@@ -9,6 +9,19 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+class FakeClock:
+    """A clock that moves only when the code under test sleeps."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+
 def oomladder_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "supervisor", *args]
 

@@ -1,27 +1,17 @@
 """Relaunch hygiene: the next attempt waits for the dead worker's GPU memory (NVML faked here)."""
 
 from supervisor.gpu import wait_released
-
-
-class Clock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self):
-        return self.now
-
-    def sleep(self, seconds):
-        self.now += seconds
+from tests.conftest import FakeClock
 
 
 def test_the_next_attempt_waits_until_the_dead_workers_gpu_processes_are_gone():
-    clock, seen = Clock(), iter([{1, 99}, {1, 99}, {1}])
+    clock, seen = FakeClock(), iter([{1, 99}, {1, 99}, {1}])
     assert wait_released({1}, pids=lambda: next(seen), clock=clock, sleep=clock.sleep) == "released"
     assert clock.now == 1.0
 
 
 def test_memory_still_held_is_reported_after_the_timeout():
-    clock = Clock()
+    clock = FakeClock()
     assert wait_released({1}, timeout=5, pids=lambda: {1, 99}, clock=clock, sleep=clock.sleep) == "still held"
 
 

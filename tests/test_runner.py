@@ -18,6 +18,7 @@ from supervisor.ladder import load_ladder, parse_ladder
 from supervisor.plan import Plan
 from supervisor.process import LaunchError
 from supervisor.runner import RunConfig, Runner
+from tests.conftest import FakeClock
 
 CPU_OOM = ("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried "
            "to allocate 524288000 bytes. Error code 12 (Cannot allocate memory)")
@@ -215,21 +216,8 @@ def test_a_stop_signal_stops_the_worker_group_and_the_run_says_so(tmp_path):
     assert view.ended["status"] == "interrupted" and view.attempts[0].status == "interrupted"
 
 
-class Clock:
-    """A clock that moves only when the runner sleeps."""
-
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self):
-        return self.now
-
-    def sleep(self, seconds):
-        self.now += seconds
-
-
 def test_a_worker_without_progress_is_stopped_and_retried_once_then_the_run_stops(tmp_path):
-    clock, handles = Clock(), []
+    clock, handles = FakeClock(), []
 
     def silent(spec):
         handles.append(Handle(None))
@@ -247,7 +235,7 @@ def test_a_worker_without_progress_is_stopped_and_retried_once_then_the_run_stop
 
 
 def test_the_wall_time_budget_stops_a_running_attempt_and_names_itself(tmp_path):
-    clock = Clock()
+    clock = FakeClock()
     handle = Handle(None)
     config = RunConfig(command=("python", "train.py"), run_dir=tmp_path / "run", ladder=load_ladder(None),
                        max_wall_time=3600, poll_interval=60)
@@ -267,7 +255,7 @@ def test_a_transient_failure_is_retried_on_the_same_plan_with_backoff(tmp_path):
 
     slept = []
     config = RunConfig(command=("python", "train.py"), run_dir=tmp_path / "run", ladder=load_ladder(None))
-    runner = Runner(config, launcher=ScriptedWorkers(reset, reset, finish), clock=Clock(), sleep=slept.append,
+    runner = Runner(config, launcher=ScriptedWorkers(reset, reset, finish), clock=FakeClock(), sleep=slept.append,
                     environ={})
     assert runner.run() == 0
     view = fold(read_journal(tmp_path / "run" / "journal.jsonl"))
@@ -282,7 +270,7 @@ def test_transient_failures_that_keep_coming_stop_the_run(tmp_path):
         return 1
 
     config = RunConfig(command=("python", "train.py"), run_dir=tmp_path / "run", ladder=load_ladder(None))
-    runner = Runner(config, launcher=ScriptedWorkers(*[reset] * 4), clock=Clock(), sleep=lambda s: None, environ={})
+    runner = Runner(config, launcher=ScriptedWorkers(*[reset] * 4), clock=FakeClock(), sleep=lambda s: None, environ={})
     assert runner.run() == 3
     view = fold(read_journal(tmp_path / "run" / "journal.jsonl"))
     assert len(view.attempts) == 4 and view.ended["status"] == "transient"
