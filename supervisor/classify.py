@@ -8,6 +8,7 @@ signature is matched against the message text PyTorch, CUDA, NCCL and friends re
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import re
 import signal
@@ -60,6 +61,7 @@ class Failure:
     phase: str | None = None               # "train" or "eval", when the record says
     step: int | None = None
     numbers: dict[str, int] = field(default_factory=dict)  # parsed from the OOM message
+    rank: int | None = None                # the rank whose record this is, under a distributed launcher
 
     @property
     def is_memory(self) -> bool:
@@ -67,12 +69,13 @@ class Failure:
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind.value, "memory": self.memory, "summary": self.summary,
-                "phase": self.phase, "step": self.step, "numbers": dict(self.numbers)}
+                "phase": self.phase, "step": self.step, "numbers": dict(self.numbers), "rank": self.rank}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Failure:
         return cls(kind=Kind(data["kind"]), memory=data.get("memory"), summary=data.get("summary", ""),
-                   phase=data.get("phase"), step=data.get("step"), numbers=data.get("numbers") or {})
+                   phase=data.get("phase"), step=data.get("step"), numbers=data.get("numbers") or {},
+                   rank=data.get("rank"))
 
 
 # (kind, pattern, memory domain). Order only matters for ties: the match latest in the text wins.
@@ -112,6 +115,13 @@ _SUMMARIES = {
 
 def classify(evidence: Evidence) -> Failure:
     """The `Failure` that best explains `evidence`. Never raises."""
+    failure = _classify(evidence)
+    rank = (evidence.record or {}).get("rank")
+    world = (evidence.record or {}).get("world_size") or 1
+    return dataclasses.replace(failure, rank=rank) if rank is not None and world > 1 else failure
+
+
+def _classify(evidence: Evidence) -> Failure:
     record = evidence.record or {}
     phase, step = record.get("phase"), record.get("step")
     # The record names the exception that killed the worker; stderr may also hold OOMs it survived.

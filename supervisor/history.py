@@ -103,9 +103,11 @@ def fold(records: list[dict[str, Any]]) -> RunView:
                 a.plan = observed.merged(a.overrides)
         elif kind == "progress" and r.get("attempt") in attempts:
             a = attempts[r["attempt"]]
-            for key in ("step", "max_steps", "loss", "learning_rate", "phase", "peak", "peak_measure"):
+            for key in ("step", "max_steps", "loss", "learning_rate", "phase", "peak_measure"):
                 if r.get(key) is not None:
                     setattr(a, key, r[key])
+            if r.get("peak") is not None:  # the highest of any rank
+                a.peak = max(a.peak or 0, r["peak"])
         elif kind == "attempt_ended" and r.get("attempt") in attempts:
             a = attempts[r["attempt"]]
             a.ended, a.status, a.exit_code = r["ts"], r["outcome"], r.get("exit_code")

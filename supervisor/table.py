@@ -54,9 +54,10 @@ def status_text(attempt: AttemptView) -> str:
         where = f" after step {attempt.step}{total}"
     if failure is None:
         return attempt.status + where
+    on = f" on rank {failure.rank}" if failure.rank is not None else ""
     if failure.is_memory:
-        return f"OOM{where}" + (" (host)" if failure.memory == "host" else "")
-    return f"{failure.kind.value}{where}: {failure.summary}"
+        return f"OOM{where}{on}" + (" (host)" if failure.memory == "host" else "")
+    return f"{failure.kind.value}{where}{on}: {failure.summary}"
 
 
 def steps_text(attempt: AttemptView) -> str:

@@ -68,9 +68,15 @@ def save_after_oom(trainer, exc: BaseException) -> str | None:
     return save(trainer)
 
 
-def save(trainer) -> str:
-    """Write the state between two steps (RNG as the last step left it) and mark it whole."""
+def save(trainer) -> str | None:
+    """Write the state between two steps (RNG as the last step left it) and mark it whole.
+
+    Under data parallelism every rank holds the same weights and optimizer state, so rank 0 writes
+    them alone; the other ranks cannot take part (a peer may be dead), and their RNG is not kept.
+    """
     import torch
+    if trainer.args.process_index != 0:
+        return None
     step = trainer.state.global_step
     attempt = Path(os.environ["OOMLADDER_ATTEMPT_DIR"]).name
     root = Path(os.environ["OOMLADDER_RUN_DIR"]) / "checkpoints"
@@ -82,7 +88,7 @@ def save(trainer) -> str:
     trainer._save_optimizer_and_scheduler(str(partial))
     if hasattr(trainer, "_save_scaler"):
         trainer._save_scaler(str(partial))
-    rng_name = f"rng_state_{trainer.args.process_index}.pth" if _world() > 1 else "rng_state.pth"
+    rng_name = "rng_state_0.pth" if _world() > 1 else "rng_state.pth"
     torch.save(dict(_rng), partial / rng_name)
     trainer.state.save_to_json(str(partial / "trainer_state.json"))
     shutil.rmtree(target, ignore_errors=True)

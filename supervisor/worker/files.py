@@ -56,5 +56,6 @@ def write_failure(exc: BaseException, **context: Any) -> bool:
         cause = cause.__cause__
     write_json(target, {"exc_type": name, "message": str(exc)[:20000], "causes": causes,
                         "traceback": "".join(lines)[-8000:],
-                        "pid": os.getpid(), "rank": rank(), "ts": round(time.time(), 3), **context})
+                        "pid": os.getpid(), "rank": rank(), "world_size": int(os.environ.get("WORLD_SIZE", "1") or 1),
+                        "ts": round(time.time(), 3), **context})
     return True
