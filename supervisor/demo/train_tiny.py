@@ -89,7 +89,7 @@ def main():
     if not a.full:
         model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],
                                                  task_type="CAUSAL_LM"))
-    effective = a.batch_size * a.grad_accum
+    effective = a.batch_size * a.grad_accum * int(os.environ.get("WORLD_SIZE", "1"))  # samples per optimizer step
     data = GrowingSequences(effective * a.max_steps, effective * (a.grow_at_step - 1), a.short_len, a.long_len,
                             a.vocab)
     evaluate = {"eval_strategy": "steps", "eval_steps": a.eval_steps} if a.eval_len else {}
