@@ -33,7 +33,7 @@ STATUS_TEXT = {
 
 
 def build_report(view: RunView) -> dict[str, Any]:
-    attempts, previous = [], None
+    attempts, previous, told = [], None, set()
     decisions = {d["attempt"]: d for d in view.decisions}
     for a in view.attempts:
         led_here = decisions.get(a.number - 1, {})
@@ -46,7 +46,7 @@ def build_report(view: RunView) -> dict[str, Any]:
             "resumed_from_step": a.resumed_from, "steps_run": list(a.steps_run) if a.steps_run else None,
             "steps_text": steps_text(a),
             "duration": a.duration(), "exit_code": a.exit_code, "command": a.command,
-            "skipped": [{"rung": r, "reason": why} for r, why in led_here.get("skipped", [])],
+            "skipped": _untold(led_here.get("skipped", []), told),
         })
         previous = a.plan
     before, after = view.program_plan, view.final_plan
@@ -62,6 +62,13 @@ def build_report(view: RunView) -> dict[str, Any]:
         "final_plan": after.to_dict(),
         "reproduce": reproduce(before, after, view.attempts[-1].command if view.attempts else []),
     }
+
+
+def _untold(skipped: list[list[str]], told: set[tuple[str, str]]) -> list[dict[str, str]]:
+    """Skips not yet reported: a rung skips for the same reason on every later walk of the ladder."""
+    fresh = [{"rung": rung, "reason": why} for rung, why in skipped if (rung, why) not in told]
+    told.update((rung, why) for rung, why in skipped)
+    return fresh
 
 
 def reproduce(before: Plan, after: Plan, command: list[str]) -> dict[str, Any]:
@@ -126,7 +133,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         out.append(line)
         failure = a["failure"]
         if failure:
-            numbers = ", ".join(f"{k.replace('_', ' ')} {format_size(v)}" for k, v in failure["numbers"].items())
+            numbers = ", ".join(f"{k.replace('_', ' ')} {format_size(v)}" for k, v in failure["numbers"].items()
+                                if k != "tried_to_allocate")  # the summary says it already
             out.append(f"  - died: {_md(failure['kind'])}, {_md(failure['summary'])}" + (f" ({numbers})" if numbers else ""))
     if report["before_after"]:
         out += ["", "## Final plan", "", "| setting | before | after |", "|---|---|---|"]
