@@ -127,15 +127,14 @@ def _classify(evidence: Evidence) -> Failure:
     # The record names the exception that killed the worker; stderr may also hold OOMs it survived.
     # Explicit causes (`raise X from oom`) count as part of it.
     if record.get("exc_type"):
-        texts = ["\n".join([f"{record['exc_type']}: {record.get('message', '')}", *record.get("causes", [])])]
+        text = "\n".join([f"{record['exc_type']}: {record.get('message', '')}", *record.get("causes", [])])
     else:
-        texts = [evidence.stderr_tail]
-    for text in texts:
-        found = _match(text, evidence.capped)
-        if found:
-            kind, memory = found
-            return Failure(kind, memory, _summary(kind, text), phase, step, parse_numbers(text))
-    transient = _TRANSIENT.search(texts[0])
+        text = evidence.stderr_tail
+    found = _match(text, evidence.capped)
+    if found:
+        kind, memory = found
+        return Failure(kind, memory, _summary(kind, text), phase, step, parse_numbers(text))
+    transient = _TRANSIENT.search(text)
     if transient:
         return Failure(Kind.TRANSIENT, None, f"a transient infrastructure failure ({transient.group(0)})", phase, step)
     if record.get("exc_type"):

@@ -236,7 +236,9 @@ class Runner:
                                detail=str(getattr(self._stop[1], "flag", self._stop[1])))
                 returncode = handle.stop(self._stop[1] if self._stop[0] == "signal" else signal.SIGTERM, cfg.grace)
                 break
-            now_activity = (self._ingest(journal, number, attempt_dir), _size(spec.stdout), _size(spec.stderr))
+            self._ingest(journal, number, attempt_dir)
+            # Activity is any new record or output; totals, so a steady one record per poll counts too.
+            now_activity = (len(journal.records), _size(spec.stdout), _size(spec.stderr))
             if now_activity != activity:
                 activity, last_activity = now_activity, self.clock()
             elif cfg.hang_timeout and self.clock() - last_activity > cfg.hang_timeout:
@@ -281,9 +283,8 @@ class Runner:
         journal.append("attempt_ended", outcome=outcome, failure=failure.to_dict(), **ended)
         return failure
 
-    def _ingest(self, journal: Journal, number: int, attempt_dir: Path) -> int:
-        """Copy what the worker reported since the last look into the journal; the number of records."""
-        before = len(journal.records)
+    def _ingest(self, journal: Journal, number: int, attempt_dir: Path) -> None:
+        """Copy what the worker reported since the last look into the journal."""
         for path in sorted(attempt_dir.glob(f"{files.OBSERVED}.*.json")):
             try:
                 data = json.loads(path.read_text())
@@ -312,7 +313,6 @@ class Runner:
                 entry.pop("ts", None)
                 entries.append({"attempt": number, "rank": _rank_of(path), **entry})
             journal.extend("progress", entries)
-        return len(journal.records) - before
 
     def _close_orphans(self, journal: Journal, view: RunView) -> None:
         """An attempt the journal never saw end: its supervisor died. Take in what its worker left."""
@@ -353,8 +353,6 @@ def _reached_plan(view: RunView) -> Plan:
     if last and last.get("plan") and (not view.attempts or last["attempt"] >= view.attempts[-1].number):
         return Plan.from_dict(last["plan"])
     return view.attempts[-1].plan if view.attempts else Plan()
-
-
 
 
 def _streak(view: RunView, kind: Kind) -> int:

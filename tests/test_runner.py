@@ -274,3 +274,28 @@ def test_transient_failures_that_keep_coming_stop_the_run(tmp_path):
     assert runner.run() == 3
     view = fold(read_journal(tmp_path / "run" / "journal.jsonl"))
     assert len(view.attempts) == 4 and view.ended["status"] == "transient"
+
+
+def test_a_worker_that_reports_one_step_per_look_is_not_taken_for_hung(tmp_path):
+    clock = FakeClock()
+
+    class Steady(Handle):
+        """Reports one step per poll for 40 polls (200 s, above the 60 s timeout), then finishes."""
+
+        def __init__(self, folder):
+            super().__init__(0)
+            self.folder = folder
+            _observe(folder)
+
+        def poll(self):
+            self.polls += 1
+            if self.polls > 40:
+                return 0
+            with open(self.folder / "progress.0.jsonl", "a") as f:
+                f.write(json.dumps({"step": self.polls, "max_steps": 40}) + "\n")
+            return None
+
+    config = RunConfig(command=("python", "train.py"), run_dir=tmp_path / "run", ladder=load_ladder(None),
+                       hang_timeout=60, poll_interval=5)
+    launcher = lambda spec: Steady(Path(spec.env["OOMLADDER_ATTEMPT_DIR"]))  # noqa: E731
+    assert Runner(config, launcher=launcher, clock=clock, sleep=clock.sleep, environ={}).run() == 0

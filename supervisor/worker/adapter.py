@@ -18,7 +18,6 @@ import os
 import signal
 import sys
 import threading
-import time
 from typing import Any
 from collections.abc import Callable
 
@@ -365,7 +364,7 @@ def _chain_excepthook() -> None:
         if not isinstance(exc, KeyboardInterrupt):
             peak, measure = memcap.peak()
             _safely(files.write_failure, exc, phase=_phase[0], peak=peak, peak_measure=measure,
-                    step=None, ts_exit=time.time())
+                    step=None)
         previous(cls, exc, tb)
 
     sys.excepthook = excepthook

@@ -46,9 +46,6 @@ def write_failure(exc: BaseException, **context: Any) -> bool:
     cls = type(exc)
     module = cls.__module__
     name = cls.__qualname__ if module in ("builtins", "__main__") else f"{module}.{cls.__qualname__}"
-    if module == "torch" or module.startswith("torch."):
-        # torch.OutOfMemoryError's module says torch.cuda on old releases; print what the traceback prints
-        name = f"{module}.{cls.__qualname__}"
     lines = traceback.format_exception(cls, exc, exc.__traceback__)
     causes, cause = [], exc.__cause__
     while cause is not None and len(causes) < 5:  # `raise X from oom`: the OOM is part of why it died
