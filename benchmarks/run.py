@@ -27,6 +27,7 @@ from rich.table import Table
 
 from supervisor.history import fold
 from supervisor.journal import read_journal
+from supervisor.launch import CPU_DEVICE_ALLOCATOR
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN = ROOT / "supervisor" / "demo" / "train_tiny.py"
@@ -35,9 +36,9 @@ CAP = "1200MiB"
 
 
 def timed(argv: list[str], cwd: Path) -> tuple[float, subprocess.CompletedProcess]:
-    # The same allocator setting oomladder gives a capped worker: glibc's per-thread arenas would
-    # otherwise spend the address-space cap on reservations.
-    env = dict(os.environ, MALLOC_ARENA_MAX="2")
+    # The allocator settings oomladder gives a capped worker (supervisor/launch.py): the baselines meet
+    # the same emulated device.
+    env = {**os.environ, **CPU_DEVICE_ALLOCATOR}
     started = time.perf_counter()
     result = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, env=env)
     return time.perf_counter() - started, result

@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "and run it again, keeping the effective batch.", epilog=EXIT_CODES_HELP,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"oomladder {__version__}")
-    sub = parser.add_subparsers(dest="verb", metavar="{run,resume,report,demo,strategies}", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="verb", metavar="{run,resume,report,plan,demo,strategies}", parser_class=_Parser)
 
     run = sub.add_parser("run", help="run a training command under the supervisor",
                          usage="oomladder run [options] -- COMMAND ...", epilog=EXIT_CODES_HELP,
@@ -54,6 +54,27 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="show the fallback report of a run directory")
     report.add_argument("run_dir")
     report.add_argument("--format", choices=("table", "md", "json"), default="table")
+
+    plan = sub.add_parser("plan", help="estimate the peak memory of each rung of the ladder and say which plan "
+                          "fits first, before launching anything")
+    plan.add_argument("--model", required=True, metavar="PATH", help="a model folder (its config.json) or a config "
+                      "file; nothing is loaded or downloaded")
+    plan.add_argument("--seq-len", required=True, type=_positive_int, metavar="N", help="tokens per sequence")
+    plan.add_argument("--batch-size", type=_positive_int, default=8, metavar="N", help="per-device batch (default 8)")
+    plan.add_argument("--grad-accum", type=_positive_int, default=1, metavar="N",
+                      help="gradient accumulation steps (default 1)")
+    plan.add_argument("--lora-rank", type=_positive_int, metavar="R", help="train LoRA adapters of rank R (default: "
+                      "every weight trains)")
+    plan.add_argument("--lora-targets", default="q_proj,v_proj", metavar="NAMES",
+                      help="the projections LoRA adapts (default q_proj,v_proj, peft's default for Llama)")
+    plan.add_argument("--memory", metavar="SIZE", help="the device's size, e.g. 24GiB (default: the CUDA device here)")
+    plan.add_argument("--device", choices=("cuda", "cpu"), default=None,
+                      help="what the estimate is for (default: cuda, or cpu with --memory on a machine without one)")
+    plan.add_argument("--ladder", help="a YAML ladder file (default: the ladder shipped with oomladder)")
+    plan.add_argument("--set", dest="settings", action="append", default=[], metavar="SETTING=VALUE",
+                      help="a starting plan setting, e.g. precision=bf16 (repeatable; default: what a Trainer does "
+                           "by default, fp32 and the checkpoint's dtype)")
+    plan.add_argument("--format", choices=("table", "json"), default="table")
 
     demo = sub.add_parser("demo", help="the ladder at work on a tiny Llama fine-tune, on the CPU")
     demo.add_argument("--run-dir", default=None, help="where to keep the demo's run (default: a new folder "
@@ -100,6 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_config(resume_config(Path(args.run_dir)), _console())
         if args.verb == "report":
             return _report(args)
+        if args.verb == "plan":
+            return _plan(args)
         if args.verb == "demo":
             from supervisor.demo import run_demo
             return run_demo(args.run_dir, args.memory_cap, _console())
@@ -128,7 +151,6 @@ def make_run_config(args: argparse.Namespace):
     """Everything `run` needs, validated before anything starts."""
     from supervisor.ladder import load_ladder
     from supervisor.launch import placeholders
-    from supervisor.plan import Plan, coerce_field
     from supervisor.runner import RunConfig
     from supervisor.units import parse_duration, parse_size
 
@@ -139,17 +161,8 @@ def make_run_config(args: argparse.Namespace):
         raise UsageError("no command to run: put the training command after --, e.g. "
                          "oomladder run -- python train.py")
     _check_command(command)
-    settings = {}
-    for item in args.settings:
-        name, sep, value = item.partition("=")
-        if not sep:
-            raise UsageError(f"--set takes SETTING=VALUE, not '{item}'")
-        try:
-            settings[name.strip()] = coerce_field(name.strip(), value.strip())
-        except ValueError as exc:
-            raise UsageError(f"--set {item}: {exc}") from None
-    missing = placeholders(command) - set(settings)
-    initial = Plan(**settings)
+    initial = _initial_plan(args.settings)
+    missing = placeholders(command) - set(initial.set_fields())
     memory_cap = parse_size(args.memory_cap) if args.memory_cap else None
     ladder = load_ladder(args.ladder)
     run_dir = Path(args.run_dir) if args.run_dir else _new_run_dir()
@@ -162,6 +175,78 @@ def make_run_config(args: argparse.Namespace):
                      max_attempts=args.max_attempts, initial=initial,
                      max_wall_time=parse_duration(args.max_wall_time) if args.max_wall_time else None,
                      hang_timeout=parse_duration(args.hang_timeout) if args.hang_timeout else None)
+
+
+def _initial_plan(items: list[str]):
+    """The plan `--set NAME=VALUE ...` gives, checked field by field."""
+    from supervisor.plan import Plan, coerce_field
+    settings = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise UsageError(f"--set takes SETTING=VALUE, not '{item}'")
+        try:
+            settings[name.strip()] = coerce_field(name.strip(), value.strip())
+        except ValueError as exc:
+            raise UsageError(f"--set {item}: {exc}") from None
+    return Plan(**settings)
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from supervisor import planning
+    from supervisor.estimate import Workload
+    from supervisor.ladder import load_ladder
+    from supervisor.plan import Facts, Plan
+    from supervisor.shape import from_config, read_config
+    from supervisor.units import parse_size
+
+    shape = from_config(read_config(args.model))
+    ladder = load_ladder(args.ladder)
+    device, total = args.device, parse_size(args.memory) if args.memory else None
+    if total is None:
+        total = _cuda_memory()
+        if total is None:
+            raise UsageError("no CUDA device here to size the plan for: give --memory, the device's size (e.g. 24GiB)")
+        device = device or "cuda"
+    device = device or "cuda"
+    targets = tuple(t.strip() for t in args.lora_targets.split(",") if t.strip())
+    adapters = args.lora_rank is not None
+    trainable = shape.lora_params(args.lora_rank, targets) if adapters else shape.params
+    start = Plan(per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=args.grad_accum,
+                 per_device_eval_batch_size=args.batch_size, world_size=1, precision="fp32",
+                 load_dtype=shape.dtype, quantization="none", gradient_checkpointing=False,
+                 dataloader_num_workers=0, optim="adamw_torch_fused").merged(_initial_plan(args.settings))
+    facts = Facts(device=device, bf16_supported=True, base_frozen=adapters,
+                  trainable_fraction=trainable / shape.params if shape.params else None)
+    work = Workload(start.per_device_train_batch_size, args.seq_len, adapters, trainable, targets)
+    capacity = planning.usable(total, device, capped=False)
+    rows = planning.walk(ladder, shape, start, work, facts, capacity)
+    if args.format == "json":
+        print(json.dumps(planning.to_json(rows, capacity), indent=2))
+        return 0
+    console = _console()
+    what = f"LoRA r{args.lora_rank} on {','.join(targets)}" if adapters else "every weight trains"
+    console.print(planning.render(rows, capacity, f"{args.model}: {shape.params / 1e9:.2f}B parameters, {what}, "
+                                  f"batch {args.batch_size} x {args.seq_len} tokens, on {device} with "
+                                  f"{_size(total)} ({_size(capacity)} usable)"))
+    console.print(planning.verdict(rows, capacity), markup=False, highlight=False)
+    console.print(planning.weights_line(shape), markup=False, highlight=False)
+    return 0
+
+
+def _size(n: int) -> str:
+    from supervisor.units import format_size
+    return format_size(n)
+
+
+def _cuda_memory() -> int | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    return torch.cuda.get_device_properties(0).total_memory
 
 
 def _check_command(command: list[str]) -> None:

@@ -34,6 +34,9 @@ class AttemptView:
     exit_code: int | None = None
     command: list[str] = field(default_factory=list)
     resumed_from: int | None = None  # the step whose end this attempt continued from
+    step_peak: int | None = None     # the peak at the end of its last step (not of its failure)
+    step_batch: list[int] | None = None  # the largest (micro-batch, sequence length) its steps ran
+    failed_batch: list[int] | None = None  # the (micro-batch, sequence length) of the step that failed
 
     @property
     def steps_run(self) -> tuple[int, int] | None:
@@ -56,13 +59,15 @@ class RunView:
     program_plan: Plan               # what the wrapped program does on its own, as observed
     facts: Facts
     ended: dict[str, Any] | None
+    model: dict[str, Any] | None = None   # the worker's model shape and what trains (supervisor/worker/probe.py)
 
     @property
     def rung_uses(self) -> dict[int, int]:
         uses: dict[int, int] = {}
         for d in self.decisions:
-            if d.get("rung_index") is not None:
-                uses[d["rung_index"]] = uses.get(d["rung_index"], 0) + 1
+            # A decision that stacked several rungs lists each one it used.
+            for index in d.get("rung_indices") or ([d["rung_index"]] if d.get("rung_index") is not None else []):
+                uses[index] = uses.get(index, 0) + 1
         return uses
 
     @property
@@ -83,6 +88,7 @@ def fold(records: list[dict[str, Any]]) -> RunView:
     checkpoints: list[dict[str, Any]] = []
     observed = Plan()
     facts: dict[str, Any] = {}
+    model = None
     ended = None
     for r in records:
         kind = r.get("type")
@@ -99,6 +105,7 @@ def fold(records: list[dict[str, Any]]) -> RunView:
             # Later observations fill fields earlier attempts died before reaching.
             observed = observed.merged(Plan.from_dict(r.get("plan")))
             facts.update({k: v for k, v in (r.get("facts") or {}).items() if v is not None})
+            model = model or r.get("model")  # the first report: later ones see the model as the plan loaded it
             for a in attempts.values():
                 a.plan = observed.merged(a.overrides)
         elif kind == "progress" and r.get("attempt") in attempts:
@@ -108,6 +115,10 @@ def fold(records: list[dict[str, Any]]) -> RunView:
                     setattr(a, key, r[key])
             if r.get("peak") is not None:  # the highest of any rank
                 a.peak = max(a.peak or 0, r["peak"])
+                if r.get("step") is not None:
+                    a.step_peak = max(a.step_peak or 0, r["peak"])
+            if r.get("batch_shape"):
+                a.step_batch = r["batch_shape"]
         elif kind == "attempt_ended" and r.get("attempt") in attempts:
             a = attempts[r["attempt"]]
             a.ended, a.status, a.exit_code = r["ts"], r["outcome"], r.get("exit_code")
@@ -115,6 +126,7 @@ def fold(records: list[dict[str, Any]]) -> RunView:
             for key in ("step", "max_steps", "peak", "peak_measure"):
                 if r.get(key) is not None:
                     setattr(a, key, r[key])
+            a.failed_batch = r.get("batch_shape")
         elif kind == "decision":
             decisions.append(r)
         elif kind == "checkpoint":
@@ -122,4 +134,4 @@ def fold(records: list[dict[str, Any]]) -> RunView:
         elif kind == "run_ended":
             ended = r
     return RunView(run, [attempts[n] for n in sorted(attempts)], decisions, checkpoints, observed,
-                   Facts.from_dict(facts), ended)
+                   Facts.from_dict(facts), ended, model)

@@ -55,6 +55,8 @@ class Decision:
     rung_index: int | None
     reason: str
     skipped: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    rung_indices: tuple[int, ...] = ()     # every rung a stacked decision used (supervisor/foresight.py)
+    estimate: dict[str, Any] | None = None  # the estimator's numbers behind a stacked decision
 
     @property
     def exhausted(self) -> bool:
@@ -142,10 +144,11 @@ def _parse_rung(index: int, entry: Any, source: str) -> Rung:
 
 
 def next_plan(ladder: Ladder, plan: Plan, facts: Facts, failure: Failure,
-              uses: Mapping[int, int]) -> Decision:
+              uses: Mapping[int, int], exclude: frozenset[int] = frozenset()) -> Decision:
     """The first rung, from the top, that addresses `failure` and changes `plan` within the rules.
 
-    `uses` counts how often each rung index has applied so far in this run (from the journal).
+    `uses` counts how often each rung index has applied so far in this run (from the journal);
+    rungs in `exclude` are passed over.
     """
     skipped: list[tuple[str, str]] = []
     rungs = list(ladder.rungs)
@@ -153,7 +156,7 @@ def next_plan(ladder: Ladder, plan: Plan, facts: Facts, failure: Failure,
         # The memory is there but in pieces: an allocator rung goes before any that changes the training.
         rungs.sort(key=lambda rung: not rung.strategy.fixes_fragmentation)
     for rung in rungs:
-        if not rung.strategy.matches(failure):
+        if rung.index in exclude or not rung.strategy.matches(failure):
             continue
         if rung.times is not None and uses.get(rung.index, 0) >= rung.times:
             continue  # spent: not a skip worth telling, the ladder said how often
@@ -166,7 +169,7 @@ def next_plan(ladder: Ladder, plan: Plan, facts: Facts, failure: Failure,
             if outcome.plan == plan:
                 skipped.append((rung.name, "it changed nothing"))
                 continue
-            return Decision(outcome.plan, rung.name, rung.index, outcome.reason, tuple(skipped))
+            return Decision(outcome.plan, rung.name, rung.index, outcome.reason, tuple(skipped), (rung.index,))
         skipped.append((rung.name, outcome.reason))
     what = "the evaluation" if failure.phase == "eval" else f"{failure.memory} memory"
     return Decision(None, None, None, f"no rung of the ladder is left that saves {what}", tuple(skipped))

@@ -16,6 +16,12 @@ from collections.abc import Mapping, Sequence
 from supervisor.errors import UsageError
 from supervisor.plan import FIELD_NAMES, Plan
 
+# A capped CPU worker emulates a device, so its allocator should behave like one: glibc reserves
+# 64 MiB of address space per malloc arena (keep that small and fixed), and by default it keeps
+# freed blocks of up to 32 MiB in the heap, so a freed activation would still count against the
+# cap. Large blocks mapped and unmapped one by one return memory as a device's allocator does.
+CPU_DEVICE_ALLOCATOR = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
+
 INJECT_DIR = Path(__file__).resolve().parent / "worker" / "inject"
 _PLACEHOLDER = re.compile(r"\{(" + "|".join(FIELD_NAMES) + r")\}")
 
@@ -56,5 +62,5 @@ def worker_env(base: Mapping[str, str], attempt_dir: Path, overrides: Plan, plan
     if memory_cap:
         env["OOMLADDER_MEMORY_CAP"] = str(memory_cap)
         # glibc reserves 64 MiB of address space per malloc arena: keep that overhead small and fixed.
-        env.setdefault("MALLOC_ARENA_MAX", "2")
+        env.update({k: v for k, v in CPU_DEVICE_ALLOCATOR.items() if k not in env})
     return env

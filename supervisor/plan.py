@@ -74,6 +74,7 @@ class Facts(_JournalValue):
     base_frozen: bool | None = None      # only adapters train (LoRA & co): 8-bit base weights are safe
     trainable_fraction: float | None = None
     output_dir: str | None = None        # where the program's own checkpoints go
+    device_memory: int | None = None     # bytes of the device the worker trains on (CUDA), what a plan must fit in
 
 
 

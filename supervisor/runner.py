@@ -27,7 +27,8 @@ from supervisor.display import Display, NullDisplay
 from supervisor.errors import RunDirError
 from supervisor.history import RunView, fold
 from supervisor.journal import Journal
-from supervisor.ladder import Ladder, next_plan
+from supervisor.foresight import fit_for, plan_ahead
+from supervisor.ladder import Ladder
 from supervisor.launch import substitute, worker_env
 from supervisor.plan import Plan, describe_changes
 from supervisor.process import LaunchError, LaunchSpec, Launcher, read_tail, spawn
@@ -167,11 +168,13 @@ class Runner:
             return self._end(journal, "not_memory", EXIT_NOT_MEMORY,
                              f"attempt {number} failed with {failure.kind.value}: {failure.summary}. No memory "
                              f"setting fixes this, so the ladder was not walked; see {attempt_dir / 'stderr.log'}")
-        decision = next_plan(cfg.ladder, current, view.facts, failure, view.rung_uses)
+        decision = plan_ahead(cfg.ladder, current, view.facts, failure, view.rung_uses,
+                              fit_for(view, cfg.memory_cap))
         journal.append("decision", attempt=number, rung=decision.rung, rung_index=decision.rung_index,
-                       reason=decision.reason, plan=decision.plan.to_dict() if decision.plan else None,
+                       rung_indices=list(decision.rung_indices), reason=decision.reason,
+                       plan=decision.plan.to_dict() if decision.plan else None,
                        changes=describe_changes(current, decision.plan) if decision.plan else None,
-                       skipped=[list(s) for s in decision.skipped])
+                       skipped=[list(s) for s in decision.skipped], estimate=decision.estimate)
         if decision.exhausted:
             tried = "; ".join(f"{name}: {why}" for name, why in decision.skipped) or "none applied"
             return self._end(journal, "ladder_exhausted", EXIT_LADDER_EXHAUSTED,
@@ -279,6 +282,8 @@ class Runner:
         self._journal_checkpoint(journal, number, attempt_dir)
         if record and record.get("peak") is not None:
             ended.update(peak=record["peak"], peak_measure=record.get("peak_measure"))
+        if record and record.get("batch_shape"):
+            ended["batch_shape"] = record["batch_shape"]
         outcome = "interrupted" if self._stop is not None or failure.kind is Kind.INTERRUPTED else "failed"
         journal.append("attempt_ended", outcome=outcome, failure=failure.to_dict(), **ended)
         return failure
@@ -293,7 +298,8 @@ class Runner:
             if self._observed.get(path) != data:
                 self._observed[path] = data
                 journal.append("observed", attempt=number, rank=_rank_of(path), plan=data.get("plan", {}),
-                               facts=data.get("facts", {}), memory_cap=data.get("memory_cap", {}))
+                               facts=data.get("facts", {}), memory_cap=data.get("memory_cap", {}),
+                               model=data.get("model"))
         for path in sorted(attempt_dir.glob(f"{files.PROGRESS}.*.jsonl")):
             offset = self._offsets.get(path, 0)
             try:

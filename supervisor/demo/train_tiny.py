@@ -29,6 +29,12 @@ def parse_args():
     p.add_argument("--full", action="store_true", help="train every weight instead of LoRA adapters")
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--vocab", type=int, default=32000)
+    p.add_argument("--hidden", type=int, default=256, help="the model's width, when it is built")
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--intermediate", type=int, default=688)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--optim", default="adamw_torch_fused")
     p.add_argument("--save-final", help="save the trained model (or adapters) here at the end")
     p.add_argument("--eval-len", type=int, default=0, help="evaluate every --eval-steps on sequences this long")
     p.add_argument("--eval-steps", type=int, default=3)
@@ -37,12 +43,13 @@ def parse_args():
     return p.parse_args()
 
 
-def build_model(model_dir, vocab):
-    if not os.path.exists(os.path.join(model_dir, "config.json")):
+def build_model(a):
+    if not os.path.exists(os.path.join(a.model_dir, "config.json")):
         torch.manual_seed(0)
-        config = LlamaConfig(vocab_size=vocab, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
-                             num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024)
-        LlamaForCausalLM(config).save_pretrained(model_dir)
+        config = LlamaConfig(vocab_size=a.vocab, hidden_size=a.hidden, intermediate_size=a.intermediate,
+                             num_hidden_layers=a.layers, num_attention_heads=a.heads, num_key_value_heads=a.heads,
+                             max_position_embeddings=4096)
+        LlamaForCausalLM(config).save_pretrained(a.model_dir)
 
 
 class GrowingSequences(torch.utils.data.Dataset):
@@ -83,7 +90,7 @@ class StepCounter(TrainerCallback):
 
 def main():
     a = parse_args()
-    build_model(a.model_dir, a.vocab)
+    build_model(a)
     torch.manual_seed(0)  # the adapters' initial weights
     model = AutoModelForCausalLM.from_pretrained(a.model_dir, dtype=torch.bfloat16 if a.bf16 else torch.float32)
     if not a.full:
@@ -98,7 +105,8 @@ def main():
         output_dir=a.output_dir, per_device_train_batch_size=a.batch_size, gradient_accumulation_steps=a.grad_accum,
         max_steps=a.max_steps, learning_rate=1e-3, lr_scheduler_type="linear", logging_steps=1, save_strategy="no",
         report_to="none", bf16=a.bf16, use_cpu=not torch.cuda.is_available(), dataloader_num_workers=a.workers,
-        train_sampling_strategy="sequential", seed=0, auto_find_batch_size=a.auto_find_batch_size)
+        train_sampling_strategy="sequential", seed=0, auto_find_batch_size=a.auto_find_batch_size,
+        gradient_checkpointing=a.gradient_checkpointing, optim=a.optim)
     eval_data = GrowingSequences(32, 0, a.eval_len, a.eval_len, a.vocab) if a.eval_len else None
     trainer = Trainer(model=model, args=args, train_dataset=data, eval_dataset=eval_data, data_collator=pad,
                       callbacks=[StepCounter(a.count_steps)] if a.count_steps else None)

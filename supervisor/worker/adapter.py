@@ -21,7 +21,7 @@ import threading
 from typing import Any
 from collections.abc import Callable
 
-from supervisor.worker import emergency, files, memcap
+from supervisor.worker import emergency, files, memcap, probe
 from supervisor.worker.importhook import PostImportFinder
 
 _observed: dict[str, Any] = {"plan": {}, "facts": {}}
@@ -195,12 +195,14 @@ def _apply_to_load(kwargs: dict[str, Any], p: dict[str, Any]) -> bool:
 def _patch_trainer(module) -> None:
     cls = module.Trainer
     original_init, original_train, original_evaluate = cls.__init__, cls.train, cls.evaluate
+    original_step = cls.training_step
 
     @functools.wraps(original_init)
     def __init__(self, *args, **kwargs):
         memcap.arm()
         original_init(self, *args, **kwargs)
         _safely(lambda: self.add_callback(_progress_callback(module, self)))
+        _observed["model"] = _safely(probe.model_report, self.model)
         _safely(_observe, None, _facts(self))
 
     @functools.wraps(original_train)
@@ -232,7 +234,12 @@ def _patch_trainer(module) -> None:
         finally:
             _phase[0] = previous
 
-    cls.__init__, cls.train, cls.evaluate = __init__, train, evaluate
+    @functools.wraps(original_step)
+    def training_step(self, model, inputs, *args, **kwargs):
+        _safely(probe.note_batch, inputs)  # the estimator sizes activations by the batch that ran (or died)
+        return original_step(self, model, inputs, *args, **kwargs)
+
+    cls.__init__, cls.train, cls.evaluate, cls.training_step = __init__, train, evaluate, training_step
 
 
 def _facts(trainer) -> dict[str, Any]:
@@ -248,8 +255,9 @@ def _facts(trainer) -> dict[str, Any]:
                 base_frozen = False
     device = trainer.args.device.type
     bf16 = torch.cuda.is_bf16_supported() if device == "cuda" else device in ("cpu", "xpu", "mps")
+    memory = torch.cuda.get_device_properties(trainer.args.device).total_memory if device == "cuda" else None
     return {"device": device, "bf16_supported": bool(bf16), "base_frozen": bool(base_frozen and trainable),
-            "trainable_fraction": round(trainable / total, 6) if total else None}
+            "trainable_fraction": round(trainable / total, 6) if total else None, "device_memory": memory}
 
 
 def _is_device_oom(exc: BaseException) -> bool:
@@ -263,7 +271,7 @@ def _record_failure(trainer, exc: BaseException) -> None:
     state = trainer.state
     peak, measure = memcap.peak()
     files.write_failure(exc, step=state.global_step, max_steps=state.max_steps, phase=_phase[0],
-                        peak=peak, peak_measure=measure)
+                        peak=peak, peak_measure=measure, batch_shape=probe.batch_shapes()["current"])
 
 
 def _stop_at_step_end_on(*signals: int) -> None:
@@ -321,7 +329,8 @@ def _progress_callback(module, trainer):
             peak, measure = memcap.peak()
             _safely(files.append_progress, {"step": state.global_step, "max_steps": state.max_steps,
                                             "loss": self.loss, "learning_rate": self.learning_rate,
-                                            "phase": phase, "peak": peak, "peak_measure": measure})
+                                            "phase": phase, "peak": peak, "peak_measure": measure,
+                                            "batch_shape": probe.batch_shapes()["largest"]})
 
     return OomLadderProgress()
 

@@ -25,8 +25,11 @@ def cap_bytes() -> int | None:
 
 def arm() -> None:
     """Apply the cap once, as late as possible before the first model exists. Idempotent."""
+    if _state:
+        return
     cap = cap_bytes()
-    if not cap or _state:
+    if not cap:  # nothing to limit; the resident size now is what the workload's peak is measured from
+        _state.update(mode="uncapped", baseline=_status_bytes("VmRSS"))
         return
     import torch
     if torch.cuda.is_available():
@@ -67,6 +70,8 @@ def peak() -> tuple[int | None, str | None]:
         pass
     if _state.get("mode") == "cpu_address_space":
         return max(0, _status_bytes("VmPeak") - int(_state["baseline"])), "address_space_over_baseline"
+    if _state.get("mode") == "uncapped":
+        return max(0, _status_bytes("VmHWM") - int(_state["baseline"])), "rss_over_baseline"
     return _status_bytes("VmHWM"), "max_rss"
 
 

@@ -1,0 +1,168 @@
+"""The GPU check: the real ladder on real CUDA out-of-memory errors, on a 1B-parameter model.
+
+    python -m benchmarks.gpu_check [--out DIR]      # on a machine with a CUDA GPU, about 6 minutes
+    python -m benchmarks.gpu_check --dry-run        # anywhere: the parts that need no GPU (CI runs this)
+
+On a GPU it
+1. builds a Llama-style model of 0.95B parameters from a config (nothing is downloaded) and saves it;
+2. prints `oomladder plan` for LoRA at batch 16 x 1024 tokens on an emulated 16 GiB card;
+3. runs an unmodified Trainer + LoRA script (supervisor/demo/train_tiny.py) under
+   `oomladder run --memory-cap 16GiB`, which caps the caching allocator with
+   `torch.cuda.set_per_process_memory_fraction`: its sequences grow from 128 to 1024 tokens at
+   step 3, the OOM is a real `torch.OutOfMemoryError`, and the ladder's rungs (bitsandbytes 8-bit
+   among them) are the real ones; it prints the run's table and report;
+4. measures the estimator against `torch.cuda.max_memory_allocated` on several plans, no cap.
+Everything printed also goes to DIR/gpu_check.txt, with the run's report and journal beside it.
+The dry run does steps 1-2 on the meta device and checks that each scenario's command is well formed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from benchmarks.estimator import MODELS, SCENARIOS, Scenario, measure, table
+from supervisor.history import fold
+from supervisor.journal import read_journal
+
+ROOT = Path(__file__).resolve().parent.parent
+TRAIN = ROOT / "supervisor" / "demo" / "train_tiny.py"
+CARD = "16GiB"
+MODEL = MODELS["1b"]
+LADDER_RUN = ("--batch-size", "16", "--short-len", "128", "--long-len", "1024", "--max-steps", "6")
+# The estimator on the 1B model: sequences of 512, both ends of what trains.
+CUDA_SCENARIOS = tuple(Scenario(s.name, tuple("512" if a == "256" else a for a in s.program), s.settings)
+                       for s in SCENARIOS) + (
+    Scenario("LoRA bf16 + int8", ("--batch-size", "8", "--long-len", "512"),
+             ("precision=bf16", "load_dtype=bfloat16", "quantization=int8")),
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=None, help="where the output, report and journal go (default: a temp dir)")
+    parser.add_argument("--dry-run", action="store_true", help="only what runs without a GPU")
+    args = parser.parse_args(argv)
+    console = Console(width=160, record=True)
+    out = Path(args.out or tempfile.mkdtemp(prefix="oomladder-gpu-check-"))
+    out.mkdir(parents=True, exist_ok=True)
+    import torch
+    if not args.dry_run and not torch.cuda.is_available():
+        console.print("no CUDA GPU here: run with --dry-run for the parts that need none")
+        return 2
+    work = Path(tempfile.mkdtemp(prefix="oomladder-gpu-work-"))
+    try:
+        return _check(console, work, out, args.dry_run)
+    finally:
+        (out / "gpu_check.txt").write_text(console.export_text())
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _check(console: Console, work: Path, out: Path, dry_run: bool) -> int:
+    py = sys.executable
+    model_dir = work / "model-1b"
+    started = time.time()
+    console.print(_versions(dry_run))
+    _build(model_dir, on_meta=dry_run)
+    console.rule("1. oomladder plan")
+    plan = subprocess.run([py, "-m", "supervisor", "plan", "--model", str(model_dir), "--seq-len", "1024",
+                           "--batch-size", "16", "--lora-rank", "8", "--memory", CARD, "--device", "cuda"],
+                          capture_output=True, text=True, check=False, env={**os.environ, "COLUMNS": "160"})
+    console.print(plan.stdout + plan.stderr, markup=False, highlight=False)
+    if plan.returncode != 0:
+        return 1
+    if dry_run:
+        for s in CUDA_SCENARIOS:
+            argv = s.argv(model_dir, work / "out", ())
+            assert Path(argv[0]).is_file() and "--max-steps" in argv, argv
+        console.print(f"dry run: model config, plan and {len(CUDA_SCENARIOS)} scenarios are well formed")
+        return 0
+
+    console.rule(f"2. the ladder on real CUDA OOMs: oomladder run --memory-cap {CARD}")
+    run_dir = work / "ladder"
+    t0 = time.time()
+    result = subprocess.run([py, "-m", "supervisor", "run", "--memory-cap", CARD, "--run-dir", str(run_dir), "--",
+                             py, str(TRAIN), "--model-dir", str(model_dir), "--output-dir", str(work / "ladder-out"),
+                             *LADDER_RUN], capture_output=True, text=True, check=False,
+                            env={**os.environ, "COLUMNS": "160"})
+    console.print(result.stdout[-6000:], markup=False, highlight=False)
+    console.print(f"exit status {result.returncode} after {time.time() - t0:.0f} s", markup=False)
+    report = subprocess.run([py, "-m", "supervisor", "report", str(run_dir), "--format", "md"],
+                            capture_output=True, text=True, check=False)
+    console.print(report.stdout + report.stderr, markup=False, highlight=False)
+    for name in ("journal.jsonl", "report.md"):
+        if (run_dir / name).exists():
+            shutil.copy(run_dir / name, out / f"ladder-{name}")
+    view = fold(read_journal(run_dir / "journal.jsonl"))
+    for a in view.attempts:
+        if a.failure is not None:
+            tail = (run_dir / "attempts" / f"{a.number:03d}" / "stderr.log").read_text().splitlines()[-3:]
+            console.print(f"attempt {a.number} ({a.rung or 'start'}): {a.failure.kind.value}: {' | '.join(tail)[:400]}",
+                          markup=False, highlight=False)
+
+    console.rule("3. the estimator against torch.cuda.max_memory_allocated (no cap, 2 steps)")
+    rows = []
+    for scenario in CUDA_SCENARIOS:
+        try:
+            guess, measured, what = measure(work, "1b", scenario)
+        except RuntimeError as exc:
+            console.print(f"{scenario.name}: {exc}", markup=False, highlight=False)
+            continue
+        rows.append(("1b", scenario.name, guess, measured, what))
+    if rows:
+        console.print(table(rows, "estimate against measured peak, 0.95B Llama, sequence 512"))
+        worst = max(abs(g.peak - m) / m for _, _, g, m, _ in rows)
+        console.print(f"largest error: {worst:.0%} (target 15 %)")
+    console.print(f"gpu check done in {time.time() - started:.0f} s")
+    return 0 if result.returncode == 0 else 1
+
+
+def _versions(dry_run: bool) -> str:
+    import torch
+    import transformers
+    parts = [f"python {sys.version.split()[0]}", f"torch {torch.__version__}", f"transformers {transformers.__version__}"]
+    for name in ("peft", "bitsandbytes", "accelerate"):
+        try:
+            parts.append(f"{name} {__import__(name).__version__}")
+        except Exception as exc:  # a missing package is worth printing, not failing the check on
+            parts.append(f"{name} missing ({type(exc).__name__})")
+    if not dry_run:
+        props = torch.cuda.get_device_properties(0)
+        parts.append(f"{props.name}, {props.total_memory / 2**30:.0f} GiB")
+    return ", ".join(parts)
+
+
+def _build(model_dir: Path, on_meta: bool) -> None:
+    """The 1B model, saved in fp32 as a fine-tune's checkpoint would be; on the meta device only its config."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    args = dict(zip(MODEL[::2], MODEL[1::2]))
+    config = LlamaConfig(vocab_size=int(args["--vocab"]), hidden_size=int(args["--hidden"]),
+                         intermediate_size=int(args["--intermediate"]), num_hidden_layers=int(args["--layers"]),
+                         num_attention_heads=int(args["--heads"]), num_key_value_heads=int(args["--heads"]),
+                         max_position_embeddings=4096)
+    if on_meta:
+        with torch.device("meta"):
+            model = LlamaForCausalLM(config)
+        assert 0.9e9 < sum(p.numel() for p in model.parameters()) < 1.1e9
+        config.save_pretrained(model_dir)
+        return
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = LlamaForCausalLM(config)
+    model.save_pretrained(model_dir)
+    del model
+    torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

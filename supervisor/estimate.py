@@ -1,0 +1,151 @@
+"""How much memory a plan needs: a pure estimate from the model's shape, the plan and the batch.
+
+It counts what PyTorch and a Hugging Face Trainer really keep, tensor by tensor, for a
+Llama-style decoder (tests/test_estimate.py walks the arithmetic; benchmarks/estimator.py
+measures it against real peaks):
+
+- weights by dtype and quantization: int8 is 1 byte per parameter plus a 4-byte scale per row,
+  NF4 with double quantization about 0.52; embeddings, norms and lm_head stay unquantized;
+- gradients and optimizer states of what trains (LoRA adapters train in fp32, as peft keeps them);
+- under bf16 autocast with fp32 weights, the bf16 copy of every matmul weight autograd keeps for
+  the backward pass;
+- activations per token per layer, and with gradient checkpointing only each layer's input plus
+  one layer recomputed;
+- the logits: at the start of the backward pass, log-softmax's fp32 output, its gradient and the
+  gradient of its input, 12 bytes per token per vocabulary entry;
+- on CUDA, the cuBLAS workspaces the allocator holds; the CUDA context is outside the allocator,
+  so it counts against a card's size (`usable`) but not in the estimate of what is allocated.
+
+The peak is the larger of the start of the backward pass (activations and logits all alive) and
+its end (every gradient), over weights and optimizer states, which live throughout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from supervisor.plan import Plan
+from supervisor.shape import ATTENTION_INPUTS, MLP_INPUTS, ModelShape
+
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+CUDA_CONTEXT = 512 * 2**20      # the driver's context and PyTorch's kernels: outside the caching allocator
+CUDA_WORKSPACE = 64 * 2**20     # cuBLAS/cuDNN workspaces, held by the allocator
+HEADROOM = 0.05                 # fragmentation: the allocator cannot hand out the last few percent
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What trains, on how much data per device at once."""
+
+    batch: int                      # micro-batch per device
+    seq_len: int
+    adapters: bool                  # only adapters (LoRA) train; the base is frozen
+    trainable_params: int
+    lora_targets: tuple[str, ...] = ()
+    loads_from_file: bool = True    # from_pretrained: on the CPU the file is mapped while the model fills
+
+    @property
+    def tokens(self) -> int:
+        return self.batch * self.seq_len
+
+
+@dataclass(frozen=True)
+class Estimate:
+    parts: dict[str, int] = field(default_factory=dict)   # bytes, in the order a table shows them
+    peak: int = 0
+
+    def scaled(self, factor: float) -> int:
+        return int(self.peak * factor)
+
+
+def estimate(shape: ModelShape, plan: Plan, work: Workload, device: str = "cuda") -> Estimate:
+    load = DTYPE_BYTES.get(_load_dtype(plan, shape), 4)
+    amp = plan.precision in ("bf16", "fp16")
+    compute = 2 if amp else load
+    quant = plan.quantization or "none"
+    h, i, v, layers = shape.hidden, shape.intermediate, shape.vocab, shape.layers
+
+    linear_bytes = {"int8": 1 + 4 / h, "nf4": 0.5 + 1 / 64 + 4 / (64 * 256)}.get(quant, load)
+    weights = int(shape.linear_params * linear_bytes) + (shape.embedding_params + shape.head_params
+                                                         + shape.other_params) * load
+    train_bytes = 4 if work.adapters else load     # peft keeps adapters in fp32
+    gradients = work.trainable_params * train_bytes
+    optimizer = work.trainable_params * _state_bytes(plan.optim, train_bytes)
+    step_temp = 0 if _fused(plan.optim) else work.trainable_params * train_bytes
+
+    casts = 0  # bf16 copies of fp32 matmul weights that autograd keeps for the backward pass
+    if amp and load == 4:
+        casts = 2 * v * h + (2 * shape.linear_params if quant == "none" else 0)
+    if quant == "nf4":
+        casts += compute * h * i  # one layer's weight dequantized at a time
+
+    per_layer = _per_layer(shape, plan, work, compute, load)
+    final = 4 * h + ((load + compute) * h if not work.adapters else 0)  # final norm, lm_head's input
+    logits = 12 * v
+    if plan.gradient_checkpointing:
+        saved = layers * load * h + final
+        activations = work.tokens * saved
+        during_backward = work.tokens * (saved + max(logits, per_layer))
+    else:
+        activations = work.tokens * (layers * per_layer + final)
+        during_backward = activations + work.tokens * logits
+    backward_start = during_backward + casts
+    backward_end = gradients + max(step_temp, 0)
+    runtime = CUDA_WORKSPACE if device == "cuda" else 0
+    peak = weights + optimizer + runtime + max(backward_start, backward_end)
+    if device == "cpu" and work.loads_from_file:
+        # The checkpoint file is mapped while the weights fill: both count against a CPU cap.
+        peak = max(peak, weights + shape.params * DTYPE_BYTES.get(shape.dtype, 4))
+    parts = {"weights": weights, "gradients": gradients, "optimizer": optimizer, "weight copies": casts,
+             "activations": activations, "logits": work.tokens * logits, "runtime": runtime}
+    return Estimate(parts, int(peak))
+
+
+def usable(device_total: int, device: str, capped: bool) -> int:
+    """What a plan may allocate on a device of `device_total` bytes (a --memory-cap, or the card's size)."""
+    context = CUDA_CONTEXT if device == "cuda" and not capped else 0  # a memory fraction excludes the context
+    return int((device_total - context) * (1 - HEADROOM))
+
+
+def _load_dtype(plan: Plan, shape: ModelShape) -> str:
+    dtype = plan.load_dtype if plan.load_dtype not in (None, "auto") else shape.dtype
+    return dtype if dtype in DTYPE_BYTES else "float32"
+
+
+def _per_layer(shape: ModelShape, plan: Plan, work: Workload, compute: int, load: int) -> int:
+    """Bytes one decoder layer keeps for the backward pass, per token."""
+    h, i = shape.hidden, shape.intermediate
+    amp = compute != load
+    norms = 2 * 4 * h                     # RMSNorm keeps its input in fp32 (a copy when the stream is bf16)
+    attention = 4 * compute * h           # SDPA keeps q, k, v (k and v repeated to every head) and its output
+    if shape.attention == "eager":
+        attention += shape.heads * work.seq_len * (4 + compute)  # the probabilities, fp32 and cast
+    mlp = 3 * compute * i                 # gate (for SiLU), SiLU's output and up (for the product)
+    if work.adapters:
+        # A frozen Linear keeps no input; an adapter's lora_A does: under autocast a cast of its own.
+        targets = set(work.lora_targets)
+        attn_t, mlp_t = targets & set(ATTENTION_INPUTS), targets & set(MLP_INPUTS)
+        extra = (compute * h * (len(attn_t) + len(mlp_t)) if amp
+                 else load * h * (bool(attn_t) + bool(mlp_t)))
+        extra += compute * h * ("o_proj" in targets) + compute * i * ("down_proj" in targets)
+    else:
+        # Every Linear keeps its input (under autocast each one its own bf16 copy); norms their output.
+        extra = (compute * h * 5 if amp else load * h * 2) + compute * h + compute * i + 2 * load * h
+    return norms + attention + mlp + extra
+
+
+def _state_bytes(optim: str | None, train_bytes: int) -> float:
+    name = (optim or "adamw_torch").lower()
+    if "8bit" in name:
+        return 1 if "lion" in name else 2
+    if "adafactor" in name or name.startswith("sgd"):
+        return 0
+    if any(k in name for k in ("lion", "adagrad", "rmsprop")):
+        return train_bytes
+    return 2 * train_bytes   # Adam's two moments
+
+
+def _fused(optim: str | None) -> bool:
+    """Fused and bitsandbytes optimizers update in place; torch's foreach Adam holds a temporary per state."""
+    name = (optim or "").lower()
+    return "fused" in name or "8bit" in name or "adafactor" in name or name.startswith("sgd")

@@ -1,0 +1,140 @@
+"""The estimator in the loop: after an OOM, climb as many rungs at once as the estimate says are
+needed, and pass over rungs whose saving is too small to matter.
+
+Walking one rung per attempt costs a whole start-up, load and resume for each rung that was never
+going to be enough (bf16 on a model whose logits dominate). Skipping such a rung to reach a later
+one is not the answer on its own: the later rungs cost more speed. So the rungs are taken in the
+ladder's order, as it prefers them, and stacked until the calibrated estimate fits; only a rung
+that saves less than a tenth of what is missing is passed over.
+
+The estimate is calibrated by the journal: a step that ran says how far off the arithmetic is
+(measured peak - estimate), and an attempt that ran out of memory says its true need was above the
+device (capacity - estimate). The correction is added, not multiplied: what the arithmetic misses
+is mostly fixed (thread stacks and malloc arenas on the CPU, workspaces on CUDA), and the steps
+that calibrate it are often the short first ones. Pure: the view in, a `Decision` out.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from supervisor.classify import Failure
+from supervisor.estimate import Estimate, Workload, estimate, usable
+from supervisor.history import RunView
+from supervisor.ladder import Decision, Ladder, next_plan
+from supervisor.plan import Facts, Plan
+from supervisor.shape import ModelShape
+from supervisor.units import format_size
+
+MATERIAL = 0.10   # a rung must save at least this share of what is missing to be worth its cost
+
+
+@dataclass(frozen=True)
+class Fit:
+    """What a plan needs (estimate x calibration) against what the device offers."""
+
+    view: RunView
+    batch: tuple[int, int]         # (micro-batch, sequence length) of the step that failed
+    capacity: int
+    offset: int                    # bytes the arithmetic misses, from the journal
+
+    def need(self, plan: Plan) -> int | None:
+        guess = estimate_for(self.view, plan, self.batch)
+        return None if guess is None else guess.peak + self.offset
+
+
+def estimate_for(view: RunView, plan: Plan, batch: Any) -> Estimate | None:
+    """The estimate of `plan` at the sequence length of `batch`, from the shape the worker reported."""
+    model = view.model or {}
+    try:
+        shape = ModelShape.from_dict(model["shape"])
+        micro, seq = int(batch[0]), int(batch[1])
+    except (KeyError, TypeError, ValueError, IndexError):
+        return None  # not a Trainer program, or it died before reporting: the ladder walks without foresight
+    work = Workload(batch=plan.per_device_train_batch_size or micro, seq_len=seq, adapters=bool(model.get("adapters")),
+                    trainable_params=int(model.get("trainable_params") or shape.params),
+                    lora_targets=tuple(model.get("lora_targets") or ()))
+    return estimate(shape, plan, work, view.facts.device or "cpu")
+
+
+def fit_for(view: RunView, memory_cap: int | None) -> Fit | None:
+    """The yardstick for the last attempt's failure, or None when there is nothing to measure against."""
+    last = view.attempts[-1] if view.attempts else None
+    batch = last.failed_batch or last.step_batch if last else None
+    device = view.facts.device or "cpu"
+    if memory_cap:
+        capacity = usable(memory_cap, device, capped=True)
+    elif device == "cuda" and view.facts.device_memory:
+        capacity = usable(view.facts.device_memory, device, capped=False)
+    else:
+        return None  # the CPU with no cap: no device size to fit in
+    if batch is None or estimate_for(view, view.final_plan, batch) is None:
+        return None
+    return Fit(view, (int(batch[0]), int(batch[1])), capacity, calibration(view, capacity))
+
+
+def calibration(view: RunView, capacity: int) -> int:
+    """Measured minus estimated: the median over the steps that ran, raised to what each OOM proves."""
+    misses = []
+    for a in view.attempts:
+        guess = estimate_for(view, a.plan, a.step_batch) if a.step_peak and a.step_batch else None
+        if guess is not None:
+            misses.append(a.step_peak - guess.peak)
+    offset = int(statistics.median(misses)) if misses else 0
+    for a in view.attempts:
+        if a.failure is not None and a.failure.memory == "device" and a.failure.phase != "eval" and a.failed_batch:
+            guess = estimate_for(view, a.plan, a.failed_batch)
+            if guess is not None:
+                offset = max(offset, capacity - guess.peak)  # it did not fit, so it needed more than there was
+    return offset
+
+
+def plan_ahead(ladder: Ladder, plan: Plan, facts: Facts, failure: Failure, uses: Mapping[int, int],
+               fit: Fit | None) -> Decision:
+    """The next plan: one rung, as `next_plan` gives it, or several stacked when the estimate says one
+    is not enough."""
+    first = next_plan(ladder, plan, facts, failure, uses)
+    before = fit.need(plan) if fit is not None and failure.phase != "eval" else None
+    if first.exhausted or before is None:
+        return first
+    need, current, chosen = before, plan, []
+    used, excluded = dict(uses), set()
+    skipped: dict[str, str] = {}
+    while need > fit.capacity:
+        step = next_plan(ladder, current, facts, failure, used, frozenset(excluded))
+        for name, why in step.skipped:
+            skipped.setdefault(name, why)
+        if step.exhausted:
+            break
+        after = fit.need(step.plan) or 0
+        missing = need - fit.capacity
+        if after > fit.capacity and need - after < MATERIAL * missing:
+            skipped.setdefault(step.rung, f"estimated to save {format_size(max(0, need - after))} of the "
+                                          f"{format_size(missing)} missing: passed over for rungs that save more")
+            excluded.add(step.rung_index)
+            continue
+        chosen.append(step)
+        current, need = step.plan, after
+        used[step.rung_index] = used.get(step.rung_index, 0) + 1
+    if not chosen:
+        return first  # the estimate sees nothing worth its cost: the ladder's own next rung, as without it
+    names = [d.rung for d in chosen]
+    verdict = "fits" if need <= fit.capacity else "is still estimated above it; tried as the best the ladder has"
+    numbers = (f"estimated peak {format_size(before)} → {format_size(need)} for {format_size(fit.capacity)} usable "
+               f"({verdict})")
+    return Decision(current, _joined(names), chosen[0].rung_index, "; ".join(d.reason for d in chosen) + f"; {numbers}",
+                    tuple((n, w) for n, w in skipped.items() if n not in names),
+                    tuple(d.rung_index for d in chosen),
+                    {"before": before, "after": need, "capacity": fit.capacity, "calibration": fit.offset,
+                     "batch": list(fit.batch)})
+
+
+def _joined(names: list[str]) -> str:
+    """`bf16 + halve_batch x2`: each rung once, in order, with how often it applied."""
+    counts: dict[str, int] = {}
+    for name in names:
+        counts[name] = counts.get(name, 0) + 1
+    return " + ".join(name if n == 1 else f"{name} x{n}" for name, n in counts.items())

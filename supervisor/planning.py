@@ -1,0 +1,106 @@
+"""`oomladder plan`: before launching, the estimated peak of each rung of the ladder, and the first
+plan that fits the device.
+
+The rungs are walked as the supervisor would walk them on successive out-of-memory errors, each
+one's plan built on the last, with the same estimator the loop uses (supervisor/estimate.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from supervisor.classify import Failure, Kind
+from supervisor.estimate import Estimate, Workload, estimate, usable
+from supervisor.ladder import Ladder, next_plan
+from supervisor.plan import Facts, Plan, describe_changes
+from supervisor.shape import ModelShape
+from supervisor.units import format_size
+
+_PLANNED_OOM = Failure(Kind.CUDA_OOM, "device", "planned: the estimate is above the device", phase="train")
+
+
+@dataclass(frozen=True)
+class Row:
+    rung: str
+    plan: Plan
+    changes: str
+    estimate: Estimate
+    fits: bool
+
+
+def walk(ladder: Ladder, shape: ModelShape, start: Plan, work: Workload, facts: Facts, capacity: int) -> list[Row]:
+    """The start and every rung after it, as successive OOMs would climb them."""
+    device = facts.device or "cuda"
+
+    def row(rung: str, plan: Plan, before: Plan) -> Row:
+        guess = estimate(shape, plan, _at(work, plan), device)
+        return Row(rung, plan, describe_changes(before, plan) if rung != "start" else "-", guess,
+                   guess.peak <= capacity)
+
+    rows = [row("start", start, start)]
+    uses: dict[int, int] = {}
+    plan = start
+    while True:
+        decision = next_plan(ladder, plan, facts, _PLANNED_OOM, uses)
+        if decision.exhausted:
+            return rows
+        uses[decision.rung_index] = uses.get(decision.rung_index, 0) + 1
+        rows.append(row(decision.rung, decision.plan, plan))
+        plan = decision.plan
+
+
+def _at(work: Workload, plan: Plan) -> Workload:
+    return Workload(plan.per_device_train_batch_size or work.batch, work.seq_len, work.adapters,
+                    work.trainable_params, work.lora_targets, work.loads_from_file)
+
+
+def weights_line(shape: ModelShape) -> str:
+    """What the weights alone take in each format: the number people get wrong."""
+    def at(dtype: str, quant: str) -> str:
+        plan = Plan(load_dtype=dtype, quantization=quant)
+        return format_size(estimate(shape, plan, Workload(1, 1, True, 0)).parts["weights"])
+    billions = shape.params / 1e9
+    return (f"weights alone, {billions:.2f}B parameters: fp32 {at('float32', 'none')}, bf16 {at('bfloat16', 'none')}, "
+            f"8-bit {at('bfloat16', 'int8')}, 4-bit NF4 {at('bfloat16', 'nf4')}. 8-bit is about 1 byte per "
+            f"parameter: a 14B model needs about 14 GB in 8-bit, not the 7 GB sometimes quoted; 7 GB is 4-bit.")
+
+
+def render(rows: list[Row], capacity: int, title: str):
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for column in ("#", "rung", "what changes", "weights", "grads + optimizer", "activations", "logits",
+                   "estimated peak", "fits"):
+        table.add_column(column, justify="right" if column not in ("rung", "what changes", "fits") else "left")
+    first = next((i for i, r in enumerate(rows) if r.fits), None)
+    for i, r in enumerate(rows):
+        p = r.estimate.parts
+        fits = "first to fit" if i == first else ("yes" if r.fits else "no")
+        table.add_row(str(i), r.rung, r.changes.replace(", ", "\n"), format_size(p["weights"]),
+                      format_size(p["gradients"] + p["optimizer"]), format_size(p["activations"] + p["weight copies"]),
+                      format_size(p["logits"]), format_size(r.estimate.peak), fits,
+                      style="bold green" if i == first else None)
+    return table
+
+
+def to_json(rows: list[Row], capacity: int) -> dict[str, Any]:
+    first = next((i for i, r in enumerate(rows) if r.fits), None)
+    return {"usable": capacity, "first_fit": first,
+            "rows": [{"rung": r.rung, "changes": r.changes, "plan": r.plan.set_fields(), "parts": r.estimate.parts,
+                      "peak": r.estimate.peak, "fits": r.fits} for r in rows]}
+
+
+def verdict(rows: list[Row], capacity: int) -> str:
+    first = next((i for i, r in enumerate(rows) if r.fits), None)
+    if first is None:
+        return (f"no plan of this ladder is estimated to fit in {format_size(capacity)} usable: shorten the sequences, "
+                f"train adapters instead of every weight, or use a bigger device")
+    r = rows[first]
+    if first == 0:
+        return f"the starting plan is estimated to fit: {format_size(r.estimate.peak)} of {format_size(capacity)} usable"
+    return (f"first to fit: #{first} ({r.rung}), {format_size(r.estimate.peak)} of {format_size(capacity)} usable; "
+            f"after an OOM, oomladder run takes the rungs up to it at once where its calibrated estimate agrees")
+
+
+__all__ = ["Row", "render", "to_json", "usable", "verdict", "walk", "weights_line"]
