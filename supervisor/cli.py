@@ -200,6 +200,7 @@ def _plan(args: argparse.Namespace) -> int:
     from supervisor.shape import from_config, read_config
     from supervisor.units import parse_size
 
+    given = _initial_plan(args.settings)
     shape = from_config(read_config(args.model))
     ladder = load_ladder(args.ladder)
     device, total = args.device, parse_size(args.memory) if args.memory else None
@@ -215,7 +216,7 @@ def _plan(args: argparse.Namespace) -> int:
     start = Plan(per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=args.grad_accum,
                  per_device_eval_batch_size=args.batch_size, world_size=1, precision="fp32",
                  load_dtype=shape.dtype, quantization="none", gradient_checkpointing=False,
-                 dataloader_num_workers=0, optim="adamw_torch_fused").merged(_initial_plan(args.settings))
+                 dataloader_num_workers=0, optim="adamw_torch_fused").merged(given)
     facts = Facts(device=device, bf16_supported=True, base_frozen=adapters,
                   trainable_fraction=trainable / shape.params if shape.params else None)
     work = Workload(start.per_device_train_batch_size, args.seq_len, adapters, trainable, targets)

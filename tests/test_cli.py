@@ -23,6 +23,11 @@ BAD_INPUT = {
     "report of a non-run": (["report", "."], "is not an oomladder run directory"),
     "resume of a non-run": (["resume", "."], "is not an oomladder run directory"),
     "resume without a directory": (["resume"], "the following arguments are required: run_dir"),
+    "plan without a model": (["plan", "--seq-len", "512"], "the following arguments are required: --model"),
+    "plan of a missing model": (["plan", "--model", "nowhere", "--seq-len", "512", "--memory", "16GiB"],
+                                "'nowhere' is neither a model folder with a config.json nor a config file"),
+    "plan with a bad setting": (["plan", "--model", "nowhere", "--seq-len", "512", "--set", "precision=fp8"],
+                                "precision must be one of fp32, bf16, fp16, not 'fp8'"),
 }
 
 
@@ -70,3 +75,41 @@ def test_strategies_lists_every_registered_rung(env):
     names = [line.split()[0] for line in result.stdout.splitlines()]
     assert names == ["bf16", "expandable_segments", "fewer_workers", "gradient_checkpointing", "halve_batch",
                      "halve_eval_batch", "int8", "nf4"]
+
+
+LLAMA_1B = {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 16, "num_attention_heads": 16,
+            "num_key_value_heads": 16, "vocab_size": 32000, "torch_dtype": "float32"}
+
+
+def _plan(tmp_path, env, *extra):
+    import json
+    (tmp_path / "model").mkdir(exist_ok=True)
+    (tmp_path / "model" / "config.json").write_text(json.dumps(LLAMA_1B))
+    return subprocess.run(oomladder_argv("plan", "--model", str(tmp_path / "model"), *extra), cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_plan_estimates_each_rung_and_names_the_first_that_fits(tmp_path, env):
+    result = _plan(tmp_path, env, "--seq-len", "1024", "--batch-size", "16", "--lora-rank", "8", "--memory", "16GiB")
+    assert result.returncode == 0, result.stderr
+    assert "0.95B parameters, LoRA r8 on q_proj,v_proj" in result.stdout
+    for rung in ("start", "bf16", "int8", "halve_batch", "gradient_checkpointing"):
+        assert rung in result.stdout
+    assert "first to fit: #4 (halve_batch)" in result.stdout
+    assert "a 14B model needs about 14 GB in 8-bit, not the 7 GB" in result.stdout
+
+
+def test_plan_as_json_gives_every_rungs_parts_and_the_first_fit(tmp_path, env):
+    import json
+    result = _plan(tmp_path, env, "--seq-len", "1024", "--batch-size", "16", "--lora-rank", "8", "--memory", "16GiB",
+                   "--format", "json")
+    data = json.loads(result.stdout)
+    assert data["first_fit"] == 4 and data["rows"][0]["rung"] == "start"
+    assert set(data["rows"][0]["parts"]) >= {"weights", "gradients", "optimizer", "activations", "logits"}
+    peaks = [row["peak"] for row in data["rows"]]
+    assert peaks[2] < peaks[0]  # bf16
+
+
+def test_plan_without_a_gpu_or_a_size_asks_for_the_size(tmp_path, env):
+    result = _plan(tmp_path, env, "--seq-len", "1024")
+    _check_one_line(result, "give --memory, the device's size")

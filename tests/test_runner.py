@@ -299,3 +299,30 @@ def test_a_worker_that_reports_one_step_per_look_is_not_taken_for_hung(tmp_path)
                        hang_timeout=60, poll_interval=5)
     launcher = lambda spec: Steady(Path(spec.env["OOMLADDER_ATTEMPT_DIR"]))  # noqa: E731
     assert Runner(config, launcher=launcher, clock=clock, sleep=clock.sleep, environ={}).run() == 0
+
+
+def oom_with_the_model_reported(step, seq_len):
+    """A Trainer worker as the adapter reports it: the model's shape, and the batch that failed."""
+    from tests.test_foresight import MODEL
+
+    def behaviour(folder, plan):
+        (folder / "observed.0.json").write_text(json.dumps({"plan": PROGRAM, "facts": FACTS, "model": MODEL}))
+        _steps(folder, step - 1)
+        (folder / "failure.0.json").write_text(json.dumps({
+            "exc_type": "RuntimeError", "message": CPU_OOM, "step": step - 1, "max_steps": 6, "phase": "train",
+            "ts": 1.0, "peak": 999, "batch_shape": [plan.get("per_device_train_batch_size", 16), seq_len]}))
+        return 1
+    return behaviour
+
+
+def test_with_the_model_reported_one_oom_takes_every_rung_the_estimate_needs_at_once(tmp_path):
+    workers = ScriptedWorkers(oom_with_the_model_reported(3, 512), finish)
+    code, view = run(tmp_path, workers)
+    assert code == 0 and len(view.attempts) == 2
+    decision = view.decisions[0]
+    assert " + " in decision["rung"] and len(decision["rung_indices"]) >= 2
+    assert decision["estimate"]["after"] <= decision["estimate"]["capacity"] < decision["estimate"]["before"]
+    assert sum(view.rung_uses.values()) == len(decision["rung_indices"])
+    assert workers.plans()[1] == {k: v for k, v in decision["plan"].items() if k in workers.plans()[1]}
+    assert view.attempts[1].plan.effective_batch == 16
+    assert "int8" in dict(map(tuple, decision["skipped"]))  # saves megabytes where gigabytes are missing

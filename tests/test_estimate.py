@@ -1,0 +1,115 @@
+"""The memory estimate: what each part of a training step costs, and what each rung saves.
+
+benchmarks/estimator.py measures the same arithmetic against real peaks; these tests pin its rules.
+"""
+
+import pytest
+
+from supervisor.estimate import CUDA_CONTEXT, HEADROOM, Workload, estimate, usable
+from supervisor.plan import Plan
+from supervisor.shape import from_config
+
+GB = 10**9
+LLAMA_1B = {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 16, "num_attention_heads": 16,
+            "num_key_value_heads": 16, "vocab_size": 32000, "torch_dtype": "float32"}
+# A 14B-parameter decoder (Qwen2.5-14B's dimensions): the seed note's "14B parameters ~7 GB in 8-bit".
+DECODER_14B = {"hidden_size": 5120, "intermediate_size": 13824, "num_hidden_layers": 48, "num_attention_heads": 40,
+               "num_key_value_heads": 8, "vocab_size": 152064, "attention_bias": True, "torch_dtype": "bfloat16"}
+START = Plan(per_device_train_batch_size=8, gradient_accumulation_steps=1, precision="fp32", load_dtype="float32",
+             quantization="none", gradient_checkpointing=False, optim="adamw_torch_fused")
+
+
+def lora(shape, batch=8, seq=512):
+    return Workload(batch, seq, adapters=True, trainable_params=shape.lora_params(8, ("q_proj", "v_proj")),
+                    lora_targets=("q_proj", "v_proj"))
+
+
+def full(shape, batch=8, seq=512):
+    return Workload(batch, seq, adapters=False, trainable_params=shape.params)
+
+
+def weights(shape, load_dtype, quantization):
+    plan = START.replace(load_dtype=load_dtype, quantization=quantization)
+    return estimate(shape, plan, lora(shape)).parts["weights"]
+
+
+def test_8bit_weights_take_about_one_byte_per_parameter_not_half_a_byte():
+    shape = from_config(DECODER_14B)
+    assert 14.0 * GB < shape.params < 15.5 * GB  # 14.8B with embeddings and lm_head
+    int8 = weights(shape, "bfloat16", "int8")
+    assert 14 * GB < int8 < 17 * GB  # the seed note's 7 GB is the 4-bit figure
+    nf4 = weights(shape, "bfloat16", "nf4")
+    assert 8 * GB < nf4 < 11 * GB  # 0.52 byte per Linear parameter; embeddings and lm_head stay bf16
+    assert weights(shape, "bfloat16", "none") == pytest.approx(2 * shape.params)
+
+
+def test_quantization_leaves_embeddings_lm_head_and_norms_in_the_load_dtype():
+    shape = from_config(LLAMA_1B)
+    unquantized = shape.embedding_params + shape.head_params + shape.other_params
+    assert weights(shape, "float32", "int8") == pytest.approx(shape.linear_params * (1 + 4 / 2048) + 4 * unquantized,
+                                                              rel=1e-6)
+
+
+def test_a_full_fp32_fine_tune_with_adam_holds_16_bytes_per_parameter_besides_activations():
+    shape = from_config(LLAMA_1B)
+    parts = estimate(shape, START, full(shape)).parts
+    assert parts["weights"] + parts["gradients"] + parts["optimizer"] == 16 * shape.params
+
+
+def test_8bit_optimizers_keep_2_bytes_of_state_per_trained_parameter():
+    shape = from_config(LLAMA_1B)
+    parts = estimate(shape, START.replace(optim="paged_adamw_8bit"), full(shape)).parts
+    assert parts["optimizer"] == 2 * shape.params
+
+
+def test_adapters_train_in_fp32_whatever_the_base_is_loaded_in():
+    shape = from_config(LLAMA_1B)
+    work = lora(shape)
+    parts = estimate(shape, START.replace(load_dtype="bfloat16", precision="bf16"), work).parts
+    assert parts["gradients"] == 4 * work.trainable_params and parts["optimizer"] == 8 * work.trainable_params
+
+
+def test_logits_cost_12_bytes_per_token_per_vocabulary_entry():
+    shape = from_config(LLAMA_1B)
+    assert estimate(shape, START, lora(shape, 4, 1024)).parts["logits"] == 12 * 4 * 1024 * 32000
+
+
+def test_each_rung_of_the_default_ladder_lowers_the_estimate():
+    shape = from_config(LLAMA_1B)
+    work = lora(shape)
+    rungs = [START, START.replace(precision="bf16", load_dtype="bfloat16"),
+             START.replace(precision="bf16", load_dtype="bfloat16", quantization="int8"),
+             START.replace(precision="bf16", load_dtype="bfloat16", quantization="int8", per_device_train_batch_size=4),
+             START.replace(precision="bf16", load_dtype="bfloat16", quantization="int8", per_device_train_batch_size=4,
+                           gradient_checkpointing=True)]
+    peaks = [estimate(shape, plan, Workload(plan.per_device_train_batch_size, 512, True, work.trainable_params,
+                                            work.lora_targets)).peak for plan in rungs]
+    assert peaks == sorted(peaks, reverse=True) and len(set(peaks)) == len(peaks)
+
+
+def test_halving_the_micro_batch_halves_activations_and_logits_but_not_weights():
+    shape = from_config(LLAMA_1B)
+    eight, four = (estimate(shape, START, lora(shape, batch)).parts for batch in (8, 4))
+    assert four["activations"] * 2 == eight["activations"] and four["logits"] * 2 == eight["logits"]
+    assert four["weights"] == eight["weights"]
+
+
+def test_checkpointing_keeps_one_input_per_layer_instead_of_every_activation():
+    shape = from_config(LLAMA_1B)
+    plain = estimate(shape, START, lora(shape)).parts["activations"]
+    checkpointed = estimate(shape, START.replace(gradient_checkpointing=True), lora(shape)).parts["activations"]
+    assert checkpointed < plain / 10
+
+
+def test_bf16_autocast_over_fp32_weights_keeps_a_bf16_copy_of_each_matmul_weight():
+    shape = from_config(LLAMA_1B)
+    parts = estimate(shape, START.replace(precision="bf16"), lora(shape)).parts
+    assert parts["weight copies"] == 2 * (shape.linear_params + shape.vocab * shape.hidden)
+    loaded_bf16 = estimate(shape, START.replace(precision="bf16", load_dtype="bfloat16"), lora(shape)).parts
+    assert loaded_bf16["weight copies"] == 0
+
+
+def test_a_card_loses_the_cuda_context_and_some_headroom_but_a_memory_fraction_only_the_headroom():
+    card = 16 * 2**30
+    assert usable(card, "cuda", capped=False) == int((card - CUDA_CONTEXT) * (1 - HEADROOM))
+    assert usable(card, "cuda", capped=True) == int(card * (1 - HEADROOM))

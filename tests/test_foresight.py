@@ -1,0 +1,117 @@
+"""The estimator in the loop: after an OOM, the rungs the estimate says are needed are taken at once,
+rungs that save too little are passed over, and the estimate is calibrated by the journal."""
+
+from supervisor.classify import Failure, Kind
+from supervisor.estimate import usable
+from supervisor.foresight import calibration, estimate_for, fit_for, plan_ahead
+from supervisor.history import fold
+from supervisor.ladder import load_ladder, next_plan
+from supervisor.plan import Plan
+
+# The demo's tiny Llama (20M parameters, 32,000-token vocabulary) with LoRA on q and v, as the worker reports it.
+MODEL = {"shape": {"layers": 4, "hidden": 256, "intermediate": 688, "heads": 4, "kv_heads": 4, "vocab": 32000,
+                   "linear_params": 3162112, "embedding_params": 8192000, "head_params": 8192000,
+                   "other_params": 2304, "dtype": "float32", "attention": "sdpa"},
+         "adapters": True, "trainable_params": 32768, "lora_targets": ["q_proj", "v_proj"]}
+PROGRAM = {"per_device_train_batch_size": 16, "gradient_accumulation_steps": 1, "per_device_eval_batch_size": 16,
+           "precision": "fp32", "load_dtype": "float32", "quantization": "none", "gradient_checkpointing": False,
+           "dataloader_num_workers": 0, "optim": "adamw_torch_fused", "world_size": 1}
+FACTS = {"device": "cpu", "bf16_supported": True, "base_frozen": True}
+CAP = 1200 * 2**20
+OOM = Failure(Kind.CPU_OOM, "device", "CPU allocator out of memory", phase="train", step=2)
+
+
+def view_after_oom(model=MODEL, step_peak=400 * 2**20, failed_batch=(16, 256), phase="train"):
+    failure = {**OOM.to_dict(), "phase": phase}
+    records = [
+        {"type": "run_started", "ts": 0.0, "command": ["python", "train.py"]},
+        {"type": "attempt_started", "ts": 1.0, "attempt": 1, "plan": {}, "rung": None, "reason": ""},
+        {"type": "observed", "ts": 2.0, "attempt": 1, "plan": PROGRAM, "facts": FACTS, "model": model},
+        {"type": "progress", "ts": 3.0, "attempt": 1, "step": 2, "peak": step_peak, "batch_shape": [16, 32]},
+        {"type": "attempt_ended", "ts": 4.0, "attempt": 1, "outcome": "failed", "failure": failure,
+         "batch_shape": list(failed_batch) if failed_batch else None},
+    ]
+    return fold(records)
+
+
+def decide(view, ladder=None, cap=CAP):
+    failure = view.attempts[-1].failure
+    return plan_ahead(ladder or load_ladder(None), view.final_plan, view.facts, failure, view.rung_uses,
+                      fit_for(view, cap))
+
+
+def test_rungs_are_stacked_in_ladder_order_until_the_estimate_fits():
+    decision = decide(view_after_oom())
+    assert decision.rung == "bf16 + halve_batch"
+    assert decision.plan.precision == "bf16" and decision.plan.per_device_train_batch_size == 8
+    assert decision.plan.effective_batch == 16
+    assert len(decision.rung_indices) == 2
+    assert decision.estimate["after"] <= decision.estimate["capacity"] < decision.estimate["before"]
+    assert "fits" in decision.reason
+
+
+def test_a_rung_that_saves_under_a_tenth_of_what_is_missing_is_passed_over_and_told():
+    decision = decide(view_after_oom())
+    skipped = dict(decision.skipped)
+    assert "int8" in skipped and "passed over for rungs that save more" in skipped["int8"]
+    assert decision.plan.quantization == "none"  # 8-bit would save megabytes of a model whose logits dominate
+
+
+def test_each_stacked_rung_counts_as_used():
+    view = view_after_oom()
+    decision = decide(view)
+    ladder = load_ladder(None)
+    names = [ladder.rungs[i].name for i in decision.rung_indices]
+    assert names == ["bf16", "halve_batch"]
+
+
+def test_when_one_rung_is_enough_the_decision_is_the_ladders_own_next_rung():
+    view = view_after_oom(failed_batch=(16, 64))
+    ladder = load_ladder(None)
+    plain = next_plan(ladder, view.final_plan, view.facts, view.attempts[-1].failure, {})
+    decision = decide(view, ladder)
+    assert decision.rung == plain.rung == "bf16" and decision.plan == plain.plan
+
+
+def test_without_a_model_report_the_ladder_walks_one_rung_at_a_time():
+    view = view_after_oom(model=None)
+    assert fit_for(view, CAP) is None
+    assert decide(view).rung == "bf16"
+
+
+def test_without_a_device_size_the_ladder_walks_one_rung_at_a_time():
+    view = view_after_oom()
+    assert fit_for(view, None) is None  # the CPU, uncapped: nothing to fit in
+
+
+def test_an_evaluation_oom_only_changes_the_evaluation_batch():
+    decision = decide(view_after_oom(phase="eval"))
+    assert decision.rung == "halve_eval_batch"
+
+
+def test_the_calibration_adds_what_a_step_that_ran_measured_beyond_the_estimate():
+    view = view_after_oom(step_peak=400 * 2**20, failed_batch=(16, 256))
+    ran = estimate_for(view, view.attempts[0].plan, [16, 32]).peak
+    assert calibration(view, usable(CAP, "cpu", capped=True)) == 400 * 2**20 - ran
+
+
+def test_an_oom_proves_the_need_was_above_the_device_whatever_the_steps_measured():
+    view = view_after_oom(step_peak=1, failed_batch=(16, 64))  # estimated to fit, yet it did not
+    capacity = usable(CAP, "cpu", capped=True)
+    failed = estimate_for(view, view.attempts[0].plan, [16, 64]).peak
+    assert failed < capacity
+    assert calibration(view, capacity) == capacity - failed
+    assert fit_for(view, CAP).need(view.final_plan) == capacity
+
+
+def test_when_nothing_is_estimated_to_fit_everything_worth_its_cost_is_tried():
+    decision = decide(view_after_oom(failed_batch=(16, 8192)))
+    assert "still estimated above" in decision.reason
+    assert decision.plan.per_device_train_batch_size == 1 and decision.plan.gradient_checkpointing
+
+
+def test_the_estimate_for_another_plan_uses_its_micro_batch_and_the_failed_sequence_length():
+    view = view_after_oom()
+    sixteen = estimate_for(view, Plan(per_device_train_batch_size=16), [16, 256])
+    eight = estimate_for(view, Plan(per_device_train_batch_size=8), [16, 256])
+    assert eight.parts["logits"] * 2 == sixteen.parts["logits"]
