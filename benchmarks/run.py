@@ -2,7 +2,7 @@
 
 1. The mid-run OOM: a Trainer + LoRA fine-tune at batch 16 whose sequences grow at step 3, under a
    1200MiB cap, run three ways: under oomladder; directly with the plan that fits, known in advance
-   (batch 8 x accumulation 2); and with Hugging Face's `auto_find_batch_size`.
+   (the plan oomladder ended on); and with Hugging Face's `auto_find_batch_size`.
 2. Supervisor overhead on a healthy run: a plain PyTorch loop bare and under `oomladder run`.
 3. Worker death to next worker start: from the dying worker's failure record to the next attempt.
 
@@ -73,11 +73,18 @@ def mid_run_oom(work: Path) -> list[list[str]]:
     view = fold(read_journal(ladder_dir / "journal.jsonl"))
     last_stdout = (ladder_dir / "attempts" / f"{view.attempts[-1].number:03d}" / "stdout.log").read_text()
     rows.append(["oomladder (default ladder)", seconds, steps_executed(work, "ladder"), effective_batch(last_stdout),
-                 result.returncode == 0, f"{len(view.attempts)} attempts"])
-    seconds, result = timed([py, "-m", "benchmarks.capped", CAP, *train_args(work, "direct", "--batch-size", "8",
-                                                                             "--grad-accum", "2")], ROOT)
-    rows.append(["direct, fitting plan known in advance", seconds, steps_executed(work, "direct"),
-                 effective_batch(result.stdout), result.returncode == 0, "batch 8 x accumulation 2"])
+                 result.returncode == 0, f"{len(view.attempts)} attempts: "
+                 + ", ".join(a.rung or "start" for a in view.attempts)])
+    final, options = view.final_plan, []  # the plan oomladder ended on, known in advance
+    if final.precision == "bf16":
+        options.append("--bf16")
+    if final.gradient_checkpointing:
+        options.append("--gradient-checkpointing")
+    options += ["--batch-size", str(final.per_device_train_batch_size), "--grad-accum",
+                str(final.gradient_accumulation_steps)]
+    seconds, result = timed([py, "-m", "benchmarks.capped", CAP, *train_args(work, "direct", *options)], ROOT)
+    rows.append(["direct, the plan oomladder ended on known in advance", seconds, steps_executed(work, "direct"),
+                 effective_batch(result.stdout), result.returncode == 0, " ".join(options)])
     seconds, result = timed([py, "-m", "benchmarks.capped", CAP, *train_args(work, "auto", "--auto-find-batch-size")],
                             ROOT)
     errors = [line for line in result.stderr.splitlines() if "Error" in line]

@@ -5,7 +5,8 @@ Llama-style decoder (tests/test_estimate.py walks the arithmetic; benchmarks/est
 measures it against real peaks):
 
 - weights by dtype and quantization: int8 is 1 byte per parameter plus a 4-byte scale per row,
-  NF4 with double quantization about 0.52; embeddings, norms and lm_head stay unquantized;
+  NF4 with double quantization about 0.52; embeddings, norms and lm_head stay unquantized (and
+  bitsandbytes' 8-bit matmul keeps its input for the backward pass even for frozen weights);
 - gradients and optimizer states of what trains (LoRA adapters train in fp32, as peft keeps them);
 - under bf16 autocast with fp32 weights, the bf16 copy of every matmul weight autograd keeps for
   the backward pass;
@@ -121,13 +122,18 @@ def _per_layer(shape: ModelShape, plan: Plan, work: Workload, compute: int, load
     if shape.attention == "eager":
         attention += shape.heads * work.seq_len * (4 + compute)  # the probabilities, fp32 and cast
     mlp = 3 * compute * i                 # gate (for SiLU), SiLU's output and up (for the product)
+    int8 = plan.quantization == "int8"
     if work.adapters:
         # A frozen Linear keeps no input; an adapter's lora_A does: under autocast a cast of its own.
         targets = set(work.lora_targets)
         attn_t, mlp_t = targets & set(ATTENTION_INPUTS), targets & set(MLP_INPUTS)
         extra = (compute * h * (len(attn_t) + len(mlp_t)) if amp
-                 else load * h * (bool(attn_t) + bool(mlp_t)))
+                 else 0 if int8 else load * h * (bool(attn_t) + bool(mlp_t)))
         extra += compute * h * ("o_proj" in targets) + compute * i * ("down_proj" in targets)
+        if int8:
+            # bitsandbytes' 8-bit matmul keeps its input for the backward pass, frozen weight or not:
+            # q/k/v share one, gate/up another, o_proj and down_proj one each.
+            extra += 2 * load * h + compute * h + compute * i
     else:
         # Every Linear keeps its input (under autocast each one its own bf16 copy); norms their output.
         extra = (compute * h * 5 if amp else load * h * 2) + compute * h + compute * i + 2 * load * h

@@ -74,17 +74,25 @@ def test_logits_cost_12_bytes_per_token_per_vocabulary_entry():
     assert estimate(shape, START, lora(shape, 4, 1024)).parts["logits"] == 12 * 4 * 1024 * 32000
 
 
-def test_each_rung_of_the_default_ladder_lowers_the_estimate():
+def test_bf16_halving_and_checkpointing_each_lower_the_estimate():
     shape = from_config(LLAMA_1B)
     work = lora(shape)
-    rungs = [START, START.replace(precision="bf16", load_dtype="bfloat16"),
-             START.replace(precision="bf16", load_dtype="bfloat16", quantization="int8"),
-             START.replace(precision="bf16", load_dtype="bfloat16", quantization="int8", per_device_train_batch_size=4),
-             START.replace(precision="bf16", load_dtype="bfloat16", quantization="int8", per_device_train_batch_size=4,
-                           gradient_checkpointing=True)]
+    bf16 = START.replace(precision="bf16", load_dtype="bfloat16")
+    rungs = [START, bf16, bf16.replace(per_device_train_batch_size=4),
+             bf16.replace(per_device_train_batch_size=4, gradient_checkpointing=True)]
     peaks = [estimate(shape, plan, Workload(plan.per_device_train_batch_size, 512, True, work.trainable_params,
                                             work.lora_targets)).peak for plan in rungs]
     assert peaks == sorted(peaks, reverse=True) and len(set(peaks)) == len(peaks)
+
+
+def test_8bit_saves_weights_but_bitsandbytes_keeps_each_quantized_linears_input():
+    shape = from_config(LLAMA_1B)
+    bf16 = START.replace(precision="bf16", load_dtype="bfloat16")
+    before = estimate(shape, bf16, lora(shape)).parts
+    after = estimate(shape, bf16.replace(quantization="int8"), lora(shape)).parts
+    assert after["weights"] < before["weights"] and after["activations"] > before["activations"]
+    short = [estimate(shape, p, lora(shape, 1, 64)).peak for p in (bf16, bf16.replace(quantization="int8"))]
+    assert short[1] < short[0]  # with few tokens, the weights win
 
 
 def test_halving_the_micro_batch_halves_activations_and_logits_but_not_weights():
