@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from supervisor.classify import Failure
+from supervisor.classify import Failure, is_fragmented
 from supervisor.estimate import Estimate, Workload, estimate, usable
 from supervisor.history import RunView
 from supervisor.ladder import Decision, Ladder, next_plan
@@ -98,8 +98,8 @@ def plan_ahead(ladder: Ladder, plan: Plan, facts: Facts, failure: Failure, uses:
     is not enough."""
     first = next_plan(ladder, plan, facts, failure, uses)
     before = fit.need(plan) if fit is not None and failure.phase != "eval" else None
-    if first.exhausted or before is None:
-        return first
+    if first.exhausted or before is None or is_fragmented(failure):
+        return first  # fragmented: the memory is there in pieces, which no estimate of the plan sees
     need, current, chosen = before, plan, []
     used, excluded = dict(uses), set()
     skipped: dict[str, str] = {}

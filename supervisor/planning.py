@@ -12,6 +12,7 @@ from typing import Any
 
 from supervisor.classify import Failure, Kind
 from supervisor.estimate import Estimate, Workload, estimate, usable
+from supervisor.foresight import MATERIAL
 from supervisor.ladder import Ladder, next_plan
 from supervisor.plan import Facts, Plan, describe_changes
 from supervisor.shape import ModelShape
@@ -27,27 +28,34 @@ class Row:
     changes: str
     estimate: Estimate
     fits: bool
+    passed_over: bool = False   # saves too little of what is missing: the loop would not take it either
 
 
 def walk(ladder: Ladder, shape: ModelShape, start: Plan, work: Workload, facts: Facts, capacity: int) -> list[Row]:
-    """The start and every rung after it, as successive OOMs would climb them."""
+    """The start and every rung after it, as successive OOMs would climb them, passing over the rungs
+    the supervisor's loop would pass over (supervisor/foresight.py)."""
     device = facts.device or "cuda"
 
-    def row(rung: str, plan: Plan, before: Plan) -> Row:
-        guess = estimate(shape, plan, _at(work, plan), device)
-        return Row(rung, plan, describe_changes(before, plan) if rung != "start" else "-", guess,
-                   guess.peak <= capacity)
+    def peak_of(plan: Plan) -> Estimate:
+        return estimate(shape, plan, _at(work, plan), device)
 
-    rows = [row("start", start, start)]
+    rows = [Row("start", start, "-", peak_of(start), peak_of(start).peak <= capacity)]
     uses: dict[int, int] = {}
-    plan = start
+    excluded: set[int] = set()
+    plan, need = start, rows[0].estimate.peak
     while True:
-        decision = next_plan(ladder, plan, facts, _PLANNED_OOM, uses)
+        decision = next_plan(ladder, plan, facts, _PLANNED_OOM, uses, frozenset(excluded))
         if decision.exhausted:
             return rows
+        guess = peak_of(decision.plan)
+        fits = guess.peak <= capacity
+        passed = not fits and need - guess.peak < MATERIAL * (need - capacity)
+        rows.append(Row(decision.rung, decision.plan, describe_changes(plan, decision.plan), guess, fits, passed))
+        if passed:
+            excluded.add(decision.rung_index)
+            continue
         uses[decision.rung_index] = uses.get(decision.rung_index, 0) + 1
-        rows.append(row(decision.rung, decision.plan, plan))
-        plan = decision.plan
+        plan, need = decision.plan, guess.peak
 
 
 def _at(work: Workload, plan: Plan) -> Workload:
@@ -76,11 +84,11 @@ def render(rows: list[Row], capacity: int, title: str):
     first = next((i for i, r in enumerate(rows) if r.fits), None)
     for i, r in enumerate(rows):
         p = r.estimate.parts
-        fits = "first to fit" if i == first else ("yes" if r.fits else "no")
+        fits = "first to fit" if i == first else ("passed over" if r.passed_over else "yes" if r.fits else "no")
         table.add_row(str(i), r.rung, r.changes.replace(", ", "\n"), format_size(p["weights"]),
                       format_size(p["gradients"] + p["optimizer"]), format_size(p["activations"] + p["weight copies"]),
                       format_size(p["logits"]), format_size(r.estimate.peak), fits,
-                      style="bold green" if i == first else None)
+                      style="bold green" if i == first else "dim" if r.passed_over else None)
     return table
 
 
@@ -88,7 +96,7 @@ def to_json(rows: list[Row], capacity: int) -> dict[str, Any]:
     first = next((i for i, r in enumerate(rows) if r.fits), None)
     return {"usable": capacity, "first_fit": first,
             "rows": [{"rung": r.rung, "changes": r.changes, "plan": r.plan.set_fields(), "parts": r.estimate.parts,
-                      "peak": r.estimate.peak, "fits": r.fits} for r in rows]}
+                      "peak": r.estimate.peak, "fits": r.fits, "passed_over": r.passed_over} for r in rows]}
 
 
 def verdict(rows: list[Row], capacity: int) -> str:
@@ -97,10 +105,13 @@ def verdict(rows: list[Row], capacity: int) -> str:
         return (f"no plan of this ladder is estimated to fit in {format_size(capacity)} usable: shorten the sequences, "
                 f"train adapters instead of every weight, or use a bigger device")
     r = rows[first]
+    passed = [row.rung for row in rows[:first] if row.passed_over]
+    note = f"; passed over: {', '.join(passed)} (would save under a tenth of what is missing)" if passed else ""
     if first == 0:
         return f"the starting plan is estimated to fit: {format_size(r.estimate.peak)} of {format_size(capacity)} usable"
     return (f"first to fit: #{first} ({r.rung}), {format_size(r.estimate.peak)} of {format_size(capacity)} usable; "
-            f"after an OOM, oomladder run takes the rungs up to it at once where its calibrated estimate agrees")
+            f"after an OOM, oomladder run takes the rungs up to it at once where its calibrated estimate agrees"
+            + note)
 
 
 __all__ = ["Row", "render", "to_json", "usable", "verdict", "walk", "weights_line"]

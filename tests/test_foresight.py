@@ -1,6 +1,8 @@
 """The estimator in the loop: after an OOM, the rungs the estimate says are needed are taken at once,
 rungs that save too little are passed over, and the estimate is calibrated by the journal."""
 
+from dataclasses import replace
+
 from supervisor.classify import Failure, Kind
 from supervisor.estimate import usable
 from supervisor.foresight import calibration, estimate_for, fit_for, plan_ahead
@@ -115,3 +117,13 @@ def test_the_estimate_for_another_plan_uses_its_micro_batch_and_the_failed_seque
     sixteen = estimate_for(view, Plan(per_device_train_batch_size=16), [16, 256])
     eight = estimate_for(view, Plan(per_device_train_batch_size=8), [16, 256])
     assert eight.parts["logits"] * 2 == sixteen.parts["logits"]
+
+
+def test_a_fragmented_cuda_oom_gets_the_allocator_rung_alone_whatever_the_estimate():
+    view = view_after_oom()
+    facts = replace(view.facts, device="cuda")
+    fragmented = Failure(Kind.CUDA_OOM, "device", "CUDA out of memory", phase="train", step=2,
+                         numbers={"tried_to_allocate": 2**30, "reserved_unallocated": 3 * 2**30,
+                                  "total_capacity": 16 * 2**30})
+    decision = plan_ahead(load_ladder(None), view.final_plan, facts, fragmented, {}, fit_for(view, CAP))
+    assert decision.rung == "expandable_segments" and decision.rung_indices == (0,)
