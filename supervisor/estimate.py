@@ -11,7 +11,7 @@ measures it against real peaks):
 - under bf16 autocast with fp32 weights, the bf16 copy of every matmul weight autograd keeps for
   the backward pass;
 - activations per token per layer, and with gradient checkpointing only each layer's input plus
-  one layer recomputed;
+  one layer recomputed, with the gradients of its widest tensors;
 - the logits: at the start of the backward pass, log-softmax's fp32 output, its gradient and the
   gradient of its input, 12 bytes per token per vocabulary entry;
 - on CUDA, the cuBLAS workspaces the allocator holds; the CUDA context is outside the allocator,
@@ -86,7 +86,9 @@ def estimate(shape: ModelShape, plan: Plan, work: Workload, device: str = "cuda"
     if plan.gradient_checkpointing:
         saved = layers * load * h + final
         activations = work.tokens * saved
-        during_backward = work.tokens * (saved + max(logits, per_layer))
+        # The recomputed layer's activations and the gradients of its widest tensors, or the logits.
+        recompute = per_layer + compute * 2 * (i + h)
+        during_backward = work.tokens * (saved + max(logits, recompute))
     else:
         activations = work.tokens * (layers * per_layer + final)
         during_backward = activations + work.tokens * logits
