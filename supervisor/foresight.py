@@ -112,8 +112,10 @@ def plan_ahead(ladder: Ladder, plan: Plan, facts: Facts, failure: Failure, uses:
         after = fit.need(step.plan) or 0
         missing = need - fit.capacity
         if after > fit.capacity and need - after < MATERIAL * missing:
-            skipped.setdefault(step.rung, f"estimated to save {format_size(max(0, need - after))} of the "
-                                          f"{format_size(missing)} missing: passed over for rungs that save more")
+            saves = (f"estimated to save {format_size(need - after)} of the {format_size(missing)} missing"
+                     if after < need else f"estimated to add {format_size(after - need)} where "
+                                          f"{format_size(missing)} is missing")
+            skipped.setdefault(step.rung, f"{saves}: passed over for rungs that save more")
             excluded.add(step.rung_index)
             continue
         chosen.append(step)
