@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from collections.abc import Callable
 
-from supervisor import __version__, cgroup, checkpoints, gpu
+from supervisor import __version__, cgroup, checkpoints, gpu, nodes
 from tenacity import wait_exponential
 
 from supervisor.budget import BudgetState, budgets, exhausted
@@ -43,6 +43,9 @@ EXIT_BUDGET = 5
 EXIT_INTERRUPTED = {signal.SIGINT: 130, signal.SIGTERM: 143}
 # Failures that no plan causes: the same plan again, this many times in a row at most.
 RETRIES_ON_SAME_PLAN = {Kind.HANG: 1, Kind.TRANSIENT: 3}
+# A peer node failed: this node's ranks have no step to finish (their collective is broken), so a short grace.
+PEER_GRACE = 10.0
+PEER_LOOK_INTERVAL = 1.0  # seconds between looks at the peers' journals during an attempt
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,9 @@ class RunConfig:
     poll_interval: float = 0.25
     grace: float = 60.0                           # seconds between SIGTERM and SIGKILL: a step and its save
     cwd: str = field(default_factory=os.getcwd)
+    nnodes: int = 1                               # one supervisor per node, all sharing run_dir (supervisor/nodes.py)
+    node_rank: int = 0
+    node_timeout: float = 600.0                   # seconds to wait for the other nodes at an attempt's start and end
 
 
 class Runner:
@@ -78,13 +84,16 @@ class Runner:
         self._attempts_this_run = 0
         self._offsets: dict[Path, int] = {}
         self._observed: dict[Path, Any] = {}
+        self.topology = nodes.Topology(config.nnodes, config.node_rank)
+        self.peers = nodes.Peers(config.run_dir, self.topology) if self.topology.multi else None
+        self._invocation_started = 0.0
 
     # --- public ---------------------------------------------------------------------------------
 
     def run(self) -> int:
         cfg = self.config
         cfg.run_dir.mkdir(parents=True, exist_ok=True)
-        journal = Journal.in_run_dir(cfg.run_dir, self.clock)
+        journal = Journal(nodes.journal_path(cfg.run_dir, cfg.node_rank), self.clock)
         try:
             overrides, rung, reason = self._starting_point(journal)
         except BaseException:
@@ -94,12 +103,16 @@ class Runner:
             journal.append("run_started", command=list(cfg.command), ladder=cfg.ladder.to_dict(),
                            memory_cap=cfg.memory_cap, max_attempts=cfg.max_attempts, cwd=cfg.cwd,
                            max_wall_time=cfg.max_wall_time, hang_timeout=cfg.hang_timeout,
-                           version=__version__, initial=cfg.initial.set_fields())
+                           version=__version__, initial=cfg.initial.set_fields(),
+                           **({"nnodes": cfg.nnodes, "node_rank": cfg.node_rank, "node_timeout": cfg.node_timeout}
+                              if self.topology.multi else {}))
+            self._invocation_started = journal.records[-1]["ts"]
             with _forwarded_signals(self):
                 return self._loop(journal, overrides, rung, reason)
         finally:
             view = fold(journal.records)
-            write_reports(cfg.run_dir, view)
+            if cfg.node_rank == 0:  # node 0's journal holds the world's run; other nodes' reports would collide
+                write_reports(cfg.run_dir, view)
             self.display.close(view)
             journal.close()
 
@@ -117,10 +130,12 @@ class Runner:
             journal.append("observed", attempt=0, source="environment", plan={"allocator": allocator}, facts={})
         while True:
             number = max((r["attempt"] for r in journal.records if r["type"] == "attempt_started"), default=0) + 1
+            if self.peers is not None:
+                number = nodes.next_attempt(journal.records, self.peers.refresh())
             self._attempts_this_run += 1
             view = fold(journal.records)
             plan = view.program_plan.merged(overrides)
-            attempt_dir = cfg.run_dir / "attempts" / f"{number:03d}"
+            attempt_dir = nodes.attempt_dir(cfg.run_dir, number, self.topology)
             attempt_dir.mkdir(parents=True, exist_ok=True)
             argv = substitute(cfg.command, plan)
             first_start = next(r["ts"] for r in journal.records if r["type"] == "run_started")
@@ -128,6 +143,8 @@ class Runner:
             resume = checkpoints.latest(view.checkpoints, output_dir, since=first_start)
             journal.append("attempt_started", attempt=number, rung=rung, reason=reason, plan=overrides.to_dict(),
                            command=argv, attempt_dir=str(attempt_dir), resume_from=resume)
+            if self.peers is not None and (code := self._agree_on_start(journal, number)) is not None:
+                return code
             self.display.event(f"attempt {number}: {rung or 'start'}"
                                + (f" ({reason})" if reason else "") + f"; log: {attempt_dir / 'stderr.log'}")
             failure = self._attempt(journal, number, attempt_dir, argv, overrides, plan, resume,
@@ -198,6 +215,10 @@ class Runner:
             return self._end(journal, "interrupted", EXIT_INTERRUPTED.get(detail, 130),
                              f"oomladder received {signal.Signals(detail).name}; the worker group was stopped. "
                              f"Run the same command again (or oomladder resume) to continue.")
+        if why == "peer":
+            return self._end(journal, detail["status"], detail["exit_code"],
+                             f"node {detail['node']} was stopped ({detail['why']}), and this node's group with it. "
+                             f"Run the same command on every node to continue.")
         return self._end(journal, "budget_exhausted", EXIT_BUDGET,
                          f"the {detail.flag} budget ({detail.text}) ran out during an attempt; its worker group was "
                          f"stopped. Run the same command again to continue.")
@@ -211,7 +232,7 @@ class Runner:
                  plan: Plan, resume: dict[str, Any] | None, evaluate_at: int | None) -> Failure | None:
         cfg = self.config
         env = worker_env(self.environ, attempt_dir, overrides, plan, cfg.memory_cap,
-                         resume["path"] if resume else None, evaluate_at)
+                         resume["path"] if resume else None, evaluate_at, run_dir=cfg.run_dir)
         spec = LaunchSpec(tuple(argv), env, cfg.cwd, attempt_dir / "stdout.log", attempt_dir / "stderr.log")
         oom_kills_before = cgroup.oom_kill_count()
         gpu_before = gpu.gpu_pids()
@@ -220,11 +241,9 @@ class Runner:
             handle = self.launcher(spec)
         except LaunchError as exc:
             failure = Failure(Kind.LAUNCH_FAILED, None, str(exc))
-            journal.append("attempt_ended", attempt=number, outcome="failed", exit_code=None,
-                           failure=failure.to_dict(), duration=0.0)
-            return failure
+            return self._ended(journal, number, "failed", failure, {"attempt": number, "exit_code": None, "duration": 0.0})
         hung: float | None = None
-        last_activity, activity, shown = started, None, 0.0
+        last_activity, activity, shown, peeked = started, None, 0.0, started
         while (returncode := handle.poll()) is None:
             if self._signal is not None:
                 self._stop = ("signal", self._signal)
@@ -236,6 +255,12 @@ class Runner:
                                detail=str(getattr(self._stop[1], "flag", self._stop[1])))
                 returncode = handle.stop(self._stop[1] if self._stop[0] == "signal" else signal.SIGTERM, cfg.grace)
                 break
+            if self.peers is not None and self.clock() - peeked >= PEER_LOOK_INTERVAL:
+                peeked = self.clock()
+                if (failed := self._peer_failed(number)) is not None:
+                    journal.append("interrupt", attempt=number, reason="peer", detail=f"node {failed} failed")
+                    returncode = handle.stop(signal.SIGTERM, min(cfg.grace, PEER_GRACE))
+                    break
             self._ingest(journal, number, attempt_dir)
             # Activity is any new record or output; totals, so a steady one record per poll counts too.
             now_activity = (len(journal.records), _size(spec.stdout), _size(spec.stderr))
@@ -262,8 +287,7 @@ class Runner:
         ended = dict(attempt=number, exit_code=returncode, duration=round(exited - started, 3),
                      exited=round(exited, 3), step=attempt.step, max_steps=attempt.max_steps)
         if returncode == 0 and self._stop is None:
-            journal.append("attempt_ended", outcome="finished", **ended)
-            return None
+            return self._ended(journal, number, "finished", None, ended)
         record = _first_failure_record(attempt_dir)
         if record and ended["max_steps"] is None:
             ended["max_steps"] = record.get("max_steps")
@@ -276,11 +300,19 @@ class Runner:
             failure = classify(Evidence(
                 returncode=returncode, record=record, stderr_tail=read_tail(spec.stderr), capped=capped,
                 cgroup_oom_kill=None not in (oom_kills_before, oom_kills_after) and oom_kills_after > oom_kills_before))
-        self._journal_checkpoint(journal, number, attempt_dir)
+        checkpoint = self._journal_checkpoint(journal, number, attempt_dir)
         if record and record.get("peak") is not None:
             ended.update(peak=record["peak"], peak_measure=record.get("peak_measure"))
         outcome = "interrupted" if self._stop is not None or failure.kind is Kind.INTERRUPTED else "failed"
-        journal.append("attempt_ended", outcome=outcome, failure=failure.to_dict(), **ended)
+        return self._ended(journal, number, outcome, failure, ended, record, checkpoint)
+
+    def _ended(self, journal: Journal, number: int, outcome: str, failure: Failure | None, ended: dict[str, Any],
+               record: dict[str, Any] | None = None, checkpoint: dict[str, Any] | None = None) -> Failure | None:
+        """Journal the attempt's end; on several nodes, the world's end once every node has told its own."""
+        if self.peers is not None:
+            outcome, failure, ended = self._world_end(journal, number, outcome, failure, ended, record, checkpoint)
+        journal.append("attempt_ended", outcome=outcome, **({"failure": failure.to_dict()} if failure else {}),
+                       **ended)
         return failure
 
     def _ingest(self, journal: Journal, number: int, attempt_dir: Path) -> None:
@@ -319,23 +351,137 @@ class Runner:
         for attempt in view.attempts:
             if attempt.status != "running":
                 continue
-            attempt_dir = self.config.run_dir / "attempts" / f"{attempt.number:03d}"
+            attempt_dir = nodes.attempt_dir(self.config.run_dir, attempt.number, self.topology)
             self._ingest(journal, attempt.number, attempt_dir)
             self._journal_checkpoint(journal, attempt.number, attempt_dir)
             journal.append("attempt_ended", attempt=attempt.number, outcome="interrupted", exit_code=None,
                            failure=Failure(Kind.INTERRUPTED, None, "the supervisor died during this attempt").to_dict())
 
-    def _journal_checkpoint(self, journal: Journal, number: int, attempt_dir: Path) -> None:
+    def _journal_checkpoint(self, journal: Journal, number: int, attempt_dir: Path) -> dict[str, Any] | None:
         checkpoint = _read_json(files.path(emergency.EMERGENCY, 0, attempt_dir))
         if checkpoint and Path(checkpoint.get("path", "")).is_dir():
             journal.append("checkpoint", attempt=number, kind="emergency", path=checkpoint["path"],
                            step=checkpoint["step"])
             _remove_checkpoints(fold(journal.records), keep=checkpoint["path"])
+            return {"path": checkpoint["path"], "step": checkpoint["step"]}
+        return None
+
+    # --- several nodes (supervisor/nodes.py): every node's evidence in, one world's end out -------------
+
+    def _check_nodes(self, journal: Journal) -> None:
+        """A run directory holds a run on one number of nodes: another number is bad input, refused before
+        anything is written."""
+        cfg = self.config
+        journals = [journal.records] + (list(self.peers.refresh().values()) if self.peers is not None else [])
+        for records in journals:
+            run = next((r for r in reversed(records) if r.get("type") == "run_started"), None)
+            if run is not None and run.get("nnodes", 1) != cfg.nnodes:
+                flags = f"--nnodes {run['nnodes']} with each node's --node-rank" if run.get("nnodes", 1) > 1 \
+                    else "no --nnodes"
+                raise RunDirError(f"run directory '{cfg.run_dir}' holds a run on {run.get('nnodes', 1)} node(s), "
+                                  f"not {cfg.nnodes}: give {flags}, or a new --run-dir")
+
+    def _agree_on_start(self, journal: Journal, number: int) -> int | None:
+        """Wait until every node has journaled attempt `number` with the same plan and checkpoint. None: go;
+        otherwise the run ends here, before any rank runs on a plan its peers do not share."""
+        cfg = self.config
+        since = self._invocation_started
+
+        def ready(peers: dict[int, list[dict[str, Any]]]) -> bool:
+            return all(nodes.of_attempt(records, "attempt_started", number) or nodes.ended_since(records, since)
+                       for records in peers.values())
+
+        ok = self.peers.wait(ready, cfg.node_timeout, self.clock, self.sleep, cfg.poll_interval,
+                             lambda: self._signal is not None)
+        records = self.peers.records
+        starts = {n: nodes.of_attempt(r, "attempt_started", number) for n, r in records.items()}
+        if self._signal is not None:
+            why, code = f"oomladder received {signal.Signals(self._signal).name}", EXIT_INTERRUPTED.get(self._signal, 130)
+            return self._not_started(journal, number, "interrupted", code, f"{why} before the attempt started. Run "
+                                     f"the same command on every node to continue.")
+        for node, record in sorted(records.items()):
+            peer_end = nodes.ended_since(record, since)
+            if starts[node] is None and peer_end is not None:
+                return self._not_started(journal, number, peer_end.get("status", "ended"),
+                                         peer_end.get("exit_code", EXIT_NOT_MEMORY),
+                                         f"node {node} ended the run: {peer_end.get('reason', '')}")
+        if not ok:
+            lost = ", ".join(str(n) for n, start in sorted(starts.items()) if start is None)
+            return self._not_started(journal, number, "node_lost", EXIT_NOT_MEMORY,
+                                     f"node {lost} did not start attempt {number} within {cfg.node_timeout:g} s. Start "
+                                     f"oomladder on every node with the same --run-dir and --nnodes {cfg.nnodes}.")
+        own = nodes.of_attempt(journal.records, "attempt_started", number)
+        differ = nodes.disagreement({cfg.node_rank: own, **starts})
+        if differ is not None:
+            return self._not_started(journal, number, "nodes_disagree", EXIT_USAGE,
+                                     f"the nodes disagree on attempt {number}: {differ}. Start every node with the "
+                                     f"same options (--ladder, --set, --memory-cap) and the same --run-dir.")
+        return None
+
+    def _not_started(self, journal: Journal, number: int, status: str, exit_code: int, reason: str) -> int:
+        journal.append("attempt_ended", attempt=number, outcome="interrupted", exit_code=None, duration=0.0,
+                       failure=Failure(Kind.INTERRUPTED, None, f"not started: {reason}").to_dict())
+        return self._end(journal, status, exit_code, reason)
+
+    def _peer_failed(self, number: int) -> int | None:
+        """A peer whose group ended with a failure in this attempt: this node's ranks cannot go on without it."""
+        for node, records in self.peers.refresh().items():
+            end = nodes.of_attempt(records, "node_ended", number)
+            if end is not None and end.get("failure"):
+                return node
+        return None
+
+    def _world_end(self, journal: Journal, number: int, outcome: str, failure: Failure | None, ended: dict[str, Any],
+                   record: dict[str, Any] | None, checkpoint: dict[str, Any] | None,
+                   ) -> tuple[str, Failure | None, dict[str, Any]]:
+        """Tell the other nodes how this node's group ended, wait for theirs, and fold them into the world's end."""
+        cfg = self.config
+        me = cfg.node_rank
+        failed_at = None
+        if failure is not None:  # when this node's first failure happened: its rank's record, or the stop it began
+            stop = nodes.of_attempt(journal.records, "interrupt", number)
+            times = [t for t in ((record or {}).get("ts"), stop["ts"] if stop else None) if t is not None]
+            failed_at = min(times) if times else ended.get("exited") or self.clock()
+        stopped = None
+        if self._stop is not None and self._stop[0] in ("signal", "budget"):
+            why, detail = self._stop
+            stopped = ({"why": signal.Signals(detail).name, "status": "interrupted",
+                        "exit_code": EXIT_INTERRUPTED.get(detail, 130)} if why == "signal" else
+                       {"why": f"the {detail.flag} budget ran out", "status": "budget_exhausted",
+                        "exit_code": EXIT_BUDGET})
+        own = journal.append("node_ended", node=me, outcome=outcome, failure=failure.to_dict() if failure else None,
+                             failed_at=failed_at, checkpoint=checkpoint, stopped=stopped, **ended)
+
+        def ready(peers: dict[int, list[dict[str, Any]]]) -> bool:
+            return all(nodes.of_attempt(records, "node_ended", number) for records in peers.values())
+
+        ok = self.peers.wait(ready, cfg.node_timeout, self.clock, self.sleep, cfg.poll_interval,
+                             lambda: self._signal is not None)
+        ends = {me: own, **{n: e for n, records in self.peers.records.items()
+                            if (e := nodes.of_attempt(records, "node_ended", number)) is not None}}
+        world = nodes.world_end(ends)
+        for saved in world["checkpoints"]:  # rank 0's checkpoint, wherever rank 0 ran, is every node's
+            if not any(r["type"] == "checkpoint" and r.get("path") == saved["path"] for r in journal.records):
+                journal.append("checkpoint", attempt=number, kind="emergency", path=saved["path"], step=saved["step"],
+                               adopted_from=saved["node"])
+                _remove_checkpoints(fold(journal.records), keep=saved["path"])
+        summary = {k: world[k] for k in ("exit_code", "step", "max_steps", "peak", "peak_measure") if world[k] is not None}
+        ended = {**ended, **summary, "node": world["node"]}
+        if not ok:
+            if self._signal is not None and self._stop is None:
+                self._stop = ("signal", self._signal)
+            lost = ", ".join(str(n) for n in self.peers.missing_for("node_ended", number))
+            return "failed", Failure(Kind.UNKNOWN, None, f"node {lost} recorded no end of attempt {number} within "
+                                     f"{cfg.node_timeout:g} s: its supervisor or host may be gone"), ended
+        if world["stopped"] and world["node"] != me and self._stop is None:
+            self._stop = ("peer", {"node": world["node"], **world["stopped"]})
+        return world["outcome"], Failure.from_dict(world["failure"]) if world["failure"] else None, ended
 
     def _starting_point(self, journal: Journal) -> tuple[Plan, str | None, str]:
         """A fresh run starts on the program's own settings; a run directory that already holds a run of
         the same command continues on the plan that run had reached."""
         cfg = self.config
+        self._check_nodes(journal)
         if not journal.records:
             given = cfg.initial.set_fields()
             return cfg.initial, None, ("given with --set" if given else "")
@@ -344,6 +490,9 @@ class Runner:
             raise RunDirError(f"run directory '{cfg.run_dir}' holds a run of another command "
                               f"({' '.join(view.run.get('command', []))}): give this run its own --run-dir")
         self._close_orphans(journal, view)
+        if self.peers is not None:
+            for adopted in nodes.missing(journal.records, self.peers.refresh()):
+                journal.append(adopted.pop("type"), **adopted)
         plan = _reached_plan(fold(journal.records)).merged(cfg.initial)
         return plan, "resume", "continues on the plan the earlier run reached"
 
