@@ -26,7 +26,7 @@ from supervisor.classify import Evidence, Failure, Kind, classify
 from supervisor.display import Display, NullDisplay
 from supervisor.errors import RunDirError
 from supervisor.history import RunView, fold
-from supervisor.journal import Journal
+from supervisor.journal import Journal, read_journal
 from supervisor.ladder import Ladder, next_plan
 from supervisor.launch import substitute, worker_env
 from supervisor.plan import Plan, describe_changes
@@ -93,7 +93,9 @@ class Runner:
     def run(self) -> int:
         cfg = self.config
         cfg.run_dir.mkdir(parents=True, exist_ok=True)
-        journal = Journal(nodes.journal_path(cfg.run_dir, cfg.node_rank), self.clock)
+        own = nodes.journal_path(cfg.run_dir, cfg.node_rank)
+        self._check_nodes(read_journal(own) if own.exists() else [])  # before this node's journal file exists
+        journal = Journal(own, self.clock)
         try:
             overrides, rung, reason = self._starting_point(journal)
         except BaseException:
@@ -368,11 +370,11 @@ class Runner:
 
     # --- several nodes (supervisor/nodes.py): every node's evidence in, one world's end out -------------
 
-    def _check_nodes(self, journal: Journal) -> None:
+    def _check_nodes(self, own: list[dict[str, Any]]) -> None:
         """A run directory holds a run on one number of nodes: another number is bad input, refused before
         anything is written."""
         cfg = self.config
-        journals = [journal.records] + (list(self.peers.refresh().values()) if self.peers is not None else [])
+        journals = [own] + (list(self.peers.refresh().values()) if self.peers is not None else [])
         for records in journals:
             run = next((r for r in reversed(records) if r.get("type") == "run_started"), None)
             if run is not None and run.get("nnodes", 1) != cfg.nnodes:
@@ -481,7 +483,6 @@ class Runner:
         """A fresh run starts on the program's own settings; a run directory that already holds a run of
         the same command continues on the plan that run had reached."""
         cfg = self.config
-        self._check_nodes(journal)
         if not journal.records:
             given = cfg.initial.set_fields()
             return cfg.initial, None, ("given with --set" if given else "")
