@@ -193,6 +193,11 @@ def ended_since(records: list[dict[str, Any]], since: float) -> dict[str, Any] |
 
 # --- reading the peers' journals ----------------------------------------------------------------------
 
+# What a node needs of its peers' journals; their progress lines (most of a journal) are not kept.
+_KEPT = frozenset({"run_started", "attempt_started", "node_ended", "attempt_ended", "decision", "checkpoint",
+                   "run_ended"})
+
+
 class Peers:
     """The other nodes' journals, read as they grow: whole lines only, each byte once."""
 
@@ -216,7 +221,7 @@ class Peers:
                     record = json.loads(line)
                 except json.JSONDecodeError:
                     continue  # a line a crash cut off, as read_journal skips it
-                if isinstance(record, dict) and "type" in record:
+                if isinstance(record, dict) and record.get("type") in _KEPT:
                     self.records[node].append(record)
         return self.records
 

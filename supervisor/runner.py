@@ -451,6 +451,8 @@ class Runner:
                         "exit_code": EXIT_INTERRUPTED.get(detail, 130)} if why == "signal" else
                        {"why": f"the {detail.flag} budget ran out", "status": "budget_exhausted",
                         "exit_code": EXIT_BUDGET})
+        if ended.get("peak") is None and (attempt := fold(journal.records).attempts[-1]).peak is not None:
+            ended = {**ended, "peak": attempt.peak, "peak_measure": attempt.peak_measure}  # this node's ranks' highest
         own = journal.append("node_ended", node=me, outcome=outcome, failure=failure.to_dict() if failure else None,
                              failed_at=failed_at, checkpoint=checkpoint, stopped=stopped, **ended)
 
