@@ -136,7 +136,7 @@ def disagreement(starts: Mapping[int, dict[str, Any]]) -> str | None:
     first = starts[min(starts)]
     for node in sorted(starts):
         record = starts[node]
-        if record.get("plan") != first.get("plan"):
+        if _set(record.get("plan")) != _set(first.get("plan")):
             return f"node {node} would run the plan {_set(record.get('plan'))}, node {min(starts)} {_set(first.get('plan'))}"
         if _resume(record) != _resume(first):
             return (f"node {node} would resume from {_resume(record) or 'the start'}, node {min(starts)} from "

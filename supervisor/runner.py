@@ -354,8 +354,16 @@ class Runner:
             if attempt.status != "running":
                 continue
             attempt_dir = nodes.attempt_dir(self.config.run_dir, attempt.number, self.topology)
+            died = journal.records[-1]["ts"]  # about when: the supervisor journaled at every poll until then
             self._ingest(journal, attempt.number, attempt_dir)
-            self._journal_checkpoint(journal, attempt.number, attempt_dir)
+            checkpoint = self._journal_checkpoint(journal, attempt.number, attempt_dir)
+            if self.peers is not None:
+                # The peers may still wait for this node's end. To them the world blinked: a retry on the same
+                # plan, which this node, restarted, joins.
+                journal.append("node_ended", attempt=attempt.number, node=self.config.node_rank, outcome="failed",
+                               exit_code=None, failed_at=died, checkpoint=checkpoint, stopped=None,
+                               failure=Failure(Kind.TRANSIENT, None, f"node {self.config.node_rank}'s supervisor "
+                                               f"died during this attempt").to_dict())
             journal.append("attempt_ended", attempt=attempt.number, outcome="interrupted", exit_code=None,
                            failure=Failure(Kind.INTERRUPTED, None, "the supervisor died during this attempt").to_dict())
 

@@ -284,3 +284,46 @@ def test_a_run_directory_of_one_node_is_not_taken_for_two(tmp_path):
     with pytest.raises(RunDirError, match="holds a run on 1 node"):
         Runner(config, launcher=Node(), environ={}).run()
     assert (run_dir / "journal.jsonl").read_text() == line
+
+
+def test_a_node_whose_supervisor_died_is_taken_back_when_it_restarts(tmp_path):
+    """Node 0's supervisor was killed in attempt 1 and its rank with it; node 1 waits for node 0's end.
+    Restarted, node 0 journals that end for the dead one; to node 1 the world blinked (a retry on the
+    same plan), and both go on with attempt 2."""
+    run_dir = tmp_path / "run"
+    ladder = parse_ladder("rungs: [halve_batch]", "test")
+
+    def config(rank):
+        return RunConfig(command=("torchrun", "--node_rank", str(rank), "train.py"), run_dir=run_dir, ladder=ladder,
+                         poll_interval=0.01, nnodes=2, node_rank=rank, node_timeout=30, backoff=lambda state: 0.0)
+
+    # What the dead supervisor left: its journal up to the attempt, and its rank's files.
+    folder = nodes.attempt_dir(run_dir, 1, Topology(2, 0))
+    folder.mkdir(parents=True)
+    _observed(folder, 0)
+    now = time.time()
+    (run_dir / "journal.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [
+        {"v": 1, "type": "run_started", "ts": now - 5, "command": list(config(0).command), "nnodes": 2},
+        {"v": 1, "type": "observed", "ts": now - 5, "attempt": 0, "plan": {"allocator": ""}, "facts": {}},
+        {"v": 1, "type": "attempt_started", "ts": now - 4, "attempt": 1, "rung": None, "plan": {}},
+        {"v": 1, "type": "progress", "ts": now - 2, "attempt": 1, "rank": 0, "step": 2}]))
+    node1 = Node(dies_of_its_peer(1, ts=now - 1), finishes(1))
+    codes = {}
+    survivor = threading.Thread(target=lambda: codes.update({1: Runner(config(1), launcher=node1, environ={}).run()}))
+    survivor.start()
+    def survivor_waits():
+        path = nodes.journal_path(run_dir, 1)
+        return path.exists() and any(r["type"] == "node_ended" for r in read_journal(path))
+
+    deadline = time.time() + 20
+    while not survivor_waits() and time.time() < deadline:
+        time.sleep(0.01)
+    node0 = Node(finishes(0))
+    codes[0] = Runner(config(0), launcher=node0, environ={}).run()
+    survivor.join(timeout=30)
+    assert codes == {0: 0, 1: 0}
+    views = [fold(read_journal(nodes.journal_path(run_dir, rank))) for rank in (0, 1)]
+    assert views[1].attempts[0].failure.summary == "node 0's supervisor died during this attempt"
+    assert [a.rung for a in views[1].attempts] == [None, "retry"]
+    assert [a.rung for a in views[0].attempts] == [None, "resume"]
+    assert views[0].attempts[1].plan == views[1].attempts[1].plan
