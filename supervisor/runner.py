@@ -425,7 +425,7 @@ class Runner:
         if differ is not None:
             return self._not_started(journal, number, "nodes_disagree", EXIT_USAGE,
                                      f"the nodes disagree on attempt {number}: {differ}. Start every node with the "
-                                     f"same options (--ladder, --set, --memory-cap) and the same --run-dir.")
+                                     f"same options (--ladder, --set) and the same --run-dir.")
         return None
 
     def _not_started(self, journal: Journal, number: int, status: str, exit_code: int, reason: str) -> int:
