@@ -144,6 +144,17 @@ def disagreement(starts: Mapping[int, dict[str, Any]]) -> str | None:
     return None
 
 
+def options_differ(runs: Mapping[int, dict[str, Any]]) -> str | None:
+    """Which option the nodes' latest `run_started` records disagree on: the ladder or the memory cap
+    would make the same failure mean another plan on another node."""
+    first = min(runs)
+    for node in sorted(runs):
+        for option, flag in (("ladder", "--ladder"), ("memory_cap", "--memory-cap")):
+            if runs[node].get(option) != runs[first].get(option):
+                return f"node {node} was started with another {flag} than node {first}"
+    return None
+
+
 def _set(plan: dict[str, Any] | None) -> str:
     return json.dumps({k: v for k, v in (plan or {}).items() if v is not None}, sort_keys=True)
 

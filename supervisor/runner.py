@@ -421,11 +421,13 @@ class Runner:
                                      f"node {lost} did not start attempt {number} within {cfg.node_timeout:g} s. Start "
                                      f"oomladder on every node with the same --run-dir and --nnodes {cfg.nnodes}.")
         own = nodes.of_attempt(journal.records, "attempt_started", number)
-        differ = nodes.disagreement({cfg.node_rank: own, **starts})
+        runs = {n: next(r for r in reversed(rs) if r["type"] == "run_started") for n, rs in
+                [(cfg.node_rank, journal.records), *records.items()] if any(r["type"] == "run_started" for r in rs)}
+        differ = nodes.options_differ(runs) or nodes.disagreement({cfg.node_rank: own, **starts})
         if differ is not None:
             return self._not_started(journal, number, "nodes_disagree", EXIT_USAGE,
                                      f"the nodes disagree on attempt {number}: {differ}. Start every node with the "
-                                     f"same options (--ladder, --set) and the same --run-dir.")
+                                     f"same options (--ladder, --set, --memory-cap) and the same --run-dir.")
         return None
 
     def _not_started(self, journal: Journal, number: int, status: str, exit_code: int, reason: str) -> int:

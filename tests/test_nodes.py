@@ -206,8 +206,8 @@ def two_nodes(tmp_path, launchers, options=({}, {}), clock=time.time, sleep=time
 
     def supervise(rank):
         config = RunConfig(command=("torchrun", "--node_rank", str(rank), "train.py"), run_dir=tmp_path / "run",
-                           ladder=ladder, memory_cap=2**30, poll_interval=0.01, nnodes=2, node_rank=rank,
-                           node_timeout=30, **options[rank])
+                           ladder=ladder, poll_interval=0.01, nnodes=2, node_rank=rank, node_timeout=30,
+                           **{"memory_cap": 2**30, **options[rank]})
         codes[rank] = Runner(config, launcher=launchers[rank], clock=clock, sleep=sleep, environ={}).run()
 
     threads = [threading.Thread(target=supervise, args=(rank,)) for rank in (0, 1)]
@@ -263,6 +263,13 @@ def test_a_node_started_with_other_options_stops_every_node_before_any_rank_runs
     assert views[1].attempts[0].status == "interrupted"
 
 
+def test_a_node_started_with_another_memory_cap_stops_every_node(tmp_path):
+    node0, node1 = Node(finishes(0)), Node(finishes(1))
+    codes, views = two_nodes(tmp_path, [node0, node1], options=({}, {"memory_cap": 2**31}))
+    assert codes == [2, 2] and node0.specs == [] == node1.specs
+    assert "node 1 was started with another --memory-cap than node 0" in views[1].ended["reason"]
+
+
 def test_a_node_that_never_starts_ends_the_run_after_the_timeout(tmp_path):
     clock = FakeClock()
     config = RunConfig(command=("torchrun", "train.py"), run_dir=tmp_path / "run", ladder=parse_ladder(
@@ -303,7 +310,8 @@ def test_a_node_whose_supervisor_died_is_taken_back_when_it_restarts(tmp_path):
     _observed(folder, 0)
     now = time.time()
     (run_dir / "journal.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [
-        {"v": 1, "type": "run_started", "ts": now - 5, "command": list(config(0).command), "nnodes": 2},
+        {"v": 1, "type": "run_started", "ts": now - 5, "command": list(config(0).command), "nnodes": 2,
+         "ladder": ladder.to_dict(), "memory_cap": None},
         {"v": 1, "type": "observed", "ts": now - 5, "attempt": 0, "plan": {"allocator": ""}, "facts": {}},
         {"v": 1, "type": "attempt_started", "ts": now - 4, "attempt": 1, "rung": None, "plan": {}},
         {"v": 1, "type": "progress", "ts": now - 2, "attempt": 1, "rank": 0, "step": 2}]))
