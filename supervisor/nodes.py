@@ -1,5 +1,8 @@
 """Several nodes: one supervisor per node, one shared run directory, one decision.
 
+This module holds the names, the topology and the pure functions of the journals; the runner's
+side (waiting, telling this node's end) is supervisor/world.py.
+
 Each node's supervisor writes its own append-only journal (`journal.jsonl` for node 0,
 `journal.node1.jsonl`, ...): one writer per file, so nothing depends on appends from two hosts
 being atomic on a shared filesystem. Its workers write into the node's own attempt folder
@@ -33,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from supervisor.errors import UsageError
+from supervisor.errors import RunDirError, UsageError
 from supervisor.journal import JOURNAL_NAME
 
 
@@ -100,6 +103,17 @@ def _int(text: str | None) -> int | None:
 
 
 # --- pure functions of the journals ------------------------------------------------------------------
+
+def check_node_count(journals: list[list[dict[str, Any]]], nnodes: int, run_dir: Path) -> None:
+    """A run directory holds a run on one number of nodes: another number is bad input (RunDirError)."""
+    for records in journals:
+        run = next((r for r in reversed(records) if r.get("type") == "run_started"), None)
+        if run is not None and run.get("nnodes", 1) != nnodes:
+            flags = f"--nnodes {run['nnodes']} with each node's --node-rank" if run.get("nnodes", 1) > 1 \
+                else "no --nnodes"
+            raise RunDirError(f"run directory '{run_dir}' holds a run on {run.get('nnodes', 1)} node(s), not "
+                              f"{nnodes}: give {flags}, or a new --run-dir")
+
 
 def world_end(ends: Mapping[int, dict[str, Any]]) -> dict[str, Any]:
     """The world's end of an attempt from every node's `node_ended` record.

@@ -32,6 +32,7 @@ from supervisor.launch import substitute, worker_env
 from supervisor.plan import Plan, describe_changes
 from supervisor.process import LaunchError, LaunchSpec, Launcher, read_tail, spawn
 from supervisor.report import write_reports
+from supervisor.world import World
 from supervisor.worker import emergency, files
 
 # Exit codes (README, "Exit codes").
@@ -85,8 +86,8 @@ class Runner:
         self._offsets: dict[Path, int] = {}
         self._observed: dict[Path, Any] = {}
         self.topology = nodes.Topology(config.nnodes, config.node_rank)
-        self.peers = nodes.Peers(config.run_dir, self.topology) if self.topology.multi else None
-        self._invocation_started = 0.0
+        self.world = World(config.run_dir, self.topology, config.node_timeout, config.poll_interval, clock, sleep,
+                           lambda: self._signal is not None) if self.topology.multi else None
 
     # --- public ---------------------------------------------------------------------------------
 
@@ -94,7 +95,9 @@ class Runner:
         cfg = self.config
         cfg.run_dir.mkdir(parents=True, exist_ok=True)
         own = nodes.journal_path(cfg.run_dir, cfg.node_rank)
-        self._check_nodes(read_journal(own) if own.exists() else [])  # before this node's journal file exists
+        # Before this node's journal file exists: bad input leaves the run directory as it was.
+        nodes.check_node_count([read_journal(own) if own.exists() else []] + (self.world.journals() if self.world
+                                                                               else []), cfg.nnodes, cfg.run_dir)
         journal = Journal(own, self.clock)
         try:
             overrides, rung, reason = self._starting_point(journal)
@@ -108,7 +111,8 @@ class Runner:
                            version=__version__, initial=cfg.initial.set_fields(),
                            **({"nnodes": cfg.nnodes, "node_rank": cfg.node_rank, "node_timeout": cfg.node_timeout}
                               if self.topology.multi else {}))
-            self._invocation_started = journal.records[-1]["ts"]
+            if self.world is not None:
+                self.world.since = journal.records[-1]["ts"]
             with _forwarded_signals(self):
                 return self._loop(journal, overrides, rung, reason)
         finally:
@@ -132,8 +136,8 @@ class Runner:
             journal.append("observed", attempt=0, source="environment", plan={"allocator": allocator}, facts={})
         while True:
             number = max((r["attempt"] for r in journal.records if r["type"] == "attempt_started"), default=0) + 1
-            if self.peers is not None:
-                number = nodes.next_attempt(journal.records, self.peers.refresh())
+            if self.world is not None:
+                number = self.world.next_attempt(journal.records)
             self._attempts_this_run += 1
             view = fold(journal.records)
             plan = view.program_plan.merged(overrides)
@@ -145,7 +149,7 @@ class Runner:
             resume = checkpoints.latest(view.checkpoints, output_dir, since=first_start)
             journal.append("attempt_started", attempt=number, rung=rung, reason=reason, plan=overrides.to_dict(),
                            command=argv, attempt_dir=str(attempt_dir), resume_from=resume)
-            if self.peers is not None and (code := self._agree_on_start(journal, number)) is not None:
+            if self.world is not None and (code := self._agree_on_start(journal, number)) is not None:
                 return code
             self.display.event(f"attempt {number}: {rung or 'start'}"
                                + (f" ({reason})" if reason else "") + f"; log: {attempt_dir / 'stderr.log'}")
@@ -257,9 +261,9 @@ class Runner:
                                detail=str(getattr(self._stop[1], "flag", self._stop[1])))
                 returncode = handle.stop(self._stop[1] if self._stop[0] == "signal" else signal.SIGTERM, cfg.grace)
                 break
-            if self.peers is not None and self.clock() - peeked >= PEER_LOOK_INTERVAL:
+            if self.world is not None and self.clock() - peeked >= PEER_LOOK_INTERVAL:
                 peeked = self.clock()
-                if (failed := self._peer_failed(number)) is not None:
+                if (failed := self.world.peer_failed(number)) is not None:
                     journal.append("interrupt", attempt=number, reason="peer", detail=f"node {failed} failed")
                     returncode = handle.stop(signal.SIGTERM, min(cfg.grace, PEER_GRACE))
                     break
@@ -311,7 +315,7 @@ class Runner:
     def _ended(self, journal: Journal, number: int, outcome: str, failure: Failure | None, ended: dict[str, Any],
                record: dict[str, Any] | None = None, checkpoint: dict[str, Any] | None = None) -> Failure | None:
         """Journal the attempt's end; on several nodes, the world's end once every node has told its own."""
-        if self.peers is not None:
+        if self.world is not None:
             outcome, failure, ended = self._world_end(journal, number, outcome, failure, ended, record, checkpoint)
         journal.append("attempt_ended", outcome=outcome, **({"failure": failure.to_dict()} if failure else {}),
                        **ended)
@@ -357,13 +361,8 @@ class Runner:
             died = journal.records[-1]["ts"]  # about when: the supervisor journaled at every poll until then
             self._ingest(journal, attempt.number, attempt_dir)
             checkpoint = self._journal_checkpoint(journal, attempt.number, attempt_dir)
-            if self.peers is not None:
-                # The peers may still wait for this node's end. To them the world blinked: a retry on the same
-                # plan, which this node, restarted, joins.
-                journal.append("node_ended", attempt=attempt.number, node=self.config.node_rank, outcome="failed",
-                               exit_code=None, failed_at=died, checkpoint=checkpoint, stopped=None,
-                               failure=Failure(Kind.TRANSIENT, None, f"node {self.config.node_rank}'s supervisor "
-                                               f"died during this attempt").to_dict())
+            if self.world is not None:
+                self.world.orphan_ended(journal, attempt.number, died, checkpoint)
             journal.append("attempt_ended", attempt=attempt.number, outcome="interrupted", exit_code=None,
                            failure=Failure(Kind.INTERRUPTED, None, "the supervisor died during this attempt").to_dict())
 
@@ -376,79 +375,23 @@ class Runner:
             return {"path": checkpoint["path"], "step": checkpoint["step"]}
         return None
 
-    # --- several nodes (supervisor/nodes.py): every node's evidence in, one world's end out -------------
-
-    def _check_nodes(self, own: list[dict[str, Any]]) -> None:
-        """A run directory holds a run on one number of nodes: another number is bad input, refused before
-        anything is written."""
-        cfg = self.config
-        journals = [own] + (list(self.peers.refresh().values()) if self.peers is not None else [])
-        for records in journals:
-            run = next((r for r in reversed(records) if r.get("type") == "run_started"), None)
-            if run is not None and run.get("nnodes", 1) != cfg.nnodes:
-                flags = f"--nnodes {run['nnodes']} with each node's --node-rank" if run.get("nnodes", 1) > 1 \
-                    else "no --nnodes"
-                raise RunDirError(f"run directory '{cfg.run_dir}' holds a run on {run.get('nnodes', 1)} node(s), "
-                                  f"not {cfg.nnodes}: give {flags}, or a new --run-dir")
+    # --- several nodes (supervisor/world.py): the runner's side, kept apart from the single-node loop ---
 
     def _agree_on_start(self, journal: Journal, number: int) -> int | None:
-        """Wait until every node has journaled attempt `number` with the same plan and checkpoint. None: go;
-        otherwise the run ends here, before any rank runs on a plan its peers do not share."""
-        cfg = self.config
-        since = self._invocation_started
-
-        def ready(peers: dict[int, list[dict[str, Any]]]) -> bool:
-            return all(nodes.of_attempt(records, "attempt_started", number) or nodes.ended_since(records, since)
-                       for records in peers.values())
-
-        ok = self.peers.wait(ready, cfg.node_timeout, self.clock, self.sleep, cfg.poll_interval,
-                             lambda: self._signal is not None)
-        records = self.peers.records
-        starts = {n: nodes.of_attempt(r, "attempt_started", number) for n, r in records.items()}
-        if self._signal is not None:
-            why, code = f"oomladder received {signal.Signals(self._signal).name}", EXIT_INTERRUPTED.get(self._signal, 130)
-            return self._not_started(journal, number, "interrupted", code, f"{why} before the attempt started. Run "
-                                     f"the same command on every node to continue.")
-        for node, record in sorted(records.items()):
-            peer_end = nodes.ended_since(record, since)
-            if starts[node] is None and peer_end is not None:
-                return self._not_started(journal, number, peer_end.get("status", "ended"),
-                                         peer_end.get("exit_code", EXIT_NOT_MEMORY),
-                                         f"node {node} ended the run: {peer_end.get('reason', '')}")
-        if not ok:
-            lost = ", ".join(str(n) for n, start in sorted(starts.items()) if start is None)
-            return self._not_started(journal, number, "node_lost", EXIT_NOT_MEMORY,
-                                     f"node {lost} did not start attempt {number} within {cfg.node_timeout:g} s. Start "
-                                     f"oomladder on every node with the same --run-dir and --nnodes {cfg.nnodes}.")
-        own = nodes.of_attempt(journal.records, "attempt_started", number)
-        runs = {n: next(r for r in reversed(rs) if r["type"] == "run_started") for n, rs in
-                [(cfg.node_rank, journal.records), *records.items()] if any(r["type"] == "run_started" for r in rs)}
-        differ = nodes.options_differ(runs) or nodes.disagreement({cfg.node_rank: own, **starts})
-        if differ is not None:
-            return self._not_started(journal, number, "nodes_disagree", EXIT_USAGE,
-                                     f"the nodes disagree on attempt {number}: {differ}. Start every node with the "
-                                     f"same options (--ladder, --set, --memory-cap) and the same --run-dir.")
-        return None
-
-    def _not_started(self, journal: Journal, number: int, status: str, exit_code: int, reason: str) -> int:
-        journal.append("attempt_ended", attempt=number, outcome="interrupted", exit_code=None, duration=0.0,
-                       failure=Failure(Kind.INTERRUPTED, None, f"not started: {reason}").to_dict())
-        return self._end(journal, status, exit_code, reason)
-
-    def _peer_failed(self, number: int) -> int | None:
-        """A peer whose group ended with a failure in this attempt: this node's ranks cannot go on without it."""
-        for node, records in self.peers.refresh().items():
-            end = nodes.of_attempt(records, "node_ended", number)
-            if end is not None and end.get("failure"):
-                return node
-        return None
+        """None: every node starts attempt `number` on the same plan; otherwise the run's exit code."""
+        ending = self.world.agree_on_start(journal, number)
+        if ending is None:
+            return None
+        code = ending.exit_code
+        if code is None:
+            code = {"node_lost": EXIT_NOT_MEMORY, "nodes_disagree": EXIT_USAGE}.get(
+                ending.status, EXIT_INTERRUPTED.get(self._signal, 130))
+        return self._end(journal, ending.status, code, ending.reason)
 
     def _world_end(self, journal: Journal, number: int, outcome: str, failure: Failure | None, ended: dict[str, Any],
                    record: dict[str, Any] | None, checkpoint: dict[str, Any] | None,
                    ) -> tuple[str, Failure | None, dict[str, Any]]:
-        """Tell the other nodes how this node's group ended, wait for theirs, and fold them into the world's end."""
-        cfg = self.config
-        me = cfg.node_rank
+        """This node's end in, the world's end out: the same on every node, for `_after`'s usual decision."""
         failed_at = None
         if failure is not None:  # when this node's first failure happened: its rank's record, or the stop it began
             stop = nodes.of_attempt(journal.records, "interrupt", number)
@@ -463,33 +406,15 @@ class Runner:
                         "exit_code": EXIT_BUDGET})
         if ended.get("peak") is None and (attempt := fold(journal.records).attempts[-1]).peak is not None:
             ended = {**ended, "peak": attempt.peak, "peak_measure": attempt.peak_measure}  # this node's ranks' highest
-        own = journal.append("node_ended", node=me, outcome=outcome, failure=failure.to_dict() if failure else None,
-                             failed_at=failed_at, checkpoint=checkpoint, stopped=stopped, **ended)
-
-        def ready(peers: dict[int, list[dict[str, Any]]]) -> bool:
-            return all(nodes.of_attempt(records, "node_ended", number) for records in peers.values())
-
-        ok = self.peers.wait(ready, cfg.node_timeout, self.clock, self.sleep, cfg.poll_interval,
-                             lambda: self._signal is not None)
-        ends = {me: own, **{n: e for n, records in self.peers.records.items()
-                            if (e := nodes.of_attempt(records, "node_ended", number)) is not None}}
-        world = nodes.world_end(ends)
-        for saved in world["checkpoints"]:  # rank 0's checkpoint, wherever rank 0 ran, is every node's
-            if not any(r["type"] == "checkpoint" and r.get("path") == saved["path"] for r in journal.records):
-                journal.append("checkpoint", attempt=number, kind="emergency", path=saved["path"], step=saved["step"],
-                               adopted_from=saved["node"])
-                _remove_checkpoints(fold(journal.records), keep=saved["path"])
-        summary = {k: world[k] for k in ("exit_code", "step", "max_steps", "peak", "peak_measure") if world[k] is not None}
-        ended = {**ended, **summary, "node": world["node"]}
-        if not ok:
-            if self._signal is not None and self._stop is None:
-                self._stop = ("signal", self._signal)
-            lost = ", ".join(str(n) for n in self.peers.missing_for("node_ended", number))
-            return "failed", Failure(Kind.UNKNOWN, None, f"node {lost} recorded no end of attempt {number} within "
-                                     f"{cfg.node_timeout:g} s: its supervisor or host may be gone"), ended
-        if world["stopped"] and world["node"] != me and self._stop is None:
-            self._stop = ("peer", {"node": world["node"], **world["stopped"]})
-        return world["outcome"], Failure.from_dict(world["failure"]) if world["failure"] else None, ended
+        outcome, failure, ended, peer_stop, adopted = self.world.end(journal, number, outcome, failure, ended,
+                                                                     failed_at, checkpoint, stopped)
+        if adopted:
+            _remove_checkpoints(fold(journal.records), keep=adopted[-1])
+        if self._signal is not None and self._stop is None:
+            self._stop = ("signal", self._signal)  # stopped while waiting for the other nodes
+        elif peer_stop is not None and self._stop is None:
+            self._stop = ("peer", peer_stop)
+        return outcome, failure, ended
 
     def _starting_point(self, journal: Journal) -> tuple[Plan, str | None, str]:
         """A fresh run starts on the program's own settings; a run directory that already holds a run of
@@ -503,9 +428,8 @@ class Runner:
             raise RunDirError(f"run directory '{cfg.run_dir}' holds a run of another command "
                               f"({' '.join(view.run.get('command', []))}): give this run its own --run-dir")
         self._close_orphans(journal, view)
-        if self.peers is not None:
-            for adopted in nodes.missing(journal.records, self.peers.refresh()):
-                journal.append(adopted.pop("type"), **adopted)
+        if self.world is not None:
+            self.world.adopt_missed(journal)
         plan = _reached_plan(fold(journal.records)).merged(cfg.initial)
         return plan, "resume", "continues on the plan the earlier run reached"
 
