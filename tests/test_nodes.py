@@ -335,3 +335,28 @@ def test_a_node_whose_supervisor_died_is_taken_back_when_it_restarts(tmp_path):
     assert [a.rung for a in views[1].attempts] == [None, "retry"]
     assert [a.rung for a in views[0].attempts] == [None, "resume"]
     assert views[0].attempts[1].plan == views[1].attempts[1].plan
+
+
+def test_a_signal_to_one_node_stops_the_run_on_every_node(tmp_path):
+    ladder = parse_ladder("rungs: [halve_batch]", "test")
+    launchers = [Node(lambda folder, env: (_observed(folder, 0), Group(None))[1]),
+                 Node(lambda folder, env: (_observed(folder, 1), Group(None, on_stop=lambda: _failure(
+                     folder, 1, GLOO, time.time())))[1])]
+    runners = [Runner(RunConfig(command=("torchrun", "train.py"), run_dir=tmp_path / "run", ladder=ladder,
+                                poll_interval=0.01, nnodes=2, node_rank=rank, node_timeout=30),
+                      launcher=launchers[rank], environ={}) for rank in (0, 1)]
+    codes = {}
+    threads = [threading.Thread(target=lambda r=rank: codes.update({r: runners[r].run()})) for rank in (0, 1)]
+    for t in threads:
+        t.start()
+    deadline = time.time() + 20
+    while not all(node.groups for node in launchers) and time.time() < deadline:
+        time.sleep(0.01)
+    runners[0].request_stop(signal.SIGTERM)  # a scheduler's pre-emption, seen by node 0 first
+    for t in threads:
+        t.join(timeout=30)
+    assert codes == {0: 143, 1: 143}
+    view1 = fold(read_journal(nodes.journal_path(tmp_path / "run", 1)))
+    assert view1.ended["status"] == "interrupted"
+    assert view1.ended["reason"].startswith("node 0 was stopped (SIGTERM), and this node's group with it")
+    assert launchers[1].groups[0].stopped_with == signal.SIGTERM
