@@ -8,6 +8,7 @@ the end-to-end tests run it under `oomladder run`; it runs just as well on its o
 
 import argparse
 import os
+import shutil
 
 import torch
 from peft import LoraConfig, get_peft_model
@@ -38,11 +39,19 @@ def parse_args():
 
 
 def build_model(model_dir, vocab):
-    if not os.path.exists(os.path.join(model_dir, "config.json")):
-        torch.manual_seed(0)
-        config = LlamaConfig(vocab_size=vocab, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
-                             num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024)
-        LlamaForCausalLM(config).save_pretrained(model_dir)
+    if os.path.exists(os.path.join(model_dir, "config.json")):
+        return
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=vocab, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024)
+    # Every rank builds it when it is missing: each writes a folder of its own and renames it into place
+    # whole, so no rank loads a config.json whose weights another rank is still writing.
+    partial = f"{model_dir.rstrip(os.sep)}.{os.getpid()}.partial"
+    LlamaForCausalLM(config).save_pretrained(partial)
+    try:
+        os.rename(partial, model_dir)
+    except OSError:  # another rank's (seeded, identical) model got there first
+        shutil.rmtree(partial, ignore_errors=True)
 
 
 class GrowingSequences(torch.utils.data.Dataset):

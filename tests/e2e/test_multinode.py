@@ -34,8 +34,7 @@ def test_two_supervisors_as_two_nodes_recover_on_a_shared_plan(tmp_path, env):
             "--ladder", "halve.yaml", "--run-dir", str(run_dir), "--",
             sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(rank),
             "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port), str(TRAIN_TINY),
-            # Each node builds the (seeded, identical) model on its own "local disk": two writers of one folder race.
-            "--model-dir", str(tmp_path / f"model{rank}"), "--output-dir", str(tmp_path / "out"), "--batch-size", "8",
+            "--model-dir", str(tmp_path / "model"), "--output-dir", str(tmp_path / "out"), "--batch-size", "8",
             "--max-steps", "4", "--long-len", "384")
         log = open(tmp_path / f"supervisor{rank}.log", "w")  # noqa: SIM115 (closed with the process below)
         return subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT), log
