@@ -360,3 +360,15 @@ def test_a_signal_to_one_node_stops_the_run_on_every_node(tmp_path):
     assert view1.ended["status"] == "interrupted"
     assert view1.ended["reason"].startswith("node 0 was stopped (SIGTERM), and this node's group with it")
     assert launchers[1].groups[0].stopped_with == signal.SIGTERM
+
+
+def test_resume_continues_a_node_from_its_own_journal(tmp_path):
+    from supervisor.cli import resume_config
+    ladder = parse_ladder("rungs: [halve_batch]", "test")
+    line = {"v": 1, "type": "run_started", "ts": 1.0, "command": ["torchrun", "train.py"], "ladder": ladder.to_dict(),
+            "nnodes": 2, "node_rank": 1, "node_timeout": 120.0, "memory_cap": 2**30}
+    (tmp_path / "journal.node1.jsonl").write_text(json.dumps(line) + "\n")
+    config = resume_config(tmp_path, 1)
+    assert (config.nnodes, config.node_rank, config.node_timeout, config.memory_cap) == (2, 1, 120.0, 2**30)
+    with pytest.raises(RunDirError, match="it has no journal.jsonl"):
+        resume_config(tmp_path, 0)
