@@ -86,7 +86,8 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     nodes.add_argument("--nnodes", type=_positive_int, metavar="N", help="how many nodes run this training")
     nodes.add_argument("--node-rank", type=_nonnegative_int, metavar="R", help="this node's index, 0 to N-1")
     nodes.add_argument("--node-timeout", metavar="DURATION", help="how long a node waits for the others at each "
-                       "attempt's start and end (default 10m)")
+                       "attempt's start and end (default 10m); above the longest time one node's ranks may run on "
+                       "after another's ended (a final save, say)")
 
 
 def _positive_int(text: str) -> int:

@@ -51,6 +51,8 @@ class World:
     def orphan_ended(self, journal: Journal, number: int, died: float, checkpoint: dict[str, Any] | None) -> None:
         """This node's end of an attempt its dead supervisor never closed. The peers may still wait for it:
         to them the world blinked, a retry on the same plan, which this node, restarted, joins."""
+        if nodes.of_attempt(journal.records, "node_ended", number) is not None:
+            return  # it died waiting for the others: its own end, told already, stands
         journal.append("node_ended", attempt=number, node=self.me, outcome="failed", exit_code=None, failed_at=died,
                        checkpoint=checkpoint, stopped=None,
                        failure=Failure(Kind.TRANSIENT, None, f"node {self.me}'s supervisor died during this "

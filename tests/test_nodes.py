@@ -372,3 +372,15 @@ def test_resume_continues_a_node_from_its_own_journal(tmp_path):
     assert (config.nnodes, config.node_rank, config.node_timeout, config.memory_cap) == (2, 1, 120.0, 2**30)
     with pytest.raises(RunDirError, match="it has no journal.jsonl"):
         resume_config(tmp_path, 0)
+
+
+def test_a_supervisor_that_died_after_telling_its_end_is_not_told_again(tmp_path):
+    journal_file = tmp_path / "journal.node1.jsonl"
+    told = {"v": 1, "type": "node_ended", "ts": 2.0, "attempt": 1, "node": 1, "failure": OOM, "failed_at": 1.5}
+    journal_file.write_text(json.dumps(told) + "\n")
+    from supervisor.journal import Journal
+    from supervisor.world import World
+    with Journal(journal_file) as journal:
+        World(tmp_path, Topology(2, 1), 10, 0.01, time.time, time.sleep, lambda: False).orphan_ended(
+            journal, 1, died=2.0, checkpoint=None)
+    assert [r["type"] for r in read_journal(journal_file)] == ["node_ended"]
