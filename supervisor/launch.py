@@ -46,8 +46,9 @@ def worker_env(base: Mapping[str, str], attempt_dir: Path, overrides: Plan, plan
     # On several nodes the attempt folder is attempts/NNN/nodeR: the run directory is given, not guessed.
     run_dir = run_dir or attempt_dir.parent.parent
     env["OOMLADDER_RUN_DIR"] = str(run_dir)
-    parts = attempt_dir.relative_to(run_dir / "attempts").parts if attempt_dir.is_relative_to(run_dir / "attempts") else ()
-    env["OOMLADDER_ATTEMPT"] = parts[0] if parts else attempt_dir.name
+    attempts = run_dir / "attempts"
+    env["OOMLADDER_ATTEMPT"] = (attempt_dir.relative_to(attempts).parts[0] if attempt_dir.is_relative_to(attempts)
+                                else attempt_dir.name)
     env["PYTHONPATH"] = os.pathsep.join([str(INJECT_DIR)] + ([base["PYTHONPATH"]] if base.get("PYTHONPATH") else []))
     env["OOMLADDER_ATTEMPT_DIR"] = str(attempt_dir)
     env["OOMLADDER_PLAN"] = json.dumps(overrides.set_fields())

@@ -7,25 +7,25 @@ Each node's supervisor writes its own append-only journal (`journal.jsonl` for n
 `journal.node1.jsonl`, ...): one writer per file, so nothing depends on appends from two hosts
 being atomic on a shared filesystem. Its workers write into the node's own attempt folder
 (`attempts/NNN/node1/`), so a supervisor polls only its own ranks' files, its logs collide with no
-other node's, and a launcher's stray file stays on its node. The journals are the only thing the
-supervisors share:
+other node's, and a launcher's stray file stays on its node. The journals are the supervisors' only
+channel to each other:
 
 - When its local group ends, a node journals `node_ended`: its own evidence (the earliest failure
-  of its ranks, when it happened, the checkpoint its rank 0 saved) and waits until every node has
-  done the same. A node that sees a peer's failure first stops its own group at once, instead of
+  of its ranks, when it happened, the checkpoint global rank 0 saved if it ran there) and waits
+  until every node has done the same. A node that sees a peer's failure first stops its own group at once, instead of
   waiting for a collective to time out.
 - `world_end` folds the nodes' evidence into the world's end, a pure function: the root cause is
   the first failure in time over all ranks, as in PyTorch's elastic error files, so a rank that
   died because a peer died is not taken for the cause. Every node journals the same end, and
   so takes the same decision from the same plan, facts and rung uses.
 - Before launching, each node checks that every node journaled the same plan and checkpoint for
-  the attempt (`disagreement`): a node started with other options is stopped with one line
-  before any rank runs on a mixed plan.
+  the attempt, and was started with the same ladder and cap (`disagreement`, `options_differ`): a
+  node started with other options stops the run with one line before any rank runs on a mixed plan.
 
 Node 0's journal therefore holds the world's run (every end, decision and checkpoint), and the
-report and `resume` read it as they read a single node's. Clocks are compared across nodes only
-to order failures; NTP keeps them within milliseconds, and a peer dies of a failure well after
-its cause was recorded.
+report reads it as it reads a single node's; `resume` continues each node from its own. Clocks
+are compared across nodes only to order failures; NTP keeps them within milliseconds, and a peer
+dies of a failure well after its cause was recorded.
 """
 
 from __future__ import annotations
@@ -151,7 +151,8 @@ def disagreement(starts: Mapping[int, dict[str, Any]]) -> str | None:
     for node in sorted(starts):
         record = starts[node]
         if _set(record.get("plan")) != _set(first.get("plan")):
-            return f"node {node} would run the plan {_set(record.get('plan'))}, node {min(starts)} {_set(first.get('plan'))}"
+            return (f"node {node} would run the plan {_set(record.get('plan'))}, node {min(starts)} "
+                    f"{_set(first.get('plan'))}")
         if _resume(record) != _resume(first):
             return (f"node {node} would resume from {_resume(record) or 'the start'}, node {min(starts)} from "
                     f"{_resume(first) or 'the start'}")

@@ -247,7 +247,8 @@ class Runner:
             handle = self.launcher(spec)
         except LaunchError as exc:
             failure = Failure(Kind.LAUNCH_FAILED, None, str(exc))
-            return self._ended(journal, number, "failed", failure, {"attempt": number, "exit_code": None, "duration": 0.0})
+            return self._ended(journal, number, "failed", failure,
+                               {"attempt": number, "exit_code": None, "duration": 0.0})
         hung: float | None = None
         last_activity, activity, shown, peeked = started, None, 0.0, started
         while (returncode := handle.poll()) is None:

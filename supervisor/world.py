@@ -84,8 +84,8 @@ class World:
         for node, peer in sorted(records.items()):
             peer_end = nodes.ended_since(peer, self.since)
             if starts[node] is None and peer_end is not None:
-                return Ending(peer_end.get("status", "ended"), f"node {node} ended the run: {peer_end.get('reason', '')}",
-                              peer_end.get("exit_code"))
+                return Ending(peer_end.get("status", "ended"),
+                              f"node {node} ended the run: {peer_end.get('reason', '')}", peer_end.get("exit_code"))
         if not ok:
             lost = ", ".join(str(n) for n, start in sorted(starts.items()) if start is None)
             return Ending("node_lost", f"node {lost} did not start attempt {number} within {self.timeout:g} s. Start "
@@ -137,7 +137,8 @@ class World:
                 journal.append("checkpoint", attempt=number, kind="emergency", path=saved["path"], step=saved["step"],
                                adopted_from=saved["node"])
                 adopted.append(saved["path"])
-        summary = {k: world[k] for k in ("exit_code", "step", "max_steps", "peak", "peak_measure") if world[k] is not None}
+        summary = {k: world[k] for k in ("exit_code", "step", "max_steps", "peak", "peak_measure")
+                   if world[k] is not None}
         ended = {**ended, **summary, "node": world["node"]}
         if not ok and self.interrupted():
             return "interrupted", Failure(Kind.INTERRUPTED, None, "stopped while waiting for the other nodes' end of "
@@ -146,6 +147,7 @@ class World:
             lost = ", ".join(str(n) for n in self.peers.missing_for("node_ended", number))
             return "failed", Failure(Kind.UNKNOWN, None, f"node {lost} recorded no end of attempt {number} within "
                                      f"{self.timeout:g} s: its supervisor or host may be gone"), ended, None, adopted
-        peer_stop = {"node": world["node"], **world["stopped"]} if world["stopped"] and world["node"] != self.me else None
+        peer_stop = ({"node": world["node"], **world["stopped"]}
+                     if world["stopped"] and world["node"] != self.me else None)
         world_failure = Failure.from_dict(world["failure"]) if world["failure"] else None
         return world["outcome"], world_failure, ended, peer_stop, adopted

@@ -168,7 +168,7 @@ def ooms(rank, ts, checkpoint=None):
         _observed(folder, rank)
         _failure(folder, rank, CPU_OOM, ts)
         if checkpoint is not None:
-            path = Path(env["OOMLADDER_RUN_DIR"]) / "checkpoints" / f"emergency-step-2-attempt-{env['OOMLADDER_ATTEMPT']}"
+            path = Path(env["OOMLADDER_RUN_DIR"], "checkpoints", f"emergency-step-2-attempt-{env['OOMLADDER_ATTEMPT']}")
             path.mkdir(parents=True)
             (path / "trainer_state.json").write_text("{}")
             (path / "adapter_model.safetensors").write_text("")
