@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "the plan and from the checkpoint it reached", epilog=EXIT_CODES_HELP,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     resume.add_argument("run_dir")
+    resume.add_argument("--node-rank", type=_nonnegative_int, metavar="R", help="on several nodes: this node's "
+                        "index (default: from Slurm or torchrun's environment, as for run)")
 
     report = sub.add_parser("report", help="show the fallback report of a run directory")
     report.add_argument("run_dir")
@@ -99,6 +101,14 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="settings", action="append", default=[], metavar="SETTING=VALUE",
                    help="a starting value for a plan setting, e.g. per_device_train_batch_size=16 (repeatable); "
                         "needed for {placeholders} in a command that is not a Hugging Face Trainer program")
+    nodes = p.add_argument_group("several nodes", "one oomladder per node, every one with the same shared --run-dir; "
+                                 "the defaults come from srun (one task per node) or torchrun's PET_NNODES and "
+                                 "PET_NODE_RANK")
+    nodes.add_argument("--nnodes", type=_positive_int, metavar="N", help="how many nodes run this training")
+    nodes.add_argument("--node-rank", type=_nonnegative_int, metavar="R", help="this node's index, 0 to N-1")
+    nodes.add_argument("--node-timeout", metavar="DURATION", help="how long a node waits for the others at each "
+                       "attempt's start and end (default 10m); above the longest time one node's ranks may run on "
+                       "after another's ended (a final save, say)")
 
 
 def _positive_int(text: str) -> int:
@@ -111,6 +121,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"it must be 0 or more, not {value}")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -118,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verb == "run":
             return _run(args)
         if args.verb == "resume":
-            return run_config(resume_config(Path(args.run_dir)), _console())
+            return run_config(resume_config(Path(args.run_dir), args.node_rank), _console())
         if args.verb == "report":
             return _report(args)
         if args.verb == "plan":
@@ -149,8 +169,11 @@ def _console():
 
 def make_run_config(args: argparse.Namespace):
     """Everything `run` needs, validated before anything starts."""
+    import os
+
     from supervisor.ladder import load_ladder
     from supervisor.launch import placeholders
+    from supervisor.nodes import topology
     from supervisor.runner import RunConfig
     from supervisor.units import parse_duration, parse_size
 
@@ -161,6 +184,10 @@ def make_run_config(args: argparse.Namespace):
         raise UsageError("no command to run: put the training command after --, e.g. "
                          "oomladder run -- python train.py")
     _check_command(command)
+    nodes = topology(args.nnodes, args.node_rank, os.environ)
+    if nodes.multi and not args.run_dir:
+        raise UsageError(f"--nnodes {nodes.nnodes} needs --run-dir: one folder every node shares (the default is a "
+                         f"new folder on each node)")
     initial = _initial_plan(args.settings)
     missing = placeholders(command) - set(initial.set_fields())
     memory_cap = parse_size(args.memory_cap) if args.memory_cap else None
@@ -174,7 +201,9 @@ def make_run_config(args: argparse.Namespace):
     return RunConfig(command=tuple(command), run_dir=run_dir, ladder=ladder, memory_cap=memory_cap,
                      max_attempts=args.max_attempts, initial=initial,
                      max_wall_time=parse_duration(args.max_wall_time) if args.max_wall_time else None,
-                     hang_timeout=parse_duration(args.hang_timeout) if args.hang_timeout else None)
+                     hang_timeout=parse_duration(args.hang_timeout) if args.hang_timeout else None,
+                     nnodes=nodes.nnodes, node_rank=nodes.node_rank,
+                     node_timeout=parse_duration(args.node_timeout) if args.node_timeout else 600.0)
 
 
 def _initial_plan(items: list[str]):
@@ -297,11 +326,12 @@ def run_config(config, console) -> int:
     return code
 
 
-def _run_records(run_dir: Path) -> list[dict]:
-    from supervisor.journal import JOURNAL_NAME, read_journal
-    journal = run_dir / JOURNAL_NAME
+def _run_records(run_dir: Path, node: int = 0) -> list[dict]:
+    from supervisor.journal import read_journal
+    from supervisor.nodes import journal_path
+    journal = journal_path(run_dir, node)
     if not journal.is_file():
-        raise RunDirError(f"'{run_dir}' is not an oomladder run directory (it has no {JOURNAL_NAME}): give "
+        raise RunDirError(f"'{run_dir}' is not an oomladder run directory (it has no {journal.name}): give "
                           f"the --run-dir of a run")
     records = read_journal(journal)
     if not any(r.get("type") == "run_started" for r in records):
@@ -309,14 +339,18 @@ def _run_records(run_dir: Path) -> list[dict]:
     return records
 
 
-def resume_config(run_dir: Path):
-    """The run as its journal recorded it, to continue where it stopped."""
+def resume_config(run_dir: Path, node_rank: int | None = None):
+    """The run as its journal recorded it, to continue where it stopped; on several nodes, this node's journal."""
+    import os
+
     from supervisor.history import fold
     from supervisor.ladder import ladder_from_journal
+    from supervisor.nodes import topology
     from supervisor.plan import Plan
     from supervisor.runner import RunConfig
 
-    view = fold(_run_records(run_dir))
+    node_rank = topology(None, node_rank, os.environ).node_rank if node_rank is None else node_rank
+    view = fold(_run_records(run_dir, node_rank))
     if view.status == "finished":
         raise RunDirError(f"the run in '{run_dir}' already finished: there is nothing to resume (its report: "
                           f"{run_dir / 'report.md'})")
@@ -324,7 +358,9 @@ def resume_config(run_dir: Path):
     return RunConfig(command=tuple(started["command"]), run_dir=run_dir, ladder=ladder_from_journal(started["ladder"]),
                      memory_cap=started.get("memory_cap"), max_attempts=started.get("max_attempts") or 10,
                      max_wall_time=started.get("max_wall_time"), hang_timeout=started.get("hang_timeout"),
-                     initial=Plan.from_dict(started.get("initial")), cwd=started.get("cwd") or str(Path.cwd()))
+                     initial=Plan.from_dict(started.get("initial")), cwd=started.get("cwd") or str(Path.cwd()),
+                     nnodes=started.get("nnodes", 1), node_rank=started.get("node_rank", 0),
+                     node_timeout=started.get("node_timeout", 600.0))
 
 
 def _report(args: argparse.Namespace) -> int:

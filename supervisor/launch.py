@@ -43,13 +43,18 @@ def substitute(command: Sequence[str], plan: Plan) -> list[str]:
 
 def worker_env(base: Mapping[str, str], attempt_dir: Path, overrides: Plan, plan: Plan,
                memory_cap: int | None, resume_from: str | None = None,
-               evaluate_at: int | None = None) -> dict[str, str]:
+               evaluate_at: int | None = None, run_dir: Path | None = None) -> dict[str, str]:
     env = {k: v for k, v in base.items() if not k.startswith("OOMLADDER_")}
     if resume_from:
         env["OOMLADDER_RESUME_FROM"] = resume_from
     if evaluate_at is not None:
         env["OOMLADDER_RESUME_EVAL_AT"] = str(evaluate_at)
-    env["OOMLADDER_RUN_DIR"] = str(attempt_dir.parent.parent)
+    # On several nodes the attempt folder is attempts/NNN/nodeR: the run directory is given, not guessed.
+    run_dir = run_dir or attempt_dir.parent.parent
+    env["OOMLADDER_RUN_DIR"] = str(run_dir)
+    attempts = run_dir / "attempts"
+    env["OOMLADDER_ATTEMPT"] = (attempt_dir.relative_to(attempts).parts[0] if attempt_dir.is_relative_to(attempts)
+                                else attempt_dir.name)
     env["PYTHONPATH"] = os.pathsep.join([str(INJECT_DIR)] + ([base["PYTHONPATH"]] if base.get("PYTHONPATH") else []))
     env["OOMLADDER_ATTEMPT_DIR"] = str(attempt_dir)
     env["OOMLADDER_PLAN"] = json.dumps(overrides.set_fields())

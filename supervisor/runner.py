@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from collections.abc import Callable
 
-from supervisor import __version__, cgroup, checkpoints, gpu
+from supervisor import __version__, cgroup, checkpoints, gpu, nodes
 from tenacity import wait_exponential
 
 from supervisor.budget import BudgetState, budgets, exhausted
@@ -26,13 +26,14 @@ from supervisor.classify import Evidence, Failure, Kind, classify
 from supervisor.display import Display, NullDisplay
 from supervisor.errors import RunDirError
 from supervisor.history import RunView, fold
-from supervisor.journal import Journal
 from supervisor.foresight import fit_for, plan_ahead
+from supervisor.journal import Journal, read_journal
 from supervisor.ladder import Ladder
 from supervisor.launch import substitute, worker_env
 from supervisor.plan import Plan, describe_changes
 from supervisor.process import LaunchError, LaunchSpec, Launcher, read_tail, spawn
 from supervisor.report import write_reports
+from supervisor.world import World
 from supervisor.worker import emergency, files
 
 # Exit codes (README, "Exit codes").
@@ -44,6 +45,9 @@ EXIT_BUDGET = 5
 EXIT_INTERRUPTED = {signal.SIGINT: 130, signal.SIGTERM: 143}
 # Failures that no plan causes: the same plan again, this many times in a row at most.
 RETRIES_ON_SAME_PLAN = {Kind.HANG: 1, Kind.TRANSIENT: 3}
+# A peer node failed: this node's ranks have no step to finish (their collective is broken), so a short grace.
+PEER_GRACE = 10.0
+PEER_LOOK_INTERVAL = 1.0  # seconds between looks at the peers' journals during an attempt
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,9 @@ class RunConfig:
     poll_interval: float = 0.25
     grace: float = 60.0                           # seconds between SIGTERM and SIGKILL: a step and its save
     cwd: str = field(default_factory=os.getcwd)
+    nnodes: int = 1                               # one supervisor per node, all sharing run_dir (supervisor/nodes.py)
+    node_rank: int = 0
+    node_timeout: float = 600.0                   # seconds to wait for the other nodes at an attempt's start and end
 
 
 class Runner:
@@ -79,13 +86,20 @@ class Runner:
         self._attempts_this_run = 0
         self._offsets: dict[Path, int] = {}
         self._observed: dict[Path, Any] = {}
+        self.topology = nodes.Topology(config.nnodes, config.node_rank)
+        self.world = World(config.run_dir, self.topology, config.node_timeout, config.poll_interval, clock, sleep,
+                           lambda: self._signal is not None) if self.topology.multi else None
 
     # --- public ---------------------------------------------------------------------------------
 
     def run(self) -> int:
         cfg = self.config
         cfg.run_dir.mkdir(parents=True, exist_ok=True)
-        journal = Journal.in_run_dir(cfg.run_dir, self.clock)
+        own = nodes.journal_path(cfg.run_dir, cfg.node_rank)
+        # Before this node's journal file exists: bad input leaves the run directory as it was.
+        nodes.check_node_count([read_journal(own) if own.exists() else []] + (self.world.journals() if self.world
+                                                                               else []), cfg.nnodes, cfg.run_dir)
+        journal = Journal(own, self.clock)
         try:
             overrides, rung, reason = self._starting_point(journal)
         except BaseException:
@@ -95,12 +109,17 @@ class Runner:
             journal.append("run_started", command=list(cfg.command), ladder=cfg.ladder.to_dict(),
                            memory_cap=cfg.memory_cap, max_attempts=cfg.max_attempts, cwd=cfg.cwd,
                            max_wall_time=cfg.max_wall_time, hang_timeout=cfg.hang_timeout,
-                           version=__version__, initial=cfg.initial.set_fields())
+                           version=__version__, initial=cfg.initial.set_fields(),
+                           **({"nnodes": cfg.nnodes, "node_rank": cfg.node_rank, "node_timeout": cfg.node_timeout}
+                              if self.topology.multi else {}))
+            if self.world is not None:
+                self.world.since = journal.records[-1]["ts"]
             with _forwarded_signals(self):
                 return self._loop(journal, overrides, rung, reason)
         finally:
             view = fold(journal.records)
-            write_reports(cfg.run_dir, view)
+            if cfg.node_rank == 0:  # node 0's journal holds the world's run; other nodes' reports would collide
+                write_reports(cfg.run_dir, view)
             self.display.close(view)
             journal.close()
 
@@ -118,10 +137,12 @@ class Runner:
             journal.append("observed", attempt=0, source="environment", plan={"allocator": allocator}, facts={})
         while True:
             number = max((r["attempt"] for r in journal.records if r["type"] == "attempt_started"), default=0) + 1
+            if self.world is not None:
+                number = self.world.next_attempt(journal.records)
             self._attempts_this_run += 1
             view = fold(journal.records)
             plan = view.program_plan.merged(overrides)
-            attempt_dir = cfg.run_dir / "attempts" / f"{number:03d}"
+            attempt_dir = nodes.attempt_dir(cfg.run_dir, number, self.topology)
             attempt_dir.mkdir(parents=True, exist_ok=True)
             argv = substitute(cfg.command, plan)
             first_start = next(r["ts"] for r in journal.records if r["type"] == "run_started")
@@ -129,6 +150,8 @@ class Runner:
             resume = checkpoints.latest(view.checkpoints, output_dir, since=first_start)
             journal.append("attempt_started", attempt=number, rung=rung, reason=reason, plan=overrides.to_dict(),
                            command=argv, attempt_dir=str(attempt_dir), resume_from=resume)
+            if self.world is not None and (code := self._agree_on_start(journal, number)) is not None:
+                return code
             self.display.event(f"attempt {number}: {rung or 'start'}"
                                + (f" ({reason})" if reason else "") + f"; log: {attempt_dir / 'stderr.log'}")
             failure = self._attempt(journal, number, attempt_dir, argv, overrides, plan, resume,
@@ -168,8 +191,10 @@ class Runner:
             return self._end(journal, "not_memory", EXIT_NOT_MEMORY,
                              f"attempt {number} failed with {failure.kind.value}: {failure.summary}. No memory "
                              f"setting fixes this, so the ladder was not walked; see {attempt_dir / 'stderr.log'}")
-        decision = plan_ahead(cfg.ladder, current, view.facts, failure, view.rung_uses,
-                              fit_for(view, cfg.memory_cap))
+        # Each node calibrates the estimate from its own ranks' peaks, and every node must take the same
+        # decision: on several nodes the ladder walks one rung per attempt.
+        fit = fit_for(view, cfg.memory_cap) if self.world is None else None
+        decision = plan_ahead(cfg.ladder, current, view.facts, failure, view.rung_uses, fit)
         journal.append("decision", attempt=number, rung=decision.rung, rung_index=decision.rung_index,
                        rung_indices=list(decision.rung_indices), reason=decision.reason,
                        plan=decision.plan.to_dict() if decision.plan else None,
@@ -201,6 +226,10 @@ class Runner:
             return self._end(journal, "interrupted", EXIT_INTERRUPTED.get(detail, 130),
                              f"oomladder received {signal.Signals(detail).name}; the worker group was stopped. "
                              f"Run the same command again (or oomladder resume) to continue.")
+        if why == "peer":
+            return self._end(journal, detail["status"], detail["exit_code"],
+                             f"node {detail['node']} was stopped ({detail['why']}), and this node's group with it. "
+                             f"Run the same command on every node to continue.")
         return self._end(journal, "budget_exhausted", EXIT_BUDGET,
                          f"the {detail.flag} budget ({detail.text}) ran out during an attempt; its worker group was "
                          f"stopped. Run the same command again to continue.")
@@ -214,7 +243,7 @@ class Runner:
                  plan: Plan, resume: dict[str, Any] | None, evaluate_at: int | None) -> Failure | None:
         cfg = self.config
         env = worker_env(self.environ, attempt_dir, overrides, plan, cfg.memory_cap,
-                         resume["path"] if resume else None, evaluate_at)
+                         resume["path"] if resume else None, evaluate_at, run_dir=cfg.run_dir)
         spec = LaunchSpec(tuple(argv), env, cfg.cwd, attempt_dir / "stdout.log", attempt_dir / "stderr.log")
         oom_kills_before = cgroup.oom_kill_count()
         gpu_before = gpu.gpu_pids()
@@ -223,11 +252,10 @@ class Runner:
             handle = self.launcher(spec)
         except LaunchError as exc:
             failure = Failure(Kind.LAUNCH_FAILED, None, str(exc))
-            journal.append("attempt_ended", attempt=number, outcome="failed", exit_code=None,
-                           failure=failure.to_dict(), duration=0.0)
-            return failure
+            return self._ended(journal, number, "failed", failure,
+                               {"attempt": number, "exit_code": None, "duration": 0.0})
         hung: float | None = None
-        last_activity, activity, shown = started, None, 0.0
+        last_activity, activity, shown, peeked = started, None, 0.0, started
         while (returncode := handle.poll()) is None:
             if self._signal is not None:
                 self._stop = ("signal", self._signal)
@@ -239,6 +267,12 @@ class Runner:
                                detail=str(getattr(self._stop[1], "flag", self._stop[1])))
                 returncode = handle.stop(self._stop[1] if self._stop[0] == "signal" else signal.SIGTERM, cfg.grace)
                 break
+            if self.world is not None and self.clock() - peeked >= PEER_LOOK_INTERVAL:
+                peeked = self.clock()
+                if (failed := self.world.peer_failed(number)) is not None:
+                    journal.append("interrupt", attempt=number, reason="peer", detail=f"node {failed} failed")
+                    returncode = handle.stop(signal.SIGTERM, min(cfg.grace, PEER_GRACE))
+                    break
             self._ingest(journal, number, attempt_dir)
             # Activity is any new record or output; totals, so a steady one record per poll counts too.
             now_activity = (len(journal.records), _size(spec.stdout), _size(spec.stderr))
@@ -265,8 +299,7 @@ class Runner:
         ended = dict(attempt=number, exit_code=returncode, duration=round(exited - started, 3),
                      exited=round(exited, 3), step=attempt.step, max_steps=attempt.max_steps)
         if returncode == 0 and self._stop is None:
-            journal.append("attempt_ended", outcome="finished", **ended)
-            return None
+            return self._ended(journal, number, "finished", None, ended)
         record = _first_failure_record(attempt_dir)
         if record and ended["max_steps"] is None:
             ended["max_steps"] = record.get("max_steps")
@@ -279,13 +312,21 @@ class Runner:
             failure = classify(Evidence(
                 returncode=returncode, record=record, stderr_tail=read_tail(spec.stderr), capped=capped,
                 cgroup_oom_kill=None not in (oom_kills_before, oom_kills_after) and oom_kills_after > oom_kills_before))
-        self._journal_checkpoint(journal, number, attempt_dir)
+        checkpoint = self._journal_checkpoint(journal, number, attempt_dir)
         if record and record.get("peak") is not None:
             ended.update(peak=record["peak"], peak_measure=record.get("peak_measure"))
         if record and record.get("batch_shape"):
             ended["batch_shape"] = record["batch_shape"]
         outcome = "interrupted" if self._stop is not None or failure.kind is Kind.INTERRUPTED else "failed"
-        journal.append("attempt_ended", outcome=outcome, failure=failure.to_dict(), **ended)
+        return self._ended(journal, number, outcome, failure, ended, record, checkpoint)
+
+    def _ended(self, journal: Journal, number: int, outcome: str, failure: Failure | None, ended: dict[str, Any],
+               record: dict[str, Any] | None = None, checkpoint: dict[str, Any] | None = None) -> Failure | None:
+        """Journal the attempt's end; on several nodes, the world's end once every node has told its own."""
+        if self.world is not None:
+            outcome, failure, ended = self._world_end(journal, number, outcome, failure, ended, record, checkpoint)
+        journal.append("attempt_ended", outcome=outcome, **({"failure": failure.to_dict()} if failure else {}),
+                       **ended)
         return failure
 
     def _ingest(self, journal: Journal, number: int, attempt_dir: Path) -> None:
@@ -325,18 +366,64 @@ class Runner:
         for attempt in view.attempts:
             if attempt.status != "running":
                 continue
-            attempt_dir = self.config.run_dir / "attempts" / f"{attempt.number:03d}"
+            attempt_dir = nodes.attempt_dir(self.config.run_dir, attempt.number, self.topology)
+            died = journal.records[-1]["ts"]  # about when: the supervisor journaled at every poll until then
             self._ingest(journal, attempt.number, attempt_dir)
-            self._journal_checkpoint(journal, attempt.number, attempt_dir)
+            checkpoint = self._journal_checkpoint(journal, attempt.number, attempt_dir)
+            if self.world is not None:
+                self.world.orphan_ended(journal, attempt.number, died, checkpoint)
             journal.append("attempt_ended", attempt=attempt.number, outcome="interrupted", exit_code=None,
                            failure=Failure(Kind.INTERRUPTED, None, "the supervisor died during this attempt").to_dict())
 
-    def _journal_checkpoint(self, journal: Journal, number: int, attempt_dir: Path) -> None:
+    def _journal_checkpoint(self, journal: Journal, number: int, attempt_dir: Path) -> dict[str, Any] | None:
         checkpoint = _read_json(files.path(emergency.EMERGENCY, 0, attempt_dir))
         if checkpoint and Path(checkpoint.get("path", "")).is_dir():
             journal.append("checkpoint", attempt=number, kind="emergency", path=checkpoint["path"],
                            step=checkpoint["step"])
             _remove_checkpoints(fold(journal.records), keep=checkpoint["path"])
+            return {"path": checkpoint["path"], "step": checkpoint["step"]}
+        return None
+
+    # --- several nodes (supervisor/world.py): the runner's side, kept apart from the single-node loop ---
+
+    def _agree_on_start(self, journal: Journal, number: int) -> int | None:
+        """None: every node starts attempt `number` on the same plan; otherwise the run's exit code."""
+        ending = self.world.agree_on_start(journal, number)
+        if ending is None:
+            return None
+        code = ending.exit_code
+        if code is None:
+            code = {"node_lost": EXIT_NOT_MEMORY, "nodes_disagree": EXIT_USAGE}.get(
+                ending.status, EXIT_INTERRUPTED.get(self._signal, 130))
+        return self._end(journal, ending.status, code, ending.reason)
+
+    def _world_end(self, journal: Journal, number: int, outcome: str, failure: Failure | None, ended: dict[str, Any],
+                   record: dict[str, Any] | None, checkpoint: dict[str, Any] | None,
+                   ) -> tuple[str, Failure | None, dict[str, Any]]:
+        """This node's end in, the world's end out: the same on every node, for `_after`'s usual decision."""
+        failed_at = None
+        if failure is not None:  # when this node's first failure happened: its rank's record, or the stop it began
+            stop = nodes.of_attempt(journal.records, "interrupt", number)
+            times = [t for t in ((record or {}).get("ts"), stop["ts"] if stop else None) if t is not None]
+            failed_at = min(times) if times else ended.get("exited") or self.clock()
+        stopped = None
+        if self._stop is not None and self._stop[0] in ("signal", "budget"):
+            why, detail = self._stop
+            stopped = ({"why": signal.Signals(detail).name, "status": "interrupted",
+                        "exit_code": EXIT_INTERRUPTED.get(detail, 130)} if why == "signal" else
+                       {"why": f"the {detail.flag} budget ran out", "status": "budget_exhausted",
+                        "exit_code": EXIT_BUDGET})
+        if ended.get("peak") is None and (attempt := fold(journal.records).attempts[-1]).peak is not None:
+            ended = {**ended, "peak": attempt.peak, "peak_measure": attempt.peak_measure}  # this node's ranks' highest
+        outcome, failure, ended, peer_stop, adopted = self.world.end(journal, number, outcome, failure, ended,
+                                                                     failed_at, checkpoint, stopped)
+        if adopted:
+            _remove_checkpoints(fold(journal.records), keep=adopted[-1])
+        if self._signal is not None and self._stop is None:
+            self._stop = ("signal", self._signal)  # stopped while waiting for the other nodes
+        elif peer_stop is not None and self._stop is None:
+            self._stop = ("peer", peer_stop)
+        return outcome, failure, ended
 
     def _starting_point(self, journal: Journal) -> tuple[Plan, str | None, str]:
         """A fresh run starts on the program's own settings; a run directory that already holds a run of
@@ -350,6 +437,8 @@ class Runner:
             raise RunDirError(f"run directory '{cfg.run_dir}' holds a run of another command "
                               f"({' '.join(view.run.get('command', []))}): give this run its own --run-dir")
         self._close_orphans(journal, view)
+        if self.world is not None:
+            self.world.adopt_missed(journal)
         plan = _reached_plan(fold(journal.records)).merged(cfg.initial)
         return plan, "resume", "continues on the plan the earlier run reached"
 

@@ -31,6 +31,8 @@ def env():
     """The environment for a subprocess of oomladder, without a terminal's width guess."""
     e = dict(os.environ)
     e["COLUMNS"] = "200"
+    # This checkout first: an editable install of another worktree must not be what the subprocess runs.
+    e["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + ([e["PYTHONPATH"]] if e.get("PYTHONPATH") else []))
     return e
 
 

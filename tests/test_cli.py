@@ -19,6 +19,15 @@ BAD_INPUT = {
     "unknown setting": (["run", "--set", "bs=2", "--", "python", "-c", "pass"], "'bs' is not a plan setting"),
     "placeholder without value": (["run", "--", "python", "-c", "pass", "{per_device_train_batch_size}"],
                                   "add --set per_device_train_batch_size=VALUE"),
+    "node rank without a node count": (["run", "--node-rank", "1", "--", "python", "-c", "pass"],
+                                       "--node-rank needs --nnodes"),
+    "node count without a node rank": (["run", "--nnodes", "2", "--run-dir", "r", "--", "python", "-c", "pass"],
+                                       "--nnodes 2 needs --node-rank"),
+    "node rank out of range": (["run", "--nnodes", "2", "--node-rank", "2", "--run-dir", "r", "--", "python", "-c",
+                                "pass"], "--node-rank 2 is out of range for --nnodes 2"),
+    "negative node rank": (["run", "--node-rank", "-1", "--", "python", "-c", "pass"], "must be 0 or more"),
+    "several nodes without a shared run directory": (["run", "--nnodes", "2", "--node-rank", "0", "--", "python",
+                                                      "-c", "pass"], "--nnodes 2 needs --run-dir"),
     "unknown verb": (["train"], "invalid choice"),
     "report of a non-run": (["report", "."], "is not an oomladder run directory"),
     "resume of a non-run": (["resume", "."], "is not an oomladder run directory"),
@@ -43,7 +52,7 @@ def test_bad_input_gets_one_line_and_exit_status_2(case, tmp_path, env):
     argv, message = BAD_INPUT[case]
     result = subprocess.run(oomladder_argv(*argv), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     _check_one_line(result, message)
-    assert not (tmp_path / "oomladder-runs").exists()  # nothing was started
+    assert not (tmp_path / "oomladder-runs").exists() and not (tmp_path / "r").exists()  # nothing was started
 
 
 @pytest.mark.parametrize("ladder, message", [
@@ -61,6 +70,19 @@ def test_a_bad_ladder_file_never_touches_the_run_directory(ladder, message, tmp_
     _check_one_line(result, message)
     assert (run_dir / "journal.jsonl").read_text() == '{"v": 1, "type": "run_started", "ts": 0, "command": ["x"]}\n'
     assert sorted(p.name for p in run_dir.iterdir()) == ["journal.jsonl"]
+
+
+def test_a_run_directory_of_one_node_run_again_on_two_is_refused_and_kept(tmp_path, env):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    line = '{"v": 1, "type": "run_started", "ts": 0, "command": ["python", "-c", "pass"]}\n'
+    (run_dir / "journal.jsonl").write_text(line)
+    result = subprocess.run(oomladder_argv("run", "--nnodes", "2", "--node-rank", "1", "--run-dir", "run", "--",
+                                           "python", "-c", "pass"), check=False, cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=60)
+    _check_one_line(result, "holds a run on 1 node(s), not 2: give no --nnodes, or a new --run-dir")
+    assert sorted(p.name for p in run_dir.iterdir()) == ["journal.jsonl"]
+    assert (run_dir / "journal.jsonl").read_text() == line
 
 
 def test_help_documents_the_exit_codes(env):

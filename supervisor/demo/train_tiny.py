@@ -8,6 +8,7 @@ the end-to-end tests run it under `oomladder run`; it runs just as well on its o
 
 import argparse
 import os
+import shutil
 
 import torch
 from peft import LoraConfig, get_peft_model
@@ -44,12 +45,20 @@ def parse_args():
 
 
 def build_model(a):
-    if not os.path.exists(os.path.join(a.model_dir, "config.json")):
-        torch.manual_seed(0)
-        config = LlamaConfig(vocab_size=a.vocab, hidden_size=a.hidden, intermediate_size=a.intermediate,
-                             num_hidden_layers=a.layers, num_attention_heads=a.heads, num_key_value_heads=a.heads,
-                             max_position_embeddings=4096)
-        LlamaForCausalLM(config).save_pretrained(a.model_dir)
+    if os.path.exists(os.path.join(a.model_dir, "config.json")):
+        return
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=a.vocab, hidden_size=a.hidden, intermediate_size=a.intermediate,
+                         num_hidden_layers=a.layers, num_attention_heads=a.heads, num_key_value_heads=a.heads,
+                         max_position_embeddings=4096)
+    # Every rank builds it when it is missing: each writes a folder of its own and renames it into place
+    # whole, so no rank loads a config.json whose weights another rank is still writing.
+    partial = f"{a.model_dir.rstrip(os.sep)}.{os.getpid()}.partial"
+    LlamaForCausalLM(config).save_pretrained(partial)
+    try:
+        os.rename(partial, a.model_dir)
+    except OSError:  # another rank's (seeded, identical) model got there first
+        shutil.rmtree(partial, ignore_errors=True)
 
 
 class GrowingSequences(torch.utils.data.Dataset):

@@ -27,6 +27,7 @@ from supervisor.worker.importhook import PostImportFinder
 _observed: dict[str, Any] = {"plan": {}, "facts": {}}
 _phase = ["train"]
 _stop_requested: list[int] = [0]
+_launcher = [False]  # this process starts ranks (torchrun, accelerate launch): it is not one of them
 
 
 def plan() -> dict[str, Any]:
@@ -40,6 +41,7 @@ def install() -> None:
         "transformers.trainer": _patch_trainer,
         "torch.optim.optimizer": _patch_optimizer,
         "torch.utils.data._utils.worker": _patch_dataloader_worker,
+        "torch.distributed.launcher.api": _mark_launcher,
     }
     for name, hook in list(hooks.items()):
         if name in sys.modules:
@@ -360,8 +362,18 @@ def _patch_dataloader_worker(module) -> None:
     module._worker_loop = _worker_loop
 
 
+def _mark_launcher(module) -> None:
+    """torchrun, accelerate launch and notebook_launcher all start ranks through torch's elastic launcher.
+    The launcher's own process has no RANK: left alone, it would report its peak and its ChildFailedError
+    as rank 0's."""
+    if "RANK" not in os.environ:
+        _launcher[0] = True
+
+
 def _report_exit() -> None:
     """The peak of a worker that finished: programs without a Trainer report nothing else."""
+    if _launcher[0]:
+        return
     peak, measure = memcap.peak()
     _safely(files.append_progress, {"peak": peak, "peak_measure": measure})
 
@@ -370,7 +382,7 @@ def _chain_excepthook() -> None:
     previous = sys.excepthook
 
     def excepthook(cls, exc, tb):
-        if not isinstance(exc, KeyboardInterrupt):
+        if not isinstance(exc, KeyboardInterrupt) and not _launcher[0]:
             peak, measure = memcap.peak()
             _safely(files.write_failure, exc, phase=_phase[0], peak=peak, peak_measure=measure,
                     step=None)

@@ -78,7 +78,7 @@ def save(trainer) -> str | None:
     if trainer.args.process_index != 0:
         return None
     step = trainer.state.global_step
-    attempt = Path(os.environ["OOMLADDER_ATTEMPT_DIR"]).name
+    attempt = os.environ.get("OOMLADDER_ATTEMPT") or Path(os.environ["OOMLADDER_ATTEMPT_DIR"]).name
     root = Path(os.environ["OOMLADDER_RUN_DIR"]) / "checkpoints"
     target = root / f"{EMERGENCY}-step-{step}-attempt-{attempt}"
     partial = target.with_name(target.name + ".partial")

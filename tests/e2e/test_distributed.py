@@ -31,3 +31,32 @@ def test_torchrun_two_ranks_recover_on_a_shared_plan(tmp_path, env):
         assert (run_dir / "attempts" / f"{last.number:03d}" / f"progress.{rank}.jsonl").exists()
     assert "on rank" in (run_dir / "report.md").read_text()
     assert processes_of(run_dir) == []
+
+
+def test_accelerate_launch_two_ranks_recover_on_a_shared_plan(tmp_path, env):
+    """The same unmodified script under `accelerate launch`: its ranks get the adapter through the
+    environment, as torchrun's do (accelerate runs torchrun's launcher in its own process)."""
+    (tmp_path / "halve.yaml").write_text("rungs: [halve_batch]\n")
+    env["HF_HOME"] = str(tmp_path / "hf")  # no accelerate config of the person running the tests
+    run_dir = tmp_path / "accelerate"
+    # --multi_gpu is accelerate's data-parallel launcher; with no GPU the Trainer's ranks use gloo on the CPU.
+    # (--cpu alone would start one process.) Port 0: a free port, so parallel CI jobs do not collide.
+    result = oomladder("run", "--memory-cap", "1200MiB", "--ladder", "halve.yaml", "--run-dir", str(run_dir), "--",
+                       sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                       "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                       "--num_cpu_threads_per_process", "1", "--main_process_port", "0", str(TRAIN_TINY),
+                       "--model-dir", str(tmp_path / "model"), "--output-dir", str(tmp_path / "out"),
+                       "--batch-size", "8", "--max-steps", "4", "--long-len", "384", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    view = view_of(run_dir)
+    first, last = view.attempts[0], view.attempts[-1]
+    assert view.program_plan.world_size == 2
+    assert first.failure.is_memory and first.failure.rank in (0, 1) and first.failure.step == 2
+    assert (last.plan.per_device_train_batch_size, last.plan.gradient_accumulation_steps) == (4, 2)
+    assert {a.plan.effective_batch for a in view.attempts} == {16}
+    assert last.status == "finished" and last.resumed_from == 2 and last.steps_run == (3, 4)
+    # The launcher's own process is not rank 0: its peak (the resident set) is not mixed into rank 0's.
+    assert {a.peak_measure for a in view.attempts} == {"address_space_over_baseline"}
+    for rank in (0, 1):
+        assert (run_dir / "attempts" / f"{last.number:03d}" / f"progress.{rank}.jsonl").exists()
+    assert processes_of(run_dir) == []
