@@ -55,9 +55,6 @@ class Estimate:
     parts: dict[str, int] = field(default_factory=dict)   # bytes, in the order a table shows them
     peak: int = 0
 
-    def scaled(self, factor: float) -> int:
-        return int(self.peak * factor)
-
 
 def estimate(shape: ModelShape, plan: Plan, work: Workload, device: str = "cuda") -> Estimate:
     load = DTYPE_BYTES.get(_load_dtype(plan, shape), 4)
