@@ -38,6 +38,12 @@ def test_the_demo_hits_a_real_oom_and_finishes_with_the_same_effective_batch(tmp
     assert first.failure.kind is Kind.CPU_OOM and first.failure.memory == "device"
     assert first.failure.step == 2  # died in step 3, when the long sequences came
     assert (last.status, last.step, last.max_steps) == ("finished", 6, 6)
+    # One OOM was enough: the estimator took every rung it needed at once, and passed over int8,
+    # which saves nothing on a model whose logits dominate.
+    decision, = view.decisions
+    assert len(view.attempts) == 2 and len(decision["rung_indices"]) >= 2 and "halve_batch" in decision["rung"]
+    assert decision["estimate"]["after"] <= decision["estimate"]["capacity"]
+    assert "passed over" in dict(map(tuple, decision["skipped"]))["int8"]
     assert {a.plan.effective_batch for a in view.attempts} == {16}
     assert "effective batch 16" in (run_dir / "attempts" / f"{last.number:03d}" / "stdout.log").read_text()
     assert (run_dir / "report.md").read_text().startswith("# oomladder report\n\n**Training finished.**")
