@@ -66,3 +66,13 @@ def test_a_missing_or_broken_config_is_one_clear_line(tmp_path, content, message
 def test_a_config_without_a_decoders_dimensions_says_which_are_read():
     with pytest.raises(UsageError, match="hidden_size, intermediate_size"):
         from_config({"d_model": 512})
+
+
+def test_a_model_without_a_vocabulary_head_reports_no_shape_and_gets_no_estimate():
+    import torch
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from supervisor.worker.probe import model_report
+    torch.manual_seed(0)
+    classifier = LlamaForSequenceClassification(LlamaConfig(**TINY, num_labels=3))
+    assert model_report(classifier) is None

@@ -31,7 +31,7 @@ def batch_shapes() -> dict[str, list[int] | None]:
 
 def model_report(model) -> dict[str, Any] | None:
     """The shape (supervisor/shape.py's ModelShape fields) and what trains; None for a model that is
-    not a decoder with the usual config fields."""
+    not a language model with the usual config fields, which the ladder then walks without estimates."""
     import torch.nn as nn
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -41,6 +41,8 @@ def model_report(model) -> dict[str, Any] | None:
     if config is None or None in dims.values():
         return None
     head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    if head is None:
+        return None  # no vocabulary-sized head (a classifier, say): the estimate is for language models
     embedding = base.get_input_embeddings() if hasattr(base, "get_input_embeddings") else None
     tied = head is not None and embedding is not None and head.weight is embedding.weight
     counts = {"linear_params": 0, "embedding_params": 0, "head_params": 0, "other_params": 0}
