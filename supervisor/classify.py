@@ -100,8 +100,18 @@ _SIGNATURES: list[tuple[Kind, re.Pattern[str], str | None]] = [
 # Failures of the infrastructure rather than of the program or its memory: the same plan, later, may pass.
 _TRANSIENT = re.compile(
     r"Watchdog caught collective operation timeout|NCCL communicator was aborted|RendezvousTimeoutError"
-    r"|RendezvousConnectionError|DistNetworkError|Connection reset by peer|ConnectionResetError"
+    r"|RendezvousConnectionError|DistNetworkError|Connection reset by peer|ConnectionResetError|Connection closed by peer"
     r"|socket timed out|requests\.exceptions\.(?:ConnectionError|ReadTimeout)|httpx\.(?:ConnectError|ReadTimeout)")
+
+# What a rank raises when a peer of its collective died: not its own failure, the peer's.
+_PEER_DIED = re.compile(r"Connection closed by peer|Connection reset by peer|NCCL communicator was aborted"
+                        r"|remote process exited or there was a network error")
+
+
+def peer_died(message: str) -> bool:
+    """Whether an exception's text says a peer of the collective died (gloo, NCCL)."""
+    return bool(_PEER_DIED.search(message))
+
 
 _SUMMARIES = {
     Kind.CUDA_OOM: "CUDA out of memory", Kind.CUDA_DRIVER_OOM: "CUDA driver out of memory",

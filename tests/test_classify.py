@@ -7,6 +7,11 @@ import pytest
 
 from supervisor.classify import Evidence, Kind, classify, is_fragmented, parse_numbers
 
+# What rank 0 raises under gloo when rank 1 died of its OOM (seen in tests/e2e/test_distributed.py's runs).
+GLOO_PEER_CLOSED = ("RuntimeError: [/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection "
+                    "closed by peer [127.0.0.1]:49553. This is typically caused by a remote worker crashing. Check the "
+                    "logs of the remote worker before reporting an error.")
+
 REAL_TEXTS = {
     "cuda_alloc_pre_1_13": (Kind.CUDA_OOM, "RuntimeError: CUDA out of memory. Tried to allocate 3.20 GiB (GPU 0; 22.20 GiB total capacity; 18.38 GiB already allocated; 2.83 GiB free; 18.46 GiB reserved in total by PyTorch) If reserved memory is >> allocated memory try setting max_split_size_mb to avoid fragmentation.  See documentation for Memory Management and PYTORCH_CUDA_ALLOC_CONF"),
     "cuda_alloc_2_0": (Kind.CUDA_OOM, "torch.cuda.OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 MiB (GPU 0; 8.00 GiB total capacity; 7.06 GiB already allocated; 0 bytes free; 7.29 GiB reserved in total by PyTorch) If reserved memory is >> allocated memory try setting max_split_size_mb to avoid fragmentation.  See documentation for Memory Management and PYTORCH_CUDA_ALLOC_CONF"),
@@ -130,6 +135,7 @@ def test_fragmentation_is_much_reserved_but_unallocated():
     "NumelOut=1, Timeout(ms)=600000) ran for 600010 milliseconds before timing out.",
     "torch.distributed.elastic.rendezvous.api.RendezvousTimeoutError",
     "ConnectionResetError: [Errno 104] Connection reset by peer",
+    GLOO_PEER_CLOSED,
 ])
 def test_infrastructure_blinks_are_transient_not_bugs(text):
     failure = classify(Evidence(1, stderr_tail="Traceback (most recent call last):\n" + text))
@@ -140,3 +146,9 @@ def test_an_oom_wins_over_a_transient_failure_it_caused():
     """A rank that ran out of memory leaves its peers timing out: the OOM is the cause."""
     text = REAL_TEXTS["cuda_alloc_2_4_rank"][1] + "\n[Rank 1] Watchdog caught collective operation timeout"
     assert classify(Evidence(1, stderr_tail=text)).kind is Kind.CUDA_OOM
+
+
+def test_a_rank_whose_peer_died_says_so_and_an_oom_does_not():
+    from supervisor.classify import peer_died
+    assert peer_died(GLOO_PEER_CLOSED)
+    assert not peer_died("DefaultCPUAllocator: can't allocate memory: you tried to allocate 393216000 bytes")

@@ -221,7 +221,9 @@ def _patch_trainer(module) -> None:
             return original_train(self, *args, **kwargs)
         except Exception as exc:
             _safely(_record_failure, self, exc)
-            if _is_device_oom(exc):
+            # Rank 0 saves the last whole step also when a peer's OOM broke the collective it waited in:
+            # the weights are the same on every rank, and only rank 0 writes them.
+            if _is_device_oom(exc) or _peer_died(exc):
                 _safely(emergency.save_after_oom, self, exc)
             raise
 
@@ -267,6 +269,11 @@ def _is_device_oom(exc: BaseException) -> bool:
     capped = memcap.info().get("mode") == "cpu_address_space"
     record = {"exc_type": type(exc).__name__, "message": str(exc)}
     return classify(Evidence(returncode=1, record=record, capped=capped)).memory == "device"
+
+
+def _peer_died(exc: BaseException) -> bool:
+    from supervisor.classify import peer_died
+    return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and peer_died(str(exc))
 
 
 def _record_failure(trainer, exc: BaseException) -> None:

@@ -48,7 +48,8 @@ def optimizer_step(inside: bool) -> None:
 
 
 def save_after_oom(trainer, exc: BaseException) -> str | None:
-    """The checkpoint of the last completed step, or None with the reason on stderr."""
+    """The checkpoint of the last completed step, or None with the reason on stderr: after an OOM in
+    this process, or in a peer whose death broke the collective this one waited in."""
     import torch
     if trainer.state.global_step == 0:
         return _skip("the OOM struck in the first step: there is nothing to keep")

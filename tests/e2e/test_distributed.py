@@ -6,9 +6,10 @@ import sys
 import pytest
 
 from tests.conftest import processes_of
-from tests.e2e.test_recovery import TRAIN_TINY, oomladder, view_of
+from tests.e2e.test_recovery import HERE, TRAIN_TINY, oomladder, view_of
 
 pytestmark = pytest.mark.e2e
+RANK1_GROWS = HERE / "programs" / "rank1_grows.py"
 
 
 def test_torchrun_two_ranks_recover_on_a_shared_plan(tmp_path, env):
@@ -59,4 +60,22 @@ def test_accelerate_launch_two_ranks_recover_on_a_shared_plan(tmp_path, env):
     assert {a.peak_measure for a in view.attempts} == {"address_space_over_baseline"}
     for rank in (0, 1):
         assert (run_dir / "attempts" / f"{last.number:03d}" / f"progress.{rank}.jsonl").exists()
+    assert processes_of(run_dir) == []
+
+
+def test_an_oom_on_rank_1_alone_still_resumes_from_the_last_whole_step(tmp_path, env):
+    """Rank 1 runs out of memory while rank 0 waits for it in a collective. Rank 0's collective breaks
+    ('Connection closed by peer'), and rank 0, which holds the same weights, saves the end of step 2."""
+    (tmp_path / "halve.yaml").write_text("rungs: [halve_batch]\n")
+    run_dir = tmp_path / "rank1"
+    result = oomladder("run", "--memory-cap", "1200MiB", "--ladder", "halve.yaml", "--run-dir", str(run_dir), "--",
+                       sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(RANK1_GROWS),
+                       "--model-dir", str(tmp_path / "model"), "--output-dir", str(tmp_path / "out"),
+                       "--batch-size", "8", "--max-steps", "6", "--long-len", "384", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    view = view_of(run_dir)
+    first, last = view.attempts[0], view.attempts[-1]
+    assert first.failure.is_memory and first.failure.rank == 1 and first.failure.step == 2
+    assert [c["step"] for c in view.checkpoints] == [2]  # written by rank 0, which did not run out of memory
+    assert last.status == "finished" and last.resumed_from == 2 and last.steps_run == (3, 6)
     assert processes_of(run_dir) == []
