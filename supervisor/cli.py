@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the projections LoRA adapts (default q_proj,v_proj, peft's default for Llama)")
     plan.add_argument("--memory", metavar="SIZE", help="the device's size, e.g. 24GiB (default: the CUDA device here)")
     plan.add_argument("--device", choices=("cuda", "cpu"), default=None,
-                      help="what the estimate is for (default: cuda, or cpu with --memory on a machine without one)")
+                      help="what the estimate is for (default cuda; cpu counts the checkpoint file mapped while it "
+                      "loads, and no CUDA workspace)")
     plan.add_argument("--ladder", help="a YAML ladder file (default: the ladder shipped with oomladder)")
     plan.add_argument("--set", dest="settings", action="append", default=[], metavar="SETTING=VALUE",
                       help="a starting plan setting, e.g. precision=bf16 (repeatable; default: what a Trainer does "
@@ -229,13 +230,10 @@ def _plan(args: argparse.Namespace) -> int:
     given = _initial_plan(args.settings)
     shape = from_config(read_config(args.model))
     ladder = load_ladder(args.ladder)
-    device, total = args.device, parse_size(args.memory) if args.memory else None
+    device = args.device or "cuda"
+    total = parse_size(args.memory) if args.memory else _cuda_memory()
     if total is None:
-        total = _cuda_memory()
-        if total is None:
-            raise UsageError("no CUDA device here to size the plan for: give --memory, the device's size (e.g. 24GiB)")
-        device = device or "cuda"
-    device = device or "cuda"
+        raise UsageError("no CUDA device here to size the plan for: give --memory, the device's size (e.g. 24GiB)")
     targets = tuple(t.strip() for t in args.lora_targets.split(",") if t.strip())
     adapters = args.lora_rank is not None
     trainable = shape.lora_params(args.lora_rank, targets) if adapters else shape.params
