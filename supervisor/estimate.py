@@ -23,6 +23,7 @@ its end (every gradient), over weights and optimizer states, which live througho
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from supervisor.plan import Plan
@@ -48,6 +49,10 @@ class Workload:
     @property
     def tokens(self) -> int:
         return self.batch * self.seq_len
+
+    def under(self, plan: Plan) -> Workload:
+        """The same work at `plan`'s micro-batch: the rungs change the batch, not the sequences."""
+        return dataclasses.replace(self, batch=plan.per_device_train_batch_size or self.batch)
 
 
 @dataclass(frozen=True)
@@ -90,7 +95,7 @@ def estimate(shape: ModelShape, plan: Plan, work: Workload, device: str = "cuda"
         activations = work.tokens * (layers * per_layer + final)
         during_backward = activations + work.tokens * logits
     backward_start = during_backward + casts
-    backward_end = gradients + max(step_temp, 0)
+    backward_end = gradients + step_temp  # the optimizer step: activations are gone, its temporaries not
     runtime = CUDA_WORKSPACE if device == "cuda" else 0
     peak = weights + optimizer + runtime + max(backward_start, backward_end)
     if device == "cpu" and work.loads_from_file:

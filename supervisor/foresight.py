@@ -54,10 +54,10 @@ def estimate_for(view: RunView, plan: Plan, batch: Any) -> Estimate | None:
         micro, seq = int(batch[0]), int(batch[1])
     except (KeyError, TypeError, ValueError, IndexError):
         return None  # not a Trainer program, or it died before reporting: the ladder walks without foresight
-    work = Workload(batch=plan.per_device_train_batch_size or micro, seq_len=seq, adapters=bool(model.get("adapters")),
+    work = Workload(batch=micro, seq_len=seq, adapters=bool(model.get("adapters")),
                     trainable_params=int(model.get("trainable_params") or shape.params),
                     lora_targets=tuple(model.get("lora_targets") or ()))
-    return estimate(shape, plan, work, view.facts.device or "cpu")
+    return estimate(shape, plan, work.under(plan), view.facts.device or "cpu")
 
 
 def fit_for(view: RunView, memory_cap: int | None) -> Fit | None:

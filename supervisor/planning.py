@@ -37,7 +37,7 @@ def walk(ladder: Ladder, shape: ModelShape, start: Plan, work: Workload, facts: 
     device = facts.device or "cuda"
 
     def peak_of(plan: Plan) -> Estimate:
-        return estimate(shape, plan, _at(work, plan), device)
+        return estimate(shape, plan, work.under(plan), device)
 
     rows = [Row("start", start, "-", peak_of(start), peak_of(start).peak <= capacity)]
     uses: dict[int, int] = {}
@@ -56,11 +56,6 @@ def walk(ladder: Ladder, shape: ModelShape, start: Plan, work: Workload, facts: 
             continue
         uses[decision.rung_index] = uses.get(decision.rung_index, 0) + 1
         plan, need = decision.plan, guess.peak
-
-
-def _at(work: Workload, plan: Plan) -> Workload:
-    return Workload(plan.per_device_train_batch_size or work.batch, work.seq_len, work.adapters,
-                    work.trainable_params, work.lora_targets, work.loads_from_file)
 
 
 def weights_line(shape: ModelShape) -> str:

@@ -10,17 +10,24 @@ from tests.e2e.test_recovery import HERE, TRAIN_TINY, oomladder, view_of
 
 pytestmark = pytest.mark.e2e
 RANK1_GROWS = HERE / "programs" / "rank1_grows.py"
+TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2")
+
+
+def halving_run(tmp_path, env, name, launcher, script=TRAIN_TINY, max_steps=6):
+    """Two ranks at per-device batch 8 whose sequences grow to 384 tokens at step 3, under a 1200MiB cap
+    per rank, with a ladder of one rung (halve_batch): (result, view, run directory)."""
+    (tmp_path / "halve.yaml").write_text("rungs: [halve_batch]\n")
+    run_dir = tmp_path / name
+    result = oomladder("run", "--memory-cap", "1200MiB", "--ladder", "halve.yaml", "--run-dir", str(run_dir), "--",
+                       *launcher, str(script), "--model-dir", str(tmp_path / "model"), "--output-dir",
+                       str(tmp_path / "out"), "--batch-size", "8", "--max-steps", str(max_steps), "--long-len", "384",
+                       cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result, view_of(run_dir), run_dir
 
 
 def test_torchrun_two_ranks_recover_on_a_shared_plan(tmp_path, env):
-    (tmp_path / "halve.yaml").write_text("rungs: [halve_batch]\n")
-    run_dir = tmp_path / "ddp"
-    result = oomladder("run", "--memory-cap", "1200MiB", "--ladder", "halve.yaml", "--run-dir", str(run_dir), "--",
-                       sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(TRAIN_TINY),
-                       "--model-dir", str(tmp_path / "model"), "--output-dir", str(tmp_path / "out"),
-                       "--batch-size", "8", "--max-steps", "6", "--long-len", "384", cwd=tmp_path, env=env)
-    assert result.returncode == 0, result.stdout + result.stderr
-    view = view_of(run_dir)
+    _, view, run_dir = halving_run(tmp_path, env, "ddp", TORCHRUN)
     first, last = view.attempts[0], view.attempts[-1]
     assert view.program_plan.world_size == 2
     assert first.failure.is_memory and first.failure.rank in (0, 1)
@@ -37,19 +44,13 @@ def test_torchrun_two_ranks_recover_on_a_shared_plan(tmp_path, env):
 def test_accelerate_launch_two_ranks_recover_on_a_shared_plan(tmp_path, env):
     """The same unmodified script under `accelerate launch`: its ranks get the adapter through the
     environment, as torchrun's do (accelerate runs torchrun's launcher in its own process)."""
-    (tmp_path / "halve.yaml").write_text("rungs: [halve_batch]\n")
     env["HF_HOME"] = str(tmp_path / "hf")  # no accelerate config of the person running the tests
-    run_dir = tmp_path / "accelerate"
     # --multi_gpu is accelerate's data-parallel launcher; with no GPU the Trainer's ranks use gloo on the CPU.
     # (--cpu alone would start one process.) Port 0: a free port, so parallel CI jobs do not collide.
-    result = oomladder("run", "--memory-cap", "1200MiB", "--ladder", "halve.yaml", "--run-dir", str(run_dir), "--",
-                       sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                       "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                       "--num_cpu_threads_per_process", "1", "--main_process_port", "0", str(TRAIN_TINY),
-                       "--model-dir", str(tmp_path / "model"), "--output-dir", str(tmp_path / "out"),
-                       "--batch-size", "8", "--max-steps", "4", "--long-len", "384", cwd=tmp_path, env=env)
-    assert result.returncode == 0, result.stdout + result.stderr
-    view = view_of(run_dir)
+    accelerate = (sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                  "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                  "--num_cpu_threads_per_process", "1", "--main_process_port", "0")
+    _, view, run_dir = halving_run(tmp_path, env, "accelerate", accelerate, max_steps=4)
     first, last = view.attempts[0], view.attempts[-1]
     assert view.program_plan.world_size == 2
     assert first.failure.is_memory and first.failure.rank in (0, 1) and first.failure.step == 2
@@ -66,14 +67,7 @@ def test_accelerate_launch_two_ranks_recover_on_a_shared_plan(tmp_path, env):
 def test_an_oom_on_rank_1_alone_still_resumes_from_the_last_whole_step(tmp_path, env):
     """Rank 1 runs out of memory while rank 0 waits for it in a collective. Rank 0's collective breaks
     ('Connection closed by peer'), and rank 0, which holds the same weights, saves the end of step 2."""
-    (tmp_path / "halve.yaml").write_text("rungs: [halve_batch]\n")
-    run_dir = tmp_path / "rank1"
-    result = oomladder("run", "--memory-cap", "1200MiB", "--ladder", "halve.yaml", "--run-dir", str(run_dir), "--",
-                       sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(RANK1_GROWS),
-                       "--model-dir", str(tmp_path / "model"), "--output-dir", str(tmp_path / "out"),
-                       "--batch-size", "8", "--max-steps", "6", "--long-len", "384", cwd=tmp_path, env=env)
-    assert result.returncode == 0, result.stdout + result.stderr
-    view = view_of(run_dir)
+    _, view, run_dir = halving_run(tmp_path, env, "rank1", TORCHRUN, RANK1_GROWS)
     first, last = view.attempts[0], view.attempts[-1]
     assert first.failure.is_memory and first.failure.rank == 1 and first.failure.step == 2
     assert [c["step"] for c in view.checkpoints] == [2]  # written by rank 0, which did not run out of memory
