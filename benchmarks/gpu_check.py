@@ -101,6 +101,8 @@ def _check(console: Console, work: Path, out: Path, dry_run: bool) -> int:
     for name in ("journal.jsonl", "report.md"):
         if (run_dir / name).exists():
             shutil.copy(run_dir / name, out / f"ladder-{name}")
+    # Each attempt's own logs hold the real OOM text in full: one archive, checkpoints left out.
+    shutil.make_archive(str(out / "ladder-attempts"), "gztar", run_dir, "attempts")
     view = fold(read_journal(run_dir / "journal.jsonl"))
     for a in view.attempts:
         if a.failure is not None:

@@ -207,14 +207,18 @@ def _summary(kind: Kind, text: str) -> str:
     return base
 
 
-_NUMBER_PATTERNS = {
-    "tried_to_allocate": r"[Tt]ried to allocate ([\d.]+) ?(bytes|B|KiB|MiB|GiB|TiB)",
-    "total_capacity": r"([\d.]+) (bytes|KiB|MiB|GiB|TiB) total capacity|total capac(?:i)?ty of ([\d.]+) (bytes|KiB|MiB|GiB|TiB)",
-    "free": r"([\d.]+) (bytes|B|KiB|MiB|GiB|TiB) free|of which ([\d.]+) (bytes|B|KiB|MiB|GiB|TiB) is free",
-    "allocated_by_pytorch": r"([\d.]+) (bytes|B|KiB|MiB|GiB|TiB) already allocated|([\d.]+) (bytes|B|KiB|MiB|GiB|TiB) is allocated by PyTorch",
-    "reserved_by_pytorch": r"([\d.]+) (bytes|B|KiB|MiB|GiB|TiB) reserved in total by PyTorch",
-    "reserved_unallocated": r"([\d.]+) (bytes|B|KiB|MiB|GiB|TiB) is reserved by PyTorch but unallocated",
-    "process_in_use": r"(?:this process|Process \d+) has ([\d.]+) (bytes|B|KiB|MiB|GiB|TiB) memory in use",
+_UNIT = r"(bytes|B|KiB|MiB|GiB|TiB)"
+# Each number's patterns in order of preference; the first that matches gives it.
+_NUMBER_PATTERNS: dict[str, tuple[str, ...]] = {
+    "tried_to_allocate": (rf"[Tt]ried to allocate ([\d.]+) ?{_UNIT}",),
+    "total_capacity": (rf"([\d.]+) {_UNIT} total capacity", rf"total capac(?:i)?ty of ([\d.]+) {_UNIT}"),
+    "free": (rf"of which ([\d.]+) {_UNIT} is free", rf"([\d.]+) {_UNIT} free"),
+    "allocated_by_pytorch": (rf"([\d.]+) {_UNIT} already allocated", rf"([\d.]+) {_UNIT} is allocated by PyTorch"),
+    "reserved_by_pytorch": (rf"([\d.]+) {_UNIT} reserved in total by PyTorch",),
+    "reserved_unallocated": (rf"([\d.]+) {_UNIT} is reserved by PyTorch but unallocated",),
+    # "this process" first: the message also lists the card's other processes ("Process 490 has 610.00 MiB").
+    "process_in_use": (rf"this process has ([\d.]+) {_UNIT} memory in use",
+                       rf"Process \d+ has ([\d.]+) {_UNIT} memory in use"),
 }
 
 
@@ -223,10 +227,10 @@ def parse_numbers(text: str) -> dict[str, int]:
     start = max(text.rfind("out of memory"), text.rfind("can't allocate memory"), 0)
     tail = text[max(0, start - 200):]
     numbers: dict[str, int] = {}
-    for name, pattern in _NUMBER_PATTERNS.items():
-        m = re.search(pattern, tail)
+    for name, patterns in _NUMBER_PATTERNS.items():
+        m = next(filter(None, (re.search(p, tail) for p in patterns)), None)
         if m:
-            value, unit = [g for g in m.groups() if g is not None][:2]
+            value, unit = m.groups()
             numbers[name] = int(float(value) * _SIZE_UNITS[unit])
     if "reserved_unallocated" not in numbers and {"reserved_by_pytorch", "allocated_by_pytorch"} <= numbers.keys():
         numbers["reserved_unallocated"] = max(0, numbers["reserved_by_pytorch"] - numbers["allocated_by_pytorch"])

@@ -12,6 +12,15 @@ GLOO_PEER_CLOSED = ("RuntimeError: [/__w/pytorch/pytorch/third_party/gloo/gloo/t
                     "closed by peer [127.0.0.1]:49553. This is typically caused by a remote worker crashing. Check the "
                     "logs of the remote worker before reporting an error.")
 
+# Captured by this project's GPU check on an H200, torch 2.11.0+cu130 (fixtures: cuda_alloc_2_11_h200).
+H200_TEXT = ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 352.00 MiB. GPU 0 has a total capacity of "
+             "139.80 GiB of which 122.77 GiB is free. Process 490 has 610.00 MiB memory in use. Including non-PyTorch "
+             "memory, this process has 16.42 GiB memory in use. 16.00 GiB allowed; Of the allocated memory 14.86 GiB "
+             "is allocated by PyTorch, and 859.64 MiB is reserved by PyTorch but unallocated. If reserved but "
+             "unallocated memory is large try setting PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to avoid "
+             "fragmentation.  See documentation for Memory Management  (https://docs.pytorch.org/docs/stable/notes/"
+             "cuda.html#optimizing-memory-usage-with-pytorch-cuda-alloc-conf)")
+
 REAL_TEXTS = {
     "cuda_alloc_pre_1_13": (Kind.CUDA_OOM, "RuntimeError: CUDA out of memory. Tried to allocate 3.20 GiB (GPU 0; 22.20 GiB total capacity; 18.38 GiB already allocated; 2.83 GiB free; 18.46 GiB reserved in total by PyTorch) If reserved memory is >> allocated memory try setting max_split_size_mb to avoid fragmentation.  See documentation for Memory Management and PYTORCH_CUDA_ALLOC_CONF"),
     "cuda_alloc_2_0": (Kind.CUDA_OOM, "torch.cuda.OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 MiB (GPU 0; 8.00 GiB total capacity; 7.06 GiB already allocated; 0 bytes free; 7.29 GiB reserved in total by PyTorch) If reserved memory is >> allocated memory try setting max_split_size_mb to avoid fragmentation.  See documentation for Memory Management and PYTORCH_CUDA_ALLOC_CONF"),
@@ -19,6 +28,7 @@ REAL_TEXTS = {
     "cuda_alloc_2_2": (Kind.CUDA_OOM, "torch.cuda.OutOfMemoryError: CUDA out of memory. Tried to allocate 22.00 MiB. GPU 0 has a total capacity of 23.65 GiB of which 11.06 MiB is free. Including non-PyTorch memory, this process has 23.60 GiB memory in use. Of the allocated memory 22.90 GiB is allocated by PyTorch, and 194.87 MiB is reserved by PyTorch but unallocated. If reserved but unallocated memory is large try setting PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to avoid fragmentation.  See documentation for Memory Management  (https://pytorch.org/docs/stable/notes/cuda.html#environment-variables)"),
     "cuda_alloc_2_4_rank": (Kind.CUDA_OOM, "[rank0]: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 158.00 MiB. GPU 0 has a total capacity of 23.69 GiB of which 115.69 MiB is free. Process 21422 has 23.57 GiB memory in use. Of the allocated memory 22.14 GiB is allocated by PyTorch, and 910.35 MiB is reserved by PyTorch but unallocated. If reserved but unallocated memory is large try setting PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to avoid fragmentation.  See documentation for Memory Management  (https://pytorch.org/docs/stable/notes/cuda.html#environment-variables)"),
     "cuda_alloc_current": (Kind.CUDA_OOM, "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.60 GiB. GPU 0 has a total capacity of 14.74 GiB of which 2.44 GiB is free. Process 21197 has 366.00 MiB memory in use. Process 21194 has 8.07 GiB memory in use. Process 21200 has 3.40 GiB memory in use. Process 21203 has 484.00 MiB memory in use. Of the allocated memory 7.85 GiB is allocated by PyTorch, and 86.90 MiB is reserved by PyTorch but unallocated. If reserved but unallocated memory is large try setting PYTORCH_ALLOC_CONF=expandable_segments:True to avoid fragmentation.  See documentation for Memory Management  (https://pytorch.org/docs/stable/notes/cuda.html#environment-variables)"),
+    "cuda_alloc_2_11_h200": (Kind.CUDA_OOM, H200_TEXT),
     "cuda_driver_old": (Kind.CUDA_DRIVER_OOM, "RuntimeError: CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported at some other API call, so the stacktrace below might be incorrect.\nFor debugging consider passing CUDA_LAUNCH_BLOCKING=1.\nCompile with `TORCH_USE_CUDA_DSA` to enable device-side assertions."),
     "cuda_driver_accelerator_error": (Kind.CUDA_DRIVER_OOM, "torch.AcceleratorError: CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported at some other API call, so the stacktrace below might be incorrect.\nFor debugging consider passing CUDA_LAUNCH_BLOCKING=1\nCompile with `TORCH_USE_CUDA_DSA` to enable device-side assertions."),
     "cublas_alloc": (Kind.CUBLAS_ALLOC, "RuntimeError: CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"),
@@ -152,3 +162,16 @@ def test_a_rank_whose_peer_died_says_so_and_an_oom_does_not():
     from supervisor.classify import peer_died
     assert peer_died(GLOO_PEER_CLOSED)
     assert not peer_died("DefaultCPUAllocator: can't allocate memory: you tried to allocate 393216000 bytes")
+
+
+def test_the_numbers_are_the_failing_process_s_own_when_the_message_lists_others():
+    numbers = parse_numbers(H200_TEXT)
+    assert numbers["process_in_use"] == int(16.42 * 2**30)  # "this process has", not "Process 490 has 610.00 MiB"
+    assert numbers["tried_to_allocate"] == 352 * 2**20
+    assert numbers["allocated_by_pytorch"] == int(14.86 * 2**30)
+    assert numbers["free"] == int(122.77 * 2**30)
+
+
+def test_a_message_naming_only_another_process_still_gives_its_numbers():
+    _, text = REAL_TEXTS["cuda_alloc_2_4_rank"]
+    assert parse_numbers(text)["process_in_use"] == int(23.57 * 2**30)
