@@ -9,15 +9,14 @@ import os
 import runpy
 import sys
 
-from supervisor.units import parse_size
+from oomladder.units import parse_size
 
 
 def main() -> None:
     cap, script, *args = sys.argv[1:]
     os.environ["OOMLADDER_MEMORY_CAP"] = str(parse_size(cap))
     import transformers  # noqa: F401  (the frameworks are imported before the limit, as under oomladder)
-
-    from supervisor.worker import memcap
+    from oomladder.worker import memcap
     memcap.arm()
     sys.argv = [script, *args]
     runpy.run_path(script, run_name="__main__")

@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         CASES[args.one]()
         print("no error", file=sys.stderr)
         return 0
-    from supervisor.classify import Evidence, classify
+    from oomladder.classify import Evidence, classify
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

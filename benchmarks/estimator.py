@@ -17,15 +17,14 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from oomladder.memory.estimate import Estimate
+from oomladder.memory.foresight import estimate_for
+from oomladder.process.launch import CPU_DEVICE_ALLOCATOR
+from oomladder.record.history import fold
+from oomladder.record.journal import read_journal
+from oomladder.units import format_size
 from rich.console import Console
 from rich.table import Table
-
-from supervisor.estimate import Estimate
-from supervisor.foresight import estimate_for
-from supervisor.history import fold
-from supervisor.journal import read_journal
-from supervisor.launch import CPU_DEVICE_ALLOCATOR
-from supervisor.units import format_size
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN = ROOT / "supervisor" / "demo" / "train_tiny.py"
@@ -63,7 +62,7 @@ def measure(work: Path, model: str, scenario: Scenario, python: str = sys.execut
     """(estimate, measured peak, what was measured) for one scenario run under oomladder."""
     run_dir = work / f"{model}-{scenario.name.replace(' ', '-')}"
     settings = [arg for s in scenario.settings for arg in ("--set", s)]
-    argv = [python, "-m", "supervisor", "run", "--run-dir", str(run_dir), *settings, "--", python,
+    argv = [python, "-m", "oomladder", "run", "--run-dir", str(run_dir), *settings, "--", python,
             *scenario.argv(work / f"model-{model}", run_dir / "out", MODELS[model])]
     # The allocator a capped worker gets: resident memory then follows the live tensors.
     result = subprocess.run(argv, cwd=work, capture_output=True, text=True, check=False,

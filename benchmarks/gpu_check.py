@@ -27,11 +27,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from oomladder.record.history import fold
+from oomladder.record.journal import read_journal
 from rich.console import Console
 
 from benchmarks.estimator import MODELS, SCENARIOS, Scenario, measure, table
-from supervisor.history import fold
-from supervisor.journal import read_journal
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN = ROOT / "supervisor" / "demo" / "train_tiny.py"
@@ -73,7 +73,7 @@ def _check(console: Console, work: Path, out: Path, dry_run: bool) -> int:
     console.print(_versions(dry_run))
     _build(model_dir, on_meta=dry_run)
     console.rule("1. oomladder plan")
-    plan = subprocess.run([py, "-m", "supervisor", "plan", "--model", str(model_dir), "--seq-len", "1024",
+    plan = subprocess.run([py, "-m", "oomladder", "plan", "--model", str(model_dir), "--seq-len", "1024",
                            "--batch-size", "16", "--lora-rank", "8", "--memory", CARD, "--device", "cuda"],
                           capture_output=True, text=True, check=False, env={**os.environ, "COLUMNS": "160"})
     console.print(plan.stdout + plan.stderr, markup=False, highlight=False)
@@ -89,13 +89,13 @@ def _check(console: Console, work: Path, out: Path, dry_run: bool) -> int:
     console.rule(f"2. the ladder on real CUDA OOMs: oomladder run --memory-cap {CARD}")
     run_dir = work / "ladder"
     t0 = time.time()
-    result = subprocess.run([py, "-m", "supervisor", "run", "--memory-cap", CARD, "--run-dir", str(run_dir), "--",
+    result = subprocess.run([py, "-m", "oomladder", "run", "--memory-cap", CARD, "--run-dir", str(run_dir), "--",
                              py, str(TRAIN), "--model-dir", str(model_dir), "--output-dir", str(work / "ladder-out"),
                              *LADDER_RUN], capture_output=True, text=True, check=False,
                             env={**os.environ, "COLUMNS": "160"})
     console.print(result.stdout[-6000:], markup=False, highlight=False)
     console.print(f"exit status {result.returncode} after {time.time() - t0:.0f} s", markup=False)
-    report = subprocess.run([py, "-m", "supervisor", "report", str(run_dir), "--format", "md"],
+    report = subprocess.run([py, "-m", "oomladder", "report", str(run_dir), "--format", "md"],
                             capture_output=True, text=True, check=False)
     console.print(report.stdout + report.stderr, markup=False, highlight=False)
     for name in ("journal.jsonl", "report.md"):

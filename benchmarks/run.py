@@ -22,12 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from oomladder.process.launch import CPU_DEVICE_ALLOCATOR
+from oomladder.record.history import fold
+from oomladder.record.journal import read_journal
 from rich.console import Console
 from rich.table import Table
-
-from supervisor.history import fold
-from supervisor.journal import read_journal
-from supervisor.launch import CPU_DEVICE_ALLOCATOR
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN = ROOT / "supervisor" / "demo" / "train_tiny.py"
@@ -68,7 +67,7 @@ def mid_run_oom(work: Path) -> list[list[str]]:
                     "--max-steps", "1", "--batch-size", "1", "--long-len", "8"], cwd=work, capture_output=True)
     rows = []
     ladder_dir = work / "ladder-run"
-    seconds, result = timed([py, "-m", "supervisor", "run", "--memory-cap", CAP, "--run-dir", str(ladder_dir), "--",
+    seconds, result = timed([py, "-m", "oomladder", "run", "--memory-cap", CAP, "--run-dir", str(ladder_dir), "--",
                              py, *train_args(work, "ladder")], work)
     view = fold(read_journal(ladder_dir / "journal.jsonl"))
     last_stdout = (ladder_dir / "attempts" / f"{view.attempts[-1].number:03d}" / "stdout.log").read_text()
@@ -101,10 +100,10 @@ def overhead(work: Path, repeats: int = 3) -> tuple[float, float, float]:
     bare, supervised = [], []
     for i in range(repeats):
         bare.append(timed(plain, work)[0])
-        supervised.append(timed([py, "-m", "supervisor", "run", "--run-dir", str(work / f"overhead-{i}"), "--",
+        supervised.append(timed([py, "-m", "oomladder", "run", "--run-dir", str(work / f"overhead-{i}"), "--",
                                  *plain], work)[0])
     trivial = [py, "-c", "import torch"]
-    fixed = min(timed([py, "-m", "supervisor", "run", "--run-dir", str(work / f"fixed-{i}"), "--", *trivial], work)[0]
+    fixed = min(timed([py, "-m", "oomladder", "run", "--run-dir", str(work / f"fixed-{i}"), "--", *trivial], work)[0]
                 - timed(trivial, work)[0] for i in range(repeats))
     return min(bare), min(supervised), fixed
 
@@ -112,7 +111,7 @@ def overhead(work: Path, repeats: int = 3) -> tuple[float, float, float]:
 def death_to_start(work: Path) -> list[float]:
     py = sys.executable
     run_dir = work / "restart"
-    subprocess.run([py, "-m", "supervisor", "run", "--memory-cap", "600MiB", "--run-dir", str(run_dir),
+    subprocess.run([py, "-m", "oomladder", "run", "--memory-cap", "600MiB", "--run-dir", str(run_dir),
                     "--set", "per_device_train_batch_size=16", "--set", "gradient_accumulation_steps=1", "--", py,
                     str(PLAIN), "--batch", "{per_device_train_batch_size}", "--accum", "{gradient_accumulation_steps}"],
                    cwd=work, capture_output=True)

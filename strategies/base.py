@@ -10,8 +10,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from supervisor.classify import Failure
-from supervisor.plan import Facts, Plan
+from oomladder.classify import Failure
+from oomladder.plan import Facts, Plan
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class Strategy(ABC):
     params: ClassVar[dict[str, type]] = {}  # accepted YAML parameters and their types
 
     def __init__(self, **params: Any) -> None:
-        from supervisor.errors import StrategyError
+        from oomladder.errors import StrategyError
         for key, value in params.items():
             expected = self.params.get(key)
             if expected is None:

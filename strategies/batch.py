@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from supervisor.plan import Facts, Plan
-
-from strategies.base import Applied, Outcome, Skipped, Strategy
-from strategies.registry import register
+from oomladder.plan import Facts, Plan
+from oomladder.strategies.base import Applied, Outcome, Skipped, Strategy
+from oomladder.strategies.registry import register
 
 
 @register
@@ -15,7 +14,7 @@ class HalveBatch(Strategy):
     params = {"min_batch": int}
 
     def validate(self) -> None:
-        from supervisor.errors import StrategyError
+        from oomladder.errors import StrategyError
         if self.options.get("min_batch", 1) < 1:
             raise StrategyError("strategy 'halve_batch': min_batch must be 1 or more")
 

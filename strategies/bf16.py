@@ -7,10 +7,9 @@ where bf16 does not, and mixing it with bf16 is the seed note's mistake.
 
 from __future__ import annotations
 
-from supervisor.plan import Facts, Plan
-
-from strategies.base import Applied, Outcome, Skipped, Strategy
-from strategies.registry import register
+from oomladder.plan import Facts, Plan
+from oomladder.strategies.base import Applied, Outcome, Skipped, Strategy
+from oomladder.strategies.registry import register
 
 
 @register

@@ -6,10 +6,9 @@ inputs, as in LoRA, where the reentrant variant silently produces no gradients.
 
 from __future__ import annotations
 
-from supervisor.plan import Facts, Plan
-
-from strategies.base import Applied, Outcome, Skipped, Strategy
-from strategies.registry import register
+from oomladder.plan import Facts, Plan
+from oomladder.strategies.base import Applied, Outcome, Skipped, Strategy
+from oomladder.strategies.registry import register
 
 
 @register

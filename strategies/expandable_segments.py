@@ -3,11 +3,10 @@ fragmentation comes back at no cost in speed, so it is the free first rung."""
 
 from __future__ import annotations
 
-from supervisor.classify import is_fragmented
-from supervisor.plan import Facts, Plan
-
-from strategies.base import Applied, Outcome, Skipped, Strategy
-from strategies.registry import register
+from oomladder.classify import is_fragmented
+from oomladder.plan import Facts, Plan
+from oomladder.strategies.base import Applied, Outcome, Skipped, Strategy
+from oomladder.strategies.registry import register
 
 SETTING = "expandable_segments:True"
 _CACHING_DEVICES = ("cuda", "hip", "xpu")

@@ -6,10 +6,9 @@ trained, so quantizing a full fine-tune would silently change what is learned.
 
 from __future__ import annotations
 
-from supervisor.plan import Facts, Plan
-
-from strategies.base import Applied, Outcome, Skipped, Strategy
-from strategies.registry import register
+from oomladder.plan import Facts, Plan
+from oomladder.strategies.base import Applied, Outcome, Skipped, Strategy
+from oomladder.strategies.registry import register
 
 _BNB_DEVICES = ("cuda", "cpu", "xpu", "hip")
 

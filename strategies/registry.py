@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from importlib.metadata import entry_points
 
-from supervisor.errors import StrategyError
-
-from strategies.base import Strategy
+from oomladder.errors import StrategyError
+from oomladder.strategies.base import Strategy
 
 _REGISTRY: dict[str, type[Strategy]] = {}
 _entry_points_loaded = False

@@ -3,10 +3,9 @@ memory, so this answers host-memory deaths (a killed DataLoader worker, the kern
 
 from __future__ import annotations
 
-from supervisor.plan import Facts, Plan
-
-from strategies.base import Applied, Outcome, Skipped, Strategy
-from strategies.registry import register
+from oomladder.plan import Facts, Plan
+from oomladder.strategies.base import Applied, Outcome, Skipped, Strategy
+from oomladder.strategies.registry import register
 
 
 @register

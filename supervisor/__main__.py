@@ -1,3 +1,3 @@
-from supervisor.cli import entry
+from oomladder.cli import entry
 
 entry()

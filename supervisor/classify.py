@@ -202,7 +202,7 @@ def _summary(kind: Kind, text: str) -> str:
     numbers = parse_numbers(text)
     base = _SUMMARIES[kind]
     if "tried_to_allocate" in numbers:
-        from supervisor.units import format_size
+        from oomladder.units import format_size
         base += f": tried to allocate {format_size(numbers['tried_to_allocate'])}"
     return base
 

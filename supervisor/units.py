@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from supervisor.errors import UsageError
+from oomladder.errors import UsageError
 
 _UNITS = {
     "": 1, "b": 1,

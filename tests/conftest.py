@@ -23,7 +23,7 @@ class FakeClock:
 
 
 def oomladder_argv(*args: str) -> list[str]:
-    return [sys.executable, "-m", "supervisor", *args]
+    return [sys.executable, "-m", "oomladder", *args]
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """The kernel's word for a host OOM kill: the cgroup's oom_kill counter, v2 or v1."""
 
-from supervisor.cgroup import oom_kill_count
+from oomladder.process.cgroup import oom_kill_count
 
 
 def test_cgroup_v2_memory_events(tmp_path):

@@ -4,8 +4,8 @@ import json
 import os
 import time
 
-from supervisor.checkpoints import is_whole, latest
-from supervisor.worker import emergency
+from oomladder.process.checkpoints import is_whole, latest
+from oomladder.worker import emergency
 
 
 def make(path, step, weights=True, state=True):

@@ -4,8 +4,7 @@ friends print (sources for each text: tests/fixtures/oom_messages.md)."""
 import signal
 
 import pytest
-
-from supervisor.classify import Evidence, Kind, classify, is_fragmented, parse_numbers
+from oomladder.classify import Evidence, Kind, classify, is_fragmented, parse_numbers
 
 # What rank 0 raises under gloo when rank 1 died of its OOM (seen in tests/e2e/test_distributed.py's runs).
 GLOO_PEER_CLOSED = ("RuntimeError: [/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection "
@@ -159,7 +158,7 @@ def test_an_oom_wins_over_a_transient_failure_it_caused():
 
 
 def test_a_rank_whose_peer_died_says_so_and_an_oom_does_not():
-    from supervisor.classify import peer_died
+    from oomladder.classify import peer_died
     assert peer_died(GLOO_PEER_CLOSED)
     assert not peer_died("DefaultCPUAllocator: can't allocate memory: you tried to allocate 393216000 bytes")
 

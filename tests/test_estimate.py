@@ -4,10 +4,9 @@ benchmarks/estimator.py measures the same arithmetic against real peaks; these t
 """
 
 import pytest
-
-from supervisor.estimate import CUDA_CONTEXT, HEADROOM, Workload, estimate, usable
-from supervisor.plan import Plan
-from supervisor.shape import from_config
+from oomladder.memory.estimate import CUDA_CONTEXT, HEADROOM, Workload, estimate, usable
+from oomladder.memory.shape import from_config
+from oomladder.plan import Plan
 
 GB = 10**9
 LLAMA_1B = {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 16, "num_attention_heads": 16,

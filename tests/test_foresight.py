@@ -3,12 +3,12 @@ rungs that save too little are passed over, and the estimate is calibrated by th
 
 from dataclasses import replace
 
-from supervisor.classify import Failure, Kind
-from supervisor.estimate import usable
-from supervisor.foresight import calibration, estimate_for, fit_for, plan_ahead
-from supervisor.history import fold
-from supervisor.ladder import load_ladder, next_plan
-from supervisor.plan import Plan
+from oomladder.classify import Failure, Kind
+from oomladder.ladder import load_ladder, next_plan
+from oomladder.memory.estimate import usable
+from oomladder.memory.foresight import calibration, estimate_for, fit_for, plan_ahead
+from oomladder.plan import Plan
+from oomladder.record.history import fold
 
 # The demo's tiny Llama (20M parameters, 32,000-token vocabulary) with LoRA on q and v, as the worker reports it.
 MODEL = {"shape": {"layers": 4, "hidden": 256, "intermediate": 688, "heads": 4, "kv_heads": 4, "vocab": 32000,

@@ -1,6 +1,7 @@
 """Relaunch hygiene: the next attempt waits for the dead worker's GPU memory (NVML faked here)."""
 
-from supervisor.gpu import wait_released
+from oomladder.process.gpu import wait_released
+
 from tests.conftest import FakeClock
 
 

@@ -2,9 +2,9 @@
 
 import json
 
-from supervisor.history import fold
-from supervisor.journal import SCHEMA_VERSION, Journal, read_journal
-from supervisor.plan import Plan
+from oomladder.plan import Plan
+from oomladder.record.history import fold
+from oomladder.record.journal import SCHEMA_VERSION, Journal, read_journal
 
 
 def test_each_record_is_a_versioned_line_on_disk_as_soon_as_it_is_appended(tmp_path):

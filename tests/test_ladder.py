@@ -1,13 +1,12 @@
 """The ladder as data (YAML) and as a pure step from (plan, failure) to the next plan."""
 
 import pytest
-
-from strategies import registry
-from strategies.base import Applied, Strategy
-from supervisor.classify import Failure, Kind
-from supervisor.errors import LadderFileError, StrategyError
-from supervisor.ladder import load_ladder, next_plan, parse_ladder
-from supervisor.plan import Facts, Plan
+from oomladder.classify import Failure, Kind
+from oomladder.errors import LadderFileError, StrategyError
+from oomladder.ladder import climb, load_ladder, next_plan, parse_ladder
+from oomladder.plan import Facts, Plan
+from oomladder.strategies import registry
+from oomladder.strategies.base import Applied, Strategy
 
 OOM = Failure(Kind.CPU_OOM, "device", "CPU allocator out of memory", phase="train", step=2)
 HOST = Failure(Kind.DATALOADER_KILLED, "host", "a DataLoader worker was killed")
@@ -17,17 +16,10 @@ PROGRAM = Plan(per_device_train_batch_size=16, gradient_accumulation_steps=1, pe
 LORA_ON_CPU = Facts(device="cpu", bf16_supported=True, base_frozen=True)
 
 
-def walk(ladder, plan=PROGRAM, facts=LORA_ON_CPU, failure=OOM, steps=20):
-    """The rungs taken by repeated OOMs, as the runner would take them."""
-    taken, uses = [], {}
-    for _ in range(steps):
-        decision = next_plan(ladder, plan, facts, failure, uses)
-        if decision.exhausted:
-            return taken, decision
-        taken.append(decision.rung)
-        uses[decision.rung_index] = uses.get(decision.rung_index, 0) + 1
-        plan = decision.plan
-    raise AssertionError("the ladder never ran out")
+def walk(ladder, plan=PROGRAM, facts=LORA_ON_CPU, failure=OOM):
+    """The rungs taken by repeated OOMs, as the runner would take them, and the decision that ends them."""
+    steps = list(climb(ladder, plan, facts, failure, {}))
+    return [s.decision.rung for s in steps[:-1]], steps[-1].decision
 
 
 def test_the_default_ladder_walks_the_cards_order():
@@ -53,13 +45,10 @@ def test_skips_are_recorded_with_their_reasons():
 
 
 def test_the_effective_batch_never_changes_along_the_whole_ladder():
-    plan, uses = PROGRAM, {}
-    ladder = load_ladder(None)
-    while not (decision := next_plan(ladder, plan, LORA_ON_CPU, OOM, uses)).exhausted:
-        assert decision.plan.effective_batch == 16
-        uses[decision.rung_index] = uses.get(decision.rung_index, 0) + 1
-        plan = decision.plan
-    assert plan.per_device_train_batch_size == 1 and plan.gradient_accumulation_steps == 16
+    steps = list(climb(load_ladder(None), PROGRAM, LORA_ON_CPU, OOM, {}))
+    assert all(s.decision.plan.effective_batch == 16 for s in steps[:-1])
+    last = steps[-1].before
+    assert last.per_device_train_batch_size == 1 and last.gradient_accumulation_steps == 16
 
 
 def test_a_rung_that_would_change_the_effective_batch_is_refused(monkeypatch):

@@ -9,14 +9,14 @@ import time
 from pathlib import Path
 
 import pytest
+from oomladder import nodes
+from oomladder.errors import RunDirError, UsageError
+from oomladder.ladder import parse_ladder
+from oomladder.nodes import Topology
+from oomladder.record.history import fold
+from oomladder.record.journal import read_journal
+from oomladder.run import RunConfig, Runner, watch
 
-from supervisor import nodes, runner
-from supervisor.errors import RunDirError, UsageError
-from supervisor.history import fold
-from supervisor.journal import read_journal
-from supervisor.ladder import parse_ladder
-from supervisor.nodes import Topology
-from supervisor.runner import RunConfig, Runner
 from tests.conftest import FakeClock
 from tests.test_runner import CPU_OOM, FACTS, PROGRAM
 
@@ -221,7 +221,7 @@ def two_nodes(tmp_path, launchers, options=({}, {}), clock=time.time, sleep=time
 
 @pytest.fixture(autouse=True)
 def _look_at_peers_every_poll(monkeypatch):
-    monkeypatch.setattr(runner, "PEER_LOOK_INTERVAL", 0.0)
+    monkeypatch.setattr(watch, "PEER_LOOK_INTERVAL", 0.0)
 
 
 def test_an_oom_on_one_node_stops_the_other_and_both_take_the_same_decision(tmp_path):
@@ -254,7 +254,7 @@ def test_rank_0s_checkpoint_on_one_node_is_where_every_node_resumes(tmp_path):
 
 def test_a_node_started_with_other_options_stops_every_node_before_any_rank_runs(tmp_path):
     node0, node1 = Node(finishes(0)), Node(finishes(1))
-    from supervisor.plan import Plan
+    from oomladder.plan import Plan
     codes, views = two_nodes(tmp_path, [node0, node1],
                              options=({}, {"initial": Plan(per_device_train_batch_size=4)}))
     assert codes == [2, 2]
@@ -363,7 +363,7 @@ def test_a_signal_to_one_node_stops_the_run_on_every_node(tmp_path):
 
 
 def test_resume_continues_a_node_from_its_own_journal(tmp_path):
-    from supervisor.cli import resume_config
+    from oomladder.cli.commands import resume_config
     ladder = parse_ladder("rungs: [halve_batch]", "test")
     line = {"v": 1, "type": "run_started", "ts": 1.0, "command": ["torchrun", "train.py"], "ladder": ladder.to_dict(),
             "nnodes": 2, "node_rank": 1, "node_timeout": 120.0, "memory_cap": 2**30}
@@ -378,8 +378,8 @@ def test_a_supervisor_that_died_after_telling_its_end_is_not_told_again(tmp_path
     journal_file = tmp_path / "journal.node1.jsonl"
     told = {"v": 1, "type": "node_ended", "ts": 2.0, "attempt": 1, "node": 1, "failure": OOM, "failed_at": 1.5}
     journal_file.write_text(json.dumps(told) + "\n")
-    from supervisor.journal import Journal
-    from supervisor.world import World
+    from oomladder.nodes.world import World
+    from oomladder.record.journal import Journal
     with Journal(journal_file) as journal:
         World(tmp_path, Topology(2, 1), 10, 0.01, time.time, time.sleep, lambda: False).orphan_ended(
             journal, 1, died=2.0, checkpoint=None)

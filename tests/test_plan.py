@@ -1,8 +1,7 @@
 import dataclasses
 
 import pytest
-
-from supervisor.plan import Plan, coerce_field, describe_changes
+from oomladder.plan import Plan, coerce_field, describe_changes
 
 
 def test_a_plan_is_immutable():

@@ -6,7 +6,7 @@ import subprocess
 import sys
 import time
 
-from supervisor.process import LaunchSpec, Worker, group_members
+from oomladder.process.workers import LaunchSpec, Worker, group_members
 
 SPAWNS_A_CHILD = ("import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; "
                   "time.sleep(60)']); print('ready', flush=True); time.sleep(60)")
@@ -54,7 +54,7 @@ def test_a_worker_dies_with_its_supervisor(tmp_path):
     """The kernel's parent-death signal: no orphan keeps training (and a GPU) after oomladder is gone."""
     supervisor_code = (
         "import sys, time; sys.path.insert(0, %r); from pathlib import Path; import os;"
-        "from supervisor.process import LaunchSpec, Worker;"
+        "from oomladder.process.workers import LaunchSpec, Worker;"
         "w = Worker(LaunchSpec((sys.executable, '-c', 'import time; time.sleep(60)'), dict(os.environ), '.', "
         "Path(%r), Path(%r))); print(w.pid, flush=True); time.sleep(60)"
     ) % (os.getcwd(), str(tmp_path / "o"), str(tmp_path / "e"))
@@ -67,7 +67,7 @@ def test_a_worker_dies_with_its_supervisor(tmp_path):
 
 
 def test_the_post_import_hook_patches_a_module_when_it_is_imported(tmp_path, monkeypatch):
-    from supervisor.worker.importhook import PostImportFinder
+    from oomladder.worker.importhook import PostImportFinder
     (tmp_path / "patched_later.py").write_text("VALUE = 1\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     seen = []

@@ -2,12 +2,11 @@
 
 import json
 
+from oomladder.record.history import fold
+from oomladder.views.render import print_report
+from oomladder.views.report import build_report, render_markdown
+from oomladder.views.table import attempts_table
 from rich.console import Console
-
-from supervisor.history import fold
-from supervisor.render import print_report
-from supervisor.report import build_report, render_markdown
-from supervisor.table import attempts_table
 
 RECORDS = [
     {"type": "run_started", "ts": 0, "command": ["python", "train.py", "--bs", "16"], "memory_cap": 1200 * 2**20,

@@ -10,14 +10,14 @@ from itertools import count
 from pathlib import Path
 
 import pytest
+from oomladder.errors import RunDirError
+from oomladder.ladder import load_ladder, parse_ladder
+from oomladder.plan import Plan
+from oomladder.process.workers import LaunchError
+from oomladder.record.history import fold
+from oomladder.record.journal import read_journal
+from oomladder.run import RunConfig, Runner
 
-from supervisor.errors import RunDirError
-from supervisor.history import fold
-from supervisor.journal import read_journal
-from supervisor.ladder import load_ladder, parse_ladder
-from supervisor.plan import Plan
-from supervisor.process import LaunchError
-from supervisor.runner import RunConfig, Runner
 from tests.conftest import FakeClock
 
 CPU_OOM = ("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried "

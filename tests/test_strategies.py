@@ -1,12 +1,11 @@
 """Each rung: what it changes, and why it declines when it does not apply."""
 
 import pytest
-
-import strategies
-from strategies.base import Applied, Skipped
-from supervisor.classify import Failure, Kind
-from supervisor.errors import StrategyError
-from supervisor.plan import Facts, Plan
+from oomladder import strategies
+from oomladder.classify import Failure, Kind
+from oomladder.errors import StrategyError
+from oomladder.plan import Facts, Plan
+from oomladder.strategies.base import Applied, Skipped
 
 DEVICE_OOM = Failure(Kind.CUDA_OOM, "device", "CUDA out of memory", phase="train", step=2)
 FRAGMENTED = Failure(Kind.CUDA_OOM, "device", "CUDA out of memory", numbers={

@@ -1,7 +1,6 @@
 import pytest
-
-from supervisor.errors import UsageError
-from supervisor.units import format_size, parse_duration, parse_size
+from oomladder.errors import UsageError
+from oomladder.units import format_size, parse_duration, parse_size
 
 
 @pytest.mark.parametrize("text, expected", [

@@ -21,10 +21,10 @@ def demo_command(run_dir: Path) -> list[str]:
 
 
 def run_demo(run_dir: str | None, memory_cap: str | None, console) -> int:
-    from supervisor.cli import run_config
-    from supervisor.ladder import load_ladder
-    from supervisor.runner import RunConfig
-    from supervisor.units import parse_size
+    from oomladder.ladder import load_ladder
+    from oomladder.run.config import RunConfig
+    from oomladder.run.console import run_in_console
+    from oomladder.units import parse_size
 
     path = Path(run_dir) if run_dir else Path("oomladder-runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     cap = parse_size(memory_cap or DEMO_CAP)
@@ -32,4 +32,4 @@ def run_demo(run_dir: str | None, memory_cap: str | None, console) -> int:
                   f"{memory_cap or DEMO_CAP} of emulated device memory; its sequences grow at step 3.",
                   markup=False, highlight=False)
     config = RunConfig(command=tuple(demo_command(path)), run_dir=path, ladder=load_ladder(None), memory_cap=cap)
-    return run_config(config, console)
+    return run_in_console(config, console)

@@ -22,9 +22,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from supervisor.worker import files
+from oomladder.worker import files
 
-EMERGENCY = "emergency"
 _rng: dict[str, Any] = {}
 _in_optimizer_step = [False]
 
@@ -81,7 +80,7 @@ def save(trainer) -> str | None:
     step = trainer.state.global_step
     attempt = os.environ.get("OOMLADDER_ATTEMPT") or Path(os.environ["OOMLADDER_ATTEMPT_DIR"]).name
     root = Path(os.environ["OOMLADDER_RUN_DIR"]) / "checkpoints"
-    target = root / f"{EMERGENCY}-step-{step}-attempt-{attempt}"
+    target = root / f"{files.EMERGENCY}-step-{step}-attempt-{attempt}"
     partial = target.with_name(target.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
@@ -94,7 +93,7 @@ def save(trainer) -> str | None:
     trainer.state.save_to_json(str(partial / "trainer_state.json"))
     shutil.rmtree(target, ignore_errors=True)
     os.replace(partial, target)
-    files.write_json(files.path(EMERGENCY), {"path": str(target), "step": step, "max_steps": trainer.state.max_steps})
+    files.write_json(files.path(files.EMERGENCY), {"path": str(target), "step": step, "max_steps": trainer.state.max_steps})
     return str(target)
 
 

@@ -1,8 +1,10 @@
-"""What the worker leaves in its attempt folder for the supervisor: one file of each kind per rank.
+"""The file protocol between a worker and its supervisor, both sides: what the worker leaves in its
+attempt folder (one file of each kind per rank) and how the supervisor reads it.
 
 `observed.R.json` (the program's own settings and facts), `progress.R.jsonl` (a line per step),
-`failure.R.json` (the exception that killed it). Whole files are written atomically, so the
-supervisor never reads half of one.
+`failure.R.json` (the exception that killed it), `emergency.0.json` (the emergency checkpoint rank
+0 saved). Whole files are written atomically, so the supervisor never reads half of one; progress
+is read line by line as it grows, whole lines only. Standard library only: this runs in the worker.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-OBSERVED, PROGRESS, FAILURE = "observed", "progress", "failure"
+OBSERVED, PROGRESS, FAILURE, EMERGENCY = "observed", "progress", "failure", "emergency"
 
 
 def rank() -> int:
@@ -56,3 +58,67 @@ def write_failure(exc: BaseException, **context: Any) -> bool:
                         "pid": os.getpid(), "rank": rank(), "world_size": int(os.environ.get("WORLD_SIZE", "1") or 1),
                         "ts": round(time.time(), 3), **context})
     return True
+
+
+# --- the supervisor's side -------------------------------------------------------------------------
+
+class AttemptFiles:
+    """What the worker ranks of one attempt left in `folder`, read as it grows: each progress line once."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self._offsets: dict[Path, int] = {}
+        self._observed: dict[Path, Any] = {}
+
+    def new_observations(self) -> list[tuple[int, dict[str, Any]]]:
+        """(rank, observation) for each rank whose observed file changed since the last look."""
+        changed = []
+        for target in sorted(self.folder.glob(f"{OBSERVED}.*.json")):
+            data = read_json(target)
+            if data is not None and self._observed.get(target) != data:
+                self._observed[target] = data
+                changed.append((rank_of(target), data))
+        return changed
+
+    def new_progress(self) -> list[tuple[int, dict[str, Any]]]:
+        """(rank, entry) for each whole progress line written since the last look."""
+        entries = []
+        for target in sorted(self.folder.glob(f"{PROGRESS}.*.jsonl")):
+            offset = self._offsets.get(target, 0)
+            try:
+                with open(target, "rb") as f:
+                    f.seek(offset)
+                    chunk = f.read()
+            except OSError:
+                continue
+            complete = chunk[: chunk.rfind(b"\n") + 1]  # a line still being written waits for the next look
+            self._offsets[target] = offset + len(complete)
+            for line in complete.decode("utf-8", errors="replace").splitlines():
+                try:
+                    entries.append((rank_of(target), json.loads(line)))
+                except json.JSONDecodeError:
+                    continue
+        return entries
+
+    def first_failure(self) -> dict[str, Any] | None:
+        """The earliest failure record of any rank: the root cause, not a peer dying of it."""
+        records = [r for r in map(read_json, self.folder.glob(f"{FAILURE}.*.json")) if r is not None]
+        return min(records, key=lambda r: r.get("ts", float("inf"))) if records else None
+
+    def emergency(self) -> dict[str, Any] | None:
+        """The emergency checkpoint rank 0 marked whole: {path, step, max_steps}."""
+        return read_json(path(EMERGENCY, 0, self.folder))
+
+
+def read_json(target: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(target.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def rank_of(target: Path) -> int:
+    try:
+        return int(target.name.split(".")[1])
+    except (IndexError, ValueError):
+        return 0

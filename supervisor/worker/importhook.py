@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import importlib.abc
 import sys
-from typing import Any
 from collections.abc import Callable
+from typing import Any
 
 
 class PostImportFinder(importlib.abc.MetaPathFinder):

@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
+from oomladder.classify import Kind
+from oomladder.record.history import fold
+from oomladder.record.journal import read_journal
 
-from supervisor.classify import Kind
-from supervisor.history import fold
-from supervisor.journal import read_journal
 from tests.conftest import oomladder_argv, processes_of
 
 pytestmark = pytest.mark.e2e

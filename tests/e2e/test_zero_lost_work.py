@@ -5,10 +5,10 @@ import json
 import sys
 
 import pytest
+from oomladder.record.history import fold
+from oomladder.record.journal import read_journal
 from safetensors.torch import load_file
 
-from supervisor.history import fold
-from supervisor.journal import read_journal
 from tests.conftest import processes_of
 from tests.e2e.test_recovery import TRAIN_TINY, oomladder
 

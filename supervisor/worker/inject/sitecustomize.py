@@ -12,10 +12,30 @@ def _install():
     if not os.environ.get("OOMLADDER_ATTEMPT_DIR"):
         return
     try:
-        from supervisor.worker import adapter
+        _load_own_oomladder()
+        from oomladder.worker import adapter
         adapter.install()
     except Exception as exc:  # never break the user's program because the adapter could not load
         print(f"oomladder: the worker adapter could not load ({exc!r}); the plan is not applied", file=sys.stderr)
+
+
+def _load_own_oomladder():
+    """The oomladder this file belongs to, whatever the program's interpreter has installed: the worker's
+    side of the protocol is then always the supervisor's own version (another environment may hold
+    another oomladder, or none)."""
+    if "oomladder" in sys.modules:
+        return
+    import importlib.util
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    spec = importlib.util.spec_from_file_location("oomladder", os.path.join(root, "__init__.py"),
+                                                  submodule_search_locations=[root])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["oomladder"] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules["oomladder"]
+        raise
 
 
 def _chain_next_sitecustomize():

@@ -4,8 +4,7 @@ while rank 0 waits for it in a collective."""
 import os
 
 import torch
-
-from supervisor.demo import train_tiny
+from oomladder.demo import train_tiny
 
 
 class Rank1Grows(train_tiny.GrowingSequences):

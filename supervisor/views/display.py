@@ -3,14 +3,22 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Protocol
 
+from oomladder.record.history import RunView
+from oomladder.views.table import attempts_table
 from rich.console import Console
 from rich.live import Live
 
-from supervisor.history import RunView
-from supervisor.table import attempts_table
+
+def make_console() -> Console:
+    """rich's console, or on a log file one wide enough that a table row stays one line."""
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=int(os.environ.get("COLUMNS", 0)) or 140)
+    return console
 
 
 class Display(Protocol):

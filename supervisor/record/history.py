@@ -9,8 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from supervisor.classify import Failure
-from supervisor.plan import Facts, Plan
+from oomladder.classify import Failure
+from oomladder.plan import Facts, Plan
+from oomladder.record import schema
 
 
 @dataclass
@@ -92,23 +93,23 @@ def fold(records: list[dict[str, Any]]) -> RunView:
     ended = None
     for r in records:
         kind = r.get("type")
-        if kind == "run_started":
+        if kind == schema.RUN_STARTED:
             run = r
             ended = None  # a resumed run starts again
-        elif kind == "attempt_started":
+        elif kind == schema.ATTEMPT_STARTED:
             overrides = Plan.from_dict(r.get("plan"))
             attempts[r["attempt"]] = AttemptView(
                 number=r["attempt"], rung=r.get("rung"), reason=r.get("reason", ""), overrides=overrides,
                 plan=observed.merged(overrides), started=r["ts"], command=r.get("command", []),
                 resumed_from=(r.get("resume_from") or {}).get("step"))
-        elif kind == "observed":
+        elif kind == schema.OBSERVED:
             # Later observations fill fields earlier attempts died before reaching.
             observed = observed.merged(Plan.from_dict(r.get("plan")))
             facts.update({k: v for k, v in (r.get("facts") or {}).items() if v is not None})
             model = model or r.get("model")  # the first report: later ones see the model as the plan loaded it
             for a in attempts.values():
                 a.plan = observed.merged(a.overrides)
-        elif kind == "progress" and r.get("attempt") in attempts:
+        elif kind == schema.PROGRESS and r.get("attempt") in attempts:
             a = attempts[r["attempt"]]
             for key in ("step", "max_steps", "loss", "learning_rate", "phase", "peak_measure"):
                 if r.get(key) is not None:
@@ -119,7 +120,7 @@ def fold(records: list[dict[str, Any]]) -> RunView:
                     a.step_peak = max(a.step_peak or 0, r["peak"])
             if r.get("batch_shape"):
                 a.step_batch = r["batch_shape"]
-        elif kind == "attempt_ended" and r.get("attempt") in attempts:
+        elif kind == schema.ATTEMPT_ENDED and r.get("attempt") in attempts:
             a = attempts[r["attempt"]]
             a.ended, a.status, a.exit_code = r["ts"], r["outcome"], r.get("exit_code")
             a.failure = Failure.from_dict(r["failure"]) if r.get("failure") else None
@@ -127,11 +128,11 @@ def fold(records: list[dict[str, Any]]) -> RunView:
                 if r.get(key) is not None:
                     setattr(a, key, r[key])
             a.failed_batch = r.get("batch_shape")
-        elif kind == "decision":
+        elif kind == schema.DECISION:
             decisions.append(r)
-        elif kind == "checkpoint":
+        elif kind == schema.CHECKPOINT:
             checkpoints.append(r)
-        elif kind == "run_ended":
+        elif kind == schema.RUN_ENDED:
             ended = r
     return RunView(run, [attempts[n] for n in sorted(attempts)], decisions, checkpoints, observed,
                    Facts.from_dict(facts), ended, model)

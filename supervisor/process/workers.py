@@ -12,10 +12,10 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
-from collections.abc import Callable
 
 _PR_SET_PDEATHSIG = 1
 

@@ -1,7 +1,7 @@
 """Several nodes: one supervisor per node, one shared run directory, one decision.
 
-This module holds the names, the topology and the pure functions of the journals; the runner's
-side (waiting, telling this node's end) is supervisor/world.py.
+This module holds the pure functions of the nodes' journals. The runner's side (waiting, telling
+this node's end) is world.py, which node this is topology.py, and reading the peers' journals peers.py.
 
 Each node's supervisor writes its own append-only journal (`journal.jsonl` for node 0,
 `journal.node1.jsonl`, ...): one writer per file, so nothing depends on appends from two hosts
@@ -31,83 +31,18 @@ dies of a failure well after its cause was recorded.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from supervisor.errors import RunDirError, UsageError
-from supervisor.journal import JOURNAL_NAME
+from oomladder.errors import RunDirError
+from oomladder.record import schema
 
-
-@dataclass(frozen=True)
-class Topology:
-    nnodes: int = 1
-    node_rank: int = 0
-
-    @property
-    def multi(self) -> bool:
-        return self.nnodes > 1
-
-
-def journal_path(run_dir: Path, node: int) -> Path:
-    return run_dir / (JOURNAL_NAME if node == 0 else f"journal.node{node}.jsonl")
-
-
-def attempt_dir(run_dir: Path, number: int, topology: Topology) -> Path:
-    folder = run_dir / "attempts" / f"{number:03d}"
-    return folder / f"node{topology.node_rank}" if topology.multi else folder
-
-
-# --- the command line --------------------------------------------------------------------------------
-
-def topology(nnodes: int | None, node_rank: int | None, environ: Mapping[str, str]) -> Topology:
-    """The node this supervisor is, from the flags, else the launcher's environment; UsageError if unclear.
-
-    torchrun reads its own flags from PET_NNODES/PET_NODE_RANK; under `srun` with one task per node,
-    Slurm says how many nodes the step has and which this is. A Slurm job step with several tasks per
-    node, or `oomladder run -- srun ...` (one supervisor for the whole job), is not taken for several
-    nodes.
-    """
-    env_nnodes, env_rank = _from_environ(environ)
-    if node_rank is not None and nnodes is None and env_nnodes is None:
-        raise UsageError("--node-rank needs --nnodes (how many nodes run this training, one oomladder on each)")
-    nnodes = nnodes if nnodes is not None else env_nnodes or 1
-    node_rank = node_rank if node_rank is not None else env_rank
-    if nnodes < 1:
-        raise UsageError(f"--nnodes must be 1 or more, not {nnodes}")
-    if node_rank is None:
-        if nnodes > 1:
-            raise UsageError(f"--nnodes {nnodes} needs --node-rank: this node's index, 0 to {nnodes - 1}")
-        node_rank = 0
-    if not 0 <= node_rank < nnodes:
-        raise UsageError(f"--node-rank {node_rank} is out of range for --nnodes {nnodes}: give 0 to {nnodes - 1}")
-    return Topology(nnodes, node_rank)
-
-
-def _from_environ(environ: Mapping[str, str]) -> tuple[int | None, int | None]:
-    nnodes, rank = _int(environ.get("PET_NNODES")), _int(environ.get("PET_NODE_RANK"))
-    if nnodes is not None:
-        return nnodes, rank
-    step_nodes = _int(environ.get("SLURM_STEP_NUM_NODES"))
-    if step_nodes and step_nodes > 1 and _int(environ.get("SLURM_STEP_NUM_TASKS")) == step_nodes:
-        return step_nodes, _int(environ.get("SLURM_NODEID"))
-    return None, None
-
-
-def _int(text: str | None) -> int | None:
-    try:
-        return int(text) if text is not None else None
-    except ValueError:
-        return None  # "1:4" (an elastic range) or junk: not a fixed node count to default from
-
-
-# --- pure functions of the journals ------------------------------------------------------------------
 
 def check_node_count(journals: list[list[dict[str, Any]]], nnodes: int, run_dir: Path) -> None:
     """A run directory holds a run on one number of nodes: another number is bad input (RunDirError)."""
     for records in journals:
-        run = next((r for r in reversed(records) if r.get("type") == "run_started"), None)
+        run = next((r for r in reversed(records) if r.get("type") == schema.RUN_STARTED), None)
         if run is not None and run.get("nnodes", 1) != nnodes:
             flags = f"--nnodes {run['nnodes']} with each node's --node-rank" if run.get("nnodes", 1) > 1 \
                 else "no --nnodes"
@@ -184,28 +119,28 @@ def next_attempt(own: list[dict[str, Any]], peers: Mapping[int, list[dict[str, A
     A peer already waiting to start attempt N has not ended it, so a node that restarts joins N
     rather than skipping ahead of it.
     """
-    numbers = [r["attempt"] for r in own if r.get("type") == "attempt_started"]
+    numbers = [r["attempt"] for r in own if r.get("type") == schema.ATTEMPT_STARTED]
     numbers += [r["attempt"] for records in peers.values() for r in records
-                if r.get("type") in ("attempt_ended", "node_ended")]
+                if r.get("type") in (schema.ATTEMPT_ENDED, schema.NODE_ENDED)]
     return max(numbers, default=0) + 1
 
 
 def missing(own: list[dict[str, Any]], peers: Mapping[int, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """Decisions and checkpoints some peer journaled and this node did not (its supervisor died between
     the two): adopted on restart, so rung uses and the checkpoint to resume from agree again."""
-    decided = {r["attempt"] for r in own if r.get("type") == "decision"}
-    saved = {r["path"] for r in own if r.get("type") == "checkpoint"}
+    decided = {r["attempt"] for r in own if r.get("type") == schema.DECISION}
+    saved = {r["path"] for r in own if r.get("type") == schema.CHECKPOINT}
     adopted = []
     for node in sorted(peers):
         for r in peers[node]:
-            if r.get("type") == "decision" and r["attempt"] not in decided:
+            if r.get("type") == schema.DECISION and r["attempt"] not in decided:
                 decided.add(r["attempt"])
-            elif r.get("type") == "checkpoint" and r["path"] not in saved:
+            elif r.get("type") == schema.CHECKPOINT and r["path"] not in saved:
                 saved.add(r["path"])
             else:
                 continue
             adopted.append({**{k: v for k, v in r.items() if k not in ("v", "ts")}, "adopted_from": node})
-    return sorted(adopted, key=lambda r: (r["attempt"], r["type"] != "checkpoint"))
+    return sorted(adopted, key=lambda r: (r["attempt"], r["type"] != schema.CHECKPOINT))
 
 
 def of_attempt(records: list[dict[str, Any]], type_: str, number: int) -> dict[str, Any] | None:
@@ -214,53 +149,4 @@ def of_attempt(records: list[dict[str, Any]], type_: str, number: int) -> dict[s
 
 def ended_since(records: list[dict[str, Any]], since: float) -> dict[str, Any] | None:
     """The peer's `run_ended` of an invocation that ended after `since` (this node's own start)."""
-    return next((r for r in reversed(records) if r.get("type") == "run_ended" and r.get("ts", 0) >= since), None)
-
-
-# --- reading the peers' journals ----------------------------------------------------------------------
-
-# What a node needs of its peers' journals; their progress lines (most of a journal) are not kept.
-_KEPT = frozenset({"run_started", "attempt_started", "node_ended", "attempt_ended", "decision", "checkpoint",
-                   "run_ended"})
-
-
-class Peers:
-    """The other nodes' journals, read as they grow: whole lines only, each byte once."""
-
-    def __init__(self, run_dir: Path, topology: Topology) -> None:
-        self.paths = {n: journal_path(run_dir, n) for n in range(topology.nnodes) if n != topology.node_rank}
-        self.records: dict[int, list[dict[str, Any]]] = {n: [] for n in self.paths}
-        self._offsets = dict.fromkeys(self.paths, 0)
-
-    def refresh(self) -> dict[int, list[dict[str, Any]]]:
-        for node, path in self.paths.items():
-            try:
-                with open(path, "rb") as f:  # opened anew each time: a shared filesystem shows what was closed
-                    f.seek(self._offsets[node])
-                    chunk = f.read()
-            except OSError:
-                continue
-            whole = chunk[: chunk.rfind(b"\n") + 1]
-            self._offsets[node] += len(whole)
-            for line in whole.decode("utf-8", errors="replace").splitlines():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line a crash cut off, as read_journal skips it
-                if isinstance(record, dict) and record.get("type") in _KEPT:
-                    self.records[node].append(record)
-        return self.records
-
-    def wait(self, ready: Callable[[dict[int, list[dict[str, Any]]]], bool], timeout: float,
-             clock: Callable[[], float], sleep: Callable[[float], None], interval: float,
-             interrupted: Callable[[], bool] = lambda: False) -> bool:
-        """Poll until `ready(records)`; False at the timeout or when `interrupted()`."""
-        deadline = clock() + timeout
-        while not ready(self.refresh()):
-            if interrupted() or clock() >= deadline:
-                return False
-            sleep(interval)
-        return True
-
-    def missing_for(self, type_: str, number: int) -> list[int]:
-        return [n for n, records in self.records.items() if of_attempt(records, type_, number) is None]
+    return next((r for r in reversed(records) if r.get("type") == schema.RUN_ENDED and r.get("ts", 0) >= since), None)

@@ -3,12 +3,11 @@ again in `oomladder report`)."""
 
 from __future__ import annotations
 
+from oomladder.plan import Plan, describe_changes
+from oomladder.record.history import AttemptView, RunView
+from oomladder.units import format_size
 from rich.table import Table
 from rich.text import Text
-
-from supervisor.history import AttemptView, RunView
-from supervisor.plan import Plan, describe_changes
-from supervisor.units import format_size
 
 
 def attempts_table(view: RunView, now: float | None = None, title: str | None = None) -> Table:

@@ -13,10 +13,10 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from supervisor.history import RunView
-from supervisor.plan import Plan, changes, describe_changes
-from supervisor.units import format_size
-from supervisor.table import format_duration, status_text, steps_text
+from oomladder.plan import Plan, changes, describe_changes
+from oomladder.record.history import RunView
+from oomladder.units import format_size
+from oomladder.views.table import format_duration, status_text, steps_text
 
 REPORT_SCHEMA = 1
 STATUS_TEXT = {

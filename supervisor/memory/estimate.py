@@ -26,8 +26,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from supervisor.plan import Plan
-from supervisor.shape import ATTENTION_INPUTS, MLP_INPUTS, ModelShape
+from oomladder.memory.shape import ATTENTION_INPUTS, MLP_INPUTS, ModelShape
+from oomladder.plan import Plan
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 CUDA_CONTEXT = 512 * 2**20      # the driver's context and PyTorch's kernels: outside the caching allocator

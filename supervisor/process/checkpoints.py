@@ -9,9 +9,10 @@ state and the weights are there and it is not a `.partial` folder: Transformers'
 from __future__ import annotations
 
 import re
+import shutil
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
-from collections.abc import Iterable
 
 _WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin", "model.safetensors", "model.safetensors.index.json",
             "pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -46,3 +47,10 @@ def latest(emergency: Iterable[dict[str, Any]], output_dir: str | Path | None, s
     # The furthest step wins; at a tie, the emergency one, which holds the RNG of the step's end.
     best = max(candidates, key=lambda c: (c["step"], c["kind"] == "emergency"))
     return {"path": best["path"], "step": best["step"], "kind": best["kind"]}
+
+
+def remove_superseded(checkpoints: Iterable[dict[str, Any]], keep: str | None) -> None:
+    """Emergency checkpoints are oomladder's: each is superseded by the next one, and all by a finished run."""
+    for record in checkpoints:
+        if record["path"] != keep and record.get("kind") == "emergency":
+            shutil.rmtree(record["path"], ignore_errors=True)

@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from collections.abc import Callable
 
-SCHEMA_VERSION = 1
+from oomladder.record.schema import SCHEMA_VERSION
+
 JOURNAL_NAME = "journal.jsonl"
 
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from supervisor.errors import UsageError
-from supervisor.plan import _JournalValue
+from oomladder.errors import UsageError
+from oomladder.plan import _JournalValue
 
 # The projections of a Llama-style decoder layer and the width of each one's input.
 ATTENTION_INPUTS = ("q_proj", "k_proj", "v_proj")

@@ -10,13 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from supervisor.classify import Failure, Kind
-from supervisor.estimate import Estimate, Workload, estimate, usable
-from supervisor.foresight import MATERIAL
-from supervisor.ladder import Ladder, next_plan
-from supervisor.plan import Facts, Plan, describe_changes
-from supervisor.shape import ModelShape
-from supervisor.units import format_size
+from oomladder.classify import Failure, Kind
+from oomladder.ladder import Ladder, climb
+from oomladder.memory.estimate import Estimate, Workload, estimate, usable
+from oomladder.memory.foresight import pass_over
+from oomladder.memory.shape import ModelShape
+from oomladder.plan import Facts, Plan, describe_changes
+from oomladder.units import format_size
 
 _PLANNED_OOM = Failure(Kind.CUDA_OOM, "device", "planned: the estimate is above the device", phase="train")
 
@@ -33,29 +33,21 @@ class Row:
 
 def walk(ladder: Ladder, shape: ModelShape, start: Plan, work: Workload, facts: Facts, capacity: int) -> list[Row]:
     """The start and every rung after it, as successive OOMs would climb them, passing over the rungs
-    the supervisor's loop would pass over (supervisor/foresight.py)."""
+    the supervisor's loop would pass over (the same climb and rule as memory/foresight.py)."""
     device = facts.device or "cuda"
 
     def peak_of(plan: Plan) -> Estimate:
         return estimate(shape, plan, work.under(plan), device)
 
     rows = [Row("start", start, "-", peak_of(start), peak_of(start).peak <= capacity)]
-    uses: dict[int, int] = {}
-    excluded: set[int] = set()
-    plan, need = start, rows[0].estimate.peak
-    while True:
-        decision = next_plan(ladder, plan, facts, _PLANNED_OOM, uses, frozenset(excluded))
-        if decision.exhausted:
-            return rows
-        guess = peak_of(decision.plan)
-        fits = guess.peak <= capacity
-        passed = not fits and need - guess.peak < MATERIAL * (need - capacity)
-        rows.append(Row(decision.rung, decision.plan, describe_changes(plan, decision.plan), guess, fits, passed))
-        if passed:
-            excluded.add(decision.rung_index)
-            continue
-        uses[decision.rung_index] = uses.get(decision.rung_index, 0) + 1
-        plan, need = decision.plan, guess.peak
+    rule = pass_over(lambda plan: peak_of(plan).peak, capacity)
+    for step in climb(ladder, start, facts, _PLANNED_OOM, {}, rule):
+        if step.decision.exhausted:
+            break
+        guess = peak_of(step.decision.plan)
+        rows.append(Row(step.decision.rung, step.decision.plan, describe_changes(step.before, step.decision.plan),
+                        guess, guess.peak <= capacity, step.passed_over is not None))
+    return rows
 
 
 def weights_line(shape: ModelShape) -> str:

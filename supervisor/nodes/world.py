@@ -1,9 +1,9 @@
 """The runner's side of several nodes: agree to start an attempt, tell this node's end, wait for the
-others', and fold them into the world's end (supervisor/nodes.py says why it is done this way).
+others', and fold them into the world's end (agreement.py says why it is done this way).
 
 It reads the peers' journals and writes only this node's; it ends nothing itself. What the run does
-next stays the runner's: an `Ending` says the run stops before an attempt, and `end` returns the
-world's outcome and failure for the runner's usual decision.
+next stays the runner's: an `Ending` says the run stops before an attempt, and `end` returns a
+`WorldEnd`, the world's outcome and failure for the runner's usual decision.
 """
 
 from __future__ import annotations
@@ -13,9 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from supervisor import nodes
-from supervisor.classify import Failure, Kind
-from supervisor.journal import Journal
+from oomladder.classify import Failure, Kind
+from oomladder.nodes import agreement
+from oomladder.nodes.peers import Peers
+from oomladder.nodes.topology import Topology
+from oomladder.record import schema
+from oomladder.record.journal import Journal
 
 
 @dataclass(frozen=True)
@@ -28,32 +31,43 @@ class Ending:
     exit_code: int | None = None
 
 
+@dataclass(frozen=True)
+class WorldEnd:
+    """The world's end of an attempt, the same on every node."""
+
+    outcome: str
+    failure: Failure | None
+    ended: dict[str, Any]                  # the fields of this node's attempt_ended record
+    peer_stop: dict[str, Any] | None       # another node's stop the world ended on: its node, why, status, exit code
+    adopted: tuple[str, ...] = ()          # the peers' checkpoints this node journaled now
+
+
 class World:
-    def __init__(self, run_dir: Path, topology: nodes.Topology, timeout: float, interval: float,
+    def __init__(self, run_dir: Path, topology: Topology, timeout: float, interval: float,
                  clock: Callable[[], float], sleep: Callable[[float], None],
                  interrupted: Callable[[], bool]) -> None:
         self.me, self.nnodes, self.timeout, self.interval = topology.node_rank, topology.nnodes, timeout, interval
         self.clock, self.sleep, self.interrupted = clock, sleep, interrupted
-        self.peers = nodes.Peers(run_dir, topology)
+        self.peers = Peers(run_dir, topology)
         self.since = 0.0  # when this invocation started: a peer's run_ended before it is an old one
 
     def journals(self) -> list[list[dict[str, Any]]]:
         return list(self.peers.refresh().values())
 
     def next_attempt(self, own: list[dict[str, Any]]) -> int:
-        return nodes.next_attempt(own, self.peers.refresh())
+        return agreement.next_attempt(own, self.peers.refresh())
 
     def adopt_missed(self, journal: Journal) -> None:
         """Decisions and checkpoints the peers journaled while this node's supervisor was gone."""
-        for adopted in nodes.missing(journal.records, self.peers.refresh()):
+        for adopted in agreement.missing(journal.records, self.peers.refresh()):
             journal.append(adopted.pop("type"), **adopted)
 
     def orphan_ended(self, journal: Journal, number: int, died: float, checkpoint: dict[str, Any] | None) -> None:
         """This node's end of an attempt its dead supervisor never closed. The peers may still wait for it:
         to them the world blinked, a retry on the same plan, which this node, restarted, joins."""
-        if nodes.of_attempt(journal.records, "node_ended", number) is not None:
+        if agreement.of_attempt(journal.records, schema.NODE_ENDED, number) is not None:
             return  # it died waiting for the others: its own end, told already, stands
-        journal.append("node_ended", attempt=number, node=self.me, outcome="failed", exit_code=None, failed_at=died,
+        journal.append(schema.NODE_ENDED, attempt=number, node=self.me, outcome="failed", exit_code=None, failed_at=died,
                        checkpoint=checkpoint, stopped=None,
                        failure=Failure(Kind.TRANSIENT, None, f"node {self.me}'s supervisor died during this "
                                        f"attempt").to_dict())
@@ -65,24 +79,24 @@ class World:
         cap. None: go. An Ending: the run stops here, before any rank runs on a plan its peers do not share
         (the attempt is journaled as not started)."""
         def ready(peers: dict[int, list[dict[str, Any]]]) -> bool:
-            return all(nodes.of_attempt(records, "attempt_started", number) or nodes.ended_since(records, self.since)
+            return all(agreement.of_attempt(records, schema.ATTEMPT_STARTED, number) or agreement.ended_since(records, self.since)
                        for records in peers.values())
 
         ok = self.peers.wait(ready, self.timeout, self.clock, self.sleep, self.interval, self.interrupted)
         ending = self._why_not_start(journal, number, ok)
         if ending is not None:
-            journal.append("attempt_ended", attempt=number, outcome="interrupted", exit_code=None, duration=0.0,
+            journal.append(schema.ATTEMPT_ENDED, attempt=number, outcome="interrupted", exit_code=None, duration=0.0,
                            failure=Failure(Kind.INTERRUPTED, None, f"not started: {ending.reason}").to_dict())
         return ending
 
     def _why_not_start(self, journal: Journal, number: int, ok: bool) -> Ending | None:
         records = self.peers.records
-        starts = {n: nodes.of_attempt(r, "attempt_started", number) for n, r in records.items()}
+        starts = {n: agreement.of_attempt(r, schema.ATTEMPT_STARTED, number) for n, r in records.items()}
         if self.interrupted():
             return Ending("interrupted", "oomladder was stopped before the attempt started. Run the same command on "
                           "every node to continue.")
         for node, peer in sorted(records.items()):
-            peer_end = nodes.ended_since(peer, self.since)
+            peer_end = agreement.ended_since(peer, self.since)
             if starts[node] is None and peer_end is not None:
                 return Ending(peer_end.get("status", "ended"),
                               f"node {node} ended the run: {peer_end.get('reason', '')}", peer_end.get("exit_code"))
@@ -91,9 +105,9 @@ class World:
             return Ending("node_lost", f"node {lost} did not start attempt {number} within {self.timeout:g} s. Start "
                           f"oomladder on every node with the same --run-dir and --nnodes {self.nnodes}.")
         runs = {n: run for n, rs in [(self.me, journal.records), *records.items()]
-                if (run := next((r for r in reversed(rs) if r["type"] == "run_started"), None)) is not None}
-        own = nodes.of_attempt(journal.records, "attempt_started", number)
-        differ = nodes.options_differ(runs) or nodes.disagreement({self.me: own, **starts})
+                if (run := next((r for r in reversed(rs) if r["type"] == schema.RUN_STARTED), None)) is not None}
+        own = agreement.of_attempt(journal.records, schema.ATTEMPT_STARTED, number)
+        differ = agreement.options_differ(runs) or agreement.disagreement({self.me: own, **starts})
         if differ is not None:
             return Ending("nodes_disagree", f"the nodes disagree on attempt {number}: {differ}. Start every node "
                           f"with the same options (--ladder, --set, --memory-cap) and the same --run-dir.")
@@ -104,7 +118,7 @@ class World:
     def peer_failed(self, number: int) -> int | None:
         """A peer whose group ended with a failure in this attempt: this node's ranks cannot go on without it."""
         for node, records in self.peers.refresh().items():
-            end = nodes.of_attempt(records, "node_ended", number)
+            end = agreement.of_attempt(records, schema.NODE_ENDED, number)
             if end is not None and end.get("failure"):
                 return node
         return None
@@ -112,42 +126,41 @@ class World:
     # --- an attempt's end ---------------------------------------------------------------------------------
 
     def end(self, journal: Journal, number: int, outcome: str, failure: Failure | None, ended: dict[str, Any],
-            failed_at: float | None, checkpoint: dict[str, Any] | None, stopped: dict[str, Any] | None,
-            ) -> tuple[str, Failure | None, dict[str, Any], dict[str, Any] | None, list[str]]:
-        """Journal how this node's group ended, wait for every node's, and fold them into the world's end.
-
-        Returns the world's (outcome, failure, attempt_ended fields), the stop of another node that the
-        world ended on (its node, why, status and exit code), and the peers' checkpoints this node now
-        journaled.
-        """
-        own = journal.append("node_ended", node=self.me, outcome=outcome,
+            failed_at: float | None, checkpoint: dict[str, Any] | None, stopped: dict[str, Any] | None) -> WorldEnd:
+        """Journal how this node's group ended, wait for every node's, and fold them into the world's end."""
+        own = journal.append(schema.NODE_ENDED, node=self.me, outcome=outcome,
                              failure=failure.to_dict() if failure else None, failed_at=failed_at,
                              checkpoint=checkpoint, stopped=stopped, **ended)
 
         def ready(peers: dict[int, list[dict[str, Any]]]) -> bool:
-            return all(nodes.of_attempt(records, "node_ended", number) for records in peers.values())
+            return all(agreement.of_attempt(records, schema.NODE_ENDED, number) for records in peers.values())
 
         ok = self.peers.wait(ready, self.timeout, self.clock, self.sleep, self.interval, self.interrupted)
         ends = {self.me: own, **{n: e for n, records in self.peers.records.items()
-                                 if (e := nodes.of_attempt(records, "node_ended", number)) is not None}}
-        world = nodes.world_end(ends)
-        adopted = []
-        for saved in world["checkpoints"]:  # rank 0's checkpoint, wherever rank 0 ran, is every node's
-            if not any(r["type"] == "checkpoint" and r.get("path") == saved["path"] for r in journal.records):
-                journal.append("checkpoint", attempt=number, kind="emergency", path=saved["path"], step=saved["step"],
-                               adopted_from=saved["node"])
-                adopted.append(saved["path"])
+                                 if (e := agreement.of_attempt(records, schema.NODE_ENDED, number)) is not None}}
+        world = agreement.world_end(ends)
+        adopted = self._adopt(journal, number, world["checkpoints"])
         summary = {k: world[k] for k in ("exit_code", "step", "max_steps", "peak", "peak_measure")
                    if world[k] is not None}
         ended = {**ended, **summary, "node": world["node"]}
         if not ok and self.interrupted():
-            return "interrupted", Failure(Kind.INTERRUPTED, None, "stopped while waiting for the other nodes' end of "
-                                          "the attempt"), ended, None, adopted
+            return WorldEnd("interrupted", Failure(Kind.INTERRUPTED, None, "stopped while waiting for the other "
+                            "nodes' end of the attempt"), ended, None, adopted)
         if not ok:
-            lost = ", ".join(str(n) for n in self.peers.missing_for("node_ended", number))
-            return "failed", Failure(Kind.UNKNOWN, None, f"node {lost} recorded no end of attempt {number} within "
-                                     f"{self.timeout:g} s: its supervisor or host may be gone"), ended, None, adopted
+            lost = ", ".join(str(n) for n in self.peers.missing_for(schema.NODE_ENDED, number))
+            return WorldEnd("failed", Failure(Kind.UNKNOWN, None, f"node {lost} recorded no end of attempt {number} "
+                            f"within {self.timeout:g} s: its supervisor or host may be gone"), ended, None, adopted)
         peer_stop = ({"node": world["node"], **world["stopped"]}
                      if world["stopped"] and world["node"] != self.me else None)
         world_failure = Failure.from_dict(world["failure"]) if world["failure"] else None
-        return world["outcome"], world_failure, ended, peer_stop, adopted
+        return WorldEnd(world["outcome"], world_failure, ended, peer_stop, adopted)
+
+    def _adopt(self, journal: Journal, number: int, saved: list[dict[str, Any]]) -> tuple[str, ...]:
+        """Rank 0's checkpoint, wherever rank 0 ran, is every node's: journal the ones this node has not."""
+        adopted = []
+        for checkpoint in saved:
+            if not any(r["type"] == schema.CHECKPOINT and r.get("path") == checkpoint["path"] for r in journal.records):
+                journal.append(schema.CHECKPOINT, attempt=number, kind="emergency", path=checkpoint["path"],
+                               step=checkpoint["step"], adopted_from=checkpoint["node"])
+                adopted.append(checkpoint["path"])
+        return tuple(adopted)

@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 import os
 import re
-from pathlib import Path
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
-from supervisor.errors import UsageError
-from supervisor.plan import FIELD_NAMES, Plan
+from oomladder.errors import UsageError
+from oomladder.plan import FIELD_NAMES, Plan
 
 # A capped CPU worker emulates a device, so its allocator should behave like one: glibc reserves
 # 64 MiB of address space per malloc arena (keep that small and fixed), and by default it keeps
@@ -22,7 +22,7 @@ from supervisor.plan import FIELD_NAMES, Plan
 # cap. Large blocks mapped and unmapped one by one return memory as a device's allocator does.
 CPU_DEVICE_ALLOCATOR = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
 
-INJECT_DIR = Path(__file__).resolve().parent / "worker" / "inject"
+INJECT_DIR = Path(__file__).resolve().parent.parent / "worker" / "inject"  # a path only: nothing of the worker is imported here
 _PLACEHOLDER = re.compile(r"\{(" + "|".join(FIELD_NAMES) + r")\}")
 
 

@@ -17,17 +17,17 @@ that calibrate it are often the short first ones. Pure: the view in, a `Decision
 from __future__ import annotations
 
 import statistics
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from supervisor.classify import Failure, is_fragmented
-from supervisor.estimate import Estimate, Workload, estimate, usable
-from supervisor.history import RunView
-from supervisor.ladder import Decision, Ladder, next_plan
-from supervisor.plan import Facts, Plan
-from supervisor.shape import ModelShape
-from supervisor.units import format_size
+from oomladder.classify import Failure, is_fragmented
+from oomladder.ladder import Decision, Ladder, PassOver, climb, next_plan
+from oomladder.memory.estimate import Estimate, Workload, estimate, usable
+from oomladder.memory.shape import ModelShape
+from oomladder.plan import Facts, Plan
+from oomladder.record.history import RunView
+from oomladder.units import format_size
 
 MATERIAL = 0.10   # a rung must save at least this share of what is missing to be worth its cost
 
@@ -100,38 +100,48 @@ def plan_ahead(ladder: Ladder, plan: Plan, facts: Facts, failure: Failure, uses:
     before = fit.need(plan) if fit is not None and failure.phase != "eval" else None
     if first.exhausted or before is None or is_fragmented(failure):
         return first  # fragmented: the memory is there in pieces, which no estimate of the plan sees
-    need, current, chosen = before, plan, []
-    used, excluded = dict(uses), set()
+    need, chosen = before, []
     skipped: dict[str, str] = {}
-    while need > fit.capacity:
-        step = next_plan(ladder, current, facts, failure, used, frozenset(excluded))
-        for name, why in step.skipped:
+    steps = climb(ladder, plan, facts, failure, uses, pass_over(lambda p: fit.need(p) or 0, fit.capacity))
+    for step in steps if need > fit.capacity else ():
+        for name, why in step.decision.skipped:
             skipped.setdefault(name, why)
-        if step.exhausted:
+        if step.decision.exhausted:
             break
-        after = fit.need(step.plan) or 0
-        missing = need - fit.capacity
-        if after > fit.capacity and need - after < MATERIAL * missing:
-            saves = (f"estimated to save {format_size(need - after)} of the {format_size(missing)} missing"
-                     if after < need else f"estimated to add {format_size(after - need)} where "
-                                          f"{format_size(missing)} is missing")
-            skipped.setdefault(step.rung, f"{saves}: passed over for rungs that save more")
-            excluded.add(step.rung_index)
+        if step.passed_over is not None:
+            skipped.setdefault(step.decision.rung, step.passed_over)
             continue
-        chosen.append(step)
-        current, need = step.plan, after
-        used[step.rung_index] = used.get(step.rung_index, 0) + 1
+        chosen.append(step.decision)
+        need = fit.need(step.decision.plan) or 0
+        if need <= fit.capacity:
+            break
     if not chosen:
         return first  # the estimate sees nothing worth its cost: the ladder's own next rung, as without it
     names = [d.rung for d in chosen]
     verdict = "fits" if need <= fit.capacity else "is still estimated above it; tried as the best the ladder has"
     numbers = (f"estimated peak {format_size(before)} → {format_size(need)} for {format_size(fit.capacity)} usable "
                f"({verdict})")
-    return Decision(current, _joined(names), chosen[0].rung_index, "; ".join(d.reason for d in chosen) + f"; {numbers}",
+    return Decision(chosen[-1].plan, _joined(names), chosen[0].rung_index,
+                    "; ".join(d.reason for d in chosen) + f"; {numbers}",
                     tuple((n, w) for n, w in skipped.items() if n not in names),
                     tuple(d.rung_index for d in chosen),
                     {"before": before, "after": need, "capacity": fit.capacity, "calibration": fit.offset,
                      "batch": list(fit.batch)})
+
+
+def pass_over(need: Callable[[Plan], int], capacity: int) -> PassOver:
+    """The rule both the loop and `oomladder plan` climb by: a rung that leaves the plan above `capacity`
+    and saves less than a tenth of what is missing (or adds memory) is not worth its cost."""
+    def why(before: Plan, decision: Decision) -> str | None:
+        current, after = need(before), need(decision.plan)
+        missing = current - capacity
+        if after <= capacity or current - after >= MATERIAL * missing:
+            return None
+        saves = (f"estimated to save {format_size(current - after)} of the {format_size(missing)} missing"
+                 if after < current else f"estimated to add {format_size(after - current)} where "
+                                         f"{format_size(missing)} is missing")
+        return f"{saves}: passed over for rungs that save more"
+    return why
 
 
 def _joined(names: list[str]) -> str:

@@ -1,0 +1,161 @@
+"""What each verb does once its arguments parse: `run`, `resume`, `report` and `strategies`
+(`plan` is cli/plan.py). Everything a run needs is checked before a run directory is made."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from oomladder import strategies as registry
+from oomladder.errors import RunDirError, UsageError
+from oomladder.ladder import ladder_from_journal, load_ladder
+from oomladder.nodes.topology import journal_path, topology
+from oomladder.plan import Plan, coerce_field
+from oomladder.process.launch import placeholders
+from oomladder.record.history import fold
+from oomladder.record.journal import read_journal
+from oomladder.run.config import RunConfig
+from oomladder.run.console import run_in_console
+from oomladder.strategies.base import Strategy
+from oomladder.units import parse_duration, parse_size
+from oomladder.views.display import make_console
+from oomladder.views.render import print_report
+from oomladder.views.report import build_report, render_markdown
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_in_console(make_run_config(args), make_console())
+
+
+def make_run_config(args: argparse.Namespace):
+    """Everything `run` needs, validated before anything starts."""
+
+
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise UsageError("no command to run: put the training command after --, e.g. "
+                         "oomladder run -- python train.py")
+    _check_command(command)
+    nodes = topology(args.nnodes, args.node_rank, os.environ)
+    if nodes.multi and not args.run_dir:
+        raise UsageError(f"--nnodes {nodes.nnodes} needs --run-dir: one folder every node shares (the default is a "
+                         f"new folder on each node)")
+    initial = initial_plan(args.settings)
+    missing = placeholders(command) - set(initial.set_fields())
+    memory_cap = parse_size(args.memory_cap) if args.memory_cap else None
+    ladder = load_ladder(args.ladder)
+    run_dir = Path(args.run_dir) if args.run_dir else _new_run_dir()
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"--run-dir '{run_dir}' is a file: give a directory")
+    if missing and not (run_dir / "journal.jsonl").exists():
+        raise UsageError(f"the command's placeholder {{{sorted(missing)[0]}}} has no starting value: add "
+                         f"--set {sorted(missing)[0]}=VALUE")
+    return RunConfig(command=tuple(command), run_dir=run_dir, ladder=ladder, memory_cap=memory_cap,
+                     max_attempts=args.max_attempts, initial=initial,
+                     max_wall_time=parse_duration(args.max_wall_time) if args.max_wall_time else None,
+                     hang_timeout=parse_duration(args.hang_timeout) if args.hang_timeout else None,
+                     nnodes=nodes.nnodes, node_rank=nodes.node_rank,
+                     node_timeout=parse_duration(args.node_timeout) if args.node_timeout else 600.0)
+
+
+def initial_plan(items: list[str]):
+    """The plan `--set NAME=VALUE ...` gives, checked field by field."""
+    settings = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise UsageError(f"--set takes SETTING=VALUE, not '{item}'")
+        try:
+            settings[name.strip()] = coerce_field(name.strip(), value.strip())
+        except ValueError as exc:
+            raise UsageError(f"--set {item}: {exc}") from None
+    return Plan(**settings)
+
+
+def _check_command(command: list[str]) -> None:
+    """Catch the commonest typos before a run directory is made: no such program, no such script."""
+    program = command[0]
+    if shutil.which(program) is None:
+        raise UsageError(f"cannot start '{program}': no such program (not a path to an executable, nor on PATH)")
+    if re.search(r"python[\d.]*$", Path(program).name):
+        args = iter(command[1:])
+        for arg in args:
+            if arg in ("-m", "-c", "-"):
+                return
+            if arg in ("-W", "-X"):  # options that take a value
+                next(args, None)
+                continue
+            if arg.startswith("-"):
+                continue
+            if not Path(arg).exists():
+                raise UsageError(f"the script '{arg}' does not exist (looked in {Path.cwd()}): check its path")
+            return
+
+
+def _new_run_dir() -> Path:
+    base = Path("oomladder-runs") / time.strftime("%Y%m%d-%H%M%S")
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
+def _run_records(run_dir: Path, node: int = 0) -> list[dict]:
+    journal = journal_path(run_dir, node)
+    if not journal.is_file():
+        raise RunDirError(f"'{run_dir}' is not an oomladder run directory (it has no {journal.name}): give "
+                          f"the --run-dir of a run")
+    records = read_journal(journal)
+    if not any(r.get("type") == "run_started" for r in records):
+        raise RunDirError(f"'{run_dir}' has a journal with no run in it")
+    return records
+
+
+def resume_config(run_dir: Path, node_rank: int | None = None):
+    """The run as its journal recorded it, to continue where it stopped; on several nodes, this node's journal."""
+
+
+    node_rank = topology(None, node_rank, os.environ).node_rank if node_rank is None else node_rank
+    view = fold(_run_records(run_dir, node_rank))
+    if view.status == "finished":
+        raise RunDirError(f"the run in '{run_dir}' already finished: there is nothing to resume (its report: "
+                          f"{run_dir / 'report.md'})")
+    started = view.run
+    return RunConfig(command=tuple(started["command"]), run_dir=run_dir, ladder=ladder_from_journal(started["ladder"]),
+                     memory_cap=started.get("memory_cap"), max_attempts=started.get("max_attempts") or 10,
+                     max_wall_time=started.get("max_wall_time"), hang_timeout=started.get("hang_timeout"),
+                     initial=Plan.from_dict(started.get("initial")), cwd=started.get("cwd") or str(Path.cwd()),
+                     nnodes=started.get("nnodes", 1), node_rank=started.get("node_rank", 0),
+                     node_timeout=started.get("node_timeout", 600.0))
+
+
+def report(args: argparse.Namespace) -> int:
+
+    view = fold(_run_records(Path(args.run_dir)))
+    report = build_report(view)
+    if args.format == "json":
+        print(json.dumps(report, indent=2, default=str))
+    elif args.format == "md":
+        print(render_markdown(report), end="")
+    else:
+        print_report(make_console(), view, report)
+    return 0
+
+
+def list_strategies() -> int:
+    for name in registry.available():
+        cls = registry.get(name)
+        own = cls.__doc__ if cls.__doc__ and cls.__doc__ is not Strategy.__doc__ else None
+        doc = (own or sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
+        params = ", ".join(cls.params) or "-"
+        print(f"{name:24} memory: {'/'.join(sorted(cls.memory)):7} params: {params:10} {doc}")
+    return 0

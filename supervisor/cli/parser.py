@@ -1,0 +1,121 @@
+"""The command line's grammar: verbs, options and their one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+
+from oomladder import __version__
+from oomladder.errors import UsageError
+
+EXIT_CODES_HELP = """exit status:
+  0    training finished (after recovering, or with nothing to recover from)
+  2    bad input: a flag, size, ladder file, command or run directory; nothing was run
+  3    the worker failed for a reason no memory setting fixes (a bug, an unexplained kill, a hang twice)
+  4    out of memory and no rung of the ladder left
+  5    a budget ran out (--max-attempts, --max-wall-time)
+  130  interrupted by SIGINT (Ctrl-C): run the same command again to continue
+  143  stopped by SIGTERM (a scheduler's pre-emption): run the same command again to continue
+  70   a bug in oomladder itself
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's own two-line usage dump, as one line
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="oomladder", description="Run a training command; on out-of-memory, walk a fallback "
+                     "ladder (bf16, 8-bit, smaller batch with more accumulation, checkpointing, fewer workers) "
+                     "and run it again, keeping the effective batch.", epilog=EXIT_CODES_HELP,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"oomladder {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="{run,resume,report,plan,demo,strategies}", parser_class=_Parser)
+
+    run = sub.add_parser("run", help="run a training command under the supervisor",
+                         usage="oomladder run [options] -- COMMAND ...", epilog=EXIT_CODES_HELP,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    _run_options(run)
+    run.add_argument("command", nargs=argparse.REMAINDER, help="the training command, after --")
+
+    resume = sub.add_parser("resume", help="continue a stopped run (even one whose supervisor was killed) on "
+                            "the plan and from the checkpoint it reached", epilog=EXIT_CODES_HELP,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    resume.add_argument("run_dir")
+    resume.add_argument("--node-rank", type=_nonnegative_int, metavar="R", help="on several nodes: this node's "
+                        "index (default: from Slurm or torchrun's environment, as for run)")
+
+    report = sub.add_parser("report", help="show the fallback report of a run directory")
+    report.add_argument("run_dir")
+    report.add_argument("--format", choices=("table", "md", "json"), default="table")
+
+    plan = sub.add_parser("plan", help="estimate the peak memory of each rung of the ladder and say which plan "
+                          "fits first, before launching anything")
+    plan.add_argument("--model", required=True, metavar="PATH", help="a model folder (its config.json) or a config "
+                      "file; nothing is loaded or downloaded")
+    plan.add_argument("--seq-len", required=True, type=_positive_int, metavar="N", help="tokens per sequence")
+    plan.add_argument("--batch-size", type=_positive_int, default=8, metavar="N", help="per-device batch (default 8)")
+    plan.add_argument("--grad-accum", type=_positive_int, default=1, metavar="N",
+                      help="gradient accumulation steps (default 1)")
+    plan.add_argument("--lora-rank", type=_positive_int, metavar="R", help="train LoRA adapters of rank R (default: "
+                      "every weight trains)")
+    plan.add_argument("--lora-targets", default="q_proj,v_proj", metavar="NAMES",
+                      help="the projections LoRA adapts (default q_proj,v_proj, peft's default for Llama)")
+    plan.add_argument("--memory", metavar="SIZE", help="the device's size, e.g. 24GiB (default: the CUDA device here)")
+    plan.add_argument("--device", choices=("cuda", "cpu"), default=None,
+                      help="what the estimate is for (default cuda; cpu counts the checkpoint file mapped while it "
+                      "loads, and no CUDA workspace)")
+    plan.add_argument("--ladder", help="a YAML ladder file (default: the ladder shipped with oomladder)")
+    plan.add_argument("--set", dest="settings", action="append", default=[], metavar="SETTING=VALUE",
+                      help="a starting plan setting, e.g. precision=bf16 (repeatable; default: what a Trainer does "
+                           "by default, fp32 and the checkpoint's dtype)")
+    plan.add_argument("--format", choices=("table", "json"), default="table")
+
+    demo = sub.add_parser("demo", help="the ladder at work on a tiny Llama fine-tune, on the CPU")
+    demo.add_argument("--run-dir", default=None, help="where to keep the demo's run (default: a new folder "
+                      "under ./oomladder-runs)")
+    demo.add_argument("--memory-cap", default=None, help="the emulated device size (default: the demo's own)")
+
+    sub.add_parser("strategies", help="list the strategies a ladder file can name")
+    return parser
+
+
+def _run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ladder", help="a YAML ladder file (default: the ladder shipped with oomladder)")
+    p.add_argument("--memory-cap", metavar="SIZE", help="emulate a device of SIZE (1200MiB, 16GiB, 1.5G): a CUDA "
+                   "memory fraction on a GPU, an address-space limit on the CPU")
+    p.add_argument("--run-dir", metavar="DIR", help="where the journal, logs and report go (default: a new "
+                   "folder under ./oomladder-runs); the same DIR again continues that run")
+    p.add_argument("--max-attempts", type=_positive_int, default=10, metavar="N",
+                   help="stop after N attempts in this invocation (default 10)")
+    p.add_argument("--max-wall-time", metavar="DURATION", help="stop (gracefully) after DURATION in all, e.g. 8h")
+    p.add_argument("--hang-timeout", metavar="DURATION", help="a worker with no progress and no output for DURATION "
+                   "is stopped and retried once on the same plan, e.g. 30m")
+    p.add_argument("--set", dest="settings", action="append", default=[], metavar="SETTING=VALUE",
+                   help="a starting value for a plan setting, e.g. per_device_train_batch_size=16 (repeatable); "
+                        "needed for {placeholders} in a command that is not a Hugging Face Trainer program")
+    nodes = p.add_argument_group("several nodes", "one oomladder per node, every one with the same shared --run-dir; "
+                                 "the defaults come from srun (one task per node) or torchrun's PET_NNODES and "
+                                 "PET_NODE_RANK")
+    nodes.add_argument("--nnodes", type=_positive_int, metavar="N", help="how many nodes run this training")
+    nodes.add_argument("--node-rank", type=_nonnegative_int, metavar="R", help="this node's index, 0 to N-1")
+    nodes.add_argument("--node-timeout", metavar="DURATION", help="how long a node waits for the others at each "
+                       "attempt's start and end (default 10m); above the longest time one node's ranks may run on "
+                       "after another's ended (a final save, say)")
+
+
+def _whole_number(minimum: int):
+    """An argparse type: a whole number of at least `minimum`, with a one-line error otherwise."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"it must be {minimum} or more, not {value}")
+        return value
+    return parse
+
+
+_positive_int = _whole_number(1)
+_nonnegative_int = _whole_number(0)

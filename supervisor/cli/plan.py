@@ -1,0 +1,64 @@
+"""`oomladder plan`: the estimated peak of each rung before anything is launched."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from oomladder.cli.commands import initial_plan
+from oomladder.errors import UsageError
+from oomladder.ladder import load_ladder
+from oomladder.memory import planning
+from oomladder.memory.estimate import Workload
+from oomladder.memory.shape import from_config, read_config
+from oomladder.plan import Facts, Plan
+from oomladder.units import format_size, parse_size
+from oomladder.views.display import make_console
+
+
+def plan(args: argparse.Namespace) -> int:
+
+    given = initial_plan(args.settings)
+    shape = from_config(read_config(args.model))
+    ladder = load_ladder(args.ladder)
+    device = args.device or "cuda"
+    total = parse_size(args.memory) if args.memory else _cuda_memory()
+    if total is None:
+        raise UsageError("no CUDA device here to size the plan for: give --memory, the device's size (e.g. 24GiB)")
+    targets = tuple(t.strip() for t in args.lora_targets.split(",") if t.strip())
+    adapters = args.lora_rank is not None
+    trainable = shape.lora_params(args.lora_rank, targets) if adapters else shape.params
+    start = Plan(per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=args.grad_accum,
+                 per_device_eval_batch_size=args.batch_size, world_size=1, precision="fp32",
+                 load_dtype=shape.dtype, quantization="none", gradient_checkpointing=False,
+                 dataloader_num_workers=0, optim="adamw_torch_fused").merged(given)
+    facts = Facts(device=device, bf16_supported=True, base_frozen=adapters,
+                  trainable_fraction=trainable / shape.params if shape.params else None)
+    work = Workload(start.per_device_train_batch_size, args.seq_len, adapters, trainable, targets)
+    capacity = planning.usable(total, device, capped=False)
+    rows = planning.walk(ladder, shape, start, work, facts, capacity)
+    if args.format == "json":
+        print(json.dumps(planning.to_json(rows, capacity), indent=2))
+        return 0
+    console = make_console()
+    what = f"LoRA r{args.lora_rank} on {','.join(targets)}" if adapters else "every weight trains"
+    console.print(planning.render(rows, capacity, f"{args.model}: {shape.params / 1e9:.2f}B parameters, {what}, "
+                                  f"batch {args.batch_size} x {args.seq_len} tokens, on {device} with "
+                                  f"{_size(total)} ({_size(capacity)} usable)"))
+    console.print(planning.verdict(rows, capacity), markup=False, highlight=False)
+    console.print(planning.weights_line(shape), markup=False, highlight=False)
+    return 0
+
+
+def _size(n: int) -> str:
+    return format_size(n)
+
+
+def _cuda_memory() -> int | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    return torch.cuda.get_device_properties(0).total_memory

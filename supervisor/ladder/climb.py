@@ -1,0 +1,42 @@
+"""The climb: the rungs successive out-of-memory errors would take from a plan, each building on
+the plan before it. Written once, for the loop (several rungs at once, memory/foresight.py),
+`oomladder plan` (every rung, memory/planning.py) and the tests. Pure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+
+from oomladder.classify import Failure
+from oomladder.ladder.rungs import Decision, Ladder, next_plan
+from oomladder.plan import Facts, Plan
+
+# Why to pass a rung over (it is then left out of the rest of the climb), or None to take it.
+PassOver = Callable[[Plan, Decision], "str | None"]
+
+
+@dataclass(frozen=True)
+class Step:
+    before: Plan                 # the plan the rung was applied to
+    decision: Decision           # exhausted: the climb ends here
+    passed_over: str | None = None
+
+
+def climb(ladder: Ladder, plan: Plan, facts: Facts, failure: Failure, uses: Mapping[int, int],
+          pass_over: PassOver = lambda before, decision: None) -> Iterator[Step]:
+    """Each rung in turn, as `next_plan` gives it, until the ladder has none left (the last step is
+    the exhausted decision). `uses` counts the rungs already used in this run."""
+    used, excluded = dict(uses), set()
+    while True:
+        decision = next_plan(ladder, plan, facts, failure, used, frozenset(excluded))
+        if decision.exhausted:
+            yield Step(plan, decision)
+            return
+        why = pass_over(plan, decision)
+        yield Step(plan, decision, why)
+        if why is not None:
+            excluded.add(decision.rung_index)
+            continue
+        used[decision.rung_index] = used.get(decision.rung_index, 0) + 1
+        plan = decision.plan

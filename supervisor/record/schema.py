@@ -1,0 +1,19 @@
+"""What the journal holds: its schema version and the type of each record, in one place.
+
+Records are JSON objects `{"v": SCHEMA_VERSION, "type": ..., "ts": ..., **fields}`, appended in
+order. A reader skips types it does not know, so a newer oomladder's journal still folds.
+"""
+
+SCHEMA_VERSION = 1
+
+RUN_STARTED = "run_started"          # the command, ladder and options of one invocation
+OBSERVED = "observed"                # the program's own settings and facts, as the worker reported them
+ATTEMPT_STARTED = "attempt_started"  # the plan, command and checkpoint an attempt starts from
+PROGRESS = "progress"                # a step (or evaluation) a worker reported
+INTERRUPT = "interrupt"              # the supervisor stopped the attempt: a signal, a budget, a hang, a peer
+CHECKPOINT = "checkpoint"            # a whole emergency checkpoint the next attempt may resume from
+NODE_ENDED = "node_ended"            # several nodes: how this node's group ended, its own evidence
+ATTEMPT_ENDED = "attempt_ended"      # how the attempt ended (on several nodes, the world's end)
+DECISION = "decision"                # what the ladder (or a retry) chose next, and why
+WARNING = "warning"                  # something a person should know that changes nothing
+RUN_ENDED = "run_ended"              # the run's status, exit code and reason

@@ -1,0 +1,17 @@
+"""A run shown on a console: the live table on a terminal, a line per event in a log file."""
+
+from __future__ import annotations
+
+from oomladder.run.config import RunConfig
+from oomladder.run.loop import Runner
+from oomladder.views.display import LineDisplay, LiveDisplay
+from rich.console import Console
+
+
+def run_in_console(config: RunConfig, console: Console) -> int:
+    title = f"oomladder: {' '.join(config.command)}"
+    display = LiveDisplay(console, title) if console.is_terminal else LineDisplay(console, title)
+    code = Runner(config, display=display).run()
+    console.print(f"report: {config.run_dir / 'report.md'} (again any time: oomladder report {config.run_dir})",
+                  markup=False, highlight=False)
+    return code

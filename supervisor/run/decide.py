@@ -1,0 +1,139 @@
+"""What the run does after an attempt: a pure function of the journal's view and how the attempt ended.
+
+`decide` returns `Retry` (the same plan again: the infrastructure blinked, or the worker hung),
+`Climb` (the ladder's next plan, several rungs at once where the estimate says one is not enough)
+or `End` (finished, a bug, no rung left, interrupted). The loop journals and acts on it; nothing
+here reads a file, a clock or a process. The helpers below are the other pure questions the loop
+asks of the journal: where a run continues, and what the next attempt is told.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from oomladder.classify import Kind
+from oomladder.ladder import Ladder
+from oomladder.memory.foresight import fit_for, plan_ahead
+from oomladder.plan import Plan
+from oomladder.record.history import RunView
+from oomladder.run.budget import Budget, BudgetState
+from oomladder.run.config import (
+    EXIT_BUDGET,
+    EXIT_FINISHED,
+    EXIT_INTERRUPTED,
+    EXIT_LADDER_EXHAUSTED,
+    EXIT_NOT_MEMORY,
+    EXIT_USAGE,
+)
+from oomladder.run.outcomes import (
+    AttemptResult,
+    Climb,
+    End,
+    Next,
+    Retry,
+    RunStatus,
+    Stop,
+    StopReason,
+)
+
+# Failures that no plan causes: the same plan again, this many times in a row at most.
+RETRIES_ON_SAME_PLAN = {Kind.HANG: 1, Kind.TRANSIENT: 3}
+
+
+def decide(view: RunView, result: AttemptResult, ladder: Ladder, *, memory_cap: int | None, several_nodes: bool,
+           backoff: Callable[[Any], float], log: Path) -> Next:
+    """The next step of the run after `result`, which `view` (the journal folded) already holds."""
+    failure, number = result.failure, result.number
+    if failure is None:
+        return End(RunStatus.FINISHED.value, EXIT_FINISHED, finished_reason(view))
+    if result.stop is not None:
+        return stopped(result.stop)
+    if failure.kind is Kind.LAUNCH_FAILED:
+        return End(RunStatus.LAUNCH_FAILED.value, EXIT_USAGE, failure.summary)
+    current = view.attempts[-1].plan
+    if failure.kind in RETRIES_ON_SAME_PLAN:
+        allowed, count = RETRIES_ON_SAME_PLAN[failure.kind], streak(view, failure.kind)
+        if count > allowed:
+            return End(failure.kind.value, EXIT_NOT_MEMORY, f"attempt {number}: {failure.summary}, {count} times in a "
+                       f"row; stopped after {allowed} retries. See {log}")
+        delay = backoff(BudgetState(count, 0.0)) if failure.kind is Kind.TRANSIENT else 0.0
+        why = f"{failure.summary}: retry {count} on the same plan" + (f" after {delay:g} s" if delay else "")
+        return Retry(current, why, delay)
+    if not failure.is_memory:
+        return End(RunStatus.NOT_MEMORY.value, EXIT_NOT_MEMORY,
+                   f"attempt {number} failed with {failure.kind.value}: {failure.summary}. No memory setting fixes "
+                   f"this, so the ladder was not walked; see {log}")
+    # Each node calibrates the estimate from its own ranks' peaks, and every node must take the same
+    # decision: on several nodes the ladder walks one rung per attempt.
+    fit = None if several_nodes else fit_for(view, memory_cap)
+    decision = plan_ahead(ladder, current, view.facts, failure, view.rung_uses, fit)
+    if decision.exhausted:
+        tried = "; ".join(f"{name}: {why}" for name, why in decision.skipped) or "none applied"
+        return End(RunStatus.LADDER_EXHAUSTED.value, EXIT_LADDER_EXHAUSTED,
+                   f"attempt {number} ran out of memory and {decision.reason} ({tried}). Try a bigger device, a "
+                   f"smaller model or sequence, or a ladder with more rungs.", decision)
+    return Climb(decision)
+
+
+def stopped(stop: StopReason) -> End:
+    """The end of a run whose worker group the supervisor (or another node) stopped."""
+    if stop.kind is Stop.SIGNAL:
+        return End(RunStatus.INTERRUPTED.value, EXIT_INTERRUPTED.get(stop.signum, 130),
+                   f"oomladder received {signal.Signals(stop.signum).name}; the worker group was stopped. Run the "
+                   f"same command again (or oomladder resume) to continue.")
+    if stop.kind is Stop.PEER:
+        peer = stop.peer or {}
+        return End(peer["status"], peer["exit_code"], f"node {peer['node']} was stopped ({peer['why']}), and this "
+                   f"node's group with it. Run the same command on every node to continue.")
+    return End(RunStatus.BUDGET_EXHAUSTED.value, EXIT_BUDGET,
+               f"the {stop.budget.flag} budget ({stop.budget.text}) ran out during an attempt; its worker group was "
+               f"stopped. Run the same command again to continue.")
+
+
+def over_budget(spent: Budget | None, next_rung: str | None) -> End | None:
+    """Between attempts: the run ends here if a budget is spent."""
+    if spent is None:
+        return None
+    return End(RunStatus.BUDGET_EXHAUSTED.value, EXIT_BUDGET,
+               f"the {spent.flag} budget ({spent.text}) is spent; the next attempt would have been: {next_rung}. "
+               f"Run the same command again to continue.")
+
+
+def streak(view: RunView, kind: Kind) -> int:
+    """How many attempts in a row, up to the last, died of `kind`."""
+    count = 0
+    for attempt in reversed(view.attempts):
+        if attempt.failure is None or attempt.failure.kind is not kind:
+            break
+        count += 1
+    return count
+
+
+def finished_reason(view: RunView) -> str:
+    ooms = sum(1 for a in view.attempts if a.failure is not None and a.failure.is_memory)
+    last = view.attempts[-1]
+    batch = view.final_plan.effective_batch
+    text = f"every step ran; attempt {last.number} finished"
+    if ooms:
+        text += f" after {ooms} out-of-memory error{'s' if ooms > 1 else ''}"
+    return text + (f"; effective batch {batch} throughout" if batch else "")
+
+
+def reached_plan(view: RunView) -> Plan:
+    """The plan a continued run starts on: the last decision's, or the last attempt's."""
+    last = view.decisions[-1] if view.decisions else None
+    if last and last.get("plan") and (not view.attempts or last["attempt"] >= view.attempts[-1].number):
+        return Plan.from_dict(last["plan"])
+    return view.attempts[-1].plan if view.attempts else Plan()
+
+
+def evaluation_owed(view: RunView, resume: dict[str, Any] | None) -> int | None:
+    """The step whose evaluation an OOM cut short, if the next attempt resumes right there."""
+    last = view.attempts[-1] if view.attempts else None
+    failure = last.failure if last else None
+    if resume and failure is not None and failure.phase == "eval" and failure.step == resume["step"]:
+        return resume["step"]
+    return None

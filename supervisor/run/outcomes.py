@@ -1,0 +1,111 @@
+"""The typed values that cross from watching an attempt to deciding what comes next.
+
+Like PyTorch elastic's `RunResult` and `WorkerState`: the watcher says how an attempt ended, the
+pure decision (decide.py) reads that and says what the run does next, and the loop acts on it.
+"""
+
+from __future__ import annotations
+
+import enum
+import signal
+from dataclasses import dataclass
+from typing import Any
+
+from oomladder.classify import Failure
+from oomladder.ladder import Decision
+from oomladder.plan import Plan
+from oomladder.run.budget import Budget
+
+
+class RunStatus(str, enum.Enum):
+    """How a run ended: the `status` of its `run_ended` record and of the report."""
+
+    FINISHED = "finished"
+    LADDER_EXHAUSTED = "ladder_exhausted"
+    BUDGET_EXHAUSTED = "budget_exhausted"
+    NOT_MEMORY = "not_memory"
+    HANG = "hang"
+    TRANSIENT = "transient"
+    INTERRUPTED = "interrupted"
+    LAUNCH_FAILED = "launch_failed"
+    NODE_LOST = "node_lost"
+    NODES_DISAGREE = "nodes_disagree"
+
+
+class Stop(enum.Enum):
+    """Why the supervisor itself stopped a worker group that had not ended on its own."""
+
+    SIGNAL = "signal"    # oomladder got SIGINT or SIGTERM
+    BUDGET = "budget"    # --max-wall-time ran out during the attempt
+    PEER = "peer"        # several nodes: another node's group ended
+
+
+@dataclass(frozen=True)
+class StopReason:
+    kind: Stop
+    signum: int | None = None                 # Stop.SIGNAL
+    budget: Budget | None = None              # Stop.BUDGET
+    peer: dict[str, Any] | None = None        # Stop.PEER: the node, why, and the status and exit code it chose
+
+    @property
+    def detail(self) -> str:
+        """What the `interrupt` record says besides the kind."""
+        if self.kind is Stop.BUDGET and self.budget is not None:
+            return self.budget.flag
+        if self.kind is Stop.SIGNAL:
+            return str(self.signum)
+        return str(self.peer)
+
+    @property
+    def signal_to_send(self) -> int:
+        """What the worker's leader gets: the signal oomladder got, otherwise SIGTERM (it saves its step)."""
+        return self.signum if self.kind is Stop.SIGNAL and self.signum is not None else signal.SIGTERM
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    """How one attempt ended, as the watcher journaled it."""
+
+    number: int
+    exit_code: int | None
+    failure: Failure | None        # None: the worker finished
+    stop: StopReason | None        # the supervisor stopped it (or the world did, on several nodes)
+    duration: float
+
+
+@dataclass(frozen=True)
+class NextAttempt:
+    """What the next attempt runs with: the plan's overrides, and the rung and reason that chose them."""
+
+    overrides: Plan
+    rung: str | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class Retry:
+    """The same plan again, after `delay` seconds: the failure was not the plan's."""
+
+    plan: Plan
+    reason: str
+    delay: float
+
+
+@dataclass(frozen=True)
+class Climb:
+    """The ladder's next plan."""
+
+    decision: Decision
+
+
+@dataclass(frozen=True)
+class End:
+    """The run ends with this status and exit code; `decision` is the ladder's verdict when it had none left."""
+
+    status: str
+    exit_code: int
+    reason: str
+    decision: Decision | None = None
+
+
+Next = Retry | Climb | End

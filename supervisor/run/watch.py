@@ -1,0 +1,243 @@
+"""Watching one attempt: launch its worker group, poll it, take in what the workers report, stop it
+when the run must stop (a signal, a budget, a hang, another node), and journal how it ended.
+
+`AttemptWatcher.watch` returns an `AttemptResult` and writes `attempt_ended` before it returns;
+what the run does next is decide.py's. Clock, sleep and launcher are the runner's, so the tests
+that drive the runner with fake workers drive this too.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from oomladder.classify import Evidence, Failure, Kind, classify
+from oomladder.nodes import agreement
+from oomladder.nodes.world import World
+from oomladder.plan import Plan
+from oomladder.process import cgroup, gpu
+from oomladder.process.checkpoints import remove_superseded
+from oomladder.process.launch import worker_env
+from oomladder.process.workers import (
+    Launcher,
+    LaunchError,
+    LaunchSpec,
+    WorkerHandle,
+    read_tail,
+)
+from oomladder.record import schema
+from oomladder.record.history import fold
+from oomladder.record.journal import Journal
+from oomladder.run.budget import Budget
+from oomladder.run.config import EXIT_BUDGET, EXIT_INTERRUPTED, RunConfig
+from oomladder.run.outcomes import AttemptResult, Stop, StopReason
+from oomladder.views.display import Display
+from oomladder.worker.files import AttemptFiles
+
+# A peer node failed: this node's ranks have no step to finish (their collective is broken), so a short grace.
+PEER_GRACE = 10.0
+PEER_LOOK_INTERVAL = 1.0  # seconds between looks at the peers' journals during an attempt
+REDRAW_INTERVAL = 0.5     # the live table redraws twice a second at most
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One attempt as the loop starts it."""
+
+    number: int
+    attempt_dir: Path
+    argv: list[str]
+    overrides: Plan
+    plan: Plan
+    resume: dict[str, Any] | None
+    evaluate_at: int | None
+
+
+@dataclass
+class _Poll:
+    """How the poll loop ended."""
+
+    returncode: int
+    stop: StopReason | None = None
+    hung: float | None = None       # seconds without activity, when the hang timeout stopped it
+
+
+class AttemptWatcher:
+    def __init__(self, config: RunConfig, journal: Journal, *, launcher: Launcher, clock: Callable[[], float],
+                 sleep: Callable[[float], None], display: Display, environ: dict[str, str], world: World | None,
+                 signalled: Callable[[], int | None], wall_time_spent: Callable[[], Budget | None]) -> None:
+        self.config, self.journal, self.launcher = config, journal, launcher
+        self.clock, self.sleep, self.display, self.environ, self.world = clock, sleep, display, environ, world
+        self.signalled, self.wall_time_spent = signalled, wall_time_spent
+
+    # --- one attempt ----------------------------------------------------------------------------------
+
+    def watch(self, launch: Launch) -> AttemptResult:
+        cfg = self.config
+        env = worker_env(self.environ, launch.attempt_dir, launch.overrides, launch.plan, cfg.memory_cap,
+                         launch.resume["path"] if launch.resume else None, launch.evaluate_at, run_dir=cfg.run_dir)
+        spec = LaunchSpec(tuple(launch.argv), env, cfg.cwd, launch.attempt_dir / "stdout.log",
+                          launch.attempt_dir / "stderr.log")
+        oom_kills_before, gpu_before = cgroup.oom_kill_count(), gpu.gpu_pids()
+        started = self.clock()
+        files = AttemptFiles(launch.attempt_dir)
+        try:
+            handle = self.launcher(spec)
+        except LaunchError as exc:
+            ended = {"attempt": launch.number, "exit_code": None, "duration": 0.0}
+            return self._journal_end(launch.number, "failed", Failure(Kind.LAUNCH_FAILED, None, str(exc)), None,
+                                     ended, None, None, 0.0)
+        poll = self._poll(handle, launch.number, spec, files, started)
+        exited = self.clock()
+        handle.reap_group()
+        if gpu.wait_released(gpu_before) == "still held":
+            self.journal.append(schema.WARNING, attempt=launch.number, text="GPU memory of the stopped worker was "
+                                "still held after 30 s; the next attempt may fail on it")
+        self.take_in(launch.number, files)
+        return self._conclude(launch.number, spec, files, poll, started, exited, oom_kills_before)
+
+    def _poll(self, handle: WorkerHandle, number: int, spec: LaunchSpec, files: AttemptFiles,
+              started: float) -> _Poll:
+        """Poll until the group ends on its own or the supervisor stops it."""
+        cfg = self.config
+        last_activity, activity, shown, peeked = started, None, 0.0, started
+        while (returncode := handle.poll()) is None:
+            stop = self._stop_now()
+            if stop is None and self.world is not None and self.clock() - peeked >= PEER_LOOK_INTERVAL:
+                peeked = self.clock()
+                if (failed := self.world.peer_failed(number)) is not None:
+                    self.journal.append(schema.INTERRUPT, attempt=number, reason="peer", detail=f"node {failed} failed")
+                    return _Poll(handle.stop(signal.SIGTERM, min(cfg.grace, PEER_GRACE)))
+            if stop is not None:
+                self.journal.append(schema.INTERRUPT, attempt=number, reason=stop.kind.value, detail=stop.detail)
+                return _Poll(handle.stop(stop.signal_to_send, cfg.grace), stop=stop)
+            self.take_in(number, files)
+            # Activity is any new record or output; totals, so a steady one record per poll counts too.
+            now_activity = (len(self.journal.records), _size(spec.stdout), _size(spec.stderr))
+            if now_activity != activity:
+                activity, last_activity = now_activity, self.clock()
+            elif cfg.hang_timeout and self.clock() - last_activity > cfg.hang_timeout:
+                hung = self.clock() - last_activity
+                self.journal.append(schema.INTERRUPT, attempt=number, reason="hang", detail=f"{hung:.0f}s without "
+                                    f"progress")
+                return _Poll(handle.stop(signal.SIGTERM, cfg.grace), hung=hung)
+            if self.display.live and self.clock() - shown >= REDRAW_INTERVAL:
+                self.display.update(fold(self.journal.records))
+                shown = self.clock()
+            self.sleep(cfg.poll_interval)
+        return _Poll(returncode)
+
+    def _stop_now(self) -> StopReason | None:
+        """A reason to stop the group at once: oomladder was signalled, or the wall-time budget is spent."""
+        signum = self.signalled()
+        if signum is not None:
+            return StopReason(Stop.SIGNAL, signum=signum)
+        spent = self.wall_time_spent()
+        return StopReason(Stop.BUDGET, budget=spent) if spent is not None else None
+
+    def _conclude(self, number: int, spec: LaunchSpec, files: AttemptFiles, poll: _Poll, started: float,
+                  exited: float, oom_kills_before: int | None) -> AttemptResult:
+        """Classify the end of the attempt and journal it."""
+        view = fold(self.journal.records)
+        attempt = view.attempts[-1]
+        ended: dict[str, Any] = dict(attempt=number, exit_code=poll.returncode, duration=round(exited - started, 3),
+                                     exited=round(exited, 3), step=attempt.step, max_steps=attempt.max_steps)
+        if poll.returncode == 0 and poll.stop is None:
+            return self._journal_end(number, "finished", None, None, ended, None, None, exited - started)
+        record = files.first_failure()
+        if record and ended["max_steps"] is None:
+            ended["max_steps"] = record.get("max_steps")
+        if poll.hung is not None:
+            failure = Failure(Kind.HANG, None, f"no progress for {poll.hung:.0f} s (--hang-timeout "
+                              f"{self.config.hang_timeout:g})", step=attempt.step)
+        else:
+            facts = view.facts
+            oom_kills_after = cgroup.oom_kill_count()
+            failure = classify(Evidence(
+                returncode=poll.returncode, record=record, stderr_tail=read_tail(spec.stderr),
+                capped=bool(self.config.memory_cap) and facts.device in (None, "cpu"),
+                cgroup_oom_kill=None not in (oom_kills_before, oom_kills_after) and oom_kills_after > oom_kills_before))
+        checkpoint = self.journal_checkpoint(number, files)
+        if record and record.get("peak") is not None:
+            ended.update(peak=record["peak"], peak_measure=record.get("peak_measure"))
+        if record and record.get("batch_shape"):
+            ended["batch_shape"] = record["batch_shape"]
+        outcome = "interrupted" if poll.stop is not None or failure.kind is Kind.INTERRUPTED else "failed"
+        return self._journal_end(number, outcome, failure, poll.stop, ended, record, checkpoint, exited - started)
+
+    def _journal_end(self, number: int, outcome: str, failure: Failure | None, stop: StopReason | None,
+                     ended: dict[str, Any], record: dict[str, Any] | None, checkpoint: dict[str, Any] | None,
+                     duration: float) -> AttemptResult:
+        """Journal the attempt's end; on several nodes, the world's end once every node has told its own."""
+        if self.world is not None:
+            outcome, failure, ended, stop = self._world_end(number, outcome, failure, stop, ended, record, checkpoint)
+        self.journal.append(schema.ATTEMPT_ENDED, outcome=outcome,
+                            **({"failure": failure.to_dict()} if failure else {}), **ended)
+        return AttemptResult(number, ended.get("exit_code"), failure, stop, duration)
+
+    # --- what the workers left ------------------------------------------------------------------------
+
+    def take_in(self, number: int, files: AttemptFiles) -> None:
+        """Copy what the workers reported since the last look into the journal."""
+        for rank, data in files.new_observations():
+            self.journal.append(schema.OBSERVED, attempt=number, rank=rank, plan=data.get("plan", {}),
+                                facts=data.get("facts", {}), memory_cap=data.get("memory_cap", {}),
+                                model=data.get("model"))
+        entries = []
+        for rank, entry in files.new_progress():
+            entry.pop("ts", None)
+            entries.append({"attempt": number, "rank": rank, **entry})
+        self.journal.extend(schema.PROGRESS, entries)
+
+    def journal_checkpoint(self, number: int, files: AttemptFiles) -> dict[str, Any] | None:
+        """The emergency checkpoint the attempt saved, journaled as whole; the one it supersedes is deleted."""
+        checkpoint = files.emergency()
+        if checkpoint and Path(checkpoint.get("path", "")).is_dir():
+            self.journal.append(schema.CHECKPOINT, attempt=number, kind="emergency", path=checkpoint["path"],
+                                step=checkpoint["step"])
+            remove_superseded(fold(self.journal.records).checkpoints, keep=checkpoint["path"])
+            return {"path": checkpoint["path"], "step": checkpoint["step"]}
+        return None
+
+    # --- several nodes (oomladder/nodes): the runner's side, kept apart from the single-node path ---------
+
+    def _world_end(self, number: int, outcome: str, failure: Failure | None, stop: StopReason | None,
+                   ended: dict[str, Any], record: dict[str, Any] | None, checkpoint: dict[str, Any] | None,
+                   ) -> tuple[str, Failure | None, dict[str, Any], StopReason | None]:
+        """This node's end in, the world's end out: the same on every node, for the usual decision."""
+        failed_at = None
+        if failure is not None:  # when this node's first failure happened: its rank's record, or the stop it began
+            interrupt = agreement.of_attempt(self.journal.records, schema.INTERRUPT, number)
+            times = [t for t in ((record or {}).get("ts"), interrupt["ts"] if interrupt else None) if t is not None]
+            failed_at = min(times) if times else ended.get("exited") or self.clock()
+        if ended.get("peak") is None and (attempt := fold(self.journal.records).attempts[-1]).peak is not None:
+            ended = {**ended, "peak": attempt.peak, "peak_measure": attempt.peak_measure}  # this node's ranks' highest
+        world = self.world.end(self.journal, number, outcome, failure, ended, failed_at, checkpoint,
+                               _told_stop(stop))
+        if world.adopted:
+            remove_superseded(fold(self.journal.records).checkpoints, keep=world.adopted[-1])
+        if stop is None and (signum := self.signalled()) is not None:
+            stop = StopReason(Stop.SIGNAL, signum=signum)  # stopped while waiting for the other nodes
+        elif stop is None and world.peer_stop is not None:
+            stop = StopReason(Stop.PEER, peer=world.peer_stop)
+        return world.outcome, world.failure, world.ended, stop
+
+
+def _told_stop(stop: StopReason | None) -> dict[str, Any] | None:
+    """How this node's own stop reads to the other nodes: what stopped it, and the status and code to end with."""
+    if stop is None or stop.kind is Stop.PEER:
+        return None
+    if stop.kind is Stop.SIGNAL:
+        return {"why": signal.Signals(stop.signum).name, "status": "interrupted",
+                "exit_code": EXIT_INTERRUPTED.get(stop.signum, 130)}
+    return {"why": f"the {stop.budget.flag} budget ran out", "status": "budget_exhausted", "exit_code": EXIT_BUDGET}
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0

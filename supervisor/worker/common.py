@@ -1,0 +1,66 @@
+"""What every framework adapter shares: the plan it applies, the observations it reports, and the
+guard that keeps an adapter failure from taking the user's program down."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from oomladder.worker import files, memcap
+
+observed: dict[str, Any] = {"plan": {}, "facts": {}}
+phase = ["train"]
+stop_requested: list[int] = [0]
+launcher = [False]  # this process starts ranks (torchrun, accelerate launch): it is not one of them
+
+
+def plan() -> dict[str, Any]:
+    """The settings the supervisor wants this attempt to run with (only those it sets)."""
+    return json.loads(os.environ.get("OOMLADDER_PLAN") or "{}")
+
+
+def safely(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    try:
+        return fn(*args, **kwargs)
+    except Exception as exc:  # the adapter failing must not take the program down with it
+        print(f"oomladder: adapter step {getattr(fn, '__name__', fn)} failed: {exc!r}", file=sys.stderr)
+        return None
+
+
+def observe(plan_fields: dict[str, Any] | None = None, facts: dict[str, Any] | None = None) -> None:
+    """Tell the supervisor the program's own settings and facts (the file is rewritten whole)."""
+    observed["plan"].update({k: v for k, v in (plan_fields or {}).items() if v is not None})
+    observed["facts"].update({k: v for k, v in (facts or {}).items() if v is not None})
+    files.write_json(files.path(files.OBSERVED), {**observed, "memory_cap": memcap.info(), "pid": os.getpid()})
+
+
+def is_device_oom(exc: BaseException) -> bool:
+    from oomladder.classify import Evidence, classify
+    capped = memcap.info().get("mode") == "cpu_address_space"
+    record = {"exc_type": type(exc).__name__, "message": str(exc)}
+    return classify(Evidence(returncode=1, record=record, capped=capped)).memory == "device"
+
+
+def peer_died(exc: BaseException) -> bool:
+    from oomladder.classify import peer_died as text_says_peer_died
+    return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and text_says_peer_died(str(exc))
+
+
+def stop_at_step_end_on(*signals: int) -> None:
+    """SIGTERM (a scheduler, the supervisor) finishes the step in flight, saves it, and exits 128+signal:
+    a pre-empted run loses no step. A second signal acts at once."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in signals:
+        previous = signal.getsignal(signum)
+
+        def handler(sig, frame, previous=previous):
+            stop_requested[0] = sig
+            signal.signal(sig, previous if callable(previous) else signal.SIG_DFL)
+
+        signal.signal(signum, handler)

@@ -1,0 +1,195 @@
+"""The Hugging Face Trainer (and what subclasses it: TRL's trainers): observe the program's own
+`TrainingArguments`, apply the plan to them, report each optimizer step, record the failure,
+save the emergency checkpoint after an OOM, resume from it, and stop at a step boundary on SIGTERM."""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import sys
+from typing import Any
+
+from oomladder.worker import common, emergency, files, memcap, probe
+from oomladder.worker.common import (
+    is_device_oom,
+    observe,
+    peer_died,
+    safely,
+    stop_at_step_end_on,
+)
+
+HOOKS = {
+    "transformers.training_args": lambda module: patch_training_args(module),
+    "transformers.trainer": lambda module: patch_trainer(module),
+}
+
+
+def patch_training_args(module) -> None:
+    cls = module.TrainingArguments
+    original = cls.__post_init__
+
+    @functools.wraps(original)
+    def __post_init__(self, *args, **kwargs):
+        safely(observe, _program_training_settings(self), {"output_dir": str(self.output_dir or "")})
+        safely(_apply_to_training_args, self, common.plan())
+        return original(self, *args, **kwargs)
+
+    cls.__post_init__ = __post_init__
+
+
+def _program_training_settings(args) -> dict[str, Any]:
+    return {
+        "per_device_train_batch_size": args.per_device_train_batch_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "per_device_eval_batch_size": args.per_device_eval_batch_size,
+        "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
+        "gradient_checkpointing": bool(args.gradient_checkpointing),
+        "dataloader_num_workers": args.dataloader_num_workers,
+        "optim": getattr(args.optim, "value", args.optim),
+        "world_size": int(os.environ.get("WORLD_SIZE", "1") or 1),
+    }
+
+
+def _apply_to_training_args(args, p: dict[str, Any]) -> None:
+    for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "per_device_eval_batch_size",
+                 "dataloader_num_workers", "optim"):
+        if p.get(name) is not None:
+            setattr(args, name, p[name])
+    if p.get("precision") is not None:
+        args.bf16, args.fp16 = p["precision"] == "bf16", p["precision"] == "fp16"
+    if p.get("gradient_checkpointing") is not None:
+        args.gradient_checkpointing = p["gradient_checkpointing"]
+        if p["gradient_checkpointing"]:
+            kwargs = dict(args.gradient_checkpointing_kwargs or {}) if isinstance(
+                args.gradient_checkpointing_kwargs, dict) else {}
+            kwargs["use_reentrant"] = False
+            args.gradient_checkpointing_kwargs = kwargs
+    if p.get("dataloader_num_workers") == 0:
+        args.dataloader_prefetch_factor = None  # only allowed with workers
+        args.dataloader_persistent_workers = False
+    # The supervisor, not the Trainer, chooses the batch: the Trainer's own search would undo the plan.
+    args.auto_find_batch_size = False
+
+
+def patch_trainer(module) -> None:
+    cls = module.Trainer
+    original_init, original_train, original_evaluate = cls.__init__, cls.train, cls.evaluate
+    original_step = cls.training_step
+
+    @functools.wraps(original_init)
+    def __init__(self, *args, **kwargs):
+        memcap.arm()
+        original_init(self, *args, **kwargs)
+        safely(lambda: self.add_callback(_progress_callback(module, self)))
+        common.observed["model"] = safely(probe.model_report, self.model)
+        safely(observe, None, _facts(self))
+
+    @functools.wraps(original_train)
+    def train(self, *args, **kwargs):
+        resume = emergency.resume_point()
+        if resume:  # continue where the OOM struck, whatever the script passes
+            safely(emergency.prepare_resume, resume, self)
+            if args:
+                args = (resume, *args[1:])
+            else:
+                kwargs["resume_from_checkpoint"] = resume
+        safely(stop_at_step_end_on, signal.SIGTERM, signal.SIGINT)
+        try:
+            return original_train(self, *args, **kwargs)
+        except Exception as exc:
+            safely(_record_failure, self, exc)
+            # Rank 0 saves the last whole step also when a peer's OOM broke the collective it waited in:
+            # the weights are the same on every rank, and only rank 0 writes them.
+            if is_device_oom(exc) or peer_died(exc):
+                safely(emergency.save_after_oom, self, exc)
+            raise
+
+    @functools.wraps(original_evaluate)
+    def evaluate(self, *args, **kwargs):
+        previous, common.phase[0] = common.phase[0], "eval"
+        try:
+            return original_evaluate(self, *args, **kwargs)
+        except Exception as exc:
+            safely(_record_failure, self, exc)
+            raise
+        finally:
+            common.phase[0] = previous
+
+    @functools.wraps(original_step)
+    def training_step(self, model, inputs, *args, **kwargs):
+        safely(probe.note_batch, inputs)  # the estimator sizes activations by the batch that ran (or died)
+        return original_step(self, model, inputs, *args, **kwargs)
+
+    cls.__init__, cls.train, cls.evaluate, cls.training_step = __init__, train, evaluate, training_step
+
+
+def _facts(trainer) -> dict[str, Any]:
+    import torch
+    model = trainer.model
+    total = trainable = 0
+    base_frozen = hasattr(model, "peft_config")
+    for name, param in model.named_parameters():
+        total += param.numel()
+        if param.requires_grad:
+            trainable += param.numel()
+            if not any(tag in name for tag in ("lora_", "modules_to_save", "adapter", "prompt", "ia3_")):
+                base_frozen = False
+    device = trainer.args.device.type
+    bf16 = torch.cuda.is_bf16_supported() if device == "cuda" else device in ("cpu", "xpu", "mps")
+    memory = torch.cuda.get_device_properties(trainer.args.device).total_memory if device == "cuda" else None
+    return {"device": device, "bf16_supported": bool(bf16), "base_frozen": bool(base_frozen and trainable),
+            "trainable_fraction": round(trainable / total, 6) if total else None, "device_memory": memory}
+
+
+def _record_failure(trainer, exc: BaseException) -> None:
+    state = trainer.state
+    peak, measure = memcap.peak()
+    files.write_failure(exc, step=state.global_step, max_steps=state.max_steps, phase=common.phase[0],
+                        peak=peak, peak_measure=measure, batch_shape=probe.batch_shapes()["current"])
+
+
+def _progress_callback(module, trainer):
+    class OomLadderProgress(module.TrainerCallback):
+        """Reports each finished optimizer step (and evaluation) to the supervisor."""
+
+        def __init__(self) -> None:
+            self.loss = self.learning_rate = None
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:  # logged after on_step_end: report the step again with its loss
+                self.loss, self.learning_rate = logs["loss"], logs.get("learning_rate")
+                self._report(state, "train")
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            # The last attempt died evaluating at this very step: the evaluation is still owed.
+            if os.environ.get("OOMLADDER_RESUME_EVAL_AT") == str(state.global_step) and state.global_step:
+                trainer.evaluate()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            safely(emergency.snapshot_rng)
+            self._report(state, "train")
+            if common.stop_requested[0]:
+                signum = common.stop_requested[0]
+                safely(emergency.save, trainer)
+                print(f"oomladder: stopped by {signal.Signals(signum).name} after step {state.global_step}, "
+                      f"which is saved", file=sys.stderr, flush=True)
+                raise SystemExit(128 + signum)
+
+        def on_pre_optimizer_step(self, args, state, control, **kwargs):
+            emergency.optimizer_step(True)
+
+        def on_optimizer_step(self, args, state, control, **kwargs):
+            emergency.optimizer_step(False)
+
+        def on_evaluate(self, args, state, control, **kwargs):
+            self._report(state, "eval")
+
+        def _report(self, state, phase):
+            peak, measure = memcap.peak()
+            safely(files.append_progress, {"step": state.global_step, "max_steps": state.max_steps,
+                                            "loss": self.loss, "learning_rate": self.learning_rate,
+                                            "phase": phase, "peak": peak, "peak_measure": measure,
+                                            "batch_shape": probe.batch_shapes()["largest"]})
+
+    return OomLadderProgress()
