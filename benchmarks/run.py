@@ -35,7 +35,7 @@ CAP = "1200MiB"
 
 
 def timed(argv: list[str], cwd: Path) -> tuple[float, subprocess.CompletedProcess]:
-    # The allocator settings oomladder gives a capped worker (supervisor/launch.py): the baselines meet
+    # The allocator settings oomladder gives a capped worker (oomladder/process/launch.py): the baselines meet
     # the same emulated device.
     env = {**os.environ, **CPU_DEVICE_ALLOCATOR}
     started = time.perf_counter()

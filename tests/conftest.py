@@ -22,6 +22,15 @@ class FakeClock:
         self.now += seconds
 
 
+def pytest_configure(config):
+    """The suite tests this checkout: `oomladder` must be its own editable install (scripts/setup), not
+    another worktree's or an installed release."""
+    import oomladder
+    if not Path(oomladder.__file__).resolve().is_relative_to(ROOT):
+        raise pytest.UsageError(f"oomladder is imported from {Path(oomladder.__file__).parent}, not from this "
+                                f"checkout ({ROOT}): run scripts/setup here")
+
+
 def oomladder_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "oomladder", *args]
 
@@ -31,7 +40,7 @@ def env():
     """The environment for a subprocess of oomladder, without a terminal's width guess."""
     e = dict(os.environ)
     e["COLUMNS"] = "200"
-    # This checkout first: an editable install of another worktree must not be what the subprocess runs.
+    # tests/ and benchmarks/ importable in subprocesses (oomladder itself is the editable install).
     e["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + ([e["PYTHONPATH"]] if e.get("PYTHONPATH") else []))
     return e
 

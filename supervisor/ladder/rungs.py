@@ -46,7 +46,7 @@ class Decision:
     rung_index: int | None
     reason: str
     skipped: tuple[tuple[str, str], ...] = field(default_factory=tuple)
-    rung_indices: tuple[int, ...] = ()     # every rung a stacked decision used (supervisor/foresight.py)
+    rung_indices: tuple[int, ...] = ()     # every rung a stacked decision used (memory/foresight.py)
     estimate: dict[str, Any] | None = None  # the estimator's numbers behind a stacked decision
 
     @property

@@ -2,7 +2,7 @@
 plan that fits the device.
 
 The rungs are walked as the supervisor would walk them on successive out-of-memory errors, each
-one's plan built on the last, with the same estimator the loop uses (supervisor/estimate.py).
+one's plan built on the last, with the same estimator the loop uses (memory/estimate.py).
 """
 
 from __future__ import annotations

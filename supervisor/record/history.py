@@ -60,7 +60,7 @@ class RunView:
     program_plan: Plan               # what the wrapped program does on its own, as observed
     facts: Facts
     ended: dict[str, Any] | None
-    model: dict[str, Any] | None = None   # the worker's model shape and what trains (supervisor/worker/probe.py)
+    model: dict[str, Any] | None = None   # the worker's model shape and what trains (worker/probe.py)
 
     @property
     def rung_uses(self) -> dict[int, int]:

@@ -1,7 +1,7 @@
 """The run's one append-only journal: JSON lines, a schema version on each, synced at each record.
 
 It is the single source of truth: the live table, the report and a later resume are all folded
-from it (supervisor/history.py), so a crash loses at most the line being written, and a line cut
+from it (history.py), so a crash loses at most the line being written, and a line cut
 off by a crash is skipped on reading rather than failing the whole run.
 """
 

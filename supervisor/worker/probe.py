@@ -30,7 +30,7 @@ def batch_shapes() -> dict[str, list[int] | None]:
 
 
 def model_report(model) -> dict[str, Any] | None:
-    """The shape (supervisor/shape.py's ModelShape fields) and what trains; None for a model that is
+    """The shape (memory/shape.py's ModelShape fields) and what trains; None for a model that is
     not a language model with the usual config fields, which the ladder then walks without estimates."""
     import torch.nn as nn
 

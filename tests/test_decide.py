@@ -1,0 +1,109 @@
+"""What the run does after an attempt: a pure function of the journal's view and the attempt's end.
+Records in, `Retry | Climb | End` out; no files, clocks or processes."""
+
+import signal
+from pathlib import Path
+
+from oomladder.classify import Failure, Kind
+from oomladder.ladder import load_ladder, parse_ladder
+from oomladder.record.history import fold
+from oomladder.run.budget import BudgetState, budgets, exhausted
+from oomladder.run.decide import decide, over_budget
+from oomladder.run.outcomes import AttemptResult, Climb, End, Retry, Stop, StopReason
+
+PROGRAM = {"per_device_train_batch_size": 16, "gradient_accumulation_steps": 1, "per_device_eval_batch_size": 16,
+           "precision": "fp32", "load_dtype": "float32", "quantization": "none", "gradient_checkpointing": False,
+           "dataloader_num_workers": 0, "world_size": 1}
+FACTS = {"device": "cpu", "bf16_supported": True, "base_frozen": True}
+OOM = Failure(Kind.CPU_OOM, "device", "CPU allocator out of memory", phase="train", step=2)
+RESET = Failure(Kind.TRANSIENT, None, "a transient infrastructure failure (Connection reset by peer)")
+HANG = Failure(Kind.HANG, None, "no progress for 60 s (--hang-timeout 60)")
+LOG = Path("attempts/001/stderr.log")
+
+
+def view_of(*failures, plan=None):
+    """A run whose attempts ended with `failures` in turn (None: finished)."""
+    records = [{"type": "run_started", "ts": 0.0, "command": ["python", "train.py"]},
+               {"type": "observed", "ts": 0.5, "attempt": 0, "plan": PROGRAM, "facts": FACTS}]
+    for n, failure in enumerate(failures, start=1):
+        records += [{"type": "attempt_started", "ts": n, "attempt": n, "plan": plan or {}, "rung": None, "reason": ""},
+                    {"type": "attempt_ended", "ts": n + 0.5, "attempt": n,
+                     "outcome": "finished" if failure is None else "failed",
+                     **({"failure": failure.to_dict()} if failure else {})}]
+    return fold(records)
+
+
+def next_step(view, stop=None, ladder=None):
+    last = view.attempts[-1]
+    result = AttemptResult(last.number, 0 if last.failure is None else 1, last.failure, stop, 1.0)
+    return decide(view, result, ladder or load_ladder(None), memory_cap=None, several_nodes=False,
+                  backoff=lambda state: 5.0 * 2 ** (state.attempt_number - 1), log=LOG)
+
+
+def test_a_finished_attempt_ends_the_run_with_every_step_run():
+    verdict = next_step(view_of(OOM, None))
+    assert verdict == End("finished", 0, "every step ran; attempt 2 finished after 1 out-of-memory error; "
+                                         "effective batch 16 throughout")
+
+
+def test_an_out_of_memory_error_climbs_to_the_ladders_next_plan():
+    verdict = next_step(view_of(OOM))
+    assert isinstance(verdict, Climb)
+    assert verdict.decision.rung == "bf16"
+    assert verdict.decision.plan.precision == "bf16" and verdict.decision.plan.effective_batch == 16
+
+
+def test_no_rung_left_ends_the_run_with_exit_4_and_keeps_the_ladders_verdict():
+    verdict = next_step(view_of(OOM, plan={"precision": "bf16", "load_dtype": "bfloat16"}),
+                        ladder=parse_ladder("rungs: [bf16]", "t"))
+    assert isinstance(verdict, End) and (verdict.status, verdict.exit_code) == ("ladder_exhausted", 4)
+    assert verdict.decision is not None and verdict.decision.exhausted
+    assert "bf16: training already runs in bf16" in verdict.reason
+
+
+def test_a_bug_ends_the_run_with_exit_3_without_walking_the_ladder():
+    verdict = next_step(view_of(Failure(Kind.ERROR, None, "KeyError: 'labels'")))
+    assert (verdict.status, verdict.exit_code) == ("not_memory", 3)
+    assert "ladder was not walked" in verdict.reason and str(LOG) in verdict.reason
+
+
+def test_a_transient_failure_is_retried_on_the_same_plan_with_backoff_three_times():
+    first = next_step(view_of(RESET))
+    assert isinstance(first, Retry) and first.delay == 5.0 and first.plan.per_device_train_batch_size == 16
+    assert next_step(view_of(RESET, RESET, RESET)).delay == 20.0
+    fourth = next_step(view_of(RESET, RESET, RESET, RESET))
+    assert (fourth.status, fourth.exit_code) == ("transient", 3)
+
+
+def test_a_hang_is_retried_once_at_once_and_a_second_hang_ends_the_run():
+    assert next_step(view_of(HANG)) == Retry(view_of(HANG).attempts[-1].plan, f"{HANG.summary}: retry 1 on the "
+                                                                                "same plan", 0.0)
+    assert next_step(view_of(HANG, HANG)).status == "hang"
+
+
+def test_a_stopped_worker_ends_the_run_with_the_stops_own_code():
+    interrupted = Failure(Kind.INTERRUPTED, None, "stopped by SIGTERM")
+    by_signal = next_step(view_of(interrupted), StopReason(Stop.SIGNAL, signum=signal.SIGTERM))
+    assert (by_signal.status, by_signal.exit_code) == ("interrupted", 143)
+    spent = exhausted(budgets(None, 60.0), BudgetState(1, 61.0))
+    by_budget = next_step(view_of(interrupted), StopReason(Stop.BUDGET, budget=spent))
+    assert (by_budget.status, by_budget.exit_code) == ("budget_exhausted", 5)
+    peer = {"node": 1, "why": "SIGTERM", "status": "interrupted", "exit_code": 143}
+    assert next_step(view_of(interrupted), StopReason(Stop.PEER, peer=peer)).exit_code == 143
+
+
+def test_a_stop_outranks_the_oom_it_interrupted():
+    assert next_step(view_of(OOM), StopReason(Stop.SIGNAL, signum=signal.SIGINT)).exit_code == 130
+
+
+def test_a_command_that_cannot_start_is_bad_input():
+    verdict = next_step(view_of(Failure(Kind.LAUNCH_FAILED, None, "cannot start 'trian.py': No such file")))
+    assert (verdict.status, verdict.exit_code) == ("launch_failed", 2)
+
+
+def test_a_spent_budget_ends_the_run_between_attempts_naming_what_would_have_run():
+    spent = exhausted(budgets(2, None), BudgetState(2, 0.0))
+    end = over_budget(spent, "halve_batch")
+    assert (end.status, end.exit_code) == ("budget_exhausted", 5)
+    assert "--max-attempts" in end.reason and "halve_batch" in end.reason
+    assert over_budget(None, "halve_batch") is None
