@@ -50,7 +50,7 @@ def train_args(work: Path, name: str, *extra: str) -> list[str]:
 
 def steps_executed(work: Path, name: str) -> int:
     path = work / f"{name}.steps"
-    return len(path.read_text().split()) if path.exists() else 0
+    return len(path.read_text().splitlines()) if path.exists() else 0
 
 
 def effective_batch(stdout: str) -> str:

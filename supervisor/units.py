@@ -1,4 +1,5 @@
-"""Units people write: memory sizes (`1200MiB`, `16GiB`, `1.5G`) and durations (`90s`, `30m`, `8h`).
+"""Units people write: memory sizes (`1200MiB`, `16GiB`, `1.5G`) and durations (`90s`, `30m`, `8h`);
+and how oomladder writes sizes and step ranges back.
 
 Decimal (`GB`) and binary (`GiB`) suffixes mean what they say; a bare `G`/`M`/`K` is binary,
 as in `nvidia-smi` and PyTorch's own messages, which is what people mean by "a 16G card".
@@ -55,3 +56,14 @@ def parse_duration(text: str) -> float:
         raise UsageError(f"'{text}' is not a duration: write it like 90s, 30m or 8h")
     unit = match.group(2).lower() if match.group(2) else None
     return float(match.group(1)) * _SECONDS[unit]
+
+
+def format_steps(steps: list[int]) -> str:
+    """`1–2, 5`: optimizer steps as runs of consecutive numbers."""
+    runs: list[list[int]] = []
+    for step in sorted(set(steps)):
+        if runs and step == runs[-1][1] + 1:
+            runs[-1][1] = step
+        else:
+            runs.append([step, step])
+    return ", ".join(str(a) if a == b else f"{a}–{b}" for a, b in runs)

@@ -35,9 +35,10 @@ def oomladder_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "oomladder", *args]
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def env():
-    """The environment for a subprocess of oomladder, without a terminal's width guess."""
+    """The environment for a subprocess of oomladder, without a terminal's width guess. Shared: never change
+    it in place (`{**env, ...}` instead)."""
     e = dict(os.environ)
     e["COLUMNS"] = "200"
     # tests/ and benchmarks/ importable in subprocesses (oomladder itself is the editable install).

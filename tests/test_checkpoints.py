@@ -3,6 +3,7 @@
 import json
 import os
 import time
+from pathlib import Path
 
 from oomladder.process.checkpoints import is_whole, latest
 from oomladder.worker import emergency
@@ -43,19 +44,43 @@ def test_at_the_same_step_the_emergency_checkpoint_wins(tmp_path):
     assert latest([ours], tmp_path / "out", since=0)["kind"] == "emergency"
 
 
+def _worker_env(monkeypatch, tmp_path):
+    (tmp_path / "run" / "attempts" / "002").mkdir(parents=True)
+    monkeypatch.setenv("OOMLADDER_RUN_DIR", str(tmp_path / "run"))
+    monkeypatch.setenv("OOMLADDER_ATTEMPT_DIR", str(tmp_path / "run" / "attempts" / "002"))
+
+
+class Trainer:
+    _train_batch_size = 8
+
+
 def test_resuming_writes_the_new_plans_batch_into_the_trainer_state(tmp_path, monkeypatch):
     """transformers issue 43708: the batch in trainer_state.json must not undo the smaller micro-batch."""
-    ckpt = make(tmp_path / "emergency-step-2-attempt-001", 2)
-
-    class Trainer:
-        _train_batch_size = 8
-
+    _worker_env(monkeypatch, tmp_path)
+    ckpt = make(tmp_path / "run" / "checkpoints" / "emergency-step-2-attempt-001", 2)
     monkeypatch.setenv("OOMLADDER_RESUME_FROM", ckpt["path"])
     assert emergency.resume_point() == ckpt["path"]
-    emergency.prepare_resume(ckpt["path"], Trainer())
-    state = json.loads((tmp_path / "emergency-step-2-attempt-001" / "trainer_state.json").read_text())
+    assert emergency.prepare_resume(ckpt["path"], Trainer()) == ckpt["path"]
+    state = json.loads((Path(ckpt["path"]) / "trainer_state.json").read_text())
     assert state == {"global_step": 2, "train_batch_size": 8}
+    assert sorted(os.listdir(ckpt["path"])) == [
+        "adapter_model.safetensors", "trainer_state.json"]  # no temporary file left behind
+
+
+def test_the_programs_own_checkpoint_is_never_written_to(tmp_path, monkeypatch):
+    _worker_env(monkeypatch, tmp_path)
+    theirs = make(tmp_path / "out" / "checkpoint-4", 4)
+    before = {p.name: p.read_bytes() for p in Path(theirs["path"]).iterdir()}
+    resumed = Path(emergency.prepare_resume(theirs["path"], Trainer()))
+    assert {p.name: p.read_bytes() for p in Path(theirs["path"]).iterdir()} == before
+    assert resumed.parent == tmp_path / "run" / "attempts" / "002"
+    assert json.loads((resumed / "trainer_state.json").read_text())["train_batch_size"] == 8
+    assert (resumed / "adapter_model.safetensors").read_bytes() == before["adapter_model.safetensors"]
+
+
+def test_a_checkpoint_that_is_not_whole_is_reported_and_not_resumed_from(tmp_path, monkeypatch):
+    _worker_env(monkeypatch, tmp_path)
     monkeypatch.setenv("OOMLADDER_RESUME_FROM", str(tmp_path / "gone"))
     assert emergency.resume_point() is None
-    assert sorted(os.listdir(tmp_path / "emergency-step-2-attempt-001")) == [
-        "adapter_model.safetensors", "trainer_state.json"]  # no temporary file left behind
+    reported = (tmp_path / "run" / "attempts" / "002" / "progress.0.jsonl").read_text()
+    assert "is not whole" in json.loads(reported)["resume_failed"]

@@ -30,7 +30,9 @@ def view_of(*failures, plan=None):
                     {"type": "attempt_ended", "ts": n + 0.5, "attempt": n,
                      "outcome": "finished" if failure is None else "failed",
                      **({"failure": failure.to_dict()} if failure else {})}]
-    return fold(records)
+    view = fold(records)
+    view.records = records
+    return view
 
 
 def next_step(view, stop=None, ladder=None):
@@ -40,10 +42,32 @@ def next_step(view, stop=None, ladder=None):
                   backoff=lambda state: 5.0 * 2 ** (state.attempt_number - 1), log=LOG)
 
 
-def test_a_finished_attempt_ends_the_run_with_every_step_run():
-    verdict = next_step(view_of(OOM, None))
-    assert verdict == End("finished", 0, "every step ran; attempt 2 finished after 1 out-of-memory error; "
+def ran(view, *attempts):
+    """`view` with the steps each attempt's workers reported: (began_at, [executed steps]) per attempt."""
+    records = []
+    for number, (began_at, steps) in enumerate(attempts, start=1):
+        records.append({"type": "progress", "ts": number + 0.1, "attempt": number, "began_at": began_at})
+        records += [{"type": "progress", "ts": number + 0.2, "attempt": number, "step": s, "executed": True}
+                    for s in steps]
+    return fold(view.records + records)
+
+
+def test_a_finished_attempt_ends_the_run_with_every_step_run_once():
+    verdict = next_step(ran(view_of(OOM, None), (0, [1, 2]), (2, [3, 4, 5, 6])))
+    assert verdict == End("finished", 0, "every step ran once; attempt 2 finished after 1 out-of-memory error; "
                                          "effective batch 16 throughout")
+
+
+def test_a_finished_run_whose_steps_ran_twice_says_so():
+    verdict = next_step(ran(view_of(OOM, None), (0, [1, 2]), (0, [1, 2, 3, 4, 5, 6])))
+    assert verdict.status == "finished"
+    assert verdict.reason.startswith("attempt 2 finished after 1 out-of-memory error, but steps 1–2 ran more than "
+                                     "once")
+
+
+def test_a_finished_run_of_a_program_that_reports_no_steps_claims_nothing_about_them():
+    verdict = next_step(view_of(OOM, None))
+    assert "every step" not in verdict.reason and "is not known" in verdict.reason
 
 
 def test_an_out_of_memory_error_climbs_to_the_ladders_next_plan():

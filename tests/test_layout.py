@@ -6,8 +6,9 @@ reaches up a layer fails here rather than in a reviewer's head.
 
 import ast
 import re
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 from tests.conftest import ROOT
 

@@ -46,7 +46,10 @@ def parse_args():
     p.add_argument("--eval-len", type=int, default=0, help="evaluate every --eval-steps on sequences this long")
     p.add_argument("--eval-steps", type=int, default=3)
     p.add_argument("--auto-find-batch-size", action="store_true", help="Hugging Face's own in-process search")
-    p.add_argument("--count-steps", help="append a line to this file for every optimizer step executed")
+    p.add_argument("--count-steps", help="append a line 'PID STEP' to this file for every optimizer step executed")
+    p.add_argument("--save-steps", type=int, help="save a checkpoint-N in --output-dir every N steps")
+    p.add_argument("--stop-after-step", type=int, help="end training after this step (the schedule stays --max-steps')")
+    p.add_argument("--resume-from", help="continue from this checkpoint-N folder")
     return p.parse_args()
 
 
@@ -95,12 +98,24 @@ def pad(batch):
 
 
 class StepCounter(TrainerCallback):
+    """A line per optimizer step this process runs: the program's own record of its training."""
+
     def __init__(self, path):
         self.path = path
 
     def on_step_end(self, args, state, control, **kwargs):
-        with open(self.path, "a") as f:
-            f.write(f"{state.global_step}\n")
+        if state.is_world_process_zero:
+            with open(self.path, "a") as f:
+                f.write(f"{os.getpid()} {state.global_step}\n")
+
+
+class StopAfter(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            control.should_training_stop = True
 
 
 def main():
@@ -118,14 +133,17 @@ def main():
     args = TrainingArguments(
         **evaluate, per_device_eval_batch_size=a.batch_size,
         output_dir=a.output_dir, per_device_train_batch_size=a.batch_size, gradient_accumulation_steps=a.grad_accum,
-        max_steps=a.max_steps, learning_rate=1e-3, lr_scheduler_type="linear", logging_steps=1, save_strategy="no",
+        max_steps=a.max_steps, learning_rate=1e-3, lr_scheduler_type="linear", logging_steps=1,
+        save_strategy="steps" if a.save_steps else "no", save_steps=a.save_steps or 500,
         report_to="none", bf16=a.bf16, use_cpu=not torch.cuda.is_available(), dataloader_num_workers=a.workers,
         train_sampling_strategy="sequential", seed=0, auto_find_batch_size=a.auto_find_batch_size,
         gradient_checkpointing=a.gradient_checkpointing, optim=a.optim)
     eval_data = GrowingSequences(32, 0, a.eval_len, a.eval_len, a.vocab) if a.eval_len else None
+    callbacks = ([StepCounter(a.count_steps)] if a.count_steps else []) + (
+        [StopAfter(a.stop_after_step)] if a.stop_after_step else [])
     trainer = Trainer(model=model, args=args, train_dataset=data, eval_dataset=eval_data, data_collator=pad,
-                      callbacks=[StepCounter(a.count_steps)] if a.count_steps else None)
-    trainer.train()
+                      callbacks=callbacks)
+    trainer.train(resume_from_checkpoint=a.resume_from)
     if a.save_final:
         trainer.save_model(a.save_final)
     batch = trainer._train_batch_size  # what the Trainer really used (auto_find_batch_size changes it)

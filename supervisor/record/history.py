@@ -38,13 +38,47 @@ class AttemptView:
     step_peak: int | None = None     # the peak at the end of its last step (not of its failure)
     step_batch: list[int] | None = None  # the largest (micro-batch, sequence length) its steps ran
     failed_batch: list[int] | None = None  # the (micro-batch, sequence length) of the step that failed
+    executed: set[int] = field(default_factory=set)  # the optimizer steps its workers reported running
+    began_at: int | None = None      # the step its workers began training after, as they reported it
+    resume_failed: str | None = None  # why its worker could not use the checkpoint it was given
+    ran_again: list[int] = field(default_factory=list)  # steps it ran that an earlier attempt had run
+
+    @property
+    def reports_steps(self) -> bool:
+        """Its workers report each step they execute (the adapter does, for the frameworks it knows)."""
+        return self.began_at is not None or bool(self.executed)
+
+    @property
+    def steps(self) -> list[int]:
+        """The optimizer steps this attempt ran: as its workers reported them, or, in a journal from before
+        they did, from where it was asked to resume up to its last step."""
+        if self.reports_steps:
+            return sorted(self.executed)
+        first = (self.resumed_from or 0) + 1
+        last = self.failure.step if self.failure is not None and self.failure.step is not None else self.step
+        return list(range(first, last + 1)) if last is not None else []
 
     @property
     def steps_run(self) -> tuple[int, int] | None:
         """(first, last) optimizer step this attempt completed, or None if it completed none."""
-        first = (self.resumed_from or 0) + 1
-        last = self.failure.step if self.failure is not None and self.failure.step is not None else self.step
-        return (first, last) if last is not None and last >= first else None
+        steps = self.steps
+        return (steps[0], steps[-1]) if steps else None
+
+    @property
+    def resumed(self) -> bool:
+        """It continued from a checkpoint: as its workers' first step proves, where they report it."""
+        return self.began_at > 0 if self.began_at is not None else self.resumed_from is not None
+
+    @property
+    def resume_missed(self) -> str | None:
+        """Why this attempt did not continue where the supervisor asked it to, or None."""
+        if self.resumed_from is None:
+            return None
+        if self.resume_failed:
+            return self.resume_failed
+        if self.began_at is not None and self.began_at != self.resumed_from:
+            return f"asked to resume from the end of step {self.resumed_from}, it began at step {self.began_at}"
+        return None
 
     def duration(self, now: float | None = None) -> float | None:
         end = self.ended if self.ended is not None else now
@@ -74,6 +108,28 @@ class RunView:
     @property
     def final_plan(self) -> Plan:
         return self.attempts[-1].plan if self.attempts else self.program_plan
+
+    @property
+    def step_counts(self) -> dict[int, int] | None:
+        """How many times each optimizer step ran over the whole run; None when no attempt reported its
+        steps (a program the adapter does not reach), where oomladder cannot tell."""
+        if not any(a.reports_steps or a.step is not None for a in self.attempts):
+            return None
+        counts: dict[int, int] = {}
+        for a in self.attempts:
+            for step in a.steps:
+                counts[step] = counts.get(step, 0) + 1
+        return counts
+
+    @property
+    def repeated_steps(self) -> list[int]:
+        return sorted(step for step, n in (self.step_counts or {}).items() if n > 1)
+
+    @property
+    def missing_steps(self) -> list[int]:
+        """Steps up to the last one reached that no attempt ran."""
+        counts = self.step_counts or {}
+        return [step for step in range(1, max(counts, default=0) + 1) if step not in counts]
 
     @property
     def status(self) -> str:
@@ -111,6 +167,12 @@ def fold(records: list[dict[str, Any]]) -> RunView:
                 a.plan = observed.merged(a.overrides)
         elif kind == schema.PROGRESS and r.get("attempt") in attempts:
             a = attempts[r["attempt"]]
+            if r.get("executed") and r.get("step") is not None:
+                a.executed.add(r["step"])
+            if r.get("began_at") is not None and a.began_at is None:
+                a.began_at = r["began_at"]
+            if r.get("resume_failed"):
+                a.resume_failed = r["resume_failed"]
             for key in ("step", "max_steps", "loss", "learning_rate", "phase", "peak_measure"):
                 if r.get(key) is not None:
                     setattr(a, key, r[key])
@@ -134,5 +196,9 @@ def fold(records: list[dict[str, Any]]) -> RunView:
             checkpoints.append(r)
         elif kind == schema.RUN_ENDED:
             ended = r
-    return RunView(run, [attempts[n] for n in sorted(attempts)], decisions, checkpoints, observed,
-                   Facts.from_dict(facts), ended, model)
+    ordered = [attempts[n] for n in sorted(attempts)]
+    seen: set[int] = set()
+    for a in ordered:
+        a.ran_again = sorted(seen.intersection(a.steps))
+        seen.update(a.steps)
+    return RunView(run, ordered, decisions, checkpoints, observed, Facts.from_dict(facts), ended, model)

@@ -38,6 +38,7 @@ from oomladder.run.outcomes import (
     Stop,
     StopReason,
 )
+from oomladder.units import format_steps
 
 # Failures that no plan causes: the same plan again, this many times in a row at most.
 RETRIES_ON_SAME_PLAN = {Kind.HANG: 1, Kind.TRANSIENT: 3}
@@ -113,12 +114,22 @@ def streak(view: RunView, kind: Kind) -> int:
 
 
 def finished_reason(view: RunView) -> str:
+    """What a finished run did, as the workers' step reports show it: "every step ran once" only then."""
     ooms = sum(1 for a in view.attempts if a.failure is not None and a.failure.is_memory)
-    last = view.attempts[-1]
-    batch = view.final_plan.effective_batch
-    text = f"every step ran; attempt {last.number} finished"
+    done = f"attempt {view.attempts[-1].number} finished"
     if ooms:
-        text += f" after {ooms} out-of-memory error{'s' if ooms > 1 else ''}"
+        done += f" after {ooms} out-of-memory error{'s' if ooms > 1 else ''}"
+    if view.step_counts is None:
+        text = (f"{done}; the program reports no optimizer steps to oomladder, so whether any step ran twice "
+                f"is not known")
+    elif view.repeated_steps:
+        text = (f"{done}, but steps {format_steps(view.repeated_steps)} ran more than once: an attempt trained "
+                f"them again instead of resuming (lost work)")
+    elif view.missing_steps:
+        text = f"{done}, but no attempt reported running steps {format_steps(view.missing_steps)}"
+    else:
+        text = f"every step ran once; {done}"
+    batch = view.final_plan.effective_batch
     return text + (f"; effective batch {batch} throughout" if batch else "")
 
 

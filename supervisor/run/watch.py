@@ -191,6 +191,19 @@ class AttemptWatcher:
             entry.pop("ts", None)
             entries.append({"attempt": number, "rank": rank, **entry})
         self.journal.extend(schema.PROGRESS, entries)
+        if any("began_at" in e or "resume_failed" in e for e in entries):
+            self._warn_if_not_resumed(number)
+
+    def _warn_if_not_resumed(self, number: int) -> None:
+        """An attempt told to resume that began elsewhere: never silent, since its steps run again."""
+        attempt = next(a for a in fold(self.journal.records).attempts if a.number == number)
+        missed = attempt.resume_missed
+        told = any(r["type"] == schema.WARNING and r.get("attempt") == number and r.get("about") == "resume"
+                   for r in self.journal.records)
+        if missed and not told:
+            text = f"attempt {number} did not resume: {missed}; the steps before it run again"
+            self.journal.append(schema.WARNING, attempt=number, about="resume", text=text)
+            self.display.event(text)
 
     def journal_checkpoint(self, number: int, files: AttemptFiles) -> dict[str, Any] | None:
         """The emergency checkpoint the attempt saved, journaled as whole; the one it supersedes is deleted."""

@@ -15,7 +15,7 @@ from typing import Any
 
 from oomladder.plan import Plan, changes, describe_changes
 from oomladder.record.history import RunView
-from oomladder.units import format_size
+from oomladder.units import format_size, format_steps
 from oomladder.views.table import format_duration, status_text, steps_text
 
 REPORT_SCHEMA = 1
@@ -44,7 +44,8 @@ def build_report(view: RunView) -> dict[str, Any]:
             "failure": a.failure.to_dict() if a.failure else None,
             "step": a.step, "max_steps": a.max_steps, "peak": a.peak, "peak_measure": a.peak_measure,
             "resumed_from_step": a.resumed_from, "steps_run": list(a.steps_run) if a.steps_run else None,
-            "steps_text": steps_text(a),
+            "steps_text": steps_text(a), "steps_executed": a.steps if a.reports_steps else None,
+            "began_at_step": a.began_at, "ran_again": a.ran_again, "resume_missed": a.resume_missed,
             "duration": a.duration(), "exit_code": a.exit_code, "command": a.command,
             "skipped": _untold(led_here.get("skipped", []), told),
         })
@@ -57,6 +58,8 @@ def build_report(view: RunView) -> dict[str, Any]:
         "command": view.run.get("command", []), "memory_cap": view.run.get("memory_cap"),
         "ladder": (view.run.get("ladder") or {}).get("source"),
         "effective_batch": {"before": before.effective_batch, "after": after.effective_batch},
+        "steps": {"reported": view.step_counts is not None, "repeated": view.repeated_steps,
+                  "missing": view.missing_steps},
         "attempts": attempts,
         "before_after": [{"setting": name, "before": old, "after": new} for name, old, new in changes(before, after)],
         "final_plan": after.to_dict(),
@@ -117,7 +120,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     out += ["", f"- command: `{_code(shlex.join(report['command']))}`",
             f"- memory cap: {format_size(report['memory_cap']) if report['memory_cap'] else 'none'}",
             f"- ladder: {_md(report['ladder'] or '-')}",
-            f"- effective batch: {eb['before']} at the start, {eb['after']} at the end", "",
+            f"- effective batch: {eb['before']} at the start, {eb['after']} at the end",
+            f"- optimizer steps: {_steps_line(report['steps'])}", "",
             "## Attempts", "", "| # | rung | what changed | status | steps run | peak | time |",
             "|---|---|---|---|---|---|---|"]
     for a in report["attempts"]:
@@ -126,7 +130,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     out += ["", "### Why each rung was taken", ""]
     for a in report["attempts"]:
         line = f"- **{a['number']}. {_md(a['rung'])}**: {_md(a['reason'] or 'the program as it was given')}"
-        if a["resumed_from_step"]:
+        if a["resume_missed"]:
+            line += f"; **did not resume**: {_md(a['resume_missed'])}"
+        elif a["resumed_from_step"]:
             line += f"; resumed from the end of step {a['resumed_from_step']}"
         if a["skipped"]:
             line += "; skipped: " + "; ".join(f"{_md(s['rung'])} ({_md(s['reason'])})" for s in a["skipped"])
@@ -142,6 +148,17 @@ def render_markdown(report: dict[str, Any]) -> str:
             out.append(f"| {row['setting']} | {_md(str(row['before']))} | **{_md(str(row['after']))}** |")
         out += _reproduce_md(report["reproduce"])
     return "\n".join(out) + "\n"
+
+
+def _steps_line(steps: dict[str, Any]) -> str:
+    if not steps["reported"]:
+        return "not reported by the program (no adapter reached it), so repeats cannot be counted"
+    parts = []
+    if steps["repeated"]:
+        parts.append(f"**{format_steps(steps['repeated'])} ran more than once** (lost work)")
+    if steps["missing"]:
+        parts.append(f"**{format_steps(steps['missing'])} never reported**")
+    return "; ".join(parts) or "each ran once, as the workers reported"
 
 
 def _reproduce_md(r: dict[str, Any]) -> list[str]:

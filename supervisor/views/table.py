@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from oomladder.plan import Plan, describe_changes
 from oomladder.record.history import AttemptView, RunView
-from oomladder.units import format_size
+from oomladder.units import format_size, format_steps
 from rich.table import Table
 from rich.text import Text
 
@@ -60,10 +60,18 @@ def status_text(attempt: AttemptView) -> str:
 
 
 def steps_text(attempt: AttemptView) -> str:
-    """`3–6`, with where it resumed from: each optimizer step should appear in exactly one row."""
+    """`3–6 (resumed)`: the optimizer steps the attempt's workers reported running. Each step should
+    appear in exactly one row; a step that ran before shows as run again."""
+    if not attempt.reports_steps and attempt.step is None:
+        return "not reported"
     steps = attempt.steps_run
-    run = "none" if steps is None else (str(steps[0]) if steps[0] == steps[1] else f"{steps[0]}–{steps[1]}")
-    return f"{run} (resumed)" if attempt.resumed_from else run
+    run = "none" if steps is None else format_steps(list(range(steps[0], steps[1] + 1)))
+    notes = [f"{format_steps(attempt.ran_again)} again"] if attempt.ran_again else []
+    if attempt.resume_missed:
+        notes.append("did not resume")
+    elif attempt.resumed:
+        notes.append("resumed")
+    return run + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def _status(attempt: AttemptView) -> Text:

@@ -18,6 +18,7 @@ import json
 import os
 import random
 import shutil
+import sys
 import traceback
 from pathlib import Path
 from typing import Any
@@ -98,29 +99,50 @@ def save(trainer) -> str | None:
 
 
 def resume_point() -> str | None:
-    """The checkpoint the supervisor asked this attempt to resume from, if it is whole."""
+    """The checkpoint the supervisor asked this attempt to resume from, if it is whole. One that is not
+    is reported (the supervisor journals it and the table shows the steps that then run again)."""
     path = os.environ.get("OOMLADDER_RESUME_FROM")
-    if path and (Path(path) / "trainer_state.json").is_file() and not path.endswith(".partial"):
-        return path
-    return None
+    if not path or os.environ.get("_OOMLADDER_TEST_SKIP_RESUME"):
+        # The test-only switch stands for a broken resume: tests/e2e/test_zero_lost_work.py shows that the
+        # suite's step checks and the report catch a worker that trains from scratch.
+        return None
+    if path.endswith(".partial") or not (Path(path) / "trainer_state.json").is_file():
+        why = f"the checkpoint {path} is not whole (no trainer_state.json)"
+        files.append_progress({"resume_failed": why})
+        print(f"oomladder: cannot resume: {why}; this attempt starts from step 0", file=sys.stderr, flush=True)
+        return None
+    return path
 
 
-def prepare_resume(path: str, trainer) -> None:
-    """Make the checkpoint's trainer state agree with this attempt's plan.
+def prepare_resume(path: str, trainer) -> str:
+    """The checkpoint to resume from, with a trainer state that agrees with this attempt's plan.
 
     Transformers before 4.57 restored `train_batch_size` from trainer_state.json on resume, silently
-    undoing a smaller micro-batch (transformers issue 43708): the state says the new batch instead.
+    undoing a smaller micro-batch (transformers issue 43708): the state must say the new batch. An
+    emergency checkpoint is oomladder's and is rewritten in place. The program's own `checkpoint-N`
+    is never written to: a folder in the attempt's own folder links its files and holds the new state.
     """
-    state_file = Path(path) / "trainer_state.json"
-    state = json.loads(state_file.read_text())
+    source = Path(path)
+    state = json.loads((source / "trainer_state.json").read_text())
+    if state.get("train_batch_size") in (None, trainer._train_batch_size):
+        return path
     state["train_batch_size"] = trainer._train_batch_size
-    tmp = state_file.with_name(".trainer_state.json.tmp")
+    ours = source.resolve().is_relative_to((Path(os.environ["OOMLADDER_RUN_DIR"]) / "checkpoints").resolve())
+    target = source if ours else Path(os.environ["OOMLADDER_ATTEMPT_DIR"]) / f"resume-{source.name}"
+    if not ours:
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir()
+        for entry in source.iterdir():
+            if entry.name != "trainer_state.json":
+                (target / entry.name).symlink_to(entry.resolve())
+    tmp = target / ".trainer_state.json.tmp"
     tmp.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, state_file)
+    os.replace(tmp, target / "trainer_state.json")
+    return str(target)
 
 
 def _skip(reason: str) -> None:
-    print(f"oomladder: no emergency checkpoint: {reason}", flush=True, file=__import__("sys").stderr)
+    print(f"oomladder: no emergency checkpoint: {reason}", flush=True, file=sys.stderr)
     return None
 
 

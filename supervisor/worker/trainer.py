@@ -89,7 +89,7 @@ def patch_trainer(module) -> None:
     def train(self, *args, **kwargs):
         resume = emergency.resume_point()
         if resume:  # continue where the OOM struck, whatever the script passes
-            safely(emergency.prepare_resume, resume, self)
+            resume = safely(emergency.prepare_resume, resume, self) or resume
             if args:
                 args = (resume, *args[1:])
             else:
@@ -162,13 +162,16 @@ def _progress_callback(module, trainer):
                 self._report(state, "train")
 
         def on_train_begin(self, args, state, control, **kwargs):
+            # Where this process really starts: the step after it is the first it will execute. The
+            # supervisor compares it with the checkpoint it asked for, so a resume that did not happen shows.
+            safely(files.append_progress, {"began_at": state.global_step, "max_steps": state.max_steps})
             # The last attempt died evaluating at this very step: the evaluation is still owed.
             if os.environ.get("OOMLADDER_RESUME_EVAL_AT") == str(state.global_step) and state.global_step:
                 trainer.evaluate()
 
         def on_step_end(self, args, state, control, **kwargs):
             safely(emergency.snapshot_rng)
-            self._report(state, "train")
+            self._report(state, "train", executed=True)
             if common.stop_requested[0]:
                 signum = common.stop_requested[0]
                 safely(emergency.save, trainer)
@@ -185,11 +188,14 @@ def _progress_callback(module, trainer):
         def on_evaluate(self, args, state, control, **kwargs):
             self._report(state, "eval")
 
-        def _report(self, state, phase):
+        def _report(self, state, phase, executed=False):
+            """`executed`: this process has just run optimizer step `state.global_step` (each one once);
+            the other reports repeat a step's numbers with its loss or evaluation."""
             peak, measure = memcap.peak()
             safely(files.append_progress, {"step": state.global_step, "max_steps": state.max_steps,
                                             "loss": self.loss, "learning_rate": self.learning_rate,
                                             "phase": phase, "peak": peak, "peak_measure": measure,
-                                            "batch_shape": probe.batch_shapes()["largest"]})
+                                            "batch_shape": probe.batch_shapes()["largest"],
+                                            **({"executed": True} if executed else {})})
 
     return OomLadderProgress()

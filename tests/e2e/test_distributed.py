@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from tests.conftest import processes_of
+from tests.e2e.ledger import assert_each_step_ran_once
 from tests.e2e.test_recovery import HERE, TRAIN_TINY, oomladder, view_of
 
 pytestmark = pytest.mark.e2e
@@ -21,8 +22,10 @@ def halving_run(tmp_path, env, name, launcher, script=TRAIN_TINY, max_steps=6):
     result = oomladder("run", "--memory-cap", "1200MiB", "--ladder", "halve.yaml", "--run-dir", str(run_dir), "--",
                        *launcher, str(script), "--model-dir", str(tmp_path / "model"), "--output-dir",
                        str(tmp_path / "out"), "--batch-size", "8", "--max-steps", str(max_steps), "--long-len", "384",
-                       cwd=tmp_path, env=env)
+                       "--count-steps", str(tmp_path / f"{name}.steps"), cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
+    # What the program did (rank 0's record): each optimizer step once, over both launches of the group.
+    assert_each_step_ran_once(tmp_path / f"{name}.steps", max_steps)
     return result, view_of(run_dir), run_dir
 
 
@@ -44,7 +47,7 @@ def test_torchrun_two_ranks_recover_on_a_shared_plan(tmp_path, env):
 def test_accelerate_launch_two_ranks_recover_on_a_shared_plan(tmp_path, env):
     """The same unmodified script under `accelerate launch`: its ranks get the adapter through the
     environment, as torchrun's do (accelerate runs torchrun's launcher in its own process)."""
-    env["HF_HOME"] = str(tmp_path / "hf")  # no accelerate config of the person running the tests
+    env = {**env, "HF_HOME": str(tmp_path / "hf")}  # no accelerate config of the person running the tests
     # --multi_gpu is accelerate's data-parallel launcher; with no GPU the Trainer's ranks use gloo on the CPU.
     # (--cpu alone would start one process.) Port 0: a free port, so parallel CI jobs do not collide.
     accelerate = (sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",

@@ -12,6 +12,7 @@ from oomladder.record.history import fold
 from oomladder.record.journal import read_journal
 
 from tests.conftest import oomladder_argv, processes_of
+from tests.e2e.ledger import assert_each_step_ran_once
 from tests.e2e.test_recovery import TRAIN_TINY
 
 pytestmark = pytest.mark.e2e
@@ -35,7 +36,7 @@ def test_two_supervisors_as_two_nodes_recover_on_a_shared_plan(tmp_path, env):
             sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(rank),
             "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port), str(TRAIN_TINY),
             "--model-dir", str(tmp_path / "model"), "--output-dir", str(tmp_path / "out"), "--batch-size", "8",
-            "--max-steps", "4", "--long-len", "384")
+            "--max-steps", "4", "--long-len", "384", "--count-steps", str(tmp_path / "steps"))
         log = open(tmp_path / f"supervisor{rank}.log", "w")  # noqa: SIM115 (closed with the process below)
         return subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT), log
 
@@ -48,6 +49,7 @@ def test_two_supervisors_as_two_nodes_recover_on_a_shared_plan(tmp_path, env):
             log.close()
     logs = "\n".join((tmp_path / f"supervisor{rank}.log").read_text() for rank in (0, 1))
     assert codes == [0, 0], logs
+    assert_each_step_ran_once(tmp_path / "steps", 4)  # the program's own record, from global rank 0
 
     views = [fold(read_journal(run_dir / "journal.jsonl")), fold(read_journal(run_dir / "journal.node1.jsonl"))]
     for view in views:

@@ -12,6 +12,7 @@ from oomladder.record.history import fold
 from oomladder.record.journal import read_journal
 
 from tests.conftest import oomladder_argv, processes_of
+from tests.e2e.ledger import assert_each_step_ran_once
 from tests.e2e.test_recovery import TRAIN_TINY, oomladder
 
 pytestmark = pytest.mark.e2e
@@ -22,7 +23,8 @@ def start(tmp_path, env):
     run_dir = tmp_path / "night"
     argv = oomladder_argv("run", "--run-dir", str(run_dir), "--", sys.executable, str(TRAIN_TINY),
                           "--model-dir", str(tmp_path / "model"), "--output-dir", str(tmp_path / "out"),
-                          "--max-steps", str(STEPS), "--batch-size", "8", "--long-len", "32")
+                          "--max-steps", str(STEPS), "--batch-size", "8", "--long-len", "32",
+                          "--count-steps", str(tmp_path / "steps"))
     supervisor = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     progress = run_dir / "attempts" / "001" / "progress.0.jsonl"
     deadline = time.monotonic() + 180
@@ -58,6 +60,7 @@ def test_sigterm_saves_the_step_in_flight_and_resume_finishes_the_run(tmp_path, 
     view = fold(read_journal(run_dir / "journal.jsonl"))
     assert view.attempts[-1].resumed_from == saved and view.attempts[-1].status == "finished"
     assert steps_once(view) == list(range(1, STEPS + 1))
+    assert_each_step_ran_once(tmp_path / "steps", STEPS)  # the program's own record
     assert oomladder("resume", str(run_dir), cwd=tmp_path, env=env).stderr.startswith(
         "oomladder: the run in")  # finished: nothing to resume
     assert processes_of(run_dir) == []
@@ -74,4 +77,6 @@ def test_kill_9_of_the_supervisor_takes_the_worker_down_and_resume_finishes_the_
     assert view.attempts[-1].status == "finished" and view.attempts[-1].step == STEPS
     # The dying worker saved its step in flight: nothing before it runs again.
     assert view.attempts[-1].resumed_from is not None and view.attempts[-1].resumed_from >= 2
+    assert_each_step_ran_once(tmp_path / "steps", STEPS)  # the program's own record
+    assert steps_once(view) == list(range(1, STEPS + 1)) and view.repeated_steps == []
     assert processes_of(run_dir) == []

@@ -14,6 +14,7 @@ from oomladder.record.history import fold
 from oomladder.record.journal import read_journal
 
 from tests.conftest import oomladder_argv, processes_of
+from tests.e2e.ledger import assert_each_step_ran_once
 
 pytestmark = pytest.mark.e2e
 HERE = Path(__file__).resolve().parent
@@ -46,6 +47,8 @@ def test_the_demo_hits_a_real_oom_and_finishes_with_the_same_effective_batch(tmp
     assert "passed over" in dict(map(tuple, decision["skipped"]))["int8"]
     assert {a.plan.effective_batch for a in view.attempts} == {16}
     assert "effective batch 16" in (run_dir / "attempts" / f"{last.number:03d}" / "stdout.log").read_text()
+    assert_each_step_ran_once(run_dir / "steps.log", 6)  # the demo program's own record of its steps
+    assert view.ended["reason"].startswith("every step ran once")
     assert (run_dir / "report.md").read_text().startswith("# oomladder report\n\n**Training finished.**")
     assert json.loads((run_dir / "report.json").read_text())["effective_batch"] == {"before": 16, "after": 16}
     assert f"oomladder report {run_dir}" in result.stdout
@@ -59,7 +62,7 @@ def test_an_unmodified_bf16_lora_script_recovers_mid_run(tmp_path, env):
     result = oomladder("run", "--memory-cap", "1200MiB", "--run-dir", str(run_dir), "--",
                        sys.executable, str(TRAIN_TINY), "--model-dir", str(tmp_path / "model"), "--output-dir",
                        str(tmp_path / "out"), "--bf16", "--batch-size", "16", "--max-steps", "6",
-                       cwd=tmp_path, env=env)
+                       "--count-steps", str(tmp_path / "steps"), cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     view = view_of(run_dir)
     assert view.program_plan.precision == "bf16" and view.program_plan.per_device_train_batch_size == 16
@@ -71,10 +74,12 @@ def test_an_unmodified_bf16_lora_script_recovers_mid_run(tmp_path, env):
     assert skipped["bf16"] == "training already runs in bf16"
     final = view.final_plan
     assert final.per_device_train_batch_size * final.gradient_accumulation_steps == 16
-    # Every optimizer step ran exactly once across the attempts, each resumed where the last stopped.
+    # Every optimizer step ran exactly once across the attempts, each resumed where the last stopped:
+    # in the program's own record, and in the table, which counts what the workers reported.
+    assert_each_step_ran_once(tmp_path / "steps", 6)
     ranges = [a.steps_run for a in view.attempts if a.steps_run]
     assert [s for first, last in ranges for s in range(first, last + 1)] == [1, 2, 3, 4, 5, 6]
-    assert all(a.resumed_from == 2 for a in view.attempts[1:])
+    assert all(a.resumed_from == 2 and a.began_at == 2 for a in view.attempts[1:])
     shown = oomladder("report", str(run_dir), cwd=tmp_path, env=env)
     assert shown.returncode == 0 and "halve_batch" in shown.stdout and "Final plan" in shown.stdout
     md = oomladder("report", str(run_dir), "--format", "md", cwd=tmp_path, env=env).stdout
@@ -99,6 +104,9 @@ def test_a_plain_pytorch_program_gets_its_plan_through_placeholders(tmp_path, en
     assert "step 5 effective_batch 16" in last_stdout
     assert view.attempts[-1].command[-4:] == ["--batch", str(view.final_plan.per_device_train_batch_size),
                                              "--accum", str(view.final_plan.gradient_accumulation_steps)]
+    # The program restarts from step 1 on each attempt and tells oomladder nothing of its steps: the run's
+    # end says so rather than claiming every step ran.
+    assert "every step ran" not in view.ended["reason"] and "is not known" in view.ended["reason"]
     assert processes_of(run_dir) == []
 
 
