@@ -46,9 +46,12 @@ def env():
     return e
 
 
-def processes_of(run_dir) -> list[int]:
-    """Live processes started for `run_dir`: every worker carries its attempt folder in its environment."""
+def processes_of(run_dir, attempt: int | None = None) -> list[int]:
+    """Live processes started for `run_dir` (or one attempt of it): every worker carries its attempt folder
+    in its environment."""
     marker = f"OOMLADDER_ATTEMPT_DIR={Path(run_dir).resolve()}".encode()
+    if attempt is not None:
+        marker += f"/attempts/{attempt:03d}\0".encode()
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():

@@ -109,6 +109,18 @@ class StepCounter(TrainerCallback):
                 f.write(f"{os.getpid()} {state.global_step}\n")
 
 
+class SayHowItTrains(TrainerCallback):
+    """One line, as training begins, of what this process really trains with."""
+
+    def on_train_begin(self, args, state, control, model=None, train_dataloader=None, **kwargs):
+        linears = sorted({type(m).__name__ for n, m in model.named_modules() if n.endswith(("down_proj", "base_layer"))})
+        workers = train_dataloader.num_workers if train_dataloader is not None else args.dataloader_num_workers
+        print(f"training with batch {args.per_device_train_batch_size} x accumulation {args.gradient_accumulation_steps}"
+              f", bf16 {args.bf16}, gradient checkpointing {getattr(model, 'is_gradient_checkpointing', False)} "
+              f"{args.gradient_checkpointing_kwargs}, dataloader workers {workers}, linear layers "
+              f"{','.join(linears)}", flush=True)
+
+
 class StopAfter(TrainerCallback):
     def __init__(self, step):
         self.step = step
@@ -139,7 +151,7 @@ def main():
         train_sampling_strategy="sequential", seed=0, auto_find_batch_size=a.auto_find_batch_size,
         gradient_checkpointing=a.gradient_checkpointing, optim=a.optim)
     eval_data = GrowingSequences(32, 0, a.eval_len, a.eval_len, a.vocab) if a.eval_len else None
-    callbacks = ([StepCounter(a.count_steps)] if a.count_steps else []) + (
+    callbacks = [SayHowItTrains()] + ([StepCounter(a.count_steps)] if a.count_steps else []) + (
         [StopAfter(a.stop_after_step)] if a.stop_after_step else [])
     trainer = Trainer(model=model, args=args, train_dataset=data, eval_dataset=eval_data, data_collator=pad,
                       callbacks=callbacks)

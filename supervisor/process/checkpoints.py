@@ -54,3 +54,10 @@ def remove_superseded(checkpoints: Iterable[dict[str, Any]], keep: str | None) -
     for record in checkpoints:
         if record["path"] != keep and record.get("kind") == "emergency":
             shutil.rmtree(record["path"], ignore_errors=True)
+
+
+def remove_partial(run_dir: str | Path) -> None:
+    """Emergency checkpoints a killed save left half-written (`.partial`): never resumed from, so never kept."""
+    for folder in (Path(run_dir) / "checkpoints").glob("*.partial"):
+        if folder.is_dir() and not folder.is_symlink():
+            shutil.rmtree(folder, ignore_errors=True)

@@ -26,7 +26,7 @@ from oomladder.nodes import agreement
 from oomladder.nodes.topology import Topology, attempt_dir, journal_path
 from oomladder.nodes.world import World
 from oomladder.plan import describe_changes
-from oomladder.process.checkpoints import latest, remove_superseded
+from oomladder.process.checkpoints import latest, remove_partial, remove_superseded
 from oomladder.process.launch import substitute
 from oomladder.process.workers import Launcher, spawn
 from oomladder.record import schema
@@ -96,6 +96,7 @@ class Runner:
             with _forwarded_signals(self):
                 return self._loop(first)
         finally:
+            remove_partial(cfg.run_dir)
             view = fold(journal.records)
             if cfg.node_rank == 0:  # node 0's journal holds the world's run; other nodes' reports would collide
                 write_reports(cfg.run_dir, view)

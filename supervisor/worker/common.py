@@ -39,11 +39,13 @@ def observe(plan_fields: dict[str, Any] | None = None, facts: dict[str, Any] | N
     files.write_json(files.path(files.OBSERVED), {**observed, "memory_cap": memcap.info(), "pid": os.getpid()})
 
 
-def is_device_oom(exc: BaseException) -> bool:
+def is_memory_failure(exc: BaseException) -> bool:
+    """Out of memory on the device, or a DataLoader worker killed for host memory: the process that
+    caught it is whole, and so are its weights between steps."""
     from oomladder.classify import Evidence, classify
     capped = memcap.info().get("mode") == "cpu_address_space"
     record = {"exc_type": type(exc).__name__, "message": str(exc)}
-    return classify(Evidence(returncode=1, record=record, capped=capped)).memory == "device"
+    return classify(Evidence(returncode=1, record=record, capped=capped)).is_memory
 
 
 def peer_died(exc: BaseException) -> bool:

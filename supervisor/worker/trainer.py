@@ -12,7 +12,7 @@ from typing import Any
 
 from oomladder.worker import common, emergency, files, memcap, probe
 from oomladder.worker.common import (
-    is_device_oom,
+    is_memory_failure,
     observe,
     peer_died,
     safely,
@@ -101,7 +101,7 @@ def patch_trainer(module) -> None:
             safely(_record_failure, self, exc)
             # Rank 0 saves the last whole step also when a peer's OOM broke the collective it waited in:
             # the weights are the same on every rank, and only rank 0 writes them.
-            if is_device_oom(exc) or peer_died(exc):
+            if is_memory_failure(exc) or peer_died(exc):
                 safely(emergency.save_after_oom, self, exc)
             raise
 

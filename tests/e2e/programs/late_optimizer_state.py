@@ -1,5 +1,5 @@
 """supervisor/demo/train_tiny.py with an optimizer that, from --grow-at-step on, keeps per-sample
-statistics during its step (a buffer of 64 MiB per sample of the micro-batch, as gradient-noise-scale
+statistics during its step (a buffer of 96 MiB per sample of the micro-batch, as gradient-noise-scale
 estimators keep): under the cap, the real out-of-memory error strikes inside the optimizer step, where
 the weights may be half-updated. With --hash-checkpoints FILE it writes the bytes of each checkpoint-N
 it saves (path and SHA-256 of each file), so a test can tell whether anyone wrote there later."""
@@ -13,7 +13,7 @@ import torch
 import transformers
 from oomladder.demo import train_tiny
 
-PER_SAMPLE = 64 * 2**20
+PER_SAMPLE = 96 * 2**20
 
 
 class LateStateTrainer(transformers.Trainer):
