@@ -16,6 +16,7 @@ def main() -> None:
     cap, script, *args = sys.argv[1:]
     os.environ["OOMLADDER_MEMORY_CAP"] = str(parse_size(cap))
     import transformers  # noqa: F401  (the frameworks are imported before the limit, as under oomladder)
+
     from oomladder.worker import memcap
     memcap.arm()
     sys.argv = [script, *args]

@@ -17,14 +17,15 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from rich.console import Console
+from rich.table import Table
+
 from oomladder.memory.estimate import Estimate
 from oomladder.memory.foresight import estimate_for
 from oomladder.process.launch import CPU_DEVICE_ALLOCATOR
 from oomladder.record.history import fold
 from oomladder.record.journal import read_journal
 from oomladder.units import format_size
-from rich.console import Console
-from rich.table import Table
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN = ROOT / "supervisor" / "demo" / "train_tiny.py"

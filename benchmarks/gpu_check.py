@@ -27,11 +27,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from oomladder.record.history import fold
-from oomladder.record.journal import read_journal
 from rich.console import Console
 
 from benchmarks.estimator import MODELS, SCENARIOS, Scenario, measure, table
+from oomladder.record.history import fold
+from oomladder.record.journal import read_journal
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN = ROOT / "supervisor" / "demo" / "train_tiny.py"

@@ -22,11 +22,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from rich.console import Console
+from rich.table import Table
+
 from oomladder.process.launch import CPU_DEVICE_ALLOCATOR
 from oomladder.record.history import fold
 from oomladder.record.journal import read_journal
-from rich.console import Console
-from rich.table import Table
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN = ROOT / "supervisor" / "demo" / "train_tiny.py"

@@ -36,6 +36,9 @@ class Strategy(ABC):
     phases: ClassVar[frozenset[str]] = frozenset({"train"})   # "eval" OOMs only go to eval rungs
     repeatable: ClassVar[bool] = False  # a rung that can usefully apply again to its own output
     fixes_fragmentation: ClassVar[bool] = False  # tried first when the OOM shows memory reserved in pieces
+    # It makes the program run other code (another dtype, quantized layers, recomputation): when a stacked
+    # decision breaks the program, these are its suspects. A smaller micro-batch runs the same code.
+    changes_code: ClassVar[bool] = True
     params: ClassVar[dict[str, type]] = {}  # accepted YAML parameters and their types
 
     def __init__(self, **params: Any) -> None:

@@ -10,6 +10,7 @@ from oomladder.strategies.registry import register
 @register
 class HalveBatch(Strategy):
     name = "halve_batch"
+    changes_code = False
     repeatable = True
     params = {"min_batch": int}
 
@@ -38,6 +39,7 @@ class HalveEvalBatch(Strategy):
     """Evaluation has no accumulation: its batch only sets speed, so it can shrink freely."""
 
     name = "halve_eval_batch"
+    changes_code = False
     phases = frozenset({"eval"})
     repeatable = True
 

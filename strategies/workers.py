@@ -11,6 +11,7 @@ from oomladder.strategies.registry import register
 @register
 class FewerWorkers(Strategy):
     name = "fewer_workers"
+    changes_code = False
     memory = frozenset({"host"})
     phases = frozenset({"train", "eval"})
     repeatable = True

@@ -92,7 +92,7 @@ _SIGNATURES: list[tuple[Kind, re.Pattern[str], str | None]] = [
     (Kind.CUDNN_ALLOC, re.compile(r"CUDNN_STATUS_ALLOC_FAILED"), "device"),
     (Kind.CPU_OOM, re.compile(r"DefaultCPUAllocator: (?:can't|not enough memory)"), "cpu"),
     (Kind.ONEDNN_PRIMITIVE, re.compile(r"could not create a primitive"), "cpu-capped"),
-    (Kind.PYTHON_MEMORY_ERROR, re.compile(r"^(?:\w+\.)*MemoryError\b|std::bad_alloc", re.M), "cpu"),
+    (Kind.PYTHON_MEMORY_ERROR, re.compile(r"^(?:\w+\.)*(?!OutOfMemoryError)\w*MemoryError\b|std::bad_alloc", re.M), "cpu"),
     (Kind.DATALOADER_KILLED, re.compile(r"DataLoader worker \(pid\(?s?\)? [\d, ]+\) (?:is killed by signal|exited unexpectedly)"),
      "host"),
 ]

@@ -5,7 +5,8 @@ import signal
 from pathlib import Path
 
 import pytest
-from oomladder.classify import Evidence, Kind, classify, is_fragmented, parse_numbers
+
+from oomladder.classify import Evidence, Failure, Kind, classify, is_fragmented, parse_numbers
 
 # What rank 0 raises under gloo when rank 1 died of its OOM (seen in tests/e2e/test_distributed.py's runs).
 GLOO_PEER_CLOSED = ("RuntimeError: [/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection "
@@ -195,3 +196,143 @@ def test_every_text_presented_as_real_is_in_the_fixtures_file_beside_its_source(
     fixtures = (Path(__file__).parent / "fixtures" / "oom_messages.md").read_text()
     real = [text for _, text in REAL_TEXTS.values()] + [CPU_ALLOC, CPU_ALLOC_WINDOWS, ONEDNN, GLOO_PEER_CLOSED]
     assert [text[:80] for text in real if text not in fixtures] == []
+
+
+# --- what the journal keeps of a failure, exactly ----------------------------------------------------------
+
+def test_kinds_are_written_to_the_journal_by_their_lower_case_names_which_never_change():
+    assert {kind.value for kind in Kind} == {kind.name.lower() for kind in Kind}
+
+
+def test_a_failure_reads_back_from_the_journal_as_it_was_written():
+    failure = classify(Evidence(1, record={"exc_type": "torch.OutOfMemoryError", "message": H200_TEXT.split(": ", 1)[1],
+                                           "phase": "eval", "step": 5, "rank": 1, "world_size": 2}))
+    assert (failure.phase, failure.step, failure.rank) == ("eval", 5, 1)
+    assert Failure.from_dict(failure.to_dict()) == failure
+    assert Failure.from_dict({"kind": "cuda_oom", "memory": "device"}).summary == ""  # a record's optional parts
+
+
+def test_a_single_process_failure_names_no_rank():
+    record = {"exc_type": "ValueError", "message": "x", "rank": 0, "world_size": 1}
+    assert classify(Evidence(1, record=record)).rank is None
+
+
+@pytest.mark.parametrize("name, summary", [
+    ("cuda_alloc_pre_1_13", "CUDA out of memory: tried to allocate 3.2 GiB"),
+    ("cuda_alloc_2_4_rank", "CUDA out of memory: tried to allocate 158 MiB"),
+    ("cuda_driver_old", "CUDA driver out of memory"),
+    ("cublas_alloc", "cuBLAS could not allocate its workspace"),
+    ("cudnn_alloc", "cuDNN could not allocate"),
+    ("nccl_warn", "NCCL out of memory"),
+    ("mps_oom", "MPS out of memory"),
+    ("hip_oom", "HIP (ROCm) out of memory: tried to allocate 3.3 GiB"),
+    ("xpu_oom", "XPU out of memory: tried to allocate 4.7 GiB"),
+    ("dataloader_killed", "a DataLoader worker was killed"),
+])
+def test_each_kind_is_summed_up_in_one_line_with_the_allocation_that_failed(name, summary):
+    assert classify(Evidence(1, stderr_tail=REAL_TEXTS[name][1])).summary == summary
+
+
+def test_the_cpu_allocator_and_onednn_under_a_cap_are_the_emulated_devices_memory():
+    assert classify(Evidence(1, stderr_tail=CPU_ALLOC, capped=True)).summary == \
+        "CPU allocator out of memory: tried to allocate 123 GiB"
+    onednn = classify(Evidence(1, stderr_tail=ONEDNN, capped=True))
+    assert (onednn.memory, onednn.summary) == ("device", "oneDNN could not create a kernel (no memory left under the cap)")
+
+
+# numpy's own text for a failed array allocation (numpy/_core/_exceptions.py, `_ArrayMemoryError.__str__`).
+NUMPY_MEMORY_ERROR = ("numpy._core._exceptions._ArrayMemoryError: Unable to allocate 3.00 GiB for an array with shape "
+                      "(1024, 1024, 384) and data type float64")
+
+
+@pytest.mark.parametrize("text", ["MemoryError", NUMPY_MEMORY_ERROR,
+                                  "terminate called after throwing an instance of 'std::bad_alloc'"])
+def test_pythons_and_cs_own_allocation_failures_are_memory(text):
+    failure = classify(Evidence(1, stderr_tail=f"Traceback (most recent call last):\n{text}"))
+    assert (failure.kind, failure.memory) == (Kind.PYTHON_MEMORY_ERROR, "host")
+    assert classify(Evidence(1, stderr_tail=text, capped=True)).memory == "device"
+
+
+def test_a_transient_failure_names_what_blinked():
+    failure = classify(Evidence(1, stderr_tail="ConnectionResetError: [Errno 104] Connection reset by peer"))
+    assert failure.summary == "a transient infrastructure failure (ConnectionResetError)"
+
+
+def test_an_exception_without_a_message_is_named_by_its_class_alone():
+    assert classify(Evidence(1, record={"exc_type": "StopIteration"})).summary == "StopIteration"
+
+
+def test_a_long_error_is_cut_to_one_line_of_300_characters():
+    long = classify(Evidence(1, record={"exc_type": "ValueError", "message": "x" * 400}))
+    assert len(long.summary) == 300 and long.summary.endswith("…")
+    fits = "y" * (300 - len("ValueError: "))
+    assert classify(Evidence(1, record={"exc_type": "ValueError", "message": fits})).summary == f"ValueError: {fits}"
+
+
+@pytest.mark.parametrize("returncode, kind, summary", [
+    (137, Kind.KILLED, "killed by SIGKILL with no sign of why (no OOM kill recorded)"),
+    (-9, Kind.KILLED, "killed by SIGKILL with no sign of why (no OOM kill recorded)"),
+    (143, Kind.INTERRUPTED, "stopped by SIGTERM"),
+    (-2, Kind.INTERRUPTED, "stopped by SIGINT"),
+    (-11, Kind.CRASHED, "crashed with SIGSEGV after: free(): invalid pointer"),
+    (-99, Kind.CRASHED, "crashed with signal 99 after: free(): invalid pointer"),
+    (0, Kind.UNKNOWN, "exited with status 0; last line: free(): invalid pointer"),
+    (2, Kind.UNKNOWN, "exited with status 2; last line: free(): invalid pointer"),
+])
+def test_without_a_record_or_a_known_text_the_exit_status_decides(returncode, kind, summary):
+    failure = classify(Evidence(returncode, stderr_tail="some output\nfree(): invalid pointer\n"))
+    assert (failure.kind, failure.summary) == (kind, summary)
+
+
+def test_an_exit_status_with_no_output_says_only_that():
+    assert classify(Evidence(1)).summary == "exited with status 1"
+    assert classify(Evidence(-6)).summary == "crashed with SIGABRT"
+
+
+def test_a_sigkill_the_cgroup_counted_as_an_oom_kill_is_host_memory():
+    failure = classify(Evidence(-9, cgroup_oom_kill=True))
+    assert (failure.kind, failure.memory) == (Kind.HOST_OOM_KILL, "host")
+    assert failure.summary == "killed by the kernel's OOM killer (cgroup memory.events)"
+
+
+@pytest.mark.parametrize("text", ["Connection reset by peer", "NCCL communicator was aborted on rank 1",
+                                  "remote process exited or there was a network error"])
+def test_each_way_a_peer_dies_under_a_collective_is_told_apart(text):
+    from oomladder.classify import peer_died
+    assert peer_died(f"RuntimeError: {text}")
+
+
+def test_every_number_of_the_old_message_is_read():
+    numbers = parse_numbers(REAL_TEXTS["cuda_alloc_pre_1_13"][1])
+    assert numbers == {"tried_to_allocate": int(3.20 * 2**30), "total_capacity": int(22.20 * 2**30),
+                       "free": int(2.83 * 2**30), "allocated_by_pytorch": int(18.38 * 2**30),
+                       "reserved_by_pytorch": int(18.46 * 2**30),
+                       "reserved_unallocated": int(18.46 * 2**30) - int(18.38 * 2**30)}
+
+
+def test_every_number_of_the_current_message_is_read():
+    numbers = parse_numbers(REAL_TEXTS["cuda_alloc_2_2"][1])
+    assert numbers == {"tried_to_allocate": 22 * 2**20, "total_capacity": int(23.65 * 2**30),
+                       "free": int(11.06 * 2**20), "allocated_by_pytorch": int(22.90 * 2**30),
+                       "reserved_unallocated": int(194.87 * 2**20), "process_in_use": int(23.60 * 2**30)}
+
+
+def test_sizes_in_every_unit_the_messages_use_are_read():
+    assert parse_numbers("out of memory. Tried to allocate 2.00 TiB")["tried_to_allocate"] == 2 * 2**40
+    assert parse_numbers("out of memory. Tried to allocate 512 B")["tried_to_allocate"] == 512
+    assert parse_numbers("out of memory. Tried to allocate 3.00 KiB")["tried_to_allocate"] == 3 * 2**10
+    assert parse_numbers("out of memory. Tried to allocate 0 bytes")["tried_to_allocate"] == 0
+
+
+def test_more_allocated_than_reserved_leaves_nothing_reserved_but_unallocated():
+    text = "CUDA out of memory. Tried to allocate 1.00 GiB (5.00 GiB already allocated; 4.00 GiB reserved in total by PyTorch)"
+    assert parse_numbers(text)["reserved_unallocated"] == 0
+
+
+def test_the_numbers_are_read_from_the_last_message_not_an_earlier_one():
+    earlier = "CUDA out of memory. Tried to allocate 8.00 GiB. survived, retried smaller\n" + "." * 300
+    assert parse_numbers(earlier + REAL_TEXTS["cuda_alloc_2_2"][1])["tried_to_allocate"] == 22 * 2**20
+
+
+def test_no_numbers_is_not_fragmentation():
+    assert not is_fragmented(Failure(Kind.CUDA_OOM, "device", "CUDA out of memory"))

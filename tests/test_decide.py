@@ -49,7 +49,9 @@ def ran(view, *attempts):
         records.append({"type": "progress", "ts": number + 0.1, "attempt": number, "began_at": began_at})
         records += [{"type": "progress", "ts": number + 0.2, "attempt": number, "step": s, "executed": True}
                     for s in steps]
-    return fold(view.records + records)
+    out = fold(view.records + records)
+    out.records = view.records + records
+    return out
 
 
 def test_a_finished_attempt_ends_the_run_with_every_step_run_once():
@@ -131,3 +133,51 @@ def test_a_spent_budget_ends_the_run_between_attempts_naming_what_would_have_run
     assert (end.status, end.exit_code) == ("budget_exhausted", 5)
     assert "--max-attempts" in end.reason and "halve_batch" in end.reason
     assert over_budget(None, "halve_batch") is None
+
+
+# --- a rung that breaks the program is rolled back ------------------------------------------------------------
+
+BF16_ON_CPU = Failure(Kind.ERROR, None, "ValueError: Your setup doesn't support bf16/gpu.", phase="train", step=None)
+
+
+def after_a_broken_rung(broken, rungs=(1,), at_step=2):
+    """Attempt 1 ran steps 1-2 and ran out of memory in step 3; the ladder chose `rungs` (by index in the default
+    ladder); attempt 2 failed with `broken`."""
+    view = ran(view_of(Failure(Kind.CPU_OOM, "device", "CPU allocator out of memory", phase="train", step=at_step),
+                       broken), (0, list(range(1, at_step + 1))), (at_step, []))
+    decision = {"type": "decision", "ts": 1.7, "attempt": 1, "rung": "bf16", "rung_index": rungs[0],
+                "rung_indices": list(rungs), "reason": "", "plan": {}, "skipped": []}
+    records = sorted(view.records + [decision], key=lambda r: r["ts"])
+    out = fold(records)
+    out.records = records
+    return out
+
+
+def test_a_rung_that_broke_a_program_that_worked_is_undone_and_the_ladder_moves_on():
+    verdict = next_step(after_a_broken_rung(BF16_ON_CPU))
+    assert isinstance(verdict, Climb) and verdict.decision.rung == "int8"
+    # back to the plan before bf16, then the ladder's next rung
+    assert (verdict.decision.plan.precision, verdict.decision.plan.quantization) == ("fp32", "int8")
+    assert verdict.rollback.attempt == 2
+    assert verdict.rollback.incompatible == (("bf16", 1, BF16_ON_CPU.summary),)
+    assert verdict.decision.reason.startswith("bf16 broke the program (ValueError: Your setup doesn't support")
+
+
+def test_of_a_stacked_decision_only_the_rungs_that_change_the_code_are_blamed():
+    verdict = next_step(after_a_broken_rung(BF16_ON_CPU, rungs=(1, 3)))  # bf16 + halve_batch
+    assert [name for name, _, _ in verdict.rollback.incompatible] == ["bf16"]  # halve_batch stays on the ladder
+
+
+def test_an_error_where_the_earlier_plan_never_went_is_still_a_bug():
+    later = Failure(Kind.ERROR, None, "KeyError: 'labels'", phase="train", step=4)  # the OOM was in step 3
+    verdict = next_step(after_a_broken_rung(later))
+    assert (verdict.status, verdict.exit_code) == ("not_memory", 3)
+
+
+def test_a_rung_that_broke_the_program_is_never_tried_again():
+    view = after_a_broken_rung(BF16_ON_CPU)
+    undo = {"type": "decision", "ts": 2.7, "attempt": 2, "rung": "halve_batch", "rung_index": 3, "rung_indices": [3],
+            "reason": "", "plan": {}, "skipped": [], "rolled_back": 2, "incompatible": [["bf16", 1, "ValueError"]]}
+    view = fold(view.records + [undo])
+    assert view.incompatible == {1: "ValueError"} and view.rolled_back == {2}
+    assert view.rung_uses == {3: 1}  # the undone decision's bf16 is not counted as used

@@ -4,6 +4,7 @@ benchmarks/estimator.py measures the same arithmetic against real peaks; these t
 """
 
 import pytest
+
 from oomladder.memory.estimate import CUDA_CONTEXT, HEADROOM, Workload, estimate, usable
 from oomladder.memory.shape import from_config
 from oomladder.plan import Plan

@@ -1,7 +1,6 @@
 """Relaunch hygiene: the next attempt waits for the dead worker's GPU memory (NVML faked here)."""
 
 from oomladder.process.gpu import wait_released
-
 from tests.conftest import FakeClock
 
 

@@ -8,7 +8,6 @@ from oomladder.cli.commands import resume_config
 from oomladder.record.history import fold
 from oomladder.record.journal import read_journal
 from oomladder.run.decide import reached_plan
-
 from tests.conftest import ROOT
 
 JOURNAL = ROOT / "tests" / "fixtures" / "journal_v1_h200.jsonl"

@@ -1,6 +1,7 @@
 """The ladder as data (YAML) and as a pure step from (plan, failure) to the next plan."""
 
 import pytest
+
 from oomladder.classify import Failure, Kind
 from oomladder.errors import LadderFileError, StrategyError
 from oomladder.ladder import climb, load_ladder, next_plan, parse_ladder

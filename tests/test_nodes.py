@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from oomladder import nodes
 from oomladder.errors import RunDirError, UsageError
 from oomladder.ladder import parse_ladder
@@ -16,7 +17,6 @@ from oomladder.nodes import Topology
 from oomladder.record.history import fold
 from oomladder.record.journal import read_journal
 from oomladder.run import RunConfig, Runner, watch
-
 from tests.conftest import FakeClock
 from tests.test_runner import CPU_OOM, FACTS, PROGRAM
 

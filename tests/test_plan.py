@@ -1,6 +1,7 @@
 import dataclasses
 
 import pytest
+
 from oomladder.plan import Plan, coerce_field, describe_changes
 
 

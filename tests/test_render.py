@@ -2,11 +2,12 @@
 
 import json
 
+from rich.console import Console
+
 from oomladder.record.history import fold
 from oomladder.views.render import print_report
 from oomladder.views.report import build_report, render_markdown
 from oomladder.views.table import attempts_table
-from rich.console import Console
 
 RECORDS = [
     {"type": "run_started", "ts": 0, "command": ["python", "train.py", "--bs", "16"], "memory_cap": 1200 * 2**20,

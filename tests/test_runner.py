@@ -10,6 +10,7 @@ from itertools import count
 from pathlib import Path
 
 import pytest
+
 from oomladder.errors import RunDirError
 from oomladder.ladder import load_ladder, parse_ladder
 from oomladder.plan import Plan
@@ -17,7 +18,6 @@ from oomladder.process.workers import LaunchError
 from oomladder.record.history import fold
 from oomladder.record.journal import read_journal
 from oomladder.run import RunConfig, Runner
-
 from tests.conftest import FakeClock
 
 CPU_OOM = ("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried "

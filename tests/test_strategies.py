@@ -1,6 +1,7 @@
 """Each rung: what it changes, and why it declines when it does not apply."""
 
 import pytest
+
 from oomladder import strategies
 from oomladder.classify import Failure, Kind
 from oomladder.errors import StrategyError

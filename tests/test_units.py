@@ -1,4 +1,5 @@
 import pytest
+
 from oomladder.errors import UsageError
 from oomladder.units import format_size, parse_duration, parse_size
 

@@ -24,10 +24,11 @@ class Step:
 
 
 def climb(ladder: Ladder, plan: Plan, facts: Facts, failure: Failure, uses: Mapping[int, int],
-          pass_over: PassOver = lambda before, decision: None) -> Iterator[Step]:
+          pass_over: PassOver = lambda before, decision: None, exclude: frozenset[int] = frozenset()) -> Iterator[Step]:
     """Each rung in turn, as `next_plan` gives it, until the ladder has none left (the last step is
-    the exhausted decision). `uses` counts the rungs already used in this run."""
-    used, excluded = dict(uses), set()
+    the exhausted decision). `uses` counts the rungs already used in this run; rungs in `exclude` are
+    left out (ones that broke this program)."""
+    used, excluded = dict(uses), set(exclude)
     while True:
         decision = next_plan(ladder, plan, facts, failure, used, frozenset(excluded))
         if decision.exhausted:

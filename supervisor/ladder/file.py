@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from oomladder import strategies
 from oomladder.errors import LadderFileError, StrategyError
 from oomladder.ladder.rungs import Ladder, Rung

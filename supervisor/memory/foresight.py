@@ -93,16 +93,16 @@ def calibration(view: RunView, capacity: int) -> int:
 
 
 def plan_ahead(ladder: Ladder, plan: Plan, facts: Facts, failure: Failure, uses: Mapping[int, int],
-               fit: Fit | None) -> Decision:
+               fit: Fit | None, exclude: frozenset[int] = frozenset()) -> Decision:
     """The next plan: one rung, as `next_plan` gives it, or several stacked when the estimate says one
-    is not enough."""
-    first = next_plan(ladder, plan, facts, failure, uses)
+    is not enough. Rungs in `exclude` (ones that broke this program) are left out."""
+    first = next_plan(ladder, plan, facts, failure, uses, exclude)
     before = fit.need(plan) if fit is not None and failure.phase != "eval" else None
     if first.exhausted or before is None or is_fragmented(failure):
         return first  # fragmented: the memory is there in pieces, which no estimate of the plan sees
     need, chosen = before, []
     skipped: dict[str, str] = {}
-    steps = climb(ladder, plan, facts, failure, uses, pass_over(lambda p: fit.need(p) or 0, fit.capacity))
+    steps = climb(ladder, plan, facts, failure, uses, pass_over(lambda p: fit.need(p) or 0, fit.capacity), exclude)
     for step in steps if need > fit.capacity else ():
         for name, why in step.decision.skipped:
             skipped.setdefault(name, why)

@@ -42,6 +42,7 @@ class AttemptView:
     began_at: int | None = None      # the step its workers began training after, as they reported it
     resume_failed: str | None = None  # why its worker could not use the checkpoint it was given
     ran_again: list[int] = field(default_factory=list)  # steps it ran that an earlier attempt had run
+    rolled_back: bool = False         # its rung broke the program: its plan was abandoned (run/decide.py)
 
     @property
     def reports_steps(self) -> bool:
@@ -97,9 +98,22 @@ class RunView:
     model: dict[str, Any] | None = None   # the worker's model shape and what trains (worker/probe.py)
 
     @property
+    def rolled_back(self) -> set[int]:
+        """Attempts whose plan was abandoned because a rung broke the program (decide.py)."""
+        return {d["rolled_back"] for d in self.decisions if d.get("rolled_back") is not None}
+
+    @property
+    def incompatible(self) -> dict[int, str]:
+        """Rungs (by index) that broke this program, with the error they caused: never tried again."""
+        return {index: why for d in self.decisions for _name, index, why in d.get("incompatible") or []}
+
+    @property
     def rung_uses(self) -> dict[int, int]:
         uses: dict[int, int] = {}
+        rolled_back = self.rolled_back
         for d in self.decisions:
+            if d["attempt"] + 1 in rolled_back:
+                continue  # its plan was abandoned: the rungs it used were not used after all
             # A decision that stacked several rungs lists each one it used.
             for index in d.get("rung_indices") or ([d["rung_index"]] if d.get("rung_index") is not None else []):
                 uses[index] = uses.get(index, 0) + 1
@@ -197,8 +211,10 @@ def fold(records: list[dict[str, Any]]) -> RunView:
         elif kind == schema.RUN_ENDED:
             ended = r
     ordered = [attempts[n] for n in sorted(attempts)]
+    rolled_back = {d["rolled_back"] for d in decisions if d.get("rolled_back") is not None}
     seen: set[int] = set()
     for a in ordered:
+        a.rolled_back = a.number in rolled_back
         a.ran_again = sorted(seen.intersection(a.steps))
         seen.update(a.steps)
     return RunView(run, ordered, decisions, checkpoints, observed, Facts.from_dict(facts), ended, model)

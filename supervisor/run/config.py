@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tenacity import wait_exponential
+
 from oomladder.ladder import Ladder
 from oomladder.plan import Plan
-from tenacity import wait_exponential
 
 EXIT_FINISHED = 0
 EXIT_USAGE = 2

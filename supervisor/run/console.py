@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from rich.console import Console
+
 from oomladder.run.config import RunConfig
 from oomladder.run.loop import Runner
 from oomladder.views.display import LineDisplay, LiveDisplay
-from rich.console import Console
 
 
 def run_in_console(config: RunConfig, console: Console) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from oomladder.run.outcomes import (
     End,
     Next,
     Retry,
+    Rollback,
     RunStatus,
     Stop,
     StopReason,
@@ -63,20 +65,65 @@ def decide(view: RunView, result: AttemptResult, ladder: Ladder, *, memory_cap: 
         delay = backoff(BudgetState(count, 0.0)) if failure.kind is Kind.TRANSIENT else 0.0
         why = f"{failure.summary}: retry {count} on the same plan" + (f" after {delay:g} s" if delay else "")
         return Retry(current, why, delay)
+    if not failure.is_memory and (rolled := roll_back(view, ladder, memory_cap, several_nodes)) is not None:
+        return rolled
     if not failure.is_memory:
         return End(RunStatus.NOT_MEMORY.value, EXIT_NOT_MEMORY,
                    f"attempt {number} failed with {failure.kind.value}: {failure.summary}. No memory setting fixes "
                    f"this, so the ladder was not walked; see {log}")
+    return _climb(view, ladder, memory_cap, several_nodes, number)
+
+
+def _climb(view: RunView, ladder: Ladder, memory_cap: int | None, several_nodes: bool, number: int,
+           rollback: Rollback | None = None) -> Climb | End:
+    """The ladder's next plan after the last attempt's out-of-memory error, leaving out the rungs that
+    broke this program."""
+    last = view.attempts[-1]
     # Each node calibrates the estimate from its own ranks' peaks, and every node must take the same
     # decision: on several nodes the ladder walks one rung per attempt.
     fit = None if several_nodes else fit_for(view, memory_cap)
-    decision = plan_ahead(ladder, current, view.facts, failure, view.rung_uses, fit)
+    decision = plan_ahead(ladder, last.plan, view.facts, last.failure, view.rung_uses, fit,
+                          frozenset(view.incompatible) | {i for _, i, _ in (rollback.incompatible if rollback else ())})
+    if rollback is not None:
+        broke = "; ".join(f"{name} broke the program ({why})" for name, _, why in rollback.incompatible)
+        decision = replace(decision, reason=f"{broke}: back to the plan of attempt {last.number}"
+                           + (f"; {decision.reason}" if decision.plan is not None else f", and {decision.reason}"))
     if decision.exhausted:
         tried = "; ".join(f"{name}: {why}" for name, why in decision.skipped) or "none applied"
         return End(RunStatus.LADDER_EXHAUSTED.value, EXIT_LADDER_EXHAUSTED,
                    f"attempt {number} ran out of memory and {decision.reason} ({tried}). Try a bigger device, a "
-                   f"smaller model or sequence, or a ladder with more rungs.", decision)
-    return Climb(decision)
+                   f"smaller model or sequence, or a ladder with more rungs.", decision, rollback)
+    return Climb(decision, rollback)
+
+
+def roll_back(view: RunView, ladder: Ladder, memory_cap: int | None, several_nodes: bool) -> Climb | End | None:
+    """A rung that turned a working program into a failing one is undone, not blamed on the program.
+
+    It applies when the last attempt failed with an error (not memory) right after a rung changed the
+    plan, and the attempt before it ran out of memory (so the ladder climbed from a plan that worked up
+    to then) and got at least as far: up to the step its OOM struck in. A true bug still stops the run:
+    the same error as before, or an error at a step the earlier plan never reached.
+    """
+    if len(view.attempts) < 2:
+        return None
+    broken, before = view.attempts[-1], view.attempts[-2]
+    decision = next((d for d in reversed(view.decisions) if d["attempt"] == before.number), None)
+    if decision is None or not decision.get("rung_indices") or before.failure is None or not before.failure.is_memory:
+        return None
+    if broken.failure.summary == before.failure.summary:
+        return None
+    # The earlier plan reached the step its OOM struck in: an error anywhere in that step, its end included
+    # (where the step count has already moved on), is at a point that plan got to.
+    reached = max([before.step or 0, before.failure.step or 0, *before.steps]) + 1
+    if (broken.failure.step or 0) > reached:
+        return None  # a point the earlier plan never reached: the program's own bug, as far as anyone can tell
+    used = [i for i in decision["rung_indices"] if 0 <= i < len(ladder.rungs)]
+    suspects = [i for i in used if ladder.rungs[i].strategy.changes_code] or used
+    rollback = Rollback(broken.number, tuple((ladder.rungs[i].name, i, broken.failure.summary) for i in suspects))
+    # The view as it was before the broken attempt: its plan and rung uses are undone.
+    earlier = replace(view, attempts=view.attempts[:-1], decisions=[*view.decisions, {"attempt": before.number,
+                                                                                       "rolled_back": broken.number}])
+    return _climb(earlier, ladder, memory_cap, several_nodes, broken.number, rollback)
 
 
 def stopped(stop: StopReason) -> End:

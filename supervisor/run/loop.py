@@ -46,6 +46,7 @@ from oomladder.run.outcomes import (
     Next,
     NextAttempt,
     Retry,
+    Rollback,
     RunStatus,
 )
 from oomladder.run.watch import AttemptWatcher, Launch
@@ -151,7 +152,7 @@ class Runner:
         number = result.number
         if isinstance(verdict, End):
             if verdict.decision is not None:
-                self._journal_decision(number, verdict.decision)
+                self._journal_decision(number, verdict.decision, verdict.rollback)
             if verdict.status == RunStatus.FINISHED.value:
                 remove_superseded(fold(self.journal.records).checkpoints, keep=None)
             return self._end(verdict)
@@ -162,20 +163,26 @@ class Runner:
             self.sleep(verdict.delay)
             nxt = NextAttempt(verdict.plan, "retry", verdict.reason)
         else:
-            changes = self._journal_decision(number, verdict.decision)
-            self.display.event(f"attempt {number}: {result.failure.summary}; next: {verdict.decision.rung}: {changes}")
+            changes = self._journal_decision(number, verdict.decision, verdict.rollback)
+            self.display.event(f"attempt {number}: {result.failure.summary}; next: {verdict.decision.rung}: {changes}"
+                               + (f" (rolled back: {verdict.decision.reason.split(': back to')[0]})"
+                                  if verdict.rollback else ""))
             nxt = NextAttempt(verdict.decision.plan, verdict.decision.rung, verdict.decision.reason)
         ending = over_budget(exhausted(self._budgets, self._budget_state()), nxt.rung)
         return self._end(ending) if ending is not None else nxt
 
-    def _journal_decision(self, number: int, decision: Decision) -> str | None:
-        """The ladder's decision as the journal keeps it; returns what it changes."""
-        current = fold(self.journal.records).attempts[-1].plan
+    def _journal_decision(self, number: int, decision: Decision, rollback: Rollback | None = None) -> str | None:
+        """The ladder's decision as the journal keeps it; returns what it changes (from the plan it undoes
+        to, when a rung broke the program)."""
+        attempts = fold(self.journal.records).attempts
+        current = (attempts[-2] if rollback is not None else attempts[-1]).plan
         changes = describe_changes(current, decision.plan) if decision.plan else None
         self.journal.append(schema.DECISION, attempt=number, rung=decision.rung, rung_index=decision.rung_index,
                             rung_indices=list(decision.rung_indices), reason=decision.reason,
                             plan=decision.plan.to_dict() if decision.plan else None, changes=changes,
-                            skipped=[list(s) for s in decision.skipped], estimate=decision.estimate)
+                            skipped=[list(s) for s in decision.skipped], estimate=decision.estimate,
+                            **({"rolled_back": rollback.attempt, "incompatible": [list(r) for r in rollback.incompatible]}
+                               if rollback is not None else {}))
         return changes
 
     def _end(self, end: End) -> int:

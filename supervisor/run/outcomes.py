@@ -92,10 +92,20 @@ class Retry:
 
 
 @dataclass(frozen=True)
+class Rollback:
+    """A rung broke a program that worked: attempt `attempt`'s plan is abandoned, and these rungs, by
+    (name, index, the error they caused), are not tried again."""
+
+    attempt: int
+    incompatible: tuple[tuple[str, int, str], ...]
+
+
+@dataclass(frozen=True)
 class Climb:
     """The ladder's next plan."""
 
     decision: Decision
+    rollback: Rollback | None = None
 
 
 @dataclass(frozen=True)
@@ -106,6 +116,7 @@ class End:
     exit_code: int
     reason: str
     decision: Decision | None = None
+    rollback: Rollback | None = None
 
 
 Next = Retry | Climb | End

@@ -7,10 +7,11 @@ import os
 import time
 from typing import Protocol
 
-from oomladder.record.history import RunView
-from oomladder.views.table import attempts_table
 from rich.console import Console
 from rich.live import Live
+
+from oomladder.record.history import RunView
+from oomladder.views.table import attempts_table
 
 
 def make_console() -> Console:

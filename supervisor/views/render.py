@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
 from oomladder.record.history import RunView
 from oomladder.units import format_size
 from oomladder.views.report import STATUS_TEXT
 from oomladder.views.table import attempts_table
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
 
 def print_report(console: Console, view: RunView, report: dict[str, Any]) -> None:

@@ -46,6 +46,7 @@ def build_report(view: RunView) -> dict[str, Any]:
             "resumed_from_step": a.resumed_from, "steps_run": list(a.steps_run) if a.steps_run else None,
             "steps_text": steps_text(a), "steps_executed": a.steps if a.reports_steps else None,
             "began_at_step": a.began_at, "ran_again": a.ran_again, "resume_missed": a.resume_missed,
+            "rolled_back": a.rolled_back,
             "duration": a.duration(), "exit_code": a.exit_code, "command": a.command,
             "skipped": _untold(led_here.get("skipped", []), told),
         })
@@ -141,7 +142,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         if failure:
             numbers = ", ".join(f"{k.replace('_', ' ')} {format_size(v)}" for k, v in failure["numbers"].items()
                                 if k != "tried_to_allocate")  # the summary says it already
-            out.append(f"  - died: {_md(failure['kind'])}, {_md(failure['summary'])}" + (f" ({numbers})" if numbers else ""))
+            out.append(f"  - died: {_md(failure['kind'])}, {_md(failure['summary'])}" + (f" ({numbers})" if numbers else "")
+                       + (": the error came with this attempt's rung, which was rolled back; your program is not "
+                          "at fault" if a["rolled_back"] else ""))
     if report["before_after"]:
         out += ["", "## Final plan", "", "| setting | before | after |", "|---|---|---|"]
         for row in report["before_after"]:

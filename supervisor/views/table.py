@@ -3,11 +3,12 @@ again in `oomladder report`)."""
 
 from __future__ import annotations
 
+from rich.table import Table
+from rich.text import Text
+
 from oomladder.plan import Plan, describe_changes
 from oomladder.record.history import AttemptView, RunView
 from oomladder.units import format_size, format_steps
-from rich.table import Table
-from rich.text import Text
 
 
 def attempts_table(view: RunView, now: float | None = None, title: str | None = None) -> Table:
@@ -56,6 +57,8 @@ def status_text(attempt: AttemptView) -> str:
     on = f" on rank {failure.rank}" if failure.rank is not None else ""
     if failure.is_memory:
         return f"OOM{where}{on}" + (" (host)" if failure.memory == "host" else "")
+    if attempt.rolled_back:
+        return f"broken by its rung{where}: {failure.summary} (rolled back)"
     return f"{failure.kind.value}{where}{on}: {failure.summary}"
 
 
@@ -77,7 +80,7 @@ def steps_text(attempt: AttemptView) -> str:
 def _status(attempt: AttemptView) -> Text:
     style = {"finished": "green", "running": "cyan"}.get(attempt.status)
     if attempt.failure is not None:
-        style = "yellow" if attempt.failure.is_memory else "red"
+        style = "yellow" if attempt.failure.is_memory or attempt.rolled_back else "red"
     return Text(status_text(attempt), style=style or "")
 
 

@@ -58,6 +58,10 @@ def _apply_to_training_args(args, p: dict[str, Any]) -> None:
             setattr(args, name, p[name])
     if p.get("precision") is not None:
         args.bf16, args.fp16 = p["precision"] == "bf16", p["precision"] == "fp16"
+        if args.bf16 and not args.use_cpu and not _accelerator_present():
+            # Transformers refuses bf16 on a machine without a GPU unless told the run is on the CPU
+            # ("Your setup doesn't support bf16/gpu"); the run is on the CPU either way.
+            args.use_cpu = True
     if p.get("gradient_checkpointing") is not None:
         args.gradient_checkpointing = p["gradient_checkpointing"]
         if p["gradient_checkpointing"]:
@@ -72,6 +76,14 @@ def _apply_to_training_args(args, p: dict[str, Any]) -> None:
     args.auto_find_batch_size = False
 
 
+def _accelerator_present() -> bool:
+    import torch
+    mps = getattr(torch.backends, "mps", None)
+    xpu = getattr(torch, "xpu", None)
+    return (torch.cuda.is_available() or bool(mps and mps.is_available())
+            or bool(xpu and hasattr(xpu, "is_available") and xpu.is_available()))
+
+
 def patch_trainer(module) -> None:
     cls = module.Trainer
     original_init, original_train, original_evaluate = cls.__init__, cls.train, cls.evaluate
@@ -81,7 +93,7 @@ def patch_trainer(module) -> None:
     def __init__(self, *args, **kwargs):
         memcap.arm()
         original_init(self, *args, **kwargs)
-        safely(lambda: self.add_callback(_progress_callback(module, self)))
+        safely(_add_first, self, _progress_callback(module, self))
         common.observed["model"] = safely(probe.model_report, self.model)
         safely(observe, None, _facts(self))
 
@@ -122,6 +134,13 @@ def patch_trainer(module) -> None:
         return original_step(self, model, inputs, *args, **kwargs)
 
     cls.__init__, cls.train, cls.evaluate, cls.training_step = __init__, train, evaluate, training_step
+
+
+def _add_first(trainer, callback) -> None:
+    """Right after the Trainer's own flow callback, before the program's: a step is reported executed
+    even when one of the program's callbacks then fails at the step's end."""
+    callbacks = trainer.callback_handler.callbacks
+    callbacks.insert(1 if callbacks and type(callbacks[0]).__name__ == "DefaultFlowCallback" else 0, callback)
 
 
 def _facts(trainer) -> dict[str, Any]:

@@ -7,8 +7,8 @@ import sys
 import time
 
 import pytest
-from oomladder.classify import Kind
 
+from oomladder.classify import Kind
 from tests.conftest import oomladder_argv, processes_of
 from tests.e2e.test_recovery import PLAIN, oomladder, view_of
 

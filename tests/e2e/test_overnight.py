@@ -8,9 +8,9 @@ import sys
 import time
 
 import pytest
+
 from oomladder.record.history import fold
 from oomladder.record.journal import read_journal
-
 from tests.conftest import oomladder_argv, processes_of
 from tests.e2e.ledger import assert_each_step_ran_once
 from tests.e2e.test_recovery import TRAIN_TINY, oomladder

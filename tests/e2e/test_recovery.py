@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
+
 from oomladder.classify import Kind
 from oomladder.record.history import fold
 from oomladder.record.journal import read_journal
-
 from tests.conftest import oomladder_argv, processes_of
 from tests.e2e.ledger import assert_each_step_ran_once
 

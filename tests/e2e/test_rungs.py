@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from tests.conftest import processes_of
-from tests.e2e.ledger import assert_each_step_ran_once
+from tests.e2e.ledger import assert_each_step_ran_once, steps_by_process
 from tests.e2e.test_recovery import HERE, TRAIN_TINY, oomladder, view_of
 
 pytestmark = pytest.mark.e2e
@@ -69,3 +69,24 @@ def test_the_trainers_own_batch_search_is_turned_off_so_the_effective_batch_stay
     last = (run_dir / "attempts" / "002" / "stdout.log").read_text()
     assert "= effective batch 16" in last
     assert_each_step_ran_once(tmp_path / "steps", 6)
+
+
+def test_a_rung_that_breaks_a_program_that_worked_is_rolled_back_and_the_run_finishes(tmp_path, env):
+    """The program logs a spectral norm of a frozen weight after each step, which has no BFloat16 kernel on the
+    CPU. bf16 loads the base weights in bf16 and breaks it; oomladder undoes bf16, blames the rung, not the
+    program, and finishes on the other rungs."""
+    run_dir, view = run(tmp_path, env, "--memory-cap", "1200MiB", script=HERE / "programs" / "spectral_monitor.py")
+    first, broken, last = view.attempts
+    assert first.failure.is_memory and "bf16" in broken.rung and broken.rolled_back
+    assert "Low precision dtypes not supported" in broken.failure.summary
+    assert last.plan.precision == "fp32" and last.plan.effective_batch == 16 and last.status == "finished"
+    undo = view.decisions[-1]
+    assert undo["rolled_back"] == 2 and [name for name, _, _ in undo["incompatible"]] == ["bf16"]
+    assert view.ended["status"] == "finished" and view.ended["exit_code"] == 0
+    # Step 3 ran under the broken plan before the program's callback failed at its end, and again on resume:
+    # the report counts it, as the program's own record shows it.
+    ran = [step for steps in steps_by_process(tmp_path / "steps") for step in steps]
+    assert sorted(set(ran)) == [1, 2, 3, 4, 5, 6]
+    assert view.repeated_steps == sorted({s for s in ran if ran.count(s) > 1})
+    md = (run_dir / "report.md").read_text()
+    assert "bf16 broke the program" in md and "your program is not at fault" in md

@@ -8,10 +8,10 @@ import sys
 
 import pytest
 import torch
-from oomladder.record.history import fold
-from oomladder.record.journal import read_journal
 from safetensors.torch import load_file
 
+from oomladder.record.history import fold
+from oomladder.record.journal import read_journal
 from tests.conftest import processes_of
 from tests.e2e.ledger import assert_each_step_ran_once, steps_by_process
 from tests.e2e.test_recovery import TRAIN_TINY, oomladder

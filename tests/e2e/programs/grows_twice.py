@@ -5,6 +5,7 @@ memory at the second, so one run saves two emergency checkpoints, the second sup
 import sys
 
 import torch
+
 from oomladder.demo import train_tiny
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 import transformers
+
 from oomladder.demo import train_tiny
 
 PER_SAMPLE = 96 * 2**20

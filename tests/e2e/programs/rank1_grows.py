@@ -4,6 +4,7 @@ while rank 0 waits for it in a collective."""
 import os
 
 import torch
+
 from oomladder.demo import train_tiny
 
 

@@ -8,6 +8,7 @@ import os
 import signal
 
 import torch
+
 from oomladder.demo import train_tiny
 
 
