@@ -14,15 +14,21 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from oomladder.worker.files import CHECKPOINT_MARKER
+
 _WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin", "model.safetensors", "model.safetensors.index.json",
             "pytorch_model.bin", "pytorch_model.bin.index.json")
 _PERIODIC = re.compile(r"^checkpoint-(\d+)$")
 
 
 def is_whole(path: str | Path) -> bool:
+    """A folder to resume from: an emergency checkpoint an adapter marked whole (worker/emergency.py), or a
+    Trainer checkpoint with its state and weights."""
     path = Path(path)
-    return (path.is_dir() and not path.name.endswith(".partial") and (path / "trainer_state.json").is_file()
-            and any((path / name).exists() for name in _WEIGHTS))
+    if not path.is_dir() or path.name.endswith(".partial"):
+        return False
+    return (path / CHECKPOINT_MARKER).is_file() or ((path / "trainer_state.json").is_file()
+                                          and any((path / name).exists() for name in _WEIGHTS))
 
 
 def periodic(output_dir: str | Path, since: float) -> Iterable[dict[str, Any]]:

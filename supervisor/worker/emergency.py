@@ -70,7 +70,7 @@ def save_after_oom(trainer, exc: BaseException) -> str | None:
 
 
 def save(trainer) -> str | None:
-    """Write the state between two steps (RNG as the last step left it) and mark it whole.
+    """Write the Trainer's state between two steps (RNG as the last step left it) and mark it whole.
 
     Under data parallelism every rank holds the same weights and optimizer state, so rank 0 writes
     them alone; the other ranks cannot take part (a peer may be dead), and their RNG is not kept.
@@ -79,12 +79,7 @@ def save(trainer) -> str | None:
     if trainer.args.process_index != 0:
         return None
     step = trainer.state.global_step
-    attempt = os.environ.get("OOMLADDER_ATTEMPT") or Path(os.environ["OOMLADDER_ATTEMPT_DIR"]).name
-    root = Path(os.environ["OOMLADDER_RUN_DIR"]) / "checkpoints"
-    target = root / f"{files.EMERGENCY}-step-{step}-attempt-{attempt}"
-    partial = target.with_name(target.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+    partial = begin(step)
     trainer.save_model(str(partial), _internal_call=True)
     trainer._save_optimizer_and_scheduler(str(partial))
     if hasattr(trainer, "_save_scaler"):
@@ -92,10 +87,59 @@ def save(trainer) -> str | None:
     rng_name = "rng_state_0.pth" if _world() > 1 else "rng_state.pth"
     torch.save(dict(_rng), partial / rng_name)
     trainer.state.save_to_json(str(partial / "trainer_state.json"))
+    return commit(partial, step, trainer.state.max_steps, "transformers.Trainer")
+
+
+# --- the protocol every framework's emergency checkpoint follows ----------------------------------------
+
+MARKER = files.CHECKPOINT_MARKER
+
+
+def begin(step: int) -> Path:
+    """A fresh `.partial` folder in the run's checkpoints/ for the end of `step`: write the state into it,
+    then `commit`."""
+    attempt = os.environ.get("OOMLADDER_ATTEMPT") or Path(os.environ["OOMLADDER_ATTEMPT_DIR"]).name
+    target = Path(os.environ["OOMLADDER_RUN_DIR"]) / "checkpoints" / f"{files.EMERGENCY}-step-{step}-attempt-{attempt}"
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    return partial
+
+
+def commit(partial: Path, step: int, max_steps: int | None, framework: str, **extra: Any) -> str:
+    """Mark the checkpoint in `partial` whole: its marker, its files on disk, then its final name, and
+    last the note that tells the supervisor. A crash at any point leaves a folder nobody resumes from."""
+    files.write_json(partial / MARKER, {"framework": framework, "step": step, "max_steps": max_steps, **extra})
+    _fsync_tree(partial)
+    target = partial.with_name(partial.name[: -len(".partial")])
     shutil.rmtree(target, ignore_errors=True)
     os.replace(partial, target)
-    files.write_json(files.path(files.EMERGENCY), {"path": str(target), "step": step, "max_steps": trainer.state.max_steps})
+    _fsync_dir(target.parent)
+    files.write_json(files.path(files.EMERGENCY), {"path": str(target), "step": step, "max_steps": max_steps})
     return str(target)
+
+
+def is_whole(path: str | Path) -> bool:
+    """An emergency checkpoint any adapter committed, or (for the Trainer) a folder with its state."""
+    folder = Path(path)
+    return folder.is_dir() and not folder.name.endswith(".partial") and (
+        (folder / MARKER).is_file() or (folder / "trainer_state.json").is_file())
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def resume_point() -> str | None:
@@ -106,8 +150,8 @@ def resume_point() -> str | None:
         # The test-only switch stands for a broken resume: tests/e2e/test_zero_lost_work.py shows that the
         # suite's step checks and the report catch a worker that trains from scratch.
         return None
-    if path.endswith(".partial") or not (Path(path) / "trainer_state.json").is_file():
-        why = f"the checkpoint {path} is not whole (no trainer_state.json)"
+    if not is_whole(path):
+        why = f"the checkpoint {path} is not whole"
         files.append_progress({"resume_failed": why})
         print(f"oomladder: cannot resume: {why}; this attempt starts from step 0", file=sys.stderr, flush=True)
         return None

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 OBSERVED, PROGRESS, FAILURE, EMERGENCY = "observed", "progress", "failure", "emergency"
+# Written last inside an emergency checkpoint's folder (worker/emergency.py): a folder without it is not whole.
+CHECKPOINT_MARKER = "oomladder-checkpoint.json"
 
 
 def rank() -> int:
