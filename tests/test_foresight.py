@@ -23,15 +23,15 @@ CAP = 1200 * 2**20
 OOM = Failure(Kind.CPU_OOM, "device", "CPU allocator out of memory", phase="train", step=2)
 
 
-def view_after_oom(model=MODEL, step_peak=400 * 2**20, failed_batch=(16, 256), phase="train"):
-    failure = {**OOM.to_dict(), "phase": phase}
+def view_after_oom(model=MODEL, step_peak=400 * 2**20, failed_batch=(16, 256), phase="train", peak=None, tried=None):
+    failure = {**OOM.to_dict(), "phase": phase, **({"numbers": {"tried_to_allocate": tried}} if tried else {})}
     records = [
         {"type": "run_started", "ts": 0.0, "command": ["python", "train.py"]},
         {"type": "attempt_started", "ts": 1.0, "attempt": 1, "plan": {}, "rung": None, "reason": ""},
         {"type": "observed", "ts": 2.0, "attempt": 1, "plan": PROGRAM, "facts": FACTS, "model": model},
         {"type": "progress", "ts": 3.0, "attempt": 1, "step": 2, "peak": step_peak, "batch_shape": [16, 32]},
         {"type": "attempt_ended", "ts": 4.0, "attempt": 1, "outcome": "failed", "failure": failure,
-         "batch_shape": list(failed_batch) if failed_batch else None},
+         "batch_shape": list(failed_batch) if failed_batch else None, **({"peak": peak} if peak else {})},
     ]
     return fold(records)
 
@@ -102,8 +102,17 @@ def test_an_oom_proves_the_need_was_above_the_device_whatever_the_steps_measured
     capacity = usable(CAP, "cpu", capped=True)
     failed = estimate_for(view, view.attempts[0].plan, [16, 64]).peak
     assert failed < capacity
-    assert calibration(view, capacity) == capacity - failed
-    assert fit_for(view, CAP).need(view.final_plan) == capacity
+    assert calibration(view, capacity) == capacity + 1 - failed
+    assert fit_for(view, CAP).need(view.final_plan) > capacity  # so the next decision climbs, never stays
+
+
+def test_an_ooms_own_numbers_are_a_lower_bound_on_what_the_plan_needed():
+    """What the worker held when the allocation failed, plus the allocation, is more than the device had."""
+    view = view_after_oom(step_peak=1, failed_batch=(16, 64), peak=1100 * 2**20, tried=500 * 2**20)
+    failed = estimate_for(view, view.attempts[0].plan, [16, 64]).peak
+    capacity = usable(CAP, "cpu", capped=True)
+    assert calibration(view, capacity) == 1600 * 2**20 - failed
+    assert fit_for(view, CAP).need(view.final_plan) == 1600 * 2**20
 
 
 def test_when_nothing_is_estimated_to_fit_everything_worth_its_cost_is_tried():

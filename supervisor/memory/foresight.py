@@ -88,8 +88,18 @@ def calibration(view: RunView, capacity: int) -> int:
         if a.failure is not None and a.failure.memory == "device" and a.failure.phase != "eval" and a.failed_batch:
             guess = estimate_for(view, a.plan, a.failed_batch)
             if guess is not None:
-                offset = max(offset, capacity - guess.peak)  # it did not fit, so it needed more than there was
+                offset = max(offset, proven_need(a, capacity) - guess.peak)
     return offset
+
+
+def proven_need(attempt: Any, capacity: int) -> int:
+    """What an attempt that ran out of memory is proven to have needed: more than there was, and at least
+    what it held when the allocation failed plus that allocation."""
+    need = capacity + 1
+    tried = attempt.failure.numbers.get("tried_to_allocate")
+    if attempt.peak is not None and tried is not None:
+        need = max(need, attempt.peak + tried)
+    return need
 
 
 def plan_ahead(ladder: Ladder, plan: Plan, facts: Facts, failure: Failure, uses: Mapping[int, int],

@@ -1,7 +1,8 @@
 """The worker adapter: installed from sitecustomize before the user's program runs.
 
 It patches, when (and only if) the program imports them, one framework at a time: the Hugging Face
-Trainer (trainer.py), model loading (loading.py), and torch itself (torch_hooks.py). Patching
+Trainer (trainer.py), accelerate's own loops (accelerate.py), model loading (loading.py), and torch
+itself (torch_hooks.py). Patching
 happens in a post-import hook, so a program pays only for the frameworks it imports. It also
 records the exception that kills the process and the peak of a process that ends.
 """
@@ -11,11 +12,11 @@ from __future__ import annotations
 import atexit
 import sys
 
-from oomladder.worker import common, files, loading, memcap, torch_hooks, trainer
+from oomladder.worker import accelerate, common, files, loading, memcap, probe, torch_hooks, trainer
 from oomladder.worker.common import safely
 from oomladder.worker.importhook import PostImportFinder
 
-FRAMEWORKS = (trainer, loading, torch_hooks)
+FRAMEWORKS = (trainer, accelerate, loading, torch_hooks)
 
 
 def install() -> None:
@@ -43,7 +44,11 @@ def _chain_excepthook() -> None:
     def excepthook(cls, exc, tb):
         if not isinstance(exc, KeyboardInterrupt) and not common.launcher[0]:
             peak, measure = memcap.peak()
-            safely(files.write_failure, exc, phase=common.phase[0], peak=peak, peak_measure=measure, step=None)
+            safely(files.write_failure, exc, phase=common.phase[0], peak=peak, peak_measure=measure,
+                   step=common.current["step"], max_steps=common.current["max_steps"],
+                   batch_shape=probe.batch_shapes()["current"])
+            for handler in common.on_fatal:
+                safely(handler, exc)
         previous(cls, exc, tb)
 
     sys.excepthook = excepthook

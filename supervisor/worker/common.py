@@ -17,6 +17,15 @@ observed: dict[str, Any] = {"plan": {}, "facts": {}}
 phase = ["train"]
 stop_requested: list[int] = [0]
 launcher = [False]  # this process starts ranks (torchrun, accelerate launch): it is not one of them
+# The framework adapter that owns this run's training loop, once one has taken it (the Trainer builds its own
+# Accelerator: the accelerate adapter then stands aside).
+owner: list[str | None] = [None]
+# Where a framework adapter that sees the steps (accelerate, the public API) says training is, for the
+# failure record written when the program dies outside any adapter's own handler.
+current: dict[str, Any] = {"step": None, "max_steps": None}
+# Called with the exception that is about to end the program, after its failure record is written: how an
+# adapter saves the last finished step when the program's own loop is where the OOM surfaced.
+on_fatal: list[Callable[[BaseException], None]] = []
 
 
 def plan() -> dict[str, Any]:

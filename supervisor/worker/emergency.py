@@ -43,6 +43,11 @@ def snapshot_rng() -> None:
         _rng["cuda"] = torch.cuda.random.get_rng_state_all() if _world() > 1 else torch.cuda.random.get_rng_state()
 
 
+def rng_snapshot() -> dict[str, Any]:
+    """The RNG states the last finished step left (python, cpu, numpy, cuda), as `snapshot_rng` took them."""
+    return dict(_rng)
+
+
 def optimizer_step(inside: bool) -> None:
     _in_optimizer_step[0] = inside
 

@@ -29,9 +29,15 @@ def patch_training_args(module) -> None:
     cls = module.TrainingArguments
     original = cls.__post_init__
 
+    seen = [False]
+
     @functools.wraps(original)
     def __post_init__(self, *args, **kwargs):
-        safely(observe, _program_training_settings(self), {"output_dir": str(self.output_dir or "")})
+        # The first arguments a process builds are the program's own. Later ones are copies of them, already
+        # under the plan (TRL's trainers and `dataclasses.replace` build them again): not the program's.
+        if not seen[0]:
+            seen[0] = True
+            safely(observe, _program_training_settings(self), {"output_dir": str(self.output_dir or "")})
         safely(_apply_to_training_args, self, common.plan())
         return original(self, *args, **kwargs)
 
@@ -92,6 +98,7 @@ def patch_trainer(module) -> None:
     @functools.wraps(original_init)
     def __init__(self, *args, **kwargs):
         memcap.arm()
+        common.owner[0] = common.owner[0] or "transformers.Trainer"
         original_init(self, *args, **kwargs)
         safely(_add_first, self, _progress_callback(module, self))
         common.observed["model"] = safely(probe.model_report, self.model)
