@@ -5,3 +5,4 @@ training process, so nothing here may pull in torch, rich or the runner.
 """
 
 __version__ = "0.1.0"
+

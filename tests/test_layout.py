@@ -32,6 +32,7 @@ MAY_IMPORT = {
     "demo": {"run", "ladder", "views", "process", "record", "ladder", "strategies", "memory", "nodes", "worker"},
     "cli": {"run", "ladder", "views", "process", "record", "strategies", "memory", "nodes", "worker", "demo"},
     "__main__": {"cli"},
+    "api": {"worker"},  # oomladder.api, the public API: the worker's code, under a name for programs
 }
 
 

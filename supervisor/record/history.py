@@ -43,6 +43,7 @@ class AttemptView:
     resume_failed: str | None = None  # why its worker could not use the checkpoint it was given
     ran_again: list[int] = field(default_factory=list)  # steps it ran that an earlier attempt had run
     rolled_back: bool = False         # its rung broke the program: its plan was abandoned (run/decide.py)
+    adapter: bool = False             # oomladder's adapter loaded in one of its worker's processes
 
     @property
     def reports_steps(self) -> bool:
@@ -187,6 +188,8 @@ def fold(records: list[dict[str, Any]]) -> RunView:
                 a.began_at = r["began_at"]
             if r.get("resume_failed"):
                 a.resume_failed = r["resume_failed"]
+            if r.get("adapter"):
+                a.adapter = True
             for key in ("step", "max_steps", "loss", "learning_rate", "phase", "peak_measure"):
                 if r.get(key) is not None:
                     setattr(a, key, r[key])

@@ -41,6 +41,7 @@ from oomladder.worker.files import AttemptFiles
 PEER_GRACE = 10.0
 PEER_LOOK_INTERVAL = 1.0  # seconds between looks at the peers' journals during an attempt
 REDRAW_INTERVAL = 0.5     # the live table redraws twice a second at most
+ADAPTER_GRACE = 10.0      # seconds for a worker's Python to start and load the adapter
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,8 @@ class AttemptWatcher:
                 self.journal.append(schema.INTERRUPT, attempt=number, reason="hang", detail=f"{hung:.0f}s without "
                                     f"progress")
                 return _Poll(handle.stop(signal.SIGTERM, cfg.grace), hung=hung)
+            if self.clock() - started > ADAPTER_GRACE:
+                self._warn_if_no_adapter(number)
             if self.display.live and self.clock() - shown >= REDRAW_INTERVAL:
                 self.display.update(fold(self.journal.records))
                 shown = self.clock()
@@ -141,6 +144,7 @@ class AttemptWatcher:
     def _conclude(self, number: int, spec: LaunchSpec, files: AttemptFiles, poll: _Poll, started: float,
                   exited: float, oom_kills_before: int | None) -> AttemptResult:
         """Classify the end of the attempt and journal it."""
+        self._warn_if_no_adapter(number)
         view = fold(self.journal.records)
         attempt = view.attempts[-1]
         ended: dict[str, Any] = dict(attempt=number, exit_code=poll.returncode, duration=round(exited - started, 3),
@@ -193,6 +197,17 @@ class AttemptWatcher:
         self.journal.extend(schema.PROGRESS, entries)
         if any("began_at" in e or "resume_failed" in e for e in entries):
             self._warn_if_not_resumed(number)
+
+    def _warn_if_no_adapter(self, number: int) -> None:
+        """A worker that no adapter reached (not Python, or an interpreter that cannot load it): said once."""
+        if any(r["type"] == schema.WARNING and r.get("attempt") == number and r.get("about") == "adapter"
+               for r in self.journal.records[-200:]) or fold(self.journal.records).attempts[-1].adapter:
+            return
+        text = (f"attempt {number}: oomladder's adapter did not load in this program (not Python, or an interpreter "
+                f"that cannot import it): its steps are not counted, no step is saved after an OOM, and the plan "
+                f"reaches it only through {{placeholders}} and OOMLADDER_* variables")
+        self.journal.append(schema.WARNING, attempt=number, about="adapter", text=text)
+        self.display.event(text)
 
     def _warn_if_not_resumed(self, number: int) -> None:
         """An attempt told to resume that began elsewhere: never silent, since its steps run again."""

@@ -28,6 +28,8 @@ def install() -> None:
     sys.meta_path.insert(0, PostImportFinder(hooks, safely))
     _chain_excepthook()
     atexit.register(_report_exit)
+    from oomladder import __version__
+    safely(files.append_progress, {"adapter": __version__})  # the supervisor knows the plan can reach this program
 
 
 def _report_exit() -> None:

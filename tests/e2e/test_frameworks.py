@@ -46,21 +46,50 @@ def test_an_accelerate_loop_recovers_with_every_sample_trained_once(tmp_path, en
     assert processes_of(run_dir) == []
 
 
-def test_a_trl_sft_lora_run_with_long_samples_finishes_within_two_failed_attempts(tmp_path, env):
-    """TRL's SFTTrainer in fp32 at batch 16, a quarter of its samples 8 times longer: out of memory in step 1.
-    Its bf16 works on the CPU (oomladder sets use_cpu), and its extra logits-sized tensors are learned from
-    the OOMs' own numbers."""
+@pytest.mark.parametrize("trainer, batch, steps", [("sft", 16, 4), ("dpo", 8, 2)])
+def test_a_trl_lora_run_with_long_samples_finishes_within_two_failed_attempts(tmp_path, env, trainer, batch, steps):
+    """TRL's SFTTrainer (and DPOTrainer, whose pairs double the logits) in fp32, a quarter of the samples 8 times
+    longer: out of memory in step 1. Its bf16 works on the CPU (oomladder sets use_cpu), and its extra
+    logits-sized tensors are learned from the OOMs' own numbers."""
     run_dir = tmp_path / "run"
     result = oomladder("run", "--memory-cap", "1200MiB", "--run-dir", str(run_dir), "--", sys.executable,
                        str(TRL_SFT), "--model-dir", str(tmp_path / "model"), "--output-dir", str(tmp_path / "out"),
-                       "--count-steps", str(tmp_path / "steps"), cwd=tmp_path, env=env)
+                       "--count-steps", str(tmp_path / "steps"), "--batch-size", str(batch), "--max-steps", str(steps),
+                       *(["--dpo"] if trainer == "dpo" else []), cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     view = view_of(run_dir)
-    assert view.program_plan.precision == "fp32" and view.program_plan.per_device_train_batch_size == 16
+    assert view.program_plan.precision == "fp32" and view.program_plan.per_device_train_batch_size == batch
     failed = [a for a in view.attempts if a.failure is not None]
     assert 1 <= len(failed) <= 2 and all(a.failure.is_memory for a in failed)
     assert view.attempts[-1].status == "finished"
-    assert "= effective batch 16" in (run_dir / "attempts" / f"{view.attempts[-1].number:03d}" / "stdout.log").read_text()
-    assert_each_step_ran_once(tmp_path / "steps", 4)
-    assert steps_by_process(tmp_path / "steps")[-1] == [1, 2, 3, 4]
+    assert f"= effective batch {batch}" in (run_dir / "attempts" / f"{view.attempts[-1].number:03d}" / "stdout.log").read_text()
+    assert_each_step_ran_once(tmp_path / "steps", steps)
     assert processes_of(run_dir) == []
+
+
+def test_a_plain_pytorch_loop_using_the_public_api_recovers_with_every_step_once(tmp_path, env):
+    """`oomladder.plan(...)`, `oomladder.session(...)`, `resume()` and `step_done()`: the plan reaches the
+    loop, the last finished step is saved after the OOM, and the next attempt continues after it."""
+    run_dir = tmp_path / "run"
+    result = oomladder("run", "--memory-cap", "600MiB", "--run-dir", str(run_dir), "--", sys.executable,
+                       str(HERE / "programs" / "plain_api.py"), "--count-steps", str(tmp_path / "steps"),
+                       cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    view = view_of(run_dir)
+    first, last = view.attempts
+    assert first.failure.is_memory and first.steps == [1, 2] and view.checkpoints
+    assert (last.plan.per_device_train_batch_size, last.plan.gradient_accumulation_steps) == (8, 2)
+    assert last.resumed and last.steps == [3, 4, 5, 6]
+    assert steps_by_process(tmp_path / "steps") == [[1, 2], [3, 4, 5, 6]]
+    assert samples_per_step(run_dir) == [16] * 6
+    assert processes_of(run_dir) == []
+
+
+def test_a_program_no_adapter_reaches_is_told_so_and_no_step_is_claimed(tmp_path, env):
+    run_dir = tmp_path / "run"
+    result = oomladder("run", "--run-dir", str(run_dir), "--", "sh", "-c", "echo training elsewhere",
+                       cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "oomladder's adapter did not load in this program" in result.stdout
+    view = view_of(run_dir)
+    assert view.step_counts is None and "is not known" in view.ended["reason"]

@@ -1,7 +1,8 @@
-"""A TRL supervised fine-tune in TRL's usual style, with nothing of oomladder in it: `SFTConfig`,
-`SFTTrainer` with a LoRA `peft_config`, a pre-tokenized dataset and a tokenizer built locally (nothing is
-downloaded), on the tiny Llama of supervisor/demo/train_tiny.py. A quarter of its samples are 8 times
-longer than the rest. With --count-steps FILE it writes a line 'PID STEP' per optimizer step it runs."""
+"""A TRL fine-tune in TRL's usual style, with nothing of oomladder in it: `SFTConfig` and `SFTTrainer` (or,
+with --dpo, `DPOConfig` and `DPOTrainer` on prompt/chosen/rejected pairs) with a LoRA `peft_config` and a
+tokenizer built locally (nothing is downloaded), on the tiny Llama of supervisor/demo/train_tiny.py. A
+quarter of its samples are 8 times longer than the rest. With --count-steps FILE it writes a line
+'PID STEP' per optimizer step it runs."""
 
 import argparse
 import os
@@ -12,7 +13,8 @@ from peft import LoraConfig
 from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, TrainerCallback
-from trl import SFTConfig, SFTTrainer
+from tokenizers.pre_tokenizers import Whitespace
+from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
 from oomladder.demo.train_tiny import build_model
 
@@ -35,26 +37,36 @@ def main():
     p.add_argument("--max-steps", type=int, default=4)
     p.add_argument("--short-len", type=int, default=32)
     p.add_argument("--count-steps")
+    p.add_argument("--dpo", action="store_true", help="preference pairs through DPOTrainer instead")
     a = p.parse_args()
     a.vocab, a.hidden, a.intermediate, a.layers, a.heads = 32000, 256, 688, 4, 4
     build_model(a)
     vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{f"w{i}": i for i in range(3, a.vocab)}}
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(WordLevel(vocab, unk_token="<unk>")),
-                                        pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    words = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    words.pre_tokenizer = Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
     n = a.batch_size * a.max_steps
     lengths = [a.short_len * (8 if i % 4 == 3 else 1) for i in range(n)]  # a quarter of them 8x longer
     rows = [torch.randint(3, a.vocab, (length,), generator=torch.Generator().manual_seed(i)).tolist()
             for i, length in enumerate(lengths)]
-    dataset = Dataset.from_dict({"input_ids": rows})
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(a.model_dir, dtype=torch.float32)
-    args = SFTConfig(output_dir=a.output_dir, per_device_train_batch_size=a.batch_size, max_steps=a.max_steps,
-                     learning_rate=1e-3, logging_steps=1, save_strategy="no", report_to="none", bf16=False,
-                     gradient_checkpointing=False, seed=0, max_length=None, dataloader_num_workers=0)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                         peft_config=LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],
-                                                task_type="CAUSAL_LM"),
-                         callbacks=[CountSteps(a.count_steps)] if a.count_steps else None)
+    lora = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    callbacks = [CountSteps(a.count_steps)] if a.count_steps else None
+    common = dict(output_dir=a.output_dir, per_device_train_batch_size=a.batch_size, max_steps=a.max_steps,
+                  learning_rate=1e-3, logging_steps=1, save_strategy="no", report_to="none", bf16=False,
+                  gradient_checkpointing=False, seed=0, max_length=None, dataloader_num_workers=0)
+    if a.dpo:
+        text = [" ".join(f"w{t}" for t in row) for row in rows]
+        half = [len(t.split()) // 2 for t in text]
+        pairs = Dataset.from_dict({"prompt": [" ".join(t.split()[:h]) for t, h in zip(text, half)],
+                                   "chosen": [" ".join(t.split()[h:]) for t, h in zip(text, half)],
+                                   "rejected": [" ".join(reversed(t.split()[h:])) for t, h in zip(text, half)]})
+        trainer = DPOTrainer(model=model, args=DPOConfig(**common), train_dataset=pairs, processing_class=tokenizer,
+                             peft_config=lora, callbacks=callbacks)
+    else:
+        trainer = SFTTrainer(model=model, args=SFTConfig(**common), train_dataset=Dataset.from_dict({"input_ids": rows}),
+                             processing_class=tokenizer, peft_config=lora, callbacks=callbacks)
     trainer.train()
     batch = trainer._train_batch_size
     print(f"finished {trainer.state.global_step} steps; batch {batch} x accumulation "

@@ -1,0 +1,7 @@
+"""oomladder's public API for plain PyTorch programs: `from oomladder import api`, then `api.plan(...)`,
+`api.session(...)`, `session.resume()` and `session.step_done(step)` (README, "Plain PyTorch"). The code
+runs inside the training process: it lives with the worker adapter (worker/api.py)."""
+
+from oomladder.worker.api import Plan, Session, plan, session
+
+__all__ = ["Plan", "Session", "plan", "session"]
