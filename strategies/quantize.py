@@ -16,15 +16,17 @@ _BNB_DEVICES = ("cuda", "cpu", "xpu", "hip")
 class _Quantize(Strategy):
     level: str
     why: str
+    phases = frozenset({"train", "load"})
 
     def apply(self, plan: Plan, facts: Facts, failure) -> Outcome:
         if plan.quantization is None:
             return Skipped("the model was not loaded with from_pretrained, where quantization is applied")
         if plan.quantization in ("int8", "nf4") and _rank(plan.quantization) >= _rank(self.level):
             return Skipped(f"base weights are already loaded in {plan.quantization}")
-        if facts.base_frozen is None:
+        frozen = facts.base_frozen if facts.base_frozen is not None else facts.adapters_expected
+        if frozen is None:
             return Skipped("not known yet whether the base weights are frozen (the program had not built its Trainer)")
-        if not facts.base_frozen:
+        if not frozen:
             return Skipped("the base weights train: quantized weights cannot, so this rung only applies to "
                            "adapter training such as LoRA")
         if facts.device not in _BNB_DEVICES:

@@ -28,6 +28,8 @@ class Kind(str, enum.Enum):
     HIP_OOM = "hip_oom"
     XPU_OOM = "xpu_oom"
     CPU_OOM = "cpu_oom"                    # PyTorch's CPU allocator (the emulated device under --memory-cap)
+    MMAP_FAILED = "mmap_failed"            # a checkpoint file that could not be mapped while the model loads
+    OFFLOADED = "offloaded"                # from_pretrained put weights on the CPU or disk (with --no-offload)
     ONEDNN_PRIMITIVE = "onednn_primitive"  # oneDNN fails to build a kernel when the cap leaves no room
     PYTHON_MEMORY_ERROR = "python_memory_error"
     DATALOADER_KILLED = "dataloader_killed"
@@ -91,11 +93,20 @@ _SIGNATURES: list[tuple[Kind, re.Pattern[str], str | None]] = [
     (Kind.CUBLAS_ALLOC, re.compile(r"CUBLAS_STATUS_ALLOC_FAILED"), "device"),
     (Kind.CUDNN_ALLOC, re.compile(r"CUDNN_STATUS_ALLOC_FAILED"), "device"),
     (Kind.CPU_OOM, re.compile(r"DefaultCPUAllocator: (?:can't|not enough memory)"), "cpu"),
+    # torch mapping a checkpoint file; safetensors' own mapping fails as a MemoryError (below)
+    (Kind.MMAP_FAILED, re.compile(r"unable to mmap \d+ bytes from file .*Cannot allocate memory"), "cpu"),
+    # oomladder's own (--no-offload), and Transformers refusing to quantize a model that does not fit the device
+    (Kind.OFFLOADED, re.compile(r"oomladder: --no-offload: |Some modules are dispatched on the CPU or the disk\. "
+                                r"Make sure you have enough GPU RAM to fit the quantized model"), "device"),
     (Kind.ONEDNN_PRIMITIVE, re.compile(r"could not create a primitive"), "cpu-capped"),
     (Kind.PYTHON_MEMORY_ERROR, re.compile(r"^(?:\w+\.)*(?!OutOfMemoryError)\w*MemoryError\b|std::bad_alloc", re.M), "cpu"),
     (Kind.DATALOADER_KILLED, re.compile(r"DataLoader worker \(pid\(?s?\)? [\d, ]+\) (?:is killed by signal|exited unexpectedly)"),
      "host"),
 ]
+
+# Exceptions that only say "see above": the cause is in the log before them (Transformers 5 logs each weight
+# conversion that failed, with its exception, in a loading report, then raises this).
+_SEE_ABOVE = re.compile(r"We encountered some issues during automatic conversion of the weights")
 
 # Failures of the infrastructure rather than of the program or its memory: the same plan, later, may pass.
 _TRANSIENT = re.compile(
@@ -118,6 +129,7 @@ _SUMMARIES = {
     Kind.CUBLAS_ALLOC: "cuBLAS could not allocate its workspace", Kind.CUDNN_ALLOC: "cuDNN could not allocate",
     Kind.NCCL_OOM: "NCCL out of memory", Kind.MPS_OOM: "MPS out of memory", Kind.HIP_OOM: "HIP (ROCm) out of memory",
     Kind.XPU_OOM: "XPU out of memory", Kind.CPU_OOM: "CPU allocator out of memory",
+    Kind.MMAP_FAILED: "the checkpoint file could not be mapped", Kind.OFFLOADED: "weights were offloaded off the device",
     Kind.ONEDNN_PRIMITIVE: "oneDNN could not create a kernel (no memory left under the cap)",
     Kind.PYTHON_MEMORY_ERROR: "MemoryError", Kind.DATALOADER_KILLED: "a DataLoader worker was killed",
 }
@@ -141,6 +153,9 @@ def _classify(evidence: Evidence) -> Failure:
     else:
         text = evidence.stderr_tail
     found = _match(text, evidence.capped)
+    if not found and record.get("exc_type") and _SEE_ABOVE.search(text):
+        text = evidence.stderr_tail  # the report the exception points at
+        found = _match(text, evidence.capped)
     if found:
         kind, memory = found
         return Failure(kind, memory, _summary(kind, text), phase, step, parse_numbers(text))

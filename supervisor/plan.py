@@ -75,6 +75,8 @@ class Facts(_JournalValue):
     trainable_fraction: float | None = None
     output_dir: str | None = None        # where the program's own checkpoints go
     device_memory: int | None = None     # bytes of the device the worker trains on (CUDA), what a plan must fit in
+    adapters_expected: bool | None = None  # peft was imported when the model loaded: its base will likely be frozen
+    offloaded: str | None = None         # what device_map="auto" put on the CPU or disk, said in a person's words
 
 
 

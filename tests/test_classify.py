@@ -336,3 +336,40 @@ def test_the_numbers_are_read_from_the_last_message_not_an_earlier_one():
 
 def test_no_numbers_is_not_fragmentation():
     assert not is_fragmented(Failure(Kind.CUDA_OOM, "device", "CUDA out of memory"))
+
+
+# --- while the model loads ---------------------------------------------------------------------------------
+
+# Captured by this project on the CPU: torch 2.13.0+cpu, transformers 5.24.0, safetensors under a --memory-cap
+# too small for the checkpoint's file to be mapped (tests/fixtures/oom_messages.md, "load_phase").
+MMAP = ("RuntimeError: unable to mmap 336636200 bytes from file <m170/model.safetensors>: Cannot allocate memory (12)")
+SAFETENSORS_MMAP = "MemoryError: Cannot allocate memory (os error 12)"
+# Transformers 5's own words (transformers/utils/loading_report.py, `log_state_dict_report`), after a loading
+# report whose CONVERSION entries hold each conversion's exception: a source format, with a real allocator
+# error in the report above it.
+CONVERSION_WRAPPER = ("RuntimeError: We encountered some issues during automatic conversion of the weights. For "
+                      "details look at the `CONVERSION` entries of the above report!")
+
+
+def test_a_checkpoint_file_that_cannot_be_mapped_is_memory_while_loading():
+    failure = classify(Evidence(1, record={"exc_type": "RuntimeError", "message": MMAP.split(": ", 1)[1],
+                                           "phase": "load"}, capped=True))
+    assert (failure.kind, failure.memory, failure.phase) == (Kind.MMAP_FAILED, "device", "load")
+    assert failure.summary == "the checkpoint file could not be mapped"
+    assert classify(Evidence(1, stderr_tail=MMAP)).memory == "host"  # without a cap, the host's memory
+
+
+def test_safetensors_own_mapping_failure_is_memory_too():
+    failure = classify(Evidence(1, stderr_tail=SAFETENSORS_MMAP, capped=True))
+    assert (failure.kind, failure.memory) == (Kind.PYTHON_MEMORY_ERROR, "device")
+
+
+def test_a_conversion_error_of_transformers_is_read_through_to_the_report_above_it():
+    report = ("LlamaForCausalLM LOAD REPORT from: m\n...CONVERSION\t" + CPU_ALLOC + "\nError: Bnb8bitQuantize on "
+              "tensors destined for model.layers.3.mlp.up_proj.weight. Ckpt contains: 1\n")
+    record = {"exc_type": "RuntimeError", "message": CONVERSION_WRAPPER.split(": ", 1)[1], "phase": "load"}
+    failure = classify(Evidence(1, record=record, stderr_tail=report + CONVERSION_WRAPPER, capped=True))
+    assert (failure.kind, failure.memory, failure.phase) == (Kind.CPU_OOM, "device", "load")
+    assert failure.numbers["tried_to_allocate"] == 132426121216
+    plain = classify(Evidence(1, record=record, stderr_tail="LOAD REPORT\nCONVERSION\tdtype mismatch\n"))
+    assert plain.kind is Kind.ERROR  # a conversion that failed for another reason is not memory

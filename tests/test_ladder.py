@@ -26,7 +26,7 @@ def walk(ladder, plan=PROGRAM, facts=LORA_ON_CPU, failure=OOM):
 def test_the_default_ladder_walks_the_cards_order():
     taken, end = walk(load_ladder(None))
     assert taken == ["bf16", "int8", "halve_batch", "gradient_checkpointing",
-                     "halve_batch", "halve_batch", "halve_batch"]
+                     "halve_batch", "halve_batch", "halve_batch", "nf4"]
     assert end.reason == "no rung of the ladder is left that saves device memory"
 
 

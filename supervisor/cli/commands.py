@@ -63,7 +63,8 @@ def make_run_config(args: argparse.Namespace):
                      max_wall_time=parse_duration(args.max_wall_time) if args.max_wall_time else None,
                      hang_timeout=parse_duration(args.hang_timeout) if args.hang_timeout else None,
                      nnodes=nodes.nnodes, node_rank=nodes.node_rank,
-                     node_timeout=parse_duration(args.node_timeout) if args.node_timeout else 600.0)
+                     node_timeout=parse_duration(args.node_timeout) if args.node_timeout else 600.0,
+                     no_offload=args.no_offload)
 
 
 def initial_plan(items: list[str]):
@@ -135,7 +136,7 @@ def resume_config(run_dir: Path, node_rank: int | None = None):
                      max_wall_time=started.get("max_wall_time"), hang_timeout=started.get("hang_timeout"),
                      initial=Plan.from_dict(started.get("initial")), cwd=started.get("cwd") or str(Path.cwd()),
                      nnodes=started.get("nnodes", 1), node_rank=started.get("node_rank", 0),
-                     node_timeout=started.get("node_timeout", 600.0))
+                     node_timeout=started.get("node_timeout", 600.0), no_offload=bool(started.get("no_offload")))
 
 
 def report(args: argparse.Namespace) -> int:

@@ -94,6 +94,8 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="settings", action="append", default=[], metavar="SETTING=VALUE",
                    help="a starting value for a plan setting, e.g. per_device_train_batch_size=16 (repeatable); "
                         "needed for {placeholders} in a command that is not a Hugging Face Trainer program")
+    p.add_argument("--no-offload", action="store_true", help="weights that from_pretrained's device_map puts on "
+                   "the CPU or disk count as out of memory: the ladder quantizes until the model fits the device")
     nodes = p.add_argument_group("several nodes", "one oomladder per node, every one with the same shared --run-dir; "
                                  "the defaults come from srun (one task per node) or torchrun's PET_NNODES and "
                                  "PET_NODE_RANK")

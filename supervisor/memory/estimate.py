@@ -106,6 +106,22 @@ def estimate(shape: ModelShape, plan: Plan, work: Workload, device: str = "cuda"
     return Estimate(parts, int(peak))
 
 
+def load_estimate(shape: ModelShape, plan: Plan, device: str, file_bytes: int | None = None) -> Estimate:
+    """The peak of `from_pretrained` alone, before any step: what a load that runs out of memory is about.
+
+    On CUDA, Transformers reserves the whole model in its loaded format before copying a weight (its
+    caching-allocator warm-up, seen on an H200), so quantization lowers the load. On the CPU the model is
+    materialized in its load dtype, quantized or not, while the checkpoint's files are mapped: both count
+    against a --memory-cap, and quantizing does not lower the load there.
+    """
+    if device == "cpu":
+        weights = shape.params * DTYPE_BYTES.get(_load_dtype(plan, shape), 4)
+        mapped = file_bytes if file_bytes is not None else shape.params * DTYPE_BYTES.get(shape.dtype, 4)
+        return Estimate({"weights": weights, "file mapping": mapped}, weights + mapped)
+    weights = estimate(shape, plan, Workload(1, 1, True, 0, loads_from_file=False), device).parts["weights"]
+    return Estimate({"weights": weights}, weights)
+
+
 def usable(device_total: int, device: str, capped: bool) -> int:
     """What a plan may allocate on a device of `device_total` bytes (a --memory-cap, or the card's size)."""
     context = CUDA_CONTEXT if device == "cuda" and not capped else 0  # a memory fraction excludes the context

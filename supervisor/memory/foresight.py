@@ -16,15 +16,17 @@ that calibrate it are often the short first ones. Pure: the view in, a `Decision
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from oomladder.classify import Failure, is_fragmented
+from oomladder.classify import Failure, Kind, is_fragmented
+from oomladder.errors import UsageError
 from oomladder.ladder import Decision, Ladder, PassOver, climb, next_plan
-from oomladder.memory.estimate import Estimate, Workload, estimate, usable
-from oomladder.memory.shape import ModelShape
+from oomladder.memory.estimate import Estimate, Workload, estimate, load_estimate, usable
+from oomladder.memory.shape import ModelShape, from_config
 from oomladder.plan import Facts, Plan
 from oomladder.record.history import RunView
 from oomladder.units import format_size
@@ -60,9 +62,27 @@ def estimate_for(view: RunView, plan: Plan, batch: Any) -> Estimate | None:
     return estimate(shape, plan, work.under(plan), view.facts.device or "cpu")
 
 
-def fit_for(view: RunView, memory_cap: int | None) -> Fit | None:
+@dataclass(frozen=True)
+class LoadFit:
+    """What loading a plan's model needs, from the load request's config, against what the device offers."""
+
+    shape: ModelShape
+    device: str
+    file_bytes: int | None
+    capacity: int
+    offset: int = 0
+    batch: tuple[int, ...] = ()
+
+    def need(self, plan: Plan) -> int:
+        return load_estimate(self.shape, plan, self.device, self.file_bytes).peak + self.offset
+
+
+def fit_for(view: RunView, memory_cap: int | None) -> Fit | LoadFit | None:
     """The yardstick for the last attempt's failure, or None when there is nothing to measure against."""
     last = view.attempts[-1] if view.attempts else None
+    if last is not None and last.failure is not None and last.failure.phase == "load":
+        # Offloading is device_map's accounting, not the allocator's: no estimate of it, one rung at a time.
+        return load_fit(view, memory_cap) if last.failure.kind is not Kind.OFFLOADED else None
     batch = last.failed_batch or last.step_batch if last else None
     device = view.facts.device or "cpu"
     if memory_cap:
@@ -74,6 +94,64 @@ def fit_for(view: RunView, memory_cap: int | None) -> Fit | None:
     if batch is None or estimate_for(view, view.final_plan, batch) is None:
         return None
     return Fit(view, (int(batch[0]), int(batch[1])), capacity, calibration(view, capacity))
+
+
+def load_fit(view: RunView, memory_cap: int | None) -> LoadFit | None:
+    """After an OOM while the model loaded: the weights alone, from the checkpoint's config, since no step ran."""
+    request = view.load or {}
+    try:
+        shape = from_config(request["config"])
+    except (KeyError, UsageError):
+        return None
+    device = view.facts.device or "cpu"
+    capacity = _capacity(view, memory_cap, device)
+    if capacity is None:
+        return None
+    fit = LoadFit(shape, device, request.get("files_bytes"), capacity)
+    offset = 0
+    for a in view.attempts:
+        if a.failure is not None and a.failure.is_memory and a.failure.phase == "load":
+            offset = max(offset, proven_need(a, capacity) - fit.need(a.plan))
+    return dataclasses.replace(fit, offset=offset)
+
+
+def load_wall(view: RunView, memory_cap: int | None) -> str | None:
+    """Under the CPU emulation, a checkpoint whose files are mapped while the model fills may not load in any
+    plan, though its quantized form would fit a real device of that size: what to say when that is so."""
+    last = view.attempts[-1].failure if view.attempts else None
+    fit = load_fit(view, memory_cap)
+    if fit is None or fit.device != "cpu" or not memory_cap or (last is not None and last.kind is Kind.OFFLOADED):
+        return None
+    least = min(fit.need(fit_plan) for fit_plan in (Plan(load_dtype="bfloat16"), Plan(load_dtype="float16")))
+    if least <= fit.capacity:
+        return None
+    mapped = fit.file_bytes or 0
+    return (f"under the CPU emulation the checkpoint's files ({format_size(mapped)}) are mapped while the model's "
+            f"weights fill, so loading needs at least {format_size(least)}, more than the {format_size(fit.capacity)} "
+            f"usable under --memory-cap {format_size(memory_cap)}; quantizing does not lower that on the CPU. A "
+            f"real device of this size could load it in 8-bit or 4-bit: try it there, or give a larger --memory-cap")
+
+
+def load_warning(view: RunView, memory_cap: int | None, plan: Plan) -> str | None:
+    """Before an attempt: the load of `plan` will not fit the CPU emulation only because the checkpoint's files
+    are mapped while the weights fill (a real device of this size would not map them)."""
+    fit = load_fit(view, memory_cap)
+    if fit is None or fit.device != "cpu" or not memory_cap:
+        return None
+    estimate = load_estimate(fit.shape, plan, fit.device, fit.file_bytes)
+    if estimate.peak <= fit.capacity or estimate.parts["weights"] > fit.capacity:
+        return None
+    return (f"under the CPU emulation this checkpoint's files ({format_size(estimate.parts['file mapping'])}) are "
+            f"mapped while its weights ({format_size(estimate.parts['weights'])}) fill: {format_size(estimate.peak)} "
+            f"to load, more than the {format_size(fit.capacity)} usable; a real device of this size would not map them")
+
+
+def _capacity(view: RunView, memory_cap: int | None, device: str) -> int | None:
+    if memory_cap:
+        return usable(memory_cap, device, capped=True)
+    if device == "cuda" and view.facts.device_memory:
+        return usable(view.facts.device_memory, device, capped=False)
+    return None
 
 
 def calibration(view: RunView, capacity: int) -> int:

@@ -43,8 +43,10 @@ def substitute(command: Sequence[str], plan: Plan) -> list[str]:
 
 def worker_env(base: Mapping[str, str], attempt_dir: Path, overrides: Plan, plan: Plan,
                memory_cap: int | None, resume_from: str | None = None,
-               evaluate_at: int | None = None, run_dir: Path | None = None) -> dict[str, str]:
+               evaluate_at: int | None = None, run_dir: Path | None = None, no_offload: bool = False) -> dict[str, str]:
     env = {k: v for k, v in base.items() if not k.startswith("OOMLADDER_")}
+    if no_offload:
+        env["OOMLADDER_NO_OFFLOAD"] = "1"
     if resume_from:
         env["OOMLADDER_RESUME_FROM"] = resume_from
     if evaluate_at is not None:

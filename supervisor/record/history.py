@@ -97,6 +97,8 @@ class RunView:
     facts: Facts
     ended: dict[str, Any] | None
     model: dict[str, Any] | None = None   # the worker's model shape and what trains (worker/probe.py)
+    load: dict[str, Any] | None = None    # the last checkpoint load a worker asked for (worker/loading.py)
+    warnings: list[dict[str, Any]] = field(default_factory=list)  # what a person should know, as journaled
 
     @property
     def rolled_back(self) -> set[int]:
@@ -160,7 +162,8 @@ def fold(records: list[dict[str, Any]]) -> RunView:
     checkpoints: list[dict[str, Any]] = []
     observed = Plan()
     facts: dict[str, Any] = {}
-    model = None
+    model = load = None
+    warnings: list[dict[str, Any]] = []
     ended = None
     for r in records:
         kind = r.get("type")
@@ -178,6 +181,7 @@ def fold(records: list[dict[str, Any]]) -> RunView:
             observed = observed.merged(Plan.from_dict(r.get("plan")))
             facts.update({k: v for k, v in (r.get("facts") or {}).items() if v is not None})
             model = model or r.get("model")  # the first report: later ones see the model as the plan loaded it
+            load = r.get("load") or load
             for a in attempts.values():
                 a.plan = observed.merged(a.overrides)
         elif kind == schema.PROGRESS and r.get("attempt") in attempts:
@@ -211,6 +215,8 @@ def fold(records: list[dict[str, Any]]) -> RunView:
             decisions.append(r)
         elif kind == schema.CHECKPOINT:
             checkpoints.append(r)
+        elif kind == schema.WARNING:
+            warnings.append(r)
         elif kind == schema.RUN_ENDED:
             ended = r
     ordered = [attempts[n] for n in sorted(attempts)]
@@ -220,4 +226,4 @@ def fold(records: list[dict[str, Any]]) -> RunView:
         a.rolled_back = a.number in rolled_back
         a.ran_again = sorted(seen.intersection(a.steps))
         seen.update(a.steps)
-    return RunView(run, ordered, decisions, checkpoints, observed, Facts.from_dict(facts), ended, model)
+    return RunView(run, ordered, decisions, checkpoints, observed, Facts.from_dict(facts), ended, model, load, warnings)

@@ -17,7 +17,7 @@ from typing import Any
 
 from oomladder.classify import Kind
 from oomladder.ladder import Ladder
-from oomladder.memory.foresight import fit_for, plan_ahead
+from oomladder.memory.foresight import fit_for, load_wall, plan_ahead
 from oomladder.plan import Plan
 from oomladder.record.history import RunView
 from oomladder.run.budget import Budget, BudgetState
@@ -79,6 +79,9 @@ def _climb(view: RunView, ladder: Ladder, memory_cap: int | None, several_nodes:
     """The ladder's next plan after the last attempt's out-of-memory error, leaving out the rungs that
     broke this program."""
     last = view.attempts[-1]
+    if last.failure.phase == "load" and (wall := load_wall(view, memory_cap)) is not None:
+        return End(RunStatus.LADDER_EXHAUSTED.value, EXIT_LADDER_EXHAUSTED,
+                   f"attempt {number} ran out of memory while the model loaded, and {wall}.", None, rollback)
     # Each node calibrates the estimate from its own ranks' peaks, and every node must take the same
     # decision: on several nodes the ladder walks one rung per attempt.
     fit = None if several_nodes else fit_for(view, memory_cap)

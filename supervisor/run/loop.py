@@ -22,6 +22,7 @@ from oomladder import __version__
 from oomladder.classify import Failure, Kind
 from oomladder.errors import RunDirError
 from oomladder.ladder import Decision
+from oomladder.memory.foresight import load_warning
 from oomladder.nodes import agreement
 from oomladder.nodes.topology import Topology, attempt_dir, journal_path
 from oomladder.nodes.world import World
@@ -145,6 +146,9 @@ class Runner:
         resume = latest(view.checkpoints, output_dir, since=first_start)
         self.journal.append(schema.ATTEMPT_STARTED, attempt=number, rung=nxt.rung, reason=nxt.reason,
                             plan=nxt.overrides.to_dict(), command=argv, attempt_dir=str(folder), resume_from=resume)
+        if (warning := load_warning(view, cfg.memory_cap, plan)) is not None:
+            self.journal.append(schema.WARNING, attempt=number, about="mapping", text=warning)
+            self.display.event(f"attempt {number}: {warning}")
         return Launch(number, folder, argv, nxt.overrides, plan, resume, evaluation_owed(view, resume))
 
     def _act(self, result: AttemptResult, verdict: Next) -> int | NextAttempt:
@@ -206,7 +210,7 @@ class Runner:
         self.journal.append(schema.RUN_STARTED, command=list(cfg.command), ladder=cfg.ladder.to_dict(),
                             memory_cap=cfg.memory_cap, max_attempts=cfg.max_attempts, cwd=cfg.cwd,
                             max_wall_time=cfg.max_wall_time, hang_timeout=cfg.hang_timeout,
-                            version=__version__, initial=cfg.initial.set_fields(),
+                            version=__version__, initial=cfg.initial.set_fields(), no_offload=cfg.no_offload,
                             **({"nnodes": cfg.nnodes, "node_rank": cfg.node_rank, "node_timeout": cfg.node_timeout}
                                if self.topology.multi else {}))
         if self.world is not None:

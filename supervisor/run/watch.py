@@ -73,13 +73,16 @@ class AttemptWatcher:
         self.config, self.journal, self.launcher = config, journal, launcher
         self.clock, self.sleep, self.display, self.environ, self.world = clock, sleep, display, environ, world
         self.signalled, self.wall_time_spent = signalled, wall_time_spent
+        self._adapters: set[int] = set()             # attempts a worker's adapter reported from
+        self._told: set[tuple[int, str]] = set()     # (attempt, about) warnings already journaled
 
     # --- one attempt ----------------------------------------------------------------------------------
 
     def watch(self, launch: Launch) -> AttemptResult:
         cfg = self.config
         env = worker_env(self.environ, launch.attempt_dir, launch.overrides, launch.plan, cfg.memory_cap,
-                         launch.resume["path"] if launch.resume else None, launch.evaluate_at, run_dir=cfg.run_dir)
+                         launch.resume["path"] if launch.resume else None, launch.evaluate_at, run_dir=cfg.run_dir,
+                         no_offload=cfg.no_offload)
         spec = LaunchSpec(tuple(launch.argv), env, cfg.cwd, launch.attempt_dir / "stdout.log",
                           launch.attempt_dir / "stderr.log")
         oom_kills_before, gpu_before = cgroup.oom_kill_count(), gpu.gpu_pids()
@@ -187,38 +190,45 @@ class AttemptWatcher:
     def take_in(self, number: int, files: AttemptFiles) -> None:
         """Copy what the workers reported since the last look into the journal."""
         for rank, data in files.new_observations():
+            if (data.get("facts") or {}).get("offloaded"):
+                self._warn_once(number, "offload", f"attempt {number}: device_map put weights off the device "
+                                f"({data['facts']['offloaded']}): training runs many times slower; give --no-offload "
+                                f"to treat that as out of memory, so the ladder quantizes until the model fits")
             self.journal.append(schema.OBSERVED, attempt=number, rank=rank, plan=data.get("plan", {}),
                                 facts=data.get("facts", {}), memory_cap=data.get("memory_cap", {}),
-                                model=data.get("model"))
+                                model=data.get("model"), **({"load": data["load"]} if data.get("load") else {}))
         entries = []
         for rank, entry in files.new_progress():
             entry.pop("ts", None)
             entries.append({"attempt": number, "rank": rank, **entry})
+            if entry.get("adapter"):
+                self._adapters.add(number)
         self.journal.extend(schema.PROGRESS, entries)
         if any("began_at" in e or "resume_failed" in e for e in entries):
             self._warn_if_not_resumed(number)
 
+    def _warn_once(self, number: int, about: str, text: str) -> None:
+        if (number, about) in self._told:
+            return
+        self._told.add((number, about))
+        self.journal.append(schema.WARNING, attempt=number, about=about, text=text)
+        self.display.event(text)
+
     def _warn_if_no_adapter(self, number: int) -> None:
         """A worker that no adapter reached (not Python, or an interpreter that cannot load it): said once."""
-        if any(r["type"] == schema.WARNING and r.get("attempt") == number and r.get("about") == "adapter"
-               for r in self.journal.records[-200:]) or fold(self.journal.records).attempts[-1].adapter:
+        if number in self._adapters:
             return
-        text = (f"attempt {number}: oomladder's adapter did not load in this program (not Python, or an interpreter "
-                f"that cannot import it): its steps are not counted, no step is saved after an OOM, and the plan "
-                f"reaches it only through {{placeholders}} and OOMLADDER_* variables")
-        self.journal.append(schema.WARNING, attempt=number, about="adapter", text=text)
-        self.display.event(text)
+        self._warn_once(number, "adapter", f"attempt {number}: oomladder's adapter did not load in this program "
+                        f"(not Python, or an interpreter that cannot import it): its steps are not counted, no step "
+                        f"is saved after an OOM, and the plan reaches it only through {{placeholders}} and "
+                        f"OOMLADDER_* variables")
 
     def _warn_if_not_resumed(self, number: int) -> None:
         """An attempt told to resume that began elsewhere: never silent, since its steps run again."""
         attempt = next(a for a in fold(self.journal.records).attempts if a.number == number)
-        missed = attempt.resume_missed
-        told = any(r["type"] == schema.WARNING and r.get("attempt") == number and r.get("about") == "resume"
-                   for r in self.journal.records)
-        if missed and not told:
-            text = f"attempt {number} did not resume: {missed}; the steps before it run again"
-            self.journal.append(schema.WARNING, attempt=number, about="resume", text=text)
-            self.display.event(text)
+        if attempt.resume_missed:
+            self._warn_once(number, "resume", f"attempt {number} did not resume: {attempt.resume_missed}; the steps "
+                            f"before it run again")
 
     def journal_checkpoint(self, number: int, files: AttemptFiles) -> dict[str, Any] | None:
         """The emergency checkpoint the attempt saved, journaled as whole; the one it supersedes is deleted."""

@@ -61,6 +61,8 @@ def build_report(view: RunView) -> dict[str, Any]:
         "effective_batch": {"before": before.effective_batch, "after": after.effective_batch},
         "steps": {"reported": view.step_counts is not None, "repeated": view.repeated_steps,
                   "missing": view.missing_steps},
+        "warnings": [{"attempt": w.get("attempt"), "about": w.get("about"), "text": w.get("text")}
+                     for w in view.warnings],
         "attempts": attempts,
         "before_after": [{"setting": name, "before": old, "after": new} for name, old, new in changes(before, after)],
         "final_plan": after.to_dict(),
@@ -128,6 +130,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     for a in report["attempts"]:
         out.append(f"| {a['number']} | {_md(a['rung'])} | {_md(a['changes'])} | {_md(a['status_text'])} | "
                    f"{_md(a['steps_text'])} | {format_size(a['peak'])} | {format_duration(a['duration'])} |")
+    if report.get("warnings"):
+        out += ["", "## Warnings", ""] + [f"- {_md(w['text'])}" for w in report["warnings"]]
     out += ["", "### Why each rung was taken", ""]
     for a in report["attempts"]:
         line = f"- **{a['number']}. {_md(a['rung'])}**: {_md(a['reason'] or 'the program as it was given')}"

@@ -48,7 +48,9 @@ def status_text(attempt: AttemptView) -> str:
         return f"finished{f' at step {attempt.step}{total}' if attempt.step is not None else ''}"
     failure = attempt.failure
     where = ""
-    if failure is not None and failure.step is not None:
+    if failure is not None and failure.phase == "load":
+        where = " while the model loaded"
+    elif failure is not None and failure.step is not None:
         where = f" in step {failure.step + 1}{total}" if failure.phase != "eval" else f" in evaluation after step {failure.step}"
     elif attempt.step is not None:
         where = f" after step {attempt.step}{total}"
@@ -65,6 +67,8 @@ def status_text(attempt: AttemptView) -> str:
 def steps_text(attempt: AttemptView) -> str:
     """`3–6 (resumed)`: the optimizer steps the attempt's workers reported running. Each step should
     appear in exactly one row; a step that ran before shows as run again."""
+    if attempt.failure is not None and attempt.failure.phase == "load" and not attempt.steps:
+        return "none"  # it never began training
     if not attempt.reports_steps and attempt.step is None:
         return "not reported"
     steps = attempt.steps_run

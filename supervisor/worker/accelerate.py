@@ -65,7 +65,14 @@ def patch_accelerator(module) -> None:
         if self is not _run["accelerator"]:
             return original_prepare(self, *objects, **kwargs)
         objects = tuple(safely(_before_prepare, self, obj) or obj for obj in objects)
-        prepared = original_prepare(self, *objects, **kwargs)
+        previous, common.phase[0] = common.phase[0], "load"  # the model moves to the device here
+        try:
+            prepared = original_prepare(self, *objects, **kwargs)
+        except BaseException as exc:
+            safely(common.record_failure, exc, "load")
+            raise
+        finally:
+            common.phase[0] = previous
         for given, obj in zip(objects, prepared if isinstance(prepared, tuple) else (prepared,)):
             if given is _run["loader"] and _run["prepared"] is None:
                 safely(_watch_loader, obj)

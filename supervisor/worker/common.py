@@ -75,3 +75,10 @@ def stop_at_step_end_on(*signals: int) -> None:
             signal.signal(sig, previous if callable(previous) else signal.SIG_DFL)
 
         signal.signal(signum, handler)
+
+
+def record_failure(exc: BaseException, phase: str, **context: Any) -> None:
+    """The failure record, written where the exception passes (the first record of a process wins): the
+    phase it was raised in is known here, not later in the excepthook."""
+    peak, measure = memcap.peak()
+    files.write_failure(exc, phase=phase, peak=peak, peak_measure=measure, **{"step": None, **context})

@@ -1,9 +1,20 @@
 """`from_pretrained`, for every framework: observe the dtype and quantization the program asks for,
-and load the base weights as the plan says (dtype, bitsandbytes 8-bit or 4-bit)."""
+and load the base weights as the plan says (dtype, bitsandbytes 8-bit or 4-bit).
+
+The load request (the checkpoint's folder, its config's dimensions, its files' size, dtype, quantization,
+device_map) is told to the supervisor before the real `from_pretrained` runs, and the phase is "load"
+while it does: a load that runs out of memory can still be answered by the rungs that change the load.
+A model `device_map="auto"` put partly on the CPU or disk is reported; with `--no-offload` it is an
+out-of-memory error, so the ladder quantizes until the model fits on the device.
+"""
 
 from __future__ import annotations
 
 import functools
+import json
+import os
+import sys
+from pathlib import Path
 from typing import Any
 
 from oomladder.worker import common, memcap
@@ -23,15 +34,27 @@ def patch_modeling_utils(module) -> None:
         if depth[0]:  # an Auto class calling the concrete class: apply the plan once
             return original(klass, *args, **kwargs)
         depth[0] += 1
+        previous, common.phase[0] = common.phase[0], "load"
         try:
             requested = safely(_requested_load, kwargs) or {}
+            common.observed["load"] = safely(_load_request, args[0] if args else kwargs.get(
+                "pretrained_model_name_or_path"), kwargs)
+            if "load_dtype" not in requested and (common.observed["load"] or {}).get("default_dtype"):
+                requested["load_dtype"] = common.observed["load"]["default_dtype"]
+            safely(observe, requested, {"adapters_expected": "peft" in sys.modules,  # told before the load
+                                        "device": _device_guess()})
             changed = safely(_apply_to_load, kwargs, common.plan()) or False
             model = original(klass, *args, **kwargs)
             if not changed and "load_dtype" not in requested:
                 requested["load_dtype"] = str(getattr(model, "dtype", "")).replace("torch.", "") or None
             safely(observe, requested)
+            _check_offload(model)
             return model
+        except BaseException as exc:
+            safely(common.record_failure, exc, "load")
+            raise
         finally:
+            common.phase[0] = previous
             depth[0] -= 1
 
     cls.from_pretrained = classmethod(from_pretrained)
@@ -83,3 +106,46 @@ def _apply_to_load(kwargs: dict[str, Any], p: dict[str, Any]) -> bool:
                 bnb_4bit_use_double_quant=True)
         changed = True
     return changed
+
+
+_CONFIG_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                "num_key_value_heads", "vocab_size", "tie_word_embeddings", "torch_dtype", "dtype", "attention_bias",
+                "mlp_bias")
+
+
+def _load_request(where: Any, kwargs: dict[str, Any]) -> dict[str, Any] | None:
+    """What is about to load, from the checkpoint's own folder (nothing is downloaded to find out)."""
+    folder = Path(str(where)) if where is not None else None
+    if folder is None or not (folder / "config.json").is_file():
+        return None
+    config = json.loads((folder / "config.json").read_text())
+    config = config.get("text_config", config) if "hidden_size" not in config else config
+    dtype = str(config.get("dtype") or config.get("torch_dtype") or "float32").replace("torch.", "")
+    weights = [p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file()]
+    import transformers
+    major = int(transformers.__version__.split(".")[0])
+    return {"path": str(folder), "config": {k: config[k] for k in _CONFIG_KEYS if k in config},
+            "files_bytes": sum(p.stat().st_size for p in weights), "device_map": str(kwargs.get("device_map")),
+            # what a `from_pretrained` without dtype loads: the checkpoint's dtype from Transformers 5 on
+            "default_dtype": dtype if major >= 5 else "float32"}
+
+
+def _check_offload(model) -> None:
+    """`device_map="auto"` may put what does not fit on the device on the CPU or disk, and training then runs
+    many times slower with no error: reported, and with --no-offload an out-of-memory error."""
+    placed = set((getattr(model, "hf_device_map", None) or {}).values())
+    import torch
+    off = sorted(str(d) for d in placed if str(d) == "disk" or (str(d) == "cpu" and torch.cuda.is_available()))
+    if not off:
+        return
+    moved = sum(1 for d in model.hf_device_map.values() if str(d) in off)
+    safely(observe, None, {"offloaded": f"{moved} of {len(model.hf_device_map)} modules on {' and '.join(off)}"})
+    if os.environ.get("OOMLADDER_NO_OFFLOAD"):
+        raise RuntimeError(f"oomladder: --no-offload: from_pretrained put {moved} of {len(model.hf_device_map)} "
+                           f"modules on {' and '.join(off)}: the model does not fit on the device")
+
+
+def _device_guess() -> str:
+    """Where training will run, before the program says: the device a Trainer would pick."""
+    import torch
+    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -99,7 +99,14 @@ def patch_trainer(module) -> None:
     def __init__(self, *args, **kwargs):
         memcap.arm()
         common.owner[0] = common.owner[0] or "transformers.Trainer"
-        original_init(self, *args, **kwargs)
+        previous, common.phase[0] = common.phase[0], "load"  # the model moves to the device here
+        try:
+            original_init(self, *args, **kwargs)
+        except BaseException as exc:
+            safely(common.record_failure, exc, "load")
+            raise
+        finally:
+            common.phase[0] = previous
         safely(_add_first, self, _progress_callback(module, self))
         common.observed["model"] = safely(probe.model_report, self.model)
         safely(observe, None, _facts(self))
