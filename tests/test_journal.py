@@ -54,3 +54,29 @@ def test_the_view_folds_attempts_plans_progress_and_decisions():
     assert view.facts.base_frozen is True
     assert view.rung_uses == {3: 1}
     assert second.status == "running" and view.status == "running"
+
+
+def test_a_damaged_line_in_the_middle_is_named_and_a_cut_last_line_is_not(tmp_path):
+    from oomladder.record.journal import fold_journal
+    from oomladder.views.report import build_report, render_markdown
+    path = tmp_path / "journal.jsonl"
+    path.write_text('{"v": 1, "type": "run_started", "ts": 1, "command": ["x"]}\n'
+                    'garbage from a bad disk\n'
+                    '{"v": 1, "type": "attempt_started", "ts": 2}\n'   # an attempt with no number
+                    '{"v": 1, "type": "attempt_started", "ts": 3, "attempt": 1, "plan": {}}\n'
+                    '{"v": 1, "type": "progress", "ts": 4, "attem')
+    view = fold_journal(path)
+    assert view.skipped_lines == [2] and view.malformed == 1 and [a.number for a in view.attempts] == [1]
+    md = render_markdown(build_report(view))
+    assert "**The journal is damaged**: lines that are not records: 2; records that could not be read: 1" in md
+
+
+def test_a_long_journal_is_kept_as_its_fold_not_as_its_progress_records(tmp_path):
+    journal = Journal(tmp_path / "journal.jsonl", clock=lambda: 1.0)
+    journal.append("run_started", command=["x"])
+    journal.append("attempt_started", attempt=1, plan={})
+    journal.extend("progress", [{"attempt": 1, "step": s, "executed": True} for s in range(1, 1001)])
+    assert journal.count == 1002 and len(journal.records) == 2
+    assert journal.view().attempts[0].steps_run == (1, 1000)
+    again = Journal(tmp_path / "journal.jsonl")
+    assert again.count == 1002 and again.view().attempts[0].steps == list(range(1, 1001))

@@ -128,7 +128,7 @@ class Group:
         self.polls += 1
         return None if self.returncode is None or self.polls < 3 else self.returncode
 
-    def stop(self, sig=signal.SIGTERM, grace=10.0):
+    def stop(self, sig=signal.SIGTERM, grace=10.0, hurry=lambda: False):
         self.stopped_with = sig
         if self.on_stop:
             self.on_stop()

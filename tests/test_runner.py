@@ -37,7 +37,7 @@ class Handle:
         self.polls += 1
         return None if self.polls < 2 else self.returncode
 
-    def stop(self, sig=signal.SIGTERM, grace=10.0):
+    def stop(self, sig=signal.SIGTERM, grace=10.0, hurry=lambda: False):
         self.stopped_with = sig
         return -sig
 

@@ -18,8 +18,8 @@ from oomladder.ladder import ladder_from_journal, load_ladder
 from oomladder.nodes.topology import journal_path, topology
 from oomladder.plan import Plan, coerce_field
 from oomladder.process.launch import placeholders
-from oomladder.record.history import fold
-from oomladder.record.journal import read_journal
+from oomladder.record.history import RunView
+from oomladder.record.journal import fold_journal
 from oomladder.run.config import RunConfig
 from oomladder.run.console import run_in_console
 from oomladder.strategies.base import Strategy
@@ -110,15 +110,19 @@ def _new_run_dir() -> Path:
     return path
 
 
-def _run_records(run_dir: Path, node: int = 0) -> list[dict]:
+def run_view(run_dir: Path, node: int = 0) -> RunView:
+    """The run a directory's journal holds, read as it streams; one line of what is wrong otherwise."""
     journal = journal_path(run_dir, node)
     if not journal.is_file():
         raise RunDirError(f"'{run_dir}' is not an oomladder run directory (it has no {journal.name}): give "
                           f"the --run-dir of a run")
-    records = read_journal(journal)
-    if not any(r.get("type") == "run_started" for r in records):
+    try:
+        view = fold_journal(journal)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RunDirError(f"the journal '{journal}' cannot be read ({exc}): check its permissions") from None
+    if not view.run or "command" not in view.run:
         raise RunDirError(f"'{run_dir}' has a journal with no run in it")
-    return records
+    return view
 
 
 def resume_config(run_dir: Path, node_rank: int | None = None):
@@ -126,7 +130,7 @@ def resume_config(run_dir: Path, node_rank: int | None = None):
 
 
     node_rank = topology(None, node_rank, os.environ).node_rank if node_rank is None else node_rank
-    view = fold(_run_records(run_dir, node_rank))
+    view = run_view(run_dir, node_rank)
     if view.status == "finished":
         raise RunDirError(f"the run in '{run_dir}' already finished: there is nothing to resume (its report: "
                           f"{run_dir / 'report.md'})")
@@ -141,7 +145,7 @@ def resume_config(run_dir: Path, node_rank: int | None = None):
 
 def report(args: argparse.Namespace) -> int:
 
-    view = fold(_run_records(Path(args.run_dir)))
+    view = run_view(Path(args.run_dir))
     report = build_report(view)
     if args.format == "json":
         print(json.dumps(report, indent=2, default=str))

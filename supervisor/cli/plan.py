@@ -36,6 +36,9 @@ def plan(args: argparse.Namespace) -> int:
                   trainable_fraction=trainable / shape.params if shape.params else None)
     work = Workload(start.per_device_train_batch_size, args.seq_len, adapters, trainable, targets)
     capacity = planning.usable(total, device, capped=False)
+    if capacity <= 0:
+        raise UsageError(f"--memory {args.memory or format_size(total)} leaves nothing usable on {device} (the CUDA "
+                         f"context alone takes 512 MiB): give the device's size, e.g. 24GiB")
     rows = planning.walk(ladder, shape, start, work, facts, capacity)
     if args.format == "json":
         print(json.dumps(planning.to_json(rows, capacity), indent=2))

@@ -19,6 +19,7 @@ from oomladder.worker.files import CHECKPOINT_MARKER
 _WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin", "model.safetensors", "model.safetensors.index.json",
             "pytorch_model.bin", "pytorch_model.bin.index.json")
 _PERIODIC = re.compile(r"^checkpoint-(\d+)$")
+_EMERGENCY = re.compile(r"^emergency-step-\d+-attempt-[\w.-]+$")  # as worker/emergency.py names them
 
 
 def is_whole(path: str | Path) -> bool:
@@ -55,15 +56,24 @@ def latest(emergency: Iterable[dict[str, Any]], output_dir: str | Path | None, s
     return {"path": best["path"], "step": best["step"], "kind": best["kind"]}
 
 
-def remove_superseded(checkpoints: Iterable[dict[str, Any]], keep: str | None) -> None:
-    """Emergency checkpoints are oomladder's: each is superseded by the next one, and all by a finished run."""
+def remove_superseded(run_dir: str | Path, checkpoints: Iterable[dict[str, Any]], keep: str | None) -> None:
+    """Emergency checkpoints are oomladder's: each is superseded by the next one, and all by a finished run.
+    Only what oomladder itself made is deleted: a folder named as it names them, directly inside
+    RUN_DIR/checkpoints, never through a link, whatever a journal record says."""
     for record in checkpoints:
-        if record["path"] != keep and record.get("kind") == "emergency":
+        if record["path"] != keep and record.get("kind") == "emergency" and ours(run_dir, record["path"]):
             shutil.rmtree(record["path"], ignore_errors=True)
+
+
+def ours(run_dir: str | Path, path: str | Path) -> bool:
+    folder = Path(path)
+    inside = Path(run_dir).resolve() / "checkpoints"
+    return (folder.parent.resolve() == inside and _EMERGENCY.match(folder.name) is not None
+            and not folder.is_symlink() and folder.is_dir())
 
 
 def remove_partial(run_dir: str | Path) -> None:
     """Emergency checkpoints a killed save left half-written (`.partial`): never resumed from, so never kept."""
     for folder in (Path(run_dir) / "checkpoints").glob("*.partial"):
-        if folder.is_dir() and not folder.is_symlink():
+        if _EMERGENCY.match(folder.name[: -len(".partial")]) and folder.is_dir() and not folder.is_symlink():
             shutil.rmtree(folder, ignore_errors=True)

@@ -54,6 +54,7 @@ def worker_env(base: Mapping[str, str], attempt_dir: Path, overrides: Plan, plan
     # On several nodes the attempt folder is attempts/NNN/nodeR: the run directory is given, not guessed.
     run_dir = run_dir or attempt_dir.parent.parent
     env["OOMLADDER_RUN_DIR"] = str(run_dir)
+    env["OOMLADDER_SUPERVISOR_PID"] = str(os.getpid())  # the adapter watches it: a dead supervisor stops the worker
     attempts = run_dir / "attempts"
     env["OOMLADDER_ATTEMPT"] = (attempt_dir.relative_to(attempts).parts[0] if attempt_dir.is_relative_to(attempts)
                                 else attempt_dir.name)

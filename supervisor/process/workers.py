@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,8 @@ class WorkerHandle(Protocol):
 
     def poll(self) -> int | None: ...
 
-    def stop(self, sig: int = signal.SIGTERM, grace: float = 10.0) -> int: ...
+    def stop(self, sig: int = signal.SIGTERM, grace: float = 10.0, hurry: Callable[[], bool] = lambda: False) -> int:
+        ...
 
     def reap_group(self) -> None: ...
 
@@ -52,6 +54,48 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     except (OSError, AttributeError):
         pass
+
+
+def become_subreaper() -> bool:
+    """Linux: descendants whose parent dies (a `bash -c` wrapper's python, a daemon that `setsid`'d away)
+    become this process's children instead of init's, so they can be found and stopped, and reaped."""
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def stop_descendants(grace: float = 5.0, keep: Callable[[int], bool] = lambda pid: False) -> list[int]:
+    """Every process below this one (ranks, DataLoader workers, daemons re-parented here): SIGTERM, then
+    SIGKILL after `grace`, waited for. Returns the pids that were found."""
+    import psutil
+    me = psutil.Process()
+    found = [p for p in me.children(recursive=True) if not keep(p.pid)]
+    for process in found:
+        try:
+            process.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _gone, alive = psutil.wait_procs(found, timeout=grace)
+    for process in alive:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=grace)
+    reap_orphans()
+    return [p.pid for p in found]
+
+
+def reap_orphans() -> None:
+    """Zombies of descendants re-parented here: as a subreaper, or as PID 1 in a container, nobody else will."""
+    import psutil
+    for child in psutil.Process().children():
+        try:
+            if child.status() == psutil.STATUS_ZOMBIE:
+                os.waitpid(child.pid, os.WNOHANG)
+        except (psutil.NoSuchProcess, ChildProcessError):
+            pass
 
 
 class Worker:
@@ -82,20 +126,20 @@ class Worker:
         except (ProcessLookupError, PermissionError):
             pass
 
-    def stop(self, sig: int = signal.SIGTERM, grace: float = 10.0) -> int:
+    def stop(self, sig: int = signal.SIGTERM, grace: float = 10.0, hurry: Callable[[], bool] = lambda: False) -> int:
         """`sig` to the leader (it finishes and saves its step; a launcher passes it on to its ranks), to
-        the whole group when most of `grace` is gone, and SIGKILL to the group when it is up."""
+        the whole group when most of `grace` is gone, and SIGKILL to the group when it is up, or at once
+        when `hurry()` says so (a second signal to oomladder)."""
         for target, wait in ((self.popen.send_signal, grace * 0.8), (self.signal_group, grace * 0.2)):
-            if self.popen.poll() is not None:
+            if self.popen.poll() is not None or hurry():
                 break
             try:
                 target(sig)
             except ProcessLookupError:
                 break
-            try:
-                self.popen.wait(timeout=wait)
-            except subprocess.TimeoutExpired:
-                continue
+            deadline = time.monotonic() + wait
+            while self.popen.poll() is None and time.monotonic() < deadline and not hurry():
+                time.sleep(0.05)
         if self.popen.poll() is None:
             self.signal_group(signal.SIGKILL)
             self.popen.wait()

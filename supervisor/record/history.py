@@ -6,6 +6,7 @@ duration of an attempt still running.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,6 +100,8 @@ class RunView:
     model: dict[str, Any] | None = None   # the worker's model shape and what trains (worker/probe.py)
     load: dict[str, Any] | None = None    # the last checkpoint load a worker asked for (worker/loading.py)
     warnings: list[dict[str, Any]] = field(default_factory=list)  # what a person should know, as journaled
+    malformed: int = 0                    # journal records that could not be folded (cut off, edited)
+    skipped_lines: list[int] = field(default_factory=list)  # journal lines that were not records at all
 
     @property
     def rolled_back(self) -> set[int]:
@@ -155,56 +158,60 @@ class RunView:
         return "running" if self.attempts else "not started"
 
 
-def fold(records: list[dict[str, Any]]) -> RunView:
-    run: dict[str, Any] = {}
-    attempts: dict[int, AttemptView] = {}
-    decisions: list[dict[str, Any]] = []
-    checkpoints: list[dict[str, Any]] = []
-    observed = Plan()
-    facts: dict[str, Any] = {}
-    model = load = None
-    warnings: list[dict[str, Any]] = []
-    ended = None
+def fold(records: Iterable[dict[str, Any]]) -> RunView:
+    """The view of a run from its records (pure)."""
+    folder = Folder()
     for r in records:
+        folder.add(r)
+    return folder.view()
+
+
+class Folder:
+    """The fold, one record at a time: the live table and the loop read the view of a journal of hundreds of
+    thousands of steps without keeping its progress records or folding them again at each look."""
+
+    def __init__(self) -> None:
+        self.run: dict[str, Any] = {}
+        self.attempts: dict[int, AttemptView] = {}
+        self.decisions: list[dict[str, Any]] = []
+        self.checkpoints: list[dict[str, Any]] = []
+        self.warnings: list[dict[str, Any]] = []
+        self.observed = Plan()
+        self.facts: dict[str, Any] = {}
+        self.model: dict[str, Any] | None = None
+        self.load: dict[str, Any] | None = None
+        self.ended: dict[str, Any] | None = None
+        self.first_run: dict[int, int] = {}  # step -> the first attempt that reported running it
+        self.malformed = 0                   # records without the fields their type needs
+
+    def add(self, r: dict[str, Any]) -> None:
+        try:
+            self._add(r)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            self.malformed += 1  # a record cut short or edited by hand: the rest of the run still folds
+
+    def _add(self, r: dict[str, Any]) -> None:
         kind = r.get("type")
         if kind == schema.RUN_STARTED:
-            run = r
-            ended = None  # a resumed run starts again
+            self.run, self.ended = r, None  # a resumed run starts again
         elif kind == schema.ATTEMPT_STARTED:
             overrides = Plan.from_dict(r.get("plan"))
-            attempts[r["attempt"]] = AttemptView(
+            self.attempts[r["attempt"]] = AttemptView(
                 number=r["attempt"], rung=r.get("rung"), reason=r.get("reason", ""), overrides=overrides,
-                plan=observed.merged(overrides), started=r["ts"], command=r.get("command", []),
+                plan=self.observed.merged(overrides), started=r["ts"], command=r.get("command", []),
                 resumed_from=(r.get("resume_from") or {}).get("step"))
         elif kind == schema.OBSERVED:
             # Later observations fill fields earlier attempts died before reaching.
-            observed = observed.merged(Plan.from_dict(r.get("plan")))
-            facts.update({k: v for k, v in (r.get("facts") or {}).items() if v is not None})
-            model = model or r.get("model")  # the first report: later ones see the model as the plan loaded it
-            load = r.get("load") or load
-            for a in attempts.values():
-                a.plan = observed.merged(a.overrides)
-        elif kind == schema.PROGRESS and r.get("attempt") in attempts:
-            a = attempts[r["attempt"]]
-            if r.get("executed") and r.get("step") is not None:
-                a.executed.add(r["step"])
-            if r.get("began_at") is not None and a.began_at is None:
-                a.began_at = r["began_at"]
-            if r.get("resume_failed"):
-                a.resume_failed = r["resume_failed"]
-            if r.get("adapter"):
-                a.adapter = True
-            for key in ("step", "max_steps", "loss", "learning_rate", "phase", "peak_measure"):
-                if r.get(key) is not None:
-                    setattr(a, key, r[key])
-            if r.get("peak") is not None:  # the highest of any rank
-                a.peak = max(a.peak or 0, r["peak"])
-                if r.get("step") is not None:
-                    a.step_peak = max(a.step_peak or 0, r["peak"])
-            if r.get("batch_shape"):
-                a.step_batch = r["batch_shape"]
-        elif kind == schema.ATTEMPT_ENDED and r.get("attempt") in attempts:
-            a = attempts[r["attempt"]]
+            self.observed = self.observed.merged(Plan.from_dict(r.get("plan")))
+            self.facts.update({k: v for k, v in (r.get("facts") or {}).items() if v is not None})
+            self.model = self.model or r.get("model")  # the first report: later ones see the model as loaded
+            self.load = r.get("load") or self.load
+            for a in self.attempts.values():
+                a.plan = self.observed.merged(a.overrides)
+        elif kind == schema.PROGRESS and r.get("attempt") in self.attempts:
+            self._progress(self.attempts[r["attempt"]], r)
+        elif kind == schema.ATTEMPT_ENDED and r.get("attempt") in self.attempts:
+            a = self.attempts[r["attempt"]]
             a.ended, a.status, a.exit_code = r["ts"], r["outcome"], r.get("exit_code")
             a.failure = Failure.from_dict(r["failure"]) if r.get("failure") else None
             for key in ("step", "max_steps", "peak", "peak_measure"):
@@ -212,18 +219,47 @@ def fold(records: list[dict[str, Any]]) -> RunView:
                     setattr(a, key, r[key])
             a.failed_batch = r.get("batch_shape")
         elif kind == schema.DECISION:
-            decisions.append(r)
+            self.decisions.append(r)
+            if r.get("rolled_back") in self.attempts:
+                self.attempts[r["rolled_back"]].rolled_back = True
         elif kind == schema.CHECKPOINT:
-            checkpoints.append(r)
+            self.checkpoints.append(r)
         elif kind == schema.WARNING:
-            warnings.append(r)
+            self.warnings.append(r)
         elif kind == schema.RUN_ENDED:
-            ended = r
-    ordered = [attempts[n] for n in sorted(attempts)]
-    rolled_back = {d["rolled_back"] for d in decisions if d.get("rolled_back") is not None}
-    seen: set[int] = set()
-    for a in ordered:
-        a.rolled_back = a.number in rolled_back
-        a.ran_again = sorted(seen.intersection(a.steps))
-        seen.update(a.steps)
-    return RunView(run, ordered, decisions, checkpoints, observed, Facts.from_dict(facts), ended, model, load, warnings)
+            self.ended = r
+
+    def _progress(self, a: AttemptView, r: dict[str, Any]) -> None:
+        if r.get("executed") and r.get("step") is not None and r["step"] not in a.executed:
+            a.executed.add(r["step"])
+            first = self.first_run.setdefault(r["step"], a.number)
+            if first < a.number:
+                a.ran_again.append(r["step"])
+        if r.get("began_at") is not None and a.began_at is None:
+            a.began_at = r["began_at"]
+        if r.get("resume_failed"):
+            a.resume_failed = r["resume_failed"]
+        if r.get("adapter"):
+            a.adapter = True
+        for key in ("step", "max_steps", "loss", "learning_rate", "phase", "peak_measure"):
+            if r.get(key) is not None:
+                setattr(a, key, r[key])
+        if r.get("peak") is not None:  # the highest of any rank
+            a.peak = max(a.peak or 0, r["peak"])
+            if r.get("step") is not None:
+                a.step_peak = max(a.step_peak or 0, r["peak"])
+        if r.get("batch_shape"):
+            a.step_batch = r["batch_shape"]
+
+    def view(self) -> RunView:
+        ordered = [self.attempts[n] for n in sorted(self.attempts)]
+        if any(not a.reports_steps for a in ordered):
+            # A journal from before steps were reported counts them from the ranges it can infer.
+            seen: set[int] = set()
+            for a in ordered:
+                if not a.reports_steps:
+                    a.ran_again = sorted(seen.intersection(a.steps))
+                seen.update(a.steps)
+        return RunView(self.run, ordered, list(self.decisions), list(self.checkpoints), self.observed,
+                       Facts.from_dict(self.facts), self.ended, self.model, self.load, list(self.warnings),
+                       self.malformed)

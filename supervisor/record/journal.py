@@ -3,6 +3,9 @@
 It is the single source of truth: the live table, the report and a later resume are all folded
 from it (history.py), so a crash loses at most the line being written, and a line cut
 off by a crash is skipped on reading rather than failing the whole run.
+
+In memory, a journal keeps its fold, updated record by record, and every record but the progress
+ones (most of a long run's journal): a run of hundreds of thousands of steps stays small.
 """
 
 from __future__ import annotations
@@ -10,11 +13,13 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from oomladder.record.schema import SCHEMA_VERSION
+from oomladder.errors import RunDirError
+from oomladder.record.history import Folder, RunView
+from oomladder.record.schema import PROGRESS, SCHEMA_VERSION
 
 JOURNAL_NAME = "journal.jsonl"
 
@@ -23,7 +28,13 @@ class Journal:
     def __init__(self, path: str | Path, clock: Callable[[], float] = time.time) -> None:
         self.path = Path(path)
         self.clock = clock
-        self.records: list[dict[str, Any]] = read_journal(self.path) if self.path.exists() else []
+        self.records: list[dict[str, Any]] = []   # every record but progress, in order
+        self.count = 0                            # every record, progress included
+        self.last_ts = 0.0                        # when the newest record was written
+        self.folder = Folder()
+        if self.path.exists():
+            for record in iter_journal(self.path):
+                self._keep(record)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "a", encoding="utf-8")
         if self.path.stat().st_size and not _ends_with_newline(self.path):
@@ -44,8 +55,20 @@ class Journal:
             self._file.write("".join(json.dumps(r, default=str) + "\n" for r in records))
             self._file.flush()
             os.fsync(self._file.fileno())
-            self.records.extend(records)
+            for record in records:
+                self._keep(record)
         return records
+
+    def view(self) -> RunView:
+        """The run as the journal says it is now."""
+        return self.folder.view()
+
+    def _keep(self, record: dict[str, Any]) -> None:
+        self.count += 1
+        self.last_ts = record.get("ts", self.last_ts)
+        self.folder.add(record)
+        if record.get("type") != PROGRESS:
+            self.records.append(record)
 
     def close(self) -> None:
         self._file.close()
@@ -59,22 +82,50 @@ class Journal:
 
 def read_journal(path: str | Path) -> list[dict[str, Any]]:
     """Every whole record in `path`; a line cut off mid-write, or not a record, is skipped."""
-    records = []
+    return list(iter_journal(path))
+
+
+def iter_journal(path: str | Path, skipped: list[int] | None = None) -> Iterator[dict[str, Any]]:
+    """The whole records of `path`, one at a time; the numbers of lines that are not records go to `skipped`."""
     with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
+        for number, line in enumerate(f, start=1):
             line = line.strip()
             if not line:
                 continue
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
-                continue
+                record = None
             if isinstance(record, dict) and "type" in record:
-                records.append(record)
-    return records
+                yield record
+            elif skipped is not None:
+                skipped.append(number)
+
+
+def fold_journal(path: str | Path) -> RunView:
+    """The view of the journal at `path`, read as it streams: what `report` and `resume` show. Lines in the
+    middle that are not records are named in the view; a last line cut off by a crash is not damage."""
+    skipped: list[int] = []
+    folder = Folder()
+    for record in iter_journal(path, skipped):
+        folder.add(record)
+    view = folder.view()
+    with open(path, "rb") as f:
+        lines = sum(1 for _ in f)
+    view.skipped_lines = [n for n in skipped if n != lines]
+    return view
 
 
 def _ends_with_newline(path: Path) -> bool:
     with open(path, "rb") as f:
         f.seek(-1, os.SEEK_END)
         return f.read(1) == b"\n"
+
+
+def open_journal(path: Path, clock: Callable[[], float] = time.time) -> Journal:
+    """The journal to append to; a disk or folder that refuses it is one line of bad input, not a traceback."""
+    try:
+        return Journal(path, clock)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RunDirError(f"cannot open the journal '{path}' ({getattr(exc, 'strerror', None) or exc}): check the "
+                          f"run directory's disk and permissions") from None

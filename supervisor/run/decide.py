@@ -29,17 +29,7 @@ from oomladder.run.config import (
     EXIT_NOT_MEMORY,
     EXIT_USAGE,
 )
-from oomladder.run.outcomes import (
-    AttemptResult,
-    Climb,
-    End,
-    Next,
-    Retry,
-    Rollback,
-    RunStatus,
-    Stop,
-    StopReason,
-)
+from oomladder.run.outcomes import AttemptResult, Climb, End, Next, Retry, Rollback, RunStatus, Stop, StopReason
 from oomladder.units import format_steps
 
 # Failures that no plan causes: the same plan again, this many times in a row at most.

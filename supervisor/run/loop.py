@@ -10,17 +10,15 @@ loop runs real workers end to end.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import signal
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from oomladder import __version__
-from oomladder.classify import Failure, Kind
-from oomladder.errors import RunDirError
 from oomladder.ladder import Decision
 from oomladder.memory.foresight import load_warning
 from oomladder.nodes import agreement
@@ -29,43 +27,36 @@ from oomladder.nodes.world import World
 from oomladder.plan import describe_changes
 from oomladder.process.checkpoints import latest, remove_partial, remove_superseded
 from oomladder.process.launch import substitute
-from oomladder.process.workers import Launcher, spawn
+from oomladder.process.rundir import RunLock, make_run_dir
+from oomladder.process.workers import Launcher, become_subreaper, spawn, stop_descendants
 from oomladder.record import schema
-from oomladder.record.history import RunView, fold
-from oomladder.record.journal import Journal, read_journal
+from oomladder.record.journal import Journal, iter_journal, open_journal
 from oomladder.run.budget import Budget, BudgetState, budgets, exhausted
-from oomladder.run.config import (
-    EXIT_INTERRUPTED,
-    EXIT_NOT_MEMORY,
-    EXIT_USAGE,
-    RunConfig,
-)
-from oomladder.run.decide import decide, evaluation_owed, over_budget, reached_plan
-from oomladder.run.outcomes import (
-    AttemptResult,
-    End,
-    Next,
-    NextAttempt,
-    Retry,
-    Rollback,
-    RunStatus,
-)
+from oomladder.run.config import EXIT_DISK_FULL, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_NOT_MEMORY, EXIT_USAGE, RunConfig
+from oomladder.run.decide import decide, evaluation_owed, over_budget, stopped
+from oomladder.run.outcomes import AttemptResult, End, Next, NextAttempt, Retry, Rollback, RunStatus, Stop, StopReason
+from oomladder.run.resume import starting_point
+from oomladder.run.signals import forwarded_signals
 from oomladder.run.watch import AttemptWatcher, Launch
 from oomladder.views.display import Display, NullDisplay
 from oomladder.views.report import write_reports
-from oomladder.worker.files import AttemptFiles
 
 
 class Runner:
     def __init__(self, config: RunConfig, *, launcher: Launcher = spawn, clock: Callable[[], float] = time.time,
                  sleep: Callable[[float], None] = time.sleep, display: Display | None = None,
-                 environ: dict[str, str] | None = None) -> None:
+                 environ: dict[str, str] | None = None, monotonic: Callable[[], float] | None = None) -> None:
         # Workers run in the command's own folder: every path handed to them must be absolute.
         self.config = config = dataclasses.replace(config, run_dir=config.run_dir.resolve())
         self.launcher, self.clock, self.sleep = launcher, clock, sleep
+        # Intervals (hang, budgets) on a clock that a step of the wall clock cannot move; a test's fake clock
+        # is both.
+        self.monotonic = monotonic or (time.monotonic if clock is time.time else clock)
         self.display = display or NullDisplay()
         self.environ = dict(os.environ if environ is None else environ)
         self._signal: int | None = None
+        self._signals = 0
+        self._woken = threading.Event()
         self._budgets = budgets(config.max_attempts, config.max_wall_time)
         self._started = 0.0
         self._attempts_this_run = 0
@@ -79,49 +70,93 @@ class Runner:
 
     def run(self) -> int:
         cfg = self.config
-        cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        make_run_dir(cfg.run_dir)
         own = journal_path(cfg.run_dir, cfg.node_rank)
-        # Before this node's journal file exists: bad input leaves the run directory as it was.
-        agreement.check_node_count([read_journal(own) if own.exists() else []]
-                                   + (self.world.journals() if self.world else []), cfg.nnodes, cfg.run_dir)
-        self.journal = journal = Journal(own, self.clock)
-        self.watcher = AttemptWatcher(cfg, journal, launcher=self.launcher, clock=self.clock, sleep=self.sleep,
-                                      display=self.display, environ=self.environ, world=self.world,
-                                      signalled=lambda: self._signal, wall_time_spent=self._wall_time_spent)
+        # Before anything is written: bad input leaves the run directory as it was.
+        started = [r for r in iter_journal(own) if r["type"] == schema.RUN_STARTED] if own.exists() else []
+        agreement.check_node_count([started] + (self.world.journals() if self.world else []), cfg.nnodes,
+                                   cfg.run_dir)
+        with RunLock(cfg.run_dir, cfg.node_rank) as lock:
+            become_subreaper()
+            self.journal = journal = open_journal(own, self.clock)
+            self.watcher = AttemptWatcher(cfg, journal, launcher=self.launcher, clock=self.clock,
+                                          monotonic=self.monotonic, sleep=self.sleep, display=self.display,
+                                          environ=self.environ, world=self.world, signalled=lambda: self._signal,
+                                          hurry=lambda: self._signals > 1, wall_time_spent=self._wall_time_spent)
+            try:
+                first = self._starting_point()
+            except BaseException:
+                journal.close()  # refused before starting: the directory stays exactly as it was
+                lock.discard()
+                raise
+            try:
+                self._journal_run_started()
+                with forwarded_signals(self.request_stop):
+                    return self._loop(first)
+            except BaseException as exc:
+                return self._crashed(exc)
+            finally:
+                self._wind_up()
+
+    def _crashed(self, exc: BaseException) -> int:
+        """An error in oomladder itself while a run was under way: the worker group is stopped (gracefully
+        first), the journal says what it can, and a full disk is named as such, without a traceback."""
+        if self.watcher is not None and self.watcher.running is not None:
+            self.watcher.running.stop(signal.SIGTERM, self.config.grace, hurry=lambda: self._signals > 1)
+        full = isinstance(exc, OSError) and exc.errno == errno.ENOSPC
+        status, code = ("disk_full", EXIT_DISK_FULL) if full else ("internal_error", EXIT_INTERNAL)
+        reason = (f"the disk holding {exc.filename or self.config.run_dir} is full: free some space, then run the "
+                  f"same command again (or oomladder resume) to continue" if full else
+                  f"oomladder failed: {type(exc).__name__}: {exc}")
         try:
-            first = self._starting_point()
-        except BaseException:
-            journal.close()  # refused before starting: the directory stays exactly as it was
-            raise
-        try:
-            self._journal_run_started()
-            with _forwarded_signals(self):
-                return self._loop(first)
-        finally:
-            remove_partial(cfg.run_dir)
-            view = fold(journal.records)
-            if cfg.node_rank == 0:  # node 0's journal holds the world's run; other nodes' reports would collide
+            self.journal.append(schema.RUN_ENDED, status=status, exit_code=code, reason=reason)
+        except OSError:
+            pass  # the disk may be the reason: the worker is stopped, and resume takes in what it left
+        if not full:
+            raise exc
+        self.display.event(f"disk full: {reason}")
+        return code
+
+    def _wind_up(self) -> None:
+        """Nothing of the run left running; the report written if the disk lets it."""
+        cfg, journal = self.config, self.journal
+        stop_descendants()
+        remove_partial(cfg.run_dir)
+        view = journal.view()
+        if cfg.node_rank == 0:  # node 0's journal holds the world's run; other nodes' reports would collide
+            try:
                 write_reports(cfg.run_dir, view)
-            self.display.close(view)
+            except OSError as exc:
+                self.display.event(f"the report could not be written ({exc.strerror or exc}): the journal has "
+                                   f"the run; `oomladder report {cfg.run_dir}` shows it once there is room")
+        self.display.close(view)
+        try:
             journal.close()
+        except OSError:
+            pass
 
     def request_stop(self, signum: int) -> None:
-        self._signal = signum
+        """A first signal stops the worker group gracefully (its step in flight is saved); a second, at once."""
+        self._signals += 1
+        self._signal = self._signal or signum
+        self._woken.set()
 
     # --- the loop -------------------------------------------------------------------------------------
 
     def _loop(self, nxt: NextAttempt) -> int:
-        self._started = self.clock()
+        self._started = self.monotonic()
         self._attempts_this_run = 0
         self._observe_environment()
         while True:
+            if self._signal is not None:  # before any launch: a signal in the backoff stops here
+                return self._end(stopped(StopReason(Stop.SIGNAL, signum=self._signal)))
             launch = self._start_attempt(nxt)
             if self.world is not None and (code := self._agree_on_start(launch.number)) is not None:
                 return code
             self.display.event(f"attempt {launch.number}: {nxt.rung or 'start'}"
                                + (f" ({nxt.reason})" if nxt.reason else "") + f"; log: {launch.attempt_dir / 'stderr.log'}")
             result = self.watcher.watch(launch)
-            verdict = decide(fold(self.journal.records), result, self.config.ladder, memory_cap=self.config.memory_cap,
+            verdict = decide(self.journal.view(), result, self.config.ladder, memory_cap=self.config.memory_cap,
                              several_nodes=self.world is not None, backoff=self.config.backoff,
                              log=launch.attempt_dir / "stderr.log")
             step = self._act(result, verdict)
@@ -136,9 +171,12 @@ class Runner:
         if self.world is not None:
             number = self.world.next_attempt(records)
         self._attempts_this_run += 1
-        view = fold(records)
+        view = self.journal.view()
         plan = view.program_plan.merged(nxt.overrides)
         folder = attempt_dir(cfg.run_dir, number, self.topology)
+        if folder.is_dir() and any(folder.iterdir()):
+            # Left by a run whose journal is gone: an attempt never reads files it did not write.
+            folder.rename(folder.with_name(f"{folder.name}.stale-{int(self.clock())}"))
         folder.mkdir(parents=True, exist_ok=True)
         argv = substitute(cfg.command, plan)
         first_start = next(r["ts"] for r in records if r["type"] == schema.RUN_STARTED)
@@ -158,13 +196,13 @@ class Runner:
             if verdict.decision is not None:
                 self._journal_decision(number, verdict.decision, verdict.rollback)
             if verdict.status == RunStatus.FINISHED.value:
-                remove_superseded(fold(self.journal.records).checkpoints, keep=None)
+                remove_superseded(self.config.run_dir, self.journal.view().checkpoints, keep=None)
             return self._end(verdict)
         if isinstance(verdict, Retry):
             self.journal.append(schema.DECISION, attempt=number, rung="retry", rung_index=None, reason=verdict.reason,
                                 plan=verdict.plan.to_dict(), changes="-", skipped=[])
             self.display.event(f"attempt {number}: {verdict.reason}")
-            self.sleep(verdict.delay)
+            self._sleep_unless_signalled(verdict.delay)
             nxt = NextAttempt(verdict.plan, "retry", verdict.reason)
         else:
             changes = self._journal_decision(number, verdict.decision, verdict.rollback)
@@ -178,7 +216,7 @@ class Runner:
     def _journal_decision(self, number: int, decision: Decision, rollback: Rollback | None = None) -> str | None:
         """The ladder's decision as the journal keeps it; returns what it changes (from the plan it undoes
         to, when a rung broke the program)."""
-        attempts = fold(self.journal.records).attempts
+        attempts = self.journal.view().attempts
         current = (attempts[-2] if rollback is not None else attempts[-1]).plan
         changes = describe_changes(current, decision.plan) if decision.plan else None
         self.journal.append(schema.DECISION, attempt=number, rung=decision.rung, rung_index=decision.rung_index,
@@ -197,7 +235,16 @@ class Runner:
     # --- budgets --------------------------------------------------------------------------------------
 
     def _budget_state(self) -> BudgetState:
-        return BudgetState(self._attempts_this_run, self.clock() - self._started)
+        return BudgetState(self._attempts_this_run, self.monotonic() - self._started)
+
+    def _sleep_unless_signalled(self, seconds: float) -> None:
+        """The backoff before a retry, cut short by a signal (acted on before the next launch)."""
+        if self._signal is not None:
+            return
+        if self.sleep is time.sleep:
+            self._woken.wait(seconds)  # set by request_stop, from the signal handler
+        else:
+            self.sleep(seconds)
 
     def _wall_time_spent(self) -> Budget | None:
         spent = exhausted(self._budgets, self._budget_state())
@@ -224,36 +271,7 @@ class Runner:
                                 facts={})
 
     def _starting_point(self) -> NextAttempt:
-        """A fresh run starts on the program's own settings; a run directory that already holds a run of
-        the same command continues on the plan that run had reached."""
-        cfg = self.config
-        if not self.journal.records:
-            given = cfg.initial.set_fields()
-            return NextAttempt(cfg.initial, None, "given with --set" if given else "")
-        view = fold(self.journal.records)
-        if view.run and view.run.get("command") != list(cfg.command):
-            raise RunDirError(f"run directory '{cfg.run_dir}' holds a run of another command "
-                              f"({' '.join(view.run.get('command', []))}): give this run its own --run-dir")
-        self._close_orphans(view)
-        if self.world is not None:
-            self.world.adopt_missed(self.journal)
-        plan = reached_plan(fold(self.journal.records)).merged(cfg.initial)
-        return NextAttempt(plan, "resume", "continues on the plan the earlier run reached")
-
-    def _close_orphans(self, view: RunView) -> None:
-        """An attempt the journal never saw end: its supervisor died. Take in what its worker left."""
-        for attempt in view.attempts:
-            if attempt.status != "running":
-                continue
-            files = AttemptFiles(attempt_dir(self.config.run_dir, attempt.number, self.topology))
-            died = self.journal.records[-1]["ts"]  # about when: the supervisor journaled at every poll until then
-            self.watcher.take_in(attempt.number, files)
-            checkpoint = self.watcher.journal_checkpoint(attempt.number, files)
-            if self.world is not None:
-                self.world.orphan_ended(self.journal, attempt.number, died, checkpoint)
-            self.journal.append(schema.ATTEMPT_ENDED, attempt=attempt.number, outcome="interrupted", exit_code=None,
-                                failure=Failure(Kind.INTERRUPTED, None, "the supervisor died during this "
-                                                "attempt").to_dict())
+        return starting_point(self.config, self.journal, self.watcher, self.world, self.topology)
 
     def _agree_on_start(self, number: int) -> int | None:
         """None: every node starts attempt `number` on the same plan; otherwise the run's exit code."""
@@ -265,21 +283,3 @@ class Runner:
             code = {RunStatus.NODE_LOST.value: EXIT_NOT_MEMORY, RunStatus.NODES_DISAGREE.value: EXIT_USAGE}.get(
                 ending.status, EXIT_INTERRUPTED.get(self._signal, 130))
         return self._end(End(ending.status, code, ending.reason))
-
-
-class _forwarded_signals:
-    """SIGINT/SIGTERM ask the runner to stop the worker group gracefully instead of killing oomladder."""
-
-    def __init__(self, runner: Runner) -> None:
-        self.runner = runner
-        self.previous: dict[int, Any] = {}
-
-    def __enter__(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self.previous[sig] = signal.signal(sig, lambda signum, frame: self.runner.request_stop(signum))
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)

@@ -58,8 +58,8 @@ class StopReason:
 
     @property
     def signal_to_send(self) -> int:
-        """What the worker's leader gets: the signal oomladder got, otherwise SIGTERM (it saves its step)."""
-        return self.signum if self.kind is Stop.SIGNAL and self.signum is not None else signal.SIGTERM
+        """What the worker's leader gets: SIGINT as oomladder got it, otherwise SIGTERM (it saves its step)."""
+        return signal.SIGINT if self.kind is Stop.SIGNAL and self.signum == signal.SIGINT else signal.SIGTERM
 
 
 @dataclass(frozen=True)

@@ -21,15 +21,8 @@ from oomladder.plan import Plan
 from oomladder.process import cgroup, gpu
 from oomladder.process.checkpoints import remove_superseded
 from oomladder.process.launch import worker_env
-from oomladder.process.workers import (
-    Launcher,
-    LaunchError,
-    LaunchSpec,
-    WorkerHandle,
-    read_tail,
-)
+from oomladder.process.workers import Launcher, LaunchError, LaunchSpec, WorkerHandle, read_tail, stop_descendants
 from oomladder.record import schema
-from oomladder.record.history import fold
 from oomladder.record.journal import Journal
 from oomladder.run.budget import Budget
 from oomladder.run.config import EXIT_BUDGET, EXIT_INTERRUPTED, RunConfig
@@ -68,11 +61,14 @@ class _Poll:
 
 class AttemptWatcher:
     def __init__(self, config: RunConfig, journal: Journal, *, launcher: Launcher, clock: Callable[[], float],
-                 sleep: Callable[[float], None], display: Display, environ: dict[str, str], world: World | None,
-                 signalled: Callable[[], int | None], wall_time_spent: Callable[[], Budget | None]) -> None:
+                 monotonic: Callable[[], float], sleep: Callable[[float], None], display: Display,
+                 environ: dict[str, str], world: World | None, signalled: Callable[[], int | None],
+                 hurry: Callable[[], bool], wall_time_spent: Callable[[], Budget | None]) -> None:
         self.config, self.journal, self.launcher = config, journal, launcher
-        self.clock, self.sleep, self.display, self.environ, self.world = clock, sleep, display, environ, world
-        self.signalled, self.wall_time_spent = signalled, wall_time_spent
+        self.clock, self.monotonic, self.sleep, self.display = clock, monotonic, sleep, display
+        self.environ, self.world = environ, world
+        self.signalled, self.hurry, self.wall_time_spent = signalled, hurry, wall_time_spent
+        self.running: WorkerHandle | None = None     # the group being watched, for the loop to stop on a crash
         self._adapters: set[int] = set()             # attempts a worker's adapter reported from
         self._told: set[tuple[int, str]] = set()     # (attempt, about) warnings already journaled
 
@@ -86,7 +82,7 @@ class AttemptWatcher:
         spec = LaunchSpec(tuple(launch.argv), env, cfg.cwd, launch.attempt_dir / "stdout.log",
                           launch.attempt_dir / "stderr.log")
         oom_kills_before, gpu_before = cgroup.oom_kill_count(), gpu.gpu_pids()
-        started = self.clock()
+        since = self.monotonic()
         files = AttemptFiles(launch.attempt_dir)
         try:
             handle = self.launcher(spec)
@@ -94,45 +90,52 @@ class AttemptWatcher:
             ended = {"attempt": launch.number, "exit_code": None, "duration": 0.0}
             return self._journal_end(launch.number, "failed", Failure(Kind.LAUNCH_FAILED, None, str(exc)), None,
                                      ended, None, None, 0.0)
-        poll = self._poll(handle, launch.number, spec, files, started)
+        self.running = handle
+        try:
+            poll = self._poll(handle, launch.number, spec, files, since)
+        finally:
+            self.running = None
         exited = self.clock()
+        duration = self.monotonic() - since
         handle.reap_group()
+        stop_descendants()  # what left the group (daemons that setsid'd, a wrapper's orphaned python)
         if gpu.wait_released(gpu_before) == "still held":
             self.journal.append(schema.WARNING, attempt=launch.number, text="GPU memory of the stopped worker was "
                                 "still held after 30 s; the next attempt may fail on it")
         self.take_in(launch.number, files)
-        return self._conclude(launch.number, spec, files, poll, started, exited, oom_kills_before)
+        return self._conclude(launch.number, spec, files, poll, duration, exited, oom_kills_before)
 
     def _poll(self, handle: WorkerHandle, number: int, spec: LaunchSpec, files: AttemptFiles,
               started: float) -> _Poll:
-        """Poll until the group ends on its own or the supervisor stops it."""
+        """Poll until the group ends on its own or the supervisor stops it (intervals on the monotonic clock:
+        a clock step must not fire a hang or a budget)."""
         cfg = self.config
         last_activity, activity, shown, peeked = started, None, 0.0, started
         while (returncode := handle.poll()) is None:
             stop = self._stop_now()
-            if stop is None and self.world is not None and self.clock() - peeked >= PEER_LOOK_INTERVAL:
-                peeked = self.clock()
+            if stop is None and self.world is not None and self.monotonic() - peeked >= PEER_LOOK_INTERVAL:
+                peeked = self.monotonic()
                 if (failed := self.world.peer_failed(number)) is not None:
                     self.journal.append(schema.INTERRUPT, attempt=number, reason="peer", detail=f"node {failed} failed")
-                    return _Poll(handle.stop(signal.SIGTERM, min(cfg.grace, PEER_GRACE)))
+                    return _Poll(handle.stop(signal.SIGTERM, min(cfg.grace, PEER_GRACE), hurry=self.hurry))
             if stop is not None:
                 self.journal.append(schema.INTERRUPT, attempt=number, reason=stop.kind.value, detail=stop.detail)
-                return _Poll(handle.stop(stop.signal_to_send, cfg.grace), stop=stop)
+                return _Poll(handle.stop(stop.signal_to_send, cfg.grace, hurry=self.hurry), stop=stop)
             self.take_in(number, files)
             # Activity is any new record or output; totals, so a steady one record per poll counts too.
-            now_activity = (len(self.journal.records), _size(spec.stdout), _size(spec.stderr))
+            now_activity = (self.journal.count, _size(spec.stdout), _size(spec.stderr))
             if now_activity != activity:
-                activity, last_activity = now_activity, self.clock()
-            elif cfg.hang_timeout and self.clock() - last_activity > cfg.hang_timeout:
-                hung = self.clock() - last_activity
+                activity, last_activity = now_activity, self.monotonic()
+            elif cfg.hang_timeout and self.monotonic() - last_activity > cfg.hang_timeout:
+                hung = self.monotonic() - last_activity
                 self.journal.append(schema.INTERRUPT, attempt=number, reason="hang", detail=f"{hung:.0f}s without "
                                     f"progress")
-                return _Poll(handle.stop(signal.SIGTERM, cfg.grace), hung=hung)
-            if self.clock() - started > ADAPTER_GRACE:
+                return _Poll(handle.stop(signal.SIGTERM, cfg.grace, hurry=self.hurry), hung=hung)
+            if self.monotonic() - started > ADAPTER_GRACE:
                 self._warn_if_no_adapter(number)
-            if self.display.live and self.clock() - shown >= REDRAW_INTERVAL:
-                self.display.update(fold(self.journal.records))
-                shown = self.clock()
+            if self.display.live and self.monotonic() - shown >= REDRAW_INTERVAL:
+                self.display.update(self.journal.view())
+                shown = self.monotonic()
             self.sleep(cfg.poll_interval)
         return _Poll(returncode)
 
@@ -144,16 +147,16 @@ class AttemptWatcher:
         spent = self.wall_time_spent()
         return StopReason(Stop.BUDGET, budget=spent) if spent is not None else None
 
-    def _conclude(self, number: int, spec: LaunchSpec, files: AttemptFiles, poll: _Poll, started: float,
+    def _conclude(self, number: int, spec: LaunchSpec, files: AttemptFiles, poll: _Poll, duration: float,
                   exited: float, oom_kills_before: int | None) -> AttemptResult:
         """Classify the end of the attempt and journal it."""
         self._warn_if_no_adapter(number)
-        view = fold(self.journal.records)
+        view = self.journal.view()
         attempt = view.attempts[-1]
-        ended: dict[str, Any] = dict(attempt=number, exit_code=poll.returncode, duration=round(exited - started, 3),
+        ended: dict[str, Any] = dict(attempt=number, exit_code=poll.returncode, duration=round(duration, 3),
                                      exited=round(exited, 3), step=attempt.step, max_steps=attempt.max_steps)
         if poll.returncode == 0 and poll.stop is None:
-            return self._journal_end(number, "finished", None, None, ended, None, None, exited - started)
+            return self._journal_end(number, "finished", None, None, ended, None, None, duration)
         record = files.first_failure()
         if record and ended["max_steps"] is None:
             ended["max_steps"] = record.get("max_steps")
@@ -173,7 +176,7 @@ class AttemptWatcher:
         if record and record.get("batch_shape"):
             ended["batch_shape"] = record["batch_shape"]
         outcome = "interrupted" if poll.stop is not None or failure.kind is Kind.INTERRUPTED else "failed"
-        return self._journal_end(number, outcome, failure, poll.stop, ended, record, checkpoint, exited - started)
+        return self._journal_end(number, outcome, failure, poll.stop, ended, record, checkpoint, duration)
 
     def _journal_end(self, number: int, outcome: str, failure: Failure | None, stop: StopReason | None,
                      ended: dict[str, Any], record: dict[str, Any] | None, checkpoint: dict[str, Any] | None,
@@ -225,7 +228,7 @@ class AttemptWatcher:
 
     def _warn_if_not_resumed(self, number: int) -> None:
         """An attempt told to resume that began elsewhere: never silent, since its steps run again."""
-        attempt = next(a for a in fold(self.journal.records).attempts if a.number == number)
+        attempt = next(a for a in self.journal.view().attempts if a.number == number)
         if attempt.resume_missed:
             self._warn_once(number, "resume", f"attempt {number} did not resume: {attempt.resume_missed}; the steps "
                             f"before it run again")
@@ -236,7 +239,7 @@ class AttemptWatcher:
         if checkpoint and Path(checkpoint.get("path", "")).is_dir():
             self.journal.append(schema.CHECKPOINT, attempt=number, kind="emergency", path=checkpoint["path"],
                                 step=checkpoint["step"])
-            remove_superseded(fold(self.journal.records).checkpoints, keep=checkpoint["path"])
+            remove_superseded(self.config.run_dir, self.journal.view().checkpoints, keep=checkpoint["path"])
             return {"path": checkpoint["path"], "step": checkpoint["step"]}
         return None
 
@@ -251,12 +254,12 @@ class AttemptWatcher:
             interrupt = agreement.of_attempt(self.journal.records, schema.INTERRUPT, number)
             times = [t for t in ((record or {}).get("ts"), interrupt["ts"] if interrupt else None) if t is not None]
             failed_at = min(times) if times else ended.get("exited") or self.clock()
-        if ended.get("peak") is None and (attempt := fold(self.journal.records).attempts[-1]).peak is not None:
+        if ended.get("peak") is None and (attempt := self.journal.view().attempts[-1]).peak is not None:
             ended = {**ended, "peak": attempt.peak, "peak_measure": attempt.peak_measure}  # this node's ranks' highest
         world = self.world.end(self.journal, number, outcome, failure, ended, failed_at, checkpoint,
                                _told_stop(stop))
         if world.adopted:
-            remove_superseded(fold(self.journal.records).checkpoints, keep=world.adopted[-1])
+            remove_superseded(self.config.run_dir, self.journal.view().checkpoints, keep=world.adopted[-1])
         if stop is None and (signum := self.signalled()) is not None:
             stop = StopReason(Stop.SIGNAL, signum=signum)  # stopped while waiting for the other nodes
         elif stop is None and world.peer_stop is not None:

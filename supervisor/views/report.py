@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,7 @@ def build_report(view: RunView) -> dict[str, Any]:
                   "missing": view.missing_steps},
         "warnings": [{"attempt": w.get("attempt"), "about": w.get("about"), "text": w.get("text")}
                      for w in view.warnings],
+        "journal": {"unreadable_lines": view.skipped_lines, "malformed_records": view.malformed},
         "attempts": attempts,
         "before_after": [{"setting": name, "before": old, "after": new} for name, old, new in changes(before, after)],
         "final_plan": after.to_dict(),
@@ -130,6 +132,11 @@ def render_markdown(report: dict[str, Any]) -> str:
     for a in report["attempts"]:
         out.append(f"| {a['number']} | {_md(a['rung'])} | {_md(a['changes'])} | {_md(a['status_text'])} | "
                    f"{_md(a['steps_text'])} | {format_size(a['peak'])} | {format_duration(a['duration'])} |")
+    damaged = report.get("journal") or {}
+    if damaged.get("unreadable_lines") or damaged.get("malformed_records"):
+        lines = ", ".join(map(str, damaged["unreadable_lines"][:20]))
+        out += ["", f"**The journal is damaged**: lines that are not records: {lines or 'none'}; records that could "
+                    f"not be read: {damaged['malformed_records']}. The report shows the rest."]
     if report.get("warnings"):
         out += ["", "## Warnings", ""] + [f"- {_md(w['text'])}" for w in report["warnings"]]
     out += ["", "### Why each rung was taken", ""]
@@ -192,12 +199,18 @@ def write_reports(run_dir: str | Path, view: RunView) -> dict[str, Any]:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """A temporary file of its own in the run directory (never a name someone could have planted a link at),
+    synced, then renamed over `path`."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _md(text: str) -> str:

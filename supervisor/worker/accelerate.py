@@ -253,7 +253,12 @@ def _save(why: str) -> None:
     if not accelerator.is_main_process:
         return
     import torch
-    partial = emergency.begin(_run["step"])
+    try:
+        partial = emergency.begin(_run["step"], sum(emergency.state_bytes(m, o) for m, o in
+                                                    zip(accelerator._models, accelerator._optimizers or [None])))
+    except emergency.NoRoom as exc:
+        print(f"oomladder: no emergency checkpoint: {exc}", file=sys.stderr, flush=True)
+        return
     automatic = accelerator.project_configuration.automatic_checkpoint_naming
     accelerator.project_configuration.automatic_checkpoint_naming = False  # never the program's own folder
     try:

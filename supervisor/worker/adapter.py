@@ -10,16 +10,22 @@ records the exception that kills the process and the peak of a process that ends
 from __future__ import annotations
 
 import atexit
+import os
+import signal
 import sys
+import threading
+import time
 
 from oomladder.worker import accelerate, common, files, loading, memcap, probe, torch_hooks, trainer
 from oomladder.worker.common import safely
 from oomladder.worker.importhook import PostImportFinder
 
 FRAMEWORKS = (trainer, accelerate, loading, torch_hooks)
+GRACE = 60.0  # seconds a worker whose supervisor died has to save its step, as under the supervisor's own stop
 
 
 def install() -> None:
+    files.enabled[0] = _reports()
     hooks = {name: hook for framework in FRAMEWORKS for name, hook in framework.HOOKS.items()}
     for name, hook in list(hooks.items()):
         if name in sys.modules:
@@ -30,6 +36,43 @@ def install() -> None:
     atexit.register(_report_exit)
     from oomladder import __version__
     safely(files.append_progress, {"adapter": __version__})  # the supervisor knows the plan can reach this program
+    safely(_watch_supervisor)
+
+
+def _reports() -> bool:
+    """Whether this process speaks for the worker: the first Python process of the attempt (children inherit
+    its mark), or a rank that a launcher process of the attempt started. A helper the program spawns (a
+    tokenizer server, a data script) inherits the adapter but must not decide the cause of death."""
+    owner = os.environ.get("OOMLADDER_OWNER_PID")
+    if owner is None:
+        os.environ["OOMLADDER_OWNER_PID"] = str(os.getpid())
+        return True
+    launcher = os.environ.get("OOMLADDER_LAUNCHER_PID")
+    return launcher is not None and launcher == str(os.getppid())
+
+
+def _watch_supervisor() -> None:
+    """A worker whose supervisor died (kill -9) finds out within seconds and stops as on SIGTERM: its step in
+    flight is saved and it exits, so `resume` never finds a trainer still running beside a new one. The
+    kernel's parent-death signal reaches only the supervisor's direct child; this reaches every process."""
+    supervisor = int(os.environ.get("OOMLADDER_SUPERVISOR_PID", "0") or 0)
+    if not supervisor:
+        return
+
+    def watch() -> None:
+        while True:
+            time.sleep(2.0)
+            try:
+                os.kill(supervisor, 0)
+            except ProcessLookupError:
+                break
+            except PermissionError:
+                continue
+        os.kill(os.getpid(), signal.SIGTERM)  # the adapter's handler saves the step in flight and exits
+        time.sleep(GRACE)
+        os._exit(143)  # a program that ignores SIGTERM, or never reaches a step's end
+
+    threading.Thread(target=watch, name="oomladder-supervisor-watch", daemon=True).start()
 
 
 def _report_exit() -> None:

@@ -154,7 +154,11 @@ class Session:
         if int(os.environ.get("RANK", "0") or 0) != 0:
             return  # data parallel: rank 0 holds the same state
         import torch
-        partial = emergency.begin(self.step)
+        try:
+            partial = emergency.begin(self.step, sum(_tensor_bytes(obj.state_dict()) for obj in self.state.values()))
+        except emergency.NoRoom as exc:
+            print(f"oomladder: no emergency checkpoint: {exc}", file=sys.stderr, flush=True)
+            return
         torch.save({**{name: obj.state_dict() for name, obj in self.state.items()},
                     "__rng__": emergency.rng_snapshot()}, partial / "state.pt")
         emergency.commit(partial, self.step, None, "oomladder.api", why=why)
@@ -182,3 +186,14 @@ def _supervised() -> bool:
 
 def _world() -> int:
     return int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
+def _tensor_bytes(state: Any) -> int:
+    import torch
+    if torch.is_tensor(state):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(_tensor_bytes(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in state)
+    return 0

@@ -71,7 +71,10 @@ def save_after_oom(trainer, exc: BaseException) -> str | None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    return save(trainer)
+    try:
+        return save(trainer)
+    except NoRoom as exc:
+        return _skip(str(exc))
 
 
 def save(trainer) -> str | None:
@@ -84,7 +87,7 @@ def save(trainer) -> str | None:
     if trainer.args.process_index != 0:
         return None
     step = trainer.state.global_step
-    partial = begin(step)
+    partial = begin(step, state_bytes(trainer.model, trainer.optimizer))
     trainer.save_model(str(partial), _internal_call=True)
     trainer._save_optimizer_and_scheduler(str(partial))
     if hasattr(trainer, "_save_scaler"):
@@ -100,12 +103,21 @@ def save(trainer) -> str | None:
 MARKER = files.CHECKPOINT_MARKER
 
 
-def begin(step: int) -> Path:
+class NoRoom(Exception):
+    """The disk holding the run directory cannot take the checkpoint: it is not begun (a half-written one
+    would only fill the disk the journal needs)."""
+
+
+def begin(step: int, expected_bytes: int | None = None) -> Path:
     """A fresh `.partial` folder in the run's checkpoints/ for the end of `step`: write the state into it,
-    then `commit`."""
+    then `commit`. `expected_bytes`, what the state will take, is checked against the disk's free space."""
     attempt = os.environ.get("OOMLADDER_ATTEMPT") or Path(os.environ["OOMLADDER_ATTEMPT_DIR"]).name
     target = Path(os.environ["OOMLADDER_RUN_DIR"]) / "checkpoints" / f"{files.EMERGENCY}-step-{step}-attempt-{attempt}"
     partial = target.with_name(target.name + ".partial")
+    if expected_bytes:
+        free = shutil.disk_usage(target.parent if target.parent.exists() else target.parent.parent).free
+        if free < expected_bytes * 1.2 + 16 * 2**20:
+            raise NoRoom(f"the disk has {free >> 20} MiB free and the checkpoint needs about {expected_bytes >> 20} MiB")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     return partial
@@ -122,6 +134,17 @@ def commit(partial: Path, step: int, max_steps: int | None, framework: str, **ex
     _fsync_dir(target.parent)
     files.write_json(files.path(files.EMERGENCY), {"path": str(target), "step": step, "max_steps": max_steps})
     return str(target)
+
+
+def state_bytes(model, optimizer=None) -> int:
+    """About what saving a model (its adapters alone, for a peft model) and its optimizer writes to disk."""
+    import torch
+    adapters = hasattr(model, "peft_config")
+    saved = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad or not adapters)
+    moments = 0
+    for state in (getattr(optimizer, "state", None) or {}).values():
+        moments += sum(t.numel() * t.element_size() for t in state.values() if torch.is_tensor(t))
+    return saved + moments
 
 
 def is_whole(path: str | Path) -> bool:
@@ -184,9 +207,7 @@ def prepare_resume(path: str, trainer) -> str:
         for entry in source.iterdir():
             if entry.name != "trainer_state.json":
                 (target / entry.name).symlink_to(entry.resolve())
-    tmp = target / ".trainer_state.json.tmp"
-    tmp.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, target / "trainer_state.json")
+    files.write_json(target / "trainer_state.json", state)
     return str(target)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -19,6 +20,11 @@ from typing import Any
 OBSERVED, PROGRESS, FAILURE, EMERGENCY = "observed", "progress", "failure", "emergency"
 # Written last inside an emergency checkpoint's folder (worker/emergency.py): a folder without it is not whole.
 CHECKPOINT_MARKER = "oomladder-checkpoint.json"
+
+
+# Whether this process reports to the supervisor. The worker's own processes do (its leader, or the ranks its
+# launcher starts); a helper the program spawns inherits the adapter but not the say (worker/adapter.py).
+enabled = [True]
 
 
 def rank() -> int:
@@ -32,12 +38,23 @@ def path(kind: str, rank_: int | None = None, folder: str | Path | None = None) 
 
 
 def write_json(target: Path, data: dict[str, Any]) -> None:
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, default=str))
-    os.replace(tmp, target)
+    """`target` written whole: a temporary file of its own (never a name someone could have planted a link
+    at), then renamed over it."""
+    if not enabled[0]:
+        return
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(json.dumps(data, default=str))
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def append_progress(entry: dict[str, Any]) -> None:
+    if not enabled[0]:
+        return
     with open(path(PROGRESS), "a", encoding="utf-8") as f:
         f.write(json.dumps({"ts": round(time.time(), 3), **entry}, default=str) + "\n")
 
@@ -45,7 +62,7 @@ def append_progress(entry: dict[str, Any]) -> None:
 def write_failure(exc: BaseException, **context: Any) -> bool:
     """Record `exc` once per process; the first record (closest to the cause) wins."""
     target = path(FAILURE)
-    if target.exists():
+    if not enabled[0] or target.exists():
         return False
     cls = type(exc)
     module = cls.__module__

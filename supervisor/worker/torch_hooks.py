@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools
 import os
 
-from oomladder.worker import common, memcap
+from oomladder.worker import common, files, memcap
 from oomladder.worker.common import safely
 
 HOOKS = {
@@ -35,6 +35,7 @@ def patch_dataloader_worker(module) -> None:
     @functools.wraps(original)
     def _worker_loop(*args, **kwargs):
         safely(memcap.lift_in_child)
+        files.enabled[0] = False  # a forked DataLoader worker is the program's helper, not the worker
         return original(*args, **kwargs)
 
     module._worker_loop = _worker_loop
@@ -46,3 +47,4 @@ def mark_launcher(module) -> None:
     as rank 0's."""
     if "RANK" not in os.environ:
         common.launcher[0] = True
+        os.environ["OOMLADDER_LAUNCHER_PID"] = str(os.getpid())  # the ranks it starts speak for the worker

@@ -11,13 +11,7 @@ import sys
 from typing import Any
 
 from oomladder.worker import common, emergency, files, memcap, probe
-from oomladder.worker.common import (
-    is_memory_failure,
-    observe,
-    peer_died,
-    safely,
-    stop_at_step_end_on,
-)
+from oomladder.worker.common import is_memory_failure, observe, peer_died, safely, stop_at_step_end_on
 
 HOOKS = {
     "transformers.training_args": lambda module: patch_training_args(module),
@@ -205,6 +199,18 @@ def _progress_callback(module, trainer):
         def on_step_end(self, args, state, control, **kwargs):
             safely(emergency.snapshot_rng)
             self._report(state, "train", executed=True)
+            if common.stop_requested[0]:
+                control.should_training_stop = True  # the last step ends: no next one begins
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            # A stop asked for during a step is carried out here, after the program's own callbacks have seen
+            # that step's end (its own records included): the step is saved, then the process exits.
+            self._stop_if_asked(state)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self._stop_if_asked(state)
+
+        def _stop_if_asked(self, state):
             if common.stop_requested[0]:
                 signum = common.stop_requested[0]
                 safely(emergency.save, trainer)

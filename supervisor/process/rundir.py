@@ -1,0 +1,107 @@
+"""The run directory as a place one supervisor owns: made private, locked for the whole run, and cleared
+of processes an earlier supervisor of the same run left behind.
+
+The lock is an advisory `flock` on a file in the run directory (filelock): the kernel drops it when its
+holder dies, however it dies, so a lock left by a crashed supervisor is free again. On several nodes
+each node takes its own (the directory is shared; one supervisor per node).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+from oomladder.errors import RunDirError
+
+
+def make_run_dir(run_dir: Path) -> None:
+    """The run directory, made `0700` when new: it holds command lines, paths and checkpoints."""
+    for parent in [run_dir, *run_dir.parents]:
+        if parent.exists() and not parent.is_dir():
+            raise RunDirError(f"cannot make the run directory '{run_dir}': '{parent}' is a file, not a folder; "
+                              f"give another --run-dir")
+    try:
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        run_dir.mkdir(mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise RunDirError(f"cannot make the run directory '{run_dir}' ({exc.strerror or exc}): give a --run-dir "
+                          f"on a writable disk") from None
+    if not os.access(run_dir, os.W_OK):
+        raise RunDirError(f"the run directory '{run_dir}' is not writable: give a --run-dir on a writable disk")
+
+
+class RunLock:
+    """Held for the whole run (resume included): a second supervisor on the same run directory and node is
+    refused with one line naming the holder."""
+
+    def __init__(self, run_dir: Path, node: int = 0) -> None:
+        name = ".oomladder.lock" if node == 0 else f".oomladder.node{node}.lock"
+        self.path, self.about = run_dir / name, run_dir / f"{name}.json"
+        self.lock = FileLock(self.path)
+
+    def __enter__(self) -> RunLock:
+        self.created = not self.path.exists()
+        try:
+            self.lock.acquire(timeout=0)
+        except Timeout:
+            raise RunDirError(f"the run directory '{self.path.parent}' is in use by {self._holder()}: wait for it to "
+                              f"end, or give this run its own --run-dir") from None
+        except OSError as exc:
+            raise RunDirError(f"cannot lock the run directory '{self.path.parent}' ({exc.strerror or exc})") from None
+        try:
+            self.about.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}))
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()
+
+    def discard(self) -> None:
+        """Refused before the run began: the lock's files go too if this lock made them."""
+        self.lock.release()
+        if self.created:
+            for path in (self.about, self.path):
+                path.unlink(missing_ok=True)
+
+    def _holder(self) -> str:
+        try:
+            holder = json.loads(self.about.read_text())
+            since = time.strftime("%Y-%m-%d %H:%M", time.localtime(holder["since"]))
+            return f"oomladder pid {holder['pid']} on {holder['host']} (since {since})"
+        except (OSError, ValueError, KeyError, TypeError):
+            return "another oomladder"
+
+
+def stop_run_processes(run_dir: Path, grace: float = 10.0) -> list[int]:
+    """Processes still running from an earlier supervisor of this run (it was killed and its worker ignored
+    SIGTERM, or a wrapper's child outlived it): found by the run directory in their environment, stopped."""
+    import psutil
+    marker = str(run_dir.resolve())
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if process.pid != os.getpid() and process.environ().get("OOMLADDER_RUN_DIR") == marker:
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    for process in found:
+        try:
+            process.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _gone, alive = psutil.wait_procs(found, timeout=grace)
+    for process in alive:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=grace)
+    return [p.pid for p in found]
