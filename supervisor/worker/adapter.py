@@ -1,7 +1,8 @@
 """The worker adapter: installed from sitecustomize before the user's program runs.
 
 It patches, when (and only if) the program imports them, one framework at a time: the Hugging Face
-Trainer (trainer.py), model loading (loading.py), and torch itself (torch_hooks.py). Patching
+Trainer (trainer.py), model loading (loading.py), torch itself (torch_hooks.py), and PyTorch Lightning
+(lightning.py). Patching
 happens in a post-import hook, so a program pays only for the frameworks it imports. It also
 records the exception that kills the process and the peak of a process that ends.
 """
@@ -11,11 +12,11 @@ from __future__ import annotations
 import atexit
 import sys
 
-from oomladder.worker import common, files, loading, memcap, torch_hooks, trainer
+from oomladder.worker import common, files, lightning, loading, memcap, torch_hooks, trainer
 from oomladder.worker.common import safely
 from oomladder.worker.importhook import PostImportFinder
 
-FRAMEWORKS = (trainer, loading, torch_hooks)
+FRAMEWORKS = (trainer, loading, torch_hooks, lightning)
 
 
 def install() -> None:
