@@ -21,8 +21,9 @@ from typing import Any
 
 from oomladder.worker import common, emergency, files, memcap, probe
 from oomladder.worker.common import is_memory_failure, observe, peer_died, safely, stop_at_step_end_on
-from oomladder.worker.lightning_callback import FitFollower, batch_size_of, callback_class
+from oomladder.worker.lightning_callback import FitFollower, callback_class
 from oomladder.worker.lightning_checkpoint import CHECKPOINT_FILE, save_after_oom
+from oomladder.worker.lightning_program import batch_size_of
 
 _ROOTS = ("pytorch_lightning", "lightning.pytorch")  # the two packages Lightning 2.x installs as
 HOOKS = {
@@ -93,9 +94,12 @@ def own_settings(kwargs: dict[str, Any]) -> dict[str, Any]:
     """The program's own settings, as the Trainer will read them: its arguments, else PL_TRAINER_* variables."""
     plugins = kwargs.get("plugins", _env("plugins"))
     plugins = plugins if isinstance(plugins, (list, tuple)) else [plugins] if plugins is not None else []
+    callbacks = kwargs.get("callbacks") or []
+    callbacks = callbacks if isinstance(callbacks, (list, tuple)) else [callbacks]
     return {"precision": precision_of(kwargs.get("precision", _env("precision"))),
-            "precision_plugin": any("Precision" in type(p).__name__ for p in plugins),
+            "precision_plugin": any("Precision" in k.__name__ for p in plugins for k in type(p).__mro__),
             "accumulation": kwargs.get("accumulate_grad_batches", _env("accumulate_grad_batches") or 1),
+            "accumulation_scheduled": any(_is_a(cb, "GradientAccumulationScheduler") for cb in callbacks),
             "limit_train_batches": kwargs.get("limit_train_batches", _env("limit_train_batches")),
             "val_check_interval": kwargs.get("val_check_interval", _env("val_check_interval"))}
 
@@ -113,6 +117,8 @@ def _env(name: str) -> Any:
 def apply_to_trainer_arguments(kwargs: dict[str, Any], own: dict[str, Any], p: dict[str, Any]) -> None:
     """The plan's accumulation and precision, as `Trainer(...)` arguments."""
     accumulation = p.get("gradient_accumulation_steps")
+    if own["accumulation_scheduled"]:
+        accumulation = None  # its schedule sets the accumulation each epoch: never observed, never planned
     if accumulation is not None and accumulation != own["accumulation"]:
         kwargs["accumulate_grad_batches"] = accumulation
         # Whole-number limits count micro-batches: k times smaller micro-batches, k times as many, the same data.
@@ -139,7 +145,10 @@ def _attach(trainer, root: str, own: dict[str, Any]) -> None:
     # The program's own precision: what it asked for when the plan changed it, else what the Trainer resolved
     # (a precision plugin's, or 16-mixed that Lightning turns into bf16-mixed on the CPU).
     precision = own["precision"] if own.get("precision_changed") else precision_of(trainer.precision)
-    observe({"gradient_accumulation_steps": own["accumulation"], "precision": precision,
+    # Under a GradientAccumulationScheduler the accumulation changes by epoch: left unknown, the batch rungs skip
+    # rather than halve a batch whose accumulation the schedule would then set back.
+    accumulation = None if own["accumulation_scheduled"] else own["accumulation"]
+    observe({"gradient_accumulation_steps": accumulation, "precision": precision,
              "world_size": trainer.world_size}, _device_facts(trainer.strategy.root_device))
 
 
@@ -154,8 +163,13 @@ def _device_facts(device) -> dict[str, Any]:
     return {"device": device.type, "bf16_supported": bool(bf16), "device_memory": memory}
 
 
+def _is_a(obj, *names: str) -> bool:
+    """An instance of a Lightning class of that name, from whichever package: no Lightning import needed."""
+    return any(k.__name__ in names for k in type(obj).__mro__)
+
+
 def _is_tuner(callback) -> bool:
-    return any(k.__name__ in _TUNERS for k in type(callback).__mro__)
+    return _is_a(callback, *_TUNERS)
 
 
 def _is_tuning(trainer) -> bool:

@@ -22,19 +22,10 @@ import warnings
 from typing import Any
 
 from oomladder.worker import common, files, lightning_order, memcap, probe
-from oomladder.worker.lightning_checkpoint import save
 from oomladder.worker.common import observe, safely, stop_at_step_end_on
+from oomladder.worker.lightning_checkpoint import save
+from oomladder.worker.lightning_program import batch_size_of, max_steps, training_facts, transformers_model
 
-_ADAPTER_TAGS = ("lora_", "modules_to_save", "adapter", "prompt", "ia3_")  # peft's trainable parameters
-
-
-def batch_size_of(pl_module, parsing) -> int | None:
-    """The batch size where Lightning's BatchSizeFinder reads and writes it (`parsing.lightning_hasattr`): the
-    module's attribute or hyperparameter, or the datamodule's. None when there is none to set."""
-    if not parsing.lightning_hasattr(pl_module, "batch_size"):
-        return None
-    value = parsing.lightning_getattr(pl_module, "batch_size")
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 @functools.lru_cache(maxsize=None)
@@ -60,8 +51,7 @@ class FitFollower:
         self.observed: set[str] = set()
         self.training = False        # set once Lightning's tuners are done: their trial steps are not training
         self.resuming = False
-        self.resume = None           # (the order to draw again, the samples to skip) for the resumed epoch
-        self.rng_at_resume = None
+        self.resume = None           # how the resumed epoch goes on: random states, order, samples to skip
         self.order = None            # the train DataLoader's sample order (lightning_order.SampleOrder)
         self.resume_orders: list = []
         self.snapshot = None         # the state at the end of the last optimizer step this process ran
@@ -104,11 +94,11 @@ class FitFollower:
         safely(self._observe_model, pl_module)
 
     def _observe_model(self, pl_module) -> None:
-        model = _transformers_model(pl_module)
+        model = transformers_model(pl_module)
         if model is not None:
             common.observed["model"] = safely(probe.model_report, model)
             safely(self._checkpointing, model)
-        observe(None, _training_facts(pl_module))
+        observe(None, training_facts(pl_module))
 
     def _checkpointing(self, model) -> None:
         """Gradient checkpointing of a Transformers model inside the module (non-reentrant, as for the Trainer)."""
@@ -154,13 +144,20 @@ class FitFollower:
         self.batch = batch
 
     def _apply_resume(self) -> None:
-        if len(self.resume_orders) > 1:  # one position for several DataLoaders cycled together is not kept
-            if self.resume is not None:
-                print("oomladder: several train DataLoaders: the resumed epoch starts again from its first batch",
-                      file=sys.stderr)
-            self.resume = None
+        resume = self.resume
+        if resume is None:
+            return
+        if len(self.resume_orders) > 1 and resume["skip"]:  # one place for DataLoaders cycled together: not kept
+            print("oomladder: several train DataLoaders: the resumed epoch starts again from its first batch",
+                  file=sys.stderr)
+            resume["order"], resume["skip"] = None, 0
         for order in self.resume_orders:
-            order.resume(*(self.resume or (None, 0)))
+            order.resume(resume["order"], resume["skip"])
+        if resume["epoch_ended"] and resume["rng"] is not None:
+            # The next epoch draws its order now, as the uninterrupted run drew it: from the random states the
+            # last step left.
+            self.seed._set_rng_states(resume["rng"])
+            resume["rng"] = None
 
     # --- the emergency checkpoint: written at the last step's end, read back recounted in this plan's batches ---
 
@@ -178,23 +175,18 @@ class FitFollower:
     def _place_resume(self, checkpoint) -> None:
         mine = checkpoint["oomladder"]
         progress = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]
+        self.resume = {"rng": mine.get("rng"), "order": None, "skip": 0, "epoch_ended": progress["is_last_batch"]}
         done, old = progress["current"]["ready"], mine["micro_batch"]
         new = self.batch if self.batch is not None else old
-        now = lightning_order.batches_on_new_plan(done, old, new) if old and new else done
-        self.rng_at_resume = mine.get("rng")
+        now = lightning_order.batches_on_new_plan(done, old, new) if old and new else None
         if now is None:
-            print(f"oomladder: {done} batches of {old} are not a whole number of batches of {new}: the resumed "
-                  "epoch starts again from its first batch", file=sys.stderr)
+            print(f"oomladder: {done} batches of {old} samples are not a whole number of batches of {new}: the "
+                  "resumed epoch starts again from its first batch, as Lightning starts it", file=sys.stderr)
             return
         lightning_order.shift_batch_progress(progress, now - done)
-        if progress["is_last_batch"] or not now:
-            return  # the step ended its epoch: the next one starts as Lightning starts it
-        self.resume = (mine.get("order"), now * new)
+        if not progress["is_last_batch"]:  # mid-epoch: the same order, after the samples already trained
+            self.resume.update(order=mine.get("order"), skip=now * new)
         self._apply_resume()  # DataLoaders already built (a strategy that restores after its setup)
-        print(f"oomladder: the resumed epoch goes on after its first {now * new} samples, in the order it drew",
-              file=sys.stderr)
-        # Lightning's own warning that it would start the epoch again does not hold: the order above does not.
-        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
 
     # --- training ---
 
@@ -204,14 +196,28 @@ class FitFollower:
         # Lightning's own SIGTERM handler would end fit after the micro-batch in flight, mid-accumulation:
         # this one, installed over it, lets the step finish and saves it.
         safely(stop_at_step_end_on, signal.SIGTERM, signal.SIGINT)
-        if self.rng_at_resume is not None:  # as the last step left them: dropout and the like continue
-            safely(self.seed._set_rng_states, self.rng_at_resume)
-            self.rng_at_resume = None
+        if self.resume is not None:
+            safely(self._resumed, self.resume)
         self.resume, self.resuming, self.resume_orders = None, False, []
-        self.max_steps = safely(_max_steps, trainer)
+        self.max_steps = safely(max_steps, trainer)
         self.last_step = trainer.global_step
         # Where this process really starts: the supervisor compares it with the checkpoint it asked for.
         safely(files.append_progress, {"began_at": trainer.global_step, "max_steps": self.max_steps})
+
+    def _resumed(self, resume) -> None:
+        if resume["rng"] is not None:  # as the last step left them: dropout and the like go on as they would have
+            self.seed._set_rng_states(resume["rng"])
+        if not resume["skip"]:
+            return
+        if self.resume_orders:
+            print(f"oomladder: the resumed epoch goes on after its first {resume['skip']} samples, in the order "
+                  "it drew", file=sys.stderr)
+            # Lightning's warning that the epoch starts again from its first batch does not hold here.
+            warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
+        else:
+            print("oomladder: the train DataLoader cannot skip samples by index (a batch sampler of its own, an "
+                  "iterable dataset, or a DataLoader that restores its own position): the resumed epoch starts "
+                  "again from its first batch, as Lightning starts it", file=sys.stderr)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if self.training:
@@ -270,30 +276,3 @@ class FitFollower:
         print(f"oomladder: stopped by {signal.Signals(signum).name} after step {self.snapshot['step']}, "
               f"which is saved", file=sys.stderr, flush=True)
         raise SystemExit(128 + signum)
-
-
-def _max_steps(trainer) -> int | None:
-    steps = trainer.max_steps if trainer.max_steps != -1 else trainer.estimated_stepping_batches
-    return int(steps) if steps != float("inf") else None
-
-
-def _transformers_model(pl_module):
-    """The outermost Transformers model inside the LightningModule, if it wraps one."""
-    for module in pl_module.modules():
-        if hasattr(module, "config") and hasattr(module, "get_output_embeddings") and (
-                hasattr(module, "activation_checkpointing_enable") or hasattr(module, "gradient_checkpointing_enable")):
-            return module
-    return None
-
-
-def _training_facts(pl_module) -> dict[str, Any]:
-    total = trainable = 0
-    base_frozen = any(hasattr(m, "peft_config") for m in pl_module.modules())
-    for name, param in pl_module.named_parameters():
-        total += param.numel()
-        if param.requires_grad:
-            trainable += param.numel()
-            if not any(tag in name for tag in _ADAPTER_TAGS):
-                base_frozen = False
-    return {"base_frozen": bool(base_frozen and trainable),
-            "trainable_fraction": round(trainable / total, 6) if total else None}
