@@ -42,10 +42,12 @@ def test_the_plan_sets_accumulation_and_precision_and_whole_number_limits_follow
     assert trainer_arguments({"gradient_accumulation_steps": 2, "precision": "bf16"}, precision="32-true",
                              limit_train_batches=100, val_check_interval=50) == {
         "precision": "bf16-mixed", "accumulate_grad_batches": 2, "limit_train_batches": 200, "val_check_interval": 100}
-    # A fraction of the epoch is the same data at any micro-batch.
+    # A fraction of the epoch is the same data at any micro-batch; the int 1 is one batch, the float 1.0 all.
     assert trainer_arguments({"gradient_accumulation_steps": 4}, accumulate_grad_batches=2,
-                             limit_train_batches=0.5, val_check_interval=0.25) == {
-        "accumulate_grad_batches": 4, "limit_train_batches": 0.5, "val_check_interval": 0.25}
+                             limit_train_batches=0.5, val_check_interval=1.0) == {
+        "accumulate_grad_batches": 4, "limit_train_batches": 0.5, "val_check_interval": 1.0}
+    assert trainer_arguments({"gradient_accumulation_steps": 4}, accumulate_grad_batches=2,
+                             limit_train_batches=1)["limit_train_batches"] == 2
 
 
 def test_what_the_program_already_runs_is_left_as_it_wrote_it():
@@ -192,13 +194,15 @@ class Samples(pl.Callback):
 @pytest.fixture
 def attempt(tmp_path, monkeypatch):
     """The adapter installed on Lightning's Trainer for this test only, writing into an attempt folder."""
+    from pytorch_lightning.callbacks import batch_size_finder
     from pytorch_lightning.loops import fit_loop
     from pytorch_lightning.trainer import trainer as trainer_module
-    for cls, name in ((trainer_module.Trainer, "__init__"), (trainer_module.Trainer, "fit"),
-                      (fit_loop, "_process_dataloader")):
-        monkeypatch.setattr(cls, name, getattr(cls, name))  # put back as they were after the test
+    for owner, name in ((trainer_module.Trainer, "__init__"), (trainer_module.Trainer, "fit"),
+                        (fit_loop, "_process_dataloader"), (batch_size_finder.BatchSizeFinder, "scale_batch_size")):
+        monkeypatch.setattr(owner, name, getattr(owner, name))  # put back as they were after the test
     lightning.patch_trainer(trainer_module)
     lightning.patch_fit_loop(fit_loop)
+    lightning.patch_batch_size_finder(batch_size_finder)
     handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     monkeypatch.setenv("OOMLADDER_RUN_DIR", str(tmp_path))
 
@@ -251,6 +255,21 @@ def test_the_batch_is_found_and_set_where_lightning_s_batch_size_finder_finds_it
     assert run.accumulate_grad_batches == 2
     assert samples.steps == {1: [0, 1, 2, 3], 2: [4, 5, 6, 7], 3: [8, 9, 10, 11]}  # 2 x 2: the effective batch 4
     assert [r["step"] for r in progress(folder) if r.get("executed")] == [1, 2, 3]
+
+
+def test_lightning_s_own_batch_search_keeps_the_plan_s_batch_and_runs_no_trial_steps(attempt, capsys):
+    """It would shrink the batch without raising the accumulation, and its trials are optimizer steps."""
+    from pytorch_lightning.tuner import Tuner
+    folder = attempt(1, plan={"per_device_train_batch_size": 2, "gradient_accumulation_steps": 2})
+    model, data, samples = OneWeight(), Numbers(4), Samples()
+    run = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                     accelerator="cpu", devices=1, callbacks=[samples], max_steps=3)
+    data.module = model
+    assert Tuner(run).scale_batch_size(model, datamodule=data) == 2  # the script's search, before it trains
+    run.fit(model, datamodule=data)
+    assert samples.steps == {1: [0, 1, 2, 3], 2: [4, 5, 6, 7], 3: [8, 9, 10, 11]}
+    assert [r["step"] for r in progress(folder) if r.get("executed")] == [1, 2, 3]
+    assert "Lightning's batch size search is off; the batch stays 2" in capsys.readouterr().err
 
 
 def test_a_program_without_a_batch_size_keeps_its_batch_and_says_so(attempt, capsys):

@@ -92,7 +92,7 @@ def patch_trainer(module) -> None:
 
 def own_settings(kwargs: dict[str, Any]) -> dict[str, Any]:
     """The program's own settings, as the Trainer will read them: its arguments, else PL_TRAINER_* variables."""
-    plugins = kwargs.get("plugins", _env("plugins"))
+    plugins = kwargs.get("plugins")
     plugins = plugins if isinstance(plugins, (list, tuple)) else [plugins] if plugins is not None else []
     callbacks = kwargs.get("callbacks") or []
     callbacks = callbacks if isinstance(callbacks, (list, tuple)) else [callbacks]
@@ -125,7 +125,7 @@ def apply_to_trainer_arguments(kwargs: dict[str, Any], own: dict[str, Any], p: d
         factor, rest = divmod(accumulation, own["accumulation"])
         for name in ("limit_train_batches", "val_check_interval"):
             value = own[name]
-            if not rest and isinstance(value, int) and not isinstance(value, bool) and value > 1:
+            if not rest and isinstance(value, int) and not isinstance(value, bool) and value >= 1:
                 kwargs[name] = value * factor
     if p.get("precision") is not None and p["precision"] != own["precision"]:
         if own["precision_plugin"]:  # Lightning refuses a precision flag beside a precision plugin

@@ -27,8 +27,7 @@ from oomladder.worker.lightning_checkpoint import save
 from oomladder.worker.lightning_program import batch_size_of, max_steps, training_facts, transformers_model
 
 
-
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def callback_class(root: str):
     """The callback, as a Callback of the Lightning the program imported (`lightning.pytorch` or
     `pytorch_lightning`), with that Lightning's own helpers."""
@@ -180,8 +179,10 @@ class FitFollower:
         new = self.batch if self.batch is not None else old
         now = lightning_order.batches_on_new_plan(done, old, new) if old and new else None
         if now is None:
-            print(f"oomladder: {done} batches of {old} samples are not a whole number of batches of {new}: the "
-                  "resumed epoch starts again from its first batch, as Lightning starts it", file=sys.stderr)
+            why = (f"{done} batches of {old} samples are not a whole number of batches of {new}" if old and new
+                   else "the train DataLoader has no batch size to count its samples by")
+            print(f"oomladder: {why}: the resumed epoch starts again from its first batch, as Lightning starts it",
+                  file=sys.stderr)
             return
         lightning_order.shift_batch_progress(progress, now - done)
         if not progress["is_last_batch"]:  # mid-epoch: the same order, after the samples already trained

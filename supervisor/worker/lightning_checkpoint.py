@@ -66,4 +66,3 @@ def save(trainer, ours) -> str | None:
 
 def _skip(reason: str) -> None:
     print(f"oomladder: no emergency checkpoint: {reason}", flush=True, file=sys.stderr)
-    return None
