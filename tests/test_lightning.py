@@ -308,3 +308,41 @@ def test_a_stop_saves_the_last_step_and_the_resumed_shuffled_epoch_trains_what_t
     fit(model, Numbers(4, n=16, shuffle=True), resumed, max_steps=8, accumulate_grad_batches=1)
     assert progress(second)[0]["began_at"] == 3
     assert resumed.steps == {s: uninterrupted.steps[s] for s in range(4, 9)}
+
+
+def test_fewer_dataloader_workers_are_set_on_the_train_dataloader_before_it_is_iterated(attempt):
+    folder = attempt(1, plan={"dataloader_num_workers": 0})
+    model, data = OneWeight(), Numbers(4)
+    data.train_dataloader = lambda: DataLoader(torch.arange(8), batch_size=data.batch_size, num_workers=2,
+                                               persistent_workers=True)
+    run = fit(model, data, Samples(), max_steps=2)
+    assert observed(folder)["plan"]["dataloader_num_workers"] == 2
+    assert run.train_dataloader.num_workers == 0
+
+
+class WrapsLlama(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        from transformers import LlamaConfig, LlamaForCausalLM
+        self.model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32,
+                                                  num_hidden_layers=1, num_attention_heads=2))
+
+    def training_step(self, batch, batch_idx):
+        ids = (batch[:, None] + torch.arange(4)) % 32
+        return self.model(input_ids=ids, labels=ids).loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def test_a_transformers_model_in_the_module_is_reported_and_checkpointed_as_the_plan_says(attempt):
+    folder = attempt(1, plan={"gradient_checkpointing": True})
+    model = WrapsLlama()
+    fit(model, Numbers(4), Samples(), max_steps=1)
+    seen = observed(folder)
+    assert seen["plan"]["gradient_checkpointing"] is False  # the program's own
+    layers = [m for m in model.model.modules() if hasattr(m, "_gradient_checkpointing_func")]
+    assert model.model.is_activation_checkpointing and layers
+    assert all(m._gradient_checkpointing_func.keywords["use_reentrant"] is False for m in layers)  # as for the Trainer
+    assert seen["model"]["shape"]["layers"] == 1 and seen["model"]["shape"]["vocab"] == 32  # for the estimator
+    assert seen["facts"] == {**seen["facts"], "base_frozen": False, "trainable_fraction": 1.0, "device": "cpu"}

@@ -143,8 +143,10 @@ def _attach(trainer, root: str, own: dict[str, Any]) -> None:
     tuners = [i for i, cb in enumerate(trainer.callbacks) if _is_tuner(cb)]
     trainer.callbacks.insert(tuners[-1] + 1 if tuners else 0, callback)
     # The program's own precision: what it asked for when the plan changed it, else what the Trainer resolved
-    # (a precision plugin's, or 16-mixed that Lightning turns into bf16-mixed on the CPU).
-    precision = own["precision"] if own.get("precision_changed") else precision_of(trainer.precision)
+    # (16-mixed, say, that Lightning turns into bf16-mixed on the CPU). A precision plugin of the program's own
+    # is never replaced: unknown, the bf16 rung skips rather than change nothing.
+    precision = (None if own["precision_plugin"] else own["precision"] if own.get("precision_changed")
+                 else precision_of(trainer.precision))
     # Under a GradientAccumulationScheduler the accumulation changes by epoch: left unknown, the batch rungs skip
     # rather than halve a batch whose accumulation the schedule would then set back.
     accumulation = None if own["accumulation_scheduled"] else own["accumulation"]
