@@ -2,9 +2,8 @@
 
 It patches, when (and only if) the program imports them, one framework at a time: the Hugging Face
 Trainer (trainer.py), model loading (loading.py), torch itself (torch_hooks.py), and PyTorch Lightning
-(lightning.py). Patching
-happens in a post-import hook, so a program pays only for the frameworks it imports. It also
-records the exception that kills the process and the peak of a process that ends.
+(lightning.py). Patching happens in a post-import hook, so a program pays only for the frameworks it
+imports. It also records the exception that kills the process and the peak of a process that ends.
 """
 
 from __future__ import annotations
