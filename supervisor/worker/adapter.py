@@ -1,10 +1,10 @@
 """The worker adapter: installed from sitecustomize before the user's program runs.
 
 It patches, when (and only if) the program imports them, one framework at a time: the Hugging Face
-Trainer (trainer.py), accelerate's own loops (accelerate.py), model loading (loading.py), and torch
-itself (torch_hooks.py). Patching
-happens in a post-import hook, so a program pays only for the frameworks it imports. It also
-records the exception that kills the process and the peak of a process that ends.
+Trainer (trainer.py), accelerate's own loops (accelerate.py), model loading (loading.py), torch itself
+(torch_hooks.py), and PyTorch Lightning (lightning.py). Patching happens in a post-import hook, so a
+program pays only for the frameworks it imports. It also records the exception that kills the process
+and the peak of a process that ends.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ import sys
 import threading
 import time
 
-from oomladder.worker import accelerate, common, files, loading, memcap, probe, torch_hooks, trainer
+from oomladder.worker import accelerate, common, files, lightning, loading, memcap, probe, torch_hooks, trainer
 from oomladder.worker.common import safely
 from oomladder.worker.importhook import PostImportFinder
 
-FRAMEWORKS = (trainer, accelerate, loading, torch_hooks)
+FRAMEWORKS = (trainer, accelerate, loading, torch_hooks, lightning)
 GRACE = 60.0  # seconds a worker whose supervisor died has to save its step, as under the supervisor's own stop
 
 
