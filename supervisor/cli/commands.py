@@ -25,6 +25,7 @@ from oomladder.run.console import run_in_console
 from oomladder.strategies.base import Strategy
 from oomladder.units import parse_duration, parse_size
 from oomladder.views.display import make_console
+from oomladder.views.page import render_html
 from oomladder.views.render import print_report
 from oomladder.views.report import build_report, render_markdown
 
@@ -146,6 +147,8 @@ def report(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2, default=str))
     elif args.format == "md":
         print(render_markdown(report), end="")
+    elif args.format == "html":
+        print(render_html(report), end="")
     else:
         print_report(make_console(), view, report)
     return 0

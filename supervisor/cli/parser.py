@@ -47,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="show the fallback report of a run directory")
     report.add_argument("run_dir")
-    report.add_argument("--format", choices=("table", "md", "json"), default="table")
+    report.add_argument("--format", choices=("table", "md", "json", "html"), default="table",
+                        help="table: on the console (default); md, json, html: report.md, report.json or "
+                        "report.html as the run wrote them")
 
     plan = sub.add_parser("plan", help="estimate the peak memory of each rung of the ladder and say which plan "
                           "fits first, before launching anything")

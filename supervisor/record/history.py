@@ -42,6 +42,11 @@ class AttemptView:
     began_at: int | None = None      # the step its workers began training after, as they reported it
     resume_failed: str | None = None  # why its worker could not use the checkpoint it was given
     ran_again: list[int] = field(default_factory=list)  # steps it ran that an earlier attempt had run
+    # For the report's charts: when the workers began training (after start-up and any resume), and when
+    # each step they executed was journaled, with the highest peak any rank reported at its end.
+    training_began: float | None = None
+    step_times: dict[int, float] = field(default_factory=dict)
+    step_peaks: dict[int, int] = field(default_factory=dict)
 
     @property
     def reports_steps(self) -> bool:
@@ -169,8 +174,12 @@ def fold(records: list[dict[str, Any]]) -> RunView:
             a = attempts[r["attempt"]]
             if r.get("executed") and r.get("step") is not None:
                 a.executed.add(r["step"])
+                if r.get("ts") is not None:
+                    a.step_times.setdefault(r["step"], r["ts"])
+                if r.get("peak") is not None:
+                    a.step_peaks[r["step"]] = max(a.step_peaks.get(r["step"], 0), r["peak"])
             if r.get("began_at") is not None and a.began_at is None:
-                a.began_at = r["began_at"]
+                a.began_at, a.training_began = r["began_at"], r.get("ts")
             if r.get("resume_failed"):
                 a.resume_failed = r["resume_failed"]
             for key in ("step", "max_steps", "loss", "learning_rate", "phase", "peak_measure"):
