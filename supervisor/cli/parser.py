@@ -96,6 +96,11 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="settings", action="append", default=[], metavar="SETTING=VALUE",
                    help="a starting value for a plan setting, e.g. per_device_train_batch_size=16 (repeatable); "
                         "needed for {placeholders} in a command that is not a Hugging Face Trainer program")
+    p.add_argument("--notify", action="append", default=[], metavar="URL",
+                   help="send a short message through Apprise when a fallback is taken and when the run ends: "
+                        "slack://, discord://, tgram://, ntfy://, mailto://, json:// (a webhook) and more "
+                        "(repeatable; also $OOMLADDER_NOTIFY, separated by spaces or commas). The journal keeps "
+                        "the URLs, for resume")
     nodes = p.add_argument_group("several nodes", "one oomladder per node, every one with the same shared --run-dir; "
                                  "the defaults come from srun (one task per node) or torchrun's PET_NNODES and "
                                  "PET_NODE_RANK")

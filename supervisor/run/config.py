@@ -39,3 +39,4 @@ class RunConfig:
     nnodes: int = 1                               # one supervisor per node, all sharing run_dir (oomladder/nodes)
     node_rank: int = 0
     node_timeout: float = 600.0                   # seconds to wait for the other nodes at an attempt's start and end
+    notify: tuple[str, ...] = ()                  # Apprise URLs told of each fallback and of the end (run/notify.py)

@@ -40,6 +40,7 @@ from oomladder.run.config import (
     RunConfig,
 )
 from oomladder.run.decide import decide, evaluation_owed, over_budget, reached_plan
+from oomladder.run.notify import Notifier
 from oomladder.run.outcomes import (
     AttemptResult,
     End,
@@ -72,6 +73,7 @@ class Runner:
                            lambda: self._signal is not None) if self.topology.multi else None
         self.journal: Journal | None = None
         self.watcher: AttemptWatcher | None = None
+        self.notifier: Notifier | None = None
 
     # --- public ---------------------------------------------------------------------------------------
 
@@ -83,6 +85,8 @@ class Runner:
         agreement.check_node_count([read_journal(own) if own.exists() else []]
                                    + (self.world.journals() if self.world else []), cfg.nnodes, cfg.run_dir)
         self.journal = journal = Journal(own, self.clock)
+        # Node 0 tells the news, as it writes the reports: every node takes the same decisions.
+        self.notifier = Notifier(cfg.notify if cfg.node_rank == 0 else (), journal, self.display, cfg.run_dir)
         self.watcher = AttemptWatcher(cfg, journal, launcher=self.launcher, clock=self.clock, sleep=self.sleep,
                                       display=self.display, environ=self.environ, world=self.world,
                                       signalled=lambda: self._signal, wall_time_spent=self._wall_time_spent)
@@ -100,6 +104,7 @@ class Runner:
             view = fold(journal.records)
             if cfg.node_rank == 0:  # node 0's journal holds the world's run; other nodes' reports would collide
                 write_reports(cfg.run_dir, view)
+            self.notifier.ended(view, cfg.run_dir / "report.html")
             self.display.close(view)
             journal.close()
 
@@ -166,7 +171,11 @@ class Runner:
             self.display.event(f"attempt {number}: {result.failure.summary}; next: {verdict.decision.rung}: {changes}")
             nxt = NextAttempt(verdict.decision.plan, verdict.decision.rung, verdict.decision.reason)
         ending = over_budget(exhausted(self._budgets, self._budget_state()), nxt.rung)
-        return self._end(ending) if ending is not None else nxt
+        if ending is not None:
+            return self._end(ending)
+        if not isinstance(verdict, Retry):  # a fallback that will run: news
+            self.notifier.fallback(fold(self.journal.records), number)
+        return nxt
 
     def _journal_decision(self, number: int, decision: Decision) -> str | None:
         """The ladder's decision as the journal keeps it; returns what it changes."""
@@ -200,6 +209,8 @@ class Runner:
                             memory_cap=cfg.memory_cap, max_attempts=cfg.max_attempts, cwd=cfg.cwd,
                             max_wall_time=cfg.max_wall_time, hang_timeout=cfg.hang_timeout,
                             version=__version__, initial=cfg.initial.set_fields(),
+                            # The targets, secrets and all, so that resume tells the same people (README).
+                            **({"notify": list(cfg.notify)} if cfg.notify else {}),
                             **({"nnodes": cfg.nnodes, "node_rank": cfg.node_rank, "node_timeout": cfg.node_timeout}
                                if self.topology.multi else {}))
         if self.world is not None:
