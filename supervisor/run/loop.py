@@ -149,7 +149,8 @@ class Runner:
         resume = latest(view.checkpoints, output_dir, since=first_start)
         self.journal.append(schema.ATTEMPT_STARTED, attempt=number, rung=nxt.rung, reason=nxt.reason,
                             plan=nxt.overrides.to_dict(), command=argv, attempt_dir=str(folder), resume_from=resume)
-        return Launch(number, folder, argv, nxt.overrides, plan, resume, evaluation_owed(view, resume))
+        return Launch(number, folder, argv, nxt.overrides, plan, resume, evaluation_owed(view, resume), nxt.rung,
+                      nxt.reason)
 
     def _act(self, result: AttemptResult, verdict: Next) -> int | NextAttempt:
         """Journal what `decide` chose and carry it out: the run's exit code, or the next attempt."""
