@@ -167,3 +167,10 @@ def test_without_targets_nothing_is_sent_and_nothing_is_journaled(tmp_path):
     code, _ = run(tmp_path, ScriptedWorkers(oom_at(3), finish))
     records = read_journal(tmp_path / "run" / "journal.jsonl")
     assert code == 0 and "notify" not in records[0] and not [r for r in records if r["type"] == "warning"]
+
+
+def test_without_apprise_notify_is_one_line_saying_what_to_install(monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "apprise", None)
+    with pytest.raises(UsageError, match=r"^--notify needs Apprise: pip install apprise$"):
+        check_targets(["json://127.0.0.1/x"], {})
+    check_targets([], {})  # no targets, nothing needed

@@ -132,6 +132,8 @@ def test_a_program_that_reports_no_steps_gets_one_bar_per_attempt():
     records = [r for r in night() if r["type"] != "progress"]
     chart = memory_chart(report_of(records))
     assert not chart.by_step and chart.peaks == {1: 906 * MiB, 2: None}
+    page = Page(render_html(report_of(records)))
+    assert len(page.inside("svg", "memory-chart")) == 1 and "attempt (the program reported no steps)" in page.text
 
 
 def test_the_timeline_puts_each_attempt_on_the_wall_clock_with_its_steps_and_what_the_failure_cost():
@@ -236,3 +238,14 @@ def test_the_schema_knows_every_status_and_failure_kind():
     assert set(schema["properties"]["status"]["enum"]) == {s.value for s in RunStatus} | {"running", "not started"}
     assert set(schema["$defs"]["failure"]["properties"]["kind"]["enum"]) == {k.value for k in Kind}
     assert schema["properties"]["schema"]["const"] == report_of(night())["schema"]
+
+
+# --- without matplotlib ----------------------------------------------------------------------------------
+
+def test_without_matplotlib_the_page_says_what_to_install_in_place_of_each_chart(monkeypatch):
+    for name in [m for m in __import__("sys").modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.delitem(__import__("sys").modules, name)
+    monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)  # what an environment without it imports
+    page = Page(render_html(report_of(night())))
+    assert page.text.count("the charts need matplotlib: pip install matplotlib") == 2
+    assert page.rows == ["attempt-1", "attempt-2"] and not page.inside("svg", "memory-chart")

@@ -1,9 +1,8 @@
 """report.html's charts drawn with matplotlib, to SVG text that goes inline into the page.
 
 On the supervisor's machine, after the run: no display, no network, no font files, no script.
-matplotlib's figure API is used without pyplot, so nothing global (a backend, an open figure) is
-left behind; the same figures saved as PNG make the README's picture. What each chart shows is
-decided in charts.py; here is only how it looks.
+matplotlib's figure API is used without pyplot, so nothing global (a GUI backend, an open figure)
+is involved or left behind. What each chart shows is decided in charts.py; here is only how it looks.
 """
 
 from __future__ import annotations
@@ -28,17 +27,22 @@ class ChartsUnavailable(RuntimeError):
     """matplotlib is not installed: the page says what to install instead of a chart."""
 
 
-def _figure(width: float, height: float):
+def _matplotlib():
     try:
-        from matplotlib.figure import Figure
+        import matplotlib
+        import matplotlib.figure
     except ImportError:  # a dependency of oomladder's, but an environment can lose it
         raise ChartsUnavailable("the charts need matplotlib: pip install matplotlib") from None
-    return Figure(figsize=(width, height), layout="constrained")
+    return matplotlib
+
+
+def _figure(width: float, height: float):
+    return _matplotlib().figure.Figure(figsize=(width, height), layout="constrained")
 
 
 def _svg(fig, salt: str) -> str:
     """The figure as an <svg> element to put inline: no XML prologue, no DOCTYPE, no date."""
-    import matplotlib
+    matplotlib = _matplotlib()
     buf = io.StringIO()
     with matplotlib.rc_context({**_RC, "svg.hashsalt": salt}):
         fig.savefig(buf, format="svg", metadata={"Date": None})
@@ -52,9 +56,8 @@ def _size_unit(values: list[int]) -> tuple[float, str]:
 
 
 def draw_memory(chart: MemoryChart):
-    """The memory chart as a matplotlib figure (SVG for the page, PNG for the README's picture)."""
-    import matplotlib
-    with matplotlib.rc_context(_RC):
+    """The memory chart as a matplotlib figure (`savefig` writes it as SVG, PNG, PDF...)."""
+    with _matplotlib().rc_context(_RC):
         fig = _figure(8.0, 3.6)
         ax = fig.add_subplot()
         values = [p for line in chart.lines for p in line.peaks] + [m.reached for m in chart.ooms if m.reached]
@@ -112,8 +115,7 @@ def _oom(ax, x: float, mark: OomMark, scale: float, unit: str) -> None:
 
 
 def draw_timeline(chart: TimelineChart):
-    import matplotlib
-    with matplotlib.rc_context(_RC):
+    with _matplotlib().rc_context(_RC):
         fig = _figure(8.0, 0.9 + 0.55 * max(1, len(chart.lanes)))
         ax = fig.add_subplot()
         for row, lane in enumerate(chart.lanes):
