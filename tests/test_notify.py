@@ -3,6 +3,7 @@ through Apprise's json:// target to a real HTTP server on this machine, and a ta
 reached, which is journaled and shown and changes nothing else."""
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -102,7 +103,8 @@ def test_a_target_apprise_does_not_know_is_bad_input():
 
 def test_the_command_line_refuses_it_in_one_line_before_anything_runs(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert main(["run", "--notify", "nope://x", "--run-dir", str(tmp_path / "r"), "--", "python", "-c", "pass"]) == 2
+    assert main(["run", "--notify", "nope://x", "--run-dir", str(tmp_path / "r"), "--", sys.executable, "-c",
+                 "pass"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is not a notification URL" in err and not (tmp_path / "r").exists()
 
@@ -170,7 +172,7 @@ def test_without_targets_nothing_is_sent_and_nothing_is_journaled(tmp_path):
 
 
 def test_without_apprise_notify_is_one_line_saying_what_to_install(monkeypatch):
-    monkeypatch.setitem(__import__("sys").modules, "apprise", None)
+    monkeypatch.setitem(sys.modules, "apprise", None)
     with pytest.raises(UsageError, match=r"^--notify needs Apprise: pip install apprise$"):
         check_targets(["json://127.0.0.1/x"], {})
     check_targets([], {})  # no targets, nothing needed

@@ -3,6 +3,7 @@
 users kept inert however hostile. The real run's page is tests/e2e/test_morning_after.py's."""
 
 import json
+import sys
 from html.parser import HTMLParser
 
 import jsonschema
@@ -243,9 +244,9 @@ def test_the_schema_knows_every_status_and_failure_kind():
 # --- without matplotlib ----------------------------------------------------------------------------------
 
 def test_without_matplotlib_the_page_says_what_to_install_in_place_of_each_chart(monkeypatch):
-    for name in [m for m in __import__("sys").modules if m == "matplotlib" or m.startswith("matplotlib.")]:
-        monkeypatch.delitem(__import__("sys").modules, name)
-    monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)  # what an environment without it imports
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # what an environment without it imports
     page = Page(render_html(report_of(night())))
     assert page.text.count("the charts need matplotlib: pip install matplotlib") == 2
     assert page.rows == ["attempt-1", "attempt-2"] and not page.inside("svg", "memory-chart")

@@ -163,7 +163,8 @@ def _final_plan(report: dict[str, Any]) -> str:
                 f"<pre><code>{e(r['hf_argument_flags'])}</code></pre>"]
     if r["from_pretrained"]:
         body = ", ".join(f"{k}={v}" for k, v in r["from_pretrained"].items())
-        out += ["<p>In <code>from_pretrained(...)</code>:</p>", f"<pre><code>from_pretrained(..., {e(body)})</code></pre>"]
+        out += ["<p>In <code>from_pretrained(...)</code>:</p>",
+                f"<pre><code>from_pretrained(..., {e(body)})</code></pre>"]
     if r["command"]:
         out += ["<p>The command of the last attempt (placeholders filled in):</p>",
                 f"<pre><code>{e(r['command'])}</code></pre>"]

@@ -1,8 +1,9 @@
 """The fallback report: what each attempt ran with, what killed it, what the ladder changed and
 why, the before/after table of the seed note, and how to run the final plan without oomladder.
 
-`build_report` folds a `RunView` into plain data (report.json); the Markdown and console
-renderings are views of that data only, so `oomladder report` shows what the run wrote.
+`build_report` folds a `RunView` into plain data (report.json, documented by report.schema.json);
+the Markdown, HTML (page.py) and console renderings are views of that data only, so `oomladder
+report` shows what the run wrote.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from oomladder.units import format_size, format_steps
 from oomladder.views.page import render_html
 from oomladder.views.table import format_duration, status_text, steps_text
 
-# report.schema.json (beside this file, shipped with the package) documents the data. 2: each attempt's step log and wall-clock
-# times for report.html's charts, the device's memory, and the time lost to failures and restarts.
+# report.schema.json (beside this file, shipped with the package) documents the data. 2: each attempt's
+# step log and wall-clock times for report.html's charts, the device's memory, the time lost.
 REPORT_SCHEMA = 2
 SCHEMA_FILE = Path(__file__).with_name("report.schema.json")
 STATUS_TEXT = {
