@@ -22,9 +22,11 @@ from oomladder.record.history import RunView
 from oomladder.record.journal import fold_journal
 from oomladder.run.config import RunConfig
 from oomladder.run.console import run_in_console
+from oomladder.run.notify import check_targets, targets
 from oomladder.strategies.base import Strategy
 from oomladder.units import parse_duration, parse_size
 from oomladder.views.display import make_console
+from oomladder.views.page import render_html
 from oomladder.views.render import print_report
 from oomladder.views.report import build_report, render_markdown
 
@@ -58,8 +60,10 @@ def make_run_config(args: argparse.Namespace):
     if missing and not (run_dir / "journal.jsonl").exists():
         raise UsageError(f"the command's placeholder {{{sorted(missing)[0]}}} has no starting value: add "
                          f"--set {sorted(missing)[0]}=VALUE")
+    notify = targets(args.notify, os.environ)
+    check_targets(notify, os.environ)
     return RunConfig(command=tuple(command), run_dir=run_dir, ladder=ladder, memory_cap=memory_cap,
-                     max_attempts=args.max_attempts, initial=initial,
+                     max_attempts=args.max_attempts, initial=initial, notify=notify,
                      max_wall_time=parse_duration(args.max_wall_time) if args.max_wall_time else None,
                      hang_timeout=parse_duration(args.hang_timeout) if args.hang_timeout else None,
                      nnodes=nodes.nnodes, node_rank=nodes.node_rank,
@@ -135,12 +139,15 @@ def resume_config(run_dir: Path, node_rank: int | None = None):
         raise RunDirError(f"the run in '{run_dir}' already finished: there is nothing to resume (its report: "
                           f"{run_dir / 'report.md'})")
     started = view.run
+    notify = targets((), os.environ, kept=started.get("notify") or ())
+    check_targets(notify, os.environ)
     return RunConfig(command=tuple(started["command"]), run_dir=run_dir, ladder=ladder_from_journal(started["ladder"]),
                      memory_cap=started.get("memory_cap"), max_attempts=started.get("max_attempts") or 10,
                      max_wall_time=started.get("max_wall_time"), hang_timeout=started.get("hang_timeout"),
                      initial=Plan.from_dict(started.get("initial")), cwd=started.get("cwd") or str(Path.cwd()),
                      nnodes=started.get("nnodes", 1), node_rank=started.get("node_rank", 0),
-                     node_timeout=started.get("node_timeout", 600.0), no_offload=bool(started.get("no_offload")))
+                     node_timeout=started.get("node_timeout", 600.0), no_offload=bool(started.get("no_offload")),
+                     notify=notify)
 
 
 def report(args: argparse.Namespace) -> int:
@@ -151,6 +158,8 @@ def report(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2, default=str))
     elif args.format == "md":
         print(render_markdown(report), end="")
+    elif args.format == "html":
+        print(render_html(report), end="")
     else:
         print_report(make_console(), view, report)
     return 0

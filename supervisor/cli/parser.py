@@ -47,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="show the fallback report of a run directory")
     report.add_argument("run_dir")
-    report.add_argument("--format", choices=("table", "md", "json"), default="table")
+    report.add_argument("--format", choices=("table", "md", "json", "html"), default="table",
+                        help="table: on the console (default); md, json, html: report.md, report.json or "
+                        "report.html as the run wrote them")
 
     plan = sub.add_parser("plan", help="estimate the peak memory of each rung of the ladder and say which plan "
                           "fits first, before launching anything")
@@ -96,6 +98,11 @@ def _run_options(p: argparse.ArgumentParser) -> None:
                         "needed for {placeholders} in a command that is not a Hugging Face Trainer program")
     p.add_argument("--no-offload", action="store_true", help="weights that from_pretrained's device_map puts on "
                    "the CPU or disk count as out of memory: the ladder quantizes until the model fits the device")
+    p.add_argument("--notify", action="append", default=[], metavar="URL",
+                   help="send a short message through Apprise when a fallback is taken and when the run ends: "
+                        "slack://, discord://, tgram://, ntfy://, mailto://, json:// (a webhook) and more "
+                        "(repeatable; also $OOMLADDER_NOTIFY, separated by spaces or commas). The journal keeps "
+                        "the URLs, for resume")
     nodes = p.add_argument_group("several nodes", "one oomladder per node, every one with the same shared --run-dir; "
                                  "the defaults come from srun (one task per node) or torchrun's PET_NNODES and "
                                  "PET_NODE_RANK")

@@ -50,6 +50,8 @@ def parse_args():
     p.add_argument("--save-steps", type=int, help="save a checkpoint-N in --output-dir every N steps")
     p.add_argument("--stop-after-step", type=int, help="end training after this step (the schedule stays --max-steps')")
     p.add_argument("--resume-from", help="continue from this checkpoint-N folder")
+    p.add_argument("--report-to", default="none", help="the Trainer's experiment trackers, e.g. tensorboard "
+                   "(its event files go under --output-dir/runs)")
     return p.parse_args()
 
 
@@ -147,7 +149,7 @@ def main():
         output_dir=a.output_dir, per_device_train_batch_size=a.batch_size, gradient_accumulation_steps=a.grad_accum,
         max_steps=a.max_steps, learning_rate=1e-3, lr_scheduler_type="linear", logging_steps=1,
         save_strategy="steps" if a.save_steps else "no", save_steps=a.save_steps or 500,
-        report_to="none", bf16=a.bf16, use_cpu=not torch.cuda.is_available(), dataloader_num_workers=a.workers,
+        report_to=a.report_to, bf16=a.bf16, use_cpu=not torch.cuda.is_available(), dataloader_num_workers=a.workers,
         train_sampling_strategy="sequential", seed=0, auto_find_batch_size=a.auto_find_batch_size,
         gradient_checkpointing=a.gradient_checkpointing, optim=a.optim)
     eval_data = GrowingSequences(32, 0, a.eval_len, a.eval_len, a.vocab) if a.eval_len else None

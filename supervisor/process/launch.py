@@ -43,7 +43,8 @@ def substitute(command: Sequence[str], plan: Plan) -> list[str]:
 
 def worker_env(base: Mapping[str, str], attempt_dir: Path, overrides: Plan, plan: Plan,
                memory_cap: int | None, resume_from: str | None = None,
-               evaluate_at: int | None = None, run_dir: Path | None = None, no_offload: bool = False) -> dict[str, str]:
+               evaluate_at: int | None = None, run_dir: Path | None = None, no_offload: bool = False,
+               rung: str | None = None, reason: str = "") -> dict[str, str]:
     env = {k: v for k, v in base.items() if not k.startswith("OOMLADDER_")}
     if no_offload:
         env["OOMLADDER_NO_OFFLOAD"] = "1"
@@ -60,6 +61,9 @@ def worker_env(base: Mapping[str, str], attempt_dir: Path, overrides: Plan, plan
                                 else attempt_dir.name)
     env["PYTHONPATH"] = os.pathsep.join([str(INJECT_DIR)] + ([base["PYTHONPATH"]] if base.get("PYTHONPATH") else []))
     env["OOMLADDER_ATTEMPT_DIR"] = str(attempt_dir)
+    # The rung and why it was taken, for the program's own experiment tracker (worker/trainer.py).
+    env["OOMLADDER_RUNG"] = rung or "start"
+    env["OOMLADDER_REASON"] = reason or ""
     env["OOMLADDER_PLAN"] = json.dumps(overrides.set_fields())
     env["PYTHONUNBUFFERED"] = "1"  # the stderr tail must hold the last words, not a buffer
     for name, value in plan.set_fields().items():

@@ -45,6 +45,11 @@ class AttemptView:
     ran_again: list[int] = field(default_factory=list)  # steps it ran that an earlier attempt had run
     rolled_back: bool = False         # its rung broke the program: its plan was abandoned (run/decide.py)
     adapter: bool = False             # oomladder's adapter loaded in one of its worker's processes
+    # For the report's charts: when the workers began training (after start-up and any resume), and when
+    # each step they executed was journaled, with the highest peak any rank reported at its end.
+    training_began: float | None = None
+    step_times: dict[int, float] = field(default_factory=dict)
+    step_peaks: dict[int, int] = field(default_factory=dict)
 
     @property
     def reports_steps(self) -> bool:
@@ -230,13 +235,18 @@ class Folder:
             self.ended = r
 
     def _progress(self, a: AttemptView, r: dict[str, Any]) -> None:
-        if r.get("executed") and r.get("step") is not None and r["step"] not in a.executed:
-            a.executed.add(r["step"])
-            first = self.first_run.setdefault(r["step"], a.number)
-            if first < a.number:
-                a.ran_again.append(r["step"])
+        if r.get("executed") and r.get("step") is not None:
+            if r["step"] not in a.executed:
+                a.executed.add(r["step"])
+                first = self.first_run.setdefault(r["step"], a.number)
+                if first < a.number:
+                    a.ran_again.append(r["step"])
+                if r.get("ts") is not None:
+                    a.step_times[r["step"]] = r["ts"]
+            if r.get("peak") is not None:  # each rank reports the step: the chart shows the highest
+                a.step_peaks[r["step"]] = max(a.step_peaks.get(r["step"], 0), r["peak"])
         if r.get("began_at") is not None and a.began_at is None:
-            a.began_at = r["began_at"]
+            a.began_at, a.training_began = r["began_at"], r.get("ts")
         if r.get("resume_failed"):
             a.resume_failed = r["resume_failed"]
         if r.get("adapter"):

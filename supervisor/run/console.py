@@ -13,6 +13,6 @@ def run_in_console(config: RunConfig, console: Console) -> int:
     title = f"oomladder: {' '.join(config.command)}"
     display = LiveDisplay(console, title) if console.is_terminal else LineDisplay(console, title)
     code = Runner(config, display=display).run()
-    console.print(f"report: {config.run_dir / 'report.md'} (again any time: oomladder report {config.run_dir})",
-                  markup=False, highlight=False)
+    console.print(f"report: {config.run_dir / 'report.html'} (and report.md; again any time: oomladder report "
+                  f"{config.run_dir})", markup=False, highlight=False, soft_wrap=True)  # a path to copy: never wrapped
     return code

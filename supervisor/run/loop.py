@@ -34,6 +34,7 @@ from oomladder.record.journal import Journal, iter_journal, open_journal
 from oomladder.run.budget import Budget, BudgetState, budgets, exhausted
 from oomladder.run.config import EXIT_DISK_FULL, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_NOT_MEMORY, EXIT_USAGE, RunConfig
 from oomladder.run.decide import decide, evaluation_owed, over_budget, stopped
+from oomladder.run.notify import Notifier
 from oomladder.run.outcomes import AttemptResult, End, Next, NextAttempt, Retry, Rollback, RunStatus, Stop, StopReason
 from oomladder.run.resume import starting_point
 from oomladder.run.signals import forwarded_signals
@@ -65,6 +66,7 @@ class Runner:
                            lambda: self._signal is not None) if self.topology.multi else None
         self.journal: Journal | None = None
         self.watcher: AttemptWatcher | None = None
+        self.notifier: Notifier | None = None
 
     # --- public ---------------------------------------------------------------------------------------
 
@@ -79,6 +81,8 @@ class Runner:
         with RunLock(cfg.run_dir, cfg.node_rank) as lock:
             become_subreaper()
             self.journal = journal = open_journal(own, self.clock)
+            # Node 0 tells the news, as it writes the reports: every node takes the same decisions.
+            self.notifier = Notifier(cfg.notify if cfg.node_rank == 0 else (), journal, self.display, cfg.run_dir)
             self.watcher = AttemptWatcher(cfg, journal, launcher=self.launcher, clock=self.clock,
                                           monotonic=self.monotonic, sleep=self.sleep, display=self.display,
                                           environ=self.environ, world=self.world, signalled=lambda: self._signal,
@@ -104,12 +108,12 @@ class Runner:
         if self.watcher is not None and self.watcher.running is not None:
             self.watcher.running.stop(signal.SIGTERM, self.config.grace, hurry=lambda: self._signals > 1)
         full = isinstance(exc, OSError) and exc.errno == errno.ENOSPC
-        status, code = ("disk_full", EXIT_DISK_FULL) if full else ("internal_error", EXIT_INTERNAL)
+        status, code = (RunStatus.DISK_FULL, EXIT_DISK_FULL) if full else (RunStatus.INTERNAL_ERROR, EXIT_INTERNAL)
         reason = (f"the disk holding {exc.filename or self.config.run_dir} is full: free some space, then run the "
                   f"same command again (or oomladder resume) to continue" if full else
                   f"oomladder failed: {type(exc).__name__}: {exc}")
         try:
-            self.journal.append(schema.RUN_ENDED, status=status, exit_code=code, reason=reason)
+            self.journal.append(schema.RUN_ENDED, status=status.value, exit_code=code, reason=reason)
         except OSError:
             pass  # the disk may be the reason: the worker is stopped, and resume takes in what it left
         if not full:
@@ -129,6 +133,7 @@ class Runner:
             except OSError as exc:
                 self.display.event(f"the report could not be written ({exc.strerror or exc}): the journal has "
                                    f"the run; `oomladder report {cfg.run_dir}` shows it once there is room")
+            self.notifier.ended(view, cfg.run_dir / "report.html")
         self.display.close(view)
         try:
             journal.close()
@@ -187,7 +192,8 @@ class Runner:
         if (warning := load_warning(view, cfg.memory_cap, plan)) is not None:
             self.journal.append(schema.WARNING, attempt=number, about="mapping", text=warning)
             self.display.event(f"attempt {number}: {warning}")
-        return Launch(number, folder, argv, nxt.overrides, plan, resume, evaluation_owed(view, resume))
+        return Launch(number, folder, argv, nxt.overrides, plan, resume, evaluation_owed(view, resume), nxt.rung,
+                      nxt.reason)
 
     def _act(self, result: AttemptResult, verdict: Next) -> int | NextAttempt:
         """Journal what `decide` chose and carry it out: the run's exit code, or the next attempt."""
@@ -211,7 +217,11 @@ class Runner:
                                   if verdict.rollback else ""))
             nxt = NextAttempt(verdict.decision.plan, verdict.decision.rung, verdict.decision.reason)
         ending = over_budget(exhausted(self._budgets, self._budget_state()), nxt.rung)
-        return self._end(ending) if ending is not None else nxt
+        if ending is not None:
+            return self._end(ending)
+        if not isinstance(verdict, Retry):  # a fallback that will run: news
+            self.notifier.fallback(self.journal.view(), number)
+        return nxt
 
     def _journal_decision(self, number: int, decision: Decision, rollback: Rollback | None = None) -> str | None:
         """The ladder's decision as the journal keeps it; returns what it changes (from the plan it undoes
@@ -258,6 +268,8 @@ class Runner:
                             memory_cap=cfg.memory_cap, max_attempts=cfg.max_attempts, cwd=cfg.cwd,
                             max_wall_time=cfg.max_wall_time, hang_timeout=cfg.hang_timeout,
                             version=__version__, initial=cfg.initial.set_fields(), no_offload=cfg.no_offload,
+                            # The targets, secrets and all, so that resume tells the same people (README).
+                            **({"notify": list(cfg.notify)} if cfg.notify else {}),
                             **({"nnodes": cfg.nnodes, "node_rank": cfg.node_rank, "node_timeout": cfg.node_timeout}
                                if self.topology.multi else {}))
         if self.world is not None:

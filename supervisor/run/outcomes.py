@@ -30,6 +30,8 @@ class RunStatus(str, enum.Enum):
     LAUNCH_FAILED = "launch_failed"
     NODE_LOST = "node_lost"
     NODES_DISAGREE = "nodes_disagree"
+    DISK_FULL = "disk_full"            # the run directory's disk filled (exit 74)
+    INTERNAL_ERROR = "internal_error"  # oomladder itself failed; the journal keeps the error
 
 
 class Stop(enum.Enum):

@@ -48,6 +48,8 @@ class Launch:
     plan: Plan
     resume: dict[str, Any] | None
     evaluate_at: int | None
+    rung: str | None = None          # what the ladder chose, and why: the worker tells the program's tracker
+    reason: str = ""
 
 
 @dataclass
@@ -78,7 +80,7 @@ class AttemptWatcher:
         cfg = self.config
         env = worker_env(self.environ, launch.attempt_dir, launch.overrides, launch.plan, cfg.memory_cap,
                          launch.resume["path"] if launch.resume else None, launch.evaluate_at, run_dir=cfg.run_dir,
-                         no_offload=cfg.no_offload)
+                         no_offload=cfg.no_offload, rung=launch.rung, reason=launch.reason)
         spec = LaunchSpec(tuple(launch.argv), env, cfg.cwd, launch.attempt_dir / "stdout.log",
                           launch.attempt_dir / "stderr.log")
         oom_kills_before, gpu_before = cgroup.oom_kill_count(), gpu.gpu_pids()

@@ -7,10 +7,11 @@ import os
 import time
 from typing import Protocol
 
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
 
 from oomladder.record.history import RunView
+from oomladder.views.bars import peak_bars, running_progress
 from oomladder.views.table import attempts_table
 
 
@@ -46,7 +47,8 @@ class NullDisplay:
 
 
 class LiveDisplay:
-    """The attempts table redrawn in place; events print above it."""
+    """The attempts table redrawn in place, with the running attempt's progress bar under it; events print
+    above it. At the end, each attempt's peak against the cap."""
 
     live = True
 
@@ -59,7 +61,10 @@ class LiveDisplay:
     def _render(self):
         if self._view is None:
             return ""
-        return attempts_table(self._view, now=time.time(), title=self.title)
+        now = time.time()
+        table = attempts_table(self._view, now=now, title=self.title)
+        progress = running_progress(self._view, now)
+        return table if progress is None else Group(table, progress)
 
     def update(self, view: RunView) -> None:
         self._view = view
@@ -70,6 +75,7 @@ class LiveDisplay:
     def close(self, view: RunView) -> None:
         self._view = view
         self._live.stop()
+        _print_peaks(self.console, view)
 
 
 class LineDisplay:
@@ -88,3 +94,10 @@ class LineDisplay:
 
     def close(self, view: RunView) -> None:
         self.console.print(attempts_table(view, now=time.time(), title=self.title))
+        _print_peaks(self.console, view)
+
+
+def _print_peaks(console: Console, view: RunView) -> None:
+    bars = peak_bars(view)
+    if bars is not None:
+        console.print(bars)

@@ -1,8 +1,9 @@
 """The fallback report: what each attempt ran with, what killed it, what the ladder changed and
 why, the before/after table of the seed note, and how to run the final plan without oomladder.
 
-`build_report` folds a `RunView` into plain data (report.json); the Markdown and console
-renderings are views of that data only, so `oomladder report` shows what the run wrote.
+`build_report` folds a `RunView` into plain data (report.json, documented by report.schema.json);
+the Markdown, HTML (page.py) and console renderings are views of that data only, so `oomladder
+report` shows what the run wrote.
 """
 
 from __future__ import annotations
@@ -17,9 +18,13 @@ from typing import Any
 from oomladder.plan import Plan, changes, describe_changes
 from oomladder.record.history import RunView
 from oomladder.units import format_size, format_steps
+from oomladder.views.page import render_html
 from oomladder.views.table import format_duration, status_text, steps_text
 
-REPORT_SCHEMA = 1
+# report.schema.json (beside this file, shipped with the package) documents the data. 2: each attempt's
+# step log and wall-clock times for report.html's charts, the device's memory, the time lost.
+REPORT_SCHEMA = 2
+SCHEMA_FILE = Path(__file__).with_name("report.schema.json")
 STATUS_TEXT = {
     "finished": "Training finished.",
     "ladder_exhausted": "Stopped: out of memory, and no rung of the ladder was left to try.",
@@ -29,6 +34,10 @@ STATUS_TEXT = {
     "not_memory": "Stopped: the worker failed for a reason no memory setting fixes.",
     "interrupted": "Stopped: interrupted.",
     "launch_failed": "Stopped: the command could not be started.",
+    "node_lost": "Stopped: another node's supervisor went silent.",
+    "nodes_disagree": "Stopped: the nodes' supervisors disagreed about the run.",
+    "disk_full": "Stopped: the disk holding the run directory is full.",
+    "internal_error": "Stopped: oomladder itself failed (the journal keeps the error).",
     "running": "Still running (or the supervisor died): `oomladder report` shows the journal as it stands.",
 }
 
@@ -50,26 +59,56 @@ def build_report(view: RunView) -> dict[str, Any]:
             "rolled_back": a.rolled_back,
             "duration": a.duration(), "exit_code": a.exit_code, "command": a.command,
             "skipped": _untold(led_here.get("skipped", []), told),
+            "started_at": a.started, "ended_at": a.ended, "training_began_at": a.training_began,
+            "step_log": [{"step": step, "at": at, "peak": a.step_peaks.get(step)}
+                         for step, at in sorted(a.step_times.items())],
         })
         previous = a.plan
     before, after = view.program_plan, view.final_plan
     ended = view.ended or {}
+    steps = {"reported": view.step_counts is not None, "repeated": view.repeated_steps, "missing": view.missing_steps}
     return {
         "schema": REPORT_SCHEMA,
-        "status": view.status, "exit_code": ended.get("exit_code"), "reason": ended.get("reason"),
+        "status": view.status, "status_text": STATUS_TEXT.get(view.status, view.status),
+        "exit_code": ended.get("exit_code"), "reason": ended.get("reason"),
         "command": view.run.get("command", []), "memory_cap": view.run.get("memory_cap"),
+        "device_memory": view.facts.device_memory,
         "ladder": (view.run.get("ladder") or {}).get("source"),
         "effective_batch": {"before": before.effective_batch, "after": after.effective_batch},
-        "steps": {"reported": view.step_counts is not None, "repeated": view.repeated_steps,
-                  "missing": view.missing_steps},
+        "steps": steps, "steps_summary": _steps_line(steps, strong=lambda text: text),
         "warnings": [{"attempt": w.get("attempt"), "about": w.get("about"), "text": w.get("text")}
                      for w in view.warnings],
         "journal": {"unreadable_lines": view.skipped_lines, "malformed_records": view.malformed},
         "attempts": attempts,
+        "time_lost": time_lost(attempts),
         "before_after": [{"setting": name, "before": old, "after": new} for name, old, new in changes(before, after)],
         "final_plan": after.to_dict(),
         "reproduce": reproduce(before, after, view.attempts[-1].command if view.attempts else []),
     }
+
+
+def time_lost(attempts: list[dict[str, Any]]) -> dict[str, float]:
+    """Wall-clock seconds the out-of-memory errors cost, in two parts.
+
+    failures: what a failed attempt ran after its last whole step (the step that died, the dying, the
+    emergency save); from the start of its training when it finished no step, from its own start when its
+    workers tell nothing (a program that reports no steps starts over, so all of it was lost).
+    restarts: the start-up of each later attempt (launch, imports, model load, resume) until its workers
+    began training, and the gaps between attempts. Attempt 1's start-up is the program's own cost.
+    """
+    failures = restarts = 0.0
+    previous_end = None
+    for a in attempts:
+        if previous_end is not None:
+            restarts += max(0.0, a["started_at"] - previous_end)
+            if a["training_began_at"] is not None:
+                restarts += max(0.0, a["training_began_at"] - a["started_at"])
+        if a["status"] == "failed" and a["ended_at"] is not None:
+            last = (a["step_log"][-1]["at"] if a["step_log"] else a["training_began_at"] if a["training_began_at"]
+                    is not None else a["started_at"])
+            failures += max(0.0, a["ended_at"] - last)
+        previous_end = a["ended_at"]
+    return {"failures": round(failures, 3), "restarts": round(restarts, 3)}
 
 
 def _untold(skipped: list[list[str]], told: set[tuple[str, str]]) -> list[dict[str, str]]:
@@ -164,14 +203,14 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
-def _steps_line(steps: dict[str, Any]) -> str:
+def _steps_line(steps: dict[str, Any], strong=lambda text: f"**{text}**") -> str:
     if not steps["reported"]:
         return "not reported by the program (no adapter reached it), so repeats cannot be counted"
     parts = []
     if steps["repeated"]:
-        parts.append(f"**{format_steps(steps['repeated'])} ran more than once** (lost work)")
+        parts.append(strong(f"{format_steps(steps['repeated'])} ran more than once") + " (lost work)")
     if steps["missing"]:
-        parts.append(f"**{format_steps(steps['missing'])} never reported**")
+        parts.append(strong(f"{format_steps(steps['missing'])} never reported"))
     return "; ".join(parts) or "each ran once, as the workers reported"
 
 
@@ -195,6 +234,7 @@ def write_reports(run_dir: str | Path, view: RunView) -> dict[str, Any]:
     run_dir = Path(run_dir)
     _atomic_write(run_dir / "report.json", json.dumps(report, indent=2, default=str) + "\n")
     _atomic_write(run_dir / "report.md", render_markdown(report))
+    _atomic_write(run_dir / "report.html", render_html(report))  # last: its charts take the longest
     return report
 
 

@@ -1,6 +1,10 @@
 """The Hugging Face Trainer (and what subclasses it: TRL's trainers): observe the program's own
 `TrainingArguments`, apply the plan to them, report each optimizer step, record the failure,
-save the emergency checkpoint after an OOM, resume from it, and stop at a step boundary on SIGTERM."""
+save the emergency checkpoint after an OOM, resume from it, stop at a step boundary on SIGTERM, and
+tell the program's own experiment tracker (`report_to`) which attempt this is and why.
+
+Issue 8's Lightning adapter does not exist yet; when it does, it tells Lightning's loggers the same
+(the attempt, the batch and accumulation, the rung's reason) from its `on_train_start`."""
 
 from __future__ import annotations
 
@@ -176,6 +180,24 @@ def _record_failure(trainer, exc: BaseException) -> None:
                         peak=peak, peak_measure=measure, batch_shape=probe.batch_shapes()["current"])
 
 
+def _tell_trackers(trainer, args, state, control) -> None:
+    """oomladder's events in the program's own run of TensorBoard, W&B, MLflow...: the attempt number and the
+    plan's batch and accumulation as scalars at the step this attempt begins from (where they changed), and the
+    rung with its reason as text. Through the Trainer's own on_log, so every tracker it set up gets them, as
+    each gets the loss (MLflow keeps numbers only, and drops the text with a warning of its own)."""
+    if not args.report_to or not os.environ.get("OOMLADDER_ATTEMPT", "").isdigit():
+        return
+    attempt = int(os.environ["OOMLADDER_ATTEMPT"])
+    rung = os.environ.get("OOMLADDER_RUNG") or "start"
+    reason = os.environ.get("OOMLADDER_REASON") or "the program's own settings"
+    trainer.callback_handler.on_log(args, state, control, {
+        "oomladder/attempt": attempt,
+        "oomladder/per_device_train_batch_size": args.per_device_train_batch_size,
+        "oomladder/gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "oomladder/rung": f"attempt {attempt} from step {state.global_step}: {rung}: {reason}",
+    })
+
+
 def _progress_callback(module, trainer):
     class OomLadderProgress(module.TrainerCallback):
         """Reports each finished optimizer step (and evaluation) to the supervisor."""
@@ -192,6 +214,7 @@ def _progress_callback(module, trainer):
             # Where this process really starts: the step after it is the first it will execute. The
             # supervisor compares it with the checkpoint it asked for, so a resume that did not happen shows.
             safely(files.append_progress, {"began_at": state.global_step, "max_steps": state.max_steps})
+            safely(_tell_trackers, trainer, args, state, control)
             # The last attempt died evaluating at this very step: the evaluation is still owed.
             if os.environ.get("OOMLADDER_RESUME_EVAL_AT") == str(state.global_step) and state.global_step:
                 trainer.evaluate()

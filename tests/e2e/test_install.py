@@ -48,6 +48,8 @@ def test_oomladder_and_supervisord_install_side_by_side_and_both_work(tmp_path):
     top_level = {line.split("/")[0] for line in (dist / "RECORD").read_text().splitlines()
                  if not line.startswith(("../", dist.name))}
     assert top_level == {"oomladder"}
+    # The report's documented schema ships beside the module that writes the report.
+    assert "oomladder/views/report.schema.json" in {line.split(",")[0] for line in (dist / "RECORD").read_text().splitlines()}
 
     strategies = subprocess.run([bin_dir / "oomladder", "strategies"], capture_output=True, text=True)
     assert strategies.returncode == 0, strategies.stderr
@@ -64,6 +66,7 @@ def test_oomladder_and_supervisord_install_side_by_side_and_both_work(tmp_path):
     assert run.returncode == 3, run.stdout + run.stderr
     record = json.loads((run_dir / "attempts" / "001" / "failure.0.json").read_text())
     assert record["exc_type"] == "ValueError" and record["message"] == "bad data in shard 7"
+    assert (run_dir / "report.html").read_text().startswith("<!DOCTYPE html>")
 
 
 def test_a_worker_run_by_an_interpreter_without_oomladder_still_gets_the_adapter(tmp_path, env):
