@@ -1,6 +1,7 @@
 """Bad input: one clear line on stderr saying what is wrong and what to do, exit status 2, no
 traceback, and an existing run directory left as it was."""
 
+import json
 import subprocess
 
 import pytest
@@ -135,3 +136,18 @@ def test_plan_as_json_gives_every_rungs_parts_and_the_first_fit(tmp_path, env):
 def test_plan_without_a_gpu_or_a_size_asks_for_the_size(tmp_path, env):
     result = _plan(tmp_path, env, "--seq-len", "1024")
     _check_one_line(result, "give --memory, the device's size")
+
+
+def test_a_report_read_by_head_ends_quietly(tmp_path, env):
+    """`oomladder report DIR | head -1`: the reader leaves early; no traceback, no 'bug in oomladder'."""
+    from tests.test_report_html import night
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    records = night()
+    steps = [{"type": "progress", "ts": 2e9 + n, "attempt": 2, "step": n, "executed": True, "peak": n}
+             for n in range(7, 5000)]  # a report longer than the pipe's buffer
+    (run_dir / "journal.jsonl").write_text("".join(json.dumps({"v": 1, **r}) + "\n"
+                                                   for r in records[:-2] + steps + records[-2:]))
+    result = subprocess.run(" ".join(oomladder_argv("report", str(run_dir), "--format", "json")) + " | head -c 10",
+                            shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert len(result.stdout) == 10 and result.stderr == ""

@@ -346,3 +346,26 @@ def test_a_transformers_model_in_the_module_is_reported_and_checkpointed_as_the_
     assert all(m._gradient_checkpointing_func.keywords["use_reentrant"] is False for m in layers)  # as for the Trainer
     assert seen["model"]["shape"]["layers"] == 1 and seen["model"]["shape"]["vocab"] == 32  # for the estimator
     assert seen["facts"] == {**seen["facts"], "base_frozen": False, "trainable_fraction": 1.0, "device": "cpu"}
+
+
+def test_the_program_s_own_loggers_hear_which_attempt_this_is_and_why(attempt, tmp_path, monkeypatch):
+    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    attempt(2, plan={"per_device_train_batch_size": 2, "gradient_accumulation_steps": 2})
+    monkeypatch.setenv("OOMLADDER_ATTEMPT", "2")
+    monkeypatch.setenv("OOMLADDER_RUNG", "halve_batch")
+    monkeypatch.setenv("OOMLADDER_REASON", "half the activations")
+    csv, board = CSVLogger(tmp_path / "csv"), TensorBoardLogger(tmp_path / "tb")
+    model, data = OneWeight(), Numbers(4)
+    run = pl.Trainer(logger=[csv, board], enable_checkpointing=False, enable_progress_bar=False,
+                     enable_model_summary=False, accelerator="cpu", devices=1, max_steps=2)
+    data.module = model
+    run.fit(model, datamodule=data)
+    rows = (tmp_path / "csv" / "lightning_logs" / "version_0" / "metrics.csv").read_text().splitlines()
+    header, first = rows[0].split(","), rows[1].split(",")
+    logged = dict(zip(header, first))
+    assert (logged["oomladder/attempt"], logged["oomladder/per_device_train_batch_size"],
+            logged["oomladder/gradient_accumulation_steps"], logged["step"]) == ("2", "2", "2", "0")
+    events = EventAccumulator(str(board.log_dir), size_guidance={"tensors": 0}).Reload()
+    text, = events.Tensors("oomladder/rung/text_summary")
+    assert text.tensor_proto.string_val[0].decode() == "attempt 2 from step 0: halve_batch: half the activations"

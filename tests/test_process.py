@@ -41,6 +41,28 @@ def test_a_worker_that_ignores_sigterm_is_killed_after_the_grace_period(tmp_path
     assert time.monotonic() - started < 5
 
 
+def test_a_second_request_cuts_the_grace_period_short(tmp_path):
+    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"
+    worker = Worker(_spec(tmp_path, code))
+    assert _wait_for(lambda: "ready" in (tmp_path / "out.log").read_text())
+    started = time.monotonic()
+    assert worker.stop(signal.SIGTERM, grace=60, hurry=lambda: time.monotonic() - started > 0.5) == -signal.SIGKILL
+    assert time.monotonic() - started < 10
+
+
+def test_a_daemon_that_left_the_group_is_stopped_with_the_supervisors_descendants(tmp_path):
+    """A program's daemon that setsid's away is out of the worker's group: the subreaper keeps it a
+    descendant, and the walk of the process tree finds it."""
+    code = ("import subprocess; p = subprocess.Popen(['sleep', '600'], start_new_session=True); "
+            "print(p.pid, flush=True)")
+    helper = ("import sys, subprocess; from oomladder.process.workers import become_subreaper, stop_descendants; "
+              "become_subreaper(); subprocess.run([sys.executable, '-c', %r]); import time; time.sleep(0.5); "
+              "stop_descendants(); print('done', flush=True)") % code
+    out = subprocess.run([sys.executable, "-c", helper], capture_output=True, text=True, timeout=60).stdout.split()
+    daemon, done = int(out[0]), out[1]
+    assert done == "done" and _wait_for(lambda: not os.path.exists(f"/proc/{daemon}"))
+
+
 def test_what_a_finished_worker_left_behind_is_reaped(tmp_path):
     code = ("import subprocess, sys; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], "
             "stdout=subprocess.DEVNULL)")

@@ -326,3 +326,159 @@ def test_with_the_model_reported_one_oom_takes_every_rung_the_estimate_needs_at_
     assert workers.plans()[1] == {k: v for k, v in decision["plan"].items() if k in workers.plans()[1]}
     assert view.attempts[1].plan.effective_batch == 16
     assert "int8" in dict(map(tuple, decision["skipped"]))  # saves megabytes where gigabytes are missing
+
+
+# --- hostile nights: signals, clocks, disks --------------------------------------------------------------
+
+def stop_run(tmp_path, signals, launcher=None, **options):
+    """A run whose first poll's wait brings `signals` (one after another) to the supervisor."""
+    config = RunConfig(command=("python", "train.py"), run_dir=tmp_path / "run", ladder=load_ladder(None),
+                       **options)
+    handles, pending = [], list(signals)
+
+    def running(spec):
+        handles.append(Stoppable())
+        return handles[-1]
+
+    def sleep(seconds):
+        if pending:
+            runner.request_stop(pending.pop(0))
+
+    runner = Runner(config, launcher=launcher or running, sleep=sleep, environ={})
+    return runner.run(), handles, fold(read_journal(tmp_path / "run" / "journal.jsonl"))
+
+
+class Stoppable(Handle):
+    """Runs until stopped; remembers whether it was asked to hurry (a second signal)."""
+
+    def __init__(self):
+        super().__init__(None)
+        self.hurried = None
+
+    def poll(self):
+        return None
+
+    def stop(self, sig=signal.SIGTERM, grace=10.0, hurry=lambda: False):
+        self.stopped_with = sig
+        self.during_grace()
+        self.hurried = hurry()
+        return -sig
+
+    def during_grace(self):
+        pass
+
+
+def test_a_closed_terminal_stops_the_run_like_a_scheduler_and_exits_129(tmp_path):
+    code, handles, view = stop_run(tmp_path, [signal.SIGHUP])
+    assert code == 129 and handles[0].stopped_with == signal.SIGTERM
+    assert view.ended["status"] == "interrupted" and view.attempts[0].status == "interrupted"
+
+
+@pytest.mark.parametrize("signals, hurried", [(1, False), (2, True)])
+def test_a_second_signal_while_the_worker_saves_stops_it_at_once(tmp_path, signals, hurried):
+    handles = []
+
+    class Saving(Stoppable):
+        def during_grace(self):  # the second Ctrl-C of an impatient person
+            for _ in range(signals - 1):
+                runner.request_stop(signal.SIGINT)
+
+    def launcher(spec):
+        handles.append(Saving())
+        return handles[-1]
+
+    config = RunConfig(command=("python", "train.py"), run_dir=tmp_path / "run", ladder=load_ladder(None))
+    runner = Runner(config, launcher=launcher, sleep=lambda s: runner.request_stop(signal.SIGINT), environ={})
+    assert runner.run() == 130 and handles[0].hurried is hurried
+
+
+def test_a_signal_during_the_backoff_stops_before_the_next_launch(tmp_path):
+    def reset(folder, plan):
+        (folder / "failure.0.json").write_text(json.dumps({"exc_type": "ConnectionResetError",
+                                                           "message": "[Errno 104] Connection reset by peer"}))
+        return 1
+
+    config = RunConfig(command=("python", "train.py"), run_dir=tmp_path / "run", ladder=load_ladder(None))
+    workers = ScriptedWorkers(reset, finish)
+    runner = Runner(config, launcher=workers, clock=FakeClock(),
+                    sleep=lambda s: runner.request_stop(signal.SIGTERM) if s >= 1 else None, environ={})
+    assert runner.run() == 143
+    view = fold(read_journal(tmp_path / "run" / "journal.jsonl"))
+    assert len(workers.specs) == 1 and len(view.attempts) == 1 and view.ended["status"] == "interrupted"
+
+
+def test_a_step_of_the_wall_clock_is_not_taken_for_a_hang_or_a_spent_budget(tmp_path):
+    steady, wall = FakeClock(), count(0, 7200)  # NTP (or a suspended laptop) moves the wall clock 2 h a look
+
+    class Slow(Handle):
+        def poll(self):
+            self.polls += 1
+            return 0 if self.polls > 5 else None
+
+    def launcher(spec):
+        _observe(Path(spec.env["OOMLADDER_ATTEMPT_DIR"]))
+        return Slow(0)
+
+    config = RunConfig(command=("python", "train.py"), run_dir=tmp_path / "run", ladder=load_ladder(None),
+                       hang_timeout=60, max_wall_time=3600, poll_interval=5)
+    code = Runner(config, launcher=launcher, clock=lambda: float(next(wall)), monotonic=steady,
+                  sleep=steady.sleep, environ={}).run()
+    assert code == 0
+    config = RunConfig(command=("python", "train.py"), run_dir=tmp_path / "jumpy", ladder=load_ladder(None),
+                       hang_timeout=60, max_wall_time=3600, poll_interval=5)
+    jumpy = Runner(config, launcher=launcher, clock=lambda: float(next(wall)), sleep=steady.sleep, environ={})
+    assert jumpy.run() != 0  # the same run timed on the wall clock: what the monotonic clock prevents
+
+
+def test_a_full_disk_stops_the_worker_and_ends_the_run_in_one_line_with_exit_74(tmp_path):
+    class FillsTheDisk(Stoppable):
+        def poll(self):
+            raise OSError(28, "No space left on device", str(tmp_path / "run" / "journal.jsonl"))
+
+    handles = []
+
+    def launcher(spec):
+        handles.append(FillsTheDisk())
+        return handles[-1]
+
+    code, _, view = stop_run(tmp_path, [], launcher=launcher)
+    assert code == 74 and handles[0].stopped_with == signal.SIGTERM
+    assert view.ended["status"] == "disk_full"
+    assert view.ended["reason"].startswith(f"the disk holding {tmp_path / 'run' / 'journal.jsonl'} is full")
+
+
+def test_a_bug_in_oomladder_stops_the_worker_and_is_journaled_before_it_is_raised(tmp_path):
+    class Broken(Stoppable):
+        def poll(self):
+            raise ZeroDivisionError("oops")
+
+    handles = []
+
+    def launcher(spec):
+        handles.append(Broken())
+        return handles[-1]
+
+    with pytest.raises(ZeroDivisionError):
+        stop_run(tmp_path, [], launcher=launcher)
+    view = fold(read_journal(tmp_path / "run" / "journal.jsonl"))
+    assert handles[0].stopped_with == signal.SIGTERM
+    assert view.ended["status"] == "internal_error" and "ZeroDivisionError: oops" in view.ended["reason"]
+
+
+def test_a_console_that_went_away_does_not_take_the_run_with_it(tmp_path):
+    """After SIGHUP the terminal is gone and every write to it fails (EIO): the run still stops as asked,
+    with its journal and its report."""
+    class ClosedTerminal:
+        live = False
+
+        def update(self, view):
+            raise OSError(5, "Input/output error")
+
+        event = close = update
+
+    config = RunConfig(command=("python", "train.py"), run_dir=tmp_path / "run", ladder=load_ladder(None))
+    runner = Runner(config, launcher=lambda spec: Stoppable(), display=ClosedTerminal(),
+                    sleep=lambda s: runner.request_stop(signal.SIGHUP), environ={})
+    assert runner.run() == 129
+    assert fold(read_journal(tmp_path / "run" / "journal.jsonl")).ended["status"] == "interrupted"
+    assert (tmp_path / "run" / "report.md").exists()

@@ -7,6 +7,8 @@ layers happen inside the verbs, so `oomladder --help` stays quick.
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +30,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("oomladder: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader left (`oomladder report DIR | head`): not an error. Python would complain again when it
+        # flushes stdout at exit, so stdout goes nowhere from here.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
 
 
 def _dispatch(args) -> int:

@@ -15,6 +15,8 @@ EXIT_CODES_HELP = """exit status:
   5    a budget ran out (--max-attempts, --max-wall-time)
   130  interrupted by SIGINT (Ctrl-C): run the same command again to continue
   143  stopped by SIGTERM (a scheduler's pre-emption): run the same command again to continue
+  129  stopped by SIGHUP (the terminal closed): run the same command again to continue
+  74   the disk holding the run directory is full: free space, then run the same command again
   70   a bug in oomladder itself
 """
 

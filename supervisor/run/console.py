@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from rich.console import Console
 
 from oomladder.run.config import RunConfig
@@ -13,6 +15,7 @@ def run_in_console(config: RunConfig, console: Console) -> int:
     title = f"oomladder: {' '.join(config.command)}"
     display = LiveDisplay(console, title) if console.is_terminal else LineDisplay(console, title)
     code = Runner(config, display=display).run()
-    console.print(f"report: {config.run_dir / 'report.html'} (and report.md; again any time: oomladder report "
-                  f"{config.run_dir})", markup=False, highlight=False, soft_wrap=True)  # a path to copy: never wrapped
+    with contextlib.suppress(OSError):  # the terminal may have closed (SIGHUP): the run's end is in the journal
+        console.print(f"report: {config.run_dir / 'report.html'} (and report.md; again any time: oomladder report "
+                      f"{config.run_dir})", markup=False, highlight=False, soft_wrap=True)  # a path: never wrapped
     return code

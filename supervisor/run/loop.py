@@ -39,7 +39,7 @@ from oomladder.run.outcomes import AttemptResult, End, Next, NextAttempt, Retry,
 from oomladder.run.resume import starting_point
 from oomladder.run.signals import forwarded_signals
 from oomladder.run.watch import AttemptWatcher, Launch
-from oomladder.views.display import Display, NullDisplay
+from oomladder.views.display import Display, NullDisplay, Unbreakable
 from oomladder.views.report import write_reports
 
 
@@ -53,7 +53,7 @@ class Runner:
         # Intervals (hang, budgets) on a clock that a step of the wall clock cannot move; a test's fake clock
         # is both.
         self.monotonic = monotonic or (time.monotonic if clock is time.time else clock)
-        self.display = display or NullDisplay()
+        self.display = Unbreakable(display or NullDisplay())
         self.environ = dict(os.environ if environ is None else environ)
         self._signal: int | None = None
         self._signals = 0

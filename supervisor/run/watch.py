@@ -92,11 +92,9 @@ class AttemptWatcher:
             ended = {"attempt": launch.number, "exit_code": None, "duration": 0.0}
             return self._journal_end(launch.number, "failed", Failure(Kind.LAUNCH_FAILED, None, str(exc)), None,
                                      ended, None, None, 0.0)
-        self.running = handle
-        try:
-            poll = self._poll(handle, launch.number, spec, files, since)
-        finally:
-            self.running = None
+        self.running = handle  # left set if the poll raises: the loop's crash handler stops the group
+        poll = self._poll(handle, launch.number, spec, files, since)
+        self.running = None
         exited = self.clock()
         duration = self.monotonic() - since
         handle.reap_group()

@@ -46,6 +46,32 @@ class NullDisplay:
         pass
 
 
+class Unbreakable:
+    """A display whose console went away (the terminal closed, the pipe's reader left: EIO, EPIPE) goes quiet;
+    the run goes on, and the journal and the report still say everything."""
+
+    def __init__(self, display: Display) -> None:
+        self.display, self.broken = display, False
+        self.live = display.live
+
+    def update(self, view: RunView) -> None:
+        self._quietly(self.display.update, view)
+
+    def event(self, text: str) -> None:
+        self._quietly(self.display.event, text)
+
+    def close(self, view: RunView) -> None:
+        self._quietly(self.display.close, view)
+
+    def _quietly(self, method, arg) -> None:
+        if self.broken:
+            return
+        try:
+            method(arg)
+        except OSError:
+            self.broken, self.live = True, False
+
+
 class LiveDisplay:
     """The attempts table redrawn in place, with the running attempt's progress bar under it; events print
     above it. At the end, each attempt's peak against the cap."""

@@ -33,6 +33,19 @@ def plan() -> dict[str, Any]:
     return json.loads(os.environ.get("OOMLADDER_PLAN") or "{}")
 
 
+def tracker_events(step: int, batch: Any, accumulation: Any) -> dict[str, Any] | None:
+    """What the program's own tracker is told when an attempt begins at `step`: the attempt and its plan as
+    numbers, the rung and its reason as text; None outside oomladder."""
+    attempt = os.environ.get("OOMLADDER_ATTEMPT", "")
+    if not attempt.isdigit():
+        return None
+    rung = os.environ.get("OOMLADDER_RUNG") or "start"
+    reason = os.environ.get("OOMLADDER_REASON") or "the program's own settings"
+    return {"oomladder/attempt": int(attempt), "oomladder/per_device_train_batch_size": batch,
+            "oomladder/gradient_accumulation_steps": accumulation,
+            "oomladder/rung": f"attempt {attempt} from step {step}: {rung}: {reason}"}
+
+
 def safely(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     try:
         return fn(*args, **kwargs)

@@ -204,6 +204,24 @@ class FitFollower:
         self.last_step = trainer.global_step
         # Where this process really starts: the supervisor compares it with the checkpoint it asked for.
         safely(files.append_progress, {"began_at": trainer.global_step, "max_steps": self.max_steps})
+        safely(self._tell_loggers, trainer)
+
+    def _tell_loggers(self, trainer) -> None:
+        """oomladder's events in the program's own loggers (TensorBoard, W&B, CSV...), as the Trainer adapter tells
+        the Trainer's: numbers through `log_metrics` at the step the attempt begins from, and the rung's text where
+        the logger's experiment takes text (TensorBoard's `add_text`)."""
+        batch = common.plan().get("per_device_train_batch_size") or common.observed["plan"].get(
+            "per_device_train_batch_size")
+        events = common.tracker_events(trainer.global_step, batch, trainer.accumulate_grad_batches)
+        if events is None or not trainer.loggers:
+            return
+        text = events.pop("oomladder/rung")
+        numbers = {k: v for k, v in events.items() if v is not None}
+        for logger in trainer.loggers:
+            safely(logger.log_metrics, numbers, step=trainer.global_step)
+            experiment = safely(getattr, logger, "experiment")
+            if hasattr(experiment, "add_text"):
+                safely(experiment.add_text, "oomladder/rung", text, trainer.global_step)
 
     def _resumed(self, resume) -> None:
         if resume["rng"] is not None:  # as the last step left them: dropout and the like go on as they would have

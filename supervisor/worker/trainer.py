@@ -1,10 +1,7 @@
 """The Hugging Face Trainer (and what subclasses it: TRL's trainers): observe the program's own
 `TrainingArguments`, apply the plan to them, report each optimizer step, record the failure,
 save the emergency checkpoint after an OOM, resume from it, stop at a step boundary on SIGTERM, and
-tell the program's own experiment tracker (`report_to`) which attempt this is and why.
-
-Issue 8's Lightning adapter does not exist yet; when it does, it tells Lightning's loggers the same
-(the attempt, the batch and accumulation, the rung's reason) from its `on_train_start`."""
+tell the program's own experiment tracker (`report_to`) which attempt this is and why."""
 
 from __future__ import annotations
 
@@ -185,17 +182,10 @@ def _tell_trackers(trainer, args, state, control) -> None:
     plan's batch and accumulation as scalars at the step this attempt begins from (where they changed), and the
     rung with its reason as text. Through the Trainer's own on_log, so every tracker it set up gets them, as
     each gets the loss (MLflow keeps numbers only, and drops the text with a warning of its own)."""
-    if not args.report_to or not os.environ.get("OOMLADDER_ATTEMPT", "").isdigit():
-        return
-    attempt = int(os.environ["OOMLADDER_ATTEMPT"])
-    rung = os.environ.get("OOMLADDER_RUNG") or "start"
-    reason = os.environ.get("OOMLADDER_REASON") or "the program's own settings"
-    trainer.callback_handler.on_log(args, state, control, {
-        "oomladder/attempt": attempt,
-        "oomladder/per_device_train_batch_size": args.per_device_train_batch_size,
-        "oomladder/gradient_accumulation_steps": args.gradient_accumulation_steps,
-        "oomladder/rung": f"attempt {attempt} from step {state.global_step}: {rung}: {reason}",
-    })
+    events = common.tracker_events(state.global_step, args.per_device_train_batch_size,
+                                   args.gradient_accumulation_steps)
+    if args.report_to and events is not None:
+        trainer.callback_handler.on_log(args, state, control, events)
 
 
 def _progress_callback(module, trainer):
