@@ -43,7 +43,7 @@ def tracker_events(step: int, batch: Any, accumulation: Any) -> dict[str, Any] |
     reason = os.environ.get("OOMLADDER_REASON") or "the program's own settings"
     return {"oomladder/attempt": int(attempt), "oomladder/per_device_train_batch_size": batch,
             "oomladder/gradient_accumulation_steps": accumulation,
-            "oomladder/rung": f"attempt {attempt} from step {step}: {rung}: {reason}"}
+            "oomladder/rung": f"attempt {int(attempt)} from step {step}: {rung}: {reason}"}
 
 
 def safely(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

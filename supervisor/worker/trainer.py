@@ -194,6 +194,7 @@ def _progress_callback(module, trainer):
 
         def __init__(self) -> None:
             self.loss = self.learning_rate = None
+            self.trackers_told = True  # until training begins
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "loss" in logs:  # logged after on_step_end: report the step again with its loss
@@ -204,7 +205,9 @@ def _progress_callback(module, trainer):
             # Where this process really starts: the step after it is the first it will execute. The
             # supervisor compares it with the checkpoint it asked for, so a resume that did not happen shows.
             safely(files.append_progress, {"began_at": state.global_step, "max_steps": state.max_steps})
-            safely(_tell_trackers, trainer, args, state, control)
+            # The trackers are told at the first step's beginning: this callback runs before theirs, and a
+            # tracker's on_train_begin sets it up (TensorBoard's would otherwise open a folder of its own).
+            self.trackers_told = False
             # The last attempt died evaluating at this very step: the evaluation is still owed.
             if os.environ.get("OOMLADDER_RESUME_EVAL_AT") == str(state.global_step) and state.global_step:
                 trainer.evaluate()
@@ -219,6 +222,9 @@ def _progress_callback(module, trainer):
             # A stop asked for during a step is carried out here, after the program's own callbacks have seen
             # that step's end (its own records included): the step is saved, then the process exits.
             self._stop_if_asked(state)
+            if not self.trackers_told:
+                self.trackers_told = True
+                safely(_tell_trackers, trainer, args, state, control)
 
         def on_train_end(self, args, state, control, **kwargs):
             self._stop_if_asked(state)
