@@ -5,6 +5,9 @@ from oomladder.strategies import (  # noqa: F401  (register)
     bf16,
     checkpointing,
     expandable_segments,
+    fused_cross_entropy,
+    offloading,
+    optimizer,
     quantize,
     workers,
 )

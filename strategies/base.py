@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from oomladder.classify import Failure
+from oomladder.cost import Cost
 from oomladder.plan import Facts, Plan
 
 
@@ -40,6 +41,10 @@ class Strategy(ABC):
     # decision breaks the program, these are its suspects. A smaller micro-batch runs the same code.
     changes_code: ClassVar[bool] = True
     params: ClassVar[dict[str, type]] = {}  # accepted YAML parameters and their types
+    # Its expected effect on speed (and numerics), shown by `oomladder strategies`, `oomladder plan` and the report.
+    cost: ClassVar[Cost] = Cost(None, "not stated")
+    # The estimate's term it acts on (memory/estimate.py): "optimizer states", "logits", "activations", ...
+    acts_on: ClassVar[str] = ""
 
     def __init__(self, **params: Any) -> None:
         from oomladder.errors import StrategyError

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from oomladder.cost import Cost
 from oomladder.plan import Facts, Plan
 from oomladder.strategies.base import Applied, Outcome, Skipped, Strategy
 from oomladder.strategies.registry import register
@@ -11,6 +12,9 @@ from oomladder.strategies.registry import register
 class HalveBatch(Strategy):
     name = "halve_batch"
     changes_code = False
+    acts_on = "activations"
+    cost = Cost(0.10, "about +10 % per halving while the GPU stays busy, more near a micro-batch of 1 (smaller "
+                      "matmuls, more passes per optimizer step)", "per_device_train_batch_size")
     repeatable = True
     params = {"min_batch": int}
 
@@ -40,6 +44,8 @@ class HalveEvalBatch(Strategy):
 
     name = "halve_eval_batch"
     changes_code = False
+    acts_on = "activations"
+    cost = Cost(0.0, "~0 % in training; evaluation runs in more, smaller batches", "per_device_eval_batch_size")
     phases = frozenset({"eval"})
     repeatable = True
 

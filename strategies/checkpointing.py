@@ -6,6 +6,7 @@ inputs, as in LoRA, where the reentrant variant silently produces no gradients.
 
 from __future__ import annotations
 
+from oomladder.cost import Cost
 from oomladder.plan import Facts, Plan
 from oomladder.strategies.base import Applied, Outcome, Skipped, Strategy
 from oomladder.strategies.registry import register
@@ -14,6 +15,9 @@ from oomladder.strategies.registry import register
 @register
 class GradientCheckpointing(Strategy):
     name = "gradient_checkpointing"
+    acts_on = "activations"
+    cost = Cost(0.33, "about +33 % compute: every layer's forward runs again in the backward pass",
+                "gradient_checkpointing")
 
     def apply(self, plan: Plan, facts: Facts, failure) -> Outcome:
         if plan.gradient_checkpointing is None:

@@ -4,6 +4,7 @@ fragmentation comes back at no cost in speed, so it is the free first rung."""
 from __future__ import annotations
 
 from oomladder.classify import is_fragmented
+from oomladder.cost import Cost
 from oomladder.plan import Facts, Plan
 from oomladder.strategies.base import Applied, Outcome, Skipped, Strategy
 from oomladder.strategies.registry import register
@@ -16,6 +17,7 @@ _CACHING_DEVICES = ("cuda", "hip", "xpu")
 class ExpandableSegments(Strategy):
     name = "expandable_segments"
     fixes_fragmentation = True
+    cost = Cost(0.0, "~0 %: an allocator setting", "allocator")
 
     def apply(self, plan: Plan, facts: Facts, failure) -> Outcome:
         if facts.device not in _CACHING_DEVICES:

@@ -6,6 +6,7 @@ trained, so quantizing a full fine-tune would silently change what is learned.
 
 from __future__ import annotations
 
+from oomladder.cost import Cost
 from oomladder.plan import Facts, Plan
 from oomladder.strategies.base import Applied, Outcome, Skipped, Strategy
 from oomladder.strategies.registry import register
@@ -42,6 +43,9 @@ def _rank(level: str) -> int:
 class Int8(_Quantize):
     name = "int8"
     level = "int8"
+    acts_on = "weights"
+    cost = Cost(0.25, "about +25 %: 8-bit matmuls dequantize their weights on every pass", "quantization",
+                "frozen base weights rounded to 8 bits")
     why = "frozen base weights load in 8-bit (BitsAndBytesConfig(load_in_8bit=True)): about 1 byte per parameter"
 
 
@@ -49,4 +53,7 @@ class Int8(_Quantize):
 class Nf4(_Quantize):
     name = "nf4"
     level = "nf4"
+    acts_on = "weights"
+    cost = Cost(0.30, "about +30 %: 4-bit weights dequantize on every pass", "quantization",
+                "frozen base weights rounded to 4 bits (NF4): the largest change in numerics of any rung")
     why = "frozen base weights load in 4-bit NF4 (BitsAndBytesConfig(load_in_4bit=True)): about 0.5 byte per parameter"

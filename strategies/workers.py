@@ -3,6 +3,7 @@ memory, so this answers host-memory deaths (a killed DataLoader worker, the kern
 
 from __future__ import annotations
 
+from oomladder.cost import Cost
 from oomladder.plan import Facts, Plan
 from oomladder.strategies.base import Applied, Outcome, Skipped, Strategy
 from oomladder.strategies.registry import register
@@ -13,6 +14,7 @@ class FewerWorkers(Strategy):
     name = "fewer_workers"
     changes_code = False
     memory = frozenset({"host"})
+    cost = Cost(0.0, "~0 % unless loading data was what kept the GPU waiting", "dataloader_num_workers")
     phases = frozenset({"train", "eval"})
     repeatable = True
 

@@ -42,6 +42,8 @@ class Plan(_JournalValue):
     dataloader_num_workers: int | None = None
     optim: str | None = None
     allocator: str | None = None  # PYTORCH_ALLOC_CONF value, e.g. "expandable_segments:True"
+    fused_cross_entropy: bool | None = None   # Liger's fused linear cross-entropy: no full logits (CUDA)
+    activation_offloading: bool | None = None  # saved activations in pinned host memory (CUDA)
 
     @property
     def effective_batch(self) -> int | None:
@@ -63,6 +65,7 @@ class Plan(_JournalValue):
 
 
 FIELD_NAMES = tuple(f.name for f in fields(Plan))
+BOOL_FIELDS = ("gradient_checkpointing", "fused_cross_entropy", "activation_offloading")
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,7 @@ class Facts(_JournalValue):
     device_memory: int | None = None     # bytes of the device the worker trains on (CUDA), what a plan must fit in
     adapters_expected: bool | None = None  # peft was imported when the model loaded: its base will likely be frozen
     offloaded: str | None = None         # what device_map="auto" put on the CPU or disk, said in a person's words
+    liger: bool | None = None            # liger-kernel is importable in the worker (the fused cross-entropy rung)
 
 
 
@@ -105,10 +109,10 @@ def coerce_field(name: str, text: str) -> Any:
         if text not in choices[name]:
             raise ValueError(f"{name} must be one of {', '.join(choices[name])}, not '{text}'")
         return text
-    if name == "gradient_checkpointing":
+    if name in BOOL_FIELDS:
         lowered = text.lower()
         if lowered not in ("true", "false", "1", "0", "yes", "no"):
-            raise ValueError(f"gradient_checkpointing must be true or false, not '{text}'")
+            raise ValueError(f"{name} must be true or false, not '{text}'")
         return lowered in ("true", "1", "yes")
     if name in ("optim", "allocator"):
         return text

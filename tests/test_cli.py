@@ -95,9 +95,13 @@ def test_help_documents_the_exit_codes(env):
 
 def test_strategies_lists_every_registered_rung(env):
     result = subprocess.run(oomladder_argv("strategies"), env=env, capture_output=True, text=True, timeout=60)
-    names = [line.split()[0] for line in result.stdout.splitlines()]
-    assert names == ["bf16", "expandable_segments", "fewer_workers", "gradient_checkpointing", "halve_batch",
-                     "halve_eval_batch", "int8", "nf4"]
+    names = [line.split()[0] for line in result.stdout.splitlines() if not line.startswith(" ")]
+    assert names == ["activation_offloading", "bf16", "expandable_segments", "fewer_workers", "fused_cross_entropy",
+                     "gradient_checkpointing", "halve_batch", "halve_eval_batch", "int8", "nf4", "optimizer_8bit"]
+    # Each says what it costs besides memory, under its own line.
+    costs = [line.strip() for line in result.stdout.splitlines() if line.startswith(" ")]
+    assert len(costs) == len(names) and all(line.startswith("cost: ") for line in costs)
+    assert any("+33 %" in line for line in costs) and any("bandwidth-bound" in line for line in costs)
 
 
 LLAMA_1B = {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 16, "num_attention_heads": 16,

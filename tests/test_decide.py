@@ -140,7 +140,7 @@ def test_a_spent_budget_ends_the_run_between_attempts_naming_what_would_have_run
 BF16_ON_CPU = Failure(Kind.ERROR, None, "ValueError: Your setup doesn't support bf16/gpu.", phase="train", step=None)
 
 
-def after_a_broken_rung(broken, rungs=(1,), at_step=2):
+def after_a_broken_rung(broken, rungs=(2,), at_step=2):
     """Attempt 1 ran steps 1-2 and ran out of memory in step 3; the ladder chose `rungs` (by index in the default
     ladder); attempt 2 failed with `broken`."""
     view = ran(view_of(Failure(Kind.CPU_OOM, "device", "CPU allocator out of memory", phase="train", step=at_step),
@@ -159,12 +159,12 @@ def test_a_rung_that_broke_a_program_that_worked_is_undone_and_the_ladder_moves_
     # back to the plan before bf16, then the ladder's next rung
     assert (verdict.decision.plan.precision, verdict.decision.plan.quantization) == ("fp32", "int8")
     assert verdict.rollback.attempt == 2
-    assert verdict.rollback.incompatible == (("bf16", 1, BF16_ON_CPU.summary),)
+    assert verdict.rollback.incompatible == (("bf16", 2, BF16_ON_CPU.summary),)
     assert verdict.decision.reason.startswith("bf16 broke the program (ValueError: Your setup doesn't support")
 
 
 def test_of_a_stacked_decision_only_the_rungs_that_change_the_code_are_blamed():
-    verdict = next_step(after_a_broken_rung(BF16_ON_CPU, rungs=(1, 3)))  # bf16 + halve_batch
+    verdict = next_step(after_a_broken_rung(BF16_ON_CPU, rungs=(2, 5)))  # bf16 + halve_batch
     assert [name for name, _, _ in verdict.rollback.incompatible] == ["bf16"]  # halve_batch stays on the ladder
 
 
@@ -176,8 +176,8 @@ def test_an_error_where_the_earlier_plan_never_went_is_still_a_bug():
 
 def test_a_rung_that_broke_the_program_is_never_tried_again():
     view = after_a_broken_rung(BF16_ON_CPU)
-    undo = {"type": "decision", "ts": 2.7, "attempt": 2, "rung": "halve_batch", "rung_index": 3, "rung_indices": [3],
-            "reason": "", "plan": {}, "skipped": [], "rolled_back": 2, "incompatible": [["bf16", 1, "ValueError"]]}
+    undo = {"type": "decision", "ts": 2.7, "attempt": 2, "rung": "halve_batch", "rung_index": 5, "rung_indices": [5],
+            "reason": "", "plan": {}, "skipped": [], "rolled_back": 2, "incompatible": [["bf16", 2, "ValueError"]]}
     view = fold(view.records + [undo])
-    assert view.incompatible == {1: "ValueError"} and view.rolled_back == {2}
-    assert view.rung_uses == {3: 1}  # the undone decision's bf16 is not counted as used
+    assert view.incompatible == {2: "ValueError"} and view.rolled_back == {2}
+    assert view.rung_uses == {5: 1}  # the undone decision's bf16 is not counted as used

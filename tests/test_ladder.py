@@ -13,7 +13,8 @@ OOM = Failure(Kind.CPU_OOM, "device", "CPU allocator out of memory", phase="trai
 HOST = Failure(Kind.DATALOADER_KILLED, "host", "a DataLoader worker was killed")
 PROGRAM = Plan(per_device_train_batch_size=16, gradient_accumulation_steps=1, per_device_eval_batch_size=8,
                precision="fp32", load_dtype="float32", quantization="none", gradient_checkpointing=False,
-               dataloader_num_workers=2, allocator="", world_size=1)
+               dataloader_num_workers=2, allocator="", world_size=1, optim="adamw_torch", fused_cross_entropy=False,
+               activation_offloading=False)
 LORA_ON_CPU = Facts(device="cpu", bf16_supported=True, base_frozen=True)
 
 
@@ -42,7 +43,10 @@ def test_skips_are_recorded_with_their_reasons():
     assert decision.rung == "int8"
     assert dict(decision.skipped) == {
         "expandable_segments": "the worker ran on cpu: only a CUDA caching allocator has segments to expand",
-        "bf16": "training already runs in bf16"}
+        "fused_cross_entropy": "the worker ran on cpu: Liger's fused cross-entropy is a Triton kernel, CUDA only",
+        "bf16": "training already runs in bf16",
+        "optimizer_8bit": "only adapters train, the base is frozen: their optimizer states are a sliver of the "
+                          "memory, so 8-bit states would save next to nothing (this rung is for full fine-tunes)"}
 
 
 def test_the_effective_batch_never_changes_along_the_whole_ladder():

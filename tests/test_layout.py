@@ -16,7 +16,8 @@ from tests.conftest import ROOT
 FOLDERS = {"oomladder": ROOT / "supervisor", "oomladder.strategies": ROOT / "strategies",
            "oomladder.configs": ROOT / "configs"}
 # The vocabulary every part may use; it imports nothing else of oomladder's.
-VOCABULARY = {"oomladder", "oomladder.errors", "oomladder.units", "oomladder.plan", "oomladder.classify"}
+VOCABULARY = {"oomladder", "oomladder.errors", "oomladder.units", "oomladder.plan", "oomladder.classify",
+              "oomladder.cost"}
 # What each subpackage may import besides itself and the vocabulary: the data's path, one way.
 MAY_IMPORT = {
     "worker": set(),

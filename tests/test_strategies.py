@@ -114,7 +114,7 @@ def test_an_oom_in_evaluation_reaches_only_the_evaluation_rung():
 
 
 def test_unknown_strategies_and_parameters_are_named():
-    with pytest.raises(StrategyError, match="unknown strategy 'quantum'.*known: bf16"):
+    with pytest.raises(StrategyError, match="unknown strategy 'quantum'.*known: activation_offloading, bf16"):
         strategies.get("quantum")
     with pytest.raises(StrategyError, match="no parameter 'floor'.*accepts: min_batch"):
         strategies.get("halve_batch")(floor=2)
@@ -122,3 +122,67 @@ def test_unknown_strategies_and_parameters_are_named():
         strategies.get("halve_batch")(min_batch="two")
     with pytest.raises(StrategyError, match="1 or more"):
         strategies.get("halve_batch")(min_batch=0)
+
+
+# --- where the memory goes: optimizer states, logits, saved activations ------------------------------------------
+
+FULL_ON_CPU = Facts(device="cpu", bf16_supported=True, base_frozen=False, trainable_fraction=1.0)
+FULL_CUDA = Facts(device="cuda", bf16_supported=True, base_frozen=False, trainable_fraction=1.0, liger=True)
+TRAINER = PROGRAM.replace(fused_cross_entropy=False, activation_offloading=False)
+
+
+def test_optimizer_8bit_switches_a_full_fine_tune_to_bitsandbytes_adamw_paged_only_on_cuda():
+    on_cpu = apply("optimizer_8bit", facts=FULL_ON_CPU)
+    assert on_cpu.plan.optim == "adamw_bnb_8bit" and "2 bytes per parameter instead of 8" in on_cpu.reason
+    assert apply("optimizer_8bit", facts=FULL_CUDA).plan.optim == "paged_adamw_8bit"
+    assert on_cpu.plan.replace(optim=PROGRAM.optim) == PROGRAM  # nothing else changes
+
+
+def test_optimizer_8bit_skips_where_the_optimizer_states_are_a_sliver_or_not_adam():
+    lora = apply("optimizer_8bit", facts=Facts(device="cuda", base_frozen=True, trainable_fraction=0.003))
+    assert isinstance(lora, Skipped) and "only 0.3 % of the parameters train" in lora.reason
+    assert "full fine-tunes" in lora.reason
+    assert "already 8-bit" in apply("optimizer_8bit", plan=PROGRAM.replace(optim="adamw_bnb_8bit"),
+                                    facts=FULL_ON_CPU).reason
+    assert "not AdamW" in apply("optimizer_8bit", plan=PROGRAM.replace(optim="adafactor"), facts=FULL_ON_CPU).reason
+    assert "mps" in apply("optimizer_8bit", facts=Facts(device="mps", base_frozen=False, trainable_fraction=1.0)).reason
+
+
+def test_the_cuda_only_rungs_skip_on_the_cpu_saying_why():
+    fused = apply("fused_cross_entropy", plan=TRAINER, facts=FULL_ON_CPU)
+    assert isinstance(fused, Skipped) and "Triton kernel, CUDA only" in fused.reason
+    offload = apply("activation_offloading", plan=TRAINER, facts=FULL_ON_CPU)
+    assert isinstance(offload, Skipped) and "pinned host memory" in offload.reason and "cpu" in offload.reason
+
+
+def test_the_fused_cross_entropy_needs_liger_kernel_where_the_program_runs():
+    missing = apply("fused_cross_entropy", plan=TRAINER, facts=Facts(device="cuda", liger=False))
+    assert isinstance(missing, Skipped) and "pip install 'oomladder[liger]'" in missing.reason
+    on = apply("fused_cross_entropy", plan=TRAINER, facts=FULL_CUDA)
+    assert on.plan.fused_cross_entropy is True and "logits" in on.reason
+    assert "already" in apply("fused_cross_entropy", plan=TRAINER.replace(fused_cross_entropy=True),
+                              facts=FULL_CUDA).reason
+
+
+def test_activation_offloading_on_cuda():
+    on = apply("activation_offloading", plan=TRAINER, facts=FULL_CUDA)
+    assert on.plan.activation_offloading is True
+    assert "already" in apply("activation_offloading", plan=on.plan, facts=FULL_CUDA).reason
+
+
+@pytest.mark.parametrize("name", strategies.available())
+def test_every_strategy_states_its_cost(name):
+    cost = strategies.get(name).cost
+    assert cost.says and cost.says != "not stated" and cost.field
+    assert cost.speed is None or 0 <= cost.speed < 1
+    assert (cost.speed is None) == (name == "activation_offloading")  # bandwidth-bound: no number
+
+
+def test_the_default_ladder_orders_rungs_by_their_cost():
+    """The rungs that cost no speed come before those that do; offloading after checkpointing, before batch 1."""
+    from oomladder.ladder import load_ladder
+    names = [r.name for r in load_ladder().rungs]
+    assert names.index("optimizer_8bit") < names.index("int8") < names.index("gradient_checkpointing")
+    assert names.index("fused_cross_entropy") < names.index("halve_batch")
+    last_halving = len(names) - 1 - names[::-1].index("halve_batch")
+    assert names.index("gradient_checkpointing") < names.index("activation_offloading") < last_halving

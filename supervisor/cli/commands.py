@@ -172,4 +172,6 @@ def list_strategies() -> int:
         doc = (own or sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
         params = ", ".join(cls.params) or "-"
         print(f"{name:24} memory: {'/'.join(sorted(cls.memory)):7} params: {params:10} {doc}")
+        numerics = f"; numerics: {cls.cost.numerics}" if cls.cost.numerics else ""
+        print(f"{'':24} cost: {cls.cost.says}{numerics}")
     return 0

@@ -27,7 +27,9 @@ class Rung:
         return self.strategy.name
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "params": dict(self.strategy.options), "times": self.times}
+        # The cost is journaled with the rung, so the report can price the final plan without the strategy.
+        return {"name": self.name, "params": dict(self.strategy.options), "times": self.times,
+                "cost": self.strategy.cost.to_dict()}
 
 
 @dataclass(frozen=True)
