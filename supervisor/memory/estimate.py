@@ -13,17 +13,23 @@ measures it against real peaks):
 - activations per token per layer, and with gradient checkpointing only each layer's input plus
   one layer recomputed, with the gradients of its widest tensors;
 - the logits: at the start of the backward pass, log-softmax's fp32 output, its gradient and the
-  gradient of its input, 12 bytes per token per vocabulary entry;
+  gradient of its input, 12 bytes per token per vocabulary entry; with Liger's fused linear
+  cross-entropy, one chunk of them, the gradient of the last hidden states and (when lm_head trains)
+  its gradient, which the fused loss makes in the forward pass;
+- with activation offloading, what autograd saves waits in host memory: the device holds about one
+  layer's activations (or, with checkpointing, one layer's input) at a time;
 - on CUDA, the cuBLAS workspaces the allocator holds; the CUDA context is outside the allocator,
   so it counts against a card's size (`usable`) but not in the estimate of what is allocated.
 
 The peak is the larger of the start of the backward pass (activations and logits all alive) and
-its end (every gradient), over weights and optimizer states, which live throughout.
+its end (every gradient), over weights and optimizer states, which live throughout. `Estimate.split`
+says what is alive at that peak, term by term, and so which term dominates.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from oomladder.memory.shape import ATTENTION_INPUTS, MLP_INPUTS, ModelShape
@@ -59,6 +65,19 @@ class Workload:
 class Estimate:
     parts: dict[str, int] = field(default_factory=dict)   # bytes, in the order a table shows them
     peak: int = 0
+    split: dict[str, int] = field(default_factory=dict)   # what is alive at the peak, by term; sums to `peak`
+
+    def dominant(self) -> tuple[str, float] | None:
+        """The largest term alive at the peak and its share of it: ("optimizer states", 0.52)."""
+        terms = {k: v for k, v in self.split.items() if k in TERMS}
+        if not terms or self.peak <= 0:
+            return None
+        name = max(terms, key=terms.__getitem__)
+        return name, terms[name] / self.peak
+
+
+# The terms of the peak a person reasons about, and the rungs act on (Strategy.acts_on).
+TERMS = ("weights", "gradients", "optimizer states", "activations", "logits")
 
 
 def estimate(shape: ModelShape, plan: Plan, work: Workload, device: str = "cuda") -> Estimate:
@@ -74,7 +93,12 @@ def estimate(shape: ModelShape, plan: Plan, work: Workload, device: str = "cuda"
     train_bytes = 4 if work.adapters else load     # peft keeps adapters in fp32
     gradients = work.trainable_params * train_bytes
     optimizer = work.trainable_params * _state_bytes(plan.optim, train_bytes)
-    step_temp = 0 if _fused(plan.optim) else work.trainable_params * train_bytes
+    if _fused(plan.optim):
+        step_temp = 0
+    elif device == "cuda":  # torch's foreach Adam (the default on CUDA): a temporary per state, all at once
+        step_temp = work.trainable_params * train_bytes
+    else:  # on the CPU torch's Adam goes one tensor at a time: the largest one's temporary
+        step_temp = min(work.trainable_params, max(v, i) * h) * train_bytes
 
     casts = 0  # bf16 copies of fp32 matmul weights that autograd keeps for the backward pass
     if amp and load == 4:
@@ -84,26 +108,40 @@ def estimate(shape: ModelShape, plan: Plan, work: Workload, device: str = "cuda"
 
     per_layer = _per_layer(shape, plan, work, compute, load)
     final = 4 * h + ((load + compute) * h if not work.adapters else 0)  # final norm, lm_head's input
-    logits = 12 * v
+    logits = _logits(shape, plan, work, compute, load)
+    # The recomputed layer's activations and the gradients of its widest tensors.
+    recompute = per_layer + compute * 2 * (i + h)
     if plan.gradient_checkpointing:
-        saved = layers * load * h + final
+        # Offloaded, the layers' inputs wait in host memory: two on the device, the one in use and the next.
+        saved = (min(layers, 2) if plan.activation_offloading else layers) * load * h + final
         activations = work.tokens * saved
-        # The recomputed layer's activations and the gradients of its widest tensors, or the logits.
-        recompute = per_layer + compute * 2 * (i + h)
-        during_backward = work.tokens * (saved + max(logits, recompute))
+        during_backward = activations + max(logits, work.tokens * recompute)
+    elif plan.activation_offloading:
+        # Offloaded, a layer's saved tensors leave as the next layer runs: about one layer's on the device.
+        activations = work.tokens * (per_layer + final)
+        during_backward = activations + max(logits, work.tokens * recompute)
     else:
         activations = work.tokens * (layers * per_layer + final)
-        during_backward = activations + work.tokens * logits
+        during_backward = activations + logits
     backward_start = during_backward + casts
     backward_end = gradients + step_temp  # the optimizer step: activations are gone, its temporaries not
     runtime = CUDA_WORKSPACE if device == "cuda" else 0
     peak = weights + optimizer + runtime + max(backward_start, backward_end)
+    if backward_start >= backward_end:
+        # On top of the saved activations: the logits, or (checkpointed, offloaded) a recomputed layer if larger.
+        logits_alive = logits if logits >= during_backward - activations else 0
+        alive = {"activations": during_backward - logits_alive + casts, "logits": logits_alive}
+    else:
+        alive = {"gradients": gradients + step_temp}
+    split = {"weights": weights, "optimizer states": optimizer, **alive, "runtime": runtime}
     if device == "cpu" and work.loads_from_file:
         # The checkpoint file is mapped while the weights fill: both count against a CPU cap.
-        peak = max(peak, weights + shape.params * DTYPE_BYTES.get(shape.dtype, 4))
+        loading = weights + shape.params * DTYPE_BYTES.get(shape.dtype, 4)
+        if loading > peak:
+            peak, split = loading, {"weights": weights, "file mapping": loading - weights}
     parts = {"weights": weights, "gradients": gradients, "optimizer": optimizer, "weight copies": casts,
-             "activations": activations, "logits": work.tokens * logits, "runtime": runtime}
-    return Estimate(parts, int(peak))
+             "activations": activations, "logits": logits, "runtime": runtime}
+    return Estimate(parts, int(peak), {k: int(v) for k, v in split.items() if v})
 
 
 def load_estimate(shape: ModelShape, plan: Plan, device: str, file_bytes: int | None = None) -> Estimate:
@@ -131,6 +169,22 @@ def usable(device_total: int, device: str, capped: bool) -> int:
 def _load_dtype(plan: Plan, shape: ModelShape) -> str:
     dtype = plan.load_dtype if plan.load_dtype not in (None, "auto") else shape.dtype
     return dtype if dtype in DTYPE_BYTES else "float32"
+
+
+def _logits(shape: ModelShape, plan: Plan, work: Workload, compute: int, load: int) -> int:
+    """Bytes the loss holds at the start of the backward pass.
+
+    Unfused: log-softmax's fp32 output, its gradient and its input's, 12 bytes per token per vocabulary
+    entry. Liger's fused linear cross-entropy runs the head in chunks of about tokens / (vocab / hidden)
+    rows and makes the gradients in the forward pass: one chunk's logits in fp32 with its gradient, the
+    gradient of the last hidden states, and lm_head's gradient when it trains (made early, not extra).
+    """
+    h, v = shape.hidden, shape.vocab
+    if not plan.fused_cross_entropy:
+        return work.tokens * 12 * v
+    chunk = min(work.tokens, 2 ** math.ceil(math.log2(max(1, math.ceil(work.tokens / math.ceil(v / h))))))
+    head_grad = 0 if work.adapters else v * h * load
+    return chunk * v * 8 + work.tokens * h * compute + head_grad
 
 
 def _per_layer(shape: ModelShape, plan: Plan, work: Workload, compute: int, load: int) -> int:

@@ -47,6 +47,11 @@ class Fit:
         guess = estimate_for(self.view, plan, self.batch)
         return None if guess is None else guess.peak + self.offset
 
+    def where(self, plan: Plan) -> str | None:
+        """Which term dominates `plan`'s estimated peak: "optimizer states are 52 % of the estimated peak"."""
+        guess = estimate_for(self.view, plan, self.batch)
+        return dominant_text(guess) if guess is not None else None
+
 
 def estimate_for(view: RunView, plan: Plan, batch: Any) -> Estimate | None:
     """The estimate of `plan` at the sequence length of `batch`, from the shape the worker reported."""
@@ -188,10 +193,37 @@ def plan_ahead(ladder: Ladder, plan: Plan, facts: Facts, failure: Failure, uses:
     before = fit.need(plan) if fit is not None and failure.phase != "eval" else None
     if first.exhausted or before is None or is_fragmented(failure):
         return first  # fragmented: the memory is there in pieces, which no estimate of the plan sees
-    need, chosen = before, []
-    skipped: dict[str, str] = {}
-    steps = climb(ladder, plan, facts, failure, uses, pass_over(lambda p: fit.need(p) or 0, fit.capacity), exclude)
-    for step in steps if need > fit.capacity else ():
+    if before <= fit.capacity:
+        return first
+    need, chosen, skipped = _stack(ladder, plan, facts, failure, uses, fit, exclude,
+                                   pass_over(lambda p: fit.need(p) or 0, fit.capacity))
+    if not chosen:
+        # No rung saves a real share of what is missing: take every rung that saves anything at all, stacked,
+        # rather than walk the ladder one attempt per rung the estimate already says is not enough.
+        need, chosen, skipped = _stack(ladder, plan, facts, failure, uses, fit, exclude,
+                                       saves_nothing(lambda p: fit.need(p) or 0))
+    if not chosen:
+        return first  # the estimate sees no rung that saves memory here: the ladder's own next rung, as without it
+    names = [d.rung for d in chosen]
+    verdict = "fits" if need <= fit.capacity else "is still estimated above it; tried as the best the ladder has"
+    numbers = (f"estimated peak {format_size(before)} → {format_size(need)} for {format_size(fit.capacity)} usable "
+               f"({verdict})")
+    where = fit.where(plan)
+    guess = estimate_for(fit.view, plan, fit.batch)
+    return Decision(chosen[-1].plan, _joined(names), chosen[0].rung_index,
+                    (f"{where}: " if where else "") + "; ".join(d.reason for d in chosen) + f"; {numbers}",
+                    tuple((n, w) for n, w in skipped.items() if n not in names),
+                    tuple(d.rung_index for d in chosen),
+                    {"before": before, "after": need, "capacity": fit.capacity, "calibration": fit.offset,
+                     "batch": list(fit.batch), "split": dict(guess.split) if guess else None,
+                     "dominant": (guess.dominant() or (None,))[0] if guess else None})
+
+
+def _stack(ladder: Ladder, plan: Plan, facts: Facts, failure: Failure, uses: Mapping[int, int], fit: Fit,
+           exclude: frozenset[int], rule: PassOver) -> tuple[int, list[Decision], dict[str, str]]:
+    """The rungs in ladder order, stacked until the estimate fits, passing over those `rule` rejects."""
+    need, chosen, skipped = fit.need(plan) or 0, [], {}
+    for step in climb(ladder, plan, facts, failure, uses, rule, exclude):
         for name, why in step.decision.skipped:
             skipped.setdefault(name, why)
         if step.decision.exhausted:
@@ -203,18 +235,27 @@ def plan_ahead(ladder: Ladder, plan: Plan, facts: Facts, failure: Failure, uses:
         need = fit.need(step.decision.plan) or 0
         if need <= fit.capacity:
             break
-    if not chosen:
-        return first  # the estimate sees nothing worth its cost: the ladder's own next rung, as without it
-    names = [d.rung for d in chosen]
-    verdict = "fits" if need <= fit.capacity else "is still estimated above it; tried as the best the ladder has"
-    numbers = (f"estimated peak {format_size(before)} → {format_size(need)} for {format_size(fit.capacity)} usable "
-               f"({verdict})")
-    return Decision(chosen[-1].plan, _joined(names), chosen[0].rung_index,
-                    "; ".join(d.reason for d in chosen) + f"; {numbers}",
-                    tuple((n, w) for n, w in skipped.items() if n not in names),
-                    tuple(d.rung_index for d in chosen),
-                    {"before": before, "after": need, "capacity": fit.capacity, "calibration": fit.offset,
-                     "batch": list(fit.batch)})
+    return need, chosen, skipped
+
+
+def saves_nothing(need: Callable[[Plan], int]) -> PassOver:
+    """The fallback rule: pass over only the rungs that save no memory at all, or add some."""
+    def why(before: Plan, decision: Decision) -> str | None:
+        current, after = need(before), need(decision.plan)
+        if after < current:
+            return None
+        return (f"estimated to add {format_size(after - current)}" if after > current
+                else "estimated to save nothing") + ": passed over"
+    return why
+
+
+def dominant_text(guess: Estimate) -> str | None:
+    """`optimizer states are 52 % of the estimated peak`, for the term that dominates it."""
+    top = guess.dominant()
+    if top is None:
+        return None
+    name, share = top
+    return f"{name} are {share * 100:.0f} % of the estimated peak"
 
 
 def pass_over(need: Callable[[Plan], int], capacity: int) -> PassOver:

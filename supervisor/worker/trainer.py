@@ -6,12 +6,13 @@ tell the program's own experiment tracker (`report_to`) which attempt this is an
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 import signal
 import sys
 from typing import Any
 
-from oomladder.worker import common, emergency, files, memcap, probe
+from oomladder.worker import common, emergency, files, memcap, optimizer_state, probe
 from oomladder.worker.common import is_memory_failure, observe, peer_died, safely, stop_at_step_end_on
 
 HOOKS = {
@@ -48,6 +49,8 @@ def _program_training_settings(args) -> dict[str, Any]:
         "gradient_checkpointing": bool(args.gradient_checkpointing),
         "dataloader_num_workers": args.dataloader_num_workers,
         "optim": getattr(args.optim, "value", args.optim),
+        "fused_cross_entropy": bool(getattr(args, "use_liger_kernel", False)),
+        "activation_offloading": False,  # the Trainer has no such setting: only oomladder's plan turns it on
         "world_size": int(os.environ.get("WORLD_SIZE", "1") or 1),
     }
 
@@ -70,6 +73,11 @@ def _apply_to_training_args(args, p: dict[str, Any]) -> None:
                 args.gradient_checkpointing_kwargs, dict) else {}
             kwargs["use_reentrant"] = False
             args.gradient_checkpointing_kwargs = kwargs
+    if p.get("fused_cross_entropy") and hasattr(args, "liger_kernel_config"):
+        # Only the fused linear cross-entropy: the model's other layers keep their own code.
+        args.use_liger_kernel = True
+        args.liger_kernel_config = {"fused_linear_cross_entropy": True, "cross_entropy": False, "rope": False,
+                                    "swiglu": False, "rms_norm": False}
     if p.get("dataloader_num_workers") == 0:
         args.dataloader_prefetch_factor = None  # only allowed with workers
         args.dataloader_persistent_workers = False
@@ -89,6 +97,7 @@ def patch_trainer(module) -> None:
     cls = module.Trainer
     original_init, original_train, original_evaluate = cls.__init__, cls.train, cls.evaluate
     original_step = cls.training_step
+    original_load_optimizer = getattr(cls, "_load_optimizer_and_scheduler", None)
 
     @functools.wraps(original_init)
     def __init__(self, *args, **kwargs):
@@ -140,9 +149,31 @@ def patch_trainer(module) -> None:
     @functools.wraps(original_step)
     def training_step(self, model, inputs, *args, **kwargs):
         safely(probe.note_batch, inputs)  # the estimator sizes activations by the batch that ran (or died)
+        if common.plan().get("activation_offloading") and self.args.device.type == "cuda":
+            import torch
+            # What autograd saves for the backward pass waits in pinned host memory, and comes back for it.
+            with torch.autograd.graph.save_on_cpu(pin_memory=True):
+                return original_step(self, model, inputs, *args, **kwargs)
         return original_step(self, model, inputs, *args, **kwargs)
 
+    def _load_optimizer_and_scheduler(self, checkpoint, *args, **kwargs):
+        """Resuming after a rung changed the optimizer (8-bit AdamW): Adam's moments are converted, not lost."""
+        inner = getattr(self.optimizer, "optimizer", self.optimizer)  # accelerate's wrapper loads into its inner one
+        own = getattr(inner, "load_state_dict", None)
+        if checkpoint is None or own is None:
+            return original_load_optimizer(self, checkpoint, *args, **kwargs)
+        try:
+            inner.load_state_dict = lambda state_dict, *a, **k: optimizer_state.load(inner, state_dict, own)
+        except Exception:  # an optimizer that takes no attribute: its own loading, as without oomladder
+            return original_load_optimizer(self, checkpoint, *args, **kwargs)
+        try:
+            return original_load_optimizer(self, checkpoint, *args, **kwargs)
+        finally:
+            del inner.load_state_dict
+
     cls.__init__, cls.train, cls.evaluate, cls.training_step = __init__, train, evaluate, training_step
+    if original_load_optimizer is not None:
+        cls._load_optimizer_and_scheduler = functools.wraps(original_load_optimizer)(_load_optimizer_and_scheduler)
 
 
 def _add_first(trainer, callback) -> None:
@@ -167,7 +198,8 @@ def _facts(trainer) -> dict[str, Any]:
     bf16 = torch.cuda.is_bf16_supported() if device == "cuda" else device in ("cpu", "xpu", "mps")
     memory = torch.cuda.get_device_properties(trainer.args.device).total_memory if device == "cuda" else None
     return {"device": device, "bf16_supported": bool(bf16), "base_frozen": bool(base_frozen and trainable),
-            "trainable_fraction": round(trainable / total, 6) if total else None, "device_memory": memory}
+            "trainable_fraction": round(trainable / total, 6) if total else None, "device_memory": memory,
+            "liger": importlib.util.find_spec("liger_kernel") is not None}
 
 
 def _record_failure(trainer, exc: BaseException) -> None:
