@@ -92,3 +92,12 @@ def percent(share: float | None) -> str:
     if abs(share) < 0.005:
         return "~0 %"
     return f"{'+' if share > 0 else '−'}{abs(share) * 100:.0f} %"
+
+
+def slowdown_cell(cost: Mapping[str, Any]) -> str:
+    """A journaled or reported slowdown (`Slowdown.to_dict`) for a table cell: `+33 %`, or `+33 %, plus
+    activation_offloading (depends on the host link)`."""
+    cell = percent(cost["share"])
+    if cost.get("depends_on"):
+        cell += f", plus {', '.join(cost['depends_on'])} (depends on the host link)"
+    return cell

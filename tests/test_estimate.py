@@ -121,3 +121,65 @@ def test_a_card_loses_the_cuda_context_and_some_headroom_but_a_memory_fraction_o
     card = 16 * 2**30
     assert usable(card, "cuda", capped=False) == int((card - CUDA_CONTEXT) * (1 - HEADROOM))
     assert usable(card, "cuda", capped=True) == int(card * (1 - HEADROOM))
+
+
+# --- where the memory goes: the split of the peak and the terms the new rungs act on -----------------------------
+
+def test_the_peak_splits_into_its_terms_and_names_the_dominant_one():
+    """A full fp32 fine-tune on short sequences: the peak is at the optimizer step, where Adam's two moments
+    (8 bytes per parameter) are half of weights + gradients + moments."""
+    shape = from_config(LLAMA_1B)
+    guess = estimate(shape, START.replace(per_device_train_batch_size=2), full(shape, 2, 16))
+    assert sum(guess.split.values()) == guess.peak
+    assert set(guess.split) == {"weights", "optimizer states", "gradients", "runtime"}
+    name, share = guess.dominant()
+    assert name == "optimizer states" and 0.45 < share < 0.5
+    # The demo's model, a large vocabulary on a narrow model: the start of the backward pass, and the logits,
+    # decide it.
+    demo = from_config({**LLAMA_1B, "hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 4,
+                        "num_attention_heads": 4, "num_key_value_heads": 4})
+    lora_long = estimate(demo, START, lora(demo, 8, 1024))
+    assert lora_long.dominant()[0] == "logits" and lora_long.split["logits"] == lora_long.parts["logits"]
+
+
+def test_8bit_adam_cuts_the_optimizer_term_of_a_full_fine_tune_by_three_quarters():
+    shape = from_config(LLAMA_1B)
+    work = full(shape, 2, 16)
+    fp32 = estimate(shape, START.replace(optim="adamw_torch"), work)
+    eight = estimate(shape, START.replace(optim="adamw_bnb_8bit"), work)
+    assert eight.split["optimizer states"] * 4 == fp32.split["optimizer states"]
+    assert eight.dominant()[0] != "optimizer states"
+
+
+def test_torch_adam_holds_a_temporary_of_every_state_on_cuda_but_one_tensor_at_a_time_on_the_cpu():
+    shape = from_config(LLAMA_1B)
+    plan, work = START.replace(optim="adamw_torch"), full(shape, 1, 16)
+    fused = estimate(shape, START, work, "cpu").split["gradients"]
+    assert estimate(shape, plan, work, "cuda").split["gradients"] == fused + 4 * shape.params
+    assert estimate(shape, plan, work, "cpu").split["gradients"] == fused + 4 * 32000 * 2048  # the embedding
+
+
+def test_the_fused_cross_entropy_never_holds_the_logits_whole():
+    shape = from_config(LLAMA_1B)
+    work = lora(shape, 4, 1024)
+    plain = estimate(shape, START, work).parts["logits"]
+    fused = estimate(shape, START.replace(fused_cross_entropy=True), work).parts["logits"]
+    # Chunks of next_pow2(4096 / ceil(32000 / 2048)) = 256 tokens, in fp32 with their gradient, and the gradient
+    # of the last hidden states.
+    assert fused == 256 * 32000 * 8 + 4096 * 2048 * 4
+    assert fused < plain / 10
+    # A full fine-tune makes lm_head's gradient in the forward pass: it is alive at the start of the backward.
+    full_fused = estimate(shape, START.replace(fused_cross_entropy=True), full(shape, 4, 1024)).parts["logits"]
+    assert full_fused == fused + 4 * 32000 * 2048
+
+
+def test_offloaded_activations_leave_about_one_layer_on_the_device():
+    shape = from_config(LLAMA_1B)
+    work = lora(shape, 8, 1024)
+    kept = estimate(shape, START, work).parts["activations"]
+    offloaded = estimate(shape, START.replace(activation_offloading=True), work).parts["activations"]
+    assert offloaded < kept / 8  # 16 layers' saved tensors, one left
+    checkpointed = START.replace(gradient_checkpointing=True)
+    inputs = estimate(shape, checkpointed, work).parts["activations"]
+    both = estimate(shape, checkpointed.replace(activation_offloading=True), work).parts["activations"]
+    assert both < inputs / 4  # the layers' inputs wait in host memory too: two on the device, not sixteen

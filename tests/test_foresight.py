@@ -23,12 +23,13 @@ CAP = 1200 * 2**20
 OOM = Failure(Kind.CPU_OOM, "device", "CPU allocator out of memory", phase="train", step=2)
 
 
-def view_after_oom(model=MODEL, step_peak=400 * 2**20, failed_batch=(16, 256), phase="train", peak=None, tried=None):
+def view_after_oom(model=MODEL, step_peak=400 * 2**20, failed_batch=(16, 256), phase="train", peak=None, tried=None,
+                   program=PROGRAM, facts=FACTS):
     failure = {**OOM.to_dict(), "phase": phase, **({"numbers": {"tried_to_allocate": tried}} if tried else {})}
     records = [
         {"type": "run_started", "ts": 0.0, "command": ["python", "train.py"]},
         {"type": "attempt_started", "ts": 1.0, "attempt": 1, "plan": {}, "rung": None, "reason": ""},
-        {"type": "observed", "ts": 2.0, "attempt": 1, "plan": PROGRAM, "facts": FACTS, "model": model},
+        {"type": "observed", "ts": 2.0, "attempt": 1, "plan": program, "facts": facts, "model": model},
         {"type": "progress", "ts": 3.0, "attempt": 1, "step": 2, "peak": step_peak, "batch_shape": [16, 32]},
         {"type": "attempt_ended", "ts": 4.0, "attempt": 1, "outcome": "failed", "failure": failure,
          "batch_shape": list(failed_batch) if failed_batch else None, **({"peak": peak} if peak else {})},
@@ -136,3 +137,39 @@ def test_a_fragmented_cuda_oom_gets_the_allocator_rung_alone_whatever_the_estima
                                   "total_capacity": 16 * 2**30})
     decision = plan_ahead(load_ladder(None), view.final_plan, facts, fragmented, {}, fit_for(view, CAP))
     assert decision.rung == "expandable_segments" and decision.rung_indices == (0,)
+
+
+# The full fine-tune of issue 16: 34M parameters in fp32, AdamW, sequences of 16 at batch 2. Adam's moments are
+# half of the peak; no rung that shrinks activations can help.
+FULL_34M = {"shape": {"layers": 10, "hidden": 512, "intermediate": 1376, "heads": 8, "kv_heads": 8, "vocab": 2000,
+                      "linear_params": 31621120, "embedding_params": 1024000, "head_params": 1024000,
+                      "other_params": 10752, "dtype": "float32", "attention": "sdpa"},
+            "adapters": False, "trainable_params": 33679872, "lora_targets": []}
+
+
+def full_fine_tune_after_oom(optim="adamw_torch", failed_batch=(2, 16)):
+    program = {**PROGRAM, "per_device_train_batch_size": 2, "optim": optim, "fused_cross_entropy": False,
+               "activation_offloading": False}
+    facts = {"device": "cpu", "bf16_supported": True, "base_frozen": False, "trainable_fraction": 1.0}
+    return view_after_oom(model=FULL_34M, step_peak=None, failed_batch=failed_batch, program=program, facts=facts)
+
+
+def test_where_optimizer_states_dominate_the_decision_is_8bit_adam_and_says_why():
+    decision = decide(full_fine_tune_after_oom(), cap=500 * 2**20)
+    assert decision.rung == "optimizer_8bit" and decision.plan.optim == "adamw_bnb_8bit"
+    assert decision.reason.startswith("optimizer states are 50 % of the estimated peak: ")
+    assert decision.estimate["dominant"] == "optimizer states"
+    assert set(decision.estimate["split"]) >= {"weights", "optimizer states", "gradients"}
+    skipped = dict(decision.skipped)
+    assert "passed over" in skipped["bf16"]  # bf16 autocast adds weight copies where activations are tiny
+
+
+def test_where_no_rung_saves_a_real_share_the_ones_that_save_anything_are_taken_not_the_next_in_line():
+    """8-bit Adam already, and a cap far below the weights: each rung saves a sliver of what is missing. The
+    ladder is not walked one attempt per rung, bf16 first, which the estimate sees adding memory here."""
+    view = full_fine_tune_after_oom(optim="adamw_bnb_8bit", failed_batch=(2, 160))
+    plain = next_plan(load_ladder(None), view.final_plan, view.facts, view.attempts[-1].failure, {})
+    decision = decide(view, cap=20 * 2**20)
+    assert plain.rung == "bf16" and decision.estimate is not None
+    assert "bf16" not in decision.rung and "halve_batch" in decision.rung
+    assert "still estimated above" in decision.reason and "estimated to add" in dict(decision.skipped)["bf16"]

@@ -265,3 +265,23 @@ def test_without_matplotlib_the_page_says_what_to_install_in_place_of_each_chart
     page = Page(render_html(report_of(night())))
     assert page.text.count("the charts need matplotlib: pip install matplotlib") == 2
     assert page.rows == ["attempt-1", "attempt-2"] and not page.inside("svg", "memory-chart")
+
+
+def test_the_final_plan_says_what_it_is_expected_to_cost_against_the_programs_own(validator):
+    """The ladder is journaled with each rung's stated cost: bf16 (~0 %) and one halving (+10 %) cost about a
+    tenth more time per step. A journal from before rungs had costs says nothing of it."""
+    from oomladder.ladder import load_ladder
+    records = night()
+    records[0] = {**records[0], "ladder": load_ladder().to_dict()}
+    report = report_of(records)
+    cost = report["expected_slowdown"]
+    assert round(cost["share"], 2) == 0.10 and cost["depends_on"] == []
+    assert [part.split(":")[0] for part in cost["parts"]] == ["bf16", "halve_batch"]
+    validator.validate(json.loads(json.dumps(report)))
+    md = render_markdown(report)
+    assert "| expected time per step | the program's own | **+10 %** |" in md
+    assert "Expected cost of the final plan: about +10 % time per step" in md
+    page = render_html(report)
+    assert ("<tr><td>expected time per step</td><td>the program's own</td><td><strong>+10 %</strong></td></tr>"
+            in page)
+    assert report_of(night())["expected_slowdown"] is None

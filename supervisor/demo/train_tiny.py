@@ -114,13 +114,14 @@ class StepCounter(TrainerCallback):
 class SayHowItTrains(TrainerCallback):
     """One line, as training begins, of what this process really trains with."""
 
-    def on_train_begin(self, args, state, control, model=None, train_dataloader=None, **kwargs):
+    def on_train_begin(self, args, state, control, model=None, train_dataloader=None, optimizer=None, **kwargs):
+        optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper around the real one
         linears = sorted({type(m).__name__ for n, m in model.named_modules() if n.endswith(("down_proj", "base_layer"))})
         workers = train_dataloader.num_workers if train_dataloader is not None else args.dataloader_num_workers
         print(f"training with batch {args.per_device_train_batch_size} x accumulation {args.gradient_accumulation_steps}"
               f", bf16 {args.bf16}, gradient checkpointing {getattr(model, 'is_gradient_checkpointing', False)} "
               f"{args.gradient_checkpointing_kwargs}, dataloader workers {workers}, linear layers "
-              f"{','.join(linears)}", flush=True)
+              f"{','.join(linears)}, optimizer {type(optimizer).__name__}", flush=True)
 
 
 class StopAfter(TrainerCallback):

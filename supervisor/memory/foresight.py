@@ -47,10 +47,9 @@ class Fit:
         guess = estimate_for(self.view, plan, self.batch)
         return None if guess is None else guess.peak + self.offset
 
-    def where(self, plan: Plan) -> str | None:
-        """Which term dominates `plan`'s estimated peak: "optimizer states are 52 % of the estimated peak"."""
-        guess = estimate_for(self.view, plan, self.batch)
-        return dominant_text(guess) if guess is not None else None
+    def estimate(self, plan: Plan) -> Estimate | None:
+        """The uncalibrated estimate, for its split of the peak by term."""
+        return estimate_for(self.view, plan, self.batch)
 
 
 def estimate_for(view: RunView, plan: Plan, batch: Any) -> Estimate | None:
@@ -208,8 +207,8 @@ def plan_ahead(ladder: Ladder, plan: Plan, facts: Facts, failure: Failure, uses:
     verdict = "fits" if need <= fit.capacity else "is still estimated above it; tried as the best the ladder has"
     numbers = (f"estimated peak {format_size(before)} → {format_size(need)} for {format_size(fit.capacity)} usable "
                f"({verdict})")
-    where = fit.where(plan)
-    guess = estimate_for(fit.view, plan, fit.batch)
+    guess = fit.estimate(plan) if isinstance(fit, Fit) else None  # a load's estimate is the weights alone
+    where = dominant_text(guess) if guess is not None else None
     return Decision(chosen[-1].plan, _joined(names), chosen[0].rung_index,
                     (f"{where}: " if where else "") + "; ".join(d.reason for d in chosen) + f"; {numbers}",
                     tuple((n, w) for n, w in skipped.items() if n not in names),

@@ -16,6 +16,7 @@ import html
 import shlex
 from typing import Any
 
+from oomladder.cost import slowdown_cell
 from oomladder.units import format_size
 from oomladder.views import charts, plots
 from oomladder.views.table import format_duration
@@ -168,8 +169,14 @@ def _final_plan(report: dict[str, Any]) -> str:
                 'there is nothing to change.</p>\n</section>')
     rows = "\n".join(f"<tr><td>{e(r['setting'])}</td><td>{e(r['before'])}</td><td><strong>{e(r['after'])}"
                      f"</strong></td></tr>" for r in report["before_after"])
+    cost = report.get("expected_slowdown")
+    if cost:
+        rows += (f"\n<tr><td>expected time per step</td><td>the program's own</td><td><strong>"
+                 f"{e(slowdown_cell(cost))}</strong></td></tr>")
+    said = (f"\n<p>Expected cost of the final plan: {e(cost['text'])}. These are rules of thumb for a busy GPU, not "
+            f"measured in this run.</p>" if cost else "")
     out = ["<section id=\"final-plan\">\n<h2>Final plan</h2>\n<table>\n<thead><tr><th>setting</th><th>before</th>"
-           f"<th>after</th></tr></thead>\n<tbody>\n{rows}\n</tbody>\n</table>\n</section>",
+           f"<th>after</th></tr></thead>\n<tbody>\n{rows}\n</tbody>\n</table>{said}\n</section>",
            "<section id=\"reproduce\">\n<h2>Run the final plan without oomladder</h2>"]
     r = report["reproduce"]
     if r["training_arguments"]:

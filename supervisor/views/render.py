@@ -9,6 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from oomladder.record.history import RunView
+from oomladder.cost import slowdown_cell
 from oomladder.units import format_size
 from oomladder.views.report import STATUS_TEXT
 from oomladder.views.table import attempts_table
@@ -36,7 +37,12 @@ def print_report(console: Console, view: RunView, report: dict[str, Any]) -> Non
         table.add_column("after", style="bold")
         for row in report["before_after"]:
             table.add_row(row["setting"], str(row["before"]), str(row["after"]))
+        cost = report.get("expected_slowdown")
+        if cost:
+            table.add_row("expected time per step", "the program's own", slowdown_cell(cost))
         console.print(table)
+        if cost:
+            console.print(Text(f"expected cost: {cost['text']} (rules of thumb, not measured here)"))
         r = report["reproduce"]
         if r["training_arguments"]:
             console.print(Text("TrainingArguments(..., " + ", ".join(

@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from oomladder.cost import Cost, slowdown, slowdown_cell
 from oomladder.plan import Plan, changes, describe_changes
 from oomladder.record.history import RunView
 from oomladder.units import format_size, format_steps
@@ -83,8 +84,17 @@ def build_report(view: RunView) -> dict[str, Any]:
         "time_lost": time_lost(attempts),
         "before_after": [{"setting": name, "before": old, "after": new} for name, old, new in changes(before, after)],
         "final_plan": after.to_dict(),
+        "expected_slowdown": expected_slowdown(view, before, after),
         "reproduce": reproduce(before, after, view.attempts[-1].command if view.attempts else []),
     }
+
+
+def expected_slowdown(view: RunView, before: Plan, after: Plan) -> dict[str, Any] | None:
+    """What the final plan is expected to cost in speed against the program's own settings, from the costs the
+    strategies stated and the run journaled with its ladder (None for a journal written before they were)."""
+    costs = [(r.get("name", "?"), Cost.from_dict(r.get("cost"))) for r in (view.run.get("ladder") or {}).get("rungs", [])]
+    known = [(name, cost) for name, cost in costs if cost is not None]
+    return slowdown(before, after, known).to_dict() if known else None
 
 
 def time_lost(attempts: list[dict[str, Any]]) -> dict[str, float]:
@@ -128,6 +138,10 @@ def reproduce(before: Plan, after: Plan, command: list[str]) -> dict[str, Any]:
             args[name] = diff[name]
     if "precision" in diff:
         args["bf16"], args["fp16"] = diff["precision"] == "bf16", diff["precision"] == "fp16"
+    if diff.get("fused_cross_entropy"):
+        args["use_liger_kernel"] = True
+        args["liger_kernel_config"] = {"fused_linear_cross_entropy": True, "cross_entropy": False, "rope": False,
+                                       "swiglu": False, "rms_norm": False}
     if diff.get("gradient_checkpointing"):
         args["gradient_checkpointing"] = True
         args["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
@@ -144,7 +158,7 @@ def reproduce(before: Plan, after: Plan, command: list[str]) -> dict[str, Any]:
         env = {"PYTORCH_CUDA_ALLOC_CONF": after.allocator, "PYTORCH_ALLOC_CONF": after.allocator}
     flags = []
     for key, value in args.items():
-        if key == "gradient_checkpointing_kwargs":
+        if key in ("gradient_checkpointing_kwargs", "liger_kernel_config"):
             flags += [f"--{key}", json.dumps(value)]
         else:
             flags += [f"--{key}", str(value)]
@@ -199,6 +213,11 @@ def render_markdown(report: dict[str, Any]) -> str:
         out += ["", "## Final plan", "", "| setting | before | after |", "|---|---|---|"]
         for row in report["before_after"]:
             out.append(f"| {row['setting']} | {_md(str(row['before']))} | **{_md(str(row['after']))}** |")
+        cost = report.get("expected_slowdown")
+        if cost:
+            out.append(f"| expected time per step | the program's own | **{_md(slowdown_cell(cost))}** |")
+            out += ["", f"Expected cost of the final plan: {_md(cost['text'])}. These are rules of thumb for a busy "
+                        f"GPU, not measured in this run."]
         out += _reproduce_md(report["reproduce"])
     return "\n".join(out) + "\n"
 
