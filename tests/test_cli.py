@@ -137,6 +137,31 @@ def test_plan_as_json_gives_every_rungs_parts_and_the_first_fit(tmp_path, env):
     assert peaks[2] < peaks[0]  # bf16
 
 
+def test_plan_shows_where_the_memory_goes_and_takes_8bit_adamw_for_a_full_fine_tune(tmp_path, env):
+    """Issue 16's full fine-tune: 34M parameters, AdamW, sequences of 16 at batch 2, on a 520 MiB CPU cap."""
+    import json
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text(json.dumps(
+        {**LLAMA_1B, "hidden_size": 512, "intermediate_size": 1376, "num_hidden_layers": 10, "num_attention_heads": 8,
+         "num_key_value_heads": 8, "vocab_size": 2000}))
+    argv = ("plan", "--model", str(tmp_path / "model"), "--seq-len", "16", "--batch-size", "2", "--memory", "520MiB",
+            "--device", "cpu", "--set", "optim=adamw_torch")
+    shown = subprocess.run(oomladder_argv(*argv), env=env, capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert "where the memory goes: optimizer states are 50 % of the estimated peak" in shown.stdout
+    assert "first to fit: #2 (optimizer_8bit)" in shown.stdout
+    for column in ("weights", "gradients", "optimizer states", "activations", "logits", "cost"):
+        assert column in shown.stdout
+    assert "int8 (the base weights train" in shown.stdout  # the rungs that do not apply, with why
+    data = json.loads(subprocess.run(oomladder_argv(*argv, "--format", "json"), env=env, capture_output=True,
+                                     text=True, timeout=60).stdout)
+    start, bf16, eight = data["rows"][:3]
+    assert start["dominant"] == "optimizer states"
+    assert start["split"]["optimizer states"] == 4 * eight["split"]["optimizer states"]
+    assert (bf16["passed_over"], eight["rung"], eight["cost"], eight["plan"]["optim"]) == (
+        True, "optimizer_8bit", "~0 %", "adamw_bnb_8bit")
+
+
 def test_plan_without_a_gpu_or_a_size_asks_for_the_size(tmp_path, env):
     result = _plan(tmp_path, env, "--seq-len", "1024")
     _check_one_line(result, "give --memory, the device's size")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 
 from oomladder.cli.commands import initial_plan
@@ -31,9 +32,11 @@ def plan(args: argparse.Namespace) -> int:
     start = Plan(per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=args.grad_accum,
                  per_device_eval_batch_size=args.batch_size, world_size=1, precision="fp32",
                  load_dtype=shape.dtype, quantization="none", gradient_checkpointing=False,
-                 dataloader_num_workers=0, optim="adamw_torch_fused").merged(given)
+                 dataloader_num_workers=0, optim="adamw_torch_fused", fused_cross_entropy=False,
+                 activation_offloading=False).merged(given)
     facts = Facts(device=device, bf16_supported=True, base_frozen=adapters,
-                  trainable_fraction=trainable / shape.params if shape.params else None)
+                  trainable_fraction=trainable / shape.params if shape.params else None,
+                  liger=importlib.util.find_spec("liger_kernel") is not None)
     work = Workload(start.per_device_train_batch_size, args.seq_len, adapters, trainable, targets)
     capacity = planning.usable(total, device, capped=False)
     if capacity <= 0:
@@ -48,7 +51,13 @@ def plan(args: argparse.Namespace) -> int:
     console.print(planning.render(rows, capacity, f"{args.model}: {shape.params / 1e9:.2f}B parameters, {what}, "
                                   f"batch {args.batch_size} x {args.seq_len} tokens, on {device} with "
                                   f"{_size(total)} ({_size(capacity)} usable)"))
+    where = planning.where_line(rows)
+    if where:
+        console.print(where, markup=False, highlight=False)
     console.print(planning.verdict(rows, capacity), markup=False, highlight=False)
+    skipped = planning.skipped_line(rows)
+    if skipped:
+        console.print(skipped, markup=False, highlight=False)
     console.print(planning.weights_line(shape), markup=False, highlight=False)
     return 0
 

@@ -7,13 +7,14 @@ one's plan built on the last, with the same estimator the loop uses (memory/esti
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 from oomladder.classify import Failure, Kind
 from oomladder.ladder import Ladder, climb
-from oomladder.memory.estimate import Estimate, Workload, estimate, usable
-from oomladder.memory.foresight import pass_over
+from oomladder.memory.estimate import TERMS, Estimate, Workload, estimate, usable
+from oomladder.memory.foresight import dominant_text, pass_over
 from oomladder.memory.shape import ModelShape
 from oomladder.plan import Facts, Plan, describe_changes
 from oomladder.units import format_size
@@ -29,6 +30,8 @@ class Row:
     estimate: Estimate
     fits: bool
     passed_over: bool = False   # saves too little of what is missing: the loop would not take it either
+    cost: str = "-"             # the rung's expected cost in speed (Strategy.cost)
+    skipped: tuple[tuple[str, str], ...] = ()  # rungs that did not apply on the way here, with why
 
 
 def walk(ladder: Ladder, shape: ModelShape, start: Plan, work: Workload, facts: Facts, capacity: int) -> list[Row]:
@@ -43,10 +46,13 @@ def walk(ladder: Ladder, shape: ModelShape, start: Plan, work: Workload, facts: 
     rule = pass_over(lambda plan: peak_of(plan).peak, capacity)
     for step in climb(ladder, start, facts, _PLANNED_OOM, {}, rule):
         if step.decision.exhausted:
+            if step.decision.skipped:
+                rows[-1] = dataclasses.replace(rows[-1], skipped=rows[-1].skipped + step.decision.skipped)
             break
         guess = peak_of(step.decision.plan)
+        cost = ladder.rungs[step.decision.rung_index].strategy.cost.short()
         rows.append(Row(step.decision.rung, step.decision.plan, describe_changes(step.before, step.decision.plan),
-                        guess, guess.peak <= capacity, step.passed_over is not None))
+                        guess, guess.peak <= capacity, step.passed_over is not None, cost, step.decision.skipped))
     return rows
 
 
@@ -65,25 +71,43 @@ def render(rows: list[Row], capacity: int, title: str):
     from rich.table import Table
 
     table = Table(title=title, title_justify="left")
-    for column in ("#", "rung", "what changes", "weights", "grads + optimizer", "activations", "logits",
-                   "estimated peak", "fits"):
+    # What is alive at each plan's peak, term by term: the split the loop decides by. A term not alive at the
+    # peak (activations, when the peak is the optimizer step) shows as "-".
+    for column in ("#", "rung", "what changes", *TERMS, "estimated peak", "cost", "fits"):
         table.add_column(column, justify="right" if column not in ("rung", "what changes", "fits") else "left")
     first = next((i for i, r in enumerate(rows) if r.fits), None)
     for i, r in enumerate(rows):
-        p = r.estimate.parts
+        split = r.estimate.split
         fits = "first to fit" if i == first else ("passed over" if r.passed_over else "yes" if r.fits else "no")
-        table.add_row(str(i), r.rung, r.changes.replace(", ", "\n"), format_size(p["weights"]),
-                      format_size(p["gradients"] + p["optimizer"]), format_size(p["activations"] + p["weight copies"]),
-                      format_size(p["logits"]), format_size(r.estimate.peak), fits,
+        table.add_row(str(i), r.rung, r.changes.replace(", ", "\n"),
+                      *(format_size(split[t]) if split.get(t) else "-" for t in TERMS),
+                      format_size(r.estimate.peak), r.cost, fits,
                       style="bold green" if i == first else "dim" if r.passed_over else None)
     return table
+
+
+def skipped_line(rows: list[Row]) -> str | None:
+    """The rungs that do not apply to this plan or device, each once, with why (8-bit AdamW for LoRA, say)."""
+    seen: dict[str, str] = {}
+    for row in rows:
+        for name, why in row.skipped:
+            seen.setdefault(name, why)
+    return "not for this plan: " + "; ".join(f"{n} ({w})" for n, w in seen.items()) if seen else None
+
+
+def where_line(rows: list[Row]) -> str | None:
+    """Where the memory goes in the starting plan: the term the first rungs should act on."""
+    said = dominant_text(rows[0].estimate)
+    return f"where the memory goes: {said}" if said else None
 
 
 def to_json(rows: list[Row], capacity: int) -> dict[str, Any]:
     first = next((i for i, r in enumerate(rows) if r.fits), None)
     return {"usable": capacity, "first_fit": first,
             "rows": [{"rung": r.rung, "changes": r.changes, "plan": r.plan.set_fields(), "parts": r.estimate.parts,
-                      "peak": r.estimate.peak, "fits": r.fits, "passed_over": r.passed_over} for r in rows]}
+                      "split": r.estimate.split, "dominant": (r.estimate.dominant() or (None,))[0],
+                      "peak": r.estimate.peak, "fits": r.fits, "passed_over": r.passed_over, "cost": r.cost,
+                      "skipped": [list(pair) for pair in r.skipped]} for r in rows]}
 
 
 def verdict(rows: list[Row], capacity: int) -> str:
@@ -101,4 +125,5 @@ def verdict(rows: list[Row], capacity: int) -> str:
             + note)
 
 
-__all__ = ["Row", "render", "to_json", "usable", "verdict", "walk", "weights_line"]
+__all__ = ["Row", "render", "to_json", "usable", "verdict", "skipped_line", "walk", "weights_line",
+           "where_line"]
