@@ -11,7 +11,10 @@ On a GPU it
    `torch.cuda.set_per_process_memory_fraction`: its sequences grow from 128 to 1024 tokens at
    step 3, the OOM is a real `torch.OutOfMemoryError`, and the ladder's rungs (bitsandbytes 8-bit
    among them) are the real ones; it prints the run's table and report;
-4. measures the estimator against `torch.cuda.max_memory_allocated` on several plans, no cap.
+4. measures the estimator against `torch.cuda.max_memory_allocated` on several plans, no cap;
+5. measures what the rungs that act on other terms than activations save: Liger's fused linear
+   cross-entropy (where liger-kernel is installed), activation offloading, and 8-bit AdamW on a full
+   fine-tune, each against the same plan without it (`--only rungs` runs this part alone).
 Everything printed also goes to DIR/gpu_check.txt, with the run's report and journal beside it.
 The dry run does steps 1-2 on the meta device and checks that each scenario's command is well formed.
 """
@@ -46,10 +49,22 @@ CUDA_SCENARIOS = tuple(Scenario(s.name, tuple("512" if a == "256" else a for a i
 )
 
 
+# Section 5: (the scenario it is measured against, the scenario with the rung, what it needs installed).
+RUNG_SCENARIOS = (
+    ("LoRA bf16", Scenario("LoRA bf16 + fused cross-entropy", ("--batch-size", "8", "--long-len", "512"),
+                           ("precision=bf16", "load_dtype=bfloat16", "fused_cross_entropy=true")), "liger_kernel"),
+    ("LoRA bf16", Scenario("LoRA bf16 + activation offloading", ("--batch-size", "8", "--long-len", "512"),
+                           ("precision=bf16", "load_dtype=bfloat16", "activation_offloading=true")), None),
+    ("full bf16 autocast", Scenario("full bf16 + 8-bit AdamW", ("--full", "--batch-size", "4", "--long-len", "512"),
+                                    ("precision=bf16", "optim=paged_adamw_8bit")), None),
+)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=None, help="where the output, report and journal go (default: a temp dir)")
     parser.add_argument("--dry-run", action="store_true", help="only what runs without a GPU")
+    parser.add_argument("--only", choices=("rungs",), help="rungs: only the measurements of section 5")
     args = parser.parse_args(argv)
     console = Console(width=160, record=True)
     out = Path(args.out or tempfile.mkdtemp(prefix="oomladder-gpu-check-"))
@@ -60,13 +75,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     work = Path(tempfile.mkdtemp(prefix="oomladder-gpu-work-"))
     try:
-        return _check(console, work, out, args.dry_run)
+        return _check(console, work, out, args.dry_run, args.only)
     finally:
         (out / "gpu_check.txt").write_text(console.export_text())
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _check(console: Console, work: Path, out: Path, dry_run: bool) -> int:
+def _check(console: Console, work: Path, out: Path, dry_run: bool, only: str | None = None) -> int:
     py = sys.executable
     model_dir = work / "model-1b"
     started = time.time()
@@ -80,10 +95,19 @@ def _check(console: Console, work: Path, out: Path, dry_run: bool) -> int:
     if plan.returncode != 0:
         return 1
     if dry_run:
-        for s in CUDA_SCENARIOS:
+        from oomladder.plan import coerce_field
+        scenarios = (*CUDA_SCENARIOS, *(s for _, s, _ in RUNG_SCENARIOS))
+        for s in scenarios:
             argv = s.argv(model_dir, work / "out", ())
             assert Path(argv[0]).is_file() and "--max-steps" in argv, argv
-        console.print(f"dry run: model config, plan and {len(CUDA_SCENARIOS)} scenarios are well formed")
+            for setting in s.settings:
+                coerce_field(*setting.split("=", 1))  # what --set will accept
+        assert {base for base, _, _ in RUNG_SCENARIOS} <= {s.name for s in CUDA_SCENARIOS}
+        console.print(f"dry run: model config, plan and {len(scenarios)} scenarios are well formed")
+        return 0
+    if only == "rungs":
+        _rungs(console, work, {})
+        console.print(f"gpu check (section 5 only) done in {time.time() - started:.0f} s")
         return 0
 
     console.rule(f"2. the ladder on real CUDA OOMs: oomladder run --memory-cap {CARD}")
@@ -123,8 +147,38 @@ def _check(console: Console, work: Path, out: Path, dry_run: bool) -> int:
         console.print(table(rows, "estimate against measured peak, 0.95B Llama, sequence 512"))
         worst = max(abs(g.peak - m) / m for _, _, g, m, _ in rows)
         console.print(f"largest error: {worst:.0%} (target 15 %)")
+    _rungs(console, work, {name: measured for _, name, _, measured, _ in rows})
     console.print(f"gpu check done in {time.time() - started:.0f} s")
     return 0 if result.returncode == 0 else 1
+
+
+def _rungs(console: Console, work: Path, baselines: dict[str, int]) -> None:
+    """Section 5: each rung's measured saving against the same plan without it, and its estimate."""
+    import importlib.util
+
+    from rich.table import Table
+
+    from oomladder.units import format_size
+    console.rule("5. where the memory goes: the fused cross-entropy, offloading and 8-bit AdamW, measured")
+    out = Table(title="peak with and without each rung, 0.95B Llama, sequence 512, 2 steps", title_justify="left")
+    for column in ("scenario", "without", "with", "saved", "estimate with", "error"):
+        out.add_column(column)
+    for base, scenario, needs in RUNG_SCENARIOS:
+        if needs and importlib.util.find_spec(needs) is None:
+            console.print(f"{scenario.name}: liger-kernel not installed (pip install 'oomladder[liger]')",
+                          markup=False, highlight=False)
+            continue
+        try:
+            if base not in baselines:
+                baselines[base] = measure(work, "1b", next(s for s in CUDA_SCENARIOS if s.name == base))[1]
+            guess, measured, _ = measure(work, "1b", scenario)
+        except (RuntimeError, StopIteration) as exc:
+            console.print(f"{scenario.name}: {exc}", markup=False, highlight=False)
+            continue
+        without = baselines[base]
+        out.add_row(scenario.name, format_size(without), format_size(measured), format_size(without - measured),
+                    format_size(guess.peak), f"{(guess.peak - measured) / measured:+.0%}")
+    console.print(out)
 
 
 def _versions(dry_run: bool) -> str:

@@ -121,7 +121,7 @@ class SayHowItTrains(TrainerCallback):
         print(f"training with batch {args.per_device_train_batch_size} x accumulation {args.gradient_accumulation_steps}"
               f", bf16 {args.bf16}, gradient checkpointing {getattr(model, 'is_gradient_checkpointing', False)} "
               f"{args.gradient_checkpointing_kwargs}, dataloader workers {workers}, linear layers "
-              f"{','.join(linears)}, optimizer {type(optimizer).__name__}", flush=True)
+              f"{','.join(linears)}, optimizer {type(optimizer).__module__.split('.')[0]}.{type(optimizer).__name__}", flush=True)
 
 
 class StopAfter(TrainerCallback):

@@ -26,7 +26,8 @@ def test_a_full_fine_tune_whose_optimizer_states_dominate_finishes_on_8bit_adamw
     decision, = view.decisions
     assert decision["reason"].startswith("optimizer states are ") and "% of the estimated peak" in decision["reason"]
     assert decision["estimate"]["dominant"] == "optimizer states"
-    assert "optimizer AdamW8bit" in said(run_dir, last.number)  # the program's own line: what it trains with
+    # The program's own line of what it trains with: bitsandbytes' AdamW (8-bit states), where it had torch's.
+    assert "optimizer torch.AdamW" in said(run_dir, 1) and "optimizer bitsandbytes.AdamW" in said(run_dir, 2)
     assert_each_step_ran_once(tmp_path / "steps", 4)
     report = (run_dir / "report.md").read_text()
     assert "optimizer_8bit" in report and "expected" in report
