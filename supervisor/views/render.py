@@ -8,8 +8,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from oomladder.record.history import RunView
 from oomladder.cost import slowdown_cell
+from oomladder.record.history import RunView
 from oomladder.units import format_size
 from oomladder.views.report import STATUS_TEXT
 from oomladder.views.table import attempts_table
