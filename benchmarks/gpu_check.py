@@ -11,7 +11,10 @@ On a GPU it
    `torch.cuda.set_per_process_memory_fraction`: its sequences grow from 128 to 1024 tokens at
    step 3, the OOM is a real `torch.OutOfMemoryError`, and the ladder's rungs (bitsandbytes 8-bit
    among them) are the real ones; it prints the run's table and report;
-4. measures the estimator against `torch.cuda.max_memory_allocated` on several plans, no cap.
+4. measures the estimator against `torch.cuda.max_memory_allocated` on several plans, no cap;
+5. the load case: the same model loaded in bf16 (1.9 GB) straight onto an emulated 1.5 GiB card
+   (tests/e2e/programs/load_tiny.py, `device_map="cuda"`) runs out of memory while it loads, and must
+   finish on a load-phase rung (int8).
 Everything printed also goes to DIR/gpu_check.txt, with the run's report and journal beside it.
 The dry run does steps 1-2 on the meta device and checks that each scenario's command is well formed.
 """
@@ -35,6 +38,8 @@ from oomladder.record.journal import read_journal
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN = ROOT / "supervisor" / "demo" / "train_tiny.py"
+LOAD_TINY = ROOT / "tests" / "e2e" / "programs" / "load_tiny.py"
+LOAD_CARD = "1.5GiB"
 CARD = "16GiB"
 MODEL = MODELS["1b"]
 LADDER_RUN = ("--batch-size", "16", "--short-len", "128", "--long-len", "1024", "--max-steps", "6")
@@ -83,6 +88,7 @@ def _check(console: Console, work: Path, out: Path, dry_run: bool) -> int:
         for s in CUDA_SCENARIOS:
             argv = s.argv(model_dir, work / "out", ())
             assert Path(argv[0]).is_file() and "--max-steps" in argv, argv
+        assert LOAD_TINY.is_file()
         console.print(f"dry run: model config, plan and {len(CUDA_SCENARIOS)} scenarios are well formed")
         return 0
 
@@ -123,8 +129,30 @@ def _check(console: Console, work: Path, out: Path, dry_run: bool) -> int:
         console.print(table(rows, "estimate against measured peak, 0.95B Llama, sequence 512"))
         worst = max(abs(g.peak - m) / m for _, _, g, m, _ in rows)
         console.print(f"largest error: {worst:.0%} (target 15 %)")
+    loaded = _load_case(console, py, model_dir, work, out)
     console.print(f"gpu check done in {time.time() - started:.0f} s")
-    return 0 if result.returncode == 0 else 1
+    return 0 if result.returncode == 0 and loaded == 0 else 1
+
+
+def _load_case(console: Console, py: str, model_dir: Path, work: Path, out: Path) -> int:
+    console.rule(f"5. out of memory while the model loads: bf16 onto an emulated {LOAD_CARD} card")
+    run_dir = work / "load"
+    t0 = time.time()
+    result = subprocess.run([py, "-m", "oomladder", "run", "--memory-cap", LOAD_CARD, "--run-dir", str(run_dir),
+                             "--", py, str(LOAD_TINY), "--model-dir", str(model_dir), "--output-dir",
+                             str(work / "load-out"), "--load-dtype", "bfloat16", "--device-map", "cuda"],
+                            capture_output=True, text=True, check=False, env={**os.environ, "COLUMNS": "160"})
+    console.print(result.stdout[-5000:] + result.stderr[-2000:], markup=False, highlight=False)
+    console.print(f"exit status {result.returncode} after {time.time() - t0:.0f} s", markup=False)
+    if (run_dir / "journal.jsonl").exists():
+        shutil.copy(run_dir / "journal.jsonl", out / "load-journal.jsonl")
+        for a in fold(read_journal(run_dir / "journal.jsonl")).attempts:
+            log = run_dir / "attempts" / f"{a.number:03d}" / "stderr.log"
+            tail = log.read_text().splitlines()[-3:] if log.exists() else []
+            what = f"{a.failure.kind.value} in phase {a.failure.phase}" if a.failure else a.status
+            console.print(f"attempt {a.number} ({a.rung or 'start'}): {what}: {' | '.join(tail)[:600]}",
+                          markup=False, highlight=False)
+    return result.returncode
 
 
 def _versions(dry_run: bool) -> str:
