@@ -12,7 +12,10 @@ On a GPU it
    step 3, the OOM is a real `torch.OutOfMemoryError`, and the ladder's rungs (bitsandbytes 8-bit
    among them) are the real ones; it prints the run's table and report;
 4. measures the estimator against `torch.cuda.max_memory_allocated` on several plans, no cap;
-5. measures what the rungs that act on other terms than activations save: Liger's fused linear
+5. the load case: the same model loaded in bf16 (1.9 GB) straight onto an emulated 1.5 GiB card
+   (tests/e2e/programs/load_tiny.py, `device_map="cuda"`) runs out of memory while it loads, and must
+   finish on a load-phase rung (int8);
+6. measures what the rungs that act on other terms than activations save: Liger's fused linear
    cross-entropy (where liger-kernel is installed), activation offloading, and 8-bit AdamW on a full
    fine-tune, each against the same plan without it (`--only rungs` runs this part alone).
 Everything printed also goes to DIR/gpu_check.txt, with the run's report and journal beside it.
@@ -38,6 +41,8 @@ from oomladder.record.journal import read_journal
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN = ROOT / "supervisor" / "demo" / "train_tiny.py"
+LOAD_TINY = ROOT / "tests" / "e2e" / "programs" / "load_tiny.py"
+LOAD_CARD = "1.5GiB"
 CARD = "16GiB"
 MODEL = MODELS["1b"]
 LADDER_RUN = ("--batch-size", "16", "--short-len", "128", "--long-len", "1024", "--max-steps", "6")
@@ -49,7 +54,7 @@ CUDA_SCENARIOS = tuple(Scenario(s.name, tuple("512" if a == "256" else a for a i
 )
 
 
-# Section 5: (the scenario it is measured against, the scenario with the rung, what it needs installed).
+# Section 6: (the scenario it is measured against, the scenario with the rung, what it needs installed).
 RUNG_SCENARIOS = (
     ("LoRA bf16", Scenario("LoRA bf16 + fused cross-entropy", ("--batch-size", "8", "--long-len", "512"),
                            ("precision=bf16", "load_dtype=bfloat16", "fused_cross_entropy=true")), "liger_kernel"),
@@ -64,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=None, help="where the output, report and journal go (default: a temp dir)")
     parser.add_argument("--dry-run", action="store_true", help="only what runs without a GPU")
-    parser.add_argument("--only", choices=("rungs",), help="rungs: only the measurements of section 5")
+    parser.add_argument("--only", choices=("rungs",), help="rungs: only the measurements of section 6")
     args = parser.parse_args(argv)
     console = Console(width=160, record=True)
     out = Path(args.out or tempfile.mkdtemp(prefix="oomladder-gpu-check-"))
@@ -103,11 +108,12 @@ def _check(console: Console, work: Path, out: Path, dry_run: bool, only: str | N
             for setting in s.settings:
                 coerce_field(*setting.split("=", 1))  # what --set will accept
         assert {base for base, _, _ in RUNG_SCENARIOS} <= {s.name for s in CUDA_SCENARIOS}
+        assert LOAD_TINY.is_file()
         console.print(f"dry run: model config, plan and {len(scenarios)} scenarios are well formed")
         return 0
     if only == "rungs":
         _rungs(console, work, {})
-        console.print(f"gpu check (section 5 only) done in {time.time() - started:.0f} s")
+        console.print(f"gpu check (section 6 only) done in {time.time() - started:.0f} s")
         return 0
 
     console.rule(f"2. the ladder on real CUDA OOMs: oomladder run --memory-cap {CARD}")
@@ -147,19 +153,41 @@ def _check(console: Console, work: Path, out: Path, dry_run: bool, only: str | N
         console.print(table(rows, "estimate against measured peak, 0.95B Llama, sequence 512"))
         worst = max(abs(g.peak - m) / m for _, _, g, m, _ in rows)
         console.print(f"largest error: {worst:.0%} (target 15 %)")
+    loaded = _load_case(console, py, model_dir, work, out)
     _rungs(console, work, {name: measured for _, name, _, measured, _ in rows})
     console.print(f"gpu check done in {time.time() - started:.0f} s")
-    return 0 if result.returncode == 0 else 1
+    return 0 if result.returncode == 0 and loaded == 0 else 1
+
+
+def _load_case(console: Console, py: str, model_dir: Path, work: Path, out: Path) -> int:
+    console.rule(f"5. out of memory while the model loads: bf16 onto an emulated {LOAD_CARD} card")
+    run_dir = work / "load"
+    t0 = time.time()
+    result = subprocess.run([py, "-m", "oomladder", "run", "--memory-cap", LOAD_CARD, "--run-dir", str(run_dir),
+                             "--", py, str(LOAD_TINY), "--model-dir", str(model_dir), "--output-dir",
+                             str(work / "load-out"), "--load-dtype", "bfloat16", "--device-map", "cuda"],
+                            capture_output=True, text=True, check=False, env={**os.environ, "COLUMNS": "160"})
+    console.print(result.stdout[-5000:] + result.stderr[-2000:], markup=False, highlight=False)
+    console.print(f"exit status {result.returncode} after {time.time() - t0:.0f} s", markup=False)
+    if (run_dir / "journal.jsonl").exists():
+        shutil.copy(run_dir / "journal.jsonl", out / "load-journal.jsonl")
+        for a in fold(read_journal(run_dir / "journal.jsonl")).attempts:
+            log = run_dir / "attempts" / f"{a.number:03d}" / "stderr.log"
+            tail = log.read_text().splitlines()[-3:] if log.exists() else []
+            what = f"{a.failure.kind.value} in phase {a.failure.phase}" if a.failure else a.status
+            console.print(f"attempt {a.number} ({a.rung or 'start'}): {what}: {' | '.join(tail)[:600]}",
+                          markup=False, highlight=False)
+    return result.returncode
 
 
 def _rungs(console: Console, work: Path, baselines: dict[str, int]) -> None:
-    """Section 5: each rung's measured saving against the same plan without it, and its estimate."""
+    """Section 6: each rung's measured saving against the same plan without it, and its estimate."""
     import importlib.util
 
     from rich.table import Table
 
     from oomladder.units import format_size
-    console.rule("5. where the memory goes: the fused cross-entropy, offloading and 8-bit AdamW, measured")
+    console.rule("6. where the memory goes: the fused cross-entropy, offloading and 8-bit AdamW, measured")
     out = Table(title="peak with and without each rung, 0.95B Llama, sequence 512, 2 steps", title_justify="left")
     for column in ("scenario", "without", "with", "saved", "estimate with", "error"):
         out.add_column(column)

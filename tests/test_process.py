@@ -88,6 +88,23 @@ def test_a_worker_dies_with_its_supervisor(tmp_path):
                      open(f"/proc/{worker_pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z")
 
 
+def test_a_worker_told_twice_that_its_supervisor_died_still_saves_its_step(tmp_path):
+    """The kernel's parent-death SIGTERM, then the worker's own watch finding the supervisor gone: the watch
+    must not send a second SIGTERM (which acts at once) before the step in flight is saved."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    step = (
+        "import os, signal, time; from oomladder.worker import adapter, common;"
+        "common.stop_at_step_end_on(signal.SIGTERM);"
+        "os.kill(os.getpid(), signal.SIGTERM);"  # the parent-death signal, first
+        "adapter._watch_supervisor(); time.sleep(3.5);"  # a step longer than the watch's look
+        "print('step saved after', signal.Signals(common.stop_requested[0]).name, flush=True)"
+    )
+    done = subprocess.run([sys.executable, "-c", step], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "OOMLADDER_SUPERVISOR_PID": str(gone.pid)})
+    assert (done.returncode, done.stdout) == (0, "step saved after SIGTERM\n"), done.stderr
+
+
 def test_the_post_import_hook_patches_a_module_when_it_is_imported(tmp_path, monkeypatch):
     from oomladder.worker.importhook import PostImportFinder
     (tmp_path / "patched_later.py").write_text("VALUE = 1\n")

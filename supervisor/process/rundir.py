@@ -18,6 +18,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from oomladder.errors import RunDirError
+from oomladder.process.workers import stop_processes
 
 
 def make_run_dir(run_dir: Path) -> None:
@@ -92,16 +93,5 @@ def stop_run_processes(run_dir: Path, grace: float = 10.0) -> list[int]:
                 found.append(process)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
-    for process in found:
-        try:
-            process.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _gone, alive = psutil.wait_procs(found, timeout=grace)
-    for process in alive:
-        try:
-            process.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=grace)
+    stop_processes(found, grace)
     return [p.pid for p in found]

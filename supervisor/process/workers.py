@@ -69,22 +69,27 @@ def stop_descendants(grace: float = 5.0, keep: Callable[[int], bool] = lambda pi
     """Every process below this one (ranks, DataLoader workers, daemons re-parented here): SIGTERM, then
     SIGKILL after `grace`, waited for. Returns the pids that were found."""
     import psutil
-    me = psutil.Process()
-    found = [p for p in me.children(recursive=True) if not keep(p.pid)]
-    for process in found:
+    found = [p for p in psutil.Process().children(recursive=True) if not keep(p.pid)]
+    stop_processes(found, grace)
+    reap_orphans()
+    return [p.pid for p in found]
+
+
+def stop_processes(processes: list, grace: float) -> None:
+    """psutil processes: SIGTERM, then SIGKILL to those still alive after `grace`, waited for."""
+    import psutil
+    for process in processes:
         try:
             process.terminate()
         except psutil.NoSuchProcess:
             pass
-    _gone, alive = psutil.wait_procs(found, timeout=grace)
+    _gone, alive = psutil.wait_procs(processes, timeout=grace)
     for process in alive:
         try:
             process.kill()
         except psutil.NoSuchProcess:
             pass
     psutil.wait_procs(alive, timeout=grace)
-    reap_orphans()
-    return [p.pid for p in found]
 
 
 def reap_orphans() -> None:

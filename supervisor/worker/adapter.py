@@ -68,7 +68,10 @@ def _watch_supervisor() -> None:
                 break
             except PermissionError:
                 continue
-        os.kill(os.getpid(), signal.SIGTERM)  # the adapter's handler saves the step in flight and exits
+        # The adapter's handler saves the step in flight and exits. The kernel's parent-death SIGTERM may have
+        # come first: a second one would be the "act at once" kind and lose that step.
+        if not common.stop_requested[0]:
+            os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(GRACE)
         os._exit(143)  # a program that ignores SIGTERM, or never reaches a step's end
 
