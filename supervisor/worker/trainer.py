@@ -11,7 +11,7 @@ import signal
 import sys
 from typing import Any
 
-from oomladder.worker import common, emergency, files, memcap, probe
+from oomladder.worker import common, emergency, files, memcap, probe, trainer_inplace
 from oomladder.worker.common import is_memory_failure, observe, peer_died, safely, stop_at_step_end_on
 
 HOOKS = {
@@ -140,7 +140,8 @@ def patch_trainer(module) -> None:
     @functools.wraps(original_step)
     def training_step(self, model, inputs, *args, **kwargs):
         safely(probe.note_batch, inputs)  # the estimator sizes activations by the batch that ran (or died)
-        return original_step(self, model, inputs, *args, **kwargs)
+        # An OOM in the step is met here first: the same micro-batch in chunks, without a relaunch.
+        return trainer_inplace.training_step(self, original_step, model, inputs, args, kwargs)
 
     cls.__init__, cls.train, cls.evaluate, cls.training_step = __init__, train, evaluate, training_step
 
