@@ -5,6 +5,7 @@ a process of their own."""
 import json
 
 import jsonschema
+
 from oomladder.ladder.file import parse_ladder
 from oomladder.plan import Plan
 from oomladder.process.launch import worker_env

@@ -11,7 +11,7 @@ import torch
 
 from tests.e2e.ledger import assert_each_step_ran_once, steps_by_process
 from tests.e2e.test_frameworks import TRL_SFT
-from tests.e2e.test_recovery import TRAIN_TINY, oomladder
+from tests.e2e.test_recovery import oomladder, view_of
 from tests.e2e.test_zero_lost_work import adapters, per_step, run
 
 pytestmark = pytest.mark.e2e
@@ -66,7 +66,6 @@ def test_a_step_1_oom_in_trl_needs_no_relaunch(tmp_path, in_place_env):
                        "--count-steps", str(tmp_path / "steps"), "--batch-size", "16", "--max-steps", "2",
                        cwd=tmp_path, env=in_place_env)
     assert result.returncode == 0, result.stdout + result.stderr
-    from tests.e2e.test_recovery import view_of
     view = view_of(run_dir)
     attempt, = view.attempts
     assert [r["outcome"] for r in attempt.in_place] == ["split"] and attempt.in_place[0]["step"] == 1
