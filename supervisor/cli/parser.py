@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--run-dir", default=None, help="where to keep the demo's run (default: a new folder "
                       "under ./oomladder-runs)")
     demo.add_argument("--memory-cap", default=None, help="the emulated device size (default: the demo's own)")
+    demo.add_argument("--in-place", action="store_true", help="meet the OOM inside the running process (a split "
+                      "step), as `oomladder run` does by default, instead of showing the ladder's relaunch")
 
     sub.add_parser("strategies", help="list the strategies a ladder file can name")
     return parser
