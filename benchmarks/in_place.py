@@ -1,7 +1,8 @@
 """In-place recovery against the relaunch, each against a direct run of the plan that fits, in one invocation:
 `python -m benchmarks.in_place` (about 15 minutes on 2 cores), or as part of `python -m benchmarks.run`.
 
-1. The spike: a Trainer + LoRA fine-tune at batch 16 whose sequences grow 4x at step 2, under a 1200MiB cap.
+1. The spike: a Trainer + LoRA fine-tune at batch 16 whose sequences grow 4x (64 to 256 tokens) at step 2, under
+   a 1200MiB cap.
 2. A step-1 OOM: TRL's SFTTrainer in fp32 at batch 16, a quarter of its samples 8x longer, under a 500MiB cap.
 
 Each is run under oomladder with in-place recovery (the default), under oomladder with `--no-in-place` (the
@@ -26,7 +27,7 @@ from oomladder.record.journal import read_journal
 TRL_SFT = ROOT / "tests" / "e2e" / "programs" / "trl_sft.py"
 SCENARIOS = {
     # name: (program, its arguments, cap, steps)
-    "spike": (TRAIN, ["--batch-size", "16", "--max-steps", "6", "--short-len", "32", "--long-len", "128",
+    "spike": (TRAIN, ["--batch-size", "16", "--max-steps", "6", "--short-len", "64", "--long-len", "256",
                       "--grow-at-step", "2"], "1200MiB", 6),
     "trl step-1 OOM": (TRL_SFT, ["--batch-size", "16", "--max-steps", "4"], "500MiB", 4),
 }
@@ -98,13 +99,14 @@ def table(rows: list[list]) -> Table:
     return out
 
 
-def measure() -> list[list]:
+def measure(names: list[str] | None = None) -> list[list]:
     with tempfile.TemporaryDirectory(prefix="oomladder-bench-in-place-") as tmp:
-        return [row for name in SCENARIOS for row in scenario(Path(tmp), name)]
+        return [row for name in names or SCENARIOS for row in scenario(Path(tmp), name)]
 
 
 def main() -> int:
-    Console(width=200).print(table(measure()))
+    names = [name for name in SCENARIOS if name.split()[0] in sys.argv[1:]]  # e.g. `spike` or `trl`
+    Console(width=200).print(table(measure(names)))
     return 0
 
 

@@ -126,7 +126,7 @@ def recover(run: Callable[[int], T], params: list[Any], where: Step,
     until it fits. Returns what `run` returned; raises the step's first OOM when in-place recovery steps aside."""
     if not enabled():
         return run(1)
-    guard = Guard(params)
+    guard = Guard(params) if where.refuse is None else None  # nothing to put back in a step never retried
     factor = split[0]
     started = time.monotonic()
     try:
@@ -138,15 +138,15 @@ def recover(run: Callable[[int], T], params: list[Any], where: Step,
     ooms = [_numbers(first)]
     while True:
         _free(first)
-        guard.restore()
-        why = where.refuse or guard.why_not
-        nxt = None if why else next_split(factor, where.batch, where.rows)
+        refused = where.refuse or guard.why_not
+        if guard is not None:
+            guard.restore()
+        nxt = None if refused else next_split(factor, where.batch, where.rows)
         if nxt is None:
             pieces = _pieces(factor, where.rows)
-            why = why or (f"the micro-batch of {where.rows} row{'s' if where.rows != 1 else ''} is already split as far "
-                          f"as it goes ({pieces} chunk{'s' if pieces > 1 else ''})")
-            _tell(where, "declined" if where.refuse or guard.why_not else "floor", split[0], factor, ooms, started,
-                  reason=why)
+            why = refused or (f"the micro-batch of {where.rows} row{'s' if where.rows != 1 else ''} is already split as "
+                              f"far as it goes ({pieces} chunk{'s' if pieces > 1 else ''})")
+            _tell(where, "declined" if refused else "floor", split[0], factor, ooms, started, reason=why)
             raise first
         try:
             result = run(_pieces(nxt, where.rows))
@@ -183,7 +183,8 @@ def _pieces(factor: int, rows: int | None) -> int:
 
 def chunks(inputs: Mapping[str, Any], rows: int, parts: int) -> list[dict[str, Any]]:
     """`inputs` in `parts` chunks of consecutive rows along dim 0 of each tensor that has the batch's rows;
-    other values (flags, scalars) go to every chunk as they are."""
+    other values (flags, scalars) go to every chunk as they are. Each chunk drops the padding columns at its
+    end that none of its own rows use (`trim`)."""
     import torch
     bounds = [len(r) for r in torch.arange(rows).tensor_split(parts)]
     out, start = [], 0
@@ -194,9 +195,27 @@ def chunks(inputs: Mapping[str, Any], rows: int, parts: int) -> list[dict[str, A
                 piece[key] = value[start:start + size]
             else:
                 piece[key] = value
-        out.append(piece)
+        out.append(trim(piece))
         start += size
     return out
+
+
+def trim(piece: dict[str, Any]) -> dict[str, Any]:
+    """The chunk without the trailing columns its attention mask leaves out in every row: a batch padded to its
+    longest row pads a chunk of short rows as far. Those positions are masked and labelled -100, so the loss
+    and the gradients are the same (the padding comes last; a left-padded chunk has none to drop), and a chunk
+    costs what a micro-batch of its rows would."""
+    mask = piece.get("attention_mask")
+    if mask is None or getattr(mask, "dim", lambda: 0)() != 2 or mask.shape[1] == 0:
+        return piece
+    width = mask.shape[1]
+    used = mask.ne(0).any(dim=0).nonzero()
+    keep = int(used[-1]) + 1 if used.numel() else width
+    if keep == width:
+        return piece
+    import torch
+    return {key: value[:, :keep] if torch.is_tensor(value) and value.dim() >= 2 and value.shape[1] == width else value
+            for key, value in piece.items()}
 
 
 def batch_rows(inputs: Any) -> tuple[int | None, str | None]:
