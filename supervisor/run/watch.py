@@ -201,9 +201,10 @@ class AttemptWatcher:
             self.journal.append(schema.OBSERVED, attempt=number, rank=rank, plan=data.get("plan", {}),
                                 facts=data.get("facts", {}), memory_cap=data.get("memory_cap", {}),
                                 model=data.get("model"), **({"load": data["load"]} if data.get("load") else {}))
-        entries = []
+        entries, began = [], False
         for rank, entry in files.new_progress():
             entry.pop("ts", None)
+            began = began or "began_at" in entry or "resume_failed" in entry
             if (in_place := in_place_record(entry)) is not None:
                 self.journal.extend(schema.PROGRESS, entries)  # in the order the worker wrote them
                 entries = []
@@ -213,7 +214,7 @@ class AttemptWatcher:
             if entry.get("adapter"):
                 self._adapters.add(number)
         self.journal.extend(schema.PROGRESS, entries)
-        if any("began_at" in e or "resume_failed" in e for e in entries):
+        if began:
             self._warn_if_not_resumed(number)
 
     def _journal_in_place(self, number: int, rank: int, record: dict[str, Any]) -> None:
