@@ -69,11 +69,12 @@ def mid_run_oom(work: Path) -> list[list[str]]:
                     "--max-steps", "1", "--batch-size", "1", "--long-len", "8"], cwd=work, capture_output=True)
     rows = []
     ladder_dir = work / "ladder-run"
-    seconds, result = timed([py, "-m", "oomladder", "run", "--memory-cap", CAP, "--run-dir", str(ladder_dir), "--",
-                             py, *train_args(work, "ladder")], work)
+    # The ladder's relaunch: in-place recovery (which meets this OOM without one) has its own rows (in_place.py).
+    seconds, result = timed([py, "-m", "oomladder", "run", "--memory-cap", CAP, "--run-dir", str(ladder_dir),
+                             "--no-in-place", "--", py, *train_args(work, "ladder")], work)
     view = fold(read_journal(ladder_dir / "journal.jsonl"))
     last_stdout = (ladder_dir / "attempts" / f"{view.attempts[-1].number:03d}" / "stdout.log").read_text()
-    rows.append(["oomladder (default ladder)", seconds, steps_executed(work, "ladder"), effective_batch(last_stdout),
+    rows.append(["oomladder (default ladder, --no-in-place)", seconds, steps_executed(work, "ladder"), effective_batch(last_stdout),
                  result.returncode == 0, f"{len(view.attempts)} attempts: "
                  + ", ".join(a.rung or "start" for a in view.attempts)])
     final, options = view.final_plan, []  # the plan oomladder ended on, known in advance
