@@ -12,6 +12,7 @@ from oomladder.process.launch import worker_env
 from oomladder.record.history import fold
 from oomladder.run.decide import decide, reached_plan
 from oomladder.run.outcomes import AttemptResult, Climb
+from oomladder.views.page import render_html
 from oomladder.views.report import SCHEMA_FILE, build_report, render_markdown
 from oomladder.views.table import attempts_table
 from tests.test_render import render
@@ -76,6 +77,8 @@ def test_the_report_shows_the_in_place_rung_with_the_ooms_numbers():
     md = render_markdown(report)
     assert "|  | in place: split 2 | per_device_train_batch_size 16→8 gradient_accumulation_steps 1→2 |" in md
     assert ("in place: out of memory in step 3 (tried to allocate 256 MiB); the micro-batch of 16 runs in 2 chunks" in md)
+    page = render_html(report)
+    assert '<tr class="in-place"><td class="num"></td><td>in place: split 2</td>' in page
 
 
 def test_a_recovery_that_did_not_happen_is_shown_with_its_reason():
