@@ -5,6 +5,7 @@
    (the plan oomladder ended on); and with Hugging Face's `auto_find_batch_size`.
 2. Supervisor overhead on a healthy run: a plain PyTorch loop bare and under `oomladder run`.
 3. Worker death to next worker start: from the dying worker's failure record to the next attempt.
+4. In-place recovery against the relaunch (benchmarks/in_place.py, also alone: `python -m benchmarks.in_place`).
 
 Targets (README, "Benchmarks"): recovery at most 1.5x the direct run; overhead at most 2 %; death to
 next start under 1 s.
@@ -68,11 +69,12 @@ def mid_run_oom(work: Path) -> list[list[str]]:
                     "--max-steps", "1", "--batch-size", "1", "--long-len", "8"], cwd=work, capture_output=True)
     rows = []
     ladder_dir = work / "ladder-run"
-    seconds, result = timed([py, "-m", "oomladder", "run", "--memory-cap", CAP, "--run-dir", str(ladder_dir), "--",
-                             py, *train_args(work, "ladder")], work)
+    # The ladder's relaunch: in-place recovery (which meets this OOM without one) has its own rows (in_place.py).
+    seconds, result = timed([py, "-m", "oomladder", "run", "--memory-cap", CAP, "--run-dir", str(ladder_dir),
+                             "--no-in-place", "--", py, *train_args(work, "ladder")], work)
     view = fold(read_journal(ladder_dir / "journal.jsonl"))
     last_stdout = (ladder_dir / "attempts" / f"{view.attempts[-1].number:03d}" / "stdout.log").read_text()
-    rows.append(["oomladder (default ladder)", seconds, steps_executed(work, "ladder"), effective_batch(last_stdout),
+    rows.append(["oomladder (default ladder, --no-in-place)", seconds, steps_executed(work, "ladder"), effective_batch(last_stdout),
                  result.returncode == 0, f"{len(view.attempts)} attempts: "
                  + ", ".join(a.rung or "start" for a in view.attempts)])
     final, options = view.final_plan, []  # the plan oomladder ended on, known in advance
@@ -136,6 +138,8 @@ def main() -> int:
         rows = mid_run_oom(work)
         bare, supervised, fixed = overhead(work)
         gaps = death_to_start(work)
+    from benchmarks import in_place  # it imports this module's helpers
+    in_place_rows = in_place.measure()
     direct = rows[1][1]
     table = Table(title=f"Mid-run OOM under a {CAP} cap (6 optimizer steps, effective batch 16)", title_justify="left")
     for column in ("way", "wall time", "vs direct", "optimizer steps executed", "effective batch at the end",
@@ -156,6 +160,7 @@ def main() -> int:
     other.add_row("OOM raised to next worker started (incl. the dying worker's teardown)",
                   ", ".join(f"{g[1]:.2f} s" for g in gaps) or "-", "")
     console.print(other)
+    console.print(in_place.table(in_place_rows))
     console.print(f"machine: {platform.machine()}, {platform.python_version()}, "
                   f"{os.cpu_count()} cores, torch {__import__('torch').__version__}")
     return 0

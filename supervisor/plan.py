@@ -52,6 +52,15 @@ class Plan(_JournalValue):
             return None
         return self.per_device_train_batch_size * self.gradient_accumulation_steps * (self.world_size or 1)
 
+    def split(self, parts: int) -> Plan:
+        """The plan a micro-batch run in `parts` chunks equals: the micro-batch divided, the accumulation
+        multiplied, the effective batch the same (worker/inplace.py splits only by what divides it)."""
+        batch, accumulation = self.per_device_train_batch_size, self.gradient_accumulation_steps
+        if parts <= 1 or batch is None or batch % parts:
+            return self
+        return self.replace(per_device_train_batch_size=batch // parts,
+                            gradient_accumulation_steps=(accumulation or 1) * parts)
+
     def replace(self, **changes: Any) -> Plan:
         return dataclasses.replace(self, **changes)
 

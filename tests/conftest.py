@@ -43,7 +43,16 @@ def env():
     e["COLUMNS"] = "200"
     # tests/ and benchmarks/ importable in subprocesses (oomladder itself is the editable install).
     e["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + ([e["PYTHONPATH"]] if e.get("PYTHONPATH") else []))
+    # The tests of the relaunch (the safety net) meet every OOM with a relaunch; tests/e2e/test_in_place.py
+    # turns in-place recovery back on (`in_place_env`).
+    e["OOMLADDER_IN_PLACE"] = "0"
     return e
+
+
+@pytest.fixture(scope="session")
+def in_place_env(env):
+    """The environment with in-place recovery on, as it is by default."""
+    return {k: v for k, v in env.items() if k != "OOMLADDER_IN_PLACE"}
 
 
 def processes_of(run_dir, attempt: int | None = None) -> list[int]:

@@ -52,7 +52,7 @@ def _dispatch(args) -> int:
         return plan(args)
     if args.verb == "demo":
         from oomladder.demo import run_demo
-        return run_demo(args.run_dir, args.memory_cap, make_console())
+        return run_demo(args.run_dir, args.memory_cap, make_console(), in_place=args.in_place)
     if args.verb == "strategies":
         return commands.list_strategies()
     build_parser().print_help()

@@ -68,7 +68,8 @@ def make_run_config(args: argparse.Namespace):
                      hang_timeout=parse_duration(args.hang_timeout) if args.hang_timeout else None,
                      nnodes=nodes.nnodes, node_rank=nodes.node_rank,
                      node_timeout=parse_duration(args.node_timeout) if args.node_timeout else 600.0,
-                     no_offload=args.no_offload)
+                     no_offload=args.no_offload,
+                     in_place=not (args.no_in_place or os.environ.get("OOMLADDER_IN_PLACE") == "0"))
 
 
 def initial_plan(items: list[str]):
@@ -147,7 +148,7 @@ def resume_config(run_dir: Path, node_rank: int | None = None):
                      initial=Plan.from_dict(started.get("initial")), cwd=started.get("cwd") or str(Path.cwd()),
                      nnodes=started.get("nnodes", 1), node_rank=started.get("node_rank", 0),
                      node_timeout=started.get("node_timeout", 600.0), no_offload=bool(started.get("no_offload")),
-                     notify=notify)
+                     in_place=started.get("in_place", True), notify=notify)
 
 
 def report(args: argparse.Namespace) -> int:

@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--run-dir", default=None, help="where to keep the demo's run (default: a new folder "
                       "under ./oomladder-runs)")
     demo.add_argument("--memory-cap", default=None, help="the emulated device size (default: the demo's own)")
+    demo.add_argument("--in-place", action="store_true", help="meet the OOM inside the running process (a split "
+                      "step), as `oomladder run` does by default, instead of showing the ladder's relaunch")
 
     sub.add_parser("strategies", help="list the strategies a ladder file can name")
     return parser
@@ -100,6 +102,8 @@ def _run_options(p: argparse.ArgumentParser) -> None:
                         "needed for {placeholders} in a command that is not a Hugging Face Trainer program")
     p.add_argument("--no-offload", action="store_true", help="weights that from_pretrained's device_map puts on "
                    "the CPU or disk count as out of memory: the ladder quantizes until the model fits the device")
+    p.add_argument("--no-in-place", action="store_true", help="meet every out-of-memory error with a relaunch: no "
+                   "in-place split of the step's micro-batch (also OOMLADDER_IN_PLACE=0 in the environment)")
     p.add_argument("--notify", action="append", default=[], metavar="URL",
                    help="send a short message through Apprise when a fallback is taken and when the run ends: "
                         "slack://, discord://, tgram://, ntfy://, mailto://, json:// (a webhook) and more "

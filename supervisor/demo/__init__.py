@@ -21,7 +21,9 @@ def demo_command(run_dir: Path) -> list[str]:
             "--count-steps", str(run_dir / "steps.log")]  # the program's own record of each step it ran
 
 
-def run_demo(run_dir: str | None, memory_cap: str | None, console) -> int:
+def run_demo(run_dir: str | None, memory_cap: str | None, console, in_place: bool = False) -> int:
+    """The ladder at work: a relaunch on a cheaper plan. `in_place`: the same OOM met inside the running
+    process instead (worker/inplace.py), as `oomladder run` does by default."""
     from oomladder.ladder import load_ladder
     from oomladder.run.config import RunConfig
     from oomladder.run.console import run_in_console
@@ -32,5 +34,6 @@ def run_demo(run_dir: str | None, memory_cap: str | None, console) -> int:
     console.print(f"oomladder demo: a Trainer + LoRA fine-tune of a tiny Llama at batch 16, capped at "
                   f"{memory_cap or DEMO_CAP} of emulated device memory; its sequences grow at step 3.",
                   markup=False, highlight=False)
-    config = RunConfig(command=tuple(demo_command(path)), run_dir=path, ladder=load_ladder(None), memory_cap=cap)
+    config = RunConfig(command=tuple(demo_command(path)), run_dir=path, ladder=load_ladder(None), memory_cap=cap,
+                       in_place=in_place)
     return run_in_console(config, console)

@@ -46,6 +46,8 @@ def parse_args():
     p.add_argument("--eval-len", type=int, default=0, help="evaluate every --eval-steps on sequences this long")
     p.add_argument("--eval-steps", type=int, default=3)
     p.add_argument("--auto-find-batch-size", action="store_true", help="Hugging Face's own in-process search")
+    p.add_argument("--own-loss", action="store_true", help="a Trainer subclass with a compute_loss of its own (the "
+                   "same loss), as many programs have: oomladder cannot see into it, so it does not split its steps")
     p.add_argument("--count-steps", help="append a line 'PID STEP' to this file for every optimizer step executed")
     p.add_argument("--save-steps", type=int, help="save a checkpoint-N in --output-dir every N steps")
     p.add_argument("--stop-after-step", type=int, help="end training after this step (the schedule stays --max-steps')")
@@ -133,6 +135,11 @@ class StopAfter(TrainerCallback):
             control.should_training_stop = True
 
 
+class OwnLoss(Trainer):
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+
+
 def main():
     a = parse_args()
     build_model(a)
@@ -156,7 +163,7 @@ def main():
     eval_data = GrowingSequences(32, 0, a.eval_len, a.eval_len, a.vocab) if a.eval_len else None
     callbacks = [SayHowItTrains()] + ([StepCounter(a.count_steps)] if a.count_steps else []) + (
         [StopAfter(a.stop_after_step)] if a.stop_after_step else [])
-    trainer = Trainer(model=model, args=args, train_dataset=data, eval_dataset=eval_data, data_collator=pad,
+    trainer = (OwnLoss if a.own_loss else Trainer)(model=model, args=args, train_dataset=data, eval_dataset=eval_data, data_collator=pad,
                       callbacks=callbacks)
     trainer.train(resume_from_checkpoint=a.resume_from)
     if a.save_final:

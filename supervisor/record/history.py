@@ -21,7 +21,7 @@ class AttemptView:
     rung: str | None
     reason: str
     overrides: Plan
-    plan: Plan                       # the program's own settings with this attempt's overrides
+    plan: Plan                       # the program's own settings with this attempt's overrides, then its split
     started: float
     ended: float | None = None
     status: str = "running"          # running | finished | failed | interrupted
@@ -50,6 +50,15 @@ class AttemptView:
     training_began: float | None = None
     step_times: dict[int, float] = field(default_factory=dict)
     step_peaks: dict[int, int] = field(default_factory=dict)
+    # OOMs its worker met without a relaunch (worker/inplace.py), as journaled, and the split it went on with:
+    # its plan is the plan that split equals, which a later relaunch starts from.
+    in_place: list[dict[str, Any]] = field(default_factory=list)
+    split: int = 1
+    launched: Plan = field(default_factory=Plan)  # the plan it was launched with, before any split
+
+    @property
+    def recovered_in_place(self) -> list[dict[str, Any]]:
+        return [r for r in self.in_place if r.get("outcome") == "split"]
 
     @property
     def reports_steps(self) -> bool:
@@ -201,10 +210,11 @@ class Folder:
             self.run, self.ended = r, None  # a resumed run starts again
         elif kind == schema.ATTEMPT_STARTED:
             overrides = Plan.from_dict(r.get("plan"))
+            launched = self.observed.merged(overrides)
             self.attempts[r["attempt"]] = AttemptView(
                 number=r["attempt"], rung=r.get("rung"), reason=r.get("reason", ""), overrides=overrides,
-                plan=self.observed.merged(overrides), started=r["ts"], command=r.get("command", []),
-                resumed_from=(r.get("resume_from") or {}).get("step"))
+                plan=launched, started=r["ts"], command=r.get("command", []),
+                resumed_from=(r.get("resume_from") or {}).get("step"), launched=launched)
         elif kind == schema.OBSERVED:
             # Later observations fill fields earlier attempts died before reaching.
             self.observed = self.observed.merged(Plan.from_dict(r.get("plan")))
@@ -212,9 +222,16 @@ class Folder:
             self.model = self.model or r.get("model")  # the first report: later ones see the model as loaded
             self.load = r.get("load") or self.load
             for a in self.attempts.values():
-                a.plan = self.observed.merged(a.overrides)
+                a.launched = self.observed.merged(a.overrides)
+                a.plan = a.launched.split(a.split)
         elif kind == schema.PROGRESS and r.get("attempt") in self.attempts:
             self._progress(self.attempts[r["attempt"]], r)
+        elif kind == schema.IN_PLACE and r.get("attempt") in self.attempts:
+            a = self.attempts[r["attempt"]]
+            a.in_place.append(r)
+            if r.get("outcome") == "split" and int(r["split"]) > a.split:
+                a.split = int(r["split"])
+                a.plan = a.launched.split(a.split)
         elif kind == schema.ATTEMPT_ENDED and r.get("attempt") in self.attempts:
             a = self.attempts[r["attempt"]]
             a.ended, a.status, a.exit_code = r["ts"], r["outcome"], r.get("exit_code")

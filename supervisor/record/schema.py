@@ -4,12 +4,15 @@ Records are JSON objects `{"v": SCHEMA_VERSION, "type": ..., "ts": ..., **fields
 order. A reader skips types it does not know, so a newer oomladder's journal still folds.
 """
 
-SCHEMA_VERSION = 1
+# 2: `in_place` records, and an attempt's plan follows the split they report (history.py). A version 1 journal
+# has none, and folds as before; a reader that does not know the type skips it.
+SCHEMA_VERSION = 2
 
 RUN_STARTED = "run_started"          # the command, ladder and options of one invocation
 OBSERVED = "observed"                # the program's own settings and facts, as the worker reported them
 ATTEMPT_STARTED = "attempt_started"  # the plan, command and checkpoint an attempt starts from
 PROGRESS = "progress"                # a step (or evaluation) a worker reported
+IN_PLACE = "in_place"                # an OOM the worker met without a relaunch (a split step), or why it did not
 INTERRUPT = "interrupt"              # the supervisor stopped the attempt: a signal, a budget, a hang, a peer
 CHECKPOINT = "checkpoint"            # a whole emergency checkpoint the next attempt may resume from
 NODE_ENDED = "node_ended"            # several nodes: how this node's group ended, its own evidence

@@ -159,6 +159,9 @@ def finished_reason(view: RunView) -> str:
     done = f"attempt {view.attempts[-1].number} finished"
     if ooms:
         done += f" after {ooms} out-of-memory error{'s' if ooms > 1 else ''}"
+    in_place = sum(len(a.recovered_in_place) for a in view.attempts)
+    if in_place:
+        done += f"; {in_place} out-of-memory error{'s' if in_place > 1 else ''} recovered in place, without a relaunch"
     if view.step_counts is None:
         text = (f"{done}; the program reports no optimizer steps to oomladder, so whether any step ran twice "
                 f"is not known")

@@ -28,7 +28,7 @@ from oomladder.run.budget import Budget
 from oomladder.run.config import EXIT_BUDGET, EXIT_INTERRUPTED, RunConfig
 from oomladder.run.outcomes import AttemptResult, Stop, StopReason
 from oomladder.views.display import Display
-from oomladder.worker.files import AttemptFiles
+from oomladder.worker.files import AttemptFiles, in_place_record
 
 # A peer node failed: this node's ranks have no step to finish (their collective is broken), so a short grace.
 PEER_GRACE = 10.0
@@ -80,7 +80,8 @@ class AttemptWatcher:
         cfg = self.config
         env = worker_env(self.environ, launch.attempt_dir, launch.overrides, launch.plan, cfg.memory_cap,
                          launch.resume["path"] if launch.resume else None, launch.evaluate_at, run_dir=cfg.run_dir,
-                         no_offload=cfg.no_offload, rung=launch.rung, reason=launch.reason)
+                         no_offload=cfg.no_offload, rung=launch.rung, reason=launch.reason,
+                         in_place=cfg.in_place)
         spec = LaunchSpec(tuple(launch.argv), env, cfg.cwd, launch.attempt_dir / "stdout.log",
                           launch.attempt_dir / "stderr.log")
         oom_kills_before, gpu_before = cgroup.oom_kill_count(), gpu.gpu_pids()
@@ -200,15 +201,29 @@ class AttemptWatcher:
             self.journal.append(schema.OBSERVED, attempt=number, rank=rank, plan=data.get("plan", {}),
                                 facts=data.get("facts", {}), memory_cap=data.get("memory_cap", {}),
                                 model=data.get("model"), **({"load": data["load"]} if data.get("load") else {}))
-        entries = []
+        entries, began = [], False
         for rank, entry in files.new_progress():
             entry.pop("ts", None)
+            began = began or "began_at" in entry or "resume_failed" in entry
+            if (in_place := in_place_record(entry)) is not None:
+                self.journal.extend(schema.PROGRESS, entries)  # in the order the worker wrote them
+                entries = []
+                self._journal_in_place(number, rank, in_place)
+                continue
             entries.append({"attempt": number, "rank": rank, **entry})
             if entry.get("adapter"):
                 self._adapters.add(number)
         self.journal.extend(schema.PROGRESS, entries)
-        if any("began_at" in e or "resume_failed" in e for e in entries):
+        if began:
             self._warn_if_not_resumed(number)
+
+    def _journal_in_place(self, number: int, rank: int, record: dict[str, Any]) -> None:
+        """An OOM the worker met in place: journaled with the numbers its message gives, and said live."""
+        failure = classify(Evidence(returncode=1, record=record.get("oom") or {}, capped=bool(self.config.memory_cap)))
+        self.journal.append(schema.IN_PLACE, attempt=number, rank=rank, **record, numbers=failure.numbers)
+        done = (f"recovered in place: its micro-batch runs in {record.get('split')} chunks" if record.get("outcome")
+                == "split" else f"not recovered in place: {record.get('reason')}")
+        self.display.event(f"attempt {number}: out of memory in step {record.get('step')}; {done}")
 
     def _warn_once(self, number: int, about: str, text: str) -> None:
         if (number, about) in self._told:

@@ -19,7 +19,7 @@ from typing import Any
 from oomladder.cost import slowdown_cell
 from oomladder.units import format_size
 from oomladder.views import charts, plots
-from oomladder.views.table import format_duration
+from oomladder.views.table import format_duration, in_place_line
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 STYLE = """
@@ -136,6 +136,12 @@ def _attempts(report: dict[str, Any]) -> str:
                     f'<td class="status">{e(a["status_text"])}</td><td class="num">{e(a["steps_text"])}</td>'
                     f'<td class="num">{e(format_size(a["peak"]))}</td>'
                     f'<td class="num">{e(format_duration(a["duration"]))}</td></tr>')
+        for row in a.get("in_place") or ():
+            rows.append(f'<tr class="in-place"><td class="num"></td><td>{e(row["rung"])}</td>'
+                        f'<td>{"<br>".join(e(x) for x in str(row["changes"]).splitlines())}</td>'
+                        f'<td class="status">{e(row["status_text"])}</td><td class="num">-</td>'
+                        f'<td class="num">{e(format_size(row["peak"]))}</td>'
+                        f'<td class="num">{e(format_duration(row["seconds"]))}</td></tr>')
     return ("<section id=\"attempts\">\n<h2>Attempts</h2>\n<table>\n<thead><tr><th>#</th><th>rung</th>"
             "<th>what changed</th><th>status</th><th>steps run</th><th>peak</th><th>time</th></tr></thead>\n"
             "<tbody>\n" + "\n".join(rows) + "\n</tbody>\n</table>\n</section>")
@@ -153,6 +159,8 @@ def _why(report: dict[str, Any]) -> str:
             text += f"; resumed from the end of step {e(a['resumed_from_step'])}"
         if a["skipped"]:
             text += "; skipped: " + "; ".join(f"{e(s['rung'])} ({e(s['reason'])})" for s in a["skipped"])
+        for row in a.get("in_place") or ():
+            text += f'<br><span class="in-place">{e(in_place_line(row))}</span>'
         failure = a["failure"]
         if failure:
             numbers = ", ".join(f"{k.replace('_', ' ')} {format_size(v)}" for k, v in failure["numbers"].items()

@@ -20,11 +20,12 @@ from oomladder.plan import Plan, changes, describe_changes
 from oomladder.record.history import RunView
 from oomladder.units import format_size, format_steps
 from oomladder.views.page import render_html
-from oomladder.views.table import format_duration, status_text, steps_text
+from oomladder.views.table import format_duration, in_place_line, in_place_rows, status_text, steps_text
 
 # report.schema.json (beside this file, shipped with the package) documents the data. 2: each attempt's
-# step log and wall-clock times for report.html's charts, the device's memory, the time lost.
-REPORT_SCHEMA = 2
+# step log and wall-clock times for report.html's charts, the device's memory, the time lost. 3: each attempt's
+# OOMs met in place (`in_place`).
+REPORT_SCHEMA = 3
 SCHEMA_FILE = Path(__file__).with_name("report.schema.json")
 STATUS_TEXT = {
     "finished": "Training finished.",
@@ -57,7 +58,7 @@ def build_report(view: RunView) -> dict[str, Any]:
             "resumed_from_step": a.resumed_from, "steps_run": list(a.steps_run) if a.steps_run else None,
             "steps_text": steps_text(a), "steps_executed": a.steps if a.reports_steps else None,
             "began_at_step": a.began_at, "ran_again": a.ran_again, "resume_missed": a.resume_missed,
-            "rolled_back": a.rolled_back,
+            "rolled_back": a.rolled_back, "in_place": in_place_rows(a),
             "duration": a.duration(), "exit_code": a.exit_code, "command": a.command,
             "skipped": _untold(led_here.get("skipped", []), told),
             "started_at": a.started, "ended_at": a.ended, "training_began_at": a.training_began,
@@ -185,6 +186,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     for a in report["attempts"]:
         out.append(f"| {a['number']} | {_md(a['rung'])} | {_md(a['changes'])} | {_md(a['status_text'])} | "
                    f"{_md(a['steps_text'])} | {format_size(a['peak'])} | {format_duration(a['duration'])} |")
+        for row in a.get("in_place") or ():
+            out.append(f"|  | {_md(row['rung'])} | {_md(row['changes'])} | {_md(row['status_text'])} | - | "
+                       f"{format_size(row['peak'])} | {format_duration(row['seconds'])} |")
     damaged = report.get("journal") or {}
     if damaged.get("unreadable_lines") or damaged.get("malformed_records"):
         lines = ", ".join(map(str, damaged["unreadable_lines"][:20]))
@@ -202,6 +206,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         if a["skipped"]:
             line += "; skipped: " + "; ".join(f"{_md(s['rung'])} ({_md(s['reason'])})" for s in a["skipped"])
         out.append(line)
+        for row in a.get("in_place") or ():
+            out.append(f"  - {_md(in_place_line(row))}")
         failure = a["failure"]
         if failure:
             numbers = ", ".join(f"{k.replace('_', ' ')} {format_size(v)}" for k, v in failure["numbers"].items()

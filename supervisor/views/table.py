@@ -3,6 +3,8 @@ again in `oomladder report`)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from rich.table import Table
 from rich.text import Text
 
@@ -25,6 +27,9 @@ def attempts_table(view: RunView, now: float | None = None, title: str | None = 
         changed = _changed(view, attempt, previous)
         table.add_row(str(attempt.number), attempt.rung or "start", Text(changed), _status(attempt),
                       steps_text(attempt), format_size(attempt.peak), format_duration(attempt.duration(now)))
+        for row in in_place_rows(attempt):  # the same process went on: no number of its own
+            table.add_row("", row["rung"], Text(row["changes"]), Text(row["status_text"], style="yellow"), "-",
+                          format_size(row["peak"]), format_duration(row["seconds"]))
         previous = attempt.plan
     return table
 
@@ -36,6 +41,39 @@ def _changed(view: RunView, attempt: AttemptView, previous: Plan | None) -> str:
         given = attempt.overrides.set_fields()
         return ", ".join(f"{k}={v}" for k, v in given.items()) if given else "the program's own settings"
     return describe_changes(previous, attempt.plan, separator="\n")  # a line each: narrow terminals wrap cleanly
+
+
+def in_place_rows(attempt: AttemptView) -> list[dict[str, Any]]:
+    """A row for each OOM the attempt's worker met in place (worker/inplace.py): `in place: split 2` and what
+    the split equals, or why it went to a relaunch instead."""
+    rows = []
+    total = f"/{attempt.max_steps}" if attempt.max_steps else ""
+    for r in attempt.in_place:
+        split, before = int(r.get("split") or 1), int(r.get("split_before") or 1)
+        recovered = r.get("outcome") == "split"
+        if recovered:
+            status = "OOM in step {}{}: recovered in place, no relaunch".format(r.get("step"), total)
+            changes = describe_changes(attempt.launched.split(before), attempt.launched.split(split), "\n")
+            rung = f"in place: split {split}"
+        else:
+            status = "OOM in step {}{}: relaunched: {}".format(r.get("step"), total, r.get("reason") or r.get("outcome"))
+            changes, rung = "-", f"in place: {'failed' if r.get('outcome') == 'failed' else 'not possible'}"
+        rows.append({"step": r.get("step"), "outcome": r.get("outcome"), "rung": rung, "changes": changes,
+                     "status_text": status, "split": split, "rows": r.get("rows"), "ooms": r.get("ooms"),
+                     "reason": r.get("reason"), "error": r.get("error"), "numbers": r.get("numbers") or {},
+                     "peak": (r.get("oom") or {}).get("peak"), "seconds": r.get("seconds")})
+    return rows
+
+
+def in_place_line(row: dict[str, Any]) -> str:
+    """Why an OOM was (or was not) met in place, with the numbers of its message."""
+    numbers = ", ".join(f"{k.replace('_', ' ')} {format_size(v)}" for k, v in (row.get("numbers") or {}).items())
+    oom = f"out of memory in step {row['step']}" + (f" ({numbers})" if numbers else "")
+    tries = f" after {row['ooms']} OOMs" if (row.get("ooms") or 1) > 1 else ""
+    if row["outcome"] == "split":
+        return (f"in place: {oom}; the micro-batch of {row['rows']} runs in {row['split']} chunks{tries}, its gradients "
+                f"accumulated: the same step, without a new process")
+    return f"in place: {oom}; relaunched instead: {row.get('reason') or row['outcome']}"
 
 
 def status_text(attempt: AttemptView) -> str:

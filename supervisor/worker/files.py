@@ -2,7 +2,9 @@
 attempt folder (one file of each kind per rank) and how the supervisor reads it.
 
 `observed.R.json` (the program's own settings and facts), `progress.R.jsonl` (a line per step),
-`failure.R.json` (the exception that killed it), `emergency.0.json` (the emergency checkpoint rank
+`failure.R.json` (the exception that killed it). A progress line `{"in_place": {...}}` is an OOM the
+worker met without a relaunch, or why it did not (worker/inplace.py): the supervisor journals it as its own
+record (`in_place_record`), `emergency.0.json` (the emergency checkpoint rank
 0 saved). Whole files are written atomically, so the supervisor never reads half of one; progress
 is read line by line as it grows, whole lines only. Standard library only: this runs in the worker.
 """
@@ -80,6 +82,12 @@ def write_failure(exc: BaseException, **context: Any) -> bool:
 
 
 # --- the supervisor's side -------------------------------------------------------------------------
+
+def in_place_record(entry: dict[str, Any]) -> dict[str, Any] | None:
+    """The in-place recovery a progress line reports (worker/inplace.py `_tell`), or None for a step's line."""
+    record = entry.get("in_place")
+    return record if isinstance(record, dict) else None
+
 
 class AttemptFiles:
     """What the worker ranks of one attempt left in `folder`, read as it grows: each progress line once."""

@@ -12,7 +12,7 @@ import signal
 import sys
 from typing import Any
 
-from oomladder.worker import common, emergency, files, memcap, optimizer_state, probe
+from oomladder.worker import common, emergency, files, memcap, optimizer_state, probe, trainer_inplace
 from oomladder.worker.common import is_memory_failure, observe, peer_died, safely, stop_at_step_end_on
 
 HOOKS = {
@@ -149,12 +149,13 @@ def patch_trainer(module) -> None:
     @functools.wraps(original_step)
     def training_step(self, model, inputs, *args, **kwargs):
         safely(probe.note_batch, inputs)  # the estimator sizes activations by the batch that ran (or died)
+        # An OOM in the step is met here first: the same micro-batch in chunks, without a relaunch.
         if common.plan().get("activation_offloading") and self.args.device.type == "cuda":
             import torch
             # What autograd saves for the backward pass waits in pinned host memory, and comes back for it.
             with torch.autograd.graph.save_on_cpu(pin_memory=True):
-                return original_step(self, model, inputs, *args, **kwargs)
-        return original_step(self, model, inputs, *args, **kwargs)
+                return trainer_inplace.training_step(self, original_step, model, inputs, args, kwargs)
+        return trainer_inplace.training_step(self, original_step, model, inputs, args, kwargs)
 
     def _load_optimizer_and_scheduler(self, checkpoint, *args, **kwargs):
         """Resuming after a rung changed the optimizer (8-bit AdamW): Adam's moments are converted, not lost."""

@@ -34,6 +34,7 @@ def main():
     p.add_argument("--model-dir", required=True)
     p.add_argument("--output-dir", required=True)
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--grad-accum", type=int, default=1)
     p.add_argument("--max-steps", type=int, default=4)
     p.add_argument("--short-len", type=int, default=32)
     p.add_argument("--count-steps")
@@ -45,7 +46,7 @@ def main():
     words = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
     words.pre_tokenizer = Whitespace()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
-    n = a.batch_size * a.max_steps
+    n = a.batch_size * a.grad_accum * a.max_steps
     lengths = [a.short_len * (8 if i % 4 == 3 else 1) for i in range(n)]  # a quarter of them 8x longer
     rows = [torch.randint(3, a.vocab, (length,), generator=torch.Generator().manual_seed(i)).tolist()
             for i, length in enumerate(lengths)]
@@ -53,7 +54,8 @@ def main():
     model = AutoModelForCausalLM.from_pretrained(a.model_dir, dtype=torch.float32)
     lora = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
     callbacks = [CountSteps(a.count_steps)] if a.count_steps else None
-    common = dict(output_dir=a.output_dir, per_device_train_batch_size=a.batch_size, max_steps=a.max_steps,
+    common = dict(output_dir=a.output_dir, per_device_train_batch_size=a.batch_size,
+                  gradient_accumulation_steps=a.grad_accum, max_steps=a.max_steps,
                   learning_rate=1e-3, logging_steps=1, save_strategy="no", report_to="none", bf16=False,
                   gradient_checkpointing=False, seed=0, max_length=None, dataloader_num_workers=0)
     if a.dpo:

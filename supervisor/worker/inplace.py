@@ -1,0 +1,271 @@
+"""In-place recovery: an out-of-memory error in a training step met inside the running process, by
+running the same micro-batch again in 2 (then 4, ...) chunks with their gradients accumulated, instead
+of a relaunch (a new process, imports, the model loaded again, a resume: seconds on a CPU, minutes on a
+GPU).
+
+What makes it safe, and when it steps aside (the supervisor's relaunch stays the safety net):
+
+- The gradients a failed step leaves are not trusted: a backward that died part-way has added part of
+  its sum. They are put back as they were when the micro-step began. At the start of an accumulation
+  cycle they are all None (the Trainer zeroes them with set_to_none), which costs nothing to keep. Inside
+  a cycle, a copy is kept only when the trainable weights are small (adapters: LoRA and the like); a full
+  fine-tune inside a cycle is not copied (a second copy of every gradient is what an OOM cannot afford),
+  and an OOM there is relaunched, with the reason journaled.
+- The RNG is put back where the step began, so the split step draws what a run with the smaller
+  micro-batch draws.
+- A split divides the plan's micro-batch evenly, so the plan it equals (micro-batch divided,
+  accumulation multiplied) exists, and a later relaunch starts from it.
+- Any error in a retry, or an OOM with chunks of one row, ends in-place recovery for the step: the
+  step's first OOM is raised as it was, and the supervisor relaunches. Never silent: a record says why.
+
+The framework's side (what a step is, how its inputs split, how its loss scales) is the adapter's:
+`recover` takes the step as a function of the number of chunks. Records go to the supervisor through
+the progress file (files.py) as `{"in_place": {...}}` lines, journaled as `in_place` records.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from oomladder.worker import files, memcap
+
+T = TypeVar("T")
+
+# The split the run goes on with after a recovered step (1: none). Every later micro-step is split so.
+split = [1]
+# Gradients are copied before each micro-step inside an accumulation cycle only when the trainable weights
+# take at most this share of all weights (adapters), and at most this many bytes.
+COPY_SHARE, COPY_LIMIT = 0.10, 1 << 30
+
+
+def enabled() -> bool:
+    """In-place recovery is on unless the supervisor (--no-in-place) or the environment turns it off."""
+    return os.environ.get("OOMLADDER_IN_PLACE", "1") != "0"
+
+
+@dataclass
+class Step:
+    """What the adapter knows of the micro-step about to run."""
+
+    step: int                      # the optimizer step it belongs to (1-based)
+    rows: int | None               # the micro-batch's rows; None: no batch dimension found
+    batch: int | None              # the plan's micro-batch (what a split must divide)
+    accumulation: int | None
+    refuse: str | None = None      # why this program's step cannot be split, if it cannot
+
+
+class Guard:
+    """The gradients and RNG state a micro-step began with, to put back before it runs again."""
+
+    def __init__(self, params: list[Any]) -> None:
+        import torch
+        self.params = params
+        self.rng = torch.random.get_rng_state()
+        self.cuda_rng = (torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized()
+                         else None)
+        grads = [p.grad for p in params]
+        self.why_not: str | None = None
+        self.grads: list[Any] | None = None
+        if any(g is not None for g in grads):
+            if _cheap(params):
+                self.grads = [None if g is None else g.detach().clone() for g in grads]
+            else:
+                held = sum(g.numel() * g.element_size() for g in grads if g is not None)
+                self.why_not = (f"the OOM struck inside an accumulation cycle, whose gradients ({held >> 20} MiB, every "
+                                f"weight trains) are too large to keep a copy of")
+        else:
+            self.grads = [None] * len(params)
+
+    def restore(self) -> None:
+        import torch
+        for param, grad in zip(self.params, self.grads or ()):
+            param.grad = None if grad is None else grad.clone()
+        torch.random.set_rng_state(self.rng)
+        if self.cuda_rng is not None:
+            torch.cuda.set_rng_state_all(self.cuda_rng)
+
+
+_sizes: dict[int, tuple[int, int]] = {}
+
+
+def _cheap(params: list[Any]) -> bool:
+    key = id(params[0]) if params else 0
+    trainable, total = _sizes.get(key, (0, 0))
+    return 0 < trainable <= min(COPY_SHARE * total, COPY_LIMIT)
+
+
+def trainable(model) -> list[Any]:
+    """The parameters that take gradients (computed once per model), noting their share of all weights."""
+    cached = getattr(model, "_oomladder_trainable", None)
+    if cached is not None:
+        return cached
+    params, total = [], 0
+    for p in model.parameters():
+        total += p.numel() * p.element_size()
+        if p.requires_grad:
+            params.append(p)
+    if params:
+        _sizes[id(params[0])] = (sum(p.numel() * p.element_size() for p in params), total)
+    try:
+        object.__setattr__(model, "_oomladder_trainable", params)
+    except Exception:
+        pass
+    return params
+
+
+def recover(run: Callable[[int], T], params: list[Any], where: Step,
+            is_memory: Callable[[BaseException], bool]) -> T:
+    """Run the micro-step as `run(parts)`: in the run's current split, and, after an OOM, in more chunks
+    until it fits. Returns what `run` returned; raises the step's first OOM when in-place recovery steps aside."""
+    if not enabled():
+        return run(1)
+    guard = Guard(params) if where.refuse is None else None  # nothing to put back in a step never retried
+    factor = split[0]
+    started = time.monotonic()
+    try:
+        return run(_pieces(factor, where.rows))
+    except Exception as exc:  # noqa: BLE001 - only an OOM is met here; anything else goes on up as it was
+        if not is_memory(exc):
+            raise
+        first = exc
+    ooms = [_numbers(first)]
+    while True:
+        _free(first)
+        refused = where.refuse or guard.why_not
+        if guard is not None:
+            guard.restore()
+        nxt = None if refused else next_split(factor, where.batch, where.rows)
+        if nxt is None:
+            pieces = _pieces(factor, where.rows)
+            why = refused or (f"the micro-batch of {where.rows} row{'s' if where.rows != 1 else ''} is already split as "
+                              f"far as it goes ({pieces} chunk{'s' if pieces > 1 else ''})")
+            _tell(where, "declined" if refused else "floor", split[0], factor, ooms, started, reason=why)
+            raise first
+        try:
+            result = run(_pieces(nxt, where.rows))
+        except Exception as exc:  # noqa: BLE001
+            if is_memory(exc):
+                ooms.append(_numbers(exc))
+                _free(exc)
+                factor = nxt
+                continue
+            error = f"{type(exc).__name__}: {str(exc)[:500]}"
+            _free(exc)
+            _tell(where, "failed", split[0], nxt, ooms, started, error=error,
+                  reason=f"the step split in {nxt} chunks failed ({error}); the supervisor relaunches instead")
+            guard.restore()
+            raise first from None
+        _tell(where, "split", split[0], nxt, ooms, started)
+        split[0] = nxt
+        return result
+
+
+def next_split(factor: int, batch: int | None, rows: int | None) -> int | None:
+    """The next split: the smallest above `factor` that divides the plan's micro-batch evenly (so the plan
+    it equals exists); None at the floor, when this micro-batch already runs a row per chunk."""
+    if not rows or _pieces(factor, rows) >= rows:
+        return None
+    whole = batch if batch and batch >= rows else rows
+    return next((n for n in range(factor + 1, whole + 1) if whole % n == 0), None)
+
+
+def _pieces(factor: int, rows: int | None) -> int:
+    """The chunks a micro-batch of `rows` runs in under a split of `factor` (a short last batch: fewer)."""
+    return max(1, min(factor, rows or 1))
+
+
+def chunks(inputs: Mapping[str, Any], rows: int, parts: int) -> list[dict[str, Any]]:
+    """`inputs` in `parts` chunks of consecutive rows along dim 0 of each tensor that has the batch's rows;
+    other values (flags, scalars) go to every chunk as they are. Each chunk drops the padding columns at its
+    end that none of its own rows use (`trim`)."""
+    import torch
+    bounds = [len(r) for r in torch.arange(rows).tensor_split(parts)]
+    out, start = [], 0
+    for size in bounds:
+        piece = {}
+        for key, value in inputs.items():
+            if torch.is_tensor(value) and value.dim() >= 1 and value.shape[0] == rows:
+                piece[key] = value[start:start + size]
+            else:
+                piece[key] = value
+        out.append(trim(piece))
+        start += size
+    return out
+
+
+def trim(piece: dict[str, Any]) -> dict[str, Any]:
+    """The chunk without the trailing columns its attention mask leaves out in every row: a batch padded to its
+    longest row pads a chunk of short rows as far. Those positions are masked and labelled -100, so the loss
+    and the gradients are the same (the padding comes last; a left-padded chunk has none to drop), and a chunk
+    costs what a micro-batch of its rows would."""
+    mask = piece.get("attention_mask")
+    if mask is None or getattr(mask, "dim", lambda: 0)() != 2 or mask.shape[1] == 0:
+        return piece
+    width = mask.shape[1]
+    used = mask.ne(0).any(dim=0).nonzero()
+    keep = int(used[-1]) + 1 if used.numel() else width
+    if keep == width:
+        return piece
+    import torch
+    return {key: value[:, :keep] if torch.is_tensor(value) and value.dim() >= 2 and value.shape[1] == width else value
+            for key, value in piece.items()}
+
+
+def batch_rows(inputs: Any) -> tuple[int | None, str | None]:
+    """The rows of a step's inputs, or None with why no batch dimension can be found."""
+    import torch
+    if not isinstance(inputs, Mapping):
+        return None, f"the step's inputs are a {type(inputs).__name__}, not a mapping of tensors"
+    tensors = {k: v for k, v in inputs.items() if torch.is_tensor(v) and v.dim() >= 1}
+    if not tensors:
+        return None, "no batch dimension found: the step's inputs hold no tensor"
+    first = inputs.get("input_ids")
+    rows = int(first.shape[0]) if torch.is_tensor(first) and first.dim() >= 1 else int(next(iter(tensors.values())).shape[0])
+    other = sorted(k for k, v in tensors.items() if int(v.shape[0]) != rows)
+    if other:
+        return None, (f"no batch dimension found: {', '.join(other)} do{'es' if len(other) == 1 else ''} not share "
+                      f"the first dimension ({rows}) of the other inputs")
+    return rows, None
+
+
+def _numbers(exc: BaseException) -> dict[str, Any]:
+    peak, measure = memcap.peak()
+    return {"exc_type": type(exc).__name__, "message": str(exc)[:2000], "peak": peak, "peak_measure": measure}
+
+
+def _free(exc: BaseException) -> None:
+    """Drop what the failed try held: its activations live in the frames of the exception's traceback."""
+    traceback.clear_frames(exc.__traceback__)
+    gc.collect()
+    try:
+        import torch
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.empty_cache()
+    except Exception:
+        pass
+
+
+def _tell(where: Step, outcome: str, before: int, after: int, ooms: list[dict[str, Any]], started: float,
+          reason: str | None = None, error: str | None = None) -> None:
+    """The record the supervisor journals as `in_place`, and a line on stderr: never silent."""
+    record = {"outcome": outcome, "step": where.step, "split_before": before, "split": after, "rows": where.rows,
+              "batch": where.batch, "accumulation": where.accumulation, "ooms": len(ooms), "oom": ooms[0],
+              "seconds": round(time.monotonic() - started, 3),
+              **({"reason": reason} if reason else {}), **({"error": error} if error else {})}
+    try:
+        files.append_progress({"in_place": record})
+    except Exception as exc:  # the report must not take the step down
+        print(f"oomladder: in-place record not written: {exc!r}", file=sys.stderr)
+    if outcome == "split":
+        print(f"oomladder: out of memory in step {where.step}: recovered in place, the micro-batch of {where.rows} "
+              f"now runs in {after} chunks with their gradients accumulated", file=sys.stderr, flush=True)
+    else:
+        print(f"oomladder: out of memory in step {where.step}, not recovered in place: {reason}", file=sys.stderr,
+              flush=True)

@@ -1,0 +1,85 @@
+"""In-place recovery end to end: real Trainer workers under a real memory cap, real CPU OOMs met inside the running
+process by splitting the step's micro-batch. No relaunch, every step once (the program's own record), the
+learning rate of every step and the trained adapters those of a direct run of the plan the split equals; and a
+program whose loss cannot be split is relaunched, with the reason in the report."""
+
+import json
+import sys
+
+import pytest
+import torch
+
+from tests.e2e.ledger import assert_each_step_ran_once, steps_by_process
+from tests.e2e.test_frameworks import TRL_SFT
+from tests.e2e.test_recovery import oomladder, view_of
+from tests.e2e.test_zero_lost_work import adapters, per_step, run
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def equivalent(tmp_path_factory, env):
+    """The training a split at step 3 must equal, without oomladder's help: steps 1-2 at batch 16, the Trainer's
+    own checkpoint, then steps 3-6 at batch 8 x accumulation 2 resumed by the Trainer itself, in fp32."""
+    tmp = tmp_path_factory.mktemp("equivalent")
+    _, first = run(tmp, "first", env=env, program=("--save-steps", "2", "--stop-after-step", "2"))
+    _, second = run(tmp, "second", env=env, program=(
+        "--batch-size", "8", "--grad-accum", "2", "--output-dir", str(tmp / "first-out"),
+        "--resume-from", str(tmp / "first-out" / "checkpoint-2")))
+    assert steps_by_process(tmp / "second.steps") == [[3, 4, 5, 6]]
+    return {"adapters": adapters(tmp / "second-final"), "model": tmp / "model",
+            "learning_rate": {**per_step(first, "learning_rate"), **per_step(second, "learning_rate")}}
+
+
+def test_a_mid_run_oom_is_recovered_in_place_and_is_the_training_of_the_equivalent_plan(tmp_path, in_place_env,
+                                                                                        equivalent):
+    run_dir, view = run(tmp_path, "in-place", "--memory-cap", "1200MiB", env=in_place_env,
+                        model=equivalent["model"])
+    # One process ran every step once: no relaunch.
+    assert steps_by_process(tmp_path / "in-place.steps") == [[1, 2, 3, 4, 5, 6]]
+    assert_each_step_ran_once(tmp_path / "in-place.steps", 6)
+    attempt, = view.attempts
+    assert attempt.status == "finished" and attempt.failure is None
+    record, = attempt.in_place
+    assert (record["outcome"], record["step"], record["split_before"], record["split"]) == ("split", 3, 1, 2)
+    assert record["numbers"]["tried_to_allocate"] > 0 and record["oom"]["peak"] > 0
+    plan = attempt.plan  # the plan the split equals, which a relaunch would start from
+    assert (plan.per_device_train_batch_size, plan.gradient_accumulation_steps, plan.effective_batch) == (8, 2, 16)
+    assert view.ended["reason"].startswith("every step ran once")
+    # The same training: adapters within the tolerance of sums taken in another order, the same schedule.
+    ours, theirs = adapters(tmp_path / "in-place-final"), equivalent["adapters"]
+    assert ours.keys() == theirs.keys()
+    for key in ours:
+        torch.testing.assert_close(ours[key], theirs[key], rtol=1e-5, atol=1e-6)
+    assert per_step(view, "learning_rate") == equivalent["learning_rate"]
+    # Shown as a row without a process of its own, in the table and the report.
+    report = json.loads((run_dir / "report.json").read_text())
+    row, = report["attempts"][0]["in_place"]
+    assert row["rung"] == "in place: split 2" and row["status_text"] == "OOM in step 3/6: recovered in place, no relaunch"
+    assert "|  | in place: split 2 |" in (run_dir / "report.md").read_text()
+
+
+def test_a_step_1_oom_in_trl_needs_no_relaunch(tmp_path, in_place_env):
+    run_dir = tmp_path / "run"
+    result = oomladder("run", "--memory-cap", "1200MiB", "--run-dir", str(run_dir), "--", sys.executable,
+                       str(TRL_SFT), "--model-dir", str(tmp_path / "model"), "--output-dir", str(tmp_path / "out"),
+                       "--count-steps", str(tmp_path / "steps"), "--batch-size", "16", "--max-steps", "2",
+                       cwd=tmp_path, env=in_place_env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    view = view_of(run_dir)
+    attempt, = view.attempts
+    assert [r["outcome"] for r in attempt.in_place] == ["split"] and attempt.in_place[0]["step"] == 1
+    assert attempt.plan.effective_batch == 16
+    assert "= effective batch 16" in (run_dir / "attempts" / "001" / "stdout.log").read_text()
+    assert_each_step_ran_once(tmp_path / "steps", 2)
+
+
+def test_a_program_whose_loss_cannot_be_seen_into_is_relaunched_with_the_reason(tmp_path, in_place_env):
+    run_dir, view = run(tmp_path, "own-loss", "--memory-cap", "1200MiB", env=in_place_env, program=("--own-loss",))
+    assert_each_step_ran_once(tmp_path / "own-loss.steps", 6)
+    first = view.attempts[0]
+    assert first.failure.is_memory and len(view.attempts) >= 2
+    record, = first.in_place
+    assert record["outcome"] == "declined" and "OwnLoss.compute_loss" in record["reason"]
+    md = (run_dir / "report.md").read_text()
+    assert "relaunched instead: the program's own compute_loss (OwnLoss.compute_loss)" in md
