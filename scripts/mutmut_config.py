@@ -6,8 +6,6 @@ so annotations are never evaluated. mutmut 2 already leaves alone bare annotatio
 types; this skips the rest of them, so the kill rate counts only changes of behaviour.
 """
 
-from mutmut import Context, mutate
-
 _in_annotation = False
 
 
@@ -24,6 +22,7 @@ def pre_mutation_ast(context) -> None:
 
 def pre_mutation(context) -> None:
     global _in_annotation
+    from mutmut import Context, mutate  # not at the top: mutmut imports this file while it is itself imported
     _in_annotation = False
     mutate(Context(source=context.source, mutation_id=context.mutation_id, filename=context.filename))
     context.skip = _in_annotation
