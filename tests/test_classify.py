@@ -455,4 +455,13 @@ def test_memory_reserved_in_pieces_too_small_for_the_request_is_not_fragmentatio
     too_small = Failure(Kind.CUDA_OOM, "device", "CUDA out of memory", numbers={
         "reserved_unallocated": 2 * gib, "tried_to_allocate": 3 * gib, "total_capacity": 24 * gib})
     assert not is_fragmented(too_small)
-    assert is_fragmented(dataclasses.replace(too_small, numbers={**too_small.numbers, "tried_to_allocate": 2 * gib}))
+    just_enough = {**too_small.numbers, "tried_to_allocate": 2 * gib}
+    assert is_fragmented(dataclasses.replace(too_small, numbers=just_enough))
+    # 2 GiB of 40 GiB is exactly the 5 % share that counts; a hair under it is not.
+    assert is_fragmented(dataclasses.replace(too_small, numbers={**just_enough, "total_capacity": 40 * gib}))
+    assert not is_fragmented(dataclasses.replace(too_small, numbers={**just_enough, "total_capacity": 40 * gib + 20}))
+
+
+def test_a_progress_bar_s_carriage_returns_end_lines_so_the_last_line_is_the_error():
+    failure = classify(Evidence(1, stderr_tail=" 10%|#  | 1/10\r 20%|## | 2/10\rValueError: bad shape"))
+    assert (failure.kind, failure.summary) == (Kind.ERROR, "ValueError: bad shape")
