@@ -1,10 +1,12 @@
 """The ladder as data (YAML) and as a pure step from (plan, failure) to the next plan."""
 
+import dataclasses
+
 import pytest
 
 from oomladder.classify import Failure, Kind
 from oomladder.errors import LadderFileError, StrategyError
-from oomladder.ladder import climb, load_ladder, next_plan, parse_ladder
+from oomladder.ladder import Decision, climb, ladder_from_journal, load_ladder, next_plan, parse_ladder
 from oomladder.plan import Facts, Plan
 from oomladder.strategies import registry
 from oomladder.strategies.base import Applied, Strategy
@@ -111,3 +113,50 @@ def test_a_fragmented_oom_tries_the_allocator_rung_before_any_that_changes_train
     assert next_plan(ladder, PROGRAM, cuda, fragmented, {}).rung == "expandable_segments"
     tight = Failure(Kind.CUDA_OOM, "device", "CUDA out of memory", numbers={"tried_to_allocate": 2**30})
     assert next_plan(ladder, PROGRAM, cuda, tight, {}).rung == "halve_batch"
+
+
+def test_a_ladder_is_journaled_as_data_and_a_resumed_run_reads_back_the_same_rungs():
+    ladder = parse_ladder("rungs: [bf16, {halve_batch: {min_batch: 2}}, {fewer_workers: {times: 3}}]", "mine.yaml")
+    data = ladder.to_dict()
+    assert data == {"source": "mine.yaml", "rungs": [
+        {"name": "bf16", "params": {}, "times": 1},
+        {"name": "halve_batch", "params": {"min_batch": 2}, "times": None},
+        {"name": "fewer_workers", "params": {}, "times": 3}]}
+    assert ladder_from_journal(data).to_dict() == data
+
+
+def test_ladders_rungs_decisions_and_steps_are_values_that_cannot_change():
+    ladder = load_ladder(None)
+    step = next(climb(ladder, PROGRAM, LORA_ON_CPU, OOM, {}))
+    for value, field in ((ladder, "source"), (ladder.rungs[0], "times"), (step.decision, "reason"),
+                         (step, "passed_over")):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(value, field, None)
+
+
+def test_a_decision_that_says_nothing_more_skipped_nothing_and_stacked_nothing():
+    decision = Decision(PROGRAM, "bf16", 1, "bf16 halves the activations")
+    assert (decision.skipped, decision.rung_indices, decision.estimate) == ((), (), None)
+
+
+def test_the_steps_of_a_climb_that_nothing_passed_over_say_so():
+    steps = list(climb(parse_ladder("rungs: [bf16]", "test"), PROGRAM, LORA_ON_CPU, OOM, {}))
+    assert [(s.decision.rung, s.passed_over) for s in steps] == [("bf16", None), (None, None)]
+
+
+def test_a_rung_that_changes_nothing_is_skipped_and_the_next_one_is_taken(monkeypatch):
+    class Idle(Strategy):
+        name = "idle"
+
+        def apply(self, plan, facts, failure):
+            return Applied(plan, "nothing to do")
+
+    monkeypatch.setitem(registry._REGISTRY, "idle", Idle)
+    decision = next_plan(parse_ladder("rungs: [idle, halve_batch]", "test"), PROGRAM, LORA_ON_CPU, OOM, {})
+    assert (decision.rung, decision.skipped) == ("halve_batch", (("idle", "it changed nothing"),))
+
+
+def test_an_evaluation_that_no_rung_saves_is_named_as_such():
+    eval_oom = Failure(Kind.CPU_OOM, "device", "CPU allocator out of memory", phase="eval")
+    decision = next_plan(parse_ladder("rungs: [bf16]", "test"), PROGRAM, LORA_ON_CPU, eval_oom, {})
+    assert decision.exhausted and decision.reason == "no rung of the ladder is left that saves the evaluation"
