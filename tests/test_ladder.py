@@ -160,3 +160,52 @@ def test_an_evaluation_that_no_rung_saves_is_named_as_such():
     eval_oom = Failure(Kind.CPU_OOM, "device", "CPU allocator out of memory", phase="eval")
     decision = next_plan(parse_ladder("rungs: [bf16]", "test"), PROGRAM, LORA_ON_CPU, eval_oom, {})
     assert decision.exhausted and decision.reason == "no rung of the ladder is left that saves the evaluation"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("rungs: [bf16", "ladder file 'x.yaml' is not valid YAML at line 1 (expected ',' or ']', but got '<stream end>'): "
+                     "fix it, or compare with configs/default.yaml"),
+    ("rung: [bf16]\nfoo: 1", "ladder file 'x.yaml' has unknown keys ['foo', 'rung']: only 'version', 'description' "
+                             "and 'rungs' are read"),
+    ("- bf16", "ladder file 'x.yaml' needs a non-empty 'rungs:' list of strategy names (see configs/default.yaml)"),
+    ("version: 2\nrungs: [bf16]", "ladder file 'x.yaml' is version 2; this oomladder reads version 1"),
+    ("rungs: [[bf16]]", "rung 1 of ladder file 'x.yaml' must be a strategy name or 'name: {param: value}', "
+                        "not ['bf16']"),
+    ("rungs: [{halve_batch: 2}]", "rung 1 of ladder file 'x.yaml': the parameters of 'halve_batch' must be a mapping "
+                                  "like {min_batch: 2}, not 2"),
+    ("rungs: [bf16, {halve_batch: {times: true}}]", "rung 2 of ladder file 'x.yaml': 'times' must be a whole number "
+                                                    "of 1 or more, not True"),
+    ("rungs: [{halve_batch: {times: 1.5}}]", "rung 1 of ladder file 'x.yaml': 'times' must be a whole number of 1 or "
+                                             "more, not 1.5"),
+    ("rungs: [bf16, int4]", "rung 2 of ladder file 'x.yaml': unknown strategy 'int4' (known: bf16, "
+                            "expandable_segments, fewer_workers, gradient_checkpointing, halve_batch, halve_eval_batch, "
+                            "int8, nf4)"),
+])
+def test_a_broken_ladder_file_is_told_in_one_whole_sentence(text, message):
+    with pytest.raises((LadderFileError, StrategyError)) as raised:
+        parse_ladder(text, "x.yaml")
+    assert str(raised.value) == message
+
+
+def test_a_ladder_file_that_cannot_be_read_or_found_says_what_to_do(tmp_path):
+    with pytest.raises(LadderFileError) as missing:
+        load_ladder(tmp_path)  # a folder is not a ladder file
+    assert str(missing.value) == (f"ladder file '{tmp_path}' does not exist: give the path of a YAML ladder (see "
+                                  f"configs/default.yaml) or leave out --ladder to use the default")
+    binary = tmp_path / "ladder.yaml"
+    binary.write_bytes(b"\xff\xfe rungs")
+    with pytest.raises(LadderFileError, match=r"^ladder file '.*ladder.yaml' cannot be read \(.*codec.*\): check its "
+                                              r"permissions and encoding$"):
+        load_ladder(binary)
+
+
+def test_a_rung_written_as_a_name_with_no_parameters_is_the_strategy_with_its_defaults():
+    assert parse_ladder("rungs: [{bf16: }]", "x.yaml").to_dict() == parse_ladder("rungs: [bf16]", "x.yaml").to_dict()
+
+
+def test_the_default_ladder_says_where_it_comes_from_and_a_file_its_path(tmp_path):
+    assert load_ladder(None).source == "default ladder (default.yaml)"
+    path = tmp_path / "mine.yaml"
+    path.write_text("rungs: [bf16]\n")
+    assert load_ladder(path).source == str(path)
+    assert [r.name for r in load_ladder(str(path)).rungs] == ["bf16"]
