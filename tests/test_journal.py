@@ -189,3 +189,14 @@ def test_a_step_reported_twice_by_the_same_attempt_counts_once_and_an_earlier_at
     first, second = view.attempts
     assert (first.ran_again, first.step_times, second.ran_again) == ([], {1: 1.1}, [1])
     assert view.step_counts == {1: 2}
+
+
+def test_an_attempt_that_reported_nothing_yet_is_running_with_nothing_known_about_it():
+    a = _run(_started(1)).attempts[0]
+    unknown = (a.ended, a.failure, a.step, a.max_steps, a.loss, a.learning_rate, a.phase, a.peak, a.peak_measure,
+               a.exit_code, a.step_peak, a.step_batch, a.failed_batch, a.began_at, a.resume_failed,
+               a.training_began, a.resumed_from)
+    assert unknown == (None,) * len(unknown)
+    assert (a.status, a.executed, a.ran_again, a.step_times, a.step_peaks, a.rolled_back, a.adapter, a.command,
+            a.reason, a.rung) == ("running", set(), [], {}, {}, False, False, [], "", None)
+    assert (a.steps, a.steps_run, a.resumed, a.reports_steps) == ([], None, False, False)
