@@ -156,6 +156,19 @@ def test_plans_that_differ_only_in_unset_settings_agree():
         "node 2 would resume from /c/2, node 1 from the start"
 
 
+def test_what_this_node_journaled_itself_is_not_adopted_and_a_fresh_run_starts_at_attempt_1():
+    decision = {"v": 1, "ts": 5.0, "type": "decision", "attempt": 2, "rung_index": 3}
+    saved = {"v": 1, "ts": 4.0, "type": "checkpoint", "attempt": 2, "path": "/c/2", "step": 2}
+    assert nodes.missing([saved, decision], {1: [saved, decision]}) == []
+    assert nodes.next_attempt([], {}) == 1 and nodes.next_attempt([], {1: []}) == 1
+
+
+def test_the_same_plan_written_in_another_order_is_the_same_plan():
+    start = {"plan": {"per_device_train_batch_size": 8, "precision": "bf16"}, "resume_from": None}
+    reordered = {"plan": {"precision": "bf16", "per_device_train_batch_size": 8}, "resume_from": None}
+    assert nodes.disagreement({0: start, 1: reordered}) is None
+
+
 def test_a_peer_s_latest_record_of_an_attempt_is_found_and_a_run_end_only_after_this_node_started():
     records = [{"type": "node_ended", "attempt": 1, "n": 1}, {"type": "node_ended", "attempt": 2, "n": 2},
                {"type": "node_ended", "attempt": 1, "n": 3}, {"type": "run_ended", "ts": 10.0},
