@@ -209,3 +209,20 @@ def test_the_default_ladder_says_where_it_comes_from_and_a_file_its_path(tmp_pat
     path.write_text("rungs: [bf16]\n")
     assert load_ladder(path).source == str(path)
     assert [r.name for r in load_ladder(str(path)).rungs] == ["bf16"]
+
+
+def test_a_character_yaml_does_not_allow_is_named_as_the_reason():
+    with pytest.raises(LadderFileError) as raised:
+        parse_ladder("rungs: [\x07]", "x.yaml")
+    assert str(raised.value) == ("ladder file 'x.yaml' is not valid YAML (special characters are not allowed): fix "
+                                 "it, or compare with configs/default.yaml")
+
+
+def test_only_the_keys_a_ladder_file_does_not_know_are_named():
+    with pytest.raises(LadderFileError) as raised:
+        parse_ladder("version: 1\ndescription: mine\nrungs: [bf16]\nrung: [int8]", "x.yaml")
+    assert str(raised.value).startswith("ladder file 'x.yaml' has unknown keys ['rung']:")
+
+
+def test_a_journal_from_before_ladders_named_their_source_reads_back_as_the_journals():
+    assert ladder_from_journal({"rungs": [{"name": "bf16", "params": {}, "times": 1}]}).source == "journal"
