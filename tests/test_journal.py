@@ -200,3 +200,22 @@ def test_an_attempt_that_reported_nothing_yet_is_running_with_nothing_known_abou
     assert (a.status, a.executed, a.ran_again, a.step_times, a.step_peaks, a.rolled_back, a.adapter, a.command,
             a.reason, a.rung) == ("running", set(), [], {}, {}, False, False, [], "", None)
     assert (a.steps, a.steps_run, a.resumed, a.reports_steps) == ([], None, False, False)
+
+
+def test_an_empty_journal_folds_to_a_run_with_nothing_in_it():
+    view = fold([])
+    assert (view.run, view.model, view.load, view.ended, view.attempts, view.warnings, view.skipped_lines,
+            view.malformed, view.status) == ({}, None, None, None, [], [], [], 0, "not started")
+
+
+def test_every_record_that_cannot_be_folded_is_counted():
+    view = _run({"type": "attempt_started", "ts": 1}, {"type": "attempt_started", "ts": 2, "attempt": 1},
+                {"type": "attempt_ended", "ts": 3, "attempt": 1})
+    assert view.malformed == 2 and [a.number for a in view.attempts] == [1]
+
+
+def test_a_worker_that_began_after_step_1_resumed_and_steps_before_the_first_it_ran_are_missing():
+    view = _run(_started(1, resume_from={"path": "c", "step": 1}),
+                {"type": "progress", "ts": 1.1, "attempt": 1, "began_at": 1},
+                *({"type": "progress", "ts": 1.2, "attempt": 1, "step": s, "executed": True} for s in (2, 4)))
+    assert view.attempts[0].resumed and view.missing_steps == [1, 3]
