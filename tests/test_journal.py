@@ -219,3 +219,16 @@ def test_a_worker_that_began_after_step_1_resumed_and_steps_before_the_first_it_
                 {"type": "progress", "ts": 1.1, "attempt": 1, "began_at": 1},
                 *({"type": "progress", "ts": 1.2, "attempt": 1, "step": s, "executed": True} for s in (2, 4)))
     assert view.attempts[0].resumed and view.missing_steps == [1, 3]
+
+
+def test_an_attempts_end_gives_what_its_progress_never_did():
+    view = _run(_started(1), {"type": "attempt_ended", "ts": 2, "attempt": 1, "outcome": "failed", "step": 3,
+                              "max_steps": 6, "peak": 500, "peak_measure": "rss"})
+    a = view.attempts[0]
+    assert (a.step, a.max_steps, a.peak, a.peak_measure) == (3, 6, 500, "rss")
+
+
+def test_a_peak_of_zero_bytes_is_kept_as_zero():
+    view = _run(_started(1), {"type": "progress", "ts": 1.1, "attempt": 1, "step": 1, "executed": True, "peak": 0})
+    a = view.attempts[0]
+    assert (a.peak, a.step_peak, a.step_peaks) == (0, 0, {1: 0})
