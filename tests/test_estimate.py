@@ -3,12 +3,15 @@
 benchmarks/estimator.py measures the same arithmetic against real peaks; these tests pin its rules.
 """
 
+import dataclasses
+
 import pytest
 
 from oomladder.memory.estimate import (
     CUDA_CONTEXT,
     CUDA_WORKSPACE,
     HEADROOM,
+    Estimate,
     Workload,
     estimate,
     load_estimate,
@@ -216,19 +219,42 @@ def test_eager_attention_also_keeps_the_probabilities_per_head_per_position_in_f
     assert added == 2 * 128 * 16 * shape.heads * 128 * (4 + 2)
 
 
-def test_with_checkpointing_the_backward_pass_holds_the_saved_inputs_and_the_larger_of_one_layer_and_the_logits():
-    shape = from_config(LLAMA_1B)
-    h, i, v = shape.hidden, shape.intermediate, shape.vocab
+# A small vocabulary: the recomputed layer, not the logits, is the larger part of the backward pass.
+SMALL_VOCAB = {"hidden_size": 64, "intermediate_size": 172, "num_hidden_layers": 2, "num_attention_heads": 4,
+               "num_key_value_heads": 2, "vocab_size": 100, "torch_dtype": "float32"}
+
+
+@pytest.mark.parametrize("config", [LLAMA_1B, SMALL_VOCAB], ids=["logits-larger", "layer-larger"])
+def test_with_checkpointing_the_backward_pass_holds_the_saved_inputs_and_the_larger_of_one_layer_and_the_logits(
+        config):
+    shape = from_config(config)
+    h, i, v, layers = shape.hidden, shape.intermediate, shape.vocab, shape.layers
     work = lora(shape, 2, 64)
     plan = START.replace(gradient_checkpointing=True)
     plain = estimate(shape, START, work).parts
-    per_layer = (plain["activations"] // work.tokens - 4 * h) // 16
+    per_layer = (plain["activations"] // work.tokens - 4 * h) // layers
     result = estimate(shape, plan, work)
-    saved = 16 * 4 * h + 4 * h
+    saved = layers * 4 * h + 4 * h
     assert result.parts["activations"] == work.tokens * saved
     recompute = per_layer + 4 * 2 * (i + h)
+    assert (recompute > 12 * v) == (config is SMALL_VOCAB)
     assert result.peak == (result.parts["weights"] + result.parts["optimizer"] + result.parts["runtime"]
                            + work.tokens * (saved + max(12 * v, recompute)))
+
+
+def test_fp16_autocast_costs_what_bf16_does_and_an_unset_quantization_is_none():
+    shape = from_config(LLAMA_1B)
+    bf16 = estimate(shape, START.replace(precision="bf16"), lora(shape))
+    assert estimate(shape, START.replace(precision="fp16"), lora(shape)) == bf16
+    assert estimate(shape, START.replace(precision="bf16", quantization=None), lora(shape)) == bf16
+
+
+def test_workloads_and_estimates_are_values():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Workload(1, 1, True, 0).batch = 2  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Estimate().peak = 1  # type: ignore[misc]
+    assert (Estimate().parts, Estimate().peak) == ({}, 0)
 
 
 def test_the_int8_weights_of_a_bf16_autocast_keep_no_copy_and_nf4_dequantizes_one_layer_at_a_time():
@@ -287,6 +313,12 @@ def test_a_load_on_cuda_reserves_the_model_in_its_loaded_format_so_quantizing_lo
 def test_a_plan_that_does_not_choose_the_load_dtype_loads_the_checkpoints_own(load_dtype):
     shape = from_config(DECODER_14B)  # a bfloat16 checkpoint
     assert weights(shape, load_dtype, "none") == 2 * shape.params
+
+
+@pytest.mark.parametrize("load_dtype, size", [("float32", 4), ("bfloat16", 2), ("float16", 2)])
+def test_each_load_dtype_takes_its_bytes_per_parameter(load_dtype, size):
+    shape = from_config(LLAMA_1B)
+    assert weights(shape, load_dtype, "none") == size * shape.params
 
 
 def test_a_dtype_the_estimator_does_not_know_counts_as_float32():
