@@ -321,9 +321,12 @@ def test_each_load_dtype_takes_its_bytes_per_parameter(load_dtype, size):
     assert weights(shape, load_dtype, "none") == size * shape.params
 
 
-def test_a_dtype_the_estimator_does_not_know_counts_as_float32():
+def test_a_dtype_the_estimator_does_not_know_counts_as_float32_loaded_and_mapped():
     shape = from_config({**LLAMA_1B, "torch_dtype": "float8_e4m3fn"})
     assert weights(shape, None, "none") == 4 * shape.params
+    assert load_estimate(shape, Plan(), "cpu").parts == {"weights": 4 * shape.params, "file mapping": 4 * shape.params}
+    bf16 = START.replace(load_dtype="bfloat16")
+    assert estimate(shape, bf16, lora(shape, 1, 1), device="cpu").peak == 2 * shape.params + 4 * shape.params
 
 
 def test_the_cpu_and_a_memory_cap_lose_only_the_headroom():
