@@ -163,6 +163,18 @@ def test_what_this_node_journaled_itself_is_not_adopted_and_a_fresh_run_starts_a
     assert nodes.next_attempt([], {}) == 1 and nodes.next_attempt([], {1: []}) == 1
 
 
+def test_a_finished_world_takes_the_furthest_nodes_total_steps_and_a_node_that_reported_no_step_is_not_furthest():
+    world = nodes.world_end({0: _end(0, step=5, max_steps=6), 1: _end(1, step=6, max_steps=8)})
+    assert (world["step"], world["max_steps"]) == (6, 8)
+    assert nodes.world_end({0: _end(0, step=None), 1: _end(1, step=1)})["step"] == 1
+
+
+def test_a_peers_decisions_are_found_among_all_its_other_records():
+    decision = {"v": 1, "ts": 5.0, "type": "decision", "attempt": 2, "rung_index": 3}
+    peer = [{"type": "run_started", "ts": 1.0}, {"type": "attempt_started", "attempt": 2}, decision]
+    assert nodes.missing([], {1: peer}) == [{"type": "decision", "attempt": 2, "rung_index": 3, "adopted_from": 1}]
+
+
 def test_the_same_plan_written_in_another_order_is_the_same_plan():
     start = {"plan": {"per_device_train_batch_size": 8, "precision": "bf16"}, "resume_from": None}
     reordered = {"plan": {"precision": "bf16", "per_device_train_batch_size": 8}, "resume_from": None}
