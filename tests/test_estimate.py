@@ -199,6 +199,8 @@ def test_under_bf16_autocast_every_linear_keeps_a_bf16_copy_of_its_input():
     ("bf16", "none", ("q_proj", "v_proj", "up_proj"), lambda h, i: 2 * h * 3),
     # int8: bitsandbytes keeps its matmul's inputs, frozen or not
     ("fp32", "int8", ("q_proj", "v_proj"), lambda h, i: 2 * 4 * h + 4 * h + 4 * i),
+    # both at once: lora_A's bf16 casts (q, o) and bitsandbytes' inputs
+    ("bf16", "int8", ("q_proj", "o_proj"), lambda h, i: 2 * h + 2 * h + (2 * 4 * h + 2 * h + 2 * i)),
 ])
 def test_an_adapters_activations_are_what_lora_and_bitsandbytes_keep(precision, quantization, targets, extra):
     shape = from_config(LLAMA_1B)
