@@ -1,6 +1,7 @@
 """Every out-of-memory signature the classifier knows, on the real text PyTorch, CUDA, NCCL and
 friends print (sources for each text: tests/fixtures/oom_messages.md)."""
 
+import dataclasses
 import signal
 from pathlib import Path
 
@@ -373,3 +374,94 @@ def test_a_conversion_error_of_transformers_is_read_through_to_the_report_above_
     assert failure.numbers["tried_to_allocate"] == 132426121216
     plain = classify(Evidence(1, record=record, stderr_tail="LOAD REPORT\nCONVERSION\tdtype mismatch\n"))
     assert plain.kind is Kind.ERROR  # a conversion that failed for another reason is not memory
+
+
+# --- what else the classifier promises ----------------------------------------------------------------------
+
+def test_evidence_and_failures_are_values_that_cannot_change_after_the_fact():
+    evidence = Evidence(1, stderr_tail=CPU_ALLOC)
+    failure = classify(evidence)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        evidence.capped = True  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        failure.kind = Kind.ERROR  # type: ignore[misc]
+
+
+def test_a_failure_that_does_not_say_where_it_happened_journals_no_phase_step_or_rank():
+    assert Failure(Kind.CUDA_OOM, "device", "CUDA out of memory").to_dict() == {
+        "kind": "cuda_oom", "memory": "device", "summary": "CUDA out of memory", "phase": None, "step": None,
+        "numbers": {}, "rank": None}
+
+
+# transformers/quantizers/quantizer_bnb_8bit.py (5.24.0, SOURCE FORMAT): quantizing a model device_map="auto"
+# spread to the CPU or disk; and the error oomladder's adapter raises under --no-offload (worker/loading.py).
+BNB_DISPATCHED = ("ValueError: Some modules are dispatched on the CPU or the disk. Make sure you have enough GPU RAM "
+                  "to fit the quantized model. If you want to dispatch the model on the CPU or the disk while keeping "
+                  "these modules in 32-bit, you need to set `llm_int8_enable_fp32_cpu_offload=True` and pass a custom "
+                  "`device_map` to `from_pretrained`.")
+NO_OFFLOAD = ("RuntimeError: oomladder: --no-offload: from_pretrained put 3 of 18 modules on cpu: the model does not fit "
+              "on the device")
+
+
+@pytest.mark.parametrize("text", [BNB_DISPATCHED, NO_OFFLOAD])
+def test_weights_offloaded_off_the_device_are_the_devices_memory(text):
+    exc_type, _, message = text.partition(": ")
+    failure = classify(Evidence(1, record={"exc_type": exc_type, "message": message, "phase": "load"}))
+    assert (failure.kind, failure.memory, failure.summary) == (
+        Kind.OFFLOADED, "device", "weights were offloaded off the device")
+    assert classify(Evidence(1, stderr_tail=text)).kind is Kind.OFFLOADED
+
+
+def test_a_python_memory_error_is_summed_up_by_its_name():
+    assert classify(Evidence(1, stderr_tail="Traceback (most recent call last):\nMemoryError")).summary == "MemoryError"
+
+
+def test_a_record_that_does_not_give_the_world_size_is_a_single_process_and_names_no_rank():
+    assert classify(Evidence(1, record={"exc_type": "ValueError", "message": "x", "rank": 1})).rank is None
+    assert classify(Evidence(1, record={"exc_type": "ValueError", "message": "x", "rank": 1,
+                                        "world_size": 2})).rank == 1
+
+
+def test_an_error_raised_from_an_oom_is_the_oom():
+    """`raise RuntimeError("step failed") from oom`: the adapter records the explicit causes."""
+    record = {"exc_type": "RuntimeError", "message": "the training step failed",
+              "causes": [REAL_TEXTS["cuda_alloc_2_2"][1]]}
+    failure = classify(Evidence(1, record=record))
+    assert (failure.kind, failure.summary) == (Kind.CUDA_OOM, "CUDA out of memory: tried to allocate 22.0 MiB")
+
+
+def test_a_shell_s_status_for_sighup_is_an_interruption():
+    """129 is how a shell reports a child that died of SIGHUP (a closed terminal)."""
+    assert classify(Evidence(128 + signal.SIGHUP)).summary == "stopped by SIGHUP"
+
+
+def test_the_numbers_are_read_from_a_later_cpu_allocator_message_not_an_earlier_device_oom():
+    earlier = "CUDA out of memory. Tried to allocate 8.00 GiB. survived, retried on the CPU\n" + "." * 300
+    assert parse_numbers(earlier + CPU_ALLOC)["tried_to_allocate"] == 132426121216
+
+
+def test_a_message_is_read_from_its_first_character():
+    assert parse_numbers("Tried to allocate 20.00 MiB (GPU 0; 8.00 GiB total capacity)")["tried_to_allocate"] == \
+        20 * 2**20
+
+
+def test_reserved_but_unallocated_is_worked_out_from_the_old_messages_two_numbers_alone():
+    text = "CUDA out of memory. (5.00 GiB already allocated; 6.00 GiB reserved in total by PyTorch)"
+    assert parse_numbers(text)["reserved_unallocated"] == 2**30
+
+
+def test_memory_reserved_in_pieces_too_small_for_the_request_is_not_fragmentation():
+    gib = 2**30
+    too_small = Failure(Kind.CUDA_OOM, "device", "CUDA out of memory", numbers={
+        "reserved_unallocated": 2 * gib, "tried_to_allocate": 3 * gib, "total_capacity": 24 * gib})
+    assert not is_fragmented(too_small)
+    just_enough = {**too_small.numbers, "tried_to_allocate": 2 * gib}
+    assert is_fragmented(dataclasses.replace(too_small, numbers=just_enough))
+    # 2 GiB of 40 GiB is exactly the 5 % share that counts; a hair under it is not.
+    assert is_fragmented(dataclasses.replace(too_small, numbers={**just_enough, "total_capacity": 40 * gib}))
+    assert not is_fragmented(dataclasses.replace(too_small, numbers={**just_enough, "total_capacity": 40 * gib + 20}))
+
+
+def test_a_progress_bar_s_carriage_returns_end_lines_so_the_last_line_is_the_error():
+    failure = classify(Evidence(1, stderr_tail=" 10%|#  | 1/10\r 20%|## | 2/10\rValueError: bad shape"))
+    assert (failure.kind, failure.summary) == (Kind.ERROR, "ValueError: bad shape")

@@ -3,9 +3,20 @@
 benchmarks/estimator.py measures the same arithmetic against real peaks; these tests pin its rules.
 """
 
+import dataclasses
+
 import pytest
 
-from oomladder.memory.estimate import CUDA_CONTEXT, HEADROOM, Workload, estimate, usable
+from oomladder.memory.estimate import (
+    CUDA_CONTEXT,
+    CUDA_WORKSPACE,
+    HEADROOM,
+    Estimate,
+    Workload,
+    estimate,
+    load_estimate,
+    usable,
+)
 from oomladder.memory.shape import from_config
 from oomladder.plan import Plan
 
@@ -183,3 +194,212 @@ def test_offloaded_activations_leave_about_one_layer_on_the_device():
     inputs = estimate(shape, checkpointed, work).parts["activations"]
     both = estimate(shape, checkpointed.replace(activation_offloading=True), work).parts["activations"]
     assert both < inputs / 4  # the layers' inputs wait in host memory too: two on the device, not sixteen
+
+
+# --- the arithmetic, term by term -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("optim, state_bytes", [
+    (None, 8), ("adamw_torch", 8), ("adamw_torch_fused", 8), ("paged_adamw_8bit", 2), ("paged_lion_8bit", 1),
+    ("lion_32bit", 4), ("adagrad", 4), ("rmsprop", 4), ("adafactor", 0), ("sgd", 0),
+])
+def test_each_optimizer_keeps_its_own_bytes_of_state_per_trained_fp32_parameter(optim, state_bytes):
+    shape = from_config(LLAMA_1B)
+    assert estimate(shape, START.replace(optim=optim), full(shape)).parts["optimizer"] == state_bytes * shape.params
+
+
+@pytest.mark.parametrize("optim, holds_a_copy", [
+    (None, True), ("adamw_torch", True), ("adamw_torch_fused", False), ("paged_adamw_8bit", False),
+    ("adafactor", False), ("sgd", False),
+])
+def test_the_peak_is_at_the_optimizer_step_when_few_tokens_and_an_unfused_step_holds_a_copy_of_what_trains(
+        optim, holds_a_copy):
+    shape = from_config(LLAMA_1B)
+    plan, work = START.replace(optim=optim), full(shape, batch=1, seq=1)
+    result = estimate(shape, plan, work)
+    p = result.parts
+    step = p["gradients"] + (4 * shape.params if holds_a_copy else 0)
+    assert p["activations"] + p["logits"] < step
+    assert result.peak == p["weights"] + p["optimizer"] + p["runtime"] + step
+
+
+def test_the_peak_is_at_the_start_of_the_backward_pass_when_activations_and_logits_outweigh_the_gradients():
+    shape = from_config(LLAMA_1B)
+    plan = START.replace(precision="bf16")
+    result = estimate(shape, plan, lora(shape))
+    p = result.parts
+    assert result.peak == (p["weights"] + p["optimizer"] + p["runtime"] + p["activations"] + p["logits"]
+                           + p["weight copies"])
+
+
+def test_a_full_fp32_fine_tune_keeps_each_linears_input_and_each_norms_input_and_output_per_token_and_layer():
+    shape = from_config(LLAMA_1B)
+    h, i = shape.hidden, shape.intermediate
+    per_layer = (2 * 4 * h        # the two RMSNorms' fp32 inputs
+                 + 4 * 4 * h      # q, k, v and the attention's output
+                 + 3 * 4 * i      # gate, SiLU's output and up
+                 + 4 * h * 2      # the inputs of q/k/v and of gate/up
+                 + 4 * h + 4 * i  # o_proj's and down_proj's inputs
+                 + 2 * 4 * h)     # the norms' outputs
+    final = 4 * h + 8 * h         # the final norm, lm_head's input
+    assert estimate(shape, START, full(shape, 2, 16)).parts["activations"] == 2 * 16 * (16 * per_layer + final)
+
+
+def test_under_bf16_autocast_every_linear_keeps_a_bf16_copy_of_its_input():
+    shape = from_config(LLAMA_1B)
+    h, i = shape.hidden, shape.intermediate
+    per_layer = 2 * 4 * h + 4 * 2 * h + 3 * 2 * i + (2 * h * 5 + 2 * h + 2 * i + 2 * 4 * h)
+    final = 4 * h + (4 + 2) * h
+    plan = START.replace(precision="bf16")
+    assert estimate(shape, plan, full(shape, 1, 8)).parts["activations"] == 8 * (16 * per_layer + final)
+
+
+@pytest.mark.parametrize("precision, quantization, targets, extra", [
+    # fp32: a frozen Linear keeps no input, lora_A does: one fp32 input per group of targeted projections
+    ("fp32", "none", ("q_proj", "v_proj"), lambda h, i: 4 * h),
+    ("fp32", "none", ("q_proj", "gate_proj", "o_proj", "down_proj"), lambda h, i: 4 * h * 2 + 4 * h + 4 * i),
+    # bf16 autocast: each lora_A its own bf16 cast
+    ("bf16", "none", ("q_proj", "v_proj", "up_proj"), lambda h, i: 2 * h * 3),
+    # int8: bitsandbytes keeps its matmul's inputs, frozen or not
+    ("fp32", "int8", ("q_proj", "v_proj"), lambda h, i: 2 * 4 * h + 4 * h + 4 * i),
+    # both at once: lora_A's bf16 casts (q, o) and bitsandbytes' inputs
+    ("bf16", "int8", ("q_proj", "o_proj"), lambda h, i: 2 * h + 2 * h + (2 * 4 * h + 2 * h + 2 * i)),
+])
+def test_an_adapters_activations_are_what_lora_and_bitsandbytes_keep(precision, quantization, targets, extra):
+    shape = from_config(LLAMA_1B)
+    h, i = shape.hidden, shape.intermediate
+    compute = 2 if precision == "bf16" else 4
+    base = 2 * 4 * h + 4 * compute * h + 3 * compute * i
+    plan = START.replace(precision=precision, quantization=quantization)
+    work = Workload(1, 4, adapters=True, trainable_params=shape.lora_params(8, targets), lora_targets=targets)
+    assert estimate(shape, plan, work).parts["activations"] == 4 * (16 * (base + extra(h, i)) + 4 * h)
+
+
+def test_eager_attention_also_keeps_the_probabilities_per_head_per_position_in_fp32_and_cast():
+    shape = from_config(LLAMA_1B)
+    eager = from_config({**LLAMA_1B, "attn_implementation": "eager"})
+    work = lora(shape, 2, 128)
+    plan = START.replace(precision="bf16")
+    added = estimate(eager, plan, work).parts["activations"] - estimate(shape, plan, work).parts["activations"]
+    assert added == 2 * 128 * 16 * shape.heads * 128 * (4 + 2)
+
+
+# A small vocabulary: the recomputed layer, not the logits, is the larger part of the backward pass.
+SMALL_VOCAB = {"hidden_size": 64, "intermediate_size": 172, "num_hidden_layers": 2, "num_attention_heads": 4,
+               "num_key_value_heads": 2, "vocab_size": 100, "torch_dtype": "float32"}
+
+
+@pytest.mark.parametrize("config", [LLAMA_1B, SMALL_VOCAB], ids=["logits-larger", "layer-larger"])
+def test_with_checkpointing_the_backward_pass_holds_the_saved_inputs_and_the_larger_of_one_layer_and_the_logits(
+        config):
+    shape = from_config(config)
+    h, i, v, layers = shape.hidden, shape.intermediate, shape.vocab, shape.layers
+    work = lora(shape, 2, 64)
+    plan = START.replace(gradient_checkpointing=True)
+    plain = estimate(shape, START, work).parts
+    per_layer = (plain["activations"] // work.tokens - 4 * h) // layers
+    result = estimate(shape, plan, work)
+    saved = layers * 4 * h + 4 * h
+    assert result.parts["activations"] == work.tokens * saved
+    recompute = per_layer + 4 * 2 * (i + h)
+    assert (recompute > 12 * v) == (config is SMALL_VOCAB)
+    assert result.peak == (result.parts["weights"] + result.parts["optimizer"] + result.parts["runtime"]
+                           + work.tokens * (saved + max(12 * v, recompute)))
+
+
+def test_fp16_autocast_costs_what_bf16_does_and_an_unset_quantization_is_none():
+    shape = from_config(LLAMA_1B)
+    bf16 = estimate(shape, START.replace(precision="bf16"), lora(shape))
+    assert estimate(shape, START.replace(precision="fp16"), lora(shape)) == bf16
+    assert estimate(shape, START.replace(precision="bf16", quantization=None), lora(shape)) == bf16
+
+
+def test_workloads_and_estimates_are_values():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Workload(1, 1, True, 0).batch = 2  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Estimate().peak = 1  # type: ignore[misc]
+    assert (Estimate().parts, Estimate().peak) == ({}, 0)
+
+
+def test_the_int8_weights_of_a_bf16_autocast_keep_no_copy_and_nf4_dequantizes_one_layer_at_a_time():
+    shape = from_config(LLAMA_1B)
+    amp = START.replace(precision="bf16")
+    assert estimate(shape, amp.replace(quantization="int8"), lora(shape)).parts["weight copies"] == \
+        2 * shape.vocab * shape.hidden
+    assert estimate(shape, amp.replace(quantization="nf4"), lora(shape)).parts["weight copies"] == \
+        2 * shape.vocab * shape.hidden + 2 * shape.hidden * shape.intermediate
+    assert estimate(shape, START.replace(quantization="nf4"), lora(shape)).parts["weight copies"] == \
+        4 * shape.hidden * shape.intermediate
+
+
+def test_nf4_weights_take_half_a_byte_plus_their_double_quantized_scales():
+    shape = from_config(LLAMA_1B)
+    unquantized = shape.embedding_params + shape.head_params + shape.other_params
+    assert weights(shape, "bfloat16", "nf4") == int(shape.linear_params * (0.5 + 1 / 64 + 4 / (64 * 256))) + \
+        2 * unquantized
+
+
+def test_the_cuda_workspaces_count_on_cuda_only():
+    shape = from_config(LLAMA_1B)
+    assert estimate(shape, START, lora(shape)).parts["runtime"] == CUDA_WORKSPACE == 64 * 2**20
+    assert estimate(shape, START, lora(shape), device="cpu").parts["runtime"] == 0
+    assert estimate(shape, START, lora(shape), device="mps").parts["runtime"] == 0
+
+
+def test_on_the_cpu_the_checkpoint_file_is_mapped_while_the_weights_fill_unless_nothing_is_loaded_from_a_file():
+    shape = from_config(LLAMA_1B)
+    plan = START.replace(load_dtype="bfloat16")
+    tiny = lora(shape, 1, 1)
+    assert estimate(shape, plan, tiny, device="cpu").peak == 2 * shape.params + 4 * shape.params
+    in_memory = Workload(1, 1, True, tiny.trainable_params, tiny.lora_targets, loads_from_file=False)
+    assert estimate(shape, plan, in_memory, device="cpu").peak < 6 * shape.params
+    assert estimate(shape, plan, tiny, device="cuda").peak < 6 * shape.params  # no mapping counted on CUDA
+
+
+def test_a_load_on_the_cpu_holds_the_model_in_its_load_dtype_beside_the_mapped_file():
+    shape = from_config(LLAMA_1B)
+    load = load_estimate(shape, START.replace(load_dtype="bfloat16", quantization="int8"), "cpu")
+    assert (load.parts, load.peak) == ({"weights": 2 * shape.params, "file mapping": 4 * shape.params},
+                                       6 * shape.params)
+    files = load_estimate(shape, START, "cpu", file_bytes=123)
+    assert (files.parts["file mapping"], files.peak) == (123, 4 * shape.params + 123)
+
+
+def test_a_load_on_cuda_reserves_the_model_in_its_loaded_format_so_quantizing_lowers_it():
+    shape = from_config(LLAMA_1B)
+    int8 = START.replace(load_dtype="bfloat16", quantization="int8")
+    load = load_estimate(shape, int8, "cuda")
+    assert load.parts == {"weights": weights(shape, "bfloat16", "int8")} and load.peak == load.parts["weights"]
+    assert load.peak < load_estimate(shape, START.replace(load_dtype="bfloat16"), "cuda").peak
+
+
+@pytest.mark.parametrize("load_dtype", [None, "auto"])
+def test_a_plan_that_does_not_choose_the_load_dtype_loads_the_checkpoints_own(load_dtype):
+    shape = from_config(DECODER_14B)  # a bfloat16 checkpoint
+    assert weights(shape, load_dtype, "none") == 2 * shape.params
+
+
+@pytest.mark.parametrize("load_dtype, size", [("float32", 4), ("bfloat16", 2), ("float16", 2)])
+def test_each_load_dtype_takes_its_bytes_per_parameter(load_dtype, size):
+    shape = from_config(LLAMA_1B)
+    assert weights(shape, load_dtype, "none") == size * shape.params
+
+
+def test_a_dtype_the_estimator_does_not_know_counts_as_float32_loaded_and_mapped():
+    shape = from_config({**LLAMA_1B, "torch_dtype": "float8_e4m3fn"})
+    assert weights(shape, None, "none") == 4 * shape.params
+    assert load_estimate(shape, Plan(), "cpu").parts == {"weights": 4 * shape.params, "file mapping": 4 * shape.params}
+    bf16 = START.replace(load_dtype="bfloat16")
+    assert estimate(shape, bf16, lora(shape, 1, 1), device="cpu").peak == 2 * shape.params + 4 * shape.params
+
+
+def test_the_cpu_and_a_memory_cap_lose_only_the_headroom():
+    assert usable(10**9, "cpu", capped=False) == usable(10**9, "cpu", capped=True) == int(10**9 * 0.95)
+    assert HEADROOM == 0.05 and CUDA_CONTEXT == 512 * 2**20
+
+
+def test_a_workload_under_another_plan_takes_its_micro_batch_and_keeps_its_sequences():
+    work = Workload(8, 512, adapters=True, trainable_params=10)
+    assert work.tokens == 8 * 512
+    assert work.under(Plan(per_device_train_batch_size=2)) == Workload(2, 512, True, 10)
+    assert work.under(Plan()) == work

@@ -80,3 +80,155 @@ def test_a_long_journal_is_kept_as_its_fold_not_as_its_progress_records(tmp_path
     assert journal.view().attempts[0].steps_run == (1, 1000)
     again = Journal(tmp_path / "journal.jsonl")
     assert again.count == 1002 and again.view().attempts[0].steps == list(range(1, 1001))
+
+
+# --- the fold, field by field -------------------------------------------------------------------------------
+
+def _run(*records):
+    return fold([{"type": "run_started", "ts": 0.0, "command": ["x"]}, *records])
+
+
+def _started(n, ts=None, **more):
+    return {"type": "attempt_started", "ts": float(n) if ts is None else ts, "attempt": n, "plan": {}, **more}
+
+
+def test_each_attempt_keeps_what_its_workers_reported_the_highest_peak_of_any_rank_and_its_last_values():
+    view = _run(_started(1, rung="bf16", reason="bf16 halves the activations", command=["python", "t.py"]),
+                {"type": "progress", "ts": 1.5, "attempt": 1, "began_at": 0, "adapter": True},
+                {"type": "progress", "ts": 2.0, "attempt": 1, "step": 1, "executed": True, "peak": 700,
+                 "batch_shape": [8, 64]},
+                {"type": "progress", "ts": 2.1, "attempt": 1, "step": 1, "executed": True, "peak": 900},  # rank 1
+                {"type": "progress", "ts": 2.2, "attempt": 1, "step": 1, "loss": 2.5, "learning_rate": 1e-4,
+                 "max_steps": 6, "phase": "train", "peak_measure": "cuda"},
+                {"type": "progress", "ts": 3.0, "attempt": 1, "step": 2, "executed": True, "peak": 800},
+                {"type": "progress", "ts": 3.5, "attempt": 1, "peak": 2000, "phase": "eval"},  # not a step's end
+                {"type": "attempt_ended", "ts": 4.0, "attempt": 1, "outcome": "failed", "exit_code": 1, "step": 3,
+                 "peak": 2500, "batch_shape": [8, 128]})
+    a = view.attempts[0]
+    assert (a.rung, a.reason, a.command, a.started, a.adapter, a.training_began) == (
+        "bf16", "bf16 halves the activations", ["python", "t.py"], 1.0, True, 1.5)
+    assert (a.step_times, a.step_peaks) == ({1: 2.0, 2: 3.0}, {1: 900, 2: 800})
+    assert (a.loss, a.learning_rate, a.max_steps, a.phase, a.peak_measure) == (2.5, 1e-4, 6, "eval", "cuda")
+    assert (a.step_peak, a.step_batch, a.failed_batch) == (900, [8, 64], [8, 128])
+    assert (a.status, a.exit_code, a.ended, a.step, a.peak, a.failure) == ("failed", 1, 4.0, 3, 2500, None)
+    assert a.duration() == 3.0 and a.steps_run == (1, 2)
+
+
+def test_an_attempt_still_running_lasts_until_now_and_one_never_started_is_not_folded():
+    view = _run(_started(1, ts=10.0), {"type": "progress", "ts": 11, "attempt": 2, "step": 1},
+                {"type": "attempt_ended", "ts": 12, "attempt": 2, "outcome": "failed"})
+    a = view.attempts[0]
+    assert (a.duration(), a.duration(now=14.5), a.duration(now=9.0)) == (None, 4.5, 0.0)
+    assert [x.number for x in view.attempts] == [1] and view.malformed == 0
+
+
+def test_the_first_report_of_the_model_is_kept_and_the_latest_load_and_the_facts_all_observations_gave():
+    view = _run({"type": "observed", "ts": 1, "model": {"layers": 2}, "load": {"path": "a"},
+                 "facts": {"device": "cuda", "bf16_supported": True}},
+                {"type": "observed", "ts": 2, "model": {"layers": 3}, "load": None,
+                 "facts": {"device": None, "base_frozen": False}},
+                {"type": "observed", "ts": 3, "load": {"path": "b"}})
+    assert (view.model, view.load) == ({"layers": 2}, {"path": "b"})
+    assert (view.facts.device, view.facts.bf16_supported, view.facts.base_frozen) == ("cuda", True, False)
+
+
+def test_checkpoints_warnings_and_the_runs_end_are_kept_and_a_resumed_run_is_running_again():
+    checkpoint = {"type": "checkpoint", "ts": 2, "attempt": 1, "path": "/c/2", "step": 2}
+    warning = {"type": "warning", "ts": 3, "text": "the disk is nearly full"}
+    ended = {"type": "run_ended", "ts": 4, "status": "interrupted"}
+    view = _run(_started(1), checkpoint, warning, ended)
+    assert (view.checkpoints, view.warnings, view.ended, view.status) == ([checkpoint], [warning], ended,
+                                                                         "interrupted")
+    again = fold([{"type": "run_started", "ts": 0.0}, _started(1), ended, {"type": "run_started", "ts": 5.0}])
+    assert (again.ended, again.status, again.run["ts"]) == (None, "running", 5.0)
+    assert _run().status == "not started" and _run().final_plan == Plan()
+
+
+def test_a_rolled_back_attempts_rungs_are_not_counted_as_used_and_a_stacked_decision_counts_each_rung():
+    view = _run(_started(1),
+                {"type": "decision", "ts": 1, "attempt": 1, "rung_index": 0, "rung_indices": [0, 2]},
+                _started(2),
+                {"type": "decision", "ts": 2, "attempt": 2, "rung_index": 3, "rolled_back": 2,
+                 "incompatible": [["int8", 1, "ValueError: no int8 on this device"]]},
+                _started(3),
+                {"type": "decision", "ts": 3, "attempt": 3, "rung_index": None},
+                {"type": "decision", "ts": 4, "attempt": 4, "rung_index": 0, "rung_indices": [0, 2], "rolled_back": 9})
+    assert view.rolled_back == {2, 9} and view.attempts[1].rolled_back and not view.attempts[0].rolled_back
+    assert view.incompatible == {1: "ValueError: no int8 on this device"}
+    assert view.rung_uses == {3: 1, 0: 1, 2: 1}  # attempt 1's was abandoned with attempt 2's plan
+
+
+def test_a_journal_from_before_steps_were_reported_counts_from_where_the_attempt_resumed_to_where_it_failed():
+    view = _run(_started(1), {"type": "progress", "ts": 1.1, "attempt": 1, "step": 5},
+                {"type": "attempt_ended", "ts": 1.2, "attempt": 1, "outcome": "failed",
+                 "failure": {"kind": "cpu_oom", "memory": "device", "step": 3}},
+                _started(2, resume_from={"path": "c", "step": 1}),
+                {"type": "progress", "ts": 2.1, "attempt": 2, "step": 4},
+                _started(3), {"type": "attempt_ended", "ts": 3.2, "attempt": 3, "outcome": "failed",
+                              "failure": {"kind": "cpu_oom", "memory": "device"}})
+    first, second, third = view.attempts
+    assert (first.steps, second.steps, third.steps) == ([1, 2, 3], [2, 3, 4], [])
+    assert (second.resumed, second.ran_again, first.resumed) == (True, [2, 3], False)
+    assert third.steps_run is None and view.step_counts == {1: 1, 2: 2, 3: 2, 4: 1}
+    assert view.missing_steps == [] and view.repeated_steps == [2, 3]
+
+
+def test_a_worker_that_reports_its_steps_and_began_where_it_was_asked_did_not_miss_its_resume():
+    view = _run(_started(1, resume_from={"path": "c", "step": 2}),
+                {"type": "progress", "ts": 1.1, "attempt": 1, "began_at": 2},
+                {"type": "progress", "ts": 1.2, "attempt": 1, "began_at": 5})  # only the first one counts
+    a = view.attempts[0]
+    assert (a.began_at, a.resumed, a.resume_missed, a.reports_steps, a.steps) == (2, True, None, True, [])
+    assert _run(_started(1)).attempts[0].resume_missed is None
+
+
+def test_a_step_reported_twice_by_the_same_attempt_counts_once_and_an_earlier_attempts_step_counts_again():
+    executed = {"type": "progress", "attempt": 1, "step": 1, "executed": True}
+    view = _run(_started(1), {**executed, "ts": 1.1}, {**executed, "ts": 1.9},
+                _started(2), {**executed, "attempt": 2, "ts": 2.1})
+    first, second = view.attempts
+    assert (first.ran_again, first.step_times, second.ran_again) == ([], {1: 1.1}, [1])
+    assert view.step_counts == {1: 2}
+
+
+def test_an_attempt_that_reported_nothing_yet_is_running_with_nothing_known_about_it():
+    a = _run(_started(1)).attempts[0]
+    unknown = (a.ended, a.failure, a.step, a.max_steps, a.loss, a.learning_rate, a.phase, a.peak, a.peak_measure,
+               a.exit_code, a.step_peak, a.step_batch, a.failed_batch, a.began_at, a.resume_failed,
+               a.training_began, a.resumed_from)
+    assert unknown == (None,) * len(unknown)
+    assert (a.status, a.executed, a.ran_again, a.step_times, a.step_peaks, a.rolled_back, a.adapter, a.command,
+            a.reason, a.rung) == ("running", set(), [], {}, {}, False, False, [], "", None)
+    assert (a.steps, a.steps_run, a.resumed, a.reports_steps) == ([], None, False, False)
+
+
+def test_an_empty_journal_folds_to_a_run_with_nothing_in_it():
+    view = fold([])
+    assert (view.run, view.model, view.load, view.ended, view.attempts, view.warnings, view.skipped_lines,
+            view.malformed, view.status) == ({}, None, None, None, [], [], [], 0, "not started")
+
+
+def test_every_record_that_cannot_be_folded_is_counted():
+    view = _run({"type": "attempt_started", "ts": 1}, {"type": "attempt_started", "ts": 2, "attempt": 1},
+                {"type": "attempt_ended", "ts": 3, "attempt": 1})
+    assert view.malformed == 2 and [a.number for a in view.attempts] == [1]
+
+
+def test_a_worker_that_began_after_step_1_resumed_and_steps_before_the_first_it_ran_are_missing():
+    view = _run(_started(1, resume_from={"path": "c", "step": 1}),
+                {"type": "progress", "ts": 1.1, "attempt": 1, "began_at": 1},
+                *({"type": "progress", "ts": 1.2, "attempt": 1, "step": s, "executed": True} for s in (2, 4)))
+    assert view.attempts[0].resumed and view.missing_steps == [1, 3]
+
+
+def test_an_attempts_end_gives_what_its_progress_never_did():
+    view = _run(_started(1), {"type": "attempt_ended", "ts": 2, "attempt": 1, "outcome": "failed", "step": 3,
+                              "max_steps": 6, "peak": 500, "peak_measure": "rss"})
+    a = view.attempts[0]
+    assert (a.step, a.max_steps, a.peak, a.peak_measure) == (3, 6, 500, "rss")
+
+
+def test_a_peak_of_zero_bytes_is_kept_as_zero():
+    view = _run(_started(1), {"type": "progress", "ts": 1.1, "attempt": 1, "step": 1, "executed": True, "peak": 0})
+    a = view.attempts[0]
+    assert (a.peak, a.step_peak, a.step_peaks) == (0, 0, {1: 0})

@@ -89,6 +89,110 @@ def test_rank_0s_checkpoint_is_the_worlds_wherever_rank_0_ran():
     assert world["checkpoints"] == [{**saved, "node": 1}]
 
 
+def test_the_root_failures_node_exit_status_and_why_it_was_stopped_are_the_worlds():
+    stop = {"status": "interrupted", "exit_code": 143, "why": "SIGTERM"}
+    world = nodes.world_end({0: _end(0, PEER_DIED, 2.0, step=3), 1: _end(1, OOM, 1.0, exit_code=137, stopped=stop)})
+    assert (world["node"], world["exit_code"], world["stopped"], world["step"]) == (1, 137, stop, 2)
+
+
+def test_a_failure_with_no_time_is_the_root_cause_only_when_no_other_has_one():
+    world = nodes.world_end({0: _end(0, PEER_DIED, None), 1: _end(1, OOM, 7.0)})
+    assert world["failure"] == OOM
+    assert nodes.world_end({0: _end(0, PEER_DIED, None), 1: _end(1, OOM, None)})["failure"] == PEER_DIED
+
+
+def test_failures_at_the_same_moment_are_the_lower_nodes():
+    assert nodes.world_end({1: _end(1, OOM, 5.0), 0: _end(0, PEER_DIED, 5.0)})["node"] == 0
+
+
+def test_a_world_that_finished_ends_where_its_furthest_node_did_and_names_no_node():
+    world = nodes.world_end({0: _end(0, step=5, max_steps=None), 1: _end(1, step=6, max_steps=None, exit_code=7),
+                             2: _end(2, step=6, max_steps=8, exit_code=9)})
+    assert (world["outcome"], world["node"], world["stopped"]) == ("finished", None, None)
+    assert (world["step"], world["exit_code"], world["max_steps"]) == (6, 7, 8)  # ties: the lower node
+    assert nodes.world_end({0: _end(0, step=None, exit_code=3), 1: _end(1, step=None, exit_code=4)})["exit_code"] == 3
+
+
+def test_the_worlds_peak_is_the_highest_any_node_measured_with_how_it_was_measured():
+    world = nodes.world_end({0: _end(0, peak=900, peak_measure="rss"), 1: _end(1, peak=1200, peak_measure="cuda"),
+                             2: _end(2)})
+    assert (world["peak"], world["peak_measure"]) == (1200, "cuda")
+    assert (nodes.world_end({0: _end(0)})["peak"], nodes.world_end({0: _end(0)})["peak_measure"]) == (None, None)
+
+
+def test_every_nodes_checkpoint_is_kept_in_node_order():
+    a, b = {"path": "/c/a", "step": 2}, {"path": "/c/b", "step": 2}
+    world = nodes.world_end({1: _end(1, checkpoint=b), 0: _end(0, checkpoint=a), 2: _end(2)})
+    assert world["checkpoints"] == [{**a, "node": 0}, {**b, "node": 1}]
+
+
+def test_a_run_directory_of_another_number_of_nodes_says_which_flags_to_give(tmp_path):
+    two = [{"type": "run_started", "nnodes": 2}]
+    nodes.check_node_count([two], 2, tmp_path)
+    with pytest.raises(RunDirError, match=r"holds a run on 2 node\(s\), not 1: give --nnodes 2 with each node's "
+                                          r"--node-rank, or a new --run-dir"):
+        nodes.check_node_count([[{"type": "run_started", "nnodes": 1}], two], 1, tmp_path)
+    with pytest.raises(RunDirError, match=r"holds a run on 1 node\(s\), not 2: give no --nnodes, or"):
+        nodes.check_node_count([[{"type": "run_started"}]], 2, tmp_path)
+    nodes.check_node_count([[{"type": "run_started", "nnodes": 2}, {"type": "run_started", "nnodes": 3}]], 3, tmp_path)
+    nodes.check_node_count([[{"type": "attempt_started", "nnodes": 5}]], 3, tmp_path)  # no run started: nothing held
+
+
+def test_nodes_started_with_another_ladder_or_memory_cap_are_named():
+    runs = {0: {"ladder": {"source": "a"}, "memory_cap": 100}, 1: {"ladder": {"source": "a"}, "memory_cap": 100}}
+    assert nodes.options_differ(runs) is None
+    assert nodes.options_differ({**runs, 2: {"ladder": {"source": "b"}, "memory_cap": 100}}) == \
+        "node 2 was started with another --ladder than node 0"
+    assert nodes.options_differ({**runs, 1: {"ladder": {"source": "a"}, "memory_cap": 200}}) == \
+        "node 1 was started with another --memory-cap than node 0"
+
+
+def test_plans_that_differ_only_in_unset_settings_agree():
+    start = {"plan": {"per_device_train_batch_size": 8, "precision": None}, "resume_from": None}
+    assert nodes.disagreement({0: start, 1: {"plan": {"per_device_train_batch_size": 8}}}) is None
+    assert nodes.disagreement({0: start, 1: dict(start, plan={"per_device_train_batch_size": 4})}) == (
+        'node 1 would run the plan {"per_device_train_batch_size": 4}, node 0 {"per_device_train_batch_size": 8}')
+    assert nodes.disagreement({1: start, 2: dict(start, resume_from={"path": "/c/2"})}) == \
+        "node 2 would resume from /c/2, node 1 from the start"
+
+
+def test_what_this_node_journaled_itself_is_not_adopted_and_a_fresh_run_starts_at_attempt_1():
+    decision = {"v": 1, "ts": 5.0, "type": "decision", "attempt": 2, "rung_index": 3}
+    saved = {"v": 1, "ts": 4.0, "type": "checkpoint", "attempt": 2, "path": "/c/2", "step": 2}
+    assert nodes.missing([saved, decision], {1: [saved, decision]}) == []
+    assert nodes.next_attempt([], {}) == 1 and nodes.next_attempt([], {1: []}) == 1
+
+
+def test_a_finished_world_takes_the_furthest_nodes_total_steps_and_a_node_that_reported_no_step_is_not_furthest():
+    world = nodes.world_end({0: _end(0, step=5, max_steps=6), 1: _end(1, step=6, max_steps=8)})
+    assert (world["step"], world["max_steps"]) == (6, 8)
+    assert nodes.world_end({0: _end(0, step=None), 1: _end(1, step=1)})["step"] == 1
+
+
+def test_a_peers_decisions_are_found_among_all_its_other_records():
+    decision = {"v": 1, "ts": 5.0, "type": "decision", "attempt": 2, "rung_index": 3}
+    peer = [{"type": "run_started", "ts": 1.0}, {"type": "attempt_started", "attempt": 2}, decision]
+    assert nodes.missing([], {1: peer}) == [{"type": "decision", "attempt": 2, "rung_index": 3, "adopted_from": 1}]
+
+
+def test_the_same_plan_written_in_another_order_is_the_same_plan():
+    start = {"plan": {"per_device_train_batch_size": 8, "precision": "bf16"}, "resume_from": None}
+    reordered = {"plan": {"precision": "bf16", "per_device_train_batch_size": 8}, "resume_from": None}
+    assert nodes.disagreement({0: start, 1: reordered}) is None
+
+
+def test_a_peer_s_latest_record_of_an_attempt_is_found_and_a_run_end_only_after_this_node_started():
+    records = [{"type": "node_ended", "attempt": 1, "n": 1}, {"type": "node_ended", "attempt": 2, "n": 2},
+               {"type": "node_ended", "attempt": 1, "n": 3}, {"type": "run_ended", "ts": 10.0},
+               {"type": "run_ended", "ts": 20.0}]
+    assert nodes.of_attempt(records, "node_ended", 1)["n"] == 3
+    assert nodes.of_attempt(records, "attempt_ended", 1) is None
+    assert nodes.ended_since(records, 20.0)["ts"] == 20.0
+    assert nodes.ended_since(records[:4], 10.0)["ts"] == 10.0
+    assert nodes.ended_since(records[:4], 10.5) is None
+    assert nodes.ended_since([{"type": "run_ended"}], 1.0) is None  # a run end without its time: none since
+
+
 def test_nodes_disagreeing_on_the_plan_or_the_checkpoint_are_told_apart():
     start = {"plan": {"per_device_train_batch_size": 8}, "resume_from": {"path": "/c/2", "step": 2}}
     assert nodes.disagreement({0: start, 1: dict(start, command=["other", "--node_rank", "1"])}) is None

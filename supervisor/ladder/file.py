@@ -51,7 +51,8 @@ def parse_ladder(text: str, source: str) -> Ladder:
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}" if where else ""
-        problem = getattr(exc, "problem", None) or "not valid YAML"
+        # A character YAML does not allow (a reader error) has a reason but no problem or line.
+        problem = getattr(exc, "problem", None) or getattr(exc, "reason", None) or "not valid YAML"
         raise LadderFileError(f"ladder file '{source}' is not valid YAML{at} ({problem}): fix it, "
                               f"or compare with configs/default.yaml") from None
     if isinstance(data, dict) and set(data) - {"version", "rungs", "description"}:
