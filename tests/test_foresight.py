@@ -116,6 +116,42 @@ def test_an_ooms_own_numbers_are_a_lower_bound_on_what_the_plan_needed():
     assert fit_for(view, CAP).need(view.final_plan) == 1600 * 2**20
 
 
+def in_place_floor(tries, seq=256):
+    """The view after a step-1 OOM that in-place recovery split down to a row per chunk, each chunk running out."""
+    view = view_after_oom(step_peak=None, failed_batch=(16, seq))
+    view.attempts[0].in_place.append(
+        {"type": "in_place", "ts": 3.5, "attempt": 1, "outcome": "floor", "step": 1, "split_before": 1, "split": 16,
+         "rows": 16, "seq": seq, "batch": 16, "accumulation": 1, "ooms": len(tries),
+         "tries": [{"rows": r, "held": h, "tried": t} for r, h, t in tries]})
+    return view
+
+
+def test_each_in_place_oom_is_a_lower_bound_on_the_plan_with_its_chunk_as_micro_batch():
+    """A row per chunk that still ran out proves more than the 16 rows' OOM: the OOM struck further into the step."""
+    mib = 2**20
+    view = in_place_floor([(16, 380 * mib, 510 * mib), (1, 1200 * mib, 31 * mib)])
+    capacity = usable(CAP, "cpu", capped=True)
+    one_row = estimate_for(view, view.attempts[0].plan.replace(per_device_train_batch_size=1), [1, 256]).peak
+    assert calibration(view, capacity) == 1231 * mib - one_row
+    # The plan the floor would have run, the program's at a micro-batch of 1, is proven not to fit.
+    assert fit_for(view, CAP).need(view.final_plan.replace(per_device_train_batch_size=1)) == 1231 * mib
+
+
+def test_an_in_place_oom_without_its_numbers_still_proves_the_need_was_above_the_device():
+    view = in_place_floor([(1, None, None)])
+    capacity = usable(CAP, "cpu", capped=True)
+    one_row = estimate_for(view, view.attempts[0].plan.replace(per_device_train_batch_size=1), [1, 256]).peak
+    assert calibration(view, capacity) == max(0, capacity + 1 - one_row)
+
+
+def test_trls_sft_trainer_is_estimated_with_the_logits_size_tensors_its_metrics_keep():
+    plain = view_after_oom(model=MODEL)
+    sft = view_after_oom(model={**MODEL, "trainer": "trl.trainer.sft_trainer.SFTTrainer"})
+    plan = plain.attempts[0].plan.replace(per_device_train_batch_size=4)
+    extra = estimate_for(sft, plan, [4, 256]).parts["logits"] - estimate_for(plain, plan, [4, 256]).parts["logits"]
+    assert extra == 4 * 256 * 32000 * 20  # five fp32 tensors the logits' size, per token
+
+
 def test_when_nothing_is_estimated_to_fit_everything_worth_its_cost_is_tried():
     decision = decide(view_after_oom(failed_batch=(16, 8192)))
     assert "still estimated above" in decision.reason

@@ -92,6 +92,32 @@ def test_a_recovery_that_did_not_happen_is_shown_with_its_reason():
     assert "relaunched instead: the program's own compute_loss" in render_markdown(report)
 
 
+def test_checkpointing_turned_on_in_place_is_part_of_the_attempts_plan_and_its_row():
+    turned = {**SPLIT, "split": 1, "checkpointing_before": False, "checkpointing": True, "ooms": 5}
+    records = [r if r is not SPLIT else turned for r in RECORDS]
+    view = fold(records + FINISHED)
+    attempt, = view.attempts
+    assert attempt.plan.gradient_checkpointing and attempt.plan.per_device_train_batch_size == 16
+    assert reached_plan(view) == attempt.plan  # a resume, or a relaunch for another reason, keeps it
+    text = render(attempts_table(view), width=160)
+    assert "in place: gradient checkpointing │ gradient_checkpointing False→True" in text
+    report = build_report(view)
+    row, = report["attempts"][0]["in_place"]
+    assert row["rung"] == "in place: gradient checkpointing"
+    assert "gradient checkpointing turned on, the micro-batch of 16 runs in 1 chunk after 5 OOMs: the same step" in (
+        render_markdown(report))
+    both = fold([r if r is not SPLIT else {**turned, "split": 4} for r in RECORDS] + FINISHED)
+    assert both.attempts[0].plan.per_device_train_batch_size == 4 and both.attempts[0].plan.gradient_checkpointing
+    assert build_report(both)["attempts"][0]["in_place"][0]["rung"] == "in place: split 4 + gradient checkpointing"
+
+
+def test_checkpointing_is_taken_in_place_only_where_the_ladder_has_it(tmp_path):
+    attempt = tmp_path / "attempts" / "001"
+    assert worker_env({}, attempt, Plan(), Plan(), None, in_place_checkpointing=False)[
+        "OOMLADDER_IN_PLACE_CHECKPOINTING"] == "0"
+    assert "OOMLADDER_IN_PLACE_CHECKPOINTING" not in worker_env({}, attempt, Plan(), Plan(), None)
+
+
 def test_no_in_place_reaches_the_worker(tmp_path):
     attempt = tmp_path / "attempts" / "001"
     env = worker_env({}, attempt, Plan(), Plan(), None, in_place=False)

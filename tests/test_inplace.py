@@ -26,6 +26,8 @@ def attempt_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("OOMLADDER_ATTEMPT_DIR", str(tmp_path))
     monkeypatch.delenv("OOMLADDER_IN_PLACE", raising=False)
     monkeypatch.setattr(inplace, "split", [1])
+    monkeypatch.setattr(inplace, "checkpointed", [False])
+    monkeypatch.delenv("OOMLADDER_IN_PLACE_CHECKPOINTING", raising=False)
     return tmp_path
 
 
@@ -149,7 +151,8 @@ def test_the_run_goes_on_split_and_splits_further_when_it_must(tmp_path, attempt
         ("split", 1, 2), ("split", 2, 4)]
 
 
-def test_chunks_of_one_row_that_still_fail_fall_back_to_a_relaunch_with_the_reason(tmp_path, attempt_dir):
+def test_chunks_of_one_row_that_still_fail_fall_back_to_a_relaunch_with_the_reason(tmp_path, attempt_dir, monkeypatch):
+    monkeypatch.setenv("OOMLADDER_IN_PLACE_CHECKPOINTING", "0")  # as when the ladder has no checkpointing rung
     trainer = build(tmp_path, batch=4)
     inputs = batch(4, seed=1)
     failing = TooManyRows(trainer, limit=0)
@@ -159,6 +162,58 @@ def test_chunks_of_one_row_that_still_fail_fall_back_to_a_relaunch_with_the_reas
     assert failing.fired == 3 and inplace.split == [1]  # 1, 2 and 4 chunks tried; the run's split is unchanged
     record, = records(attempt_dir)
     assert record["outcome"] == "floor" and record["ooms"] == 3 and "already split as far as it goes" in record["reason"]
+    # Each OOM with its chunk's rows and what it tried, the estimator's lower bounds for the relaunch.
+    assert [(t["rows"], t["tried"]) for t in record["tries"]] == [(4, 268435456), (2, 268435456), (1, 268435456)]
+    assert record["seq"] == inputs["input_ids"].shape[1]
+    assert all(p.grad is None for p in trainer.model.parameters())  # the failed step left nothing behind
+    assert not trainer.args.gradient_checkpointing
+
+
+class NeedsCheckpointing(TooManyRows):
+    """Fails as the CPU allocator does for more than `limit` rows while the model keeps every layer's activations."""
+
+    def __init__(self, trainer, limit):
+        super().__init__(trainer, limit)
+        self.model = trainer.model.get_base_model().model
+
+    def check(self, tensor):
+        if not self.model.gradient_checkpointing:
+            super().check(tensor)
+
+
+def test_at_a_row_per_chunk_checkpointing_is_turned_on_in_place_and_the_split_searched_again(tmp_path, attempt_dir):
+    inputs = batch(8, seed=1)
+    expected, _ = reference(tmp_path, [inputs])
+    trainer = build(tmp_path / "checkpointed")
+    failing = NeedsCheckpointing(trainer, limit=0)
+    run_step(trainer, inputs, items(trainer, inputs))
+    assert failing.fired == 4 and inplace.split == [1] and inplace.checkpointed == [True]  # 1, 2, 4, 8 chunks, then whole
+    got = grads(trainer)
+    for name in expected:  # recomputed activations, the same gradients
+        torch.testing.assert_close(got[name], expected[name], **CLOSE)
+    assert trainer.args.gradient_checkpointing and trainer.args.gradient_checkpointing_kwargs["use_reentrant"] is False
+    record, = records(attempt_dir)
+    assert (record["outcome"], record["split"], record["checkpointing_before"], record["checkpointing"]) == (
+        "split", 1, False, True)
+    assert [t["checkpointing"] for t in record["tries"]] == [False] * 4
+    later = batch(8, seed=2)
+    run_step(trainer, later, items(trainer, later))  # the run goes on checkpointed: no OOM, no record
+    failing.remove()
+    assert failing.fired == 4 and len(records(attempt_dir)) == 1
+
+
+def test_checkpointing_that_is_not_enough_falls_back_to_a_relaunch(tmp_path, attempt_dir):
+    trainer = build(tmp_path, batch=4)
+    inputs = batch(4, seed=1)
+    failing = TooManyRows(trainer, limit=0)
+    with pytest.raises(RuntimeError, match="DefaultCPUAllocator"):
+        run_step(trainer, inputs, items(trainer, inputs))
+    failing.remove()
+    assert failing.fired == 6  # 1, 2 and 4 chunks, then again with checkpointing on
+    record, = records(attempt_dir)
+    assert record["outcome"] == "floor" and record["reason"].endswith("with gradient checkpointing on")
+    assert [(t["rows"], t["checkpointing"]) for t in record["tries"]] == [
+        (4, False), (2, False), (1, False), (4, True), (2, True), (1, True)]
     assert all(p.grad is None for p in trainer.model.parameters())  # the failed step left nothing behind
 
 

@@ -169,7 +169,10 @@ def main():
     if a.save_final:
         trainer.save_model(a.save_final)
     batch = trainer._train_batch_size  # what the Trainer really used (auto_find_batch_size changes it)
-    print(f"finished {trainer.state.global_step} steps; batch {batch} x accumulation "
+    # The model's own state, whoever turned it on: the program, a rung at launch, or oomladder in place.
+    checkpointed = any(getattr(m, "gradient_checkpointing", False) is True for m in trainer.model.modules())
+    print(f"finished {trainer.state.global_step} steps; gradient checkpointing {'on' if checkpointed else 'off'}; "
+          f"batch {batch} x accumulation "
           f"{args.gradient_accumulation_steps} = effective batch {batch * args.gradient_accumulation_steps}")
 
 

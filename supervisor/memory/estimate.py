@@ -13,7 +13,8 @@ measures it against real peaks):
 - activations per token per layer, and with gradient checkpointing only each layer's input plus
   one layer recomputed, with the gradients of its widest tensors;
 - the logits: at the start of the backward pass, log-softmax's fp32 output, its gradient and the
-  gradient of its input, 12 bytes per token per vocabulary entry; with Liger's fused linear
+  gradient of its input, 12 bytes per token per vocabulary entry (TRL's SFTTrainer keeps about 20 more for
+  its token entropy and accuracy); with Liger's fused linear
   cross-entropy, one chunk of them, the gradient of the last hidden states and (when lm_head trains)
   its gradient, which the fused loss makes in the forward pass;
 - with activation offloading, what autograd saves waits in host memory: the device holds about one
@@ -51,6 +52,7 @@ class Workload:
     trainable_params: int
     lora_targets: tuple[str, ...] = ()
     loads_from_file: bool = True    # from_pretrained: on the CPU the file is mapped while the model fills
+    trainer: str | None = None      # the trainer's class, "module.Name": whose loss computes the logits
 
     @property
     def tokens(self) -> int:
@@ -181,10 +183,21 @@ def _logits(shape: ModelShape, plan: Plan, work: Workload, compute: int, load: i
     """
     h, v = shape.hidden, shape.vocab
     if not plan.fused_cross_entropy:
-        return work.tokens * 12 * v
+        return work.tokens * (12 + _metrics_bytes(work.trainer)) * v
     chunk = min(work.tokens, 2 ** math.ceil(math.log2(max(1, math.ceil(work.tokens / math.ceil(v / h))))))
     head_grad = 0 if work.adapters else v * h * load
     return chunk * v * 8 + work.tokens * h * compute + head_grad
+
+
+# TRL's SFTTrainer computes each token's log-probability, entropy and top-1 match from the full logits in fp32
+# alongside the loss (its `fused_lm_head` forward, TRL 1.x): about five more fp32 tensors of the logits' size
+# alive at the peak, measured on the CPU with TRL 1.16 (README, "TRL").
+METRICS_BYTES = {"trl.trainer.sft_trainer.SFTTrainer": 20}
+
+
+def _metrics_bytes(trainer: str | None) -> int:
+    """Bytes per token per vocabulary entry a trainer's loss keeps beyond the cross-entropy's."""
+    return METRICS_BYTES.get(trainer or "", 0)
 
 
 def _per_layer(shape: ModelShape, plan: Plan, work: Workload, compute: int, load: int) -> int:

@@ -62,7 +62,7 @@ def estimate_for(view: RunView, plan: Plan, batch: Any) -> Estimate | None:
         return None  # not a Trainer program, or it died before reporting: the ladder walks without foresight
     work = Workload(batch=micro, seq_len=seq, adapters=bool(model.get("adapters")),
                     trainable_params=int(model.get("trainable_params") or shape.params),
-                    lora_targets=tuple(model.get("lora_targets") or ()))
+                    lora_targets=tuple(model.get("lora_targets") or ()), trainer=model.get("trainer"))
     return estimate(shape, plan, work.under(plan), view.facts.device or "cpu")
 
 
@@ -171,7 +171,26 @@ def calibration(view: RunView, capacity: int) -> int:
             guess = estimate_for(view, a.plan, a.failed_batch)
             if guess is not None:
                 offset = max(offset, proven_need(a, capacity) - guess.peak)
+        for plan, batch, need in in_place_proofs(a, capacity):
+            guess = estimate_for(view, plan, batch)
+            if guess is not None:
+                offset = max(offset, need - guess.peak)
     return offset
+
+
+def in_place_proofs(attempt: Any, capacity: int) -> list[tuple[Plan, list[int], int]]:
+    """(plan, batch, proven need) for each OOM its worker met in place (worker/inplace.py): the plan with that chunk
+    as its micro-batch (and checkpointing, if on) needs more than there was, and at least what was held plus what
+    was tried. The smallest chunks' OOMs strike furthest into the step: the strongest bounds a step-1 OOM leaves."""
+    proofs = []
+    for record in attempt.in_place:
+        for t in (record.get("tries") or ()) if record.get("seq") else ():
+            held, tried = t.get("held"), t.get("tried")
+            need = max(capacity + 1, held + tried if held is not None and tried is not None else 0)
+            plan = attempt.launched.replace(per_device_train_batch_size=int(t["rows"]))
+            proofs.append((plan.replace(gradient_checkpointing=True) if t.get("checkpointing") else plan,
+                           [int(t["rows"]), int(record["seq"])], need))
+    return proofs
 
 
 def proven_need(attempt: Any, capacity: int) -> int:

@@ -44,10 +44,13 @@ def substitute(command: Sequence[str], plan: Plan) -> list[str]:
 def worker_env(base: Mapping[str, str], attempt_dir: Path, overrides: Plan, plan: Plan,
                memory_cap: int | None, resume_from: str | None = None,
                evaluate_at: int | None = None, run_dir: Path | None = None, no_offload: bool = False,
-               rung: str | None = None, reason: str = "", in_place: bool = True) -> dict[str, str]:
+               rung: str | None = None, reason: str = "", in_place: bool = True,
+               in_place_checkpointing: bool = True) -> dict[str, str]:
     env = {k: v for k, v in base.items() if not k.startswith("OOMLADDER_")}
     if not in_place or base.get("OOMLADDER_IN_PLACE") == "0":
         env["OOMLADDER_IN_PLACE"] = "0"  # --no-in-place: every OOM goes to the supervisor (worker/inplace.py)
+    if not in_place_checkpointing:
+        env["OOMLADDER_IN_PLACE_CHECKPOINTING"] = "0"  # not on the ladder, or it broke this program
     if no_offload:
         env["OOMLADDER_NO_OFFLOAD"] = "1"
     if resume_from:

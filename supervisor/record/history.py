@@ -54,7 +54,13 @@ class AttemptView:
     # its plan is the plan that split equals, which a later relaunch starts from.
     in_place: list[dict[str, Any]] = field(default_factory=list)
     split: int = 1
+    checkpointed: bool = False        # its worker turned gradient checkpointing on in place
     launched: Plan = field(default_factory=Plan)  # the plan it was launched with, before any split
+
+    def in_place_plan(self, split: int, checkpointing: bool) -> Plan:
+        """The plan its launched plan becomes with a split and checkpointing turned on in place."""
+        plan = self.launched.split(split)
+        return plan.replace(gradient_checkpointing=True) if checkpointing else plan
 
     @property
     def recovered_in_place(self) -> list[dict[str, Any]]:
@@ -223,15 +229,16 @@ class Folder:
             self.load = r.get("load") or self.load
             for a in self.attempts.values():
                 a.launched = self.observed.merged(a.overrides)
-                a.plan = a.launched.split(a.split)
+                a.plan = a.in_place_plan(a.split, a.checkpointed)
         elif kind == schema.PROGRESS and r.get("attempt") in self.attempts:
             self._progress(self.attempts[r["attempt"]], r)
         elif kind == schema.IN_PLACE and r.get("attempt") in self.attempts:
             a = self.attempts[r["attempt"]]
             a.in_place.append(r)
-            if r.get("outcome") == "split" and int(r["split"]) > a.split:
-                a.split = int(r["split"])
-                a.plan = a.launched.split(a.split)
+            if r.get("outcome") == "split":
+                a.split = max(a.split, int(r["split"]))
+                a.checkpointed = a.checkpointed or bool(r.get("checkpointing"))
+                a.plan = a.in_place_plan(a.split, a.checkpointed)
         elif kind == schema.ATTEMPT_ENDED and r.get("attempt") in self.attempts:
             a = self.attempts[r["attempt"]]
             a.ended, a.status, a.exit_code = r["ts"], r["outcome"], r.get("exit_code")

@@ -192,8 +192,9 @@ class Runner:
         if (warning := load_warning(view, cfg.memory_cap, plan)) is not None:
             self.journal.append(schema.WARNING, attempt=number, about="mapping", text=warning)
             self.display.event(f"attempt {number}: {warning}")
+        checkpointing = any(r.name == "gradient_checkpointing" and r.index not in view.incompatible for r in cfg.ladder.rungs)
         return Launch(number, folder, argv, nxt.overrides, plan, resume, evaluation_owed(view, resume), nxt.rung,
-                      nxt.reason)
+                      nxt.reason, checkpointing)
 
     def _act(self, result: AttemptResult, verdict: Next) -> int | NextAttempt:
         """Journal what `decide` chose and carry it out: the run's exit code, or the next attempt."""

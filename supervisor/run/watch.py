@@ -3,8 +3,7 @@ when the run must stop (a signal, a budget, a hang, another node), and journal h
 
 `AttemptWatcher.watch` returns an `AttemptResult` and writes `attempt_ended` before it returns;
 what the run does next is decide.py's. Clock, sleep and launcher are the runner's, so the tests
-that drive the runner with fake workers drive this too.
-"""
+that drive the runner with fake workers drive this too."""
 
 from __future__ import annotations
 
@@ -28,6 +27,7 @@ from oomladder.run.budget import Budget
 from oomladder.run.config import EXIT_BUDGET, EXIT_INTERRUPTED, RunConfig
 from oomladder.run.outcomes import AttemptResult, Stop, StopReason
 from oomladder.views.display import Display
+from oomladder.views.table import in_place_change
 from oomladder.worker.files import AttemptFiles, in_place_record
 
 # A peer node failed: this node's ranks have no step to finish (their collective is broken), so a short grace.
@@ -50,6 +50,7 @@ class Launch:
     evaluate_at: int | None
     rung: str | None = None          # what the ladder chose, and why: the worker tells the program's tracker
     reason: str = ""
+    checkpoint_in_place: bool = True  # the ladder's checkpointing rung may be taken in place (worker/inplace.py)
 
 
 @dataclass
@@ -81,7 +82,7 @@ class AttemptWatcher:
         env = worker_env(self.environ, launch.attempt_dir, launch.overrides, launch.plan, cfg.memory_cap,
                          launch.resume["path"] if launch.resume else None, launch.evaluate_at, run_dir=cfg.run_dir,
                          no_offload=cfg.no_offload, rung=launch.rung, reason=launch.reason,
-                         in_place=cfg.in_place)
+                         in_place=cfg.in_place, in_place_checkpointing=launch.checkpoint_in_place)
         spec = LaunchSpec(tuple(launch.argv), env, cfg.cwd, launch.attempt_dir / "stdout.log",
                           launch.attempt_dir / "stderr.log")
         oom_kills_before, gpu_before = cgroup.oom_kill_count(), gpu.gpu_pids()
@@ -221,9 +222,9 @@ class AttemptWatcher:
         """An OOM the worker met in place: journaled with the numbers its message gives, and said live."""
         failure = classify(Evidence(returncode=1, record=record.get("oom") or {}, capped=bool(self.config.memory_cap)))
         self.journal.append(schema.IN_PLACE, attempt=number, rank=rank, **record, numbers=failure.numbers)
-        done = (f"recovered in place: its micro-batch runs in {record.get('split')} chunks" if record.get("outcome")
-                == "split" else f"not recovered in place: {record.get('reason')}")
-        self.display.event(f"attempt {number}: out of memory in step {record.get('step')}; {done}")
+        self.display.event(f"attempt {number}: out of memory in step {record.get('step')}; " + (
+            f"recovered in place: {in_place_change(record)}" if record.get("outcome") == "split"
+            else f"not recovered in place: {record.get('reason')}"))
 
     def _warn_once(self, number: int, about: str, text: str) -> None:
         if (number, about) in self._told:

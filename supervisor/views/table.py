@@ -53,8 +53,11 @@ def in_place_rows(attempt: AttemptView) -> list[dict[str, Any]]:
         recovered = r.get("outcome") == "split"
         if recovered:
             status = "OOM in step {}{}: recovered in place, no relaunch".format(r.get("step"), total)
-            changes = describe_changes(attempt.launched.split(before), attempt.launched.split(split), "\n")
-            rung = f"in place: split {split}"
+            turned = bool(r.get("checkpointing")) and not r.get("checkpointing_before")
+            changes = describe_changes(attempt.in_place_plan(before, bool(r.get("checkpointing_before"))),
+                                       attempt.in_place_plan(split, bool(r.get("checkpointing"))), "\n")
+            rung = "in place: " + " + ".join(([f"split {split}"] if split != before or not turned else [])
+                                             + (["gradient checkpointing"] if turned else []))
         else:
             status = "OOM in step {}{}: relaunched: {}".format(r.get("step"), total, r.get("reason") or r.get("outcome"))
             changes, rung = "-", f"in place: {'failed' if r.get('outcome') == 'failed' else 'not possible'}"
@@ -65,14 +68,24 @@ def in_place_rows(attempt: AttemptView) -> list[dict[str, Any]]:
     return rows
 
 
+def in_place_change(record: dict[str, Any]) -> str:
+    """What an in-place recovery changed, for the live line: `its micro-batch runs in 2 chunks`."""
+    split = int(record.get("split") or 1)
+    turned = record.get("checkpointing") and not record.get("checkpointing_before")
+    return (("gradient checkpointing turned on, " if turned else "") + "its micro-batch runs "
+            + (f"in {split} chunks" if split > 1 else "whole"))
+
+
 def in_place_line(row: dict[str, Any]) -> str:
     """Why an OOM was (or was not) met in place, with the numbers of its message."""
     numbers = ", ".join(f"{k.replace('_', ' ')} {format_size(v)}" for k, v in (row.get("numbers") or {}).items())
     oom = f"out of memory in step {row['step']}" + (f" ({numbers})" if numbers else "")
     tries = f" after {row['ooms']} OOMs" if (row.get("ooms") or 1) > 1 else ""
     if row["outcome"] == "split":
-        return (f"in place: {oom}; the micro-batch of {row['rows']} runs in {row['split']} chunks{tries}, its gradients "
-                f"accumulated: the same step, without a new process")
+        turned = "gradient checkpointing" in row["rung"]
+        return (f"in place: {oom}; {'gradient checkpointing turned on, ' if turned else ''}the micro-batch of "
+                f"{row['rows']} runs in {row['split']} chunk{'s' if row['split'] > 1 else ''}{tries}"
+                f"{', its gradients accumulated' if row['split'] > 1 else ''}: the same step, without a new process")
     return f"in place: {oom}; relaunched instead: {row.get('reason') or row['outcome']}"
 
 

@@ -40,6 +40,8 @@ T = TypeVar("T")
 
 # The split the run goes on with after a recovered step (1: none). Every later micro-step is split so.
 split = [1]
+# Gradient checkpointing turned on in place: at a row per chunk, before the relaunch. The run goes on with it.
+checkpointed = [False]
 # Gradients are copied before each micro-step inside an accumulation cycle only when the trainable weights
 # take at most this share of all weights (adapters), and at most this many bytes.
 COPY_SHARE, COPY_LIMIT = 0.10, 1 << 30
@@ -56,9 +58,11 @@ class Step:
 
     step: int                      # the optimizer step it belongs to (1-based)
     rows: int | None               # the micro-batch's rows; None: no batch dimension found
-    batch: int | None              # the plan's micro-batch (what a split must divide)
-    accumulation: int | None
+    seq: int | None = None         # its sequence length, for the estimator
+    batch: int | None = None       # the plan's micro-batch (what a split must divide)
+    accumulation: int | None = None
     refuse: str | None = None      # why this program's step cannot be split, if it cannot
+    checkpoint: Callable[[], None] | None = None  # turns gradient checkpointing on; None: it is on, or cannot be
 
 
 class Guard:
@@ -123,57 +127,95 @@ def trainable(model) -> list[Any]:
 def recover(run: Callable[[int], T], params: list[Any], where: Step,
             is_memory: Callable[[BaseException], bool]) -> T:
     """Run the micro-step as `run(parts)`: in the run's current split, and, after an OOM, in more chunks
-    until it fits. Returns what `run` returned; raises the step's first OOM when in-place recovery steps aside."""
+    until it fits; at a row per chunk, with gradient checkpointing turned on (where the adapter can) and the
+    chunks searched again from the run's split. Returns what `run` returned; raises the step's first OOM when
+    in-place recovery steps aside."""
     if not enabled():
         return run(1)
     guard = Guard(params) if where.refuse is None else None  # nothing to put back in a step never retried
-    factor = split[0]
-    started = time.monotonic()
+    factor, had_checkpointing = split[0], checkpointed[0]
+    started, held = time.monotonic(), memcap.held()
+
+    def tell(outcome: str, after: int, **why: str) -> None:
+        _tell(where, outcome, split[0], after, tries, started, held, had_checkpointing, **why)
+
     try:
         return run(_pieces(factor, where.rows))
     except Exception as exc:  # noqa: BLE001 - only an OOM is met here; anything else goes on up as it was
         if not is_memory(exc):
             raise
         first = exc
-    ooms = [_numbers(first)]
+    tries = [_try(first, factor, where.rows)]
     while True:
         _free(first)
         refused = where.refuse or guard.why_not
         if guard is not None:
             guard.restore()
         nxt = None if refused else next_split(factor, where.batch, where.rows)
+        if nxt is None and not refused and where.checkpoint is not None and not checkpointed[0]:
+            try:
+                where.checkpoint()
+            except Exception as exc:  # noqa: BLE001 - a model that refuses it: the relaunch, with the reason
+                error = f"{type(exc).__name__}: {str(exc)[:500]}"
+                tell("failed", factor, error=error, reason=f"turning gradient checkpointing on failed ({error}); the "
+                     f"supervisor relaunches instead")
+                raise first from None
+            checkpointed[0] = True
+            nxt = split[0]  # the activations are now recomputed: the run's own split may fit again
         if nxt is None:
             pieces = _pieces(factor, where.rows)
             why = refused or (f"the micro-batch of {where.rows} row{'s' if where.rows != 1 else ''} is already split as "
-                              f"far as it goes ({pieces} chunk{'s' if pieces > 1 else ''})")
-            _tell(where, "declined" if refused else "floor", split[0], factor, ooms, started, reason=why)
+                              f"far as it goes ({pieces} chunk{'s' if pieces > 1 else ''})"
+                              + (", with gradient checkpointing on" if checkpointed[0] and not had_checkpointing else ""))
+            tell("declined" if refused else "floor", factor, reason=why)
             raise first
         try:
             result = run(_pieces(nxt, where.rows))
         except Exception as exc:  # noqa: BLE001
             if is_memory(exc):
-                ooms.append(_numbers(exc))
+                tries.append(_try(exc, nxt, where.rows))
                 _free(exc)
                 factor = nxt
                 continue
             error = f"{type(exc).__name__}: {str(exc)[:500]}"
             _free(exc)
-            _tell(where, "failed", split[0], nxt, ooms, started, error=error,
-                  reason=f"the step split in {nxt} chunks failed ({error}); the supervisor relaunches instead")
+            tell("failed", nxt, error=error,
+                 reason=f"the step split in {nxt} chunks failed ({error}); the supervisor relaunches instead")
             guard.restore()
             raise first from None
-        _tell(where, "split", split[0], nxt, ooms, started)
+        tell("split", nxt)
         split[0] = nxt
         return result
 
 
 def next_split(factor: int, batch: int | None, rows: int | None) -> int | None:
     """The next split: the smallest above `factor` that divides the plan's micro-batch evenly (so the plan
-    it equals exists); None at the floor, when this micro-batch already runs a row per chunk."""
+    it equals exists); None at the floor, when this micro-batch already runs a row per chunk.
+
+    One divisor at a time, not a jump by the OOM's numbers: an OOM strikes at the first allocation past the
+    limit, often the logits early in the forward, so what it proves per row is no more than the next divisor
+    gives; and a part of the step that does not grow with the rows (bf16 copies of fp32 weights under
+    autocast) would make a jump overshoot, leaving the run on more chunks than it needs all night."""
     if not rows or _pieces(factor, rows) >= rows:
         return None
     whole = batch if batch and batch >= rows else rows
     return next((n for n in range(factor + 1, whole + 1) if whole % n == 0), None)
+
+
+def seq_len(inputs: Any) -> int | None:
+    """The sequence length of a step's inputs (input_ids' second dimension), or None."""
+    ids = inputs.get("input_ids") if isinstance(inputs, Mapping) else None
+    return int(ids.shape[1]) if getattr(ids, "dim", lambda: 0)() >= 2 else None
+
+
+def _try(exc: BaseException, pieces: int, rows: int | None) -> dict[str, Any]:
+    """One OOM of the step: the rows of the chunk that ran out, what was held when it did and what it tried to
+    allocate, and whether checkpointing was on. Taken before the frames are dropped, while what the chunk held is
+    still held."""
+    from oomladder.classify import parse_numbers
+    return {"rows": -(-(rows or 1) // _pieces(pieces, rows)), "held": memcap.held(),
+            "tried": parse_numbers(str(exc)).get("tried_to_allocate"), "checkpointing": checkpointed[0],
+            "exc_type": type(exc).__name__, "message": str(exc)[:2000]}
 
 
 def _pieces(factor: int, rows: int | None) -> int:
@@ -235,11 +277,6 @@ def batch_rows(inputs: Any) -> tuple[int | None, str | None]:
     return rows, None
 
 
-def _numbers(exc: BaseException) -> dict[str, Any]:
-    peak, measure = memcap.peak()
-    return {"exc_type": type(exc).__name__, "message": str(exc)[:2000], "peak": peak, "peak_measure": measure}
-
-
 def _free(exc: BaseException) -> None:
     """Drop what the failed try held: its activations live in the frames of the exception's traceback."""
     traceback.clear_frames(exc.__traceback__)
@@ -252,20 +289,29 @@ def _free(exc: BaseException) -> None:
         pass
 
 
-def _tell(where: Step, outcome: str, before: int, after: int, ooms: list[dict[str, Any]], started: float,
-          reason: str | None = None, error: str | None = None) -> None:
-    """The record the supervisor journals as `in_place`, and a line on stderr: never silent."""
+def _tell(where: Step, outcome: str, before: int, after: int, tries: list[dict[str, Any]], started: float,
+          held: int | None, had_checkpointing: bool, reason: str | None = None, error: str | None = None) -> None:
+    """The record the supervisor journals as `in_place`, and a line on stderr: never silent. `tries` are the
+    step's OOMs with their numbers, which the estimator takes as lower bounds on each chunk's need;
+    `checkpointing` is gradient checkpointing turned on in place, by this step or an earlier one."""
+    peak, measure = memcap.peak()
+    first = tries[0]
     record = {"outcome": outcome, "step": where.step, "split_before": before, "split": after, "rows": where.rows,
-              "batch": where.batch, "accumulation": where.accumulation, "ooms": len(ooms), "oom": ooms[0],
-              "seconds": round(time.monotonic() - started, 3),
+              "seq": where.seq, "batch": where.batch, "accumulation": where.accumulation, "ooms": len(tries),
+              "checkpointing_before": had_checkpointing, "checkpointing": checkpointed[0],
+              "oom": {"exc_type": first["exc_type"], "message": first["message"], "peak": peak, "peak_measure": measure},
+              "tries": [{k: t[k] for k in ("rows", "held", "tried", "checkpointing")} for t in tries],
+              "held_before": held, "limit": memcap.limit(), "seconds": round(time.monotonic() - started, 3),
               **({"reason": reason} if reason else {}), **({"error": error} if error else {})}
     try:
         files.append_progress({"in_place": record})
     except Exception as exc:  # the report must not take the step down
         print(f"oomladder: in-place record not written: {exc!r}", file=sys.stderr)
     if outcome == "split":
-        print(f"oomladder: out of memory in step {where.step}: recovered in place, the micro-batch of {where.rows} "
-              f"now runs in {after} chunks with their gradients accumulated", file=sys.stderr, flush=True)
+        turned = "gradient checkpointing turned on, " if checkpointed[0] and not had_checkpointing else ""
+        print(f"oomladder: out of memory in step {where.step}: recovered in place, {turned}the micro-batch of "
+              f"{where.rows} now runs in {after} chunk{'s' if after > 1 else ''} with their gradients accumulated",
+              file=sys.stderr, flush=True)
     else:
         print(f"oomladder: out of memory in step {where.step}, not recovered in place: {reason}", file=sys.stderr,
               flush=True)

@@ -75,6 +75,38 @@ def peak() -> tuple[int | None, str | None]:
     return _status_bytes("VmHWM"), "max_rss"
 
 
+def held() -> int | None:
+    """What the workload holds now, in `peak()`'s units: allocated on CUDA, the address space over the baseline
+    under the CPU cap. None where nothing is measured against a limit."""
+    torch = sys.modules.get("torch")
+    try:
+        if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+            return int(torch.cuda.memory_allocated())
+    except Exception:
+        return None
+    if _state.get("mode") == "cpu_address_space":
+        return max(0, vm_size() - int(_state["baseline"]))
+    return None
+
+
+def limit() -> int | None:
+    """What the workload may hold in all, in `held()`'s units: the cap (or, uncapped, what the card offers this
+    process), or the address-space limit over the baseline. None without a limit (the CPU uncapped)."""
+    torch = sys.modules.get("torch")
+    try:
+        if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+            cap = cap_bytes()
+            if cap:
+                return cap
+            free, _total = torch.cuda.mem_get_info()
+            return int(free + torch.cuda.memory_reserved())
+    except Exception:
+        return None
+    if _state.get("mode") == "cpu_address_space":
+        return int(_state["limit"]) - int(_state["baseline"])
+    return None
+
+
 def info() -> dict[str, int | str]:
     return dict(_state)
 

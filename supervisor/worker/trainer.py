@@ -112,7 +112,11 @@ def patch_trainer(module) -> None:
         finally:
             common.phase[0] = previous
         safely(_add_first, self, _progress_callback(module, self))
-        common.observed["model"] = safely(probe.model_report, self.model)
+        report = safely(probe.model_report, self.model)
+        if report is not None:  # whose loss the step runs: TRL's SFT keeps logits-size tensors of its own
+            known = next((c for c in type(self).__mro__ if c.__module__.startswith(("trl.", "transformers."))), type(self))
+            report["trainer"] = f"{known.__module__}.{known.__qualname__}"
+        common.observed["model"] = report
         safely(observe, None, _facts(self))
 
     @functools.wraps(original_train)

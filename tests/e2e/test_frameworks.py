@@ -46,11 +46,14 @@ def test_an_accelerate_loop_recovers_with_every_sample_trained_once(tmp_path, en
     assert processes_of(run_dir) == []
 
 
-@pytest.mark.parametrize("trainer, batch, steps", [("sft", 16, 4), ("dpo", 8, 2)])
-def test_a_trl_lora_run_with_long_samples_finishes_within_two_failed_attempts(tmp_path, env, trainer, batch, steps):
+@pytest.mark.parametrize("trainer, batch, steps, most", [("sft", 16, 4, 1), ("dpo", 8, 2, 2)])
+def test_a_trl_lora_run_with_long_samples_finishes_within_its_failed_attempts(tmp_path, env, trainer, batch, steps,
+                                                                              most):
     """TRL's SFTTrainer (and DPOTrainer, whose pairs double the logits) in fp32, a quarter of the samples 8 times
-    longer: out of memory in step 1. Its bf16 works on the CPU (oomladder sets use_cpu), and its extra
-    logits-sized tensors are learned from the OOMs' own numbers."""
+    longer: out of memory in step 1, met by relaunches alone (the `env` fixture turns in-place recovery off). The
+    estimator counts the logits-sized tensors SFTTrainer's metrics keep, so its step-1 OOM needs one relaunch;
+    DPOTrainer's are learned from the OOMs' own numbers, in at most two. Its bf16 works on the CPU (oomladder sets
+    use_cpu)."""
     run_dir = tmp_path / "run"
     result = oomladder("run", "--memory-cap", "1200MiB", "--run-dir", str(run_dir), "--", sys.executable,
                        str(TRL_SFT), "--model-dir", str(tmp_path / "model"), "--output-dir", str(tmp_path / "out"),
@@ -60,7 +63,7 @@ def test_a_trl_lora_run_with_long_samples_finishes_within_two_failed_attempts(tm
     view = view_of(run_dir)
     assert view.program_plan.precision == "fp32" and view.program_plan.per_device_train_batch_size == batch
     failed = [a for a in view.attempts if a.failure is not None]
-    assert 1 <= len(failed) <= 2 and all(a.failure.is_memory for a in failed)
+    assert 1 <= len(failed) <= most and all(a.failure.is_memory for a in failed)
     assert view.attempts[-1].status == "finished"
     assert f"= effective batch {batch}" in (run_dir / "attempts" / f"{view.attempts[-1].number:03d}" / "stdout.log").read_text()
     assert_each_step_ran_once(tmp_path / "steps", steps)

@@ -74,6 +74,29 @@ def test_a_step_1_oom_in_trl_needs_no_relaunch(tmp_path, in_place_env):
     assert_each_step_ran_once(tmp_path / "steps", 2)
 
 
+def test_where_no_split_fits_checkpointing_is_turned_on_in_place_without_a_relaunch(tmp_path, in_place_env):
+    """A long-sequence fine-tune (8 layers, 1024 tokens, batch 2) whose activations do not fit even a row at a time
+    under the cap, while checkpointed both rows do: the ladder's checkpointing rung, taken in the same process."""
+    run_dir = tmp_path / "run"
+    result = oomladder("run", "--memory-cap", "180MiB", "--run-dir", str(run_dir), "--", sys.executable,
+                       "-m", "oomladder.demo.train_tiny", "--model-dir", str(tmp_path / "model"), "--vocab", "2000",
+                       "--layers", "8", "--long-len", "1024", "--grow-at-step", "1", "--batch-size", "2",
+                       "--max-steps", "3", "--output-dir", str(tmp_path / "out"), "--count-steps",
+                       str(tmp_path / "steps"), cwd=tmp_path, env=in_place_env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert steps_by_process(tmp_path / "steps") == [[1, 2, 3]]  # one process, every step once
+    view = view_of(run_dir)
+    attempt, = view.attempts
+    record, = attempt.in_place
+    assert (record["outcome"], record["step"], record["checkpointing"]) == ("split", 1, True)
+    assert [t["checkpointing"] for t in record["tries"]] == [False, False]  # 2 rows, then 1, without it
+    assert attempt.plan.gradient_checkpointing and attempt.plan.effective_batch == 2
+    # The program's own model ran checkpointed, at its own batch.
+    out = (run_dir / "attempts" / "001" / "stdout.log").read_text()
+    assert "gradient checkpointing on; batch 2 x accumulation 1" in out
+    assert "in place: gradient checkpointing" in (run_dir / "report.md").read_text()
+
+
 def test_a_program_whose_loss_cannot_be_seen_into_is_relaunched_with_the_reason(tmp_path, in_place_env):
     run_dir, view = run(tmp_path, "own-loss", "--memory-cap", "1200MiB", env=in_place_env, program=("--own-loss",))
     assert_each_step_ran_once(tmp_path / "own-loss.steps", 6)
