@@ -11,7 +11,7 @@ import json
 import pytest
 import torch
 
-from oomladder.worker import inplace, trainer_inplace
+from oomladder.worker import chunks, inplace, trainer_inplace
 
 pytest.importorskip("peft")
 
@@ -274,18 +274,18 @@ def test_splits_divide_the_plans_micro_batch():
 
 
 def test_inputs_without_a_common_batch_dimension_are_not_split():
-    rows, why = inplace.batch_rows({"input_ids": torch.zeros(4, 3), "position_ids": torch.zeros(1, 3)})
+    rows, why = chunks.batch_rows({"input_ids": torch.zeros(4, 3), "position_ids": torch.zeros(1, 3)})
     assert rows is None and "position_ids does not share the first dimension (4)" in why
-    assert inplace.batch_rows({"input_ids": torch.zeros(4, 3), "flag": True, "scale": torch.tensor(2.0)}) == (4, None)
-    parts = inplace.chunks({"input_ids": torch.arange(10).view(5, 2), "flag": True}, 5, 2)
+    assert chunks.batch_rows({"input_ids": torch.zeros(4, 3), "flag": True, "scale": torch.tensor(2.0)}) == (4, None)
+    parts = chunks.chunks({"input_ids": torch.arange(10).view(5, 2), "flag": True}, 5, 2)
     assert [p["input_ids"].shape[0] for p in parts] == [3, 2] and all(p["flag"] is True for p in parts)
 
 
 def test_a_chunk_drops_the_padding_none_of_its_rows_uses():
     mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 0, 0]])
     inputs = {"input_ids": torch.arange(16).view(4, 4), "attention_mask": mask, "labels": torch.arange(16).view(4, 4)}
-    first, second = inplace.chunks(inputs, 4, 2)
+    first, second = chunks.chunks(inputs, 4, 2)
     assert first["input_ids"].shape == (2, 4) and second["input_ids"].shape == (2, 2)
     assert second["labels"].tolist() == [[8, 9], [12, 13]] and second["attention_mask"].tolist() == [[1, 0], [1, 1]]
     left = {"input_ids": torch.zeros(2, 3), "attention_mask": torch.tensor([[0, 1, 1], [0, 0, 1]])}
-    assert inplace.trim(left)["input_ids"].shape == (2, 3)  # left padding: nothing at the end to drop
+    assert chunks.trim(left)["input_ids"].shape == (2, 3)  # left padding: nothing at the end to drop

@@ -1,7 +1,7 @@
 """In-place recovery: an out-of-memory error in a training step met inside the running process, by
-running the same micro-batch again in 2 (then 4, ...) chunks with their gradients accumulated, instead
-of a relaunch (a new process, imports, the model loaded again, a resume: seconds on a CPU, minutes on a
-GPU).
+running the same micro-batch again in 2 (then 4, ...) chunks with their gradients accumulated and, where a
+row per chunk still runs out, with gradient checkpointing turned on, instead of a relaunch (a new process,
+imports, the model loaded again, a resume: seconds on a CPU, minutes on a GPU).
 
 What makes it safe, and when it steps aside (the supervisor's relaunch stays the safety net):
 
@@ -15,10 +15,14 @@ What makes it safe, and when it steps aside (the supervisor's relaunch stays the
   micro-batch draws.
 - A split divides the plan's micro-batch evenly, so the plan it equals (micro-batch divided,
   accumulation multiplied) exists, and a later relaunch starts from it.
-- Any error in a retry, or an OOM with chunks of one row, ends in-place recovery for the step: the
-  step's first OOM is raised as it was, and the supervisor relaunches. Never silent: a record says why.
+- Checkpointing recomputes the same activations: the gradients do not change. It is the ladder's own rung
+  (the supervisor says whether the run's ladder has it), and the run goes on with it.
+- Any error in a retry, or an OOM with chunks of one row (checkpointed, where it could be), ends in-place
+  recovery for the step: the step's first OOM is raised as it was, and the supervisor relaunches. Never
+  silent: a record says why, with each OOM's numbers for the estimator.
 
-The framework's side (what a step is, how its inputs split, how its loss scales) is the adapter's:
+The framework's side (what a step is, how its inputs split, how its loss scales, how its model turns
+checkpointing on) is the adapter's:
 `recover` takes the step as a function of the number of chunks. Records go to the supervisor through
 the progress file (files.py) as `{"in_place": {...}}` lines, journaled as `in_place` records.
 """
@@ -30,7 +34,7 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -202,12 +206,6 @@ def next_split(factor: int, batch: int | None, rows: int | None) -> int | None:
     return next((n for n in range(factor + 1, whole + 1) if whole % n == 0), None)
 
 
-def seq_len(inputs: Any) -> int | None:
-    """The sequence length of a step's inputs (input_ids' second dimension), or None."""
-    ids = inputs.get("input_ids") if isinstance(inputs, Mapping) else None
-    return int(ids.shape[1]) if getattr(ids, "dim", lambda: 0)() >= 2 else None
-
-
 def _try(exc: BaseException, pieces: int, rows: int | None) -> dict[str, Any]:
     """One OOM of the step: the rows of the chunk that ran out, what was held when it did and what it tried to
     allocate, and whether checkpointing was on. Taken before the frames are dropped, while what the chunk held is
@@ -221,60 +219,6 @@ def _try(exc: BaseException, pieces: int, rows: int | None) -> dict[str, Any]:
 def _pieces(factor: int, rows: int | None) -> int:
     """The chunks a micro-batch of `rows` runs in under a split of `factor` (a short last batch: fewer)."""
     return max(1, min(factor, rows or 1))
-
-
-def chunks(inputs: Mapping[str, Any], rows: int, parts: int) -> list[dict[str, Any]]:
-    """`inputs` in `parts` chunks of consecutive rows along dim 0 of each tensor that has the batch's rows;
-    other values (flags, scalars) go to every chunk as they are. Each chunk drops the padding columns at its
-    end that none of its own rows use (`trim`)."""
-    import torch
-    bounds = [len(r) for r in torch.arange(rows).tensor_split(parts)]
-    out, start = [], 0
-    for size in bounds:
-        piece = {}
-        for key, value in inputs.items():
-            if torch.is_tensor(value) and value.dim() >= 1 and value.shape[0] == rows:
-                piece[key] = value[start:start + size]
-            else:
-                piece[key] = value
-        out.append(trim(piece))
-        start += size
-    return out
-
-
-def trim(piece: dict[str, Any]) -> dict[str, Any]:
-    """The chunk without the trailing columns its attention mask leaves out in every row: a batch padded to its
-    longest row pads a chunk of short rows as far. Those positions are masked and labelled -100, so the loss
-    and the gradients are the same (the padding comes last; a left-padded chunk has none to drop), and a chunk
-    costs what a micro-batch of its rows would."""
-    mask = piece.get("attention_mask")
-    if mask is None or getattr(mask, "dim", lambda: 0)() != 2 or mask.shape[1] == 0:
-        return piece
-    width = mask.shape[1]
-    used = mask.ne(0).any(dim=0).nonzero()
-    keep = int(used[-1]) + 1 if used.numel() else width
-    if keep == width:
-        return piece
-    import torch
-    return {key: value[:, :keep] if torch.is_tensor(value) and value.dim() >= 2 and value.shape[1] == width else value
-            for key, value in piece.items()}
-
-
-def batch_rows(inputs: Any) -> tuple[int | None, str | None]:
-    """The rows of a step's inputs, or None with why no batch dimension can be found."""
-    import torch
-    if not isinstance(inputs, Mapping):
-        return None, f"the step's inputs are a {type(inputs).__name__}, not a mapping of tensors"
-    tensors = {k: v for k, v in inputs.items() if torch.is_tensor(v) and v.dim() >= 1}
-    if not tensors:
-        return None, "no batch dimension found: the step's inputs hold no tensor"
-    first = inputs.get("input_ids")
-    rows = int(first.shape[0]) if torch.is_tensor(first) and first.dim() >= 1 else int(next(iter(tensors.values())).shape[0])
-    other = sorted(k for k, v in tensors.items() if int(v.shape[0]) != rows)
-    if other:
-        return None, (f"no batch dimension found: {', '.join(other)} do{'es' if len(other) == 1 else ''} not share "
-                      f"the first dimension ({rows}) of the other inputs")
-    return rows, None
 
 
 def _free(exc: BaseException) -> None:

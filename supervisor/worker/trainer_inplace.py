@@ -10,7 +10,8 @@ the unsplit one's:
   chunk's loss is weighted by its share of the labelled tokens (of the rows, without labels).
 
 The effective batch, the data order and the learning-rate schedule are the Trainer's and do not change:
-the outer loop still sees one micro-step with its one loss.
+the outer loop still sees one micro-step with its one loss. Gradient checkpointing, at a row per chunk, is
+turned on in the model as the Trainer does it at its start, and in its arguments.
 
 It steps aside (the supervisor relaunches, and the journal says why) for several processes (a split on one
 rank would add collectives the others never join), DeepSpeed, and a `compute_loss` of the program's own,
@@ -23,7 +24,7 @@ import contextlib
 import os
 from typing import Any
 
-from oomladder.worker import inplace
+from oomladder.worker import chunks, inplace
 from oomladder.worker.common import is_memory_failure, safely
 
 
@@ -43,8 +44,8 @@ def training_step(trainer, original, model, inputs, args: tuple, kwargs: dict) -
 
 def _step_of(trainer, inputs) -> inplace.Step:
     targs = trainer.args
-    rows, no_rows = inplace.batch_rows(inputs)
-    return inplace.Step(step=trainer.state.global_step + 1, rows=rows, seq=inplace.seq_len(inputs),
+    rows, no_rows = chunks.batch_rows(inputs)
+    return inplace.Step(step=trainer.state.global_step + 1, rows=rows, seq=chunks.seq_len(inputs),
                         batch=targs.per_device_train_batch_size, accumulation=targs.gradient_accumulation_steps,
                         refuse=_refuse(trainer) or no_rows, checkpoint=_checkpointing(trainer))
 
@@ -108,7 +109,7 @@ def _scaled_by_items(trainer, num_items: Any) -> bool:
 
 
 def _split(trainer, original, model, inputs, rows: int, pieces: int, num_items: Any, args: tuple, kwargs: dict):
-    parts = inplace.chunks(inputs, rows, pieces)
+    parts = chunks.chunks(inputs, rows, pieces)
     weights = [1.0] * len(parts) if _scaled_by_items(trainer, num_items) else weights_of(trainer, parts, rows)
     total = None
     for part, weight in zip(parts, weights):
