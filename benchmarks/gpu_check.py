@@ -17,7 +17,10 @@ On a GPU it
    finish on a load-phase rung (int8);
 6. measures what the rungs that act on other terms than activations save: Liger's fused linear
    cross-entropy (where liger-kernel is installed), activation offloading, and 8-bit AdamW on a full
-   fine-tune, each against the same plan without it (`--only rungs` runs this part alone).
+   fine-tune, each against the same plan without it (`--only rungs` runs this part alone);
+7. in-place recovery on CUDA: section 2's run (in place, the default) against the same run with
+   `--no-in-place` and a direct run of the plan it reached, under the same cap without oomladder
+   (`--only in_place` runs sections 2 and 7 alone).
 Everything printed also goes to DIR/gpu_check.txt, with the run's report and journal beside it.
 The dry run does steps 1-2 on the meta device and checks that each scenario's command is well formed.
 """
@@ -32,6 +35,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -69,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=None, help="where the output, report and journal go (default: a temp dir)")
     parser.add_argument("--dry-run", action="store_true", help="only what runs without a GPU")
-    parser.add_argument("--only", choices=("rungs",), help="rungs: only the measurements of section 6")
+    parser.add_argument("--only", choices=("rungs", "in_place"),
+                        help="rungs: only the measurements of section 6; in_place: sections 2 and 7")
     args = parser.parse_args(argv)
     console = Console(width=160, record=True)
     out = Path(args.out or tempfile.mkdtemp(prefix="oomladder-gpu-check-"))
@@ -109,6 +114,10 @@ def _check(console: Console, work: Path, out: Path, dry_run: bool, only: str | N
                 coerce_field(*setting.split("=", 1))  # what --set will accept
         assert {base for base, _, _ in RUNG_SCENARIOS} <= {s.name for s in CUDA_SCENARIOS}
         assert LOAD_TINY.is_file()
+        from oomladder.plan import Plan
+        options = direct_options(Plan(per_device_train_batch_size=8, gradient_accumulation_steps=2, precision="bf16",
+                                      gradient_checkpointing=True))  # section 7's direct run: train_tiny takes them
+        assert all(f'"{o}"' in TRAIN.read_text() for o in options if o.startswith("--")), options
         console.print(f"dry run: model config, plan and {len(scenarios)} scenarios are well formed")
         return 0
     if only == "rungs":
@@ -118,13 +127,12 @@ def _check(console: Console, work: Path, out: Path, dry_run: bool, only: str | N
 
     console.rule(f"2. the ladder on real CUDA OOMs: oomladder run --memory-cap {CARD}")
     run_dir = work / "ladder"
-    t0 = time.time()
-    result = subprocess.run([py, "-m", "oomladder", "run", "--memory-cap", CARD, "--run-dir", str(run_dir), "--",
-                             py, str(TRAIN), "--model-dir", str(model_dir), "--output-dir", str(work / "ladder-out"),
-                             *LADDER_RUN], capture_output=True, text=True, check=False,
-                            env={**os.environ, "COLUMNS": "160"})
+    seconds, result = _ladder_run(py, model_dir, work, run_dir)
     console.print(result.stdout[-6000:], markup=False, highlight=False)
-    console.print(f"exit status {result.returncode} after {time.time() - t0:.0f} s", markup=False)
+    console.print(f"exit status {result.returncode} after {seconds:.0f} s", markup=False)
+    if only == "in_place":
+        _in_place(console, py, model_dir, work, seconds, run_dir)
+        return 0 if result.returncode == 0 else 1
     report = subprocess.run([py, "-m", "oomladder", "report", str(run_dir), "--format", "md"],
                             capture_output=True, text=True, check=False)
     console.print(report.stdout + report.stderr, markup=False, highlight=False)
@@ -155,8 +163,58 @@ def _check(console: Console, work: Path, out: Path, dry_run: bool, only: str | N
         console.print(f"largest error: {worst:.0%} (target 15 %)")
     loaded = _load_case(console, py, model_dir, work, out)
     _rungs(console, work, {name: measured for _, name, _, measured, _ in rows})
+    _in_place(console, py, model_dir, work, seconds, run_dir)
     console.print(f"gpu check done in {time.time() - started:.0f} s")
     return 0 if result.returncode == 0 and loaded == 0 else 1
+
+
+def _ladder_run(py: str, model_dir: Path, work: Path, run_dir: Path, *extra: str) -> tuple[float, Any]:
+    t0 = time.time()
+    result = subprocess.run([py, "-m", "oomladder", "run", "--memory-cap", CARD, "--run-dir", str(run_dir), *extra,
+                             "--", py, str(TRAIN), "--model-dir", str(model_dir), "--output-dir",
+                             str(run_dir.with_name(run_dir.name + "-out")), *LADDER_RUN],
+                            capture_output=True, text=True, check=False, env={**os.environ, "COLUMNS": "160"})
+    return time.time() - t0, result
+
+
+def direct_options(plan: Any) -> list[str]:
+    """train_tiny's options for a direct run of the plan an oomladder run reached (its batch, accumulation, bf16
+    and checkpointing; a quantization it cannot take is said in the table)."""
+    return (["--batch-size", str(plan.per_device_train_batch_size), "--grad-accum", str(plan.gradient_accumulation_steps)]
+            + (["--bf16"] if plan.precision == "bf16" else [])
+            + (["--gradient-checkpointing"] if plan.gradient_checkpointing else []))
+
+
+def _in_place(console: Console, py: str, model_dir: Path, work: Path, in_place_seconds: float, run_dir: Path) -> None:
+    """Section 7: section 2's run (in-place recovery on, the default) against the same run relaunched
+    (--no-in-place) and a direct run, under the same cap without oomladder, of the plan section 2 reached."""
+    from rich.table import Table
+    console.rule("7. in-place recovery on CUDA: against the relaunch and a direct run of the plan it reached")
+    ways = [("oomladder, in place (section 2)", in_place_seconds, run_dir)]
+    relaunch = work / "relaunch"
+    ways.append(("oomladder, relaunch (--no-in-place)", _ladder_run(py, model_dir, work, relaunch, "--no-in-place")[0],
+                 relaunch))
+    plan = fold(read_journal(run_dir / "journal.jsonl")).final_plan
+    t0 = time.time()
+    direct = subprocess.run([py, "-m", "benchmarks.capped", CARD, str(TRAIN), "--model-dir", str(model_dir),
+                             "--output-dir", str(work / "direct-out"), *LADDER_RUN, *direct_options(plan)],
+                            capture_output=True, text=True, check=False)
+    base = time.time() - t0
+    out = Table(title=f"the spike of section 2 on CUDA ({CARD} cap), three ways", title_justify="left")
+    for column in ("way", "wall time", "vs direct", "failed attempts", "process starts", "note"):
+        out.add_column(column)
+    for name, seconds, folder in ways:
+        view = fold(read_journal(folder / "journal.jsonl"))
+        note = "; ".join(f"step {r['step']}: {r['outcome']} {r['split']}" + (" + checkpointing" if r.get("checkpointing")
+                                                                               else "")
+                         for a in view.attempts for r in a.in_place) or " → ".join(a.rung or "start" for a in view.attempts)
+        out.add_row(name, f"{seconds:.0f} s", f"{seconds / base:.2f}x",
+                    str(sum(1 for a in view.attempts if a.failure is not None)), str(len(view.attempts)), note)
+    out.add_row("direct, the plan section 2 reached" + (f" (without its {plan.quantization})" if plan.quantization
+                                                        not in (None, "none") else ""),
+                f"{base:.0f} s", "1.00x", "0" if direct.returncode == 0 else f"exit {direct.returncode}", "1",
+                " ".join(direct_options(plan)))
+    console.print(out)
 
 
 def _load_case(console: Console, py: str, model_dir: Path, work: Path, out: Path) -> int:

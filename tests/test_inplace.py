@@ -151,14 +151,20 @@ def test_the_run_goes_on_split_and_splits_further_when_it_must(tmp_path, attempt
         ("split", 1, 2), ("split", 2, 4)]
 
 
-def test_chunks_of_one_row_that_still_fail_fall_back_to_a_relaunch_with_the_reason(tmp_path, attempt_dir, monkeypatch):
-    monkeypatch.setenv("OOMLADDER_IN_PLACE_CHECKPOINTING", "0")  # as when the ladder has no checkpointing rung
+def always_out_of_memory(tmp_path):
+    """A step of 4 rows that runs out of memory however it is split: the OOM goes on to the supervisor."""
     trainer = build(tmp_path, batch=4)
     inputs = batch(4, seed=1)
     failing = TooManyRows(trainer, limit=0)
     with pytest.raises(RuntimeError, match="DefaultCPUAllocator"):
         run_step(trainer, inputs, items(trainer, inputs))
     failing.remove()
+    return trainer, inputs, failing
+
+
+def test_chunks_of_one_row_that_still_fail_fall_back_to_a_relaunch_with_the_reason(tmp_path, attempt_dir, monkeypatch):
+    monkeypatch.setenv("OOMLADDER_IN_PLACE_CHECKPOINTING", "0")  # as when the ladder has no checkpointing rung
+    trainer, inputs, failing = always_out_of_memory(tmp_path)
     assert failing.fired == 3 and inplace.split == [1]  # 1, 2 and 4 chunks tried; the run's split is unchanged
     record, = records(attempt_dir)
     assert record["outcome"] == "floor" and record["ooms"] == 3 and "already split as far as it goes" in record["reason"]
@@ -203,12 +209,7 @@ def test_at_a_row_per_chunk_checkpointing_is_turned_on_in_place_and_the_split_se
 
 
 def test_checkpointing_that_is_not_enough_falls_back_to_a_relaunch(tmp_path, attempt_dir):
-    trainer = build(tmp_path, batch=4)
-    inputs = batch(4, seed=1)
-    failing = TooManyRows(trainer, limit=0)
-    with pytest.raises(RuntimeError, match="DefaultCPUAllocator"):
-        run_step(trainer, inputs, items(trainer, inputs))
-    failing.remove()
+    trainer, _, failing = always_out_of_memory(tmp_path)
     assert failing.fired == 6  # 1, 2 and 4 chunks, then again with checkpointing on
     record, = records(attempt_dir)
     assert record["outcome"] == "floor" and record["reason"].endswith("with gradient checkpointing on")
