@@ -19,10 +19,8 @@ the micro-batches already trained on. The training DataLoader is the first one p
 from __future__ import annotations
 
 import functools
-import gc
 import signal
 import sys
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -233,18 +231,10 @@ def _save_after_failure(exc: BaseException) -> None:
     """From the excepthook: the last finished step, after an out-of-memory error outside the optimizer step."""
     if _run["accelerator"] is None or not common.is_memory_failure(exc):
         return
-    if _run["step"] == 0:
-        print("oomladder: no emergency checkpoint: the OOM struck in the first step: there is nothing to keep",
-              file=sys.stderr, flush=True)
+    if (why := emergency.nothing_to_keep(_run["step"], _run["in_step"])) is not None:
+        emergency.skip(why)
         return
-    if _run["in_step"]:
-        print("oomladder: no emergency checkpoint: the OOM struck inside the optimizer step: the weights may be "
-              "half-updated", file=sys.stderr, flush=True)
-        return
-    traceback.clear_frames(exc.__traceback__)  # the failed step's activations live in its frames
-    for model in _run["accelerator"]._models:
-        model.zero_grad(set_to_none=True)
-    gc.collect()
+    emergency.free_failed_step(exc, *_run["accelerator"]._models)
     _save("oom")
 
 
@@ -257,7 +247,7 @@ def _save(why: str) -> None:
         partial = emergency.begin(_run["step"], sum(emergency.state_bytes(m, o) for m, o in
                                                     zip(accelerator._models, accelerator._optimizers or [None])))
     except emergency.NoRoom as exc:
-        print(f"oomladder: no emergency checkpoint: {exc}", file=sys.stderr, flush=True)
+        emergency.skip(str(exc))
         return
     automatic = accelerator.project_configuration.automatic_checkpoint_naming
     accelerator.project_configuration.automatic_checkpoint_naming = False  # never the program's own folder

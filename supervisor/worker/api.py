@@ -20,11 +20,9 @@ Run without oomladder, `plan` returns what it was given and `session` saves noth
 from __future__ import annotations
 
 import functools
-import gc
 import os
 import signal
 import sys
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,17 +135,10 @@ class Session:
     def _after_failure(self, exc: BaseException) -> None:
         if not common.is_memory_failure(exc):
             return
-        why = ("the OOM struck in the first step: there is nothing to keep" if self.step == 0 else
-               "the OOM struck inside the optimizer step: the weights may be half-updated"
-               if self.in_optimizer_step else None)
-        if why:
-            print(f"oomladder: no emergency checkpoint: {why}", file=sys.stderr, flush=True)
+        if (why := emergency.nothing_to_keep(self.step, self.in_optimizer_step)) is not None:
+            emergency.skip(why)
             return
-        traceback.clear_frames(exc.__traceback__)  # the failed step's activations live in its frames
-        for obj in self.state.values():
-            if hasattr(obj, "zero_grad"):
-                obj.zero_grad(set_to_none=True)
-        gc.collect()
+        emergency.free_failed_step(exc, *self.state.values())
         self._save("oom")
 
     def _save(self, why: str) -> None:
@@ -157,7 +148,7 @@ class Session:
         try:
             partial = emergency.begin(self.step, sum(_tensor_bytes(obj.state_dict()) for obj in self.state.values()))
         except emergency.NoRoom as exc:
-            print(f"oomladder: no emergency checkpoint: {exc}", file=sys.stderr, flush=True)
+            emergency.skip(str(exc))
             return
         torch.save({**{name: obj.state_dict() for name, obj in self.state.items()},
                     "__rng__": emergency.rng_snapshot()}, partial / "state.pt")

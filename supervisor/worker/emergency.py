@@ -52,29 +52,52 @@ def optimizer_step(inside: bool) -> None:
     _in_optimizer_step[0] = inside
 
 
+def nothing_to_keep(steps_done: int, in_optimizer_step: bool) -> str | None:
+    """Why an OOM leaves no emergency checkpoint, in every adapter, or None: before the first step ended nothing
+    is finished, and inside the optimizer step the weights may be half-updated."""
+    if steps_done == 0:
+        return "the OOM struck in the first step: there is nothing to keep"
+    if in_optimizer_step:
+        return "the OOM struck inside the optimizer step: the weights may be half-updated"
+    return None
+
+
+def no_step_ended() -> str:
+    """Why there is nothing to save when no step ended in this process."""
+    if resume_point():
+        return "no step ended since the checkpoint this attempt resumed from, which stays the latest"
+    return "no step has ended in this process"
+
+
+def free_failed_step(exc: BaseException, *owners: Any) -> None:
+    """Drop what a failed step held: its activations live in the frames of the exception's traceback, its
+    gradients in the owners' (models', optimizers') `.grad`, and on CUDA the allocator keeps the freed blocks."""
+    traceback.clear_frames(exc.__traceback__)
+    for owner in owners:
+        if hasattr(owner, "zero_grad"):
+            owner.zero_grad(set_to_none=True)
+    gc.collect()
+    torch = sys.modules.get("torch")
+    try:
+        if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.empty_cache()
+    except Exception:
+        pass
+
+
 def save_after_oom(trainer, exc: BaseException) -> str | None:
     """The checkpoint of the last completed step, or None with the reason on stderr: after an OOM in
     this process, or in a peer whose death broke the collective this one waited in."""
-    import torch
-    if trainer.state.global_step == 0:
-        return _skip("the OOM struck in the first step: there is nothing to keep")
-    if _in_optimizer_step[0]:
-        return _skip("the OOM struck inside the optimizer step: the weights may be half-updated")
+    if (why := nothing_to_keep(trainer.state.global_step, _in_optimizer_step[0])) is not None:
+        return skip(why)
     if not _rng:
-        if resume_point():
-            return _skip("no step ended since the checkpoint this attempt resumed from, which stays the latest")
-        return _skip("no step has ended in this process")
-    # Free what the failed step held before writing: its activations live in the traceback's frames.
-    traceback.clear_frames(exc.__traceback__)
-    for model in {id(m): m for m in (trainer.model, getattr(trainer, "model_wrapped", None)) if m is not None}.values():
-        model.zero_grad(set_to_none=True)
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+        return skip(no_step_ended())
+    free_failed_step(exc, *{id(m): m for m in (trainer.model, getattr(trainer, "model_wrapped", None))
+                            if m is not None}.values())
     try:
         return save(trainer)
     except NoRoom as exc:
-        return _skip(str(exc))
+        return skip(str(exc))
 
 
 def save(trainer) -> str | None:
@@ -211,7 +234,8 @@ def prepare_resume(path: str, trainer) -> str:
     return str(target)
 
 
-def _skip(reason: str) -> None:
+def skip(reason: str) -> None:
+    """No emergency checkpoint, and why, on stderr (the attempt's log)."""
     print(f"oomladder: no emergency checkpoint: {reason}", flush=True, file=sys.stderr)
     return None
 

@@ -29,16 +29,14 @@ the progress file (files.py) as `{"in_place": {...}}` lines, journaled as `in_pl
 
 from __future__ import annotations
 
-import gc
 import os
 import sys
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from oomladder.worker import files, memcap
+from oomladder.worker import emergency, files, memcap
 
 T = TypeVar("T")
 
@@ -151,7 +149,7 @@ def recover(run: Callable[[int], T], params: list[Any], where: Step,
         first = exc
     tries = [_try(first, factor, where.rows)]
     while True:
-        _free(first)
+        emergency.free_failed_step(first)
         refused = where.refuse or guard.why_not
         if guard is not None:
             guard.restore()
@@ -178,11 +176,11 @@ def recover(run: Callable[[int], T], params: list[Any], where: Step,
         except Exception as exc:  # noqa: BLE001
             if is_memory(exc):
                 tries.append(_try(exc, nxt, where.rows))
-                _free(exc)
+                emergency.free_failed_step(exc)
                 factor = nxt
                 continue
             error = f"{type(exc).__name__}: {str(exc)[:500]}"
-            _free(exc)
+            emergency.free_failed_step(exc)
             tell("failed", nxt, error=error,
                  reason=f"the step split in {nxt} chunks failed ({error}); the supervisor relaunches instead")
             guard.restore()
@@ -219,18 +217,6 @@ def _try(exc: BaseException, pieces: int, rows: int | None) -> dict[str, Any]:
 def _pieces(factor: int, rows: int | None) -> int:
     """The chunks a micro-batch of `rows` runs in under a split of `factor` (a short last batch: fewer)."""
     return max(1, min(factor, rows or 1))
-
-
-def _free(exc: BaseException) -> None:
-    """Drop what the failed try held: its activations live in the frames of the exception's traceback."""
-    traceback.clear_frames(exc.__traceback__)
-    gc.collect()
-    try:
-        import torch
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            torch.cuda.empty_cache()
-    except Exception:
-        pass
 
 
 def _tell(where: Step, outcome: str, before: int, after: int, tries: list[dict[str, Any]], started: float,

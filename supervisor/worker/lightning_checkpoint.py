@@ -8,10 +8,6 @@ callback (`lightning_callback.py`) puts into the checkpoint the loops it kept at
 
 from __future__ import annotations
 
-import gc
-import sys
-import traceback
-
 from oomladder.worker import emergency
 
 CHECKPOINT_FILE = "lightning.ckpt"  # what `trainer.save_checkpoint` writes into an emergency checkpoint's folder
@@ -21,21 +17,11 @@ _WHOLE_ON_EACH_RANK = ("SingleDeviceStrategy", "DDPStrategy")
 
 def save_after_oom(trainer, ours, exc: BaseException) -> str | None:
     """The checkpoint of the last completed optimizer step, or None with the reason on stderr."""
-    import torch
-    if trainer.global_step == 0:
-        return _skip("the OOM struck in the first step: there is nothing to keep")
-    if ours.in_optimizer_step:
-        return _skip("the OOM struck inside the optimizer step: the weights may be half-updated")
+    if (why := emergency.nothing_to_keep(trainer.global_step, ours.in_optimizer_step)) is not None:
+        return emergency.skip(why)
     if ours.snapshot is None or ours.snapshot["step"] != trainer.global_step:
-        if emergency.resume_point():
-            return _skip("no step ended since the checkpoint this attempt resumed from, which stays the latest")
-        return _skip("no step has ended in this process")
-    # Free what the failed step held before writing: its activations live in the traceback's frames.
-    traceback.clear_frames(exc.__traceback__)
-    trainer.lightning_module.zero_grad(set_to_none=True)
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+        return emergency.skip(emergency.no_step_ended())
+    emergency.free_failed_step(exc, trainer.lightning_module)
     return save(trainer, ours)
 
 
@@ -49,7 +35,8 @@ def save(trainer, ours) -> str | None:
         return None
     distributed = trainer.world_size > 1
     if distributed and type(trainer.strategy).__name__ not in _WHOLE_ON_EACH_RANK:
-        return _skip(f"{type(trainer.strategy).__name__} spreads the state over the ranks, and a peer may be dead")
+        return emergency.skip(f"{type(trainer.strategy).__name__} spreads the state over the ranks, and a peer may be "
+                              f"dead")
     step = ours.snapshot["step"]
     partial = emergency.begin(step)
     ours.saving = ours.snapshot
@@ -62,7 +49,3 @@ def save(trainer, ours) -> str | None:
     finally:
         ours.saving = None
     return emergency.commit(partial, step, ours.max_steps, "lightning", checkpoint=CHECKPOINT_FILE)
-
-
-def _skip(reason: str) -> None:
-    print(f"oomladder: no emergency checkpoint: {reason}", flush=True, file=sys.stderr)
