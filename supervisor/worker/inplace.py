@@ -231,7 +231,7 @@ def _tell(where: Step, outcome: str, before: int, after: int, tries: list[dict[s
               "checkpointing_before": had_checkpointing, "checkpointing": checkpointed[0],
               "oom": {"exc_type": first["exc_type"], "message": first["message"], "peak": peak, "peak_measure": measure},
               "tries": [{k: t[k] for k in ("rows", "held", "tried", "checkpointing")} for t in tries],
-              "held_before": held, "limit": memcap.limit(), "seconds": round(time.monotonic() - started, 3),
+              "held_before": held, "seconds": round(time.monotonic() - started, 3),
               **({"reason": reason} if reason else {}), **({"error": error} if error else {})}
     try:
         files.append_progress({"in_place": record})

@@ -89,24 +89,6 @@ def held() -> int | None:
     return None
 
 
-def limit() -> int | None:
-    """What the workload may hold in all, in `held()`'s units: the cap (or, uncapped, what the card offers this
-    process), or the address-space limit over the baseline. None without a limit (the CPU uncapped)."""
-    torch = sys.modules.get("torch")
-    try:
-        if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
-            cap = cap_bytes()
-            if cap:
-                return cap
-            free, _total = torch.cuda.mem_get_info()
-            return int(free + torch.cuda.memory_reserved())
-    except Exception:
-        return None
-    if _state.get("mode") == "cpu_address_space":
-        return int(_state["limit"]) - int(_state["baseline"])
-    return None
-
-
 def info() -> dict[str, int | str]:
     return dict(_state)
 

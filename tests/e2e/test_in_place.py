@@ -90,6 +90,9 @@ def test_where_no_split_fits_checkpointing_is_turned_on_in_place_without_a_relau
     record, = attempt.in_place
     assert (record["outcome"], record["step"], record["checkpointing"]) == ("split", 1, True)
     assert [t["checkpointing"] for t in record["tries"]] == [False, False]  # 2 rows, then 1, without it
+    # Each OOM's own numbers, the estimator's lower bounds: what was held when it struck, what it tried.
+    assert [t["rows"] for t in record["tries"]] == [2, 1] and all(t["held"] > 0 and t["tried"] > 0
+                                                                  for t in record["tries"])
     assert attempt.plan.gradient_checkpointing and attempt.plan.effective_batch == 2
     # The program's own model ran checkpointed, at its own batch.
     out = (run_dir / "attempts" / "001" / "stdout.log").read_text()
