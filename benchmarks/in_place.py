@@ -1,5 +1,5 @@
 """In-place recovery against the relaunch, each against a direct run of the plan that fits, in one invocation:
-`python -m benchmarks.in_place` (about 15 minutes on 2 cores), or as part of `python -m benchmarks.run`.
+`python -m benchmarks.in_place` (about 3 minutes on 2 quiet cores), or as part of `python -m benchmarks.run`.
 
 1. The spike: a Trainer + LoRA fine-tune at batch 16 whose sequences grow 4x (64 to 256 tokens) at step 2, under
    a 1200MiB cap.
