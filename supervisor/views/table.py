@@ -53,7 +53,7 @@ def in_place_rows(attempt: AttemptView) -> list[dict[str, Any]]:
         recovered = r.get("outcome") == "split"
         if recovered:
             status = "OOM in step {}{}: recovered in place, no relaunch".format(r.get("step"), total)
-            turned = bool(r.get("checkpointing")) and not r.get("checkpointing_before")
+            turned = turned_on_checkpointing(r)
             changes = describe_changes(attempt.in_place_plan(before, bool(r.get("checkpointing_before"))),
                                        attempt.in_place_plan(split, bool(r.get("checkpointing"))), "\n")
             rung = "in place: " + " + ".join(([f"split {split}"] if split != before or not turned else [])
@@ -62,17 +62,22 @@ def in_place_rows(attempt: AttemptView) -> list[dict[str, Any]]:
             status = "OOM in step {}{}: relaunched: {}".format(r.get("step"), total, r.get("reason") or r.get("outcome"))
             changes, rung = "-", f"in place: {'failed' if r.get('outcome') == 'failed' else 'not possible'}"
         rows.append({"step": r.get("step"), "outcome": r.get("outcome"), "rung": rung, "changes": changes,
+                     "checkpointing": recovered and turned_on_checkpointing(r),
                      "status_text": status, "split": split, "rows": r.get("rows"), "ooms": r.get("ooms"),
                      "reason": r.get("reason"), "error": r.get("error"), "numbers": r.get("numbers") or {},
                      "peak": (r.get("oom") or {}).get("peak"), "seconds": r.get("seconds")})
     return rows
 
 
+def turned_on_checkpointing(record: dict[str, Any]) -> bool:
+    """The in-place recovery of `record` turned gradient checkpointing on (an earlier one may already have)."""
+    return bool(record.get("checkpointing")) and not record.get("checkpointing_before")
+
+
 def in_place_change(record: dict[str, Any]) -> str:
     """What an in-place recovery changed, for the live line: `its micro-batch runs in 2 chunks`."""
     split = int(record.get("split") or 1)
-    turned = record.get("checkpointing") and not record.get("checkpointing_before")
-    return (("gradient checkpointing turned on, " if turned else "") + "its micro-batch runs "
+    return (("gradient checkpointing turned on, " if turned_on_checkpointing(record) else "") + "its micro-batch runs "
             + (f"in {split} chunks" if split > 1 else "whole"))
 
 
@@ -82,8 +87,8 @@ def in_place_line(row: dict[str, Any]) -> str:
     oom = f"out of memory in step {row['step']}" + (f" ({numbers})" if numbers else "")
     tries = f" after {row['ooms']} OOMs" if (row.get("ooms") or 1) > 1 else ""
     if row["outcome"] == "split":
-        turned = "gradient checkpointing" in row["rung"]
-        return (f"in place: {oom}; {'gradient checkpointing turned on, ' if turned else ''}the micro-batch of "
+        turned = "gradient checkpointing turned on, " if row.get("checkpointing") else ""
+        return (f"in place: {oom}; {turned}the micro-batch of "
                 f"{row['rows']} runs in {row['split']} chunk{'s' if row['split'] > 1 else ''}{tries}"
                 f"{', its gradients accumulated' if row['split'] > 1 else ''}: the same step, without a new process")
     return f"in place: {oom}; relaunched instead: {row.get('reason') or row['outcome']}"

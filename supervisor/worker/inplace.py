@@ -64,7 +64,7 @@ class Step:
     batch: int | None = None       # the plan's micro-batch (what a split must divide)
     accumulation: int | None = None
     refuse: str | None = None      # why this program's step cannot be split, if it cannot
-    checkpoint: Callable[[], None] | None = None  # turns gradient checkpointing on; None: it is on, or cannot be
+    checkpoint: Callable[[], bool] | None = None  # turns gradient checkpointing on, if it can (asked at a floor)
 
 
 class Guard:
@@ -136,10 +136,10 @@ def recover(run: Callable[[int], T], params: list[Any], where: Step,
         return run(1)
     guard = Guard(params) if where.refuse is None else None  # nothing to put back in a step never retried
     factor, had_checkpointing = split[0], checkpointed[0]
-    started, held = time.monotonic(), memcap.held()
+    started = time.monotonic()
 
     def tell(outcome: str, after: int, **why: str) -> None:
-        _tell(where, outcome, split[0], after, tries, started, held, had_checkpointing, **why)
+        _tell(where, outcome, split[0], after, tries, started, had_checkpointing, **why)
 
     try:
         return run(_pieces(factor, where.rows))
@@ -156,19 +156,19 @@ def recover(run: Callable[[int], T], params: list[Any], where: Step,
         nxt = None if refused else next_split(factor, where.batch, where.rows)
         if nxt is None and not refused and where.checkpoint is not None and not checkpointed[0]:
             try:
-                where.checkpoint()
+                checkpointed[0] = where.checkpoint()
             except Exception as exc:  # noqa: BLE001 - a model that refuses it: the relaunch, with the reason
                 error = f"{type(exc).__name__}: {str(exc)[:500]}"
                 tell("failed", factor, error=error, reason=f"turning gradient checkpointing on failed ({error}); the "
                      f"supervisor relaunches instead")
                 raise first from None
-            checkpointed[0] = True
-            nxt = split[0]  # the activations are now recomputed: the run's own split may fit again
+            if checkpointed[0]:
+                nxt = split[0]  # the activations are now recomputed: the run's own split may fit again
         if nxt is None:
             pieces = _pieces(factor, where.rows)
+            turned = ", with gradient checkpointing on" if checkpointed[0] and not had_checkpointing else ""
             why = refused or (f"the micro-batch of {where.rows} row{'s' if where.rows != 1 else ''} is already split as "
-                              f"far as it goes ({pieces} chunk{'s' if pieces > 1 else ''})"
-                              + (", with gradient checkpointing on" if checkpointed[0] and not had_checkpointing else ""))
+                              f"far as it goes ({pieces} chunk{'s' if pieces > 1 else ''}){turned}")
             tell("declined" if refused else "floor", factor, reason=why)
             raise first
         try:
@@ -220,7 +220,7 @@ def _pieces(factor: int, rows: int | None) -> int:
 
 
 def _tell(where: Step, outcome: str, before: int, after: int, tries: list[dict[str, Any]], started: float,
-          held: int | None, had_checkpointing: bool, reason: str | None = None, error: str | None = None) -> None:
+          had_checkpointing: bool, reason: str | None = None, error: str | None = None) -> None:
     """The record the supervisor journals as `in_place`, and a line on stderr: never silent. `tries` are the
     step's OOMs with their numbers, which the estimator takes as lower bounds on each chunk's need;
     `checkpointing` is gradient checkpointing turned on in place, by this step or an earlier one."""
@@ -229,9 +229,10 @@ def _tell(where: Step, outcome: str, before: int, after: int, tries: list[dict[s
     record = {"outcome": outcome, "step": where.step, "split_before": before, "split": after, "rows": where.rows,
               "seq": where.seq, "batch": where.batch, "accumulation": where.accumulation, "ooms": len(tries),
               "checkpointing_before": had_checkpointing, "checkpointing": checkpointed[0],
-              "oom": {"exc_type": first["exc_type"], "message": first["message"], "peak": peak, "peak_measure": measure},
+              "oom": {"exc_type": first["exc_type"], "message": first["message"], "peak": peak,
+                      "peak_measure": measure},
               "tries": [{k: t[k] for k in ("rows", "held", "tried", "checkpointing")} for t in tries],
-              "held_before": held, "seconds": round(time.monotonic() - started, 3),
+              "seconds": round(time.monotonic() - started, 3),
               **({"reason": reason} if reason else {}), **({"error": error} if error else {})}
     try:
         files.append_progress({"in_place": record})

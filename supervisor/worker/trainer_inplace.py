@@ -21,6 +21,7 @@ which may not scale as the Trainer's does.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from typing import Any
 
@@ -47,39 +48,36 @@ def _step_of(trainer, inputs) -> inplace.Step:
     rows, no_rows = chunks.batch_rows(inputs)
     return inplace.Step(step=trainer.state.global_step + 1, rows=rows, seq=chunks.seq_len(inputs),
                         batch=targs.per_device_train_batch_size, accumulation=targs.gradient_accumulation_steps,
-                        refuse=_refuse(trainer) or no_rows, checkpoint=_checkpointing(trainer))
+                        refuse=_refuse(trainer) or no_rows, checkpoint=functools.partial(_checkpointing, trainer))
 
 
-def _checkpointing(trainer):
-    """How to turn gradient checkpointing on in this Trainer's model, as the plan's rung does at a launch
-    (non-reentrant), or None: already on, not a model that supports it, or not on the run's ladder."""
+def _checkpointing(trainer) -> bool:
+    """Turn gradient checkpointing on in this Trainer's model, as the plan's rung does at a launch
+    (non-reentrant); False where it cannot: already on, not a model that supports it, or not on the run's
+    ladder. Asked only at a row per chunk, so nothing of it runs in a step that fits."""
     args = trainer.args
     if (os.environ.get("OOMLADDER_IN_PLACE_CHECKPOINTING", "1") == "0"
             or getattr(args, "activation_checkpointing", None) or args.gradient_checkpointing):
-        return None
+        return False
     model = trainer.model
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # under peft's wrapper
     if not getattr(base, "supports_gradient_checkpointing", False):
-        return None
-
-    def turn_on() -> None:
-        kwargs = {"use_reentrant": False}
-        if hasattr(base, "activation_checkpointing_enable"):
-            base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-        else:
-            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-        if getattr(getattr(base, "config", None), "use_cache", False):
-            base.config.use_cache = False  # a cache is not kept under checkpointing
-        # The Trainer's arguments say so too (Transformers 5's name and its deprecated alias): what it saves with a
-        # checkpoint shows the plan the run goes on with.
-        args = trainer.args
-        for name in ("activation_checkpointing", "gradient_checkpointing"):
-            if hasattr(args, name):
-                setattr(args, name, True)
-                given = getattr(args, f"{name}_kwargs", None)
-                setattr(args, f"{name}_kwargs", {**(given if isinstance(given, dict) else {}), **kwargs})
-
-    return turn_on
+        return False
+    kwargs = {"use_reentrant": False}
+    if hasattr(base, "activation_checkpointing_enable"):
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    if getattr(getattr(base, "config", None), "use_cache", False):
+        base.config.use_cache = False  # a cache is not kept under checkpointing
+    # The Trainer's arguments say so too (Transformers 5's name and its deprecated alias): what it saves with a
+    # checkpoint shows the plan the run goes on with.
+    for name in ("activation_checkpointing", "gradient_checkpointing"):
+        if hasattr(args, name):
+            setattr(args, name, True)
+            given = getattr(args, f"{name}_kwargs", None)
+            setattr(args, f"{name}_kwargs", {**(given if isinstance(given, dict) else {}), **kwargs})
+    return True
 
 
 def _refuse(trainer) -> str | None:
