@@ -284,9 +284,10 @@ def test_inputs_without_a_common_batch_dimension_are_not_split():
 
 def test_a_chunk_drops_the_padding_none_of_its_rows_uses():
     mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 0, 0]])
-    inputs = {"input_ids": torch.arange(16).view(4, 4), "attention_mask": mask, "labels": torch.arange(16).view(4, 4)}
+    labels = torch.arange(16).view(4, 4).masked_fill(mask == 0, -100)
+    inputs = {"input_ids": torch.arange(16).view(4, 4), "attention_mask": mask, "labels": labels}
     first, second = chunks.chunks(inputs, 4, 2)
     assert first["input_ids"].shape == (2, 4) and second["input_ids"].shape == (2, 2)
-    assert second["labels"].tolist() == [[8, 9], [12, 13]] and second["attention_mask"].tolist() == [[1, 0], [1, 1]]
+    assert second["labels"].tolist() == [[8, -100], [12, 13]] and second["attention_mask"].tolist() == [[1, 0], [1, 1]]
     left = {"input_ids": torch.zeros(2, 3), "attention_mask": torch.tensor([[0, 1, 1], [0, 0, 1]])}
     assert chunks.trim(left)["input_ids"].shape == (2, 3)  # left padding: nothing at the end to drop

@@ -216,6 +216,7 @@ def _stepped() -> None:
     _run["micro"] = 0
     common.current.update(step=_run["step"])
     emergency.snapshot_rng()
+    emergency.keep_step_end(tuple(_run["accelerator"]._models))
     peak, measure = memcap.peak()
     files.append_progress({"step": _run["step"], "max_steps": None, "phase": "train", "peak": peak,
                            "peak_measure": measure, "batch_shape": probe.batch_shapes()["largest"], "executed": True})
@@ -235,6 +236,9 @@ def _save_after_failure(exc: BaseException) -> None:
         emergency.skip(why)
         return
     emergency.free_failed_step(exc, *_run["accelerator"]._models)
+    if (why := emergency.back_to_step_end()) is not None:
+        emergency.skip(why)
+        return
     _save("oom")
 
 

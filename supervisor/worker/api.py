@@ -107,6 +107,7 @@ class Session:
         self.step = self.step + 1 if step is None else step
         common.current.update(step=self.step)
         emergency.snapshot_rng()
+        emergency.keep_step_end(tuple(obj for obj in self.state.values() if hasattr(obj, "modules")))
         peak, measure = memcap.peak()
         files.append_progress({"step": self.step, "max_steps": None, "phase": "train", "peak": peak,
                                "peak_measure": measure, "executed": True})
@@ -139,6 +140,9 @@ class Session:
             emergency.skip(why)
             return
         emergency.free_failed_step(exc, *self.state.values())
+        if (why := emergency.back_to_step_end()) is not None:
+            emergency.skip(why)
+            return
         self._save("oom")
 
     def _save(self, why: str) -> None:

@@ -1,6 +1,9 @@
 """How a step's inputs split into chunks of their rows, for in-place recovery (inplace.py): the batch's rows and
 sequence length, consecutive rows along the first dimension of every tensor that has them, and each chunk without
-the padding columns none of its rows use."""
+the trailing columns that contribute nothing to any of its rows (no attention, no label).
+
+A split is exact only where the rows are independent. Inputs that say otherwise (several sequences packed into a
+row, told apart by `position_ids` or `cu_seq_lens_*`) are refused by `packed`, and the adapter relaunches."""
 
 from __future__ import annotations
 
@@ -14,10 +17,11 @@ def seq_len(inputs: Any) -> int | None:
     return int(ids.shape[1]) if getattr(ids, "dim", lambda: 0)() >= 2 else None
 
 
-def chunks(inputs: Mapping[str, Any], rows: int, parts: int) -> list[dict[str, Any]]:
+def chunks(inputs: Mapping[str, Any], rows: int, parts: int, labels_aligned: bool = True) -> list[dict[str, Any]]:
     """`inputs` in `parts` chunks of consecutive rows along dim 0 of each tensor that has the batch's rows;
-    other values (flags, scalars) go to every chunk as they are. Each chunk drops the padding columns at its
-    end that none of its own rows use (`trim`)."""
+    other values (flags, scalars) go to every chunk as they are. Each chunk drops the columns at its end that
+    contribute nothing to its own rows (`trim`). `labels_aligned`: the labels run along the input's columns (a
+    decoder-only model); an encoder-decoder's labels and decoder inputs are the decoder's, and are never cut."""
     import torch
     bounds = [len(r) for r in torch.arange(rows).tensor_split(parts)]
     out, start = [], 0
@@ -28,27 +32,67 @@ def chunks(inputs: Mapping[str, Any], rows: int, parts: int) -> list[dict[str, A
                 piece[key] = value[start:start + size]
             else:
                 piece[key] = value
-        out.append(trim(piece))
+        out.append(trim(piece, labels_aligned))
         start += size
     return out
 
 
-def trim(piece: dict[str, Any]) -> dict[str, Any]:
-    """The chunk without the trailing columns its attention mask leaves out in every row: a batch padded to its
-    longest row pads a chunk of short rows as far. Those positions are masked and labelled -100, so the loss
-    and the gradients are the same (the padding comes last; a left-padded chunk has none to drop), and a chunk
-    costs what a micro-batch of its rows would."""
+# Per-position tensors whose values are content, not a sign that the position counts: a position is kept for
+# them only through the other tensors (its attention, its label).
+CONTENT = frozenset({"input_ids", "token_type_ids", "position_ids"})
+IGNORE_INDEX = -100  # the label that contributes no loss (PyTorch's cross-entropy default, Transformers' and TRL's)
+
+
+def trim(piece: dict[str, Any], labels_aligned: bool = True) -> dict[str, Any]:
+    """The chunk without its trailing columns that contribute nothing: masked out in every row of the chunk
+    (`attention_mask` 0), labelled IGNORE_INDEX in every row, and 0 in every other per-position tensor (a
+    completion or loss mask). A batch padded to its longest row pads a chunk of short rows as far, and a chunk
+    then costs what a micro-batch of its rows would; the loss and the gradients are those of the untrimmed chunk.
+
+    Nothing is dropped where that cannot be known: without an attention mask; where the padding carries labels
+    (a collator that sets `labels = input_ids` on padded rows); left padding, which leaves no empty column at the
+    end."""
+    import torch
     mask = piece.get("attention_mask")
-    if mask is None or getattr(mask, "dim", lambda: 0)() != 2 or mask.shape[1] == 0:
+    if not torch.is_tensor(mask) or mask.dim() != 2 or mask.shape[1] == 0:
         return piece
     width = mask.shape[1]
-    used = mask.ne(0).any(dim=0).nonzero()
-    keep = int(used[-1]) + 1 if used.numel() else width
+    aligned = {key for key, value in piece.items()
+               if torch.is_tensor(value) and value.dim() >= 2 and value.shape[1] == width
+               and (labels_aligned or not (key == "labels" or key.startswith("decoder_")))}
+    used = mask.ne(0).any(dim=0)
+    for key in aligned - CONTENT - {"attention_mask"}:
+        value = piece[key]
+        if value.dim() != 2:
+            continue  # several values per position (embeddings, pixels): content, as input_ids are
+        empty = value.eq(IGNORE_INDEX) if "label" in key else value.eq(0)
+        used |= ~empty.all(dim=0)
+    found = used.nonzero()
+    keep = int(found[-1]) + 1 if found.numel() else width
     if keep == width:
         return piece
+    return {key: value[:, :keep] if key in aligned else value for key, value in piece.items()}
+
+
+def packed(inputs: Any) -> str | None:
+    """Why the rows of these inputs are not independent sequences, or None: padding-free batches (TRL's packing)
+    hold several sequences in a row, told apart by `position_ids` that start again inside it, or by the
+    cumulative lengths flash attention reads across the whole batch."""
     import torch
-    return {key: value[:, :keep] if torch.is_tensor(value) and value.dim() >= 2 and value.shape[1] == width else value
-            for key, value in piece.items()}
+    if not isinstance(inputs, Mapping):
+        return None
+    if any(str(key).startswith("cu_seq_lens") for key in inputs):
+        return "the batch is packed (padding-free: cu_seq_lens give the sequences' bounds across the whole batch)"
+    positions = inputs.get("position_ids")
+    if not torch.is_tensor(positions) or positions.dim() != 2 or positions.shape[1] < 2:
+        return None
+    restart = positions[:, 1:] <= positions[:, :-1]
+    mask = inputs.get("attention_mask")
+    if torch.is_tensor(mask) and mask.shape == positions.shape:
+        restart &= mask[:, 1:].ne(0)  # padding may number its positions as it likes
+    if bool(restart.any()):
+        return "the batch packs several sequences into a row (its position_ids start again inside a row)"
+    return None
 
 
 def batch_rows(inputs: Any) -> tuple[int | None, str | None]:

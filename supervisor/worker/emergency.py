@@ -23,9 +23,10 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from oomladder.worker import files
+from oomladder.worker import files, step_state
 
 _rng: dict[str, Any] = {}
+_step_end: list[Any] = []  # step_state snapshots at the end of the last step: the buffers, a trainer's counters
 _in_optimizer_step = [False]
 
 
@@ -41,6 +42,19 @@ def snapshot_rng() -> None:
         pass
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         _rng["cuda"] = torch.cuda.random.get_rng_state_all() if _world() > 1 else torch.cuda.random.get_rng_state()
+
+
+def keep_step_end(models: tuple[Any, ...] = (), counters: tuple[Any, ...] = ()) -> None:
+    """At each step's end, with `snapshot_rng`: the models' buffers and the counters an emergency checkpoint must
+    hold as this step left them, not as a failed next step's forward changed them (BatchNorm's running statistics,
+    the Trainer's tokens seen, counted per micro-batch)."""
+    _step_end[:] = [step_state.Buffers(*models), step_state.Counters(*counters)]
+
+
+def back_to_step_end() -> str | None:
+    """After an OOM, before the emergency checkpoint is written: the buffers and counters as the last finished
+    step left them; None, or why they cannot be (the checkpoint is then not written)."""
+    return next((why for why in (kept.restore() for kept in _step_end) if why), None)
 
 
 def rng_snapshot() -> dict[str, Any]:
@@ -94,6 +108,8 @@ def save_after_oom(trainer, exc: BaseException) -> str | None:
         return skip(no_step_ended())
     free_failed_step(exc, *{id(m): m for m in (trainer.model, getattr(trainer, "model_wrapped", None))
                             if m is not None}.values())
+    if (why := back_to_step_end()) is not None:
+        return skip(why)
     try:
         return save(trainer)
     except NoRoom as exc:

@@ -12,7 +12,13 @@ What makes it safe, and when it steps aside (the supervisor's relaunch stays the
   fine-tune inside a cycle is not copied (a second copy of every gradient is what an OOM cannot afford),
   and an OOM there is relaunched, with the reason journaled.
 - The RNG is put back where the step began, so the split step draws what a run with the smaller
-  micro-batch draws.
+  micro-batch draws (dropout's masks are drawn per chunk, as that plan draws them).
+- What the failed forward changed besides the gradients is put back too (step_state.py): the buffers of modules
+  in training mode (BatchNorm's running statistics) and the trainer's own counters (tokens seen, metrics), so the
+  step counts once.
+- A split is exact only where the rows are independent and each chunk keeps every position that counts. Where
+  they are not (batch normalization in training mode, sequences packed into a row), it is refused with the
+  reason and the supervisor relaunches.
 - A split divides the plan's micro-batch evenly, so the plan it equals (micro-batch divided,
   accumulation multiplied) exists, and a later relaunch starts from it.
 - Checkpointing recomputes the same activations: the gradients do not change. It is the ladder's own rung
@@ -64,15 +70,18 @@ class Step:
     batch: int | None = None       # the plan's micro-batch (what a split must divide)
     accumulation: int | None = None
     refuse: str | None = None      # why this program's step cannot be split, if it cannot
+    exact: Callable[[], str | None] | None = None  # asked after an OOM: why these inputs cannot be split exactly
+    keep: Callable[[], list[Any]] | None = None    # snapshots (step_state.py) of what a forward changes, to put back
     checkpoint: Callable[[], bool] | None = None  # turns gradient checkpointing on, if it can (asked at a floor)
 
 
 class Guard:
-    """The gradients and RNG state a micro-step began with, to put back before it runs again."""
+    """The gradients, RNG state and what else the adapter keeps (buffers, counters) a micro-step began with, to put
+    back before it runs again."""
 
-    def __init__(self, params: list[Any]) -> None:
+    def __init__(self, params: list[Any], kept: list[Any] | None = None) -> None:
         import torch
-        self.params = params
+        self.params, self.kept = params, kept or []
         self.rng = torch.random.get_rng_state()
         self.cuda_rng = (torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized()
                          else None)
@@ -89,13 +98,15 @@ class Guard:
         else:
             self.grads = [None] * len(params)
 
-    def restore(self) -> None:
+    def restore(self) -> str | None:
+        """Put it all back; None, or why something could not be (the step is then not retried)."""
         import torch
         for param, grad in zip(self.params, self.grads or ()):
             param.grad = None if grad is None else grad.clone()
         torch.random.set_rng_state(self.rng)
         if self.cuda_rng is not None:
             torch.cuda.set_rng_state_all(self.cuda_rng)
+        return next((why for why in (kept.restore() for kept in self.kept) if why), None)
 
 
 _sizes: dict[int, tuple[int, int]] = {}
@@ -134,8 +145,11 @@ def recover(run: Callable[[int], T], params: list[Any], where: Step,
     in-place recovery steps aside."""
     if not enabled():
         return run(1)
-    guard = Guard(params) if where.refuse is None else None  # nothing to put back in a step never retried
+    # Nothing to put back in a step never retried.
+    guard = Guard(params, where.keep() if where.keep else None) if where.refuse is None else None
     factor, had_checkpointing = split[0], checkpointed[0]
+    if factor > 1 and _inexact(where):
+        factor = 1  # the run goes on split, but these inputs cannot be: whole, and an OOM is the supervisor's
     started = time.monotonic()
 
     def tell(outcome: str, after: int, **why: str) -> None:
@@ -148,11 +162,11 @@ def recover(run: Callable[[int], T], params: list[Any], where: Step,
             raise
         first = exc
     tries = [_try(first, factor, where.rows)]
+    refused = where.refuse or (guard.why_not if guard else None) or _inexact(where)
     while True:
         emergency.free_failed_step(first)
-        refused = where.refuse or guard.why_not
         if guard is not None:
-            guard.restore()
+            refused = guard.restore() or refused
         nxt = None if refused else next_split(factor, where.batch, where.rows)
         if nxt is None and not refused and where.checkpoint is not None and not checkpointed[0]:
             try:
@@ -188,6 +202,16 @@ def recover(run: Callable[[int], T], params: list[Any], where: Step,
         tell("split", nxt)
         split[0] = nxt
         return result
+
+
+def _inexact(where: Step) -> str | None:
+    """Why these inputs cannot be split exactly, as the adapter tells it (an error in telling: not known, so no)."""
+    if where.exact is None:
+        return None
+    try:
+        return where.exact()
+    except Exception as exc:  # noqa: BLE001
+        return f"whether the step splits exactly could not be told ({type(exc).__name__}: {str(exc)[:200]})"
 
 
 def next_split(factor: int, batch: int | None, rows: int | None) -> int | None:

@@ -21,7 +21,7 @@ import sys
 import warnings
 from typing import Any
 
-from oomladder.worker import common, files, lightning_order, memcap, probe
+from oomladder.worker import common, emergency, files, lightning_order, memcap, probe
 from oomladder.worker.common import observe, safely, stop_at_step_end_on
 from oomladder.worker.lightning_checkpoint import save
 from oomladder.worker.lightning_program import batch_size_of, max_steps, training_facts, transformers_model
@@ -260,6 +260,7 @@ class FitFollower:
             return  # accumulating
         self.in_optimizer_step = False
         safely(self._snapshot, trainer)
+        safely(emergency.keep_step_end, (trainer.lightning_module,))
         loss, self.loss = (float(self.loss) if self.loss is not None else None), None
         peak, measure = memcap.peak()
         rate = safely(lambda: trainer.optimizers[0].param_groups[0]["lr"])

@@ -22,6 +22,8 @@ def save_after_oom(trainer, ours, exc: BaseException) -> str | None:
     if ours.snapshot is None or ours.snapshot["step"] != trainer.global_step:
         return emergency.skip(emergency.no_step_ended())
     emergency.free_failed_step(exc, trainer.lightning_module)
+    if (why := emergency.back_to_step_end()) is not None:
+        return emergency.skip(why)
     return save(trainer, ours)
 
 

@@ -251,6 +251,7 @@ def _progress_callback(module, trainer):
 
         def on_step_end(self, args, state, control, **kwargs):
             safely(emergency.snapshot_rng)
+            safely(emergency.keep_step_end, (trainer.model,), (state,))
             self._report(state, "train", executed=True)
             if common.stop_requested[0]:
                 control.should_training_stop = True  # the last step ends: no next one begins

@@ -13,27 +13,33 @@ The effective batch, the data order and the learning-rate schedule are the Train
 the outer loop still sees one micro-step with its one loss. Gradient checkpointing, at a row per chunk, is
 turned on in the model as the Trainer does it at its start, and in its arguments.
 
+The Trainer's own numbers count the step once: a try that ran out of memory is undone (the buffers its forward
+wrote, TRL's token count and metric lists), and the chunks' metrics are merged into the one entry the unsplit
+micro-batch logs, each chunk weighted by its share of the labelled tokens.
+
 It steps aside (the supervisor relaunches, and the journal says why) for several processes (a split on one
-rank would add collectives the others never join), DeepSpeed, and a `compute_loss` of the program's own,
-which may not scale as the Trainer's does.
+rank would add collectives the others never join), DeepSpeed, a `compute_loss` or `compute_loss_func` of the
+program's own, which may not scale as the Trainer's does, batch normalization in training mode and packed
+sequences (step_state.coupled_rows, chunks.packed).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import os
 from typing import Any
 
-from oomladder.worker import chunks, inplace
+from oomladder.worker import chunks, inplace, step_state
 from oomladder.worker.common import is_memory_failure, safely
 
 
 def training_step(trainer, original, model, inputs, args: tuple, kwargs: dict) -> Any:
-    where = safely(_step_of, trainer, inputs)
+    num_items = args[0] if args else kwargs.get("num_items_in_batch")
+    where = safely(_step_of, trainer, inputs, num_items)
     if where is None:
         return original(trainer, model, inputs, *args, **kwargs)
-    num_items = args[0] if args else kwargs.get("num_items_in_batch")
 
     def run(pieces: int):
         if pieces == 1:
@@ -43,12 +49,17 @@ def training_step(trainer, original, model, inputs, args: tuple, kwargs: dict) -
     return inplace.recover(run, inplace.trainable(model), where, is_memory_failure)
 
 
-def _step_of(trainer, inputs) -> inplace.Step:
+def _step_of(trainer, inputs, num_items: Any) -> inplace.Step:
     targs = trainer.args
     rows, no_rows = chunks.batch_rows(inputs)
+    if _scaled_by_items(trainer, num_items) is None:
+        no_rows = (f"the model ({type(trainer.model).__name__}) takes the step's token count but has no loss function "
+                   f"to tell whether it divides by it: whether its loss can be split is not known")
     return inplace.Step(step=trainer.state.global_step + 1, rows=rows, seq=chunks.seq_len(inputs),
                         batch=targs.per_device_train_batch_size, accumulation=targs.gradient_accumulation_steps,
-                        refuse=_refuse(trainer) or no_rows, checkpoint=functools.partial(_checkpointing, trainer))
+                        refuse=_refuse(trainer) or (no_rows and (chunks.packed(inputs) or no_rows)), checkpoint=functools.partial(_checkpointing, trainer),
+                        exact=lambda: step_state.coupled_rows(trainer.model) or chunks.packed(inputs),
+                        keep=lambda: [step_state.Buffers(trainer.model), step_state.Counters(trainer, trainer.state)])
 
 
 def _checkpointing(trainer) -> bool:
@@ -94,34 +105,79 @@ def _refuse(trainer) -> str | None:
     if not owner.startswith(("transformers.", "trl.")):
         return (f"the program's own compute_loss ({type(trainer).__name__}.compute_loss), which the adapter cannot see "
                 f"into: whether its loss can be split is not known")
+    given = getattr(trainer, "compute_loss_func", None)
+    if given is not None and not (getattr(given, "__module__", "") or "").startswith(("transformers.", "trl.")):
+        return (f"the program's own compute_loss_func ({getattr(given, '__qualname__', type(given).__name__)}), which "
+                f"the adapter cannot see into: whether its loss can be split is not known")
     return None
 
 
-def _scaled_by_items(trainer, num_items: Any) -> bool:
-    """Whether the Trainer leaves the loss as it comes, already divided by `num_items_in_batch` (its own test)."""
+def _scaled_by_items(trainer, num_items: Any) -> bool | None:
+    """Whether each chunk's loss is its part of the micro-batch's (a sum over the step's tokens divided by their
+    count, `num_items_in_batch`, the same for every chunk) rather than a mean over the chunk's own tokens or rows;
+    None where that is not known.
+
+    The Trainer's own rule (`loss_is_scaled_for_ga`) says what it assumes, not what the model does: a sequence
+    classifier or T5 accepts loss kwargs and still takes the mean. So for the Trainer's own compute_loss the
+    model's forward is read."""
+    if num_items is None:
+        return False  # no count to divide by: every loss is a mean of its own
     fixed = getattr(trainer, "loss_is_scaled_for_ga", None)
     if fixed is not None:
         return bool(fixed)
-    return bool((getattr(trainer, "model_accepts_loss_kwargs", False) and num_items is not None)
-                or getattr(trainer, "compute_loss_func", None) is not None)
+    if getattr(trainer, "compute_loss_func", None) is not None or getattr(trainer, "label_smoother", None) is not None:
+        return True  # Transformers' and TRL's own (the program's own compute_loss_func is refused) divide by the count
+    from transformers import Trainer
+    if type(trainer).compute_loss is not Trainer.compute_loss:
+        # TRL's SFTTrainer divides its token sum by the count it is given; other subclasses' losses are not known.
+        owner = next((c for c in type(trainer).__mro__ if "compute_loss" in vars(c)), None)
+        return True if owner is not None and owner.__name__ == "SFTTrainer" else None
+    if not getattr(trainer, "model_accepts_loss_kwargs", False):
+        return False  # the model never sees the count
+    model = trainer.model
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    calls = _forward_loss(type(base))
+    if calls != "loss_function":
+        return False if calls == "own" else None
+    try:
+        return "num_items_in_batch" in inspect.signature(base.loss_function).parameters
+    except (TypeError, ValueError, AttributeError):
+        return None
+
+
+@functools.cache
+def _forward_loss(model_class: type) -> str | None:
+    """How a model's forward computes its loss: "loss_function" (Transformers' causal and masked LMs, sequence
+    classifiers: the function says whether it divides by `num_items_in_batch`), "own" (a `CrossEntropyLoss` of
+    its own, a mean: T5, Bart), or None, not known."""
+    try:
+        source = inspect.getsource(model_class.forward)
+    except (OSError, TypeError):
+        return None
+    if "self.loss_function(" in source:
+        return "loss_function"
+    return "own" if "CrossEntropyLoss" in source or "cross_entropy" in source else None
 
 
 def _split(trainer, original, model, inputs, rows: int, pieces: int, num_items: Any, args: tuple, kwargs: dict):
-    parts = chunks.chunks(inputs, rows, pieces)
-    weights = [1.0] * len(parts) if _scaled_by_items(trainer, num_items) else weights_of(trainer, parts, rows)
+    config = getattr(trainer.model, "config", None)
+    parts = chunks.chunks(inputs, rows, pieces, labels_aligned=not getattr(config, "is_encoder_decoder", False))
+    shares = weights_of(trainer, parts, rows, shift=not getattr(config, "is_encoder_decoder", False))
+    weights = [1.0] * len(parts) if _scaled_by_items(trainer, num_items) else shares
+    counters = step_state.Counters(trainer)
     total = None
     for part, weight in zip(parts, weights):
         with _loss_times(trainer, weight):
             loss = original(trainer, model, part, *args, **kwargs)
         total = loss if total is None else total + loss
+    counters.merge(shares)  # the chunks' metrics, one entry as the unsplit micro-batch logs it
     return total
 
 
-def weights_of(trainer, parts: list[dict[str, Any]], rows: int) -> list[float]:
-    """Each chunk's share of a mean loss: of the labelled tokens (the labels shifted as the Trainer counts
-    them), or of the rows where there are no labels to count."""
+def weights_of(trainer, parts: list[dict[str, Any]], rows: int, shift: bool = True) -> list[float]:
+    """Each chunk's share of a mean loss: of the labelled tokens (shifted, as a causal model's loss counts them;
+    an encoder-decoder's labels are the decoder's targets as they are), or of the rows where there are no labels."""
     import torch
-    shift = bool(getattr(trainer, "_loss_shifts_labels", True))
     counts = []
     for part in parts:
         labels = part.get("labels")
