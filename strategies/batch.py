@@ -30,6 +30,9 @@ class HalveBatch(Strategy):
         floor = self.options.get("min_batch", 1)
         if batch // 2 < floor:
             return Skipped(f"per-device batch {batch} is at the floor (min_batch {floor})")
+        if facts.coupled_rows:
+            return Skipped(f"{facts.coupled_rows}: a smaller micro-batch would train differently, whatever the "
+                           f"accumulation")
         if batch % 2:
             return Skipped(f"per-device batch {batch} is odd: halving it would change the effective batch "
                            f"{plan.effective_batch}")

@@ -90,6 +90,7 @@ class Facts(_JournalValue):
     adapters_expected: bool | None = None  # peft was imported when the model loaded: its base will likely be frozen
     offloaded: str | None = None         # what device_map="auto" put on the CPU or disk, said in a person's words
     liger: bool | None = None            # liger-kernel is importable in the worker (the fused cross-entropy rung)
+    coupled_rows: str | None = None      # why a micro-batch's rows are not independent (batch norm in training mode)
 
 
 

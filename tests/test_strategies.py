@@ -85,6 +85,13 @@ def test_halve_batch_doubles_accumulation():
     assert applied.plan.per_device_eval_batch_size == 16
 
 
+def test_halve_batch_leaves_a_model_whose_rows_are_coupled_as_it_is():
+    """Batch norm in training mode normalizes over the micro-batch: halving it changes the training itself."""
+    why = "the model's BatchNorm1d layers normalize over the micro-batch in training mode"
+    skipped = apply("halve_batch", facts=Facts(coupled_rows=why))
+    assert isinstance(skipped, Skipped) and skipped.reason.startswith(why) and "train differently" in skipped.reason
+
+
 def test_halve_batch_refuses_an_odd_batch_and_stops_at_its_floor():
     odd = apply("halve_batch", plan=PROGRAM.replace(per_device_train_batch_size=6 + 1))
     assert isinstance(odd, Skipped) and "odd" in odd.reason

@@ -7,6 +7,7 @@ the end-to-end tests run it under `oomladder run`; it runs just as well on its o
 """
 
 import argparse
+import functools
 import os
 import shutil
 
@@ -52,6 +53,8 @@ def parse_args():
     p.add_argument("--save-steps", type=int, help="save a checkpoint-N in --output-dir every N steps")
     p.add_argument("--stop-after-step", type=int, help="end training after this step (the schedule stays --max-steps')")
     p.add_argument("--resume-from", help="continue from this checkpoint-N folder")
+    p.add_argument("--labels-on-padding", action="store_true", help="ragged samples padded to their phase's length, "
+                   "with labels on the padding too (labels = input_ids), as tutorials that pad to max_length do")
     p.add_argument("--report-to", default="none", help="the Trainer's experiment trackers, e.g. tensorboard "
                    "(its event files go under --output-dir/runs)")
     return p.parse_args()
@@ -77,23 +80,28 @@ def build_model(a):
 class GrowingSequences(torch.utils.data.Dataset):
     """Sample i is short before `grow_at` samples and long after; tokens depend on i alone."""
 
-    def __init__(self, n, grow_at, short_len, long_len, vocab):
+    def __init__(self, n, grow_at, short_len, long_len, vocab, ragged=False):
         self.n, self.grow_at, self.short_len, self.long_len, self.vocab = n, grow_at, short_len, long_len, vocab
+        self.ragged = ragged
 
     def __len__(self):
         return self.n
 
     def __getitem__(self, i):
-        length = self.short_len if i < self.grow_at else self.long_len
+        width = self.short_len if i < self.grow_at else self.long_len
+        length = width - (i * 7) % (width // 2) if self.ragged else width
         ids = torch.randint(0, self.vocab, (length,), generator=torch.Generator().manual_seed(i))
         return {"input_ids": ids, "labels": ids.clone()}
 
 
-def pad(batch):
-    """Pad to the longest sequence of the batch; padded positions are left out of the loss."""
+def pad(batch, widths=()):
+    """Pad to the longest sequence of the batch; padded positions are left out of the loss. `widths`: pad to the
+    first of these that takes the longest row instead, and label the padding too (labels = input_ids, the pad
+    token 0), as a tokenizer called with padding="max_length" and `labels = input_ids` does."""
     width = max(len(item["input_ids"]) for item in batch)
+    width = next((w for w in sorted(widths) if w >= width), width)
     ids = torch.zeros(len(batch), width, dtype=torch.long)
-    labels = torch.full((len(batch), width), -100, dtype=torch.long)
+    labels = ids.clone() if widths else torch.full((len(batch), width), -100, dtype=torch.long)
     mask = torch.zeros(len(batch), width, dtype=torch.long)
     for row, item in enumerate(batch):
         n = len(item["input_ids"])
@@ -150,7 +158,7 @@ def main():
                                                  task_type="CAUSAL_LM"))
     effective = a.batch_size * a.grad_accum * int(os.environ.get("WORLD_SIZE", "1"))  # samples per optimizer step
     data = GrowingSequences(effective * a.max_steps, effective * (a.grow_at_step - 1), a.short_len, a.long_len,
-                            a.vocab)
+                            a.vocab, ragged=a.labels_on_padding)
     evaluate = {"eval_strategy": "steps", "eval_steps": a.eval_steps} if a.eval_len else {}
     args = TrainingArguments(
         **evaluate, per_device_eval_batch_size=a.batch_size,
@@ -163,7 +171,7 @@ def main():
     eval_data = GrowingSequences(32, 0, a.eval_len, a.eval_len, a.vocab) if a.eval_len else None
     callbacks = [SayHowItTrains()] + ([StepCounter(a.count_steps)] if a.count_steps else []) + (
         [StopAfter(a.stop_after_step)] if a.stop_after_step else [])
-    trainer = (OwnLoss if a.own_loss else Trainer)(model=model, args=args, train_dataset=data, eval_dataset=eval_data, data_collator=pad,
+    trainer = (OwnLoss if a.own_loss else Trainer)(model=model, args=args, train_dataset=data, eval_dataset=eval_data, data_collator=functools.partial(pad, widths=(a.short_len, a.long_len) if a.labels_on_padding else ()),
                       callbacks=callbacks)
     trainer.train(resume_from_checkpoint=a.resume_from)
     if a.save_final:

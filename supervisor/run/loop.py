@@ -86,7 +86,9 @@ class Runner:
             self.watcher = AttemptWatcher(cfg, journal, launcher=self.launcher, clock=self.clock,
                                           monotonic=self.monotonic, sleep=self.sleep, display=self.display,
                                           environ=self.environ, world=self.world, signalled=lambda: self._signal,
-                                          hurry=lambda: self._signals > 1, wall_time_spent=self._wall_time_spent)
+                                          hurry=lambda: self._signals > 1, wall_time_spent=self._wall_time_spent,
+                                          recovered=lambda number, record: self.notifier.in_place(
+                                              journal.view(), number, record))
             try:
                 first = self._starting_point()
             except BaseException:

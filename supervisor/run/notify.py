@@ -21,7 +21,7 @@ from oomladder.record import schema
 from oomladder.record.history import RunView
 from oomladder.record.journal import Journal
 from oomladder.views.display import Display
-from oomladder.views.messages import Message, end_message, fallback_message, whereabouts
+from oomladder.views.messages import Message, end_message, fallback_message, in_place_message, whereabouts
 
 ENVIRONMENT = "OOMLADDER_NOTIFY"  # targets for unattended setups, separated by spaces or commas (as Apprise's own)
 EXAMPLES = "json://host/path, slack://..., discord://..., tgram://..., ntfy://topic, mailto://..."
@@ -64,6 +64,9 @@ class Notifier:
 
     def fallback(self, view: RunView, failed: int) -> None:
         self._tell(lambda: fallback_message(view, failed, whereabouts(view, self.run_dir, self.host)))
+
+    def in_place(self, view: RunView, attempt: int, record: dict) -> None:
+        self._tell(lambda: in_place_message(view, attempt, record, whereabouts(view, self.run_dir, self.host)))
 
     def ended(self, view: RunView, report: Path) -> None:
         self._tell(lambda: end_message(view, report, whereabouts(view, self.run_dir, self.host)))

@@ -66,11 +66,13 @@ class AttemptWatcher:
     def __init__(self, config: RunConfig, journal: Journal, *, launcher: Launcher, clock: Callable[[], float],
                  monotonic: Callable[[], float], sleep: Callable[[float], None], display: Display,
                  environ: dict[str, str], world: World | None, signalled: Callable[[], int | None],
-                 hurry: Callable[[], bool], wall_time_spent: Callable[[], Budget | None]) -> None:
+                 hurry: Callable[[], bool], wall_time_spent: Callable[[], Budget | None],
+                 recovered: Callable[[int, dict[str, Any]], None] = lambda attempt, record: None) -> None:
         self.config, self.journal, self.launcher = config, journal, launcher
         self.clock, self.monotonic, self.sleep, self.display = clock, monotonic, sleep, display
         self.environ, self.world = environ, world
         self.signalled, self.hurry, self.wall_time_spent = signalled, hurry, wall_time_spent
+        self.recovered = recovered  # told of each OOM recovered in place: news, as a relaunch is
         self.running: WorkerHandle | None = None     # the group being watched, for the loop to stop on a crash
         self._adapters: set[int] = set()             # attempts a worker's adapter reported from
         self._told: set[tuple[int, str]] = set()     # (attempt, about) warnings already journaled
@@ -225,6 +227,8 @@ class AttemptWatcher:
         self.display.event(f"attempt {number}: out of memory in step {record.get('step')}; " + (
             f"recovered in place: {in_place_change(record)}" if record.get("outcome") == "split"
             else f"not recovered in place: {record.get('reason')}"))
+        if record.get("outcome") == "split":
+            self.recovered(number, record)
 
     def _warn_once(self, number: int, about: str, text: str) -> None:
         if (number, about) in self._told:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from oomladder.plan import describe_changes
 from oomladder.record.history import RunView
-from oomladder.views.table import status_text
+from oomladder.views.table import status_text, turned_on_checkpointing
 
 # The outcome of a run as a message's title says it.
 OUTCOMES = {
@@ -49,6 +49,17 @@ def fallback_message(view: RunView, failed: int, where: str) -> Message:
     lines = [f"{died}.", f"Next: {decision['rung']}, changing {decision.get('changes') or '-'}.",
              _steps_done(view), where]
     return Message(title, "\n".join(lines), "warning")
+
+
+def in_place_message(view: RunView, attempt: int, record: dict, where: str) -> Message:
+    """Attempt `attempt` ran out of memory and recovered in place (worker/inplace.py): a fallback too, without a
+    relaunch, so people who asked to hear of fallbacks hear of it."""
+    step, rows, split = record.get("step"), record.get("rows"), int(record.get("split") or 1)
+    title = f"oomladder: attempt {attempt} ran out of memory in step {step}; recovered in place"
+    turned = "Gradient checkpointing was turned on. " if turned_on_checkpointing(record) else ""
+    chunks = (f"The micro-batch of {rows} now runs in {split} chunks, their gradients accumulated: the step and the "
+              f"effective batch are unchanged." if split > 1 else "The micro-batch runs whole.")
+    return Message(title, "\n".join([f"{turned}{chunks}", "No relaunch.", _steps_done(view), where]), "warning")
 
 
 def end_message(view: RunView, report: Path, where: str) -> Message:

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from oomladder.worker import common, emergency, files, memcap, probe
+from oomladder.worker import common, emergency, files, memcap, probe, step_state
 from oomladder.worker.common import observe, safely
 
 HOOKS = {"accelerate.accelerator": lambda module: patch_accelerator(module),
@@ -212,6 +212,10 @@ def _begin() -> None:
 
 def _stepped() -> None:
     """After each optimizer step the prepared optimizer really took."""
+    if not _run.get("rows_told"):  # this process's first step: the models are in training mode now
+        _run["rows_told"] = True
+        observe(None, {"coupled_rows": next(filter(None, map(step_state.coupled_rows, _run["accelerator"]._models)),
+                                            None)})
     _run["step"] += 1
     _run["micro"] = 0
     common.current.update(step=_run["step"])

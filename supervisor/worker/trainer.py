@@ -12,7 +12,8 @@ import signal
 import sys
 from typing import Any
 
-from oomladder.worker import common, emergency, files, memcap, optimizer_state, probe, trainer_inplace
+from oomladder.worker import (common, emergency, files, inplace, memcap, optimizer_state, probe, step_state,
+                              trainer_inplace)
 from oomladder.worker.common import is_memory_failure, observe, peer_died, safely, stop_at_step_end_on
 
 HOOKS = {
@@ -153,13 +154,23 @@ def patch_trainer(module) -> None:
     @functools.wraps(original_step)
     def training_step(self, model, inputs, *args, **kwargs):
         safely(probe.note_batch, inputs)  # the estimator sizes activations by the batch that ran (or died)
+        if not getattr(self, "_oomladder_rows_told", False):  # in training mode now: whether its rows are coupled
+            self._oomladder_rows_told = True
+            safely(observe, None, {"coupled_rows": step_state.coupled_rows(self.model)})
         # An OOM in the step is met here first: the same micro-batch in chunks, without a relaunch.
+        before = (inplace.split[0], inplace.checkpointed[0])
         if common.plan().get("activation_offloading") and self.args.device.type == "cuda":
             import torch
             # What autograd saves for the backward pass waits in pinned host memory, and comes back for it.
             with torch.autograd.graph.save_on_cpu(pin_memory=True):
-                return trainer_inplace.training_step(self, original_step, model, inputs, args, kwargs)
-        return trainer_inplace.training_step(self, original_step, model, inputs, args, kwargs)
+                loss = trainer_inplace.training_step(self, original_step, model, inputs, args, kwargs)
+        else:
+            loss = trainer_inplace.training_step(self, original_step, model, inputs, args, kwargs)
+        if (inplace.split[0], inplace.checkpointed[0]) != before:  # recovered in place: the trackers hear of it
+            self._oomladder_in_place = {"oomladder/in_place_split": inplace.split[0], "oomladder/rung": (
+                f"in place at step {self.state.global_step + 1}: out of memory; the micro-batch now runs in "
+                f"{inplace.split[0]} chunks" + (", gradient checkpointing on" if inplace.checkpointed[0] else ""))}
+        return loss
 
     def _load_optimizer_and_scheduler(self, checkpoint, *args, **kwargs):
         """Resuming after a rung changed the optimizer (8-bit AdamW): Adam's moments are converted, not lost."""
@@ -214,6 +225,15 @@ def _record_failure(trainer, exc: BaseException) -> None:
                         peak=peak, peak_measure=measure, batch_shape=probe.batch_shapes()["current"])
 
 
+def _tell_trackers_in_place(trainer, args, state, control) -> None:
+    """An OOM recovered in place, in the program's own trackers, as a relaunch's rung is: at the step's end."""
+    events = trainer.__dict__.pop("_oomladder_in_place", None)
+    if args.report_to and events is not None and common.tracker_events(state.global_step, None, None) is not None:
+        should_log = control.should_log  # the handler's on_log clears it: the step's own log must still happen
+        trainer.callback_handler.on_log(args, state, control, events)
+        control.should_log = should_log
+
+
 def _tell_trackers(trainer, args, state, control) -> None:
     """oomladder's events in the program's own run of TensorBoard, W&B, MLflow...: the attempt number and the
     plan's batch and accumulation as scalars at the step this attempt begins from (where they changed), and the
@@ -253,6 +273,7 @@ def _progress_callback(module, trainer):
             safely(emergency.snapshot_rng)
             safely(emergency.keep_step_end, (trainer.model,), (state,))
             self._report(state, "train", executed=True)
+            safely(_tell_trackers_in_place, trainer, args, state, control)
             if common.stop_requested[0]:
                 control.should_training_stop = True  # the last step ends: no next one begins
 

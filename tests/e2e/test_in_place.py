@@ -1,7 +1,9 @@
 """In-place recovery end to end: real Trainer workers under a real memory cap, real CPU OOMs met inside the running
 process by splitting the step's micro-batch. No relaunch, every step once (the program's own record), the
-learning rate of every step and the trained adapters those of a direct run of the plan the split equals; and a
-program whose loss cannot be split is relaunched, with the reason in the report."""
+learning rate of every step and the trained adapters those of a direct run of the plan the split equals, on data
+shaped as tutorials shape it (ragged rows padded to a fixed length, labels on the padding too); the people who
+asked to hear of fallbacks hear of it, and so does the program's own tracker; and a program whose loss cannot be
+split is relaunched, with the reason in the report."""
 
 import json
 import sys
@@ -13,8 +15,11 @@ from tests.e2e.ledger import assert_each_step_ran_once, steps_by_process
 from tests.e2e.test_frameworks import TRL_SFT
 from tests.e2e.test_recovery import oomladder, view_of
 from tests.e2e.test_zero_lost_work import adapters, per_step, run
+from tests.webhook import Webhook
 
 pytestmark = pytest.mark.e2e
+# Ragged rows padded to a fixed width, labels = input_ids on the padding too: a split must keep every labelled column.
+TUTORIAL_DATA = ("--labels-on-padding",)
 
 
 @pytest.fixture(scope="module")
@@ -22,10 +27,10 @@ def equivalent(tmp_path_factory, env):
     """The training a split at step 3 must equal, without oomladder's help: steps 1-2 at batch 16, the Trainer's
     own checkpoint, then steps 3-6 at batch 8 x accumulation 2 resumed by the Trainer itself, in fp32."""
     tmp = tmp_path_factory.mktemp("equivalent")
-    _, first = run(tmp, "first", env=env, program=("--save-steps", "2", "--stop-after-step", "2"))
+    _, first = run(tmp, "first", env=env, program=("--save-steps", "2", "--stop-after-step", "2", *TUTORIAL_DATA))
     _, second = run(tmp, "second", env=env, program=(
         "--batch-size", "8", "--grad-accum", "2", "--output-dir", str(tmp / "first-out"),
-        "--resume-from", str(tmp / "first-out" / "checkpoint-2")))
+        "--resume-from", str(tmp / "first-out" / "checkpoint-2"), *TUTORIAL_DATA))
     assert steps_by_process(tmp / "second.steps") == [[3, 4, 5, 6]]
     return {"adapters": adapters(tmp / "second-final"), "model": tmp / "model",
             "learning_rate": {**per_step(first, "learning_rate"), **per_step(second, "learning_rate")}}
@@ -33,8 +38,10 @@ def equivalent(tmp_path_factory, env):
 
 def test_a_mid_run_oom_is_recovered_in_place_and_is_the_training_of_the_equivalent_plan(tmp_path, in_place_env,
                                                                                         equivalent):
-    run_dir, view = run(tmp_path, "in-place", "--memory-cap", "1200MiB", env=in_place_env,
-                        model=equivalent["model"])
+    with Webhook() as hook:
+        run_dir, view = run(tmp_path, "in-place", "--memory-cap", "1200MiB", "--notify", hook.url, env=in_place_env,
+                            model=equivalent["model"], program=(*TUTORIAL_DATA, "--report-to", "tensorboard"))
+        messages = hook.wait_for(2)
     # One process ran every step once: no relaunch.
     assert steps_by_process(tmp_path / "in-place.steps") == [[1, 2, 3, 4, 5, 6]]
     assert_each_step_ran_once(tmp_path / "in-place.steps", 6)
@@ -57,6 +64,24 @@ def test_a_mid_run_oom_is_recovered_in_place_and_is_the_training_of_the_equivale
     row, = report["attempts"][0]["in_place"]
     assert row["rung"] == "in place: split 2" and row["status_text"] == "OOM in step 3/6: recovered in place, no relaunch"
     assert "|  | in place: split 2 |" in (run_dir / "report.md").read_text()
+    # A fallback without a relaunch is news too: to the people watching, and in the program's own tracker.
+    assert [m["title"] for m in messages] == ["oomladder: attempt 1 ran out of memory in step 3; recovered in place",
+                                              "oomladder: training finished"]
+    assert "now runs in 2 chunks" in messages[0]["message"] and "No relaunch." in messages[0]["message"]
+    assert tracker_texts(tmp_path / "in-place-out" / "runs", "train/oomladder/rung/text_summary") == [
+        (0, "attempt 1 from step 0: start: the program's own settings"),
+        (3, "in place at step 3: out of memory; the micro-batch now runs in 2 chunks")]
+
+
+def tracker_texts(folder, tag):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    found = []
+    for run in sorted(folder.iterdir()):
+        events = EventAccumulator(str(run), size_guidance={"tensors": 0})
+        events.Reload()
+        if tag in events.Tags()["tensors"]:
+            found += [(e.step, e.tensor_proto.string_val[0].decode()) for e in events.Tensors(tag)]
+    return sorted(found)
 
 
 def test_a_step_1_oom_in_trl_needs_no_relaunch(tmp_path, in_place_env):
