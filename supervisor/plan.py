@@ -91,6 +91,7 @@ class Facts(_JournalValue):
     offloaded: str | None = None         # what device_map="auto" put on the CPU or disk, said in a person's words
     liger: bool | None = None            # liger-kernel is importable in the worker (the fused cross-entropy rung)
     coupled_rows: str | None = None      # why a micro-batch's rows are not independent (batch norm in training mode)
+    reads_flags: bool | None = None      # TrainingArguments come from the command line (HfArgumentParser, TrlParser)
 
 
 

@@ -98,8 +98,9 @@ def llama(kind="causal"):
 
 
 def settings(out, **extra):
-    return dict(output_dir=str(out), per_device_train_batch_size=8, max_steps=2, learning_rate=0.1, optim="sgd", logging_steps=1,
-                save_strategy="no", report_to="none", use_cpu=True, seed=0, dataloader_num_workers=0,
+    # Plain SGD: Adam would blow float noise in near-zero gradients up to whole learning-rate steps.
+    return dict(output_dir=str(out), per_device_train_batch_size=8, max_steps=2, learning_rate=0.1, optim="sgd",
+                logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, seed=0, dataloader_num_workers=0,
                 include_num_input_tokens_seen="all", **extra)
 
 

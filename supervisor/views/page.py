@@ -198,6 +198,6 @@ def _final_plan(report: dict[str, Any]) -> str:
         out += ["<p>In <code>from_pretrained(...)</code>:</p>",
                 f"<pre><code>from_pretrained(..., {e(body)})</code></pre>"]
     if r["command"]:
-        out += ["<p>The command of the last attempt (placeholders filled in):</p>",
+        out += [f"<p>{e(r.get('command_note') or 'The command of the last attempt')}:</p>",
                 f"<pre><code>{e(r['command'])}</code></pre>"]
     return "\n".join(out) + "\n</section>"

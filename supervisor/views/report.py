@@ -20,6 +20,7 @@ from oomladder.plan import Plan, changes, describe_changes
 from oomladder.record.history import RunView
 from oomladder.units import format_size, format_steps
 from oomladder.views.page import render_html
+from oomladder.views.reproduce import reproduce
 from oomladder.views.table import format_duration, in_place_line, in_place_rows, status_text, steps_text
 
 # report.schema.json (beside this file, shipped with the package) documents the data. 2: each attempt's
@@ -86,7 +87,8 @@ def build_report(view: RunView) -> dict[str, Any]:
         "before_after": [{"setting": name, "before": old, "after": new} for name, old, new in changes(before, after)],
         "final_plan": after.to_dict(),
         "expected_slowdown": expected_slowdown(view, before, after),
-        "reproduce": reproduce(before, after, view.attempts[-1].command if view.attempts else []),
+        "reproduce": reproduce(before, after, view.attempts[-1].command if view.attempts else [],
+                               view.run.get("command"), view.facts.reads_flags),
     }
 
 
@@ -127,48 +129,6 @@ def _untold(skipped: list[list[str]], told: set[tuple[str, str]]) -> list[dict[s
     fresh = [{"rung": rung, "reason": why} for rung, why in skipped if (rung, why) not in told]
     told.update((rung, why) for rung, why in skipped)
     return fresh
-
-
-def reproduce(before: Plan, after: Plan, command: list[str]) -> dict[str, Any]:
-    """The final plan as code and flags, for running it again without the supervisor."""
-    diff = {name: new for name, _old, new in changes(before, after)}
-    args: dict[str, Any] = {}
-    for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "per_device_eval_batch_size",
-                 "dataloader_num_workers", "optim"):
-        if name in diff:
-            args[name] = diff[name]
-    if "precision" in diff:
-        args["bf16"], args["fp16"] = diff["precision"] == "bf16", diff["precision"] == "fp16"
-    if diff.get("fused_cross_entropy"):
-        args["use_liger_kernel"] = True
-        args["liger_kernel_config"] = {"fused_linear_cross_entropy": True, "cross_entropy": False, "rope": False,
-                                       "swiglu": False, "rms_norm": False}
-    if diff.get("gradient_checkpointing"):
-        args["gradient_checkpointing"] = True
-        args["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
-    load: dict[str, str] = {}
-    if "load_dtype" in diff:
-        load["dtype"] = f"torch.{diff['load_dtype']}"
-    if diff.get("quantization") == "int8":
-        load["quantization_config"] = "BitsAndBytesConfig(load_in_8bit=True)"
-    elif diff.get("quantization") == "nf4":
-        load["quantization_config"] = ("BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type='nf4', "
-                                       "bnb_4bit_use_double_quant=True)")
-    env = {}
-    if after.allocator and "allocator" in diff:
-        env = {"PYTORCH_CUDA_ALLOC_CONF": after.allocator, "PYTORCH_ALLOC_CONF": after.allocator}
-    flags = []
-    for key, value in args.items():
-        if key in ("gradient_checkpointing_kwargs", "liger_kernel_config"):
-            flags += [f"--{key}", json.dumps(value)]
-        else:
-            flags += [f"--{key}", str(value)]
-    prefix = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
-    return {
-        "training_arguments": args, "from_pretrained": load, "environment": env,
-        "hf_argument_flags": shlex.join(flags),
-        "command": (prefix + " " if prefix else "") + shlex.join(command) if command else "",
-    }
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -250,7 +210,8 @@ def _reproduce_md(r: dict[str, Any]) -> list[str]:
         body = ", ".join(f"{k}={v}" for k, v in r["from_pretrained"].items())
         out += ["In `from_pretrained(...)`:", "", "```python", f"from_pretrained(..., {body})", "```", ""]
     if r["command"]:
-        out += ["The command of the last attempt (placeholders filled in):", "", "```", _code(r["command"]), "```"]
+        out += [f"{_md(r.get('command_note') or 'The command of the last attempt')}:", "", "```", _code(r["command"]),
+                "```"]
     return out
 
 

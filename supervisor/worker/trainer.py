@@ -19,7 +19,27 @@ from oomladder.worker.common import is_memory_failure, observe, peer_died, safel
 HOOKS = {
     "transformers.training_args": lambda module: patch_training_args(module),
     "transformers.trainer": lambda module: patch_trainer(module),
+    "transformers.hf_argparser": lambda module: patch_argument_parser(module),
 }
+
+
+def patch_argument_parser(module) -> None:
+    """Whether the program reads its TrainingArguments from its command line (HfArgumentParser, TRL's TrlParser):
+    then the report's command to run the final plan without oomladder is the program's command with its flags
+    rewritten, not only a `TrainingArguments(...)` line."""
+    cls = module.HfArgumentParser
+    original = cls.parse_args_into_dataclasses
+
+    @functools.wraps(original)
+    def parse_args_into_dataclasses(self, args=None, *rest, **kwargs):
+        parsed = original(self, args, *rest, **kwargs)
+        if args is None or list(args) == sys.argv[1:]:
+            from transformers import TrainingArguments
+            if any(isinstance(item, TrainingArguments) for item in parsed):
+                safely(observe, None, {"reads_flags": True})
+        return parsed
+
+    cls.parse_args_into_dataclasses = parse_args_into_dataclasses
 
 
 def patch_training_args(module) -> None:
