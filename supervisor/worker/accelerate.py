@@ -10,10 +10,12 @@ A loop that never enters `accelerator.accumulate()` still accumulates: each `acc
 counts a micro-batch and sets `sync_gradients`, so the prepared optimizer, scheduler and `zero_grad`
 act once per optimizer step, as they do under `accumulate()`; accelerate already divides the loss.
 
-Each optimizer step the prepared optimizer really takes is reported. After an out-of-memory error the
-last finished step is saved with accelerate's own `save_state` (its RNG replaced by the one the step
-left), and the next attempt loads it when the training DataLoader is first iterated, then passes over
-the micro-batches already trained on. The training DataLoader is the first one passed to `prepare`.
+Each optimizer step the prepared optimizer really takes is reported, with its loss. After an out-of-memory
+error the last finished step is saved with accelerate's own `save_state` (its RNG replaced by the one the step
+left, the steps' losses in its marker). The next attempt fast-forwards the program's own loop through the steps
+already trained, without computing them (fast_forward.py), so that its step counter, epoch and schedule read as in
+a continuous run, then loads the checkpoint before the next step's data is used. The training DataLoader is the
+first one passed to `prepare`.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from oomladder.worker import common, emergency, files, memcap, probe, step_state
+from oomladder.worker import common, emergency, fast_forward, files, memcap, probe, step_state
 from oomladder.worker.common import observe, safely
 
 HOOKS = {"accelerate.accelerator": lambda module: patch_accelerator(module),
@@ -32,7 +34,11 @@ HOOKS = {"accelerate.accelerator": lambda module: patch_accelerator(module),
 _PRECISIONS = {"no": "fp32", "bf16": "bf16", "fp16": "fp16", "fp8": "fp8"}
 
 _run: dict[str, Any] = {"accelerator": None, "step": 0, "micro": 0, "began": False, "loader": None,
-                        "prepared": None, "in_step": False, "accumulate_seen": False, "skip": 0, "skip_epochs": 0}
+                        "prepared": None, "in_step": False, "accumulate_seen": False,
+                        "replay": None,      # the FastForward under way, until the checkpoint is loaded
+                        "load_due": False,   # the replay reached the checkpoint's step: load it before going on
+                        "resume": None, "executed": 0,  # the checkpoint resumed from; steps this process computed
+                        "losses": [], "loss_sum": None, "loss_count": 0}  # each step's mean loss, for a replay
 
 
 def patch_accelerator(module) -> None:
@@ -78,11 +84,16 @@ def patch_accelerator(module) -> None:
 
     @functools.wraps(original_backward)
     def backward(self, loss, **kwargs):
-        if self is _run["accelerator"] and not _run["accumulate_seen"] and self.gradient_accumulation_steps > 1:
+        if self is not _run["accelerator"]:
+            return original_backward(self, loss, **kwargs)
+        if not _run["accumulate_seen"] and self.gradient_accumulation_steps > 1:
             # No accumulate() around this loop: count micro-batches here, so the prepared optimizer steps once
             # per optimizer step of the plan.
             _run["micro"] += 1
             self.gradient_state._set_sync_gradients(_run["micro"] % self.gradient_accumulation_steps == 0)
+        if _run["replay"] is not None:
+            return None  # fast-forwarding: nothing was computed, nothing to differentiate
+        safely(_note_loss, loss)
         return original_backward(self, loss, **kwargs)
 
     @functools.wraps(original_accumulate)
@@ -91,7 +102,35 @@ def patch_accelerator(module) -> None:
         return original_accumulate(self, *models)
 
     cls.__init__, cls.prepare, cls.backward, cls.accumulate = __init__, prepare, backward, accumulate
+    for name in ("save_state", "save_model", "save", "log"):
+        setattr(cls, name, _held_while_replaying(getattr(cls, name)))
+    for name in ("unwrap_model", "end_training"):
+        setattr(cls, name, _load_first(getattr(cls, name)))
     common.on_fatal.append(_save_after_failure)
+
+
+def _held_while_replaying(original):
+    """Saving and logging while fast-forwarding: nothing (the weights are not the trained ones yet, and the steps
+    were logged when they ran); once the checkpoint is due, it is loaded first."""
+    @functools.wraps(original)
+    def wrapper(self, *args, **kwargs):
+        if self is _run["accelerator"]:
+            _load_if_due()
+            if _run["replay"] is not None:
+                return None
+        return original(self, *args, **kwargs)
+    return wrapper
+
+
+def _load_first(original):
+    """What a loop calls after its last step (unwrap_model before save_pretrained, end_training): the checkpoint
+    first, if the replay has reached it."""
+    @functools.wraps(original)
+    def wrapper(self, *args, **kwargs):
+        if self is _run["accelerator"]:
+            _load_if_due()
+        return original(self, *args, **kwargs)
+    return wrapper
 
 
 def patch_optimizer(module) -> None:
@@ -103,6 +142,11 @@ def patch_optimizer(module) -> None:
         if _run["accelerator"] is None:
             return original_step(self, *args, **kwargs)
         syncing = self.gradient_state.sync_gradients
+        if _run["replay"] is not None:  # fast-forwarding: the step was taken by an earlier attempt
+            if syncing:
+                self.optimizer._opt_called = True  # as a step would: the program's scheduler steps after it
+                _replayed()
+            return None
         _run["in_step"] = syncing
         result = original_step(self, *args, **kwargs)
         _run["in_step"] = False
@@ -172,16 +216,12 @@ def _watch_loader(prepared) -> None:
             yield from original_iter(self)
             return
         safely(_begin)
-        if _run["skip_epochs"]:
-            _run["skip_epochs"] -= 1
-            return  # an epoch an earlier attempt finished
-        skip, _run["skip"] = _run["skip"], 0
         for batch in original_iter(self):
-            if skip:
-                skip -= 1  # trained on in an earlier attempt
-                continue
-            safely(probe.note_batch, batch)
+            _load_if_due()  # the replay has reached the checkpoint: this batch is the first one to train on
+            if _run["replay"] is None:
+                safely(probe.note_batch, batch)
             yield batch
+        _load_if_due()
 
     cls.__iter__ = __iter__
     cls._oomladder_iter = True
@@ -190,24 +230,67 @@ def _watch_loader(prepared) -> None:
 # --- progress, resume and the emergency checkpoint ----------------------------------------------------------
 
 def _begin() -> None:
-    """On the training DataLoader's first iteration: load the checkpoint the supervisor named, say where
-    training begins, and count the micro-batches already trained on."""
+    """On the training DataLoader's first iteration: with a checkpoint to resume from, fast-forward the program
+    through the steps it holds; otherwise say that training begins at step 0."""
     if _run["began"]:
         return
     _run["began"] = True
     accelerator = _run["accelerator"]
     resume = emergency.resume_point()
-    if resume and accelerator is not None:
-        accelerator.load_state(resume)
-        _run["step"] = int((files.read_json(Path(resume) / files.CHECKPOINT_MARKER) or {}).get("step", 0))
-        consumed = _run["step"] * accelerator.gradient_accumulation_steps  # micro-batches of this plan's size
-        # accumulate() decides sync_gradients from the accelerator's own micro-batch count, which load_state
-        # restored as the earlier plan counted it (and past the failed micro-batch): count as this plan does.
-        accelerator.step = consumed
-        per_epoch = len(_run["prepared"]) if hasattr(_run["prepared"], "__len__") else 0
-        _run["skip_epochs"], _run["skip"] = divmod(consumed, per_epoch) if per_epoch else (0, consumed)
+    marker = (files.read_json(Path(resume) / files.CHECKPOINT_MARKER) or {}) if resume else {}
+    step = int(marker.get("step", 0) or 0)
+    if resume and accelerator is not None and step > 0:
+        _run["resume"], _run["losses"] = resume, [float(x) for x in marker.get("losses") or []]
+        _run["replay"] = fast_forward.FastForward(list(accelerator._models), step, _run["losses"])
+        _run["replay"].start()
+        return  # where training begins is said when the checkpoint is loaded
     common.current.update(step=_run["step"])
     files.append_progress({"began_at": _run["step"], "max_steps": None})
+
+
+def _replayed() -> None:
+    """An optimizer step of the fast-forward: counted, not taken. A stop asked for now keeps the checkpoint."""
+    replay = _run["replay"]
+    replay.step += 1
+    _run["step"] = replay.step
+    common.current.update(step=_run["step"])
+    if common.stop_requested[0]:
+        signum = common.stop_requested[0]
+        replay.stop()
+        print(f"oomladder: stopped by {signal.Signals(signum).name} while fast-forwarding; the checkpoint of step "
+              f"{replay.target} stays the latest", file=sys.stderr, flush=True)
+        raise SystemExit(128 + signum)
+    if replay.step >= replay.target:
+        _run["load_due"] = True
+
+
+def _load_if_due() -> None:
+    """The replay reached the checkpoint's step: load the checkpoint (weights, optimizer, scheduler, RNG) and train
+    on from there."""
+    if not _run["load_due"]:
+        return
+    _run["load_due"] = False
+    replay, _run["replay"] = _run["replay"], None
+    replay.stop()
+    accelerator = _run["accelerator"]
+    accelerator.load_state(_run["resume"])
+    # accumulate() decides sync_gradients from the accelerator's own micro-batch count, which load_state
+    # restored as the earlier plan counted it (and past the failed micro-batch): count as this plan does.
+    accelerator.step = _run["step"] * accelerator.gradient_accumulation_steps
+    _run["micro"] = 0
+    emergency.snapshot_rng()
+    emergency.keep_step_end(tuple(accelerator._models))
+    common.current.update(step=_run["step"])
+    files.append_progress({"began_at": _run["step"], "max_steps": None})
+    print(f"oomladder: fast-forwarded through steps 1-{replay.target}; the checkpoint of step {replay.target} is "
+          f"loaded, and training goes on at step {replay.target + 1}", file=sys.stderr, flush=True)
+
+
+def _note_loss(loss) -> None:
+    """Each micro-batch's loss, summed on its device (read once per optimizer step)."""
+    value = loss.detach().float()
+    _run["loss_sum"] = value if _run["loss_sum"] is None else _run["loss_sum"] + value
+    _run["loss_count"] += 1
 
 
 def _stepped() -> None:
@@ -217,12 +300,17 @@ def _stepped() -> None:
         observe(None, {"coupled_rows": next(filter(None, map(step_state.coupled_rows, _run["accelerator"]._models)),
                                             None)})
     _run["step"] += 1
+    _run["executed"] += 1
     _run["micro"] = 0
+    loss = float(_run["loss_sum"]) / _run["loss_count"] if _run["loss_count"] else None
+    _run["loss_sum"], _run["loss_count"] = None, 0
+    before = _run["losses"][:_run["step"] - 1]
+    _run["losses"] = before + [None] * (_run["step"] - 1 - len(before)) + [loss]
     common.current.update(step=_run["step"])
     emergency.snapshot_rng()
     emergency.keep_step_end(tuple(_run["accelerator"]._models))
     peak, measure = memcap.peak()
-    files.append_progress({"step": _run["step"], "max_steps": None, "phase": "train", "peak": peak,
+    files.append_progress({"step": _run["step"], "max_steps": None, "phase": "train", "peak": peak, "loss": loss,
                            "peak_measure": measure, "batch_shape": probe.batch_shapes()["largest"], "executed": True})
     if common.stop_requested[0]:
         signum = common.stop_requested[0]
@@ -235,6 +323,9 @@ def _stepped() -> None:
 def _save_after_failure(exc: BaseException) -> None:
     """From the excepthook: the last finished step, after an out-of-memory error outside the optimizer step."""
     if _run["accelerator"] is None or not common.is_memory_failure(exc):
+        return
+    if _run["replay"] is not None or (_run["resume"] and not _run["executed"]):
+        emergency.skip(emergency.no_step_ended())
         return
     if (why := emergency.nothing_to_keep(_run["step"], _run["in_step"])) is not None:
         emergency.skip(why)
@@ -271,7 +362,8 @@ def _save(why: str) -> None:
                       **({"torch_cuda_manual_seed": rng["cuda"] if isinstance(rng["cuda"], list) else [rng["cuda"]]}
                          if "cuda" in rng else {}))
         torch.save(states, partial / f"random_states_{accelerator.process_index}.pkl")
-    emergency.commit(partial, _run["step"], None, "accelerate", why=why)
+    emergency.commit(partial, _run["step"], None, "accelerate", why=why,
+                     losses=[x if x is not None else 0.0 for x in _run["losses"][:_run["step"]]])
 
 
 def _model_facts(model) -> dict[str, Any]:

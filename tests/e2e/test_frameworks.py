@@ -19,29 +19,49 @@ TRL_SFT = HERE / "programs" / "trl_sft.py"
 
 
 def samples_per_step(run_dir):
-    """The program's own 'optimizer step: N samples' lines, over every attempt."""
+    """The program's own 'optimizer step...: N samples' lines, over every attempt."""
     return [int(n) for log in sorted(run_dir.glob("attempts/*/stdout.log"))
-            for n in re.findall(r"optimizer step: (\d+) samples", log.read_text())]
+            for n in re.findall(r"optimizer step(?: \d+)?: (\d+) samples", log.read_text())]
 
 
-@pytest.mark.parametrize("style", ["accumulate", "plain-loop"])
-def test_an_accelerate_loop_recovers_with_every_sample_trained_once(tmp_path, env, style):
-    """In the style of accelerate's examples (`with accelerator.accumulate(model)`), and a plain loop that
-    steps its optimizer after every batch: the plan's smaller micro-batch and accumulation reach both."""
-    run_dir, samples = tmp_path / "run", tmp_path / "samples"
+def own_log(run_dir):
+    """The accelerate loop's own record of its optimizer steps, over every attempt: (its step number, the samples
+    it trained on, its learning rate after the step)."""
+    found = []
+    for log in sorted(run_dir.glob("attempts/*/stdout.log")):
+        for step, samples, lr in re.findall(r"optimizer step (\d+): \d+ samples \[([\d, ]*)\], loss [\d.]+, lr (-?[\d.e-]+)",
+                                            log.read_text()):
+            found.append((int(step), [int(i) for i in samples.split(",")], float(lr)))
+    return found
+
+
+@pytest.mark.parametrize("style", ["accumulate", "plain-loop-two-epochs"])
+def test_an_accelerate_loop_with_its_own_counters_resumes_as_a_continuous_run(tmp_path, env, style):
+    """In the style of accelerate's examples (`with accelerator.accumulate(model)`), and a plain loop that steps
+    its optimizer after every batch over two epochs: the plan's smaller micro-batch and accumulation reach both. The
+    loop keeps its own step counter, stops at its last step and runs a LambdaLR to zero there: after the relaunch it
+    reads as a continuous run (fast-forwarded through the steps already trained), never past its end."""
+    run_dir = tmp_path / "run"
+    program = ["--plain-loop", "--epochs", "2"] if style.startswith("plain-loop") else []
     result = oomladder("run", "--memory-cap", "1200MiB", "--run-dir", str(run_dir), "--", sys.executable,
-                       str(ACCELERATE_LOOP), "--model-dir", str(tmp_path / "model"), "--count-samples", str(samples),
-                       *(["--plain-loop"] if style == "plain-loop" else []), cwd=tmp_path, env=env)
+                       str(ACCELERATE_LOOP), "--model-dir", str(tmp_path / "model"), *program, cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     view = view_of(run_dir)
     first, last = view.attempts[0], view.attempts[-1]
     assert first.failure.is_memory and first.steps == [1, 2]
     assert last.plan.per_device_train_batch_size < 16 and last.plan.effective_batch == 16
     assert last.resumed and last.began_at == 2 and last.steps == [3, 4, 5, 6]
-    # What the program did: 16 samples in each of its 6 optimizer steps, each of the 96 samples once.
-    assert samples_per_step(run_dir) == [16] * 6
-    trained = [int(line.split()[1]) for line in samples.read_text().splitlines()]
-    assert sorted(trained) == list(range(96)) and max(Counter(trained).values()) == 1
+    # What the program did, in its own words: steps 1 to 6 once each, 16 samples each, each sample once per epoch,
+    # and the learning rate of a continuous 6-step schedule, 0 after the last step (never below).
+    log = own_log(run_dir)
+    assert [step for step, _, _ in log] == [1, 2, 3, 4, 5, 6]
+    assert [len(samples) for _, samples, _ in log] == [16] * 6
+    trained = [i for _, samples, _ in log for i in samples]
+    epochs = 2 if program else 1
+    assert sorted(trained) == sorted(list(range(96 // epochs)) * epochs)
+    assert [lr for _, _, lr in log] == pytest.approx([1e-3 * (1 - k / 6) for k in range(1, 7)], rel=1e-6, abs=1e-12)
+    assert "done: 6 optimizer steps by this program's own count" in (
+        run_dir / "attempts" / f"{last.number:03d}" / "stdout.log").read_text()
     assert view.ended["reason"].startswith("every step ran once")
     assert processes_of(run_dir) == []
 
