@@ -350,3 +350,21 @@ def test_counters_of_a_failed_try_are_undone_and_a_split_logs_one_entry():
     owner._metrics["train"]["num_tokens"] = [30]           # a running total, replaced: kept as it is
     split.merge([0.25, 0.75])
     assert owner._metrics["train"] == {"entropy": [1.0, 3.5], "num_tokens": [30]}
+
+
+def test_the_emergency_checkpoint_holds_the_buffers_and_counters_of_the_last_finished_step():
+    """A relaunch resumes from the end of the last step: not from running statistics, or a count of tokens seen,
+    that the failed step's forward had already moved."""
+    from oomladder.worker import emergency
+    norm = torch.nn.BatchNorm1d(4).train()
+
+    from transformers import TrainerState
+    state = TrainerState(num_input_tokens_seen=160)
+    norm(torch.randn(8, 4))  # step 1
+    emergency.keep_step_end((norm,), (state,))
+    kept = norm.running_mean.clone()
+    norm(torch.randn(8, 4))  # step 2's forward, then the OOM
+    state.num_input_tokens_seen += 160
+    assert emergency.back_to_step_end() is None
+    assert torch.equal(norm.running_mean, kept) and int(norm.num_batches_tracked) == 1
+    assert state.num_input_tokens_seen == 160

@@ -20,6 +20,7 @@ first one passed to `prepare`.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import signal
 import sys
@@ -243,6 +244,7 @@ def _begin() -> None:
         _run["resume"], _run["losses"] = resume, [float(x) for x in marker.get("losses") or []]
         _run["replay"] = fast_forward.FastForward(list(accelerator._models), step, _run["losses"])
         _run["replay"].start()
+        atexit.register(_replay_unfinished)
         return  # where training begins is said when the checkpoint is loaded
     common.current.update(step=_run["step"])
     files.append_progress({"began_at": _run["step"], "max_steps": None})
@@ -262,6 +264,19 @@ def _replayed() -> None:
         raise SystemExit(128 + signum)
     if replay.step >= replay.target:
         _run["load_due"] = True
+
+
+def _replay_unfinished() -> None:
+    """At exit: a program whose loop ended before the fast-forward reached the checkpoint did not resume (its loop
+    is not the one that trained the checkpoint, or stops earlier): said, never counted as steps run once."""
+    replay = _run["replay"]
+    if replay is None:
+        return
+    replay.stop()
+    why = (f"the program's loop ended after {replay.step} of the {replay.target} steps it was fast-forwarded through, "
+           f"so the checkpoint was never loaded: it must run the same loop over the same data to resume")
+    safely(files.append_progress, {"resume_failed": why})
+    print(f"oomladder: did not resume: {why}", file=sys.stderr, flush=True)
 
 
 def _load_if_due() -> None:
