@@ -90,6 +90,8 @@ class Facts(_JournalValue):
     adapters_expected: bool | None = None  # peft was imported when the model loaded: its base will likely be frozen
     offloaded: str | None = None         # what device_map="auto" put on the CPU or disk, said in a person's words
     liger: bool | None = None            # liger-kernel is importable in the worker (the fused cross-entropy rung)
+    trains_in: str | None = None         # the training process's command line, when a launcher started it
+    notebook: str | None = None          # the notebook that trains, when a command line names one (papermill)
 
 
 

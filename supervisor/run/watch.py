@@ -7,6 +7,7 @@ that drive the runner with fake workers drive this too."""
 
 from __future__ import annotations
 
+import shlex
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -157,9 +158,9 @@ class AttemptWatcher:
         attempt = view.attempts[-1]
         ended: dict[str, Any] = dict(attempt=number, exit_code=poll.returncode, duration=round(duration, 3),
                                      exited=round(exited, 3), step=attempt.step, max_steps=attempt.max_steps)
-        if poll.returncode == 0 and poll.stop is None:
-            return self._journal_end(number, "finished", None, None, ended, None, None, duration)
         record = files.first_failure()
+        if poll.returncode == 0 and poll.stop is None and not died_below_a_wrapper(record, files.claims()):
+            return self._journal_end(number, "finished", None, None, ended, None, None, duration)
         if record and ended["max_steps"] is None:
             ended["max_steps"] = record.get("max_steps")
         if poll.hung is not None:
@@ -194,6 +195,12 @@ class AttemptWatcher:
 
     def take_in(self, number: int, files: AttemptFiles) -> None:
         """Copy what the workers reported since the last look into the journal."""
+        for claim in files.new_claims():
+            if (facts := trains_in(claim, self.config.command)) and (number, "trains_in") not in self._told:
+                self._told.add((number, "trains_in"))
+                self.journal.append(schema.OBSERVED, attempt=number, rank=claim.get("rank", 0), plan={}, facts=facts)
+                self.display.event(f"attempt {number}: training runs in process {claim.get('pid')}, "
+                                   f"{facts['trains_in']}")
         for rank, data in files.new_observations():
             if (data.get("facts") or {}).get("offloaded"):
                 self._warn_once(number, "offload", f"attempt {number}: device_map put weights off the device "
@@ -281,6 +288,22 @@ class AttemptWatcher:
         elif stop is None and world.peer_stop is not None:
             stop = StopReason(Stop.PEER, peer=world.peer_stop)
         return world.outcome, world.failure, world.ended, stop
+
+
+def died_below_a_wrapper(record: dict[str, Any] | None, claims: list[dict[str, Any]]) -> bool:
+    """A training process that a launcher started died of an exception, whatever the command's exit status says: a
+    wrapper such as `bash -c "accelerate launch train.py; echo done"` exits 0 after its rank's OOM."""
+    return record is not None and any(c.get("pid") == record.get("pid") and c.get("launchers") for c in claims)
+
+
+def trains_in(claim: dict[str, Any], command: list[str]) -> dict[str, Any]:
+    """What the journal keeps of a training process that a launcher started (worker/role.py): its command line, and
+    the notebook a command line names (papermill's, nbconvert's). Nothing when the command itself trains."""
+    argv, launchers = claim.get("argv") or [], claim.get("launchers") or []
+    if not launchers:
+        return {}
+    notebook = next((part for line in (command, *launchers, argv) for part in line if part.endswith(".ipynb")), None)
+    return {"trains_in": shlex.join(argv), "notebook": notebook}
 
 
 def _told_stop(stop: StopReason | None) -> dict[str, Any] | None:
