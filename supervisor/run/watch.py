@@ -3,11 +3,11 @@ when the run must stop (a signal, a budget, a hang, another node), and journal h
 
 `AttemptWatcher.watch` returns an `AttemptResult` and writes `attempt_ended` before it returns;
 what the run does next is decide.py's. Clock, sleep and launcher are the runner's, so the tests
-that drive the runner with fake workers drive this too."""
+that drive the runner with fake workers drive this too. It is longer than most modules: one
+attempt's whole life, from its launch to its journaled end, reads in one place."""
 
 from __future__ import annotations
 
-import shlex
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +27,7 @@ from oomladder.record.journal import Journal
 from oomladder.run.budget import Budget
 from oomladder.run.config import EXIT_BUDGET, EXIT_INTERRUPTED, RunConfig
 from oomladder.run.outcomes import AttemptResult, Stop, StopReason
+from oomladder.run.trainers import died_below_a_wrapper, trains_in
 from oomladder.views.display import Display
 from oomladder.views.table import in_place_change
 from oomladder.worker.files import AttemptFiles, in_place_record
@@ -195,12 +196,8 @@ class AttemptWatcher:
 
     def take_in(self, number: int, files: AttemptFiles) -> None:
         """Copy what the workers reported since the last look into the journal."""
-        for claim in files.new_claims():
-            if (facts := trains_in(claim, self.config.command)) and (number, "trains_in") not in self._told:
-                self._told.add((number, "trains_in"))
-                self.journal.append(schema.OBSERVED, attempt=number, rank=claim.get("rank", 0), plan={}, facts=facts)
-                self.display.event(f"attempt {number}: training runs in process {claim.get('pid')}, "
-                                   f"{facts['trains_in']}")
+        if facts := trains_in(files.new_claims(), self.config.command):  # a launcher started it (run/trainers.py)
+            self.journal.append(schema.OBSERVED, attempt=number, plan={}, facts=facts)
         for rank, data in files.new_observations():
             if (data.get("facts") or {}).get("offloaded"):
                 self._warn_once(number, "offload", f"attempt {number}: device_map put weights off the device "
@@ -288,22 +285,6 @@ class AttemptWatcher:
         elif stop is None and world.peer_stop is not None:
             stop = StopReason(Stop.PEER, peer=world.peer_stop)
         return world.outcome, world.failure, world.ended, stop
-
-
-def died_below_a_wrapper(record: dict[str, Any] | None, claims: list[dict[str, Any]]) -> bool:
-    """A training process that a launcher started died of an exception, whatever the command's exit status says: a
-    wrapper such as `bash -c "accelerate launch train.py; echo done"` exits 0 after its rank's OOM."""
-    return record is not None and any(c.get("pid") == record.get("pid") and c.get("launchers") for c in claims)
-
-
-def trains_in(claim: dict[str, Any], command: list[str]) -> dict[str, Any]:
-    """What the journal keeps of a training process that a launcher started (worker/role.py): its command line, and
-    the notebook a command line names (papermill's, nbconvert's). Nothing when the command itself trains."""
-    argv, launchers = claim.get("argv") or [], claim.get("launchers") or []
-    if not launchers:
-        return {}
-    notebook = next((part for line in (command, *launchers, argv) for part in line if part.endswith(".ipynb")), None)
-    return {"trains_in": shlex.join(argv), "notebook": notebook}
 
 
 def _told_stop(stop: StopReason | None) -> dict[str, Any] | None:
