@@ -8,6 +8,7 @@ attempt's whole life, from its launch to its journaled end, reads in one place."
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -150,6 +151,11 @@ class AttemptWatcher:
             return StopReason(Stop.SIGNAL, signum=signum)
         spent = self.wall_time_spent()
         return StopReason(Stop.BUDGET, budget=spent) if spent is not None else None
+
+    def conclude(self, number: int, files: AttemptFiles, returncode: int, duration: float) -> AttemptResult:
+        """How an attempt that ran inside this very process ended (a notebook's kernel: oomladder/notebook)."""
+        return self._conclude(number, LaunchSpec((), {}, ".", Path(os.devnull), Path(os.devnull)), files,
+                              _Poll(returncode), duration, self.clock(), None)
 
     def _conclude(self, number: int, spec: LaunchSpec, files: AttemptFiles, poll: _Poll, duration: float,
                   exited: float, oom_kills_before: int | None) -> AttemptResult:

@@ -16,15 +16,20 @@ import sys
 import threading
 import time
 
-from oomladder.worker import accelerate, common, files, kernel, lightning, loading, memcap, role, torch_hooks, trainer
+from oomladder.worker import (accelerate, common, files, inplace, kernel, lightning, loading, memcap, role, torch_hooks,
+                              trainer)
 from oomladder.worker.common import safely
 from oomladder.worker.importhook import PostImportFinder
 
 FRAMEWORKS = (trainer, accelerate, loading, torch_hooks, lightning, kernel)
+installed = [False]
 GRACE = 60.0  # seconds a worker whose supervisor died has to save its step, as under the supervisor's own stop
 
 
 def install() -> None:
+    if installed[0]:  # a kernel whose extension began a second run (oomladder/notebook)
+        return
+    installed[0] = True
     role.install()  # whether this process speaks for the worker, and its place in the tree (role.py)
     hooks = {name: hook for framework in FRAMEWORKS for name, hook in framework.HOOKS.items()}
     for name, hook in list(hooks.items()):
@@ -37,6 +42,14 @@ def install() -> None:
     from oomladder import __version__
     safely(files.append_progress, {"adapter": __version__})  # the supervisor knows the plan can reach this program
     safely(_watch_supervisor)
+
+
+def new_attempt() -> None:
+    """Another attempt in this same process (a notebook's kernel, oomladder/notebook): what the last attempt's
+    training left in the adapter's state is not the next one's. Its plan already holds an in-place split."""
+    inplace.split[0], inplace.checkpointed[0] = 1, False
+    common.stop_requested[0] = 0
+    common.current.update(step=None, max_steps=None)
 
 
 def _watch_supervisor() -> None:
@@ -71,7 +84,7 @@ def _report_exit() -> None:
     that never trained (a launcher, a helper) has no peak to show."""
     if role.trains():
         peak, measure = memcap.peak()
-        safely(files.append_progress, {"peak": peak, "peak_measure": measure})
+        safely(files.append_progress, {"peak": peak, "peak_measure": measure, "pid": os.getpid()})
 
 
 def _chain_excepthook() -> None:

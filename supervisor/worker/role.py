@@ -7,7 +7,8 @@ loads the adapter (PYTHONPATH is inherited), and each decides its own role, by w
 - It *trains* (it is a rank) once it starts training work: it loads a model, or builds a Trainer, an Accelerator, a
   Lightning Trainer, a torch optimizer or an oomladder session. Each of these arms the memory cap first
   (memcap.arm), which claims the role: `trains.PID.json` in the attempt folder names the process, its Python
-  ancestors and the command lines between the supervisor and it. From then on it reports.
+  ancestors and the command lines between the supervisor and it (the user's own commands, nothing above the
+  supervisor). From then on it reports.
 - Until a process trains, the first Python process of the attempt speaks for the worker (a launcher's bad flag, a
   script's bug before training are the attempt's failure), and so do the ranks torch's elastic launcher starts.
 - A process that does not train, below which one does, is a launcher: when its rank dies, its own exception
@@ -90,16 +91,18 @@ def is_launcher() -> bool:
 
 def _launchers() -> list[list[str]]:
     """The command lines of the processes between the supervisor and this one, outermost first (Linux's /proc;
-    empty elsewhere). A launcher that died before its rank claimed is missing: its rank was re-parented."""
+    empty elsewhere). Only below the supervisor: a chain that does not reach it says nothing of anyone else's."""
     supervisor = int(os.environ.get("OOMLADDER_SUPERVISOR_PID", "0") or 0)
+    if supervisor in (0, os.getpid()):  # no supervisor, or a kernel that is its own (oomladder/notebook)
+        return []
     chain, pid = [], os.getppid()
-    while pid > 1 and pid != supervisor and len(chain) < 32:
+    while pid != supervisor and pid > 1 and len(chain) < 32:
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 chain.append([part.decode(errors="replace") for part in f.read().split(b"\0") if part])
             with open(f"/proc/{pid}/stat") as f:
                 stat = f.read()
         except OSError:
-            break
+            return []
         pid = int(stat[stat.rfind(")") + 2:].split()[1])  # after "pid (comm) state": the parent's pid
-    return chain[::-1]
+    return chain[::-1] if pid == supervisor else []
