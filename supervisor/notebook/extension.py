@@ -100,5 +100,6 @@ def _show(what: Any) -> None:
     from rich.console import Console
     # rich looks for IPython's `get_ipython` builtin, which exists only while a cell runs, not in post_run_cell.
     shell = _session["ipython"]
-    notebook = shell is not None and (type(shell).__name__ == "ZMQInteractiveShell" or "google.colab" in str(type(shell)))
+    kind = f"{type(shell).__module__}.{type(shell).__name__}" if shell is not None else ""
+    notebook = kind.endswith("ZMQInteractiveShell") or "google.colab" in kind
     Console(force_jupyter=notebook or None).print(what)

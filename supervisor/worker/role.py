@@ -61,8 +61,9 @@ def claim() -> None:
         return
     _me["trains"] = True
     files.enabled[0] = True
-    files.write_claim({"pid": os.getpid(), "ts": round(time.time(), 3), "rank": files.rank(), "ancestors": list(_me["ancestors"]),
-                       "argv": [sys.executable, *sys.argv], "launchers": _launchers()})
+    files.write_claim({"pid": os.getpid(), "ts": round(time.time(), 3), "rank": files.rank(),
+                       "ancestors": list(_me["ancestors"]), "argv": [sys.executable, *sys.argv],
+                       "launchers": _launchers()})
     for flush in on_claim:
         flush()
 

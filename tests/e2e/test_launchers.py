@@ -102,7 +102,8 @@ def test_papermill_runs_the_notebook_again_on_the_new_plan_from_where_it_stopped
     assert (last.plan.per_device_train_batch_size, last.plan.effective_batch) == (8, 16)
     assert steps_by_process(steps) == [[1, 2], [3, 4]]  # two kernels, the notebook's own record
     assert_each_step_ran_once(steps, 4)
-    assert view.facts.notebook == "finetune.ipynb" and "- notebook: `finetune.ipynb`" in (run_dir / "report.md").read_text()
+    assert view.facts.notebook == "finetune.ipynb"
+    assert "- notebook: `finetune.ipynb`" in (run_dir / "report.md").read_text()
     executed = json.loads((tmp_path / "out.ipynb").read_text())  # the last execution, with its outputs
     assert "effective batch 16" in "".join("".join(o.get("text", "")) for o in executed["cells"][-1]["outputs"])
     assert processes_of(run_dir) == []

@@ -35,7 +35,8 @@ dataset = dataset.map(lambda row: tokenizer(row["text"]), remove_columns=["text"
 LORA = '''# 2. LoRA
 from peft import LoraConfig, get_peft_model
 
-model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))'''
+lora = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+model = get_peft_model(model, lora)'''
 
 ARGUMENTS = '''# 3. TrainingArguments
 from transformers import TrainingArguments
