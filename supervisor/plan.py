@@ -92,6 +92,8 @@ class Facts(_JournalValue):
     liger: bool | None = None            # liger-kernel is importable in the worker (the fused cross-entropy rung)
     coupled_rows: str | None = None      # why a micro-batch's rows are not independent (batch norm in training mode)
     reads_flags: bool | None = None      # TrainingArguments come from the command line (HfArgumentParser, TrlParser)
+    trains_in: str | None = None         # the training process's command line, when a launcher started it
+    notebook: str | None = None          # the notebook that trains, when a command line names one (papermill)
 
 
 

@@ -132,24 +132,31 @@ class Worker:
             pass
 
     def stop(self, sig: int = signal.SIGTERM, grace: float = 10.0, hurry: Callable[[], bool] = lambda: False) -> int:
-        """`sig` to the leader (it finishes and saves its step; a launcher passes it on to its ranks), to
-        the whole group when most of `grace` is gone, and SIGKILL to the group when it is up, or at once
-        when `hurry()` says so (a second signal to oomladder)."""
-        for target, wait in ((self.popen.send_signal, grace * 0.8), (self.signal_group, grace * 0.2)):
-            if self.popen.poll() is not None or hurry():
-                break
+        """`sig` to the leader (it finishes and saves its step; a launcher passes it on to its ranks). Then to the
+        whole group, when most of `grace` is gone, or as soon as the leader is gone and the group is not: a launcher
+        that dies of the signal without passing it on (`bash -c`, accelerate's single-process launcher) leaves its
+        rank to be told. SIGKILL to the group when `grace` is up, or at once when `hurry()` says so (a second
+        signal to oomladder)."""
+        start = time.monotonic()
+        if self.popen.poll() is None and not hurry():
             try:
-                target(sig)
+                self.popen.send_signal(sig)
             except ProcessLookupError:
-                break
-            deadline = time.monotonic() + wait
-            while self.popen.poll() is None and time.monotonic() < deadline and not hurry():
-                time.sleep(0.05)
+                pass
+            self._wait(lambda: self.popen.poll() is None, start + grace * 0.8, hurry)
+        if group_members(self.pgid) and not hurry():
+            self.signal_group(sig)
+            self._wait(lambda: self.popen.poll() is None or bool(group_members(self.pgid)), start + grace, hurry)
         if self.popen.poll() is None:
             self.signal_group(signal.SIGKILL)
             self.popen.wait()
         self.reap_group()
         return self.popen.returncode
+
+    @staticmethod
+    def _wait(busy: Callable[[], bool], deadline: float, hurry: Callable[[], bool]) -> None:
+        while busy() and time.monotonic() < deadline and not hurry():
+            time.sleep(0.05)
 
     def reap_group(self, timeout: float = 10.0) -> None:
         """Kill what the leader left behind (DataLoader workers, ranks) and wait until it is gone."""

@@ -203,7 +203,7 @@ class Runner:
         number = result.number
         if isinstance(verdict, End):
             if verdict.decision is not None:
-                self._journal_decision(number, verdict.decision, verdict.rollback)
+                journal_decision(self.journal, number, verdict.decision, verdict.rollback)
             if verdict.status == RunStatus.FINISHED.value:
                 remove_superseded(self.config.run_dir, self.journal.view().checkpoints, keep=None)
             return self._end(verdict)
@@ -214,7 +214,7 @@ class Runner:
             self._sleep_unless_signalled(verdict.delay)
             nxt = NextAttempt(verdict.plan, "retry", verdict.reason)
         else:
-            changes = self._journal_decision(number, verdict.decision, verdict.rollback)
+            changes = journal_decision(self.journal, number, verdict.decision, verdict.rollback)
             self.display.event(f"attempt {number}: {result.failure.summary}; next: {verdict.decision.rung}: {changes}"
                                + (f" (rolled back: {verdict.decision.reason.split(': back to')[0]})"
                                   if verdict.rollback else ""))
@@ -225,20 +225,6 @@ class Runner:
         if not isinstance(verdict, Retry):  # a fallback that will run: news
             self.notifier.fallback(self.journal.view(), number)
         return nxt
-
-    def _journal_decision(self, number: int, decision: Decision, rollback: Rollback | None = None) -> str | None:
-        """The ladder's decision as the journal keeps it; returns what it changes (from the plan it undoes
-        to, when a rung broke the program)."""
-        attempts = self.journal.view().attempts
-        current = (attempts[-2] if rollback is not None else attempts[-1]).plan
-        changes = describe_changes(current, decision.plan) if decision.plan else None
-        self.journal.append(schema.DECISION, attempt=number, rung=decision.rung, rung_index=decision.rung_index,
-                            rung_indices=list(decision.rung_indices), reason=decision.reason,
-                            plan=decision.plan.to_dict() if decision.plan else None, changes=changes,
-                            skipped=[list(s) for s in decision.skipped], estimate=decision.estimate,
-                            **({"rolled_back": rollback.attempt, "incompatible": [list(r) for r in rollback.incompatible]}
-                               if rollback is not None else {}))
-        return changes
 
     def _end(self, end: End) -> int:
         self.journal.append(schema.RUN_ENDED, status=end.status, exit_code=end.exit_code, reason=end.reason)
@@ -299,3 +285,18 @@ class Runner:
             code = {RunStatus.NODE_LOST.value: EXIT_NOT_MEMORY, RunStatus.NODES_DISAGREE.value: EXIT_USAGE}.get(
                 ending.status, EXIT_INTERRUPTED.get(self._signal, 130))
         return self._end(End(ending.status, code, ending.reason))
+
+
+def journal_decision(journal: Journal, number: int, decision: Decision, rollback: Rollback | None = None) -> str | None:
+    """The ladder's decision as the journal keeps it; returns what it changes (from the plan it undoes to, when a
+    rung broke the program). The runner's, and a notebook kernel's (oomladder/notebook)."""
+    attempts = journal.view().attempts
+    current = (attempts[-2] if rollback is not None else attempts[-1]).plan
+    changes = describe_changes(current, decision.plan) if decision.plan else None
+    journal.append(schema.DECISION, attempt=number, rung=decision.rung, rung_index=decision.rung_index,
+                   rung_indices=list(decision.rung_indices), reason=decision.reason,
+                   plan=decision.plan.to_dict() if decision.plan else None, changes=changes,
+                   skipped=[list(s) for s in decision.skipped], estimate=decision.estimate,
+                   **({"rolled_back": rollback.attempt, "incompatible": [list(r) for r in rollback.incompatible]}
+                      if rollback is not None else {}))
+    return changes

@@ -3,10 +3,12 @@ when the run must stop (a signal, a budget, a hang, another node), and journal h
 
 `AttemptWatcher.watch` returns an `AttemptResult` and writes `attempt_ended` before it returns;
 what the run does next is decide.py's. Clock, sleep and launcher are the runner's, so the tests
-that drive the runner with fake workers drive this too."""
+that drive the runner with fake workers drive this too. It is longer than most modules: one
+attempt's whole life, from its launch to its journaled end, reads in one place."""
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +28,7 @@ from oomladder.record.journal import Journal
 from oomladder.run.budget import Budget
 from oomladder.run.config import EXIT_BUDGET, EXIT_INTERRUPTED, RunConfig
 from oomladder.run.outcomes import AttemptResult, Stop, StopReason
+from oomladder.run.trainers import died_below_a_wrapper, trains_in
 from oomladder.views.display import Display
 from oomladder.views.table import in_place_change
 from oomladder.worker.files import AttemptFiles, in_place_record
@@ -151,6 +154,11 @@ class AttemptWatcher:
         spent = self.wall_time_spent()
         return StopReason(Stop.BUDGET, budget=spent) if spent is not None else None
 
+    def conclude(self, number: int, files: AttemptFiles, returncode: int, duration: float) -> AttemptResult:
+        """How an attempt that ran inside this very process ended (a notebook's kernel: oomladder/notebook)."""
+        return self._conclude(number, LaunchSpec((), {}, ".", Path(os.devnull), Path(os.devnull)), files,
+                              _Poll(returncode), duration, self.clock(), None)
+
     def _conclude(self, number: int, spec: LaunchSpec, files: AttemptFiles, poll: _Poll, duration: float,
                   exited: float, oom_kills_before: int | None) -> AttemptResult:
         """Classify the end of the attempt and journal it."""
@@ -159,9 +167,9 @@ class AttemptWatcher:
         attempt = view.attempts[-1]
         ended: dict[str, Any] = dict(attempt=number, exit_code=poll.returncode, duration=round(duration, 3),
                                      exited=round(exited, 3), step=attempt.step, max_steps=attempt.max_steps)
-        if poll.returncode == 0 and poll.stop is None:
-            return self._journal_end(number, "finished", None, None, ended, None, None, duration)
         record = files.first_failure()
+        if poll.returncode == 0 and poll.stop is None and not died_below_a_wrapper(record, files.claims()):
+            return self._journal_end(number, "finished", None, None, ended, None, None, duration)
         if record and ended["max_steps"] is None:
             ended["max_steps"] = record.get("max_steps")
         if poll.hung is not None:
@@ -196,6 +204,8 @@ class AttemptWatcher:
 
     def take_in(self, number: int, files: AttemptFiles) -> None:
         """Copy what the workers reported since the last look into the journal."""
+        if facts := trains_in(files.new_claims(), self.config.command):  # a launcher started it (run/trainers.py)
+            self.journal.append(schema.OBSERVED, attempt=number, plan={}, facts=facts)
         for rank, data in files.new_observations():
             if (data.get("facts") or {}).get("offloaded"):
                 self._warn_once(number, "offload", f"attempt {number}: device_map put weights off the device "

@@ -78,6 +78,10 @@ def _facts(report: dict[str, Any]) -> str:
                             f"{format_duration(lost['restarts'])} to restarts"))]
     if report.get("device_memory"):
         rows.insert(2, ("device memory", e(format_size(report["device_memory"]))))
+    if report.get("trains_in"):
+        rows.insert(1, ("trained in", f"{e(report['trains_in'])}, which the command started"))
+    if report.get("notebook"):
+        rows.insert(1, ("notebook", f"<code>{e(report['notebook'])}</code>"))
     return '<dl class="facts">' + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in rows) + "</dl>"
 
 

@@ -75,6 +75,7 @@ def build_report(view: RunView) -> dict[str, Any]:
         "status": view.status, "status_text": STATUS_TEXT.get(view.status, view.status),
         "exit_code": ended.get("exit_code"), "reason": ended.get("reason"),
         "command": view.run.get("command", []), "memory_cap": view.run.get("memory_cap"),
+        "trains_in": view.facts.trains_in, "notebook": view.facts.notebook,
         "device_memory": view.facts.device_memory,
         "ladder": (view.run.get("ladder") or {}).get("source"),
         "effective_batch": {"before": before.effective_batch, "after": after.effective_batch},
@@ -136,8 +137,12 @@ def render_markdown(report: dict[str, Any]) -> str:
     if report.get("reason"):
         out += ["", _md(report["reason"])]
     eb = report["effective_batch"]
-    out += ["", f"- command: `{_code(shlex.join(report['command']))}`",
-            f"- memory cap: {format_size(report['memory_cap']) if report['memory_cap'] else 'none'}",
+    out += ["", f"- command: `{_code(shlex.join(report['command']))}`"]
+    if report.get("notebook"):
+        out.append(f"- notebook: `{_code(report['notebook'])}`")
+    if report.get("trains_in"):
+        out.append(f"- trained in: `{_code(report['trains_in'])}`, which the command started")
+    out += [f"- memory cap: {format_size(report['memory_cap']) if report['memory_cap'] else 'none'}",
             f"- ladder: {_md(report['ladder'] or '-')}",
             f"- effective batch: {eb['before']} at the start, {eb['after']} at the end",
             f"- optimizer steps: {_steps_line(report['steps'])}", "",

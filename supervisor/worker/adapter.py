@@ -16,16 +16,21 @@ import sys
 import threading
 import time
 
-from oomladder.worker import accelerate, common, files, lightning, loading, memcap, probe, torch_hooks, trainer
+from oomladder.worker import (accelerate, common, files, inplace, kernel, lightning, loading, memcap, role, torch_hooks,
+                              trainer)
 from oomladder.worker.common import safely
 from oomladder.worker.importhook import PostImportFinder
 
-FRAMEWORKS = (trainer, accelerate, loading, torch_hooks, lightning)
+FRAMEWORKS = (trainer, accelerate, loading, torch_hooks, lightning, kernel)
+installed = [False]
 GRACE = 60.0  # seconds a worker whose supervisor died has to save its step, as under the supervisor's own stop
 
 
 def install() -> None:
-    files.enabled[0] = _reports()
+    if installed[0]:  # a kernel whose extension began a second run (oomladder/notebook)
+        return
+    installed[0] = True
+    role.install()  # whether this process speaks for the worker, and its place in the tree (role.py)
     hooks = {name: hook for framework in FRAMEWORKS for name, hook in framework.HOOKS.items()}
     for name, hook in list(hooks.items()):
         if name in sys.modules:
@@ -39,16 +44,12 @@ def install() -> None:
     safely(_watch_supervisor)
 
 
-def _reports() -> bool:
-    """Whether this process speaks for the worker: the first Python process of the attempt (children inherit
-    its mark), or a rank that a launcher process of the attempt started. A helper the program spawns (a
-    tokenizer server, a data script) inherits the adapter but must not decide the cause of death."""
-    owner = os.environ.get("OOMLADDER_OWNER_PID")
-    if owner is None:
-        os.environ["OOMLADDER_OWNER_PID"] = str(os.getpid())
-        return True
-    launcher = os.environ.get("OOMLADDER_LAUNCHER_PID")
-    return launcher is not None and launcher == str(os.getppid())
+def new_attempt() -> None:
+    """Another attempt in this same process (a notebook's kernel, oomladder/notebook): what the last attempt's
+    training left in the adapter's state is not the next one's. Its plan already holds an in-place split."""
+    inplace.split[0], inplace.checkpointed[0] = 1, False
+    common.stop_requested[0] = 0
+    common.current.update(step=None, max_steps=None)
 
 
 def _watch_supervisor() -> None:
@@ -79,24 +80,18 @@ def _watch_supervisor() -> None:
 
 
 def _report_exit() -> None:
-    """The peak of a worker that finished: programs without a Trainer report nothing else."""
-    if common.launcher[0]:
-        return
-    peak, measure = memcap.peak()
-    safely(files.append_progress, {"peak": peak, "peak_measure": measure})
+    """The peak of a process that trained and finished: programs without a Trainer report nothing else. A process
+    that never trained (a launcher, a helper) has no peak to show."""
+    if role.trains():
+        peak, measure = memcap.peak()
+        safely(files.append_progress, {"peak": peak, "peak_measure": measure, "pid": os.getpid()})
 
 
 def _chain_excepthook() -> None:
     previous = sys.excepthook
 
     def excepthook(cls, exc, tb):
-        if not isinstance(exc, KeyboardInterrupt) and not common.launcher[0]:
-            peak, measure = memcap.peak()
-            safely(files.write_failure, exc, phase=common.phase[0], peak=peak, peak_measure=measure,
-                   step=common.current["step"], max_steps=common.current["max_steps"],
-                   batch_shape=probe.batch_shapes()["current"])
-            for handler in common.on_fatal:
-                safely(handler, exc)
+        common.fatal(exc)
         previous(cls, exc, tb)
 
     sys.excepthook = excepthook

@@ -11,12 +11,11 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from oomladder.worker import files, memcap
+from oomladder.worker import files, memcap, probe, role
 
 observed: dict[str, Any] = {"plan": {}, "facts": {}}
 phase = ["train"]
 stop_requested: list[int] = [0]
-launcher = [False]  # this process starts ranks (torchrun, accelerate launch): it is not one of them
 # The framework adapter that owns this run's training loop, once one has taken it (the Trainer builds its own
 # Accelerator: the accelerate adapter then stands aside).
 owner: list[str | None] = [None]
@@ -55,10 +54,19 @@ def safely(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 
 
 def observe(plan_fields: dict[str, Any] | None = None, facts: dict[str, Any] | None = None) -> None:
-    """Tell the supervisor the program's own settings and facts (the file is rewritten whole)."""
+    """Tell the supervisor the program's own settings and facts (the file is rewritten whole). Held back until this
+    process trains (role.py): a launcher parses the same arguments (TRL's CLI builds the SFTConfig it passes on)."""
     observed["plan"].update({k: v for k, v in (plan_fields or {}).items() if v is not None})
     observed["facts"].update({k: v for k, v in (facts or {}).items() if v is not None})
+    if role.trains():
+        _write_observed()
+
+
+def _write_observed() -> None:
     files.write_json(files.path(files.OBSERVED), {**observed, "memory_cap": memcap.info(), "pid": os.getpid()})
+
+
+role.on_claim.append(_write_observed)
 
 
 def is_memory_failure(exc: BaseException) -> bool:
@@ -90,8 +98,23 @@ def stop_at_step_end_on(*signals: int) -> None:
         signal.signal(signum, handler)
 
 
+def fatal(exc: BaseException) -> None:
+    """`exc` is about to end the program (or, in a notebook's kernel, the cell that trains): its failure record,
+    then the adapters' last saves. Nothing from a launcher, whose exception repeats its rank's death (role.py)."""
+    if isinstance(exc, (KeyboardInterrupt, SystemExit)) or role.is_launcher():
+        return
+    peak, measure = memcap.peak() if role.trains() else (None, None)
+    safely(files.write_failure, exc, phase=phase[0], peak=peak, peak_measure=measure,
+           step=current["step"], max_steps=current["max_steps"],
+           batch_shape=probe.batch_shapes()["current"])
+    for handler in on_fatal:
+        safely(handler, exc)
+
+
 def record_failure(exc: BaseException, phase: str, **context: Any) -> None:
     """The failure record, written where the exception passes (the first record of a process wins): the
-    phase it was raised in is known here, not later in the excepthook."""
+    phase it was raised in is known here, not later in the excepthook. A launcher's is its rank's (role.py)."""
+    if role.is_launcher():
+        return
     peak, measure = memcap.peak()
     files.write_failure(exc, phase=phase, peak=peak, peak_measure=measure, **{"step": None, **context})

@@ -2,7 +2,8 @@
 attempt folder (one file of each kind per rank) and how the supervisor reads it.
 
 `observed.R.json` (the program's own settings and facts), `progress.R.jsonl` (a line per step),
-`failure.R.json` (the exception that killed it). A progress line `{"in_place": {...}}` is an OOM the
+`failure.R.json` (the exception that killed it), `trains.PID.json` (a process that trains: which, and what launched
+it; worker/role.py). A progress line `{"in_place": {...}}` is an OOM the
 worker met without a relaunch, or why it did not (worker/inplace.py): the supervisor journals it as its own
 record (`in_place_record`), `emergency.0.json` (the emergency checkpoint rank
 0 saved). Whole files are written atomically, so the supervisor never reads half of one; progress
@@ -19,7 +20,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-OBSERVED, PROGRESS, FAILURE, EMERGENCY = "observed", "progress", "failure", "emergency"
+OBSERVED, PROGRESS, FAILURE, EMERGENCY, TRAINS = "observed", "progress", "failure", "emergency", "trains"
 # Written last inside an emergency checkpoint's folder (worker/emergency.py): a folder without it is not whole.
 CHECKPOINT_MARKER = "oomladder-checkpoint.json"
 
@@ -81,6 +82,17 @@ def write_failure(exc: BaseException, **context: Any) -> bool:
     return True
 
 
+def write_claim(claim: dict[str, Any]) -> None:
+    """This process trains (worker/role.py): one file per process, named by its pid."""
+    write_json(Path(os.environ["OOMLADDER_ATTEMPT_DIR"]) / f"{TRAINS}.{claim['pid']}.json", claim)
+
+
+def claims(folder: str | Path) -> list[dict[str, Any]]:
+    """Every process of the attempt that trains, first to claim first: {pid, rank, ancestors, argv, launchers}."""
+    found = [c for c in map(read_json, Path(folder).glob(f"{TRAINS}.*.json")) if c is not None]
+    return sorted(found, key=lambda c: c.get("ts", 0))
+
+
 # --- the supervisor's side -------------------------------------------------------------------------
 
 def in_place_record(entry: dict[str, Any]) -> dict[str, Any] | None:
@@ -96,6 +108,7 @@ class AttemptFiles:
         self.folder = Path(folder)
         self._offsets: dict[Path, int] = {}
         self._observed: dict[Path, Any] = {}
+        self._claimed: set[Any] = set()
 
     def new_observations(self) -> list[tuple[int, dict[str, Any]]]:
         """(rank, observation) for each rank whose observed file changed since the last look."""
@@ -126,6 +139,15 @@ class AttemptFiles:
                 except json.JSONDecodeError:
                     continue
         return entries
+
+    def claims(self) -> list[dict[str, Any]]:
+        return claims(self.folder)
+
+    def new_claims(self) -> list[dict[str, Any]]:
+        """The processes that began to train since the last look (worker/role.py)."""
+        new = [c for c in claims(self.folder) if c.get("pid") not in self._claimed]
+        self._claimed.update(c.get("pid") for c in new)
+        return new
 
     def first_failure(self) -> dict[str, Any] | None:
         """The earliest failure record of any rank: the root cause, not a peer dying of it."""

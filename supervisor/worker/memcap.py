@@ -13,6 +13,8 @@ import os
 import resource
 import sys
 
+from oomladder.worker import role
+
 _state: dict[str, int | str] = {}
 # Imported before the limit is set: their code and libraries are the framework, not the workload.
 _FRAMEWORK = ("transformers.trainer", "transformers.modeling_utils", "peft", "bitsandbytes", "accelerate")
@@ -24,7 +26,9 @@ def cap_bytes() -> int | None:
 
 
 def arm() -> None:
-    """Apply the cap once, as late as possible before the first model exists. Idempotent."""
+    """Apply the cap once, as late as possible before the first model exists. Idempotent. Every way a process starts
+    training comes here first, so this is also where it claims its role as a training process (role.py)."""
+    role.claim()
     if _state:
         return
     cap = cap_bytes()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools
 import os
 
-from oomladder.worker import common, files, memcap
+from oomladder.worker import files, memcap, role
 from oomladder.worker.common import safely
 
 HOOKS = {
@@ -46,5 +46,4 @@ def mark_launcher(module) -> None:
     The launcher's own process has no RANK: left alone, it would report its peak and its ChildFailedError
     as rank 0's."""
     if "RANK" not in os.environ:
-        common.launcher[0] = True
-        os.environ["OOMLADDER_LAUNCHER_PID"] = str(os.getpid())  # the ranks it starts speak for the worker
+        role.mark_launcher()  # the ranks it starts speak for the worker
