@@ -87,8 +87,7 @@ class Runner:
                                           monotonic=self.monotonic, sleep=self.sleep, display=self.display,
                                           environ=self.environ, world=self.world, signalled=lambda: self._signal,
                                           hurry=lambda: self._signals > 1, wall_time_spent=self._wall_time_spent,
-                                          recovered=lambda number, record: self.notifier.in_place(
-                                              journal.view(), number, record))
+                                          recovered=lambda n, rec: self.notifier.in_place(journal.view(), n, rec))
             try:
                 first = self._starting_point()
             except BaseException:

@@ -1,9 +1,7 @@
-"""Watching one attempt: launch its worker group, poll it, take in what the workers report, stop it
-when the run must stop (a signal, a budget, a hang, another node), and journal how it ended.
-
-`AttemptWatcher.watch` returns an `AttemptResult` and writes `attempt_ended` before it returns;
-what the run does next is decide.py's. Clock, sleep and launcher are the runner's, so the tests
-that drive the runner with fake workers drive this too."""
+"""Watching one attempt: launch its worker group, poll it, take in what the workers report, stop it when the run
+must stop (a signal, a budget, a hang, another node), and journal how it ended. `AttemptWatcher.watch` returns an
+`AttemptResult` and writes `attempt_ended` before it returns; what the run does next is decide.py's. Clock, sleep
+and launcher are the runner's, so the tests that drive the runner with fake workers drive this too."""
 
 from __future__ import annotations
 
@@ -54,8 +52,7 @@ class Launch:
 
 
 @dataclass
-class _Poll:
-    """How the poll loop ended."""
+class _Poll:  # how the poll loop ended
 
     returncode: int
     stop: StopReason | None = None
@@ -71,8 +68,7 @@ class AttemptWatcher:
         self.config, self.journal, self.launcher = config, journal, launcher
         self.clock, self.monotonic, self.sleep, self.display = clock, monotonic, sleep, display
         self.environ, self.world = environ, world
-        self.signalled, self.hurry, self.wall_time_spent = signalled, hurry, wall_time_spent
-        self.recovered = recovered  # told of each OOM recovered in place: news, as a relaunch is
+        self.signalled, self.hurry, self.wall_time_spent, self.recovered = signalled, hurry, wall_time_spent, recovered
         self.running: WorkerHandle | None = None     # the group being watched, for the loop to stop on a crash
         self._adapters: set[int] = set()             # attempts a worker's adapter reported from
         self._told: set[tuple[int, str]] = set()     # (attempt, about) warnings already journaled
@@ -227,7 +223,7 @@ class AttemptWatcher:
         self.display.event(f"attempt {number}: out of memory in step {record.get('step')}; " + (
             f"recovered in place: {in_place_change(record)}" if record.get("outcome") == "split"
             else f"not recovered in place: {record.get('reason')}"))
-        if record.get("outcome") == "split":
+        if record.get("outcome") == "split":  # news, as a relaunch is
             self.recovered(number, record)
 
     def _warn_once(self, number: int, about: str, text: str) -> None:

@@ -16,11 +16,22 @@ import sys
 import threading
 import time
 
-from oomladder.worker import accelerate, common, files, lightning, loading, memcap, probe, torch_hooks, trainer
+from oomladder.worker import (
+    accelerate,
+    command_line,
+    common,
+    files,
+    lightning,
+    loading,
+    memcap,
+    probe,
+    torch_hooks,
+    trainer,
+)
 from oomladder.worker.common import safely
 from oomladder.worker.importhook import PostImportFinder
 
-FRAMEWORKS = (trainer, accelerate, loading, torch_hooks, lightning)
+FRAMEWORKS = (trainer, accelerate, loading, torch_hooks, lightning, command_line)
 GRACE = 60.0  # seconds a worker whose supervisor died has to save its step, as under the supervisor's own stop
 
 
