@@ -80,7 +80,7 @@ class AttemptWatcher:
         env = worker_env(self.environ, launch.attempt_dir, launch.overrides, launch.plan, cfg.memory_cap,
                          launch.resume["path"] if launch.resume else None, launch.evaluate_at, run_dir=cfg.run_dir,
                          no_offload=cfg.no_offload, rung=launch.rung, reason=launch.reason,
-                         in_place=cfg.in_place, in_place_checkpointing=launch.checkpoint_in_place)
+                         in_place=cfg.in_place, in_place_checkpointing=launch.checkpoint_in_place, split_ahead=cfg.split_ahead)
         spec = LaunchSpec(tuple(launch.argv), env, cfg.cwd, launch.attempt_dir / "stdout.log",
                           launch.attempt_dir / "stderr.log")
         oom_kills_before, gpu_before = cgroup.oom_kill_count(), gpu.gpu_pids()
