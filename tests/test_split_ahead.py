@@ -40,10 +40,16 @@ def test_an_oom_is_a_lower_bound_and_a_miss_widens_the_margin():
     assert not model.fits(4, 256, 100 * 1024)
 
 
-def test_a_measured_step_above_the_prediction_widens_the_margin():
+def test_a_seeded_model_keeps_the_estimators_slope_and_takes_what_it_left_out_as_a_constant():
+    """Steps all of one length measure what the estimate left out, not how it grows: a long step must not be
+    predicted as if the short steps' fixed costs grew with its tokens."""
     model = StepMemory(feature=tokens, seeded=True)
-    model.observe(4, 256, 2048)  # twice what the seed said
-    assert model.margin >= 0.5 and model.predict(4, 256) == 2048
+    model.observe(16, 32, 512 + 4096)  # the estimate said 512; 4 KiB more that does not grow with the tokens
+    assert (model.k, model.c) == (1.0, 4096) and model.margin == step_memory.MARGIN
+    assert model.predict(16, 256) == 4096 + 4096  # not 9x the short step's ratio
+    over = StepMemory(feature=tokens, seeded=True)
+    over.observe(16, 32, 256)  # the estimate was twice too high: its slope is lowered to what was measured
+    assert over.k == 0.5 and over.predict(16, 256) == 2048
 
 
 @pytest.fixture

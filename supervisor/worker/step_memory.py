@@ -7,11 +7,12 @@ as `k * f(rows, seq) + c`:
 - `f` is the estimator's (memory/estimate.py) activations and logits for that workload, from the model's real
   shape (probe.model_report): what grows with the rows, the tokens and, under eager attention, the tokens squared.
   Without a shape (a model that is not a language model), `f` is the tokens, and the model is empirical.
-- `k` and `c` start at 1 and 0 (the estimator's word), and are fitted to every micro-step measured since: the
-  largest `(extra - c) / f` seen, with `c` the intercept of the measured points when their `f`s differ. An OOM is
-  a lower bound: the micro-step needed more than was available, and `k` grows to say so.
+- `k` and `c` start at 1 and 0 (the estimator's word), and are fitted to every micro-step measured since: while
+  the steps measured are all of one size, the estimator's slope with what it left out as a constant; once they
+  differ, the least-squares line through them, raised by its worst miss. An OOM is a lower bound: the micro-step
+  needed more than was available, and `k` grows to say so.
 - The budget is what the emulated device has left (the cap less what the process holds) or, on CUDA, what the
-  allocator can still hand out; a margin, 5 % to begin with, grows with each prediction that was too low.
+  allocator can still hand out; a margin, 5 % to begin with, grows with each OOM the model did not foresee.
 
 Measured per micro-step: on CUDA, `max_memory_allocated` after `reset_peak_memory_stats`; on the CPU, the resident
 high-water mark after `/proc/self/clear_refs` resets it (the address space a capped worker counts is resident: its
@@ -60,10 +61,8 @@ class StepMemory:
         return None if predicted is None else predicted <= available * (1 - self.margin)
 
     def observe(self, rows: int, seq: int, extra: int) -> None:
-        """A micro-step of `rows` x `seq` took `extra` bytes over what was held when it began."""
-        predicted = self.predict(rows, seq)
-        if predicted is not None and extra > predicted > 0:
-            self.margin = min(0.5, max(self.margin, (extra - predicted) / extra + MARGIN))
+        """A micro-step of `rows` x `seq` took `extra` bytes over what was held when it began (the fit takes it in:
+        a step that fitted does not widen the margin, only one that ran out does)."""
         self.samples.append((self.feature(rows, seq), extra))
         self._fit()
 
@@ -78,19 +77,26 @@ class StepMemory:
         self._fit()
 
     def _fit(self) -> None:
-        points = list(self.samples)
-        fs = {f for f, _ in points}
-        c = 0.0
-        if len(fs) >= 2:  # the intercept of a least-squares line through the measured points, never below 0
+        """k and c: the least-squares line through the measured points where their f differ (a ratio of one point
+        would count what does not grow with the tokens as if it did, and over-split long steps), the largest ratio
+        where they do not; and never below what an OOM proved."""
+        points = [(f, e) for f, e in self.samples if f > 0]
+        k, c = self.k, self.c
+        if points and self.seeded:  # the estimator's slope, what it leaves out as a constant (or a smaller slope)
+            k = min(1.0, min(e / f for f, e in points))
+            c = max(0.0, max(e - k * f for f, e in points))
+        elif points:
+            k, c = max(e / f for f, e in points), 0.0
+        if len({f for f, _ in points}) >= 2:
             n = len(points)
-            mf = sum(f for f, _ in points) / n
-            me = sum(e for _, e in points) / n
-            var = sum((f - mf) ** 2 for f, _ in points)
-            slope = sum((f - mf) * (e - me) for f, e in points) / var if var else 0.0
-            c = max(0.0, me - slope * mf)
-        ratios = [(e - c) / f for f, e in points + self.bounds if f > 0]
-        self.c = c
-        self.k = max(ratios) if ratios else 1.0
+            mf, me = sum(f for f, _ in points) / n, sum(e for _, e in points) / n
+            k = max(0.0, sum((f - mf) * (e - me) for f, e in points) / sum((f - mf) ** 2 for f, _ in points))
+            c = max(0.0, me - k * mf)
+            # Raised by the line's worst miss, so that no step it measured is under-predicted (a constant: noise at a
+            # short step must not steepen the line for the long ones).
+            c += max(0.0, max(e - (k * f + c) for f, e in points))
+        proved = [(b - c) / f for f, b in self.bounds if f > 0]
+        self.k, self.c = max([k, *proved]), c
 
 
 def model_of(report: dict[str, Any] | None, plan: dict[str, Any], trainer: str | None = None) -> StepMemory:
