@@ -69,7 +69,8 @@ def make_run_config(args: argparse.Namespace):
                      nnodes=nodes.nnodes, node_rank=nodes.node_rank,
                      node_timeout=parse_duration(args.node_timeout) if args.node_timeout else 600.0,
                      no_offload=args.no_offload,
-                     in_place=not (args.no_in_place or os.environ.get("OOMLADDER_IN_PLACE") == "0"))
+                     in_place=not (args.no_in_place or os.environ.get("OOMLADDER_IN_PLACE") == "0"),
+                     split_ahead=not (args.no_split_ahead or os.environ.get("OOMLADDER_SPLIT_AHEAD") == "0"))
 
 
 def initial_plan(items: list[str]):
@@ -148,7 +149,8 @@ def resume_config(run_dir: Path, node_rank: int | None = None):
                      initial=Plan.from_dict(started.get("initial")), cwd=started.get("cwd") or str(Path.cwd()),
                      nnodes=started.get("nnodes", 1), node_rank=started.get("node_rank", 0),
                      node_timeout=started.get("node_timeout", 600.0), no_offload=bool(started.get("no_offload")),
-                     in_place=started.get("in_place", True), notify=notify)
+                     in_place=started.get("in_place", True), split_ahead=started.get("split_ahead", True),
+                     notify=notify)
 
 
 def report(args: argparse.Namespace) -> int:

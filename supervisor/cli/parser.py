@@ -104,6 +104,8 @@ def _run_options(p: argparse.ArgumentParser) -> None:
                    "the CPU or disk count as out of memory: the ladder quantizes until the model fits the device")
     p.add_argument("--no-in-place", action="store_true", help="meet every out-of-memory error with a relaunch: no "
                    "in-place split of the step's micro-batch (also OOMLADDER_IN_PLACE=0 in the environment)")
+    p.add_argument("--no-split-ahead", action="store_true", help="do not size each step before it runs: a step "
+                   "runs whole until it runs out of memory (also OOMLADDER_SPLIT_AHEAD=0 in the environment)")
     p.add_argument("--notify", action="append", default=[], metavar="URL",
                    help="send a short message through Apprise when a fallback is taken and when the run ends: "
                         "slack://, discord://, tgram://, ntfy://, mailto://, json:// (a webhook) and more "

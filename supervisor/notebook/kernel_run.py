@@ -28,7 +28,7 @@ from oomladder.run.config import RunConfig
 from oomladder.run.decide import decide
 from oomladder.run.loop import Runner
 from oomladder.run.notify import Notifier
-from oomladder.run.outcomes import AttemptResult, End, NextAttempt
+from oomladder.run.outcomes import End, NextAttempt
 from oomladder.run.watch import AttemptWatcher, Launch
 from oomladder.views.report import write_reports
 from oomladder.worker import adapter, files as worker_files

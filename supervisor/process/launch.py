@@ -45,10 +45,12 @@ def worker_env(base: Mapping[str, str], attempt_dir: Path, overrides: Plan, plan
                memory_cap: int | None, resume_from: str | None = None,
                evaluate_at: int | None = None, run_dir: Path | None = None, no_offload: bool = False,
                rung: str | None = None, reason: str = "", in_place: bool = True,
-               in_place_checkpointing: bool = True) -> dict[str, str]:
+               in_place_checkpointing: bool = True, split_ahead: bool = True) -> dict[str, str]:
     env = {k: v for k, v in base.items() if not k.startswith("OOMLADDER_")}
     if not in_place or base.get("OOMLADDER_IN_PLACE") == "0":
         env["OOMLADDER_IN_PLACE"] = "0"  # --no-in-place: every OOM goes to the supervisor (worker/inplace.py)
+    if not split_ahead or base.get("OOMLADDER_SPLIT_AHEAD") == "0":
+        env["OOMLADDER_SPLIT_AHEAD"] = "0"  # --no-split-ahead: steps run whole until they run out (worker/ahead.py)
     if not in_place_checkpointing:
         env["OOMLADDER_IN_PLACE_CHECKPOINTING"] = "0"  # not on the ladder, or it broke this program
     if no_offload:

@@ -236,7 +236,8 @@ class Folder:
             a = self.attempts[r["attempt"]]
             a.in_place.append(r)
             if r.get("outcome") == "split":
-                a.split = max(a.split, int(r["split"]))
+                if not r.get("per_step"):  # split ahead's splits are for their step alone
+                    a.split = max(a.split, int(r["split"]))
                 a.checkpointed = a.checkpointed or bool(r.get("checkpointing"))
                 a.plan = a.in_place_plan(a.split, a.checkpointed)
         elif kind == schema.ATTEMPT_ENDED and r.get("attempt") in self.attempts:

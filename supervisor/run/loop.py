@@ -87,8 +87,7 @@ class Runner:
                                           monotonic=self.monotonic, sleep=self.sleep, display=self.display,
                                           environ=self.environ, world=self.world, signalled=lambda: self._signal,
                                           hurry=lambda: self._signals > 1, wall_time_spent=self._wall_time_spent,
-                                          recovered=lambda number, record: self.notifier.in_place(
-                                              journal.view(), number, record))
+                                          recovered=lambda n, rec: self.notifier.in_place(journal.view(), n, rec))
             try:
                 first = self._starting_point()
             except BaseException:
@@ -257,7 +256,7 @@ class Runner:
                             memory_cap=cfg.memory_cap, max_attempts=cfg.max_attempts, cwd=cfg.cwd,
                             max_wall_time=cfg.max_wall_time, hang_timeout=cfg.hang_timeout,
                             version=__version__, initial=cfg.initial.set_fields(), no_offload=cfg.no_offload,
-                            **({} if cfg.in_place else {"in_place": False}),
+                            **({} if cfg.in_place else {"in_place": False}), **({} if cfg.split_ahead else {"split_ahead": False}),
                             # The targets, secrets and all, so that resume tells the same people (README).
                             **({"notify": list(cfg.notify)} if cfg.notify else {}),
                             **({"nnodes": cfg.nnodes, "node_rank": cfg.node_rank, "node_timeout": cfg.node_timeout}

@@ -57,8 +57,7 @@ class Launch:
 
 
 @dataclass
-class _Poll:
-    """How the poll loop ended."""
+class _Poll:  # how the poll loop ended
 
     returncode: int
     stop: StopReason | None = None
@@ -74,8 +73,7 @@ class AttemptWatcher:
         self.config, self.journal, self.launcher = config, journal, launcher
         self.clock, self.monotonic, self.sleep, self.display = clock, monotonic, sleep, display
         self.environ, self.world = environ, world
-        self.signalled, self.hurry, self.wall_time_spent = signalled, hurry, wall_time_spent
-        self.recovered = recovered  # told of each OOM recovered in place: news, as a relaunch is
+        self.signalled, self.hurry, self.wall_time_spent, self.recovered = signalled, hurry, wall_time_spent, recovered
         self.running: WorkerHandle | None = None     # the group being watched, for the loop to stop on a crash
         self._adapters: set[int] = set()             # attempts a worker's adapter reported from
         self._told: set[tuple[int, str]] = set()     # (attempt, about) warnings already journaled
@@ -87,7 +85,7 @@ class AttemptWatcher:
         env = worker_env(self.environ, launch.attempt_dir, launch.overrides, launch.plan, cfg.memory_cap,
                          launch.resume["path"] if launch.resume else None, launch.evaluate_at, run_dir=cfg.run_dir,
                          no_offload=cfg.no_offload, rung=launch.rung, reason=launch.reason,
-                         in_place=cfg.in_place, in_place_checkpointing=launch.checkpoint_in_place)
+                         in_place=cfg.in_place, in_place_checkpointing=launch.checkpoint_in_place, split_ahead=cfg.split_ahead)
         spec = LaunchSpec(tuple(launch.argv), env, cfg.cwd, launch.attempt_dir / "stdout.log",
                           launch.attempt_dir / "stderr.log")
         oom_kills_before, gpu_before = cgroup.oom_kill_count(), gpu.gpu_pids()
@@ -237,7 +235,7 @@ class AttemptWatcher:
         self.display.event(f"attempt {number}: out of memory in step {record.get('step')}; " + (
             f"recovered in place: {in_place_change(record)}" if record.get("outcome") == "split"
             else f"not recovered in place: {record.get('reason')}"))
-        if record.get("outcome") == "split":
+        if record.get("outcome") == "split":  # news, as a relaunch is
             self.recovered(number, record)
 
     def _warn_once(self, number: int, about: str, text: str) -> None:

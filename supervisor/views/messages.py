@@ -59,6 +59,9 @@ def in_place_message(view: RunView, attempt: int, record: dict, where: str) -> M
     turned = "Gradient checkpointing was turned on. " if turned_on_checkpointing(record) else ""
     chunks = (f"The micro-batch of {rows} now runs in {split} chunks, their gradients accumulated: the step and the "
               f"effective batch are unchanged." if split > 1 else "The micro-batch runs whole.")
+    if record.get("per_step"):
+        chunks = (f"That step's micro-batch of {rows} ran in {split} chunks, their gradients accumulated: the step and "
+                  f"the effective batch are unchanged. Later steps are sized before they run.")
     return Message(title, "\n".join([f"{turned}{chunks}", "No relaunch.", _steps_done(view), where]), "warning")
 
 

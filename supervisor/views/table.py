@@ -56,6 +56,8 @@ def in_place_rows(attempt: AttemptView) -> list[dict[str, Any]]:
             turned = turned_on_checkpointing(r)
             changes = describe_changes(attempt.in_place_plan(before, bool(r.get("checkpointing_before"))),
                                        attempt.in_place_plan(split, bool(r.get("checkpointing"))), "\n")
+            if r.get("per_step"):  # split ahead sizes each step: this split was that step's alone
+                changes = f"step {r.get('step')} in {split} chunks" + ("\ngradient checkpointing on" if turned else "")
             rung = "in place: " + " + ".join(([f"split {split}"] if split != before or not turned else [])
                                              + (["gradient checkpointing"] if turned else []))
         else:
@@ -77,6 +79,9 @@ def turned_on_checkpointing(record: dict[str, Any]) -> bool:
 def in_place_change(record: dict[str, Any]) -> str:
     """What an in-place recovery changed, for the live line: `its micro-batch runs in 2 chunks`."""
     split = int(record.get("split") or 1)
+    if record.get("per_step"):
+        return (("gradient checkpointing turned on, " if turned_on_checkpointing(record) else "")
+                + f"that step ran in {split} chunks; later steps are sized as they come")
     return (("gradient checkpointing turned on, " if turned_on_checkpointing(record) else "") + "its micro-batch runs "
             + (f"in {split} chunks" if split > 1 else "whole"))
 

@@ -20,26 +20,18 @@ first one passed to `prepare`.
 
 from __future__ import annotations
 
-import atexit
 import functools
 import signal
-import sys
-from pathlib import Path
 from typing import Any
 
-from oomladder.worker import common, emergency, fast_forward, files, memcap, probe, step_state
+from oomladder.worker import accelerate_progress as progress
+from oomladder.worker import common, memcap, probe
+from oomladder.worker.accelerate_progress import run
 from oomladder.worker.common import observe, safely
 
 HOOKS = {"accelerate.accelerator": lambda module: patch_accelerator(module),
          "accelerate.optimizer": lambda module: patch_optimizer(module)}
 _PRECISIONS = {"no": "fp32", "bf16": "bf16", "fp16": "fp16", "fp8": "fp8"}
-
-_run: dict[str, Any] = {"accelerator": None, "step": 0, "micro": 0, "began": False, "loader": None,
-                        "prepared": None, "in_step": False, "accumulate_seen": False,
-                        "replay": None,      # the FastForward under way, until the checkpoint is loaded
-                        "load_due": False,   # the replay reached the checkpoint's step: load it before going on
-                        "resume": None, "executed": 0,  # the checkpoint resumed from; steps this process computed
-                        "losses": [], "loss_sum": None, "loss_count": 0}  # each step's mean loss, for a replay
 
 
 def patch_accelerator(module) -> None:
@@ -59,7 +51,7 @@ def patch_accelerator(module) -> None:
             kwargs["mixed_precision"] = {"fp32": "no"}.get(plan["precision"], plan["precision"])
         program = {"gradient_accumulation_steps": kwargs.get("gradient_accumulation_steps", 1)}
         original_init(self, *args, **kwargs)
-        _run["accelerator"] = self
+        run["accelerator"] = self
         memcap.arm()
         safely(observe, {**_program_settings(self), **{k: v for k, v in program.items() if k not in plan}},
                _facts(self))
@@ -67,7 +59,7 @@ def patch_accelerator(module) -> None:
 
     @functools.wraps(original_prepare)
     def prepare(self, *objects, **kwargs):
-        if self is not _run["accelerator"]:
+        if self is not run["accelerator"]:
             return original_prepare(self, *objects, **kwargs)
         objects = tuple(safely(_before_prepare, self, obj) or obj for obj in objects)
         previous, common.phase[0] = common.phase[0], "load"  # the model moves to the device here
@@ -79,27 +71,27 @@ def patch_accelerator(module) -> None:
         finally:
             common.phase[0] = previous
         for given, obj in zip(objects, prepared if isinstance(prepared, tuple) else (prepared,)):
-            if given is _run["loader"] and _run["prepared"] is None:
+            if given is run["loader"] and run["prepared"] is None:
                 safely(_watch_loader, obj)
         return prepared
 
     @functools.wraps(original_backward)
     def backward(self, loss, **kwargs):
-        if self is not _run["accelerator"]:
+        if self is not run["accelerator"]:
             return original_backward(self, loss, **kwargs)
-        if not _run["accumulate_seen"] and self.gradient_accumulation_steps > 1:
+        if not run["accumulate_seen"] and self.gradient_accumulation_steps > 1:
             # No accumulate() around this loop: count micro-batches here, so the prepared optimizer steps once
             # per optimizer step of the plan.
-            _run["micro"] += 1
-            self.gradient_state._set_sync_gradients(_run["micro"] % self.gradient_accumulation_steps == 0)
-        if _run["replay"] is not None:
+            run["micro"] += 1
+            self.gradient_state._set_sync_gradients(run["micro"] % self.gradient_accumulation_steps == 0)
+        if run["replay"] is not None:
             return None  # fast-forwarding: nothing was computed, nothing to differentiate
-        safely(_note_loss, loss)
+        safely(progress.note_loss, loss)
         return original_backward(self, loss, **kwargs)
 
     @functools.wraps(original_accumulate)
     def accumulate(self, *models):
-        _run["accumulate_seen"] = True
+        run["accumulate_seen"] = True
         return original_accumulate(self, *models)
 
     cls.__init__, cls.prepare, cls.backward, cls.accumulate = __init__, prepare, backward, accumulate
@@ -107,7 +99,7 @@ def patch_accelerator(module) -> None:
         setattr(cls, name, _held_while_replaying(getattr(cls, name)))
     for name in ("unwrap_model", "end_training"):
         setattr(cls, name, _load_first(getattr(cls, name)))
-    common.on_fatal.append(_save_after_failure)
+    common.on_fatal.append(progress.save_after_failure)
 
 
 def _held_while_replaying(original):
@@ -115,9 +107,9 @@ def _held_while_replaying(original):
     were logged when they ran); once the checkpoint is due, it is loaded first."""
     @functools.wraps(original)
     def wrapper(self, *args, **kwargs):
-        if self is _run["accelerator"]:
-            _load_if_due()
-            if _run["replay"] is not None:
+        if self is run["accelerator"]:
+            progress.load_if_due()
+            if run["replay"] is not None:
                 return None
         return original(self, *args, **kwargs)
     return wrapper
@@ -128,8 +120,8 @@ def _load_first(original):
     first, if the replay has reached it."""
     @functools.wraps(original)
     def wrapper(self, *args, **kwargs):
-        if self is _run["accelerator"]:
-            _load_if_due()
+        if self is run["accelerator"]:
+            progress.load_if_due()
         return original(self, *args, **kwargs)
     return wrapper
 
@@ -140,19 +132,19 @@ def patch_optimizer(module) -> None:
 
     @functools.wraps(original_step)
     def step(self, *args, **kwargs):
-        if _run["accelerator"] is None:
+        if run["accelerator"] is None:
             return original_step(self, *args, **kwargs)
         syncing = self.gradient_state.sync_gradients
-        if _run["replay"] is not None:  # fast-forwarding: the step was taken by an earlier attempt
+        if run["replay"] is not None:  # fast-forwarding: the step was taken by an earlier attempt
             if syncing:
                 self.optimizer._opt_called = True  # as a step would: the program's scheduler steps after it
-                _replayed()
+                progress.replayed()
             return None
-        _run["in_step"] = syncing
+        run["in_step"] = syncing
         result = original_step(self, *args, **kwargs)
-        _run["in_step"] = False
+        run["in_step"] = False
         if syncing and not getattr(self, "step_was_skipped", False):
-            safely(_stepped)
+            safely(progress.stepped)
         return result
 
     cls.step = step
@@ -178,7 +170,7 @@ def _before_prepare(accelerator, obj):
     gradient checkpointing."""
     from torch.utils.data import DataLoader
     plan = common.plan()
-    if isinstance(obj, DataLoader) and _run["loader"] is None and obj.batch_size is not None:
+    if isinstance(obj, DataLoader) and run["loader"] is None and obj.batch_size is not None:
         observe({"per_device_train_batch_size": obj.batch_size, "dataloader_num_workers": obj.num_workers,
                  **({"gradient_accumulation_steps": accelerator.gradient_accumulation_steps}
                     if "gradient_accumulation_steps" not in plan else {})})
@@ -190,7 +182,7 @@ def _before_prepare(accelerator, obj):
                              timeout=obj.timeout, worker_init_fn=obj.worker_init_fn, generator=obj.generator,
                              **({"prefetch_factor": obj.prefetch_factor,
                                  "persistent_workers": obj.persistent_workers} if workers else {}))
-        _run["loader"] = obj
+        run["loader"] = obj
         return obj
     if hasattr(obj, "gradient_checkpointing_enable") and hasattr(obj, "config"):
         common.observed["model"] = safely(probe.model_report, obj)
@@ -206,180 +198,26 @@ def _before_prepare(accelerator, obj):
 def _watch_loader(prepared) -> None:
     """The prepared training DataLoader: it resumes on its first iteration, passes over the micro-batches an
     earlier attempt trained on, and notes each batch's shape for the estimator."""
-    _run["prepared"] = prepared
+    run["prepared"] = prepared
     cls = type(prepared)
     if getattr(cls, "_oomladder_iter", False):
         return
     original_iter = cls.__iter__
 
     def __iter__(self):
-        if self is not _run["prepared"]:
+        if self is not run["prepared"]:
             yield from original_iter(self)
             return
-        safely(_begin)
+        safely(progress.begin)
         for batch in original_iter(self):
-            _load_if_due()  # the replay has reached the checkpoint: this batch is the first one to train on
-            if _run["replay"] is None:
+            progress.load_if_due()  # the replay has reached the checkpoint: this batch is the first one to train on
+            if run["replay"] is None:
                 safely(probe.note_batch, batch)
             yield batch
-        _load_if_due()
+        progress.load_if_due()
 
     cls.__iter__ = __iter__
     cls._oomladder_iter = True
-
-
-# --- progress, resume and the emergency checkpoint ----------------------------------------------------------
-
-def _begin() -> None:
-    """On the training DataLoader's first iteration: with a checkpoint to resume from, fast-forward the program
-    through the steps it holds; otherwise say that training begins at step 0."""
-    if _run["began"]:
-        return
-    _run["began"] = True
-    accelerator = _run["accelerator"]
-    resume = emergency.resume_point()
-    marker = (files.read_json(Path(resume) / files.CHECKPOINT_MARKER) or {}) if resume else {}
-    step = int(marker.get("step", 0) or 0)
-    if resume and accelerator is not None and step > 0:
-        _run["resume"], _run["losses"] = resume, [float(x) for x in marker.get("losses") or []]
-        _run["replay"] = fast_forward.FastForward(list(accelerator._models), step, _run["losses"])
-        _run["replay"].start()
-        atexit.register(_replay_unfinished)
-        return  # where training begins is said when the checkpoint is loaded
-    common.current.update(step=_run["step"])
-    files.append_progress({"began_at": _run["step"], "max_steps": None})
-
-
-def _replayed() -> None:
-    """An optimizer step of the fast-forward: counted, not taken. A stop asked for now keeps the checkpoint."""
-    replay = _run["replay"]
-    replay.step += 1
-    _run["step"] = replay.step
-    common.current.update(step=_run["step"])
-    if common.stop_requested[0]:
-        signum = common.stop_requested[0]
-        replay.stop()
-        print(f"oomladder: stopped by {signal.Signals(signum).name} while fast-forwarding; the checkpoint of step "
-              f"{replay.target} stays the latest", file=sys.stderr, flush=True)
-        raise SystemExit(128 + signum)
-    if replay.step >= replay.target:
-        _run["load_due"] = True
-
-
-def _replay_unfinished() -> None:
-    """At exit: a program whose loop ended before the fast-forward reached the checkpoint did not resume (its loop
-    is not the one that trained the checkpoint, or stops earlier): said, never counted as steps run once."""
-    replay = _run["replay"]
-    if replay is None:
-        return
-    replay.stop()
-    why = (f"the program's loop ended after {replay.step} of the {replay.target} steps it was fast-forwarded through, "
-           f"so the checkpoint was never loaded: it must run the same loop over the same data to resume")
-    safely(files.append_progress, {"resume_failed": why})
-    print(f"oomladder: did not resume: {why}", file=sys.stderr, flush=True)
-
-
-def _load_if_due() -> None:
-    """The replay reached the checkpoint's step: load the checkpoint (weights, optimizer, scheduler, RNG) and train
-    on from there."""
-    if not _run["load_due"]:
-        return
-    _run["load_due"] = False
-    replay, _run["replay"] = _run["replay"], None
-    replay.stop()
-    accelerator = _run["accelerator"]
-    accelerator.load_state(_run["resume"])
-    # accumulate() decides sync_gradients from the accelerator's own micro-batch count, which load_state
-    # restored as the earlier plan counted it (and past the failed micro-batch): count as this plan does.
-    accelerator.step = _run["step"] * accelerator.gradient_accumulation_steps
-    _run["micro"] = 0
-    emergency.snapshot_rng()
-    emergency.keep_step_end(tuple(accelerator._models))
-    common.current.update(step=_run["step"])
-    files.append_progress({"began_at": _run["step"], "max_steps": None})
-    print(f"oomladder: fast-forwarded through steps 1-{replay.target}; the checkpoint of step {replay.target} is "
-          f"loaded, and training goes on at step {replay.target + 1}", file=sys.stderr, flush=True)
-
-
-def _note_loss(loss) -> None:
-    """Each micro-batch's loss, summed on its device (read once per optimizer step)."""
-    value = loss.detach().float()
-    _run["loss_sum"] = value if _run["loss_sum"] is None else _run["loss_sum"] + value
-    _run["loss_count"] += 1
-
-
-def _stepped() -> None:
-    """After each optimizer step the prepared optimizer really took."""
-    if not _run.get("rows_told"):  # this process's first step: the models are in training mode now
-        _run["rows_told"] = True
-        observe(None, {"coupled_rows": next(filter(None, map(step_state.coupled_rows, _run["accelerator"]._models)),
-                                            None)})
-    _run["step"] += 1
-    _run["executed"] += 1
-    _run["micro"] = 0
-    loss = float(_run["loss_sum"]) / _run["loss_count"] if _run["loss_count"] else None
-    _run["loss_sum"], _run["loss_count"] = None, 0
-    before = _run["losses"][:_run["step"] - 1]
-    _run["losses"] = before + [None] * (_run["step"] - 1 - len(before)) + [loss]
-    common.current.update(step=_run["step"])
-    emergency.snapshot_rng()
-    emergency.keep_step_end(tuple(_run["accelerator"]._models))
-    peak, measure = memcap.peak()
-    files.append_progress({"step": _run["step"], "max_steps": None, "phase": "train", "peak": peak, "loss": loss,
-                           "peak_measure": measure, "batch_shape": probe.batch_shapes()["largest"], "executed": True})
-    if common.stop_requested[0]:
-        signum = common.stop_requested[0]
-        _save("stopped")
-        print(f"oomladder: stopped by {signal.Signals(signum).name} after step {_run['step']}, which is saved",
-              file=sys.stderr, flush=True)
-        raise SystemExit(128 + signum)
-
-
-def _save_after_failure(exc: BaseException) -> None:
-    """From the excepthook: the last finished step, after an out-of-memory error outside the optimizer step."""
-    if _run["accelerator"] is None or not common.is_memory_failure(exc):
-        return
-    if _run["replay"] is not None or (_run["resume"] and not _run["executed"]):
-        emergency.skip(emergency.no_step_ended())
-        return
-    if (why := emergency.nothing_to_keep(_run["step"], _run["in_step"])) is not None:
-        emergency.skip(why)
-        return
-    emergency.free_failed_step(exc, *_run["accelerator"]._models)
-    if (why := emergency.back_to_step_end()) is not None:
-        emergency.skip(why)
-        return
-    _save("oom")
-
-
-def _save(why: str) -> None:
-    accelerator = _run["accelerator"]
-    if not accelerator.is_main_process:
-        return
-    import torch
-    try:
-        partial = emergency.begin(_run["step"], sum(emergency.state_bytes(m, o) for m, o in
-                                                    zip(accelerator._models, accelerator._optimizers or [None])))
-    except emergency.NoRoom as exc:
-        emergency.skip(str(exc))
-        return
-    automatic = accelerator.project_configuration.automatic_checkpoint_naming
-    accelerator.project_configuration.automatic_checkpoint_naming = False  # never the program's own folder
-    try:
-        accelerator.save_state(str(partial))
-    finally:
-        accelerator.project_configuration.automatic_checkpoint_naming = automatic
-    rng = emergency.rng_snapshot()
-    if rng:  # the RNG as the last step left it, not as the failed step advanced it
-        states = torch.load(partial / f"random_states_{accelerator.process_index}.pkl", weights_only=False)
-        states.update(random_state=rng["python"], torch_manual_seed=rng["cpu"],
-                      **({"numpy_random_seed": rng["numpy"]} if "numpy" in rng else {}),
-                      **({"torch_cuda_manual_seed": rng["cuda"] if isinstance(rng["cuda"], list) else [rng["cuda"]]}
-                         if "cuda" in rng else {}))
-        torch.save(states, partial / f"random_states_{accelerator.process_index}.pkl")
-    emergency.commit(partial, _run["step"], None, "accelerate", why=why,
-                     losses=[x if x is not None else 0.0 for x in _run["losses"][:_run["step"]]])
-
 
 def _model_facts(model) -> dict[str, Any]:
     total = sum(p.numel() for p in model.parameters())

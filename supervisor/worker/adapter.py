@@ -16,12 +16,12 @@ import sys
 import threading
 import time
 
-from oomladder.worker import (accelerate, common, files, inplace, kernel, lightning, loading, memcap, role, torch_hooks,
-                              trainer)
+from oomladder.worker import (accelerate, command_line, common, files, inplace, kernel, lightning, loading, memcap,
+                              role, torch_hooks, trainer)
 from oomladder.worker.common import safely
 from oomladder.worker.importhook import PostImportFinder
 
-FRAMEWORKS = (trainer, accelerate, loading, torch_hooks, lightning, kernel)
+FRAMEWORKS = (trainer, accelerate, loading, torch_hooks, lightning, kernel, command_line)
 installed = [False]
 GRACE = 60.0  # seconds a worker whose supervisor died has to save its step, as under the supervisor's own stop
 

@@ -42,7 +42,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from oomladder.worker import emergency, files, memcap
+from oomladder.worker import ahead, emergency, files, memcap, step_memory, step_state
+from oomladder.worker.ahead import Choice
 
 T = TypeVar("T")
 
@@ -50,9 +51,6 @@ T = TypeVar("T")
 split = [1]
 # Gradient checkpointing turned on in place: at a row per chunk, before the relaunch. The run goes on with it.
 checkpointed = [False]
-# Gradients are copied before each micro-step inside an accumulation cycle only when the trainable weights
-# take at most this share of all weights (adapters), and at most this many bytes.
-COPY_SHARE, COPY_LIMIT = 0.10, 1 << 30
 
 
 def enabled() -> bool:
@@ -73,68 +71,8 @@ class Step:
     exact: Callable[[], str | None] | None = None  # asked after an OOM: why these inputs cannot be split exactly
     keep: Callable[[], list[Any]] | None = None    # snapshots (step_state.py) of what a forward changes, to put back
     checkpoint: Callable[[], bool] | None = None  # turns gradient checkpointing on, if it can (asked at a floor)
-
-
-class Guard:
-    """The gradients, RNG state and what else the adapter keeps (buffers, counters) a micro-step began with, to put
-    back before it runs again."""
-
-    def __init__(self, params: list[Any], kept: list[Any] | None = None) -> None:
-        import torch
-        self.params, self.kept = params, kept or []
-        self.rng = torch.random.get_rng_state()
-        self.cuda_rng = (torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized()
-                         else None)
-        grads = [p.grad for p in params]
-        self.why_not: str | None = None
-        self.grads: list[Any] | None = None
-        if any(g is not None for g in grads):
-            if _cheap(params):
-                self.grads = [None if g is None else g.detach().clone() for g in grads]
-            else:
-                held = sum(g.numel() * g.element_size() for g in grads if g is not None)
-                self.why_not = (f"the OOM struck inside an accumulation cycle, whose gradients ({held >> 20} MiB, every "
-                                f"weight trains) are too large to keep a copy of")
-        else:
-            self.grads = [None] * len(params)
-
-    def restore(self) -> str | None:
-        """Put it all back; None, or why something could not be (the step is then not retried)."""
-        import torch
-        for param, grad in zip(self.params, self.grads or ()):
-            param.grad = None if grad is None else grad.clone()
-        torch.random.set_rng_state(self.rng)
-        if self.cuda_rng is not None:
-            torch.cuda.set_rng_state_all(self.cuda_rng)
-        return next((why for why in (kept.restore() for kept in self.kept) if why), None)
-
-
-_sizes: dict[int, tuple[int, int]] = {}
-
-
-def _cheap(params: list[Any]) -> bool:
-    key = id(params[0]) if params else 0
-    trainable, total = _sizes.get(key, (0, 0))
-    return 0 < trainable <= min(COPY_SHARE * total, COPY_LIMIT)
-
-
-def trainable(model) -> list[Any]:
-    """The parameters that take gradients (computed once per model), noting their share of all weights."""
-    cached = getattr(model, "_oomladder_trainable", None)
-    if cached is not None:
-        return cached
-    params, total = [], 0
-    for p in model.parameters():
-        total += p.numel() * p.element_size()
-        if p.requires_grad:
-            params.append(p)
-    if params:
-        _sizes[id(params[0])] = (sum(p.numel() * p.element_size() for p in params), total)
-    try:
-        object.__setattr__(model, "_oomladder_trainable", params)
-    except Exception:
-        pass
-    return params
+    memory: Any = None             # the step's memory model (step_memory.StepMemory), for split ahead
+    shapes: Callable[[int], tuple[int, int]] | None = None  # the largest chunk's (rows, tokens) in n chunks
 
 
 def recover(run: Callable[[int], T], params: list[Any], where: Step,
@@ -146,28 +84,42 @@ def recover(run: Callable[[int], T], params: list[Any], where: Step,
     if not enabled():
         return run(1)
     # Nothing to put back in a step never retried.
-    guard = Guard(params, where.keep() if where.keep else None) if where.refuse is None else None
+    guard = step_state.Guard(params, where.keep() if where.keep else None) if where.refuse is None else None
     factor, had_checkpointing = split[0], checkpointed[0]
+    # Split ahead: the split this step's shape is predicted to need, for this step alone (ahead.py).
+    choice = (ahead.choose(where.memory, where.shapes, splits(where)) if where.memory is not None and where.shapes
+              and where.rows and where.refuse is None else None)
+    if choice is not None:
+        factor = choice.pieces
     if factor > 1 and _inexact(where):
-        factor = 1  # the run goes on split, but these inputs cannot be: whole, and an OOM is the supervisor's
+        factor, choice = 1, None  # the run goes on split, but these inputs cannot be: whole, and an OOM is the supervisor's
     started = time.monotonic()
+    measure = step_memory.Measure() if choice is not None else None
 
-    def tell(outcome: str, after: int, **why: str) -> None:
+    def tell(outcome: str, after: int, **why: Any) -> None:
         _tell(where, outcome, split[0], after, tries, started, had_checkpointing, **why)
 
     try:
-        return run(_pieces(factor, where.rows))
+        result = run(_pieces(factor, where.rows))
     except Exception as exc:  # noqa: BLE001 - only an OOM is met here; anything else goes on up as it was
         if not is_memory(exc):
             raise
         first = exc
+    else:
+        ahead.learn(where, choice, factor, measure)
+        return result
     tries = [_try(first, factor, where.rows)]
+    missed = {}
+    if choice is not None:  # the model is told what this shape did not fit in, and the journal what it predicted
+        predicted = choice.predicted if choice.pieces == factor else None
+        where.memory.ran_out(*where.shapes(factor), choice.available, predicted)
+        missed = {"predicted": predicted, "available": choice.available, "per_step": True}
     refused = where.refuse or (guard.why_not if guard else None) or _inexact(where)
     while True:
         emergency.free_failed_step(first)
         if guard is not None:
             refused = guard.restore() or refused
-        nxt = None if refused else next_split(factor, where.batch, where.rows)
+        nxt = None if refused else _next(where, factor, choice)
         if nxt is None and not refused and where.checkpoint is not None and not checkpointed[0]:
             try:
                 checkpointed[0] = where.checkpoint()
@@ -183,13 +135,16 @@ def recover(run: Callable[[int], T], params: list[Any], where: Step,
             turned = ", with gradient checkpointing on" if checkpointed[0] and not had_checkpointing else ""
             why = refused or (f"the micro-batch of {where.rows} row{'s' if where.rows != 1 else ''} is already split as "
                               f"far as it goes ({pieces} chunk{'s' if pieces > 1 else ''}){turned}")
-            tell("declined" if refused else "floor", factor, reason=why)
+            tell("declined" if refused else "floor", factor, reason=why, **missed)
             raise first
+        measure = step_memory.Measure() if choice is not None else None
         try:
             result = run(_pieces(nxt, where.rows))
         except Exception as exc:  # noqa: BLE001
             if is_memory(exc):
                 tries.append(_try(exc, nxt, where.rows))
+                if choice is not None:
+                    where.memory.ran_out(*where.shapes(nxt), choice.available, None)
                 emergency.free_failed_step(exc)
                 factor = nxt
                 continue
@@ -199,9 +154,30 @@ def recover(run: Callable[[int], T], params: list[Any], where: Step,
                  reason=f"the step split in {nxt} chunks failed ({error}); the supervisor relaunches instead")
             guard.restore()
             raise first from None
-        tell("split", nxt)
-        split[0] = nxt
+        ahead.learn(where, choice and Choice(nxt, *where.shapes(nxt), None, choice.available), nxt, measure)
+        tell("split", nxt, **missed)
+        if choice is None:  # no model to size the next steps by: they run in this split
+            split[0] = nxt
         return result
+
+
+def splits(where: Step) -> list[int]:
+    """Whole, then each split the plan's micro-batch allows, smallest first."""
+    found, factor = [1], 1
+    while (factor := next_split(factor, where.batch, where.rows)) is not None:
+        found.append(factor)
+    return found
+
+
+def _next(where: Step, factor: int, choice: Choice | None) -> int | None:
+    """The split to try after an OOM at `factor`: the first the model, told of the OOM, predicts to fit (this step
+    only), or the next divisor."""
+    nxt = next_split(factor, where.batch, where.rows)
+    if choice is None or nxt is None:
+        return nxt
+    bigger = [n for n in splits(where) if n > factor]
+    picked = ahead.choose(where.memory, where.shapes, bigger) if bigger else None
+    return picked.pieces if picked is not None else nxt
 
 
 def _inexact(where: Step) -> str | None:
@@ -244,7 +220,8 @@ def _pieces(factor: int, rows: int | None) -> int:
 
 
 def _tell(where: Step, outcome: str, before: int, after: int, tries: list[dict[str, Any]], started: float,
-          had_checkpointing: bool, reason: str | None = None, error: str | None = None) -> None:
+          had_checkpointing: bool, reason: str | None = None, error: str | None = None,
+          predicted: int | None = None, available: int | None = None, per_step: bool = False) -> None:
     """The record the supervisor journals as `in_place`, and a line on stderr: never silent. `tries` are the
     step's OOMs with their numbers, which the estimator takes as lower bounds on each chunk's need;
     `checkpointing` is gradient checkpointing turned on in place, by this step or an earlier one."""
@@ -257,7 +234,11 @@ def _tell(where: Step, outcome: str, before: int, after: int, tries: list[dict[s
                       "peak_measure": measure},
               "tries": [{k: t[k] for k in ("rows", "held", "tried", "checkpointing")} for t in tries],
               "seconds": round(time.monotonic() - started, 3),
-              **({"reason": reason} if reason else {}), **({"error": error} if error else {})}
+              **({"reason": reason} if reason else {}), **({"error": error} if error else {}),
+              # Split ahead had predicted this step fits: a misprediction, which taught the model.
+              **({"predicted": predicted, "available": available} if predicted is not None else {}),
+              # Split ahead sizes every step: this split was for this step alone, the plan stays as it was.
+              **({"per_step": True} if per_step else {})}
     try:
         files.append_progress({"in_place": record})
     except Exception as exc:  # the report must not take the step down

@@ -65,18 +65,74 @@ def lift_in_child() -> None:
 
 
 def peak() -> tuple[int | None, str | None]:
-    """(bytes, what was measured): the peak that counts against the cap, or the best stand-in."""
+    """(bytes, what was measured): the peak that counts against the cap, or the best stand-in; the attempt's
+    whole, across the per-step resets of `step_begin`."""
     torch = sys.modules.get("torch")  # never import it here: the program may not use it
     try:
         if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
-            return int(torch.cuda.max_memory_allocated()), "cuda_max_allocated"
+            return max(int(torch.cuda.max_memory_allocated()), _before_reset["cuda"]), "cuda_max_allocated"
     except Exception:
         pass
     if _state.get("mode") == "cpu_address_space":
         return max(0, _status_bytes("VmPeak") - int(_state["baseline"])), "address_space_over_baseline"
+    high = max(_status_bytes("VmHWM"), _before_reset["rss"])
     if _state.get("mode") == "uncapped":
-        return max(0, _status_bytes("VmHWM") - int(_state["baseline"])), "rss_over_baseline"
-    return _status_bytes("VmHWM"), "max_rss"
+        return max(0, high - int(_state["baseline"])), "rss_over_baseline"
+    return high, "max_rss"
+
+
+# The high-water marks as they were before `step_begin` reset them: `peak` is the attempt's, not the step's.
+_before_reset = {"cuda": 0, "rss": 0}
+
+
+def _cuda():
+    torch = sys.modules.get("torch")
+    try:
+        if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+            return torch
+    except Exception:
+        pass
+    return None
+
+
+def step_begin() -> int | None:
+    """Before a micro-step: reset the high-water mark `step_peak` reads, and return what is held now in its units
+    (allocated on CUDA, resident on the CPU); None where it cannot be measured."""
+    torch = _cuda()
+    if torch is not None:
+        _before_reset["cuda"] = max(_before_reset["cuda"], int(torch.cuda.max_memory_allocated()))
+        torch.cuda.reset_peak_memory_stats()
+        return int(torch.cuda.memory_allocated())
+    try:
+        _before_reset["rss"] = max(_before_reset["rss"], _status_bytes("VmHWM"))
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the resident size now
+    except OSError:
+        return None
+    return _status_bytes("VmRSS")
+
+
+def step_peak() -> int | None:
+    """The high-water mark since `step_begin`, in its units."""
+    torch = _cuda()
+    if torch is not None:
+        return int(torch.cuda.max_memory_allocated())
+    return _status_bytes("VmHWM") or None
+
+
+def available() -> int | None:
+    """Bytes a micro-step may take on top of what is held now before the emulated (or real) device runs out;
+    None where nothing bounds it (the CPU without a cap)."""
+    torch = _cuda()
+    if torch is not None:
+        free, total = torch.cuda.mem_get_info()
+        reserved, allocated = torch.cuda.memory_reserved(), torch.cuda.memory_allocated()
+        limit = cap_bytes() if _state.get("mode") == "cuda_fraction" else None
+        room = free if limit is None else min(free, max(0, limit - reserved))
+        return int(room + reserved - allocated)
+    if _state.get("mode") == "cpu_address_space":
+        return max(0, int(_state["limit"]) - vm_size())
+    return None
 
 
 def held() -> int | None:

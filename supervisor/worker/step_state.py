@@ -1,8 +1,9 @@
-"""What a forward changes besides the gradients, kept so that a step that failed leaves no trace: the buffers of
-modules in training mode (BatchNorm's running statistics and its counter, a rotary embedding that rescales on a
-long sequence), and the numbers a trainer keeps of its own (token counts, lists of per-micro-batch metrics).
+"""What a micro-step changes, kept so that a step that failed leaves no trace: its gradients and the RNG
+(`Guard`), the buffers of modules in training mode (BatchNorm's running statistics and its counter, a rotary
+embedding that rescales on a long sequence), and the numbers a trainer keeps of its own (token counts, lists of
+per-micro-batch metrics).
 
-In-place recovery (inplace.py) puts both back before it runs the step again, so a step that ran out of memory
+In-place recovery (inplace.py) puts them back before it runs the step again, so a step that ran out of memory
 and was retried counts once; the emergency checkpoint (emergency.py) puts the buffers back as the last finished
 step left them, so it holds the model between two steps, not part-way into the failed one. A split step's metrics
 are merged into one entry per micro-batch, as the unsplit step logs them.
@@ -14,6 +15,71 @@ from collections.abc import Iterable
 from typing import Any
 
 BUFFER_LIMIT = 64 << 20  # bytes copied per snapshot; above it only the tensors' versions are kept, to tell a change
+# Gradients are copied before each micro-step inside an accumulation cycle only when the trainable weights
+# take at most this share of all weights (adapters), and at most this many bytes.
+COPY_SHARE, COPY_LIMIT = 0.10, 1 << 30
+
+
+class Guard:
+    """The gradients, RNG state and what else the adapter keeps (buffers, counters) a micro-step began with, to put
+    back before it runs again."""
+
+    def __init__(self, params: list[Any], kept: list[Any] | None = None) -> None:
+        import torch
+        self.params, self.kept = params, kept or []
+        self.rng = torch.random.get_rng_state()
+        self.cuda_rng = (torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized()
+                         else None)
+        grads = [p.grad for p in params]
+        self.why_not: str | None = None
+        self.grads: list[Any] | None = None
+        if any(g is not None for g in grads):
+            if _cheap(params):
+                self.grads = [None if g is None else g.detach().clone() for g in grads]
+            else:
+                held = sum(g.numel() * g.element_size() for g in grads if g is not None)
+                self.why_not = (f"the OOM struck inside an accumulation cycle, whose gradients ({held >> 20} MiB, every "
+                                f"weight trains) are too large to keep a copy of")
+        else:
+            self.grads = [None] * len(params)
+
+    def restore(self) -> str | None:
+        """Put it all back; None, or why something could not be (the step is then not retried)."""
+        import torch
+        for param, grad in zip(self.params, self.grads or ()):
+            param.grad = None if grad is None else grad.clone()
+        torch.random.set_rng_state(self.rng)
+        if self.cuda_rng is not None:
+            torch.cuda.set_rng_state_all(self.cuda_rng)
+        return next((why for why in (kept.restore() for kept in self.kept) if why), None)
+
+
+_sizes: dict[int, tuple[int, int]] = {}
+
+
+def _cheap(params: list[Any]) -> bool:
+    key = id(params[0]) if params else 0
+    trainable, total = _sizes.get(key, (0, 0))
+    return 0 < trainable <= min(COPY_SHARE * total, COPY_LIMIT)
+
+
+def trainable(model) -> list[Any]:
+    """The parameters that take gradients (computed once per model), noting their share of all weights."""
+    cached = getattr(model, "_oomladder_trainable", None)
+    if cached is not None:
+        return cached
+    params, total = [], 0
+    for p in model.parameters():
+        total += p.numel() * p.element_size()
+        if p.requires_grad:
+            params.append(p)
+    if params:
+        _sizes[id(params[0])] = (sum(p.numel() * p.element_size() for p in params), total)
+    try:
+        object.__setattr__(model, "_oomladder_trainable", params)
+    except Exception:
+        pass
+    return params
 
 
 class Buffers:

@@ -1,7 +1,7 @@
 """The Hugging Face Trainer (and what subclasses it: TRL's trainers): observe the program's own
-`TrainingArguments`, apply the plan to them, report each optimizer step, record the failure,
-save the emergency checkpoint after an OOM, resume from it, stop at a step boundary on SIGTERM, and
-tell the program's own experiment tracker (`report_to`) which attempt this is and why."""
+`TrainingArguments`, apply the plan to them, record the failure, save the emergency checkpoint after an OOM and
+resume from it. Each step's reports, stops and tracker events are trainer_progress.py's; in-place recovery of a
+step, trainer_inplace.py's."""
 
 from __future__ import annotations
 
@@ -9,37 +9,16 @@ import functools
 import importlib.util
 import os
 import signal
-import sys
 from typing import Any
 
 from oomladder.worker import (common, emergency, files, inplace, memcap, optimizer_state, probe, step_state,
-                              trainer_inplace)
+                              trainer_inplace, trainer_progress, trainer_trackers)
 from oomladder.worker.common import is_memory_failure, observe, peer_died, safely, stop_at_step_end_on
 
 HOOKS = {
     "transformers.training_args": lambda module: patch_training_args(module),
     "transformers.trainer": lambda module: patch_trainer(module),
-    "transformers.hf_argparser": lambda module: patch_argument_parser(module),
 }
-
-
-def patch_argument_parser(module) -> None:
-    """Whether the program reads its TrainingArguments from its command line (HfArgumentParser, TRL's TrlParser):
-    then the report's command to run the final plan without oomladder is the program's command with its flags
-    rewritten, not only a `TrainingArguments(...)` line."""
-    cls = module.HfArgumentParser
-    original = cls.parse_args_into_dataclasses
-
-    @functools.wraps(original)
-    def parse_args_into_dataclasses(self, args=None, *rest, **kwargs):
-        parsed = original(self, args, *rest, **kwargs)
-        if args is None or list(args) == sys.argv[1:]:
-            from transformers import TrainingArguments
-            if any(isinstance(item, TrainingArguments) for item in parsed):
-                safely(observe, None, {"reads_flags": True})
-        return parsed
-
-    cls.parse_args_into_dataclasses = parse_args_into_dataclasses
 
 
 def patch_training_args(module) -> None:
@@ -132,7 +111,7 @@ def patch_trainer(module) -> None:
             raise
         finally:
             common.phase[0] = previous
-        safely(_add_first, self, _progress_callback(module, self))
+        safely(_add_first, self, trainer_progress.callback(module, self))
         report = safely(probe.model_report, self.model)
         if report is not None:  # whose loss the step runs: TRL's SFT keeps logits-size tensors of its own
             known = next((c for c in type(self).__mro__ if c.__module__.startswith(("trl.", "transformers."))), type(self))
@@ -187,9 +166,7 @@ def patch_trainer(module) -> None:
         else:
             loss = trainer_inplace.training_step(self, original_step, model, inputs, args, kwargs)
         if (inplace.split[0], inplace.checkpointed[0]) != before:  # recovered in place: the trackers hear of it
-            self._oomladder_in_place = {"oomladder/in_place_split": inplace.split[0], "oomladder/rung": (
-                f"in place at step {self.state.global_step + 1}: out of memory; the micro-batch now runs in "
-                f"{inplace.split[0]} chunks" + (", gradient checkpointing on" if inplace.checkpointed[0] else ""))}
+            trainer_trackers.recovered_in_place(self)
         return loss
 
     def _load_optimizer_and_scheduler(self, checkpoint, *args, **kwargs):
@@ -243,96 +220,3 @@ def _record_failure(trainer, exc: BaseException) -> None:
     peak, measure = memcap.peak()
     files.write_failure(exc, step=state.global_step, max_steps=state.max_steps, phase=common.phase[0],
                         peak=peak, peak_measure=measure, batch_shape=probe.batch_shapes()["current"])
-
-
-def _tell_trackers_in_place(trainer, args, state, control) -> None:
-    """An OOM recovered in place, in the program's own trackers, as a relaunch's rung is: at the step's end."""
-    events = trainer.__dict__.pop("_oomladder_in_place", None)
-    if args.report_to and events is not None and common.tracker_events(state.global_step, None, None) is not None:
-        should_log = control.should_log  # the handler's on_log clears it: the step's own log must still happen
-        trainer.callback_handler.on_log(args, state, control, events)
-        control.should_log = should_log
-
-
-def _tell_trackers(trainer, args, state, control) -> None:
-    """oomladder's events in the program's own run of TensorBoard, W&B, MLflow...: the attempt number and the
-    plan's batch and accumulation as scalars at the step this attempt begins from (where they changed), and the
-    rung with its reason as text. Through the Trainer's own on_log, so every tracker it set up gets them, as
-    each gets the loss (MLflow keeps numbers only, and drops the text with a warning of its own)."""
-    events = common.tracker_events(state.global_step, args.per_device_train_batch_size,
-                                   args.gradient_accumulation_steps)
-    if args.report_to and events is not None:
-        trainer.callback_handler.on_log(args, state, control, events)
-
-
-def _progress_callback(module, trainer):
-    class OomLadderProgress(module.TrainerCallback):
-        """Reports each finished optimizer step (and evaluation) to the supervisor."""
-
-        def __init__(self) -> None:
-            self.loss = self.learning_rate = None
-            self.trackers_told = True  # until training begins
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs and "loss" in logs:  # logged after on_step_end: report the step again with its loss
-                self.loss, self.learning_rate = logs["loss"], logs.get("learning_rate")
-                self._report(state, "train")
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            # Where this process really starts: the step after it is the first it will execute. The
-            # supervisor compares it with the checkpoint it asked for, so a resume that did not happen shows.
-            safely(files.append_progress, {"began_at": state.global_step, "max_steps": state.max_steps})
-            # The trackers are told at the first step's beginning: this callback runs before theirs, and a
-            # tracker's on_train_begin sets it up (TensorBoard's would otherwise open a folder of its own).
-            self.trackers_told = False
-            # The last attempt died evaluating at this very step: the evaluation is still owed.
-            if os.environ.get("OOMLADDER_RESUME_EVAL_AT") == str(state.global_step) and state.global_step:
-                trainer.evaluate()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            safely(emergency.snapshot_rng)
-            safely(emergency.keep_step_end, (trainer.model,), (state,))
-            self._report(state, "train", executed=True)
-            safely(_tell_trackers_in_place, trainer, args, state, control)
-            if common.stop_requested[0]:
-                control.should_training_stop = True  # the last step ends: no next one begins
-
-        def on_step_begin(self, args, state, control, **kwargs):
-            # A stop asked for during a step is carried out here, after the program's own callbacks have seen
-            # that step's end (its own records included): the step is saved, then the process exits.
-            self._stop_if_asked(state)
-            if not self.trackers_told:
-                self.trackers_told = True
-                safely(_tell_trackers, trainer, args, state, control)
-
-        def on_train_end(self, args, state, control, **kwargs):
-            self._stop_if_asked(state)
-
-        def _stop_if_asked(self, state):
-            if common.stop_requested[0]:
-                signum = common.stop_requested[0]
-                safely(emergency.save, trainer)
-                print(f"oomladder: stopped by {signal.Signals(signum).name} after step {state.global_step}, "
-                      f"which is saved", file=sys.stderr, flush=True)
-                raise SystemExit(128 + signum)
-
-        def on_pre_optimizer_step(self, args, state, control, **kwargs):
-            emergency.optimizer_step(True)
-
-        def on_optimizer_step(self, args, state, control, **kwargs):
-            emergency.optimizer_step(False)
-
-        def on_evaluate(self, args, state, control, **kwargs):
-            self._report(state, "eval")
-
-        def _report(self, state, phase, executed=False):
-            """`executed`: this process has just run optimizer step `state.global_step` (each one once);
-            the other reports repeat a step's numbers with its loss or evaluation."""
-            peak, measure = memcap.peak()
-            safely(files.append_progress, {"step": state.global_step, "max_steps": state.max_steps,
-                                            "loss": self.loss, "learning_rate": self.learning_rate,
-                                            "phase": phase, "peak": peak, "peak_measure": measure,
-                                            "batch_shape": probe.batch_shapes()["largest"],
-                                            **({"executed": True} if executed else {})})
-
-    return OomLadderProgress()

@@ -31,7 +31,7 @@ import inspect
 import os
 from typing import Any
 
-from oomladder.worker import chunks, inplace, step_state
+from oomladder.worker import ahead, chunks, common, inplace, step_memory, step_state
 from oomladder.worker.common import is_memory_failure, safely
 
 
@@ -46,7 +46,7 @@ def training_step(trainer, original, model, inputs, args: tuple, kwargs: dict) -
             return original(trainer, model, inputs, *args, **kwargs)
         return _split(trainer, original, model, inputs, where.rows, pieces, num_items, args, kwargs)
 
-    return inplace.recover(run, inplace.trainable(model), where, is_memory_failure)
+    return inplace.recover(run, step_state.trainable(model), where, is_memory_failure)
 
 
 def _step_of(trainer, inputs, num_items: Any) -> inplace.Step:
@@ -57,9 +57,44 @@ def _step_of(trainer, inputs, num_items: Any) -> inplace.Step:
                    f"to tell whether it divides by it: whether its loss can be split is not known")
     return inplace.Step(step=trainer.state.global_step + 1, rows=rows, seq=chunks.seq_len(inputs),
                         batch=targs.per_device_train_batch_size, accumulation=targs.gradient_accumulation_steps,
-                        refuse=_refuse(trainer) or (no_rows and (chunks.packed(inputs) or no_rows)), checkpoint=functools.partial(_checkpointing, trainer),
+                        refuse=_refuse(trainer) or (no_rows and (chunks.packed(inputs) or no_rows)),
+                        checkpoint=functools.partial(_checkpointing, trainer),
                         exact=lambda: step_state.coupled_rows(trainer.model) or chunks.packed(inputs),
-                        keep=lambda: [step_state.Buffers(trainer.model), step_state.Counters(trainer, trainer.state)])
+                        keep=lambda: [step_state.Buffers(trainer.model), step_state.Counters(trainer, trainer.state)],
+                        memory=_memory(trainer) if rows and step_memory.enabled() else None,
+                        shapes=_shapes(trainer, inputs, rows) if rows else None)
+
+
+def _memory(trainer) -> step_memory.StepMemory:
+    """The process's model of a step's memory, for the plan the Trainer now runs (checkpointing turned on in place
+    starts a new one)."""
+    args = trainer.args
+    report = common.observed.get("model")
+    plan = {**common.plan(), "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
+            "gradient_checkpointing": bool(args.gradient_checkpointing),
+            "optim": str(getattr(args.optim, "value", args.optim))}
+    key = (tuple(sorted((k, str(v)) for k, v in plan.items())), id(report))
+    return ahead.memory(key, lambda: step_memory.model_of(report, plan, (report or {}).get("trainer")))
+
+
+def _shapes(trainer, inputs, rows: int):
+    """The largest chunk's (rows, tokens per row) when the micro-batch runs in n chunks, trimmed as they run."""
+    config = getattr(trainer.model, "config", None)
+    aligned = not getattr(config, "is_encoder_decoder", False)
+    width = chunks.seq_len(inputs) or 1
+    known: dict[int, tuple[int, int]] = {}
+
+    def shapes(pieces: int) -> tuple[int, int]:
+        if pieces not in known:
+            if pieces <= 1:
+                known[pieces] = (rows, width)
+            else:
+                parts = chunks.chunks(inputs, rows, pieces, labels_aligned=aligned)
+                known[pieces] = (max(chunks.batch_rows(p)[0] or 1 for p in parts),
+                                 max(chunks.seq_len(p) or 1 for p in parts))
+        return known[pieces]
+
+    return shapes
 
 
 def _checkpointing(trainer) -> bool:

@@ -1,0 +1,174 @@
+"""An accelerate loop's progress and what a relaunch resumes from (the other half of accelerate.py): each optimizer
+step the prepared optimizer takes is reported with its loss; after an out-of-memory error (or on SIGTERM) the last
+finished step is saved with accelerate's own `save_state`; and a relaunched loop is fast-forwarded through the
+steps an earlier attempt trained (fast_forward.py), then loads that checkpoint before the next step's data is used.
+"""
+
+from __future__ import annotations
+
+import atexit
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from oomladder.worker import common, emergency, fast_forward, files, memcap, probe, step_state
+from oomladder.worker.common import observe, safely
+
+run: dict[str, Any] = {"accelerator": None, "step": 0, "micro": 0, "began": False, "loader": None,
+                        "prepared": None, "in_step": False, "accumulate_seen": False,
+                        "replay": None,      # the FastForward under way, until the checkpoint is loaded
+                        "load_due": False,   # the replay reached the checkpoint's step: load it before going on
+                        "resume": None, "executed": 0,  # the checkpoint resumed from; steps this process computed
+                        "losses": [], "loss_sum": None, "loss_count": 0}  # each step's mean loss, for a replay
+
+
+def begin() -> None:
+    """On the training DataLoader's first iteration: with a checkpoint to resume from, fast-forward the program
+    through the steps it holds; otherwise say that training begins at step 0."""
+    if run["began"]:
+        return
+    run["began"] = True
+    accelerator = run["accelerator"]
+    resume = emergency.resume_point()
+    marker = (files.read_json(Path(resume) / files.CHECKPOINT_MARKER) or {}) if resume else {}
+    step = int(marker.get("step", 0) or 0)
+    if resume and accelerator is not None and step > 0:
+        run["resume"], run["losses"] = resume, [float(x) for x in marker.get("losses") or []]
+        run["replay"] = fast_forward.FastForward(list(accelerator._models), step, run["losses"])
+        run["replay"].start()
+        atexit.register(replay_unfinished)
+        return  # where training begins is said when the checkpoint is loaded
+    common.current.update(step=run["step"])
+    files.append_progress({"began_at": run["step"], "max_steps": None})
+
+
+def replayed() -> None:
+    """An optimizer step of the fast-forward: counted, not taken. A stop asked for now keeps the checkpoint."""
+    replay = run["replay"]
+    replay.step += 1
+    run["step"] = replay.step
+    common.current.update(step=run["step"])
+    if common.stop_requested[0]:
+        signum = common.stop_requested[0]
+        replay.stop()
+        print(f"oomladder: stopped by {signal.Signals(signum).name} while fast-forwarding; the checkpoint of step "
+              f"{replay.target} stays the latest", file=sys.stderr, flush=True)
+        raise SystemExit(128 + signum)
+    if replay.step >= replay.target:
+        run["load_due"] = True
+
+
+def replay_unfinished() -> None:
+    """At exit: a program whose loop ended before the fast-forward reached the checkpoint did not resume (its loop
+    is not the one that trained the checkpoint, or stops earlier): said, never counted as steps run once."""
+    replay = run["replay"]
+    if replay is None:
+        return
+    replay.stop()
+    why = (f"the program's loop ended after {replay.step} of the {replay.target} steps it was fast-forwarded through, "
+           f"so the checkpoint was never loaded: it must run the same loop over the same data to resume")
+    safely(files.append_progress, {"resume_failed": why})
+    print(f"oomladder: did not resume: {why}", file=sys.stderr, flush=True)
+
+
+def load_if_due() -> None:
+    """The replay reached the checkpoint's step: load the checkpoint (weights, optimizer, scheduler, RNG) and train
+    on from there."""
+    if not run["load_due"]:
+        return
+    run["load_due"] = False
+    replay, run["replay"] = run["replay"], None
+    replay.stop()
+    accelerator = run["accelerator"]
+    accelerator.load_state(run["resume"])
+    # accumulate() decides sync_gradients from the accelerator's own micro-batch count, which load_state
+    # restored as the earlier plan counted it (and past the failed micro-batch): count as this plan does.
+    accelerator.step = run["step"] * accelerator.gradient_accumulation_steps
+    run["micro"] = 0
+    emergency.snapshot_rng()
+    emergency.keep_step_end(tuple(accelerator._models))
+    common.current.update(step=run["step"])
+    files.append_progress({"began_at": run["step"], "max_steps": None})
+    print(f"oomladder: fast-forwarded through steps 1-{replay.target}; the checkpoint of step {replay.target} is "
+          f"loaded, and training goes on at step {replay.target + 1}", file=sys.stderr, flush=True)
+
+
+def note_loss(loss) -> None:
+    """Each micro-batch's loss, summed on its device (read once per optimizer step)."""
+    value = loss.detach().float()
+    run["loss_sum"] = value if run["loss_sum"] is None else run["loss_sum"] + value
+    run["loss_count"] += 1
+
+
+def stepped() -> None:
+    """After each optimizer step the prepared optimizer really took."""
+    if not run.get("rows_told"):  # this process's first step: the models are in training mode now
+        run["rows_told"] = True
+        observe(None, {"coupled_rows": next(filter(None, map(step_state.coupled_rows, run["accelerator"]._models)),
+                                            None)})
+    run["step"] += 1
+    run["executed"] += 1
+    run["micro"] = 0
+    loss = float(run["loss_sum"]) / run["loss_count"] if run["loss_count"] else None
+    run["loss_sum"], run["loss_count"] = None, 0
+    before = run["losses"][:run["step"] - 1]
+    run["losses"] = before + [None] * (run["step"] - 1 - len(before)) + [loss]
+    common.current.update(step=run["step"])
+    emergency.snapshot_rng()
+    emergency.keep_step_end(tuple(run["accelerator"]._models))
+    peak, measure = memcap.peak()
+    files.append_progress({"step": run["step"], "max_steps": None, "phase": "train", "peak": peak, "loss": loss,
+                           "peak_measure": measure, "batch_shape": probe.batch_shapes()["largest"], "executed": True})
+    if common.stop_requested[0]:
+        signum = common.stop_requested[0]
+        save("stopped")
+        print(f"oomladder: stopped by {signal.Signals(signum).name} after step {run['step']}, which is saved",
+              file=sys.stderr, flush=True)
+        raise SystemExit(128 + signum)
+
+
+def save_after_failure(exc: BaseException) -> None:
+    """From the excepthook: the last finished step, after an out-of-memory error outside the optimizer step."""
+    if run["accelerator"] is None or not common.is_memory_failure(exc):
+        return
+    if run["replay"] is not None or (run["resume"] and not run["executed"]):
+        emergency.skip(emergency.no_step_ended())
+        return
+    if (why := emergency.nothing_to_keep(run["step"], run["in_step"])) is not None:
+        emergency.skip(why)
+        return
+    emergency.free_failed_step(exc, *run["accelerator"]._models)
+    if (why := emergency.back_to_step_end()) is not None:
+        emergency.skip(why)
+        return
+    save("oom")
+
+
+def save(why: str) -> None:
+    accelerator = run["accelerator"]
+    if not accelerator.is_main_process:
+        return
+    import torch
+    try:
+        partial = emergency.begin(run["step"], sum(emergency.state_bytes(m, o) for m, o in
+                                                    zip(accelerator._models, accelerator._optimizers or [None])))
+    except emergency.NoRoom as exc:
+        emergency.skip(str(exc))
+        return
+    automatic = accelerator.project_configuration.automatic_checkpoint_naming
+    accelerator.project_configuration.automatic_checkpoint_naming = False  # never the program's own folder
+    try:
+        accelerator.save_state(str(partial))
+    finally:
+        accelerator.project_configuration.automatic_checkpoint_naming = automatic
+    rng = emergency.rng_snapshot()
+    if rng:  # the RNG as the last step left it, not as the failed step advanced it
+        states = torch.load(partial / f"random_states_{accelerator.process_index}.pkl", weights_only=False)
+        states.update(random_state=rng["python"], torch_manual_seed=rng["cpu"],
+                      **({"numpy_random_seed": rng["numpy"]} if "numpy" in rng else {}),
+                      **({"torch_cuda_manual_seed": rng["cuda"] if isinstance(rng["cuda"], list) else [rng["cuda"]]}
+                         if "cuda" in rng else {}))
+        torch.save(states, partial / f"random_states_{accelerator.process_index}.pkl")
+    emergency.commit(partial, run["step"], None, "accelerate", why=why,
+                     losses=[x if x is not None else 0.0 for x in run["losses"][:run["step"]]])
