@@ -1,10 +1,9 @@
-"""The run loop: start an attempt, let the watcher see it through, ask `decide` what comes next, and
-journal each step before acting on it.
+"""The run loop: start an attempt, let the watcher see it through, ask `decide` what comes next, and journal each
+step before acting on it.
 
-The loop only journals, sleeps and launches. Watching an attempt is watch.py's, deciding what it
-means is decide.py's (pure), and several nodes are oomladder/nodes'. Clock, sleep, launcher and
-display are parameters: the policy is tested without processes and without waiting, and the same
-loop runs real workers end to end.
+The loop only journals, sleeps and launches. Watching an attempt is watch.py's, deciding what it means is
+decide.py's (pure), and several nodes are oomladder/nodes'. Clock, sleep, launcher and display are parameters: the
+policy is tested without processes and without waiting, and the same loop runs real workers end to end.
 """
 
 from __future__ import annotations
