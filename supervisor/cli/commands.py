@@ -52,7 +52,7 @@ def make_run_config(args: argparse.Namespace):
                          f"new folder on each node)")
     initial = initial_plan(args.settings)
     missing = placeholders(command) - set(initial.set_fields())
-    memory_cap = parse_size(args.memory_cap) if args.memory_cap else None
+    memory_cap = parse_size(args.memory_cap, "--memory-cap") if args.memory_cap else None
     ladder = load_ladder(args.ladder)
     run_dir = Path(args.run_dir) if args.run_dir else _new_run_dir()
     if run_dir.exists() and not run_dir.is_dir():

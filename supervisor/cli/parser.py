@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 
 from oomladder import __version__
 from oomladder.errors import UsageError
@@ -22,6 +23,12 @@ EXIT_CODES_HELP = """exit status:
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # `--memory-cap -1GiB`: a value that starts with a dash and a digit is a value (argparse takes only plain
+        # negative numbers as such, and calls the rest a missing argument); its own check then says what is wrong.
+        self._negative_number_matcher = re.compile(r"^-\d")
+
     def error(self, message: str) -> None:  # argparse's own two-line usage dump, as one line
         raise UsageError(f"{message} (see '{self.prog} --help')")
 

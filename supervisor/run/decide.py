@@ -30,7 +30,7 @@ from oomladder.run.config import (
     EXIT_USAGE,
 )
 from oomladder.run.outcomes import AttemptResult, Climb, End, Next, Retry, Rollback, RunStatus, Stop, StopReason
-from oomladder.units import format_steps
+from oomladder.units import format_size, format_steps
 
 # Failures that no plan causes: the same plan again, this many times in a row at most.
 RETRIES_ON_SAME_PLAN = {Kind.HANG: 1, Kind.TRANSIENT: 3}
@@ -84,8 +84,13 @@ def _climb(view: RunView, ladder: Ladder, memory_cap: int | None, several_nodes:
     if decision.exhausted:
         tried = "; ".join(f"{name}: {why}" for name, why in decision.skipped) or "none applied"
         return End(RunStatus.LADDER_EXHAUSTED.value, EXIT_LADDER_EXHAUSTED,
-                   f"attempt {number} ran out of memory and {decision.reason} ({tried}). Try a bigger device, a "
-                   f"smaller model or sequence, or a ladder with more rungs.", decision, rollback)
+                   f"attempt {number} ran out of memory and {decision.reason} ({tried}). " + (
+                       f"No attempt finished a step under the memory cap of {format_size(memory_cap)}: if that is "
+                       f"not the size you meant, give --memory-cap with its unit (1200MiB, 16GiB); otherwise try a "
+                       f"bigger cap, a smaller model or sequence, or a ladder with more rungs."
+                       if memory_cap and not any(a.steps for a in view.attempts) else
+                       "Try a bigger device, a smaller model or sequence, or a ladder with more rungs."),
+                   decision, rollback)
     return Climb(decision, rollback)
 
 

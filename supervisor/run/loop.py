@@ -39,6 +39,7 @@ from oomladder.run.outcomes import AttemptResult, End, Next, NextAttempt, Retry,
 from oomladder.run.resume import starting_point
 from oomladder.run.signals import forwarded_signals
 from oomladder.run.watch import AttemptWatcher, Launch
+from oomladder.units import SMALLEST_MODEL, format_size
 from oomladder.views.display import Display, NullDisplay, Unbreakable
 from oomladder.views.report import write_reports
 
@@ -276,6 +277,11 @@ class Runner:
                                if self.topology.multi else {}))
         if self.world is not None:
             self.world.since = self.journal.records[-1]["ts"]
+        if cfg.memory_cap and cfg.memory_cap < SMALLEST_MODEL:
+            text = (f"the memory cap, {format_size(cfg.memory_cap)}, is far under any model: every attempt will run "
+                    f"out of memory. Check --memory-cap's unit (1200MiB, 16GiB)")
+            self.journal.append(schema.WARNING, attempt=None, about="memory_cap", text=text)
+            self.display.event(f"warning: {text}")
 
     def _observe_environment(self) -> None:
         """The allocator setting the program would run with on its own: the first plan's, once per run."""

@@ -18,7 +18,7 @@ from oomladder.nodes import agreement
 from oomladder.nodes.world import World
 from oomladder.plan import Plan
 from oomladder.process import cgroup, gpu
-from oomladder.process.checkpoints import remove_superseded
+from oomladder.process.checkpoints import is_whole, remove_superseded
 from oomladder.process.launch import worker_env
 from oomladder.process.workers import Launcher, LaunchError, LaunchSpec, WorkerHandle, read_tail, stop_descendants
 from oomladder.record import schema
@@ -250,14 +250,17 @@ class AttemptWatcher:
                             f"before it run again")
 
     def journal_checkpoint(self, number: int, files: AttemptFiles) -> dict[str, Any] | None:
-        """The emergency checkpoint the attempt saved, journaled as whole; the one it supersedes is deleted."""
+        """The emergency checkpoint the attempt saved, journaled once it is whole (its marker written last); only
+        then are the ones it supersedes deleted, and never one of a later step."""
         checkpoint = files.emergency()
-        if checkpoint and Path(checkpoint.get("path", "")).is_dir():
-            self.journal.append(schema.CHECKPOINT, attempt=number, kind="emergency", path=checkpoint["path"],
-                                step=checkpoint["step"])
-            remove_superseded(self.config.run_dir, self.journal.view().checkpoints, keep=checkpoint["path"])
-            return {"path": checkpoint["path"], "step": checkpoint["step"]}
-        return None
+        if not (checkpoint and isinstance(checkpoint.get("step"), int) and is_whole(str(checkpoint.get("path")))):
+            return None
+        self.journal.append(schema.CHECKPOINT, attempt=number, kind="emergency", path=checkpoint["path"],
+                            step=checkpoint["step"])
+        older = [c for c in self.journal.view().checkpoints if isinstance(c.get("step"), int)
+                 and c["step"] <= checkpoint["step"]]
+        remove_superseded(self.config.run_dir, older, keep=checkpoint["path"])
+        return {"path": checkpoint["path"], "step": checkpoint["step"]}
 
     # --- several nodes (oomladder/nodes): the runner's side, kept apart from the single-node path ---------
 
