@@ -67,12 +67,17 @@ def parse_duration(text: str) -> float:
     return float(match.group(1)) * _SECONDS[unit]
 
 
-def format_steps(steps: list[int]) -> str:
-    """`1–2, 5`: optimizer steps as runs of consecutive numbers."""
+def format_steps(steps) -> str:
+    """`1–2, 5`: optimizer steps as runs of consecutive numbers. `steps` is a step set (anything with
+    `ranges()`), ranges `[first, last]`, or step numbers; a range is never expanded."""
+    if hasattr(steps, "ranges"):
+        pairs = list(steps.ranges())
+    else:
+        pairs = sorted((s, s) if isinstance(s, int) else (s[0], s[1]) for s in steps)
     runs: list[list[int]] = []
-    for step in sorted(set(steps)):
-        if runs and step == runs[-1][1] + 1:
-            runs[-1][1] = step
+    for first, last in pairs:
+        if runs and first <= runs[-1][1] + 1:
+            runs[-1][1] = max(runs[-1][1], last)
         else:
-            runs.append([step, step])
+            runs.append([first, last])
     return ", ".join(str(a) if a == b else f"{a}–{b}" for a, b in runs)

@@ -50,7 +50,8 @@ class Journal:
     def extend(self, type_: str, many: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Records of one type, written and synced together: a fast worker's steps cost one fsync a poll."""
         ts = round(self.clock(), 3)
-        records = [{"v": SCHEMA_VERSION, "type": type_, "ts": ts, **fields} for fields in many]
+        # The journal's own keys are its own: a worker's line that names a type or a time does not choose them.
+        records = [{**fields, "v": SCHEMA_VERSION, "type": type_, "ts": ts} for fields in many]
         if records:
             self._file.write("".join(json.dumps(r, default=str) + "\n" for r in records))
             self._file.flush()
@@ -94,7 +95,7 @@ def iter_journal(path: str | Path, skipped: list[int] | None = None) -> Iterator
                 continue
             try:
                 record = json.loads(line)
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):  # not JSON, or nested deeper than any record of ours
                 record = None
             if isinstance(record, dict) and "type" in record:
                 yield record

@@ -45,3 +45,5 @@ class RunConfig:
     no_offload: bool = False                      # weights device_map puts on the CPU or disk count as an OOM
     in_place: bool = True                         # an OOM in a step is first met in the worker (worker/inplace.py)
     notify: tuple[str, ...] = ()                  # Apprise URLs told of each fallback and of the end (run/notify.py)
+    notify_config: str | None = None              # a file of targets in Apprise's configuration format
+

@@ -33,13 +33,12 @@ from oomladder.record import schema
 from oomladder.record.journal import Journal, iter_journal, open_journal
 from oomladder.run.budget import Budget, BudgetState, budgets, exhausted
 from oomladder.run.config import EXIT_DISK_FULL, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_NOT_MEMORY, EXIT_USAGE, RunConfig
-from oomladder.run.decide import decide, evaluation_owed, over_budget, stopped
-from oomladder.run.notify import Notifier
+from oomladder.run.decide import cap_warning, decide, evaluation_owed, over_budget, stopped
+from oomladder.run.notify import Notifier, journaled
 from oomladder.run.outcomes import AttemptResult, End, Next, NextAttempt, Retry, Rollback, RunStatus, Stop, StopReason
 from oomladder.run.resume import starting_point
 from oomladder.run.signals import forwarded_signals
 from oomladder.run.watch import AttemptWatcher, Launch
-from oomladder.units import SMALLEST_MODEL, format_size
 from oomladder.views.display import Display, NullDisplay, Unbreakable
 from oomladder.views.report import write_reports
 
@@ -82,8 +81,7 @@ class Runner:
         with RunLock(cfg.run_dir, cfg.node_rank) as lock:
             become_subreaper()
             self.journal = journal = open_journal(own, self.clock)
-            # Node 0 tells the news, as it writes the reports: every node takes the same decisions.
-            self.notifier = Notifier(cfg.notify if cfg.node_rank == 0 else (), journal, self.display, cfg.run_dir)
+            self.notifier = Notifier.of(cfg, journal, self.display)
             self.watcher = AttemptWatcher(cfg, journal, launcher=self.launcher, clock=self.clock,
                                           monotonic=self.monotonic, sleep=self.sleep, display=self.display,
                                           environ=self.environ, world=self.world, signalled=lambda: self._signal,
@@ -271,15 +269,12 @@ class Runner:
                             max_wall_time=cfg.max_wall_time, hang_timeout=cfg.hang_timeout,
                             version=__version__, initial=cfg.initial.set_fields(), no_offload=cfg.no_offload,
                             **({} if cfg.in_place else {"in_place": False}),
-                            # The targets, secrets and all, so that resume tells the same people (README).
-                            **({"notify": list(cfg.notify)} if cfg.notify else {}),
+                            **journaled(cfg.notify, cfg.notify_config),  # names and a path, never a URL
                             **({"nnodes": cfg.nnodes, "node_rank": cfg.node_rank, "node_timeout": cfg.node_timeout}
                                if self.topology.multi else {}))
         if self.world is not None:
             self.world.since = self.journal.records[-1]["ts"]
-        if cfg.memory_cap and cfg.memory_cap < SMALLEST_MODEL:
-            text = (f"the memory cap, {format_size(cfg.memory_cap)}, is far under any model: every attempt will run "
-                    f"out of memory. Check --memory-cap's unit (1200MiB, 16GiB)")
+        if (text := cap_warning(cfg.memory_cap)) is not None:
             self.journal.append(schema.WARNING, attempt=None, about="memory_cap", text=text)
             self.display.event(f"warning: {text}")
 

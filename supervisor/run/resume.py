@@ -50,7 +50,7 @@ def close_orphans(config: RunConfig, journal: Journal, watcher: AttemptWatcher, 
             continue
         files = AttemptFiles(attempt_dir(config.run_dir, attempt.number, topology))
         died = journal.last_ts  # about when: the supervisor journaled at every poll until then
-        watcher.take_in(attempt.number, files)
+        watcher.take_in(attempt.number, files, drain=True)
         checkpoint = watcher.journal_checkpoint(attempt.number, files)
         if world is not None:
             world.orphan_ended(journal, attempt.number, died, checkpoint)

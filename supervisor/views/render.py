@@ -11,8 +11,8 @@ from rich.text import Text
 from oomladder.cost import slowdown_cell
 from oomladder.record.history import RunView
 from oomladder.units import format_size
-from oomladder.views.report import STATUS_TEXT
 from oomladder.views.table import attempts_table
+from oomladder.views.words import STATUS_TEXT
 
 
 def print_report(console: Console, view: RunView, report: dict[str, Any]) -> None:

@@ -89,13 +89,21 @@ def in_place_record(entry: dict[str, Any]) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
+LINE_LIMIT = 64 * 1024     # a progress line longer than this is no step's report: skipped, never held whole
+READ_LIMIT = 4 * 2**20     # bytes of a progress file read at one look: a flood is taken in over several looks
+
+
 class AttemptFiles:
-    """What the worker ranks of one attempt left in `folder`, read as it grows: each progress line once."""
+    """What the worker ranks of one attempt left in `folder`, read as it grows: each progress line once, at most
+    `READ_LIMIT` bytes of a file per look, and no line held longer than `LINE_LIMIT`."""
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
         self._offsets: dict[Path, int] = {}
+        self._skipping: set[Path] = set()  # files inside an overlong line, read past until its end
         self._observed: dict[Path, Any] = {}
+        self.overlong = 0                  # progress lines skipped for their length
+        self.unread = False                # the last look stopped at READ_LIMIT: there is more to read now
 
     def new_observations(self) -> list[tuple[int, dict[str, Any]]]:
         """(rank, observation) for each rank whose observed file changed since the last look."""
@@ -108,40 +116,76 @@ class AttemptFiles:
         return changed
 
     def new_progress(self) -> list[tuple[int, dict[str, Any]]]:
-        """(rank, entry) for each whole progress line written since the last look."""
-        entries = []
+        """(rank, entry) for each whole progress line written since the last look (up to READ_LIMIT per file)."""
+        entries: list[tuple[int, dict[str, Any]]] = []
+        self.unread = False
         for target in sorted(self.folder.glob(f"{PROGRESS}.*.jsonl")):
             offset = self._offsets.get(target, 0)
             try:
                 with open(target, "rb") as f:
                     f.seek(offset)
-                    chunk = f.read()
+                    chunk = f.read(READ_LIMIT)
             except OSError:
                 continue
-            complete = chunk[: chunk.rfind(b"\n") + 1]  # a line still being written waits for the next look
-            self._offsets[target] = offset + len(complete)
-            for line in complete.decode("utf-8", errors="replace").splitlines():
-                try:
-                    entries.append((rank_of(target), json.loads(line)))
-                except json.JSONDecodeError:
+            self.unread = self.unread or len(chunk) == READ_LIMIT
+            start = 0
+            if target in self._skipping:  # the rest of an overlong line
+                end = chunk.find(b"\n")
+                if end < 0:
+                    self._offsets[target] = offset + len(chunk)
                     continue
+                self._skipping.discard(target)
+                start = end + 1
+            last = chunk.rfind(b"\n")
+            if last >= start:
+                complete, tail, self._offsets[target] = chunk[start: last + 1], chunk[last + 1:], offset + last + 1
+            else:
+                complete, tail, self._offsets[target] = b"", chunk[start:], offset + start
+            if len(tail) > LINE_LIMIT:  # a line still being written, and already too long: read past its end
+                self._skipping.add(target)
+                self.overlong += 1
+                self._offsets[target] = offset + len(chunk)
+            for line in complete.splitlines():
+                if len(line) > LINE_LIMIT:
+                    self.overlong += 1
+                    continue
+                entry = _entry(line)
+                if entry is not None:
+                    entries.append((rank_of(target), entry))
         return entries
 
     def first_failure(self) -> dict[str, Any] | None:
         """The earliest failure record of any rank: the root cause, not a peer dying of it."""
         records = [r for r in map(read_json, self.folder.glob(f"{FAILURE}.*.json")) if r is not None]
-        return min(records, key=lambda r: r.get("ts", float("inf"))) if records else None
+        return min(records, key=_when) if records else None
 
     def emergency(self) -> dict[str, Any] | None:
         """The emergency checkpoint rank 0 marked whole: {path, step, max_steps}."""
         return read_json(path(EMERGENCY, 0, self.folder))
 
 
-def read_json(target: Path) -> dict[str, Any] | None:
+def _entry(line: bytes) -> dict[str, Any] | None:
     try:
-        return json.loads(target.read_text())
-    except (OSError, json.JSONDecodeError):
+        entry = json.loads(line.decode("utf-8", errors="replace"))
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than any report of a step
         return None
+    return entry if isinstance(entry, dict) else None
+
+
+def _when(record: dict[str, Any]) -> float:
+    ts = record.get("ts")
+    return float(ts) if isinstance(ts, (int, float)) and not isinstance(ts, bool) else float("inf")
+
+
+def read_json(target: Path, limit: int = 16 * 2**20) -> dict[str, Any] | None:
+    """A whole file the worker wrote, as an object; None when it is missing, larger than `limit`, or not one."""
+    try:
+        if target.stat().st_size > limit:
+            return None
+        data = json.loads(target.read_text(encoding="utf-8", errors="replace"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def rank_of(target: Path) -> int:
