@@ -82,6 +82,20 @@ def _failure(v: Any) -> bool:
     return isinstance(v, dict) and "kind" in v and all(check(v[name]) for name, check in _FAILURE.items() if name in v)
 
 
+_COST = {"speed": _optional(lambda v: _number(v) and abs(v) < 100), "says": _str, "field": _optional(_str),
+         "numerics": _optional(_str)}
+
+
+def _ladder(v: Any) -> bool:
+    """The ladder as run_started keeps it: what the report reads of it (its source, each rung's name and cost)."""
+    def rung(r: Any) -> bool:
+        cost = r.get("cost") if isinstance(r, dict) else None
+        return isinstance(r, dict) and _optional(_str)(r.get("name")) and (cost is None or (
+            isinstance(cost, dict) and all(check(cost[k]) for k, check in _COST.items() if k in cost)))
+    return (isinstance(v, dict) and _optional(_str)(v.get("source"))
+            and _optional(lambda rungs: isinstance(rungs, list) and all(map(rung, rungs)))(v.get("rungs")))
+
+
 def _steps(v: Any) -> bool:
     return isinstance(v, list) and all(_tuple_of(_count, _count)(r) and r[0] <= r[1] for r in v)
 
@@ -95,10 +109,10 @@ FIELDS: dict[str, Callable[[Any], bool]] = {
     "node_timeout": _number, "nnodes": _count, "node_rank": _count,
     "phase": _str, "peak_measure": _str, "rung": _str, "reason": _str, "changes": _str, "status": _str,
     "outcome": _str, "text": _str, "about": _str, "path": _str, "kind": _str, "target": _str, "title": _str,
-    "resume_failed": _str, "source": _str, "cwd": _str, "error": _str, "version": _str, "attempt_dir": _str,
+    "resume_failed": _str, "source": _str, "cwd": _str, "error": _str, "version": _str, "attempt_dir": _str, "cgroup": _str, "pid": _count,
     "command": _list_of(_str), "notify": _list_of(_str), "batch_shape": _list_of(_count),
     "plan": _typed_like(Plan), "initial": _typed_like(Plan), "facts": _typed_like(Facts),
-    "model": _dict, "load": _dict, "estimate": _dict, "ladder": _dict, "oom": _dict,
+    "model": _dict, "load": _dict, "estimate": _dict, "ladder": _ladder, "oom": _dict,
     "numbers": _FAILURE["numbers"], "failure": _failure, "steps": _steps,
     "resume_from": lambda v: isinstance(v, dict) and _optional(_count)(v.get("step")) and _optional(_str)(v.get("path")),
     "skipped": _list_of(_tuple_of(_str, _str)), "rung_indices": _list_of(_int),
@@ -119,6 +133,8 @@ REQUIRED: dict[str, tuple[str, ...]] = {
 def damage(record: dict[str, Any]) -> str | None:
     """Why `record` cannot be folded as its type says, or None: a needed field missing, or a field of another kind."""
     kind = record.get("type")
+    if not isinstance(kind, str):
+        return f"type is {_short(kind)}"
     for name in REQUIRED.get(kind, ()):
         if record.get(name) is None:
             return f"no {name}"

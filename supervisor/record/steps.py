@@ -11,19 +11,26 @@ import bisect
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+RANGES_KEPT = 4096  # past twice this many ranges, the closest ones merge: a set's size stays bounded
+
 
 class StepSet:
     """Optimizer step numbers as sorted, disjoint, non-adjacent ranges `[first, last]`, both ends included.
 
     Adding the next step in order extends the last range in constant time; a step out of order costs a binary
-    search. Iterating yields every step (tests and small sets only: the views use `ranges`)."""
+    search. Iterating yields every step (tests and small sets only: the views use `ranges`).
 
-    __slots__ = ("_firsts", "_lasts", "_count")
+    A program whose step numbers are sparse (one that reports samples seen: 16, 32, 48...) would make a range
+    of each; past `2 * RANGES_KEPT` ranges the closest ones merge into `RANGES_KEPT`, and the set is no longer
+    `exact`: its ranges then also hold numbers nobody reported, and only its widest gaps are left."""
+
+    __slots__ = ("_firsts", "_lasts", "_count", "exact")
 
     def __init__(self, steps: Iterable[int] = ()) -> None:
         self._firsts: list[int] = []
         self._lasts: list[int] = []
         self._count = 0
+        self.exact = True
         for step in steps:
             self.add(step)
 
@@ -48,6 +55,8 @@ class StepSet:
             self._firsts.append(first)
             self._lasts.append(last)
             self._count += last - first + 1
+            if len(self._firsts) > 2 * RANGES_KEPT:
+                self._coarsen()
             return
         # The ranges that touch or overlap [first - 1, last + 1] merge with it.
         lo = bisect.bisect_left(self._lasts, first - 1)
@@ -58,8 +67,24 @@ class StepSet:
         self._firsts[lo:hi] = [first]
         self._lasts[lo:hi] = [last]
         self._count += last - first + 1
+        if len(self._firsts) > 2 * RANGES_KEPT:
+            self._coarsen()
+
+    def _coarsen(self) -> None:
+        """Merge across the narrowest gaps until `RANGES_KEPT` ranges are left."""
+        gaps = sorted(range(len(self._firsts) - 1), key=lambda i: self._firsts[i + 1] - self._lasts[i])
+        closing = set(gaps[: len(self._firsts) - RANGES_KEPT])
+        firsts, lasts = [self._firsts[0]], []
+        for i in range(len(self._firsts) - 1):
+            if i not in closing:
+                lasts.append(self._lasts[i])
+                firsts.append(self._firsts[i + 1])
+        lasts.append(self._lasts[-1])
+        self._firsts, self._lasts, self.exact = firsts, lasts, False
+        self._count = sum(b - a + 1 for a, b in zip(firsts, lasts))
 
     def update(self, other: StepSet) -> None:
+        self.exact = self.exact and other.exact
         for first, last in other.ranges():
             self.add_range(first, last)
 
@@ -68,6 +93,7 @@ class StepSet:
 
     def intersection(self, other: StepSet) -> StepSet:
         out, theirs, j = StepSet(), other.ranges(), 0
+        out.exact = self.exact and other.exact
         for first, last in self.ranges():
             while j < len(theirs) and theirs[j][1] < first:
                 j += 1
@@ -80,6 +106,7 @@ class StepSet:
     def gaps(self, start: int = 1) -> StepSet:
         """The steps from `start` up to this set's last that are not in it."""
         out, expected = StepSet(), start
+        out.exact = self.exact
         for first, last in self.ranges():
             if first > expected:
                 out.add_range(expected, first - 1)

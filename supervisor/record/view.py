@@ -163,6 +163,11 @@ class RunView:
         return any(a.reports_steps or a.step is not None for a in self.attempts)
 
     @property
+    def steps_exact(self) -> bool:
+        """Every attempt's steps are kept one by one (not merged: step numbers too sparse to keep, steps.py)."""
+        return all(a.steps.exact for a in self.attempts)
+
+    @property
     def repeated_steps(self) -> StepSet:
         """Steps more than one attempt ran."""
         seen, repeated = StepSet(), StepSet()

@@ -170,6 +170,9 @@ def finished_reason(view: RunView) -> str:
     if not view.steps_reported:
         text = (f"{done}; the program reports no optimizer steps to oomladder, so whether any step ran twice "
                 f"is not known")
+    elif not view.steps_exact:
+        text = (f"{done}; the program's step numbers are too sparse to check one by one (it may report samples, not "
+                f"optimizer steps)")
     elif view.repeated_steps:
         text = (f"{done}, but steps {format_steps(view.repeated_steps)} ran more than once: an attempt trained "
                 f"them again instead of resuming (lost work)")

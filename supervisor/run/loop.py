@@ -86,20 +86,21 @@ class Runner:
                                           monotonic=self.monotonic, sleep=self.sleep, display=self.display,
                                           environ=self.environ, world=self.world, signalled=lambda: self._signal,
                                           hurry=lambda: self._signals > 1, wall_time_spent=self._wall_time_spent)
-            try:
-                first = self._starting_point()
-            except BaseException:
-                journal.close()  # refused before starting: the directory stays exactly as it was
-                lock.discard()
-                raise
-            try:
-                self._journal_run_started()
-                with forwarded_signals(self.request_stop):
+            with forwarded_signals(self.request_stop):  # from resume's sweep on: a signal ends the run as any other
+                try:
+                    first = starting_point(cfg, journal, self.watcher, self.world, self.topology,
+                                           hurry=lambda: self._signals > 1)
+                except BaseException:
+                    journal.close()  # refused before starting: the directory stays exactly as it was
+                    lock.discard()
+                    raise
+                try:
+                    self._journal_run_started()
                     return self._loop(first)
-            except BaseException as exc:
-                return self._crashed(exc)
-            finally:
-                self._wind_up()
+                except BaseException as exc:
+                    return self._crashed(exc)
+                finally:
+                    self._wind_up()
 
     def _crashed(self, exc: BaseException) -> int:
         """An error in oomladder itself while a run was under way: the worker group is stopped (gracefully
@@ -284,9 +285,6 @@ class Runner:
             allocator = self.environ.get("PYTORCH_ALLOC_CONF", self.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""))
             self.journal.append(schema.OBSERVED, attempt=0, source="environment", plan={"allocator": allocator},
                                 facts={})
-
-    def _starting_point(self) -> NextAttempt:
-        return starting_point(self.config, self.journal, self.watcher, self.world, self.topology)
 
     def _agree_on_start(self, number: int) -> int | None:
         """None: every node starts attempt `number` on the same plan; otherwise the run's exit code."""

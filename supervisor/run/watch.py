@@ -17,9 +17,10 @@ from oomladder.classify import Evidence, Failure, Kind, classify
 from oomladder.nodes import agreement
 from oomladder.nodes.world import World
 from oomladder.plan import Plan
-from oomladder.process import cgroup, gpu
+from oomladder.process import cgroup, gpu, workers
 from oomladder.process.checkpoints import remove_superseded
 from oomladder.process.launch import worker_env
+from oomladder.process.rundir import run_key
 from oomladder.process.workers import Launcher, LaunchError, LaunchSpec, WorkerHandle, read_tail, stop_descendants
 from oomladder.record import schema
 from oomladder.record.journal import Journal
@@ -73,6 +74,8 @@ class AttemptWatcher:
         self.signalled, self.hurry, self.wall_time_spent = signalled, hurry, wall_time_spent
         self.running: WorkerHandle | None = None     # the group being watched, for the loop to stop on a crash
         self.intake = Intake(config, journal, display)
+        # Where attempt cgroups can be made (or why not): the real launcher's; a fake one's tests have no processes.
+        self._cgroups: tuple[Path | None, str] | None = None if launcher is workers.spawn else (None, "")
 
     # --- one attempt ----------------------------------------------------------------------------------
 
@@ -82,17 +85,23 @@ class AttemptWatcher:
                          launch.resume["path"] if launch.resume else None, launch.evaluate_at, run_dir=cfg.run_dir,
                          no_offload=cfg.no_offload, rung=launch.rung, reason=launch.reason,
                          in_place=cfg.in_place, in_place_checkpointing=launch.checkpoint_in_place)
+        group = self._attempt_group(launch.number)
         spec = LaunchSpec(tuple(launch.argv), env, cfg.cwd, launch.attempt_dir / "stdout.log",
-                          launch.attempt_dir / "stderr.log")
+                          launch.attempt_dir / "stderr.log", group.procs_file if group else None)
         oom_kills_before, gpu_before = cgroup.oom_kill_count(), gpu.gpu_pids()
         since = self.monotonic()
         files = AttemptFiles(launch.attempt_dir)
         try:
             handle = self.launcher(spec)
         except LaunchError as exc:
+            if group is not None:
+                group.kill()
             ended = {"attempt": launch.number, "exit_code": None, "duration": 0.0}
             return self._journal_end(launch.number, "failed", Failure(Kind.LAUNCH_FAILED, None, str(exc)), None,
                                      ended, None, None, 0.0)
+        # Where a later resume finds what a killed supervisor left: the worker's session, and its cgroup.
+        self.journal.append(schema.LAUNCHED, attempt=launch.number, pid=handle.pid,
+                            **({"cgroup": str(group.path)} if group else {}))
         self.running = handle  # left set if the poll raises: the loop's crash handler stops the group
         poll = self._poll(handle, launch.number, spec, files, since)
         self.running = None
@@ -100,11 +109,29 @@ class AttemptWatcher:
         duration = self.monotonic() - since
         handle.reap_group()
         stop_descendants()  # what left the group (daemons that setsid'd, a wrapper's orphaned python)
+        if group is not None:
+            group.kill()  # what left even the process tree: the kernel counts every process of the attempt
         if gpu.wait_released(gpu_before) == "still held":
             self.journal.append(schema.WARNING, attempt=launch.number, text="GPU memory of the stopped worker was "
                                 "still held after 30 s; the next attempt may fail on it")
         self.take_in(launch.number, files, drain=True)  # all it wrote, however fast: the rest of a flood too
         return self._conclude(launch.number, spec, files, poll, duration, exited, oom_kills_before)
+
+    def _attempt_group(self, number: int) -> cgroup.AttemptGroup | None:
+        """A cgroup of its own for the attempt, where the machine allows one; where it does not, the run says so
+        once (a fake launcher's tests have no processes to keep)."""
+        if self._cgroups is None:
+            off = self.environ.get("OOMLADDER_CGROUPS") == "0"
+            self._cgroups = (None, "OOMLADDER_CGROUPS=0 turns them off") if off else cgroup.attempt_root()
+        base, why = self._cgroups
+        group = cgroup.AttemptGroup.make(base, run_key(self.config.run_dir), number) if base is not None else None
+        if group is None and why and not any(w.get("about") == "cgroup" for w in self.journal.view().warnings):
+            text = (f"attempts run without a cgroup of their own here ({why or 'the kernel refused one'}): a process "
+                    f"that leaves its worker's session and clears its environment can outlive a supervisor killed "
+                    f"with kill -9")
+            self.journal.append(schema.WARNING, attempt=None, about="cgroup", text=text)
+            self.display.event(f"warning: {text}")
+        return group
 
     def _poll(self, handle: WorkerHandle, number: int, spec: LaunchSpec, files: AttemptFiles,
               started: float) -> _Poll:

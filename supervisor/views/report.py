@@ -54,13 +54,14 @@ def build_report(view: RunView) -> dict[str, Any]:
         previous = a.plan
     before, after = view.program_plan, view.final_plan
     ended = view.ended or {}
+    exact = view.steps_exact
     steps = {"reported": view.steps_reported, "repeated": view.repeated_steps.to_json(),
-             "missing": view.missing_steps.to_json()}
+             "missing": view.missing_steps.to_json() if exact else [], "exact": exact}
     return {
         "schema": REPORT_SCHEMA,
         "status": view.status, "status_text": STATUS_TEXT.get(view.status, view.status),
         "exit_code": ended.get("exit_code"), "reason": ended.get("reason"),
-        "command": view.run.get("command", []), "memory_cap": view.run.get("memory_cap"),
+        "command": view.run.get("command") or [], "memory_cap": view.run.get("memory_cap"),
         "device_memory": view.facts.device_memory,
         "ladder": (view.run.get("ladder") or {}).get("source"),
         "effective_batch": {"before": before.effective_batch, "after": after.effective_batch},

@@ -31,4 +31,7 @@ def steps_line(steps: dict[str, Any], strong=lambda text: f"**{text}**") -> str:
         parts.append(strong(f"{format_steps(steps['repeated'])} ran more than once") + " (lost work)")
     if steps["missing"]:
         parts.append(strong(f"{format_steps(steps['missing'])} never reported"))
+    if not steps.get("exact", True):
+        parts.append("the program's step numbers are too sparse to check one by one (it may count samples, not "
+                     "optimizer steps)")
     return "; ".join(parts) or "each ran once, as the workers reported"
