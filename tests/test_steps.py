@@ -3,6 +3,7 @@ executing, and what the table and the report say about steps that ran twice or a
 happen. Pure: journal records in, the view and its text out."""
 
 from oomladder.record.history import fold
+from oomladder.record.steps import RANGES_KEPT
 from oomladder.views.report import build_report, render_markdown
 from oomladder.views.table import steps_text
 
@@ -56,7 +57,7 @@ def test_a_program_that_reports_no_steps_has_no_step_counts_and_the_report_says_
     view = journal((None, None, []), (None, None, []))
     assert not view.steps_reported and view.repeated_steps == []
     report = build_report(view)
-    assert report["steps"] == {"reported": False, "repeated": [], "missing": []}
+    assert report["steps"] == {"reported": False, "repeated": [], "missing": [], "exact": True}
     assert "not reported by the program" in render_markdown(report)
 
 
@@ -87,3 +88,16 @@ def test_a_journal_from_before_steps_were_reported_counts_them_as_it_did():
     view = fold(records)
     assert [a.steps for a in view.attempts] == [[1, 2], [3, 4, 5, 6]]
     assert steps_text(view.attempts[1]) == "3–6 (resumed)"
+
+
+def test_sparse_step_numbers_are_kept_in_bounded_ranges_and_said_to_be_sparse():
+    """A program that reports samples seen (16, 32, ...) as its steps: the view keeps a bounded number of ranges,
+    claims no missing step, and says the numbers are too sparse to check."""
+    steps = list(range(16, 16 * 20_000 + 1, 16))
+    view = journal((None, 0, steps))
+    attempt, = view.attempts
+    assert not attempt.steps.exact and len(attempt.steps.ranges()) <= 2 * RANGES_KEPT
+    assert (attempt.steps.first, attempt.steps.last) == (16, 320_000)
+    report = build_report(view)
+    assert report["steps"]["exact"] is False and report["steps"]["missing"] == []
+    assert "too sparse to check one by one" in render_markdown(report)

@@ -109,7 +109,7 @@ class Folder:
     def _progress(self, a: AttemptView, r: dict[str, Any]) -> None:
         if r.get("executed"):
             if r.get("steps"):  # ranges of steps: a flood the watcher journaled at a bounded rate
-                self._ran(a, _minus(StepSet.of_ranges(r["steps"]), a.executed), r.get("ts"))
+                self._ran(a, StepSet.of_ranges(r["steps"]).difference(a.executed), r.get("ts"))
             elif r.get("step") is not None and r["step"] not in a.executed:
                 self._ran(a, StepSet([r["step"]]), r.get("ts"))
             if r.get("step") is not None and r.get("peak") is not None:  # each rank reports the step: the highest
@@ -164,14 +164,3 @@ class Folder:
                        Facts.from_dict(self.facts), self.ended, self.model, self.load, list(self.warnings),
                        self.malformed)
 
-
-def _minus(steps: StepSet, taken: StepSet) -> StepSet:
-    """The steps of `steps` not in `taken`."""
-    out = StepSet()
-    for first, last in steps.ranges():
-        part = StepSet.of_ranges([(first, last)])
-        for hole_first, hole_last in part.intersection(taken).ranges():
-            out.add_range(first, hole_first - 1)
-            first = hole_last + 1
-        out.add_range(first, last)
-    return out

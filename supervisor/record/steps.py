@@ -85,8 +85,32 @@ class StepSet:
 
     def update(self, other: StepSet) -> None:
         self.exact = self.exact and other.exact
+        if other and (not self or other._firsts[0] > self._lasts[-1] + 1):  # all after: appended as they are
+            self._firsts += other._firsts
+            self._lasts += other._lasts
+            self._count += other._count
+            if len(self._firsts) > 2 * RANGES_KEPT:
+                self._coarsen()
+            return
         for first, last in other.ranges():
             self.add_range(first, last)
+
+    def difference(self, other: StepSet) -> StepSet:
+        """The steps of this set that are not in `other`, in one pass over both."""
+        out, theirs, j = StepSet(), other.ranges(), 0
+        out.exact = self.exact
+        for first, last in self.ranges():
+            while j < len(theirs) and theirs[j][1] < first:
+                j += 1
+            k = j
+            while k < len(theirs) and theirs[k][0] <= last:
+                if theirs[k][0] > first:
+                    out.add_range(first, theirs[k][0] - 1)
+                first = max(first, theirs[k][1] + 1)
+                k += 1
+            if first <= last:
+                out.add_range(first, last)
+        return out
 
     def ranges(self) -> list[tuple[int, int]]:
         return list(zip(self._firsts, self._lasts))

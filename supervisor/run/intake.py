@@ -9,6 +9,7 @@ millions, and the report is written in seconds after it ends.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,10 +22,17 @@ from oomladder.record.steps import StepSet
 from oomladder.run.config import RunConfig
 from oomladder.views.display import Display
 from oomladder.views.table import in_place_change
-from oomladder.worker.files import LINE_LIMIT, AttemptFiles, in_place_record
+from oomladder.worker.files import LINE_LIMIT, AttemptFiles, entries_of, in_place_record
 
 PER_LOOK = 64  # progress lines of one rank journaled as they are at one look (four looks a second)
 _KEPT = ("max_steps", "loss", "learning_rate", "phase", "peak_measure", "batch_shape")  # the last one's, in a sum
+
+
+# The steps lines report executing, found without parsing each line (with the keys in either order): a flood's
+# lines past the per-look budget cost a pass of a regular expression, not a JSON parse each.
+_EXECUTED = (re.compile(r'"step":\s*(\d{1,18})\b[^\n]*"executed":\s*true'),
+             re.compile(r'"executed":\s*true[^\n]*"step":\s*(\d{1,18})\b'))
+_PEAK = re.compile(r'"peak":\s*(\d{1,18})\b')
 
 
 @dataclass
@@ -34,26 +42,40 @@ class Sum:
 
     count: int = 0
     steps: StepSet = field(default_factory=StepSet)
+    step: int | None = None
     last: dict[str, Any] = field(default_factory=dict)
-    peak: int | float | None = None
+    peak: int | None = None
 
-    def add(self, entry: dict[str, Any]) -> None:
-        self.count += 1
-        step = entry.get("step")
-        if step is not None and FIELDS["step"](step):
-            if entry.get("executed"):
-                self.steps.add(step)
-            self.last["step"] = step
-        for key in _KEPT:
-            if entry.get(key) is not None and FIELDS[key](entry[key]):
-                self.last[key] = entry[key]
-        if entry.get("peak") is not None and FIELDS["peak"](entry["peak"]):
-            self.peak = entry["peak"] if self.peak is None else max(self.peak, entry["peak"])
+    def add(self, text: str) -> None:
+        """Lines of progress, as the worker wrote them."""
+        self.count += text.count("\n")
+        reports, found = text.count('"executed"'), 0
+        for pattern in _EXECUTED:
+            if found >= reports:
+                break  # every line that says it executed a step has been read (the keys in the usual order)
+            found_here = pattern.findall(text)
+            found += len(found_here)
+            steps = sorted(set(map(int, found_here)))
+            if steps and steps[-1] - steps[0] + 1 == len(steps):  # in order without a gap: the common flood
+                self.steps.add_range(steps[0], steps[-1])
+            else:
+                for step in steps:
+                    self.steps.add(step)
+        peak = max(map(int, _PEAK.findall(text)), default=None)
+        if peak is not None and (self.peak is None or peak > self.peak):
+            self.peak = peak
+        last = next(entries_of(text.rstrip("\n").rsplit("\n", 1)[-1]), None)
+        if last is not None:
+            self.last = last
+            if FIELDS["step"](last.get("step")):
+                self.step = last["step"]
 
     def record(self, number: int, rank: int) -> dict[str, Any]:
         steps = {"executed": True, "steps": self.steps.to_json()} if self.steps else {}
-        peak = {"peak": self.peak} if self.peak is not None else {}
-        return {"attempt": number, "rank": rank, "summed": self.count, **steps, **self.last, **peak}
+        kept = {key: self.last[key] for key in _KEPT if self.last.get(key) is not None and FIELDS[key](self.last[key])}
+        return {"attempt": number, "rank": rank, "summed": self.count, **steps, **kept,
+                **({"step": self.step} if self.step is not None else {}),
+                **({"peak": self.peak} if self.peak is not None else {})}
 
 
 @dataclass(frozen=True)
@@ -66,22 +88,33 @@ class Look:
     summed: int
 
 
-def bounded(number: int, entries: list[tuple[int, dict[str, Any]]], per_look: int = PER_LOOK) -> Look:
+def bounded(number: int, blocks: list[tuple[int, str]], per_look: int = PER_LOOK) -> Look:
+    """The records one look journals for the lines of each rank (`AttemptFiles.new_lines`)."""
     out: list[tuple[Any, ...]] = []
     kept: dict[int, int] = {}
     sums: dict[int, Sum] = {}
-    for rank, entry in entries:
-        for own in ("ts", "v", "type"):  # the journal's, not the worker's to say
-            entry.pop(own, None)
-        if kept.get(rank, 0) < per_look:
+    for rank, text in blocks:
+        head, rest = _first_lines(text, per_look - kept.get(rank, 0))
+        for entry in entries_of(head):
             kept[rank] = kept.get(rank, 0) + 1
+            for own in ("ts", "v", "type"):  # the journal's, not the worker's to say
+                entry.pop(own, None)
             in_place = in_place_record(entry)
             out.append(("in_place", rank, in_place) if in_place is not None
                        else ("progress", {**entry, "attempt": number, "rank": rank}))
-        else:
-            sums.setdefault(rank, Sum()).add(entry)
+        if rest:
+            sums.setdefault(rank, Sum()).add(rest)
     out += [("progress", s.record(number, rank)) for rank, s in sums.items()]
     return Look(out, sum(s.count for s in sums.values()))
+
+
+def _first_lines(text: str, count: int) -> tuple[str, str]:
+    end = 0
+    for _ in range(max(0, count)):
+        end = text.find("\n", end) + 1
+        if end == 0:
+            return text, ""
+    return text[:end], text[end:]
 
 
 class Intake:
@@ -113,7 +146,7 @@ class Intake:
                             f"{LINE_LIMIT // 1024} KiB, which were skipped")
 
     def _progress(self, number: int, files: AttemptFiles) -> None:
-        look = bounded(number, files.new_progress())
+        look = bounded(number, files.new_lines())
         entries, began = [], False
         for record in look.records:
             if record[0] == "in_place":

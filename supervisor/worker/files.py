@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +119,12 @@ class AttemptFiles:
 
     def new_progress(self) -> list[tuple[int, dict[str, Any]]]:
         """(rank, entry) for each whole progress line written since the last look (up to READ_LIMIT per file)."""
-        entries: list[tuple[int, dict[str, Any]]] = []
+        return [(rank, entry) for rank, text in self.new_lines() for entry in entries_of(text)]
+
+    def new_lines(self) -> list[tuple[int, str]]:
+        """(rank, text) for each progress file: its whole lines written since the last look, at most READ_LIMIT
+        bytes of them, those longer than LINE_LIMIT left out (and counted in `overlong`)."""
+        blocks: list[tuple[int, str]] = []
         self.unread = False
         for target in sorted(self.folder.glob(f"{PROGRESS}.*.jsonl")):
             offset = self._offsets.get(target, 0)
@@ -145,14 +152,12 @@ class AttemptFiles:
                 self._skipping.add(target)
                 self.overlong += 1
                 self._offsets[target] = offset + len(chunk)
-            for line in complete.splitlines():
-                if len(line) > LINE_LIMIT:
-                    self.overlong += 1
-                    continue
-                entry = _entry(line)
-                if entry is not None:
-                    entries.append((rank_of(target), entry))
-        return entries
+            if complete and max(map(len, complete.split(b"\n"))) > LINE_LIMIT:
+                complete, overlong = _OVERLONG.subn(b"", complete)
+                self.overlong += overlong
+            if complete:
+                blocks.append((rank_of(target), complete.decode("utf-8", errors="replace")))
+        return blocks
 
     def first_failure(self) -> dict[str, Any] | None:
         """The earliest failure record of any rank: the root cause, not a peer dying of it."""
@@ -164,12 +169,20 @@ class AttemptFiles:
         return read_json(path(EMERGENCY, 0, self.folder))
 
 
-def _entry(line: bytes) -> dict[str, Any] | None:
-    try:
-        entry = json.loads(line.decode("utf-8", errors="replace"))
-    except (ValueError, RecursionError):  # not JSON, or nested deeper than any report of a step
-        return None
-    return entry if isinstance(entry, dict) else None
+_OVERLONG = re.compile(rb"^[^\n]{%d,}\n" % (LINE_LIMIT + 1), re.M)
+_decode = json.JSONDecoder().decode
+
+
+def entries_of(text: str) -> Iterator[dict[str, Any]]:
+    """The objects of the lines of `text`; a line that is not one (not JSON, nested deeper than any report of a
+    step, a list) is passed over."""
+    for line in text.splitlines():
+        try:
+            entry = _decode(line)
+        except (ValueError, RecursionError):
+            continue
+        if isinstance(entry, dict):
+            yield entry
 
 
 def _when(record: dict[str, Any]) -> float:
