@@ -88,6 +88,7 @@ class AttemptGroup:
     def make(cls, base: Path, run_key: str, attempt: int) -> AttemptGroup | None:
         """A new cgroup for attempt `attempt` of the run `run_key`, or None where the kernel does not allow one
         (or has no `cgroup.kill`, before Linux 5.14)."""
+        _remove_empty(base)
         path = base / f"{PREFIX}{run_key}-{attempt:03d}-{os.getpid()}"
         try:
             path.mkdir()
@@ -126,14 +127,21 @@ class AttemptGroup:
 
 
 def leftovers(bases: list[Path], run_key: str) -> list[AttemptGroup]:
-    """Attempt cgroups of the run `run_key` that an earlier supervisor (killed) left under any of `bases`."""
+    """Attempt cgroups of the run `run_key` that an earlier supervisor left under any of `bases`, once it is dead
+    (its pid ends the name): another node's live supervisor of the same run on this host keeps its own."""
     found = []
     for base in bases:
         try:
-            found += [AttemptGroup(p) for p in base.glob(f"{PREFIX}{run_key}-*") if p.is_dir()]
+            found += [AttemptGroup(p) for p in base.glob(f"{PREFIX}{run_key}-*") if p.is_dir() and orphaned(p)]
         except OSError:
             continue
     return found
+
+
+def orphaned(path: Path) -> bool:
+    """An attempt cgroup whose supervisor is gone."""
+    pid = Path(path).name.rsplit("-", 1)[-1]
+    return pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists()
 
 
 def _remove(path: Path) -> None:
@@ -141,3 +149,11 @@ def _remove(path: Path) -> None:
         path.rmdir()
     except OSError:
         pass
+
+
+def _remove_empty(base: Path) -> None:
+    """Attempt cgroups a killed supervisor left empty, any run's: the kernel removes only an empty cgroup, and
+    one whose supervisor (its name's last part) still runs is left to it."""
+    for path in base.glob(f"{PREFIX}*-*-*"):
+        if orphaned(path):
+            _remove(path)

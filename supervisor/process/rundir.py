@@ -125,7 +125,8 @@ def _run_groups(run_dir: Path, launched: list[Mapping[str, Any]]) -> list[cgroup
     named = {Path(r["cgroup"]) for r in launched if isinstance(r.get("cgroup"), str)
              and Path(r["cgroup"]).name.startswith(f"{cgroup.PREFIX}{run_key(run_dir)}-")}
     bases = {p.parent for p in named} | ({root} if (root := cgroup.attempt_root()[0]) is not None else set())
-    paths = {g.path for g in cgroup.leftovers(sorted(bases), run_key(run_dir))} | {p for p in named if p.is_dir()}
+    paths = {g.path for g in cgroup.leftovers(sorted(bases), run_key(run_dir))} | {
+        p for p in named if p.is_dir() and cgroup.orphaned(p)}
     return [cgroup.AttemptGroup(p) for p in sorted(paths)]
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from oomladder.classify import Kind
 from oomladder.plan import Facts, Plan
+from oomladder.record import schema
 
 BIGGEST = 2**62   # larger integers are no step, size or count of a real run (and would not fit a C long)
 LATEST = 1e11     # seconds since 1970: the year 5138
@@ -73,9 +74,9 @@ def _optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
 
 
 _KINDS = {k.value for k in Kind}
-_FAILURE = {"kind": lambda v: v in _KINDS, "memory": _optional(_str), "summary": _optional(_str),
+_FAILURE = {"kind": lambda v: isinstance(v, str) and v in _KINDS, "memory": _optional(_str), "summary": _optional(_str),
             "phase": _optional(_str), "step": _optional(_count), "rank": _optional(_int),
-            "numbers": _optional(lambda v: isinstance(v, dict) and all(_str(k) and _number(x) for k, x in v.items()))}
+            "numbers": _optional(lambda v: isinstance(v, dict) and all(_str(k) and _count(x) for k, x in v.items()))}
 
 
 def _failure(v: Any) -> bool:
@@ -104,7 +105,7 @@ def _steps(v: Any) -> bool:
 FIELDS: dict[str, Callable[[Any], bool]] = {
     "ts": _time, "attempt": _int, "step": _count, "max_steps": _count, "began_at": _count, "exit_code": _int,
     "rank": _int, "rung_index": _int, "split": _count, "split_before": _count, "rows": _count, "ooms": _count, "summed": _count,
-    "rolled_back": _int, "peak": _number, "loss": _number, "learning_rate": _number, "seconds": _number,
+    "rolled_back": _int, "peak": _count, "loss": _number, "learning_rate": _number, "seconds": _number,
     "duration": _number, "exited": _time, "max_attempts": _count, "max_wall_time": _number, "hang_timeout": _number,
     "node_timeout": _number, "nnodes": _count, "node_rank": _count,
     "phase": _str, "peak_measure": _str, "rung": _str, "reason": _str, "changes": _str, "status": _str,
@@ -121,6 +122,9 @@ FIELDS: dict[str, Callable[[Any], bool]] = {
 PER_TYPE: dict[str, dict[str, Callable[[Any], bool]]] = {
     "run_started": {"memory_cap": _count},
     "observed": {"memory_cap": _dict},
+    "run_ended": {"status": lambda v: v in schema.RUN_STATUSES},
+    "attempt_ended": {"outcome": lambda v: v in schema.ATTEMPT_OUTCOMES},
+    "in_place": {"outcome": lambda v: v in schema.IN_PLACE_OUTCOMES},
 }
 # What the fold keeps of these types and the views read later must be there.
 REQUIRED: dict[str, tuple[str, ...]] = {

@@ -21,6 +21,7 @@ from oomladder.record.view import AttemptView, RunView
 __all__ = ["AttemptView", "Folder", "RunView", "fold"]  # the views are read from here too
 
 IN_PLACE_KEPT = 100  # an attempt's in-place records the view keeps (a flood of them is counted, not kept)
+DAMAGED_KEPT = 100   # damaged records named by line and why (the rest are counted)
 
 
 def fold(records: Iterable[dict[str, Any]]) -> RunView:
@@ -47,15 +48,21 @@ class Folder:
         self.load: dict[str, Any] | None = None
         self.ended: dict[str, Any] | None = None
         self.malformed = 0                   # records without the fields their type needs
+        self.damaged: list[dict[str, Any]] = []  # the first DAMAGED_KEPT of them: {line, why}
         self._before: tuple[int, StepSet] | None = None  # (attempt, the steps of the attempts numbered below it)
 
-    def add(self, r: dict[str, Any]) -> None:
+    def add(self, r: dict[str, Any], line: int | None = None) -> None:
+        """Fold one record (`line`: its line in the journal, to name it if it is damaged)."""
         try:
-            if damage(r) is not None:
-                raise ValueError("damaged")
-            self._add(r)
-        except (KeyError, TypeError, ValueError, AttributeError, OverflowError, RecursionError):
-            self.malformed += 1  # a record cut short or edited by hand: the rest of the run still folds
+            why = damage(r)
+            if why is None:
+                self._add(r)
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError, RecursionError) as exc:
+            why = f"{type(exc).__name__} while folding it"
+        if why is not None:  # a record cut short or edited by hand: the rest of the run still folds
+            self.malformed += 1
+            if len(self.damaged) < DAMAGED_KEPT:
+                self.damaged.append({"line": line, "why": why})
 
     def _add(self, r: dict[str, Any]) -> None:
         kind = r.get("type")
@@ -162,5 +169,5 @@ class Folder:
                 seen.update(a.steps)
         return RunView(self.run, ordered, list(self.decisions), list(self.checkpoints), self.observed,
                        Facts.from_dict(self.facts), self.ended, self.model, self.load, list(self.warnings),
-                       self.malformed)
+                       self.malformed, damaged=list(self.damaged))
 

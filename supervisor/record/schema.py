@@ -22,3 +22,10 @@ ATTEMPT_ENDED = "attempt_ended"      # how the attempt ended (on several nodes, 
 DECISION = "decision"                # what the ladder (or a retry) chose next, and why
 WARNING = "warning"                  # something a person should know that changes nothing
 RUN_ENDED = "run_ended"              # the run's status, exit code and reason
+
+# The values a reader knows for these fields (run/outcomes.py's RunStatus; tests/test_properties.py checks they
+# agree): a record with another is named as damaged, not shown as a status nobody wrote.
+RUN_STATUSES = ("finished", "ladder_exhausted", "budget_exhausted", "not_memory", "hang", "transient", "interrupted",
+                "launch_failed", "node_lost", "nodes_disagree", "disk_full", "internal_error")
+ATTEMPT_OUTCOMES = ("finished", "failed", "interrupted")
+IN_PLACE_OUTCOMES = ("split", "declined", "floor", "failed")

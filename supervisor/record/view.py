@@ -129,6 +129,7 @@ class RunView:
     warnings: list[dict[str, Any]] = field(default_factory=list)  # what a person should know, as journaled
     malformed: int = 0                    # journal records that could not be folded (cut off, edited)
     skipped_lines: list[int] = field(default_factory=list)  # journal lines that were not records at all
+    damaged: list[dict[str, Any]] = field(default_factory=list)  # the first malformed records: {line, why}
 
     @property
     def rolled_back(self) -> set[int]:

@@ -13,7 +13,7 @@ from typing import Any
 from oomladder.cost import slowdown_cell
 from oomladder.units import format_size
 from oomladder.views.table import format_duration, in_place_line
-from oomladder.views.words import STATUS_TEXT, steps_line
+from oomladder.views.words import STATUS_TEXT, journal_damage, steps_line
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -37,11 +37,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         for row in a.get("in_place") or ():
             out.append(f"|  | {_md(row['rung'])} | {_md(row['changes'])} | {_md(row['status_text'])} | - | "
                        f"{_md(_size(row['peak']))} | {_md(_duration(row['seconds']))} |")
-    damaged = report.get("journal") or {}
-    if damaged.get("unreadable_lines") or damaged.get("malformed_records"):
-        lines = ", ".join(map(str, damaged["unreadable_lines"][:20]))
-        out += ["", f"**The journal is damaged**: lines that are not records: {_md(lines or 'none')}; records that "
-                    f"could not be read: {_md(damaged['malformed_records'])}. The report shows the rest."]
+    if (damage := journal_damage(report.get("journal") or {})) is not None:
+        out += ["", f"**The journal is damaged**: {_md(damage)}. The report shows the rest."]
     if report.get("warnings"):
         out += ["", "## Warnings", ""] + [f"- {_md(w['text'])}" for w in report["warnings"]]
     out += ["", "### Why each rung was taken", ""]

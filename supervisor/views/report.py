@@ -68,7 +68,8 @@ def build_report(view: RunView) -> dict[str, Any]:
         "steps": steps, "steps_summary": steps_line(steps, strong=lambda text: text),
         "warnings": [{"attempt": w.get("attempt"), "about": w.get("about"), "text": w.get("text")}
                      for w in view.warnings],
-        "journal": {"unreadable_lines": view.skipped_lines, "malformed_records": view.malformed},
+        "journal": {"unreadable_lines": view.skipped_lines, "malformed_records": view.malformed,
+                    "damaged": view.damaged},
         "attempts": attempts,
         "time_lost": time_lost(attempts),
         "before_after": [{"setting": name, "before": old, "after": new} for name, old, new in changes(before, after)],

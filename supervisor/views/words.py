@@ -35,3 +35,14 @@ def steps_line(steps: dict[str, Any], strong=lambda text: f"**{text}**") -> str:
         parts.append("the program's step numbers are too sparse to check one by one (it may count samples, not "
                      "optimizer steps)")
     return "; ".join(parts) or "each ran once, as the workers reported"
+
+
+def journal_damage(journal: dict[str, Any]) -> str | None:
+    """What the journal's reading stepped over, named line by line (the first ones), or None:
+    `lines that are not records: 4; records that could not be read: 2 (line 5: step is 2.5; line 6: ...)`."""
+    unreadable, malformed = journal.get("unreadable_lines") or [], journal.get("malformed_records") or 0
+    if not unreadable and not malformed:
+        return None
+    named = "; ".join(f"line {d.get('line')}: {d.get('why')}" for d in (journal.get("damaged") or [])[:10])
+    return (f"lines that are not records: {', '.join(map(str, unreadable[:20])) or 'none'}; records that could not "
+            f"be read: {malformed}" + (f" ({named}{'; …' if malformed > 10 else ''})" if named else ""))
