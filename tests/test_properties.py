@@ -174,7 +174,8 @@ def test_a_command_argument_with_a_backtick_stays_in_its_code_span_and_an_unknow
     code = next(t for t in MarkdownIt("commonmark").parse(md) if t.type == "inline" and "command" in t.content)
     assert [c.content for c in code.children if c.type == "code_inline"] == [
         "python train.py --tag 'x` <img src=x onerror=alert(1)> `y' '```'"]
-    assert "could not be read: 1" in md and "odd" not in md  # a status nobody writes is damage, not a status
+    # A status nobody writes is damage, named with its line, not a status.
+    assert "could not be read: 1 (line 17: status is '&lt;b&gt;odd&lt;/b&gt;')" in md and "**Still running" in md
 
 
 def test_the_statuses_the_journal_knows_are_the_runs():

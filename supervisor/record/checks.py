@@ -103,7 +103,7 @@ def _steps(v: Any) -> bool:
 
 # A field means the same in every record type that has it; `memory_cap` is the one exception.
 FIELDS: dict[str, Callable[[Any], bool]] = {
-    "ts": _time, "attempt": _int, "step": _count, "max_steps": _count, "began_at": _count, "exit_code": _int,
+    "ts": _time, "attempt": _count, "step": _count, "max_steps": _count, "began_at": _count, "exit_code": _int,
     "rank": _int, "rung_index": _int, "split": _count, "split_before": _count, "rows": _count, "ooms": _count, "summed": _count,
     "rolled_back": _int, "peak": _count, "loss": _number, "learning_rate": _number, "seconds": _number,
     "duration": _number, "exited": _time, "max_attempts": _count, "max_wall_time": _number, "hang_timeout": _number,
@@ -123,6 +123,7 @@ PER_TYPE: dict[str, dict[str, Callable[[Any], bool]]] = {
     "run_started": {"memory_cap": _count},
     "observed": {"memory_cap": _dict},
     "run_ended": {"status": lambda v: v in schema.RUN_STATUSES},
+    "attempt_started": {"attempt": lambda v: _count(v) and v >= 1},  # 0 is the run's own (its environment)
     "attempt_ended": {"outcome": lambda v: v in schema.ATTEMPT_OUTCOMES},
     "in_place": {"outcome": lambda v: v in schema.IN_PLACE_OUTCOMES},
 }

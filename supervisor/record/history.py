@@ -72,8 +72,8 @@ class Folder:
             overrides = Plan.from_dict(r.get("plan"))
             launched = self.observed.merged(overrides)
             self.attempts[r["attempt"]] = AttemptView(
-                number=r["attempt"], rung=r.get("rung"), reason=r.get("reason", ""), overrides=overrides,
-                plan=launched, started=r["ts"], command=r.get("command", []),
+                number=r["attempt"], rung=r.get("rung"), reason=r.get("reason") or "", overrides=overrides,
+                plan=launched, started=r["ts"], command=r.get("command") or [],
                 resumed_from=(r.get("resume_from") or {}).get("step"), launched=launched)
         elif kind == schema.OBSERVED:
             # Later observations fill fields earlier attempts died before reaching.

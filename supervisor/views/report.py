@@ -46,7 +46,7 @@ def build_report(view: RunView) -> dict[str, Any]:
             "began_at_step": a.began_at, "ran_again": a.ran_again.to_json(), "resume_missed": a.resume_missed,
             "rolled_back": a.rolled_back, "in_place": in_place_rows(a),
             "duration": a.duration(), "exit_code": a.exit_code, "command": a.command,
-            "skipped": _untold(led_here.get("skipped", []), told),
+            "skipped": _untold(led_here.get("skipped") or [], told),
             "started_at": a.started, "ended_at": a.ended, "training_began_at": a.training_began,
             "step_log": [{"step": step, "at": at, "peak": a.step_peaks.get(step)}
                          for step, at in sorted(a.step_times.items())],
@@ -82,7 +82,7 @@ def build_report(view: RunView) -> dict[str, Any]:
 def expected_slowdown(view: RunView, before: Plan, after: Plan) -> dict[str, Any] | None:
     """What the final plan is expected to cost in speed against the program's own settings, from the costs the
     strategies stated and the run journaled with its ladder (None for a journal written before they were)."""
-    costs = [(r.get("name", "?"), Cost.from_dict(r.get("cost"))) for r in (view.run.get("ladder") or {}).get("rungs", [])]
+    costs = [(r.get("name") or "?", Cost.from_dict(r.get("cost"))) for r in (view.run.get("ladder") or {}).get("rungs") or []]
     known = [(name, cost) for name, cost in costs if cost is not None]
     return slowdown(before, after, known).to_dict() if known else None
 
