@@ -122,7 +122,7 @@ class AttemptWatcher:
         once (a fake launcher's tests have no processes to keep)."""
         if self._cgroups is None:
             off = self.environ.get("OOMLADDER_CGROUPS") == "0"
-            self._cgroups = (None, "OOMLADDER_CGROUPS=0 turns them off") if off else cgroup.attempt_root()
+            self._cgroups = (None, "turned off with OOMLADDER_CGROUPS=0") if off else cgroup.attempt_root()
         base, why = self._cgroups
         group = cgroup.AttemptGroup.make(base, run_key(self.config.run_dir), number) if base is not None else None
         if group is None and why and not any(w.get("about") == "cgroup" for w in self.journal.view().warnings):
