@@ -100,6 +100,7 @@ def test_the_cgroup_v2_folder_is_found_from_mountinfo_and_its_absence_is_said(tm
     base, why = attempt_root(tmp_path / "mountinfo", tmp_path / "cgroup")
     assert base is None and "is not delegated to this user" in why and "/nowhere/unified/user.slice/job" in why
     (tmp_path / "mountinfo").write_text("31 1 0:30 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n")
-    assert attempt_root(tmp_path / "mountinfo", tmp_path / "cgroup") == (None, "this machine has no cgroup v2 hierarchy")
+    no_v2 = (None, "this machine has no cgroup v2 hierarchy")
+    assert attempt_root(tmp_path / "mountinfo", tmp_path / "cgroup") == no_v2
     assert os.path.exists("/proc/self/mountinfo")  # and on this machine, whatever it answers, it answers
     attempt_root()

@@ -108,8 +108,8 @@ def assert_no_live_tag(md: str, page: str) -> None:
     assert "<img src=x" not in page  # in Markdown, text in a code span is inert: the tokens above are the test
 
 
-SETTINGS = settings(max_examples=int(os.environ.get("PROPERTY_EXAMPLES", 100)), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                          HealthCheck.too_slow])
+SETTINGS = settings(max_examples=int(os.environ.get("PROPERTY_EXAMPLES", 100)), deadline=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
 @SETTINGS

@@ -161,8 +161,8 @@ def _resumed_targets(started: dict, given: str | None) -> tuple[tuple[str, ...],
     found = {name for name, _ in services(notify, config, os.environ)}
     lost = [name for name in started.get("notify_targets") or () if isinstance(name, str) and name not in found]
     if lost:
-        print(f"oomladder: warning: this run notified {', '.join(lost)}, which is not given now (a URL is never kept on "
-              f"disk): give it through ${ENVIRONMENT} or --notify-config FILE", file=sys.stderr)
+        print(f"oomladder: warning: this run notified {', '.join(lost)}, which is not given now (a URL is never kept "
+              f"on disk): give it through ${ENVIRONMENT} or --notify-config FILE", file=sys.stderr)
     return notify, config
 
 

@@ -104,18 +104,20 @@ def _steps(v: Any) -> bool:
 # A field means the same in every record type that has it; `memory_cap` is the one exception.
 FIELDS: dict[str, Callable[[Any], bool]] = {
     "ts": _time, "attempt": _count, "step": _count, "max_steps": _count, "began_at": _count, "exit_code": _int,
-    "rank": _int, "rung_index": _int, "split": _count, "split_before": _count, "rows": _count, "ooms": _count, "summed": _count,
-    "rolled_back": _int, "peak": _count, "loss": _number, "learning_rate": _number, "seconds": _number,
+    "rank": _int, "rung_index": _int, "split": _count, "split_before": _count, "rows": _count, "ooms": _count,
+    "summed": _count, "rolled_back": _int, "peak": _count, "loss": _number, "learning_rate": _number, "seconds": _number,
     "duration": _number, "exited": _time, "max_attempts": _count, "max_wall_time": _number, "hang_timeout": _number,
     "node_timeout": _number, "nnodes": _count, "node_rank": _count,
     "phase": _str, "peak_measure": _str, "rung": _str, "reason": _str, "changes": _str, "status": _str,
     "outcome": _str, "text": _str, "about": _str, "path": _str, "kind": _str, "target": _str, "title": _str,
-    "resume_failed": _str, "source": _str, "cwd": _str, "error": _str, "version": _str, "attempt_dir": _str, "cgroup": _str, "pid": _count,
+    "resume_failed": _str, "source": _str, "cwd": _str, "error": _str, "version": _str, "attempt_dir": _str,
+    "cgroup": _str, "pid": _count,
     "command": _list_of(_str), "notify": _list_of(_str), "batch_shape": _list_of(_count),
     "plan": _typed_like(Plan), "initial": _typed_like(Plan), "facts": _typed_like(Facts),
     "model": _dict, "load": _dict, "estimate": _dict, "ladder": _ladder, "oom": _dict,
     "numbers": _FAILURE["numbers"], "failure": _failure, "steps": _steps,
-    "resume_from": lambda v: isinstance(v, dict) and _optional(_count)(v.get("step")) and _optional(_str)(v.get("path")),
+    "resume_from": lambda v: (isinstance(v, dict) and _optional(_count)(v.get("step"))
+                              and _optional(_str)(v.get("path"))),
     "skipped": _list_of(_tuple_of(_str, _str)), "rung_indices": _list_of(_int),
     "incompatible": _list_of(_tuple_of(_str, _int, _str)),
 }

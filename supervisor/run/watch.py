@@ -75,7 +75,7 @@ class AttemptWatcher:
         self.running: WorkerHandle | None = None     # the group being watched, for the loop to stop on a crash
         self.intake = Intake(config, journal, display)
         # Where attempt cgroups can be made (or why not): the real launcher's; a fake one's tests have no processes.
-        self._cgroups: tuple[Path | None, str] | None = None if launcher is workers.spawn else (None, "")
+        self._cgroups: tuple[Path | None, str | None] | None = None if launcher is workers.spawn else (None, None)
 
     # --- one attempt ----------------------------------------------------------------------------------
 
@@ -125,7 +125,8 @@ class AttemptWatcher:
             self._cgroups = (None, "turned off with OOMLADDER_CGROUPS=0") if off else cgroup.attempt_root()
         base, why = self._cgroups
         group = cgroup.AttemptGroup.make(base, run_key(self.config.run_dir), number) if base is not None else None
-        if group is None and why and not any(w.get("about") == "cgroup" for w in self.journal.view().warnings):
+        said = any(w.get("about") == "cgroup" for w in self.journal.view().warnings)
+        if group is None and why is not None and not said:
             text = (f"attempts run without a cgroup of their own here ({why or 'the kernel refused one'}): a process "
                     f"that leaves its worker's session and clears its environment can outlive a supervisor killed "
                     f"with kill -9")

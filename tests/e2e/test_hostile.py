@@ -157,7 +157,7 @@ def test_a_daemon_that_leaves_its_session_and_clears_its_environment_does_not_ou
     assert_each_step_ran_once(ledger, 6)
 
 
-def test_without_cgroups_the_run_says_so_once_resume_finds_a_cleared_child_by_its_session_and_a_signal_during_the_sweep_ends_the_run(
+def test_without_cgroups_it_says_so_resume_finds_a_cleared_child_by_session_and_a_signal_in_the_sweep_ends_it(
         tmp_path, env, hidden):
     run_dir, ledger, pidfile = tmp_path / "run", tmp_path / "ledger", hidden
     env = {**env, "OOMLADDER_CGROUPS": "0"}
