@@ -18,19 +18,28 @@ _UNITS = {
     "g": 2**30, "gib": 2**30, "gb": 10**9,
     "t": 2**40, "tib": 2**40, "tb": 10**12,
 }
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+_SIZE = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+SMALLEST_MODEL = 64 * 2**20  # a cap under this holds no model anyone trains: almost surely a unit left out
 
 
-def parse_size(text: str) -> int:
-    """Bytes in `text`; raises UsageError with an example of what is accepted."""
+def parse_size(text: str, flag: str | None = None) -> int:
+    """Bytes in `text`; raises UsageError with an example of what is accepted. With `flag` (the option it came
+    from) a bare number is refused: `--memory-cap 1200` is far more likely 1200 MiB forgotten than 1200 bytes."""
     match = _SIZE.match(str(text))
     unit = match.group(2).lower() if match else None
     if not match or unit not in _UNITS:
-        raise UsageError(f"'{text}' is not a memory size: write it like 1200MiB, 16GiB or 1.5G")
+        raise UsageError(f"{_given(text, flag)} is not a memory size: write it like 1200MiB, 16GiB or 1.5G")
+    if flag and not unit:
+        raise UsageError(f"{_given(text, flag)} has no unit: write {match.group(1)}MiB or {match.group(1)}GiB "
+                         f"({match.group(1)}B if you mean bytes)")
     value = int(float(match.group(1)) * _UNITS[unit])
     if value <= 0:
-        raise UsageError(f"'{text}' is not a memory size above zero: write it like 1200MiB or 16GiB")
+        raise UsageError(f"{_given(text, flag)} is not a memory size above zero: write it like 1200MiB or 16GiB")
     return value
+
+
+def _given(text: str, flag: str | None) -> str:
+    return f"{flag} '{text}'" if flag else f"'{text}'"
 
 
 def format_size(n: int | float | None) -> str:
@@ -58,12 +67,17 @@ def parse_duration(text: str) -> float:
     return float(match.group(1)) * _SECONDS[unit]
 
 
-def format_steps(steps: list[int]) -> str:
-    """`1–2, 5`: optimizer steps as runs of consecutive numbers."""
+def format_steps(steps) -> str:
+    """`1–2, 5`: optimizer steps as runs of consecutive numbers. `steps` is a step set (anything with
+    `ranges()`), ranges `[first, last]`, or step numbers; a range is never expanded."""
+    if hasattr(steps, "ranges"):
+        pairs = list(steps.ranges())
+    else:
+        pairs = sorted((s, s) if isinstance(s, int) else (s[0], s[1]) for s in steps)
     runs: list[list[int]] = []
-    for step in sorted(set(steps)):
-        if runs and step == runs[-1][1] + 1:
-            runs[-1][1] = step
+    for first, last in pairs:
+        if runs and first <= runs[-1][1] + 1:
+            runs[-1][1] = max(runs[-1][1], last)
         else:
-            runs.append([step, step])
+            runs.append([first, last])
     return ", ".join(str(a) if a == b else f"{a}–{b}" for a, b in runs)

@@ -1,6 +1,14 @@
-"""The kernel's word for a host OOM kill: the cgroup's oom_kill counter, v2 or v1."""
+"""The kernel's word for a host OOM kill (the cgroup's oom_kill counter, v2 or v1), and a cgroup per attempt."""
 
-from oomladder.process.cgroup import oom_kill_count
+import os
+import sys
+import time
+
+import psutil
+import pytest
+
+from oomladder.process.cgroup import AttemptGroup, attempt_root, oom_kill_count
+from oomladder.process.workers import LaunchSpec, Worker
 
 
 def test_cgroup_v2_memory_events(tmp_path):
@@ -23,3 +31,35 @@ def test_no_readable_memory_controller_is_no_evidence(tmp_path):
     (tmp_path / "proc_cgroup").write_text("0::/\n")
     assert oom_kill_count(tmp_path / "empty", tmp_path / "proc_cgroup") is None
     assert oom_kill_count(tmp_path, tmp_path / "missing") is None
+
+
+@pytest.mark.skipif(attempt_root()[0] is None, reason="this machine delegates no cgroup v2 to the tests")
+def test_an_attempts_cgroup_holds_what_its_worker_starts_however_it_leaves_and_kill_ends_it(tmp_path):
+    """The worker joins its attempt's cgroup before it runs the command: a grandchild that calls setsid and
+    clears its environment is still in it, and one write to cgroup.kill ends them all."""
+    base, _ = attempt_root()
+    group = AttemptGroup.make(base, "test" + str(os.getpid()), 1)
+    assert group is not None
+    code = ("import subprocess, sys; p = subprocess.Popen(['env', '-i', sys.executable, '-c', 'import time; "
+            "time.sleep(600)'], start_new_session=True); print(p.pid, flush=True); import time; time.sleep(600)")
+    worker = Worker(LaunchSpec((sys.executable, "-c", code), dict(os.environ), str(tmp_path), tmp_path / "out",
+                               tmp_path / "err", group.procs_file))
+    try:
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "out").read_text().strip() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        hidden = int((tmp_path / "out").read_text())
+        assert set(group.pids()) == {worker.pid, hidden}
+        assert sorted(group.kill()) == sorted([worker.pid, hidden])
+        worker.popen.wait(timeout=10)
+        assert gone(hidden) and not group.path.exists()
+    finally:
+        worker.reap_group()
+        group.kill()
+
+
+def gone(pid):
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE  # dead, waiting for whoever reaps it
+    except psutil.NoSuchProcess:
+        return True

@@ -13,6 +13,13 @@ BAD_INPUT = {
     "only the separator": (["run", "--"], "no command to run"),
     "misspelt flag": (["run", "--memroy-cap", "1G", "--", "python", "-c", "pass"], "unrecognized arguments"),
     "malformed size": (["run", "--memory-cap", "12parsecs", "--", "python", "-c", "pass"], "not a memory size"),
+    # 1200 bytes holds no model: a number without its unit is a unit forgotten, not a tiny device.
+    "size without a unit": (["run", "--memory-cap", "1200", "--", "python", "-c", "pass"],
+                            "--memory-cap '1200' has no unit: write 1200MiB or 1200GiB"),
+    "negative size": (["run", "--memory-cap", "-1GiB", "--", "python", "-c", "pass"],
+                      "--memory-cap '-1GiB' is not a memory size above zero"),
+    "plan's size without a unit": (["plan", "--model", "nowhere", "--seq-len", "512", "--memory", "24"],
+                                   "--memory '24' has no unit"),
     "missing ladder": (["run", "--ladder", "nope.yaml", "--", "python", "-c", "pass"], "does not exist"),
     "no such program": (["run", "--", "no-such-program-xyz"], "no such program"),
     "missing script": (["run", "--", "python", "no_such_train.py"], "the script 'no_such_train.py' does not exist"),

@@ -87,6 +87,19 @@ def test_no_rung_left_ends_the_run_with_exit_4_and_keeps_the_ladders_verdict():
     assert "bf16: training already runs in bf16" in verdict.reason
 
 
+def test_a_ladder_exhausted_before_any_step_under_a_cap_names_the_cap():
+    at_once = Failure(Kind.CPU_OOM, "device", "CPU allocator out of memory", phase="train", step=0)
+    view = view_of(at_once, plan={"precision": "bf16", "load_dtype": "bfloat16"})
+    result = AttemptResult(1, 1, at_once, None, 1.0)
+    capped = decide(view, result, parse_ladder("rungs: [bf16]", "t"), memory_cap=1200, several_nodes=False,
+                    backoff=lambda state: 5.0, log=LOG)
+    assert "No attempt finished a step under the memory cap of 1.2 KiB" in capped.reason
+    assert "give --memory-cap with its unit" in capped.reason and "bigger device" not in capped.reason
+    trained = decide(ran(view, (0, [1, 2])), result, parse_ladder("rungs: [bf16]", "t"), memory_cap=1200,
+                     several_nodes=False, backoff=lambda state: 5.0, log=LOG)
+    assert "memory cap" not in trained.reason and "Try a bigger device" in trained.reason
+
+
 def test_a_bug_ends_the_run_with_exit_3_without_walking_the_ladder():
     verdict = next_step(view_of(Failure(Kind.ERROR, None, "KeyError: 'labels'")))
     assert (verdict.status, verdict.exit_code) == ("not_memory", 3)

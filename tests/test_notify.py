@@ -13,7 +13,7 @@ from oomladder.cli.commands import resume_config
 from oomladder.errors import UsageError
 from oomladder.record.history import fold
 from oomladder.record.journal import Journal, read_journal
-from oomladder.run.notify import Notifier, check_targets, targets
+from oomladder.run.notify import Notifier, check_targets, private, scrub, targets
 from oomladder.views.messages import Message, end_message, fallback_message, whereabouts
 from tests.test_report_html import night
 from tests.test_runner import ScriptedWorkers, bug, finish, oom_at, run
@@ -87,36 +87,112 @@ def test_a_long_command_is_cut_short():
 
 # --- targets --------------------------------------------------------------------------------------------------
 
-def test_targets_come_from_the_journal_the_flag_and_the_environment_once_each():
+def test_targets_come_from_the_flag_and_the_environment_once_each():
     environ = {"OOMLADDER_NOTIFY": " ntfy://night-runs, json://hooks.local/a  json://hooks.local/b,,"}
-    assert targets(["json://hooks.local/a"], environ, kept=["tgram://bot/1"]) == (
-        "tgram://bot/1", "json://hooks.local/a", "ntfy://night-runs", "json://hooks.local/b")
+    assert targets(["json://hooks.local/a"], environ) == ("json://hooks.local/a", "ntfy://night-runs",
+                                                          "json://hooks.local/b")
     assert targets([], {}) == ()
 
 
-def test_a_target_apprise_does_not_know_is_bad_input():
-    with pytest.raises(UsageError, match="--notify 'nope://x' is not a notification URL Apprise knows"):
+def test_a_target_apprise_does_not_know_is_bad_input_named_without_its_secrets():
+    with pytest.raises(UsageError, match="--notify 'nope://…' is not a notification URL Apprise knows"):
         check_targets(["nope://x"], {})
-    with pytest.raises(UsageError, match=r"\$OOMLADDER_NOTIFY 'nope://y'"):
-        check_targets(["nope://y"], {"OOMLADDER_NOTIFY": "nope://y"})
+    with pytest.raises(UsageError, match=r"\$OOMLADDER_NOTIFY 'nope://hooks.example.com' ") as raised:
+        check_targets(["nope://user:pa55word@hooks.example.com/hook/T0KEN"], {
+            "OOMLADDER_NOTIFY": "nope://user:pa55word@hooks.example.com/hook/T0KEN"})
+    assert "pa55word" not in str(raised.value) and "T0KEN" not in str(raised.value)
 
 
 def test_the_command_line_refuses_it_in_one_line_before_anything_runs(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert main(["run", "--notify", "nope://x", "--run-dir", str(tmp_path / "r"), "--", sys.executable, "-c",
-                 "pass"]) == 2
+    assert main(["run", "--notify", "nope://me:pa55word@x/T0KEN", "--run-dir", str(tmp_path / "r"), "--",
+                 sys.executable, "-c", "pass"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is not a notification URL" in err and not (tmp_path / "r").exists()
+    assert "pa55word" not in err and "T0KEN" not in err
 
 
-def test_resume_keeps_the_runs_targets(tmp_path, monkeypatch):
+@pytest.mark.parametrize("url, shown", [
+    ("json://hooks.example.com/hook/T0KEN", "json://hooks.example.com"),
+    ("json://user:pa55word@hooks.example.com:8443/hook?token=T0KEN", "json://hooks.example.com"),
+    ("mailto://me:pa55word@gmail.com", "mailto://gmail.com"),
+    ("json://127.0.0.1:8080/hook/T0KEN", "json://127.0.0.1"),
+    ("slack://T0KENA/T0KENB/T0KENC/#channel", "slack://…"),          # Slack's, Discord's, Telegram's "host" is a token
+    ("tgram://123456789:AAH0KEN/987", "tgram://…"),
+    ("discord://4174216298/JHMHI8qBe7bk2ZwO5U711o3dV_js", "discord://…"),
+    ("not a url", "a notification target"),
+])
+def test_a_target_is_shown_as_its_scheme_and_host_alone(url, shown):
+    assert private(url) == shown
+
+
+def test_an_error_of_apprises_is_scrubbed_of_the_urls_parts():
+    url = "json://me:pa55word@hooks.example.com/hook/T0KEN-1234"
+    said = "Failed to send JSON notification to http://me:pa55word@hooks.example.com/hook/T0KEN-1234: 500 (T0KEN-1234)"
+    scrubbed = scrub(said, url)
+    assert "T0KEN" not in scrubbed and "pa55word" not in scrubbed and "http://hooks.example.com" in scrubbed
+
+
+def test_the_journal_keeps_the_targets_names_and_the_config_files_path_never_a_url(tmp_path, monkeypatch):
     monkeypatch.delenv("OOMLADDER_NOTIFY", raising=False)
     with Webhook() as hook:
-        code, _ = run(tmp_path, ScriptedWorkers(bug), notify=(hook.url,))
-        started = next(r for r in read_journal(tmp_path / "run" / "journal.jsonl") if r["type"] == "run_started")
-        assert code == 3 and started["notify"] == [hook.url]
-        monkeypatch.setenv("OOMLADDER_NOTIFY", "ntfy://another-topic")
-        assert resume_config(tmp_path / "run").notify == (hook.url, "ntfy://another-topic")
+        config = tmp_path / "targets.txt"
+        config.write_text(hook.secret_url + "\n")
+        code, _ = run(tmp_path, ScriptedWorkers(bug), notify=("json://hooks.example.com/hook/T0KEN",),
+                      notify_config=str(config))
+        assert len(hook.wait_for(1)) == 1 and hook.messages[0]["path"] == "/hook/T0KEN-abcdef"
+    journal = (tmp_path / "run" / "journal.jsonl").read_text()
+    started = next(r for r in read_journal(tmp_path / "run" / "journal.jsonl") if r["type"] == "run_started")
+    assert code == 3 and started["notify_targets"] == ["json://hooks.example.com"]
+    assert started["notify_config"] == str(config) and "T0KEN" not in journal and "s3cret" not in journal
+
+
+def test_resume_reads_the_config_file_and_the_environment_again_and_names_a_target_it_lost(tmp_path, monkeypatch,
+                                                                                           capsys):
+    monkeypatch.delenv("OOMLADDER_NOTIFY", raising=False)
+    config = tmp_path / "targets.txt"
+    config.write_text("json://hooks.example.com/from/file\n")
+    run(tmp_path, ScriptedWorkers(bug), notify=("json://other.example.com/hook/T0KEN",), notify_config=str(config))
+    monkeypatch.setenv("OOMLADDER_NOTIFY", "ntfy://ntfy.example.com/another-topic")
+    resumed = resume_config(tmp_path / "run")
+    assert resumed.notify == ("ntfy://ntfy.example.com/another-topic",) and resumed.notify_config == str(config)
+    warning = capsys.readouterr().err
+    assert "this run notified json://other.example.com, which is not given now" in warning and "T0KEN" not in warning
+
+
+def test_a_config_file_that_holds_no_target_is_bad_input(tmp_path):
+    (tmp_path / "empty.txt").write_text("# nothing here\n")
+    with pytest.raises(UsageError, match="holds no notification target Apprise can read"):
+        check_targets([], {}, tmp_path / "empty.txt")
+    with pytest.raises(UsageError, match="cannot be read"):
+        check_targets([], {}, tmp_path / "missing.txt")
+
+
+def test_a_notify_flag_works_and_warns_that_ps_shows_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with Webhook() as hook:
+        assert main(["run", "--notify", hook.url, "--run-dir", str(tmp_path / "r"), "--", sys.executable, "-c",
+                     "pass"]) == 0
+        assert hook.wait_for(1)
+    assert "--notify puts its URL in the process list" in capsys.readouterr().err
+
+
+def test_no_secret_reaches_the_worker_its_argv_or_anything_the_run_writes(tmp_path, monkeypatch, capsys):
+    """The worker does not need the targets: $OOMLADDER_NOTIFY stays with the supervisor, and a target that
+    fails is named without its secret on the console, in the journal and in every report."""
+    monkeypatch.chdir(tmp_path)
+    dead = f"json://oomladder:s3cret@127.0.0.1:{closed_port()}/hook/T0KEN-abcdef"
+    monkeypatch.setenv("OOMLADDER_NOTIFY", dead)
+    seen = tmp_path / "seen"
+    program = ("import os, sys; open(sys.argv[1], 'w').write(repr((sys.argv, dict(os.environ), "
+               "open('/proc/self/cmdline', 'rb').read())))")
+    assert main(["run", "--run-dir", str(tmp_path / "r"), "--", sys.executable, "-c", program, str(seen)]) == 0
+    out = capsys.readouterr()
+    assert "notification to json://127.0.0.1 failed" in out.out + out.err
+    for text in (seen.read_text(), out.out, out.err, *(p.read_text() for p in (tmp_path / "r").rglob("*")
+                                                       if p.is_file() and p.suffix in (".jsonl", ".json", ".md",
+                                                                                       ".html", ".log"))):
+        assert "s3cret" not in text and "T0KEN" not in text
 
 
 # --- sending ----------------------------------------------------------------------------------------------------
@@ -151,6 +227,7 @@ def test_a_target_that_cannot_be_reached_is_journaled_and_shown_and_the_run_goes
     assert warnings[-1]["title"] == "oomladder: training finished"
     assert all("Connection error" in w["text"] for w in warnings)
     assert "s3cret" not in json.dumps(warnings)  # the journal's warning names the target without its secret
+    assert all(w["target"] == "json://127.0.0.1" for w in warnings)
 
 
 def test_a_failed_notification_is_one_line_on_the_console(tmp_path):
@@ -159,7 +236,7 @@ def test_a_failed_notification_is_one_line_on_the_console(tmp_path):
         notifier = Notifier([f"json://127.0.0.1:{closed_port()}/x"], journal, events, tmp_path, host="h")
         notifier.send(Message("t", "b", "info"))
     line, = events.lines
-    assert line.startswith("notification to json://127.0.0.1:") and "failed: A Connection error occurred" in line
+    assert line.startswith("notification to json://127.0.0.1 failed: A Connection error occurred")
     assert "\n" not in line
 
 
@@ -173,7 +250,7 @@ def test_a_service_that_answers_with_an_error_is_a_failed_notification(tmp_path)
 def test_without_targets_nothing_is_sent_and_nothing_is_journaled(tmp_path):
     code, _ = run(tmp_path, ScriptedWorkers(oom_at(3), finish))
     records = read_journal(tmp_path / "run" / "journal.jsonl")
-    assert code == 0 and "notify" not in records[0] and not notify_warnings(records)
+    assert code == 0 and not any(k.startswith("notify") for k in records[0]) and not notify_warnings(records)
 
 
 def test_without_apprise_notify_is_one_line_saying_what_to_install(monkeypatch):

@@ -3,6 +3,7 @@ executing, and what the table and the report say about steps that ran twice or a
 happen. Pure: journal records in, the view and its text out."""
 
 from oomladder.record.history import fold
+from oomladder.record.steps import RANGES_KEPT
 from oomladder.views.report import build_report, render_markdown
 from oomladder.views.table import steps_text
 
@@ -26,7 +27,7 @@ def journal(*attempts):
 def test_each_attempt_counts_the_steps_its_workers_ran_once_each_whatever_else_they_reported():
     view = journal((None, 0, [1, 2]), (2, 2, [3, 4, 5, 6]))
     assert [a.steps for a in view.attempts] == [[1, 2], [3, 4, 5, 6]]
-    assert view.step_counts == {1: 1, 2: 1, 3: 1, 4: 1, 5: 1, 6: 1}
+    assert view.steps_reported and not view.repeated_steps and not view.missing_steps
     assert view.repeated_steps == [] and view.missing_steps == []
     assert [steps_text(a) for a in view.attempts] == ["1–2", "3–6 (resumed)"]
 
@@ -54,9 +55,9 @@ def test_resumed_is_shown_only_when_the_worker_began_after_step_0():
 
 def test_a_program_that_reports_no_steps_has_no_step_counts_and_the_report_says_so():
     view = journal((None, None, []), (None, None, []))
-    assert view.step_counts is None and view.repeated_steps == []
+    assert not view.steps_reported and view.repeated_steps == []
     report = build_report(view)
-    assert report["steps"] == {"reported": False, "repeated": [], "missing": []}
+    assert report["steps"] == {"reported": False, "repeated": [], "missing": [], "exact": True}
     assert "not reported by the program" in render_markdown(report)
 
 
@@ -68,8 +69,9 @@ def test_steps_no_attempt_ran_are_missing():
 
 def test_the_report_names_the_steps_that_ran_more_than_once():
     report = build_report(journal((None, 0, [1, 2, 3]), (1, 0, [1, 2, 3, 4])))
-    assert report["steps"]["repeated"] == [1, 2, 3]
-    assert report["attempts"][1]["ran_again"] == [1, 2, 3] and report["attempts"][1]["began_at_step"] == 0
+    assert report["steps"]["repeated"] == [[1, 3]]  # ranges [first, last]: a step set never grows with its steps
+    assert report["attempts"][1]["ran_again"] == [[1, 3]] and report["attempts"][1]["began_at_step"] == 0
+    assert report["attempts"][1]["steps_executed"] == [[1, 4]]
     md = render_markdown(report)
     assert "**1–3 ran more than once** (lost work)" in md and "**did not resume**" in md
 
@@ -86,3 +88,16 @@ def test_a_journal_from_before_steps_were_reported_counts_them_as_it_did():
     view = fold(records)
     assert [a.steps for a in view.attempts] == [[1, 2], [3, 4, 5, 6]]
     assert steps_text(view.attempts[1]) == "3–6 (resumed)"
+
+
+def test_sparse_step_numbers_are_kept_in_bounded_ranges_and_said_to_be_sparse():
+    """A program that reports samples seen (16, 32, ...) as its steps: the view keeps a bounded number of ranges,
+    claims no missing step, and says the numbers are too sparse to check."""
+    steps = list(range(16, 16 * 20_000 + 1, 16))
+    view = journal((None, 0, steps))
+    attempt, = view.attempts
+    assert not attempt.steps.exact and len(attempt.steps.ranges()) <= 2 * RANGES_KEPT
+    assert (attempt.steps.first, attempt.steps.last) == (16, 320_000)
+    report = build_report(view)
+    assert report["steps"]["exact"] is False and report["steps"]["missing"] == []
+    assert "too sparse to check one by one" in render_markdown(report)

@@ -32,6 +32,11 @@ class Webhook:
     def url(self) -> str:
         return f"json://127.0.0.1:{self.port}/hook"
 
+    @property
+    def secret_url(self) -> str:
+        """The webhook as a target with secrets in it: a password, and a token in its path."""
+        return f"json://oomladder:s3cret@127.0.0.1:{self.port}/hook/T0KEN-abcdef"
+
     def titles(self) -> list[str]:
         return [m.get("title", "") for m in self.messages]
 

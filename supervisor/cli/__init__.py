@@ -44,7 +44,8 @@ def _dispatch(args) -> int:
         return commands.run(args)
     if args.verb == "resume":
         from oomladder.run.console import run_in_console
-        return run_in_console(commands.resume_config(Path(args.run_dir), args.node_rank), make_console())
+        return run_in_console(commands.resume_config(Path(args.run_dir), args.node_rank, args.notify_config),
+                              make_console())
     if args.verb == "report":
         return commands.report(args)
     if args.verb == "plan":

@@ -22,7 +22,7 @@ from oomladder.record.history import RunView
 from oomladder.record.journal import fold_journal
 from oomladder.run.config import RunConfig
 from oomladder.run.console import run_in_console
-from oomladder.run.notify import check_targets, targets
+from oomladder.run.notify import ENVIRONMENT, IN_ARGV, check_targets, services, targets
 from oomladder.strategies.base import Strategy
 from oomladder.units import parse_duration, parse_size
 from oomladder.views.display import make_console
@@ -52,7 +52,7 @@ def make_run_config(args: argparse.Namespace):
                          f"new folder on each node)")
     initial = initial_plan(args.settings)
     missing = placeholders(command) - set(initial.set_fields())
-    memory_cap = parse_size(args.memory_cap) if args.memory_cap else None
+    memory_cap = parse_size(args.memory_cap, "--memory-cap") if args.memory_cap else None
     ladder = load_ladder(args.ladder)
     run_dir = Path(args.run_dir) if args.run_dir else _new_run_dir()
     if run_dir.exists() and not run_dir.is_dir():
@@ -60,10 +60,12 @@ def make_run_config(args: argparse.Namespace):
     if missing and not (run_dir / "journal.jsonl").exists():
         raise UsageError(f"the command's placeholder {{{sorted(missing)[0]}}} has no starting value: add "
                          f"--set {sorted(missing)[0]}=VALUE")
-    notify = targets(args.notify, os.environ)
-    check_targets(notify, os.environ)
+    notify, notify_config = targets(args.notify, os.environ), _absolute(args.notify_config)
+    check_targets(notify, os.environ, notify_config)
+    if args.notify:
+        print(f"oomladder: warning: {IN_ARGV}", file=sys.stderr)
     return RunConfig(command=tuple(command), run_dir=run_dir, ladder=ladder, memory_cap=memory_cap,
-                     max_attempts=args.max_attempts, initial=initial, notify=notify,
+                     max_attempts=args.max_attempts, initial=initial, notify=notify, notify_config=notify_config,
                      max_wall_time=parse_duration(args.max_wall_time) if args.max_wall_time else None,
                      hang_timeout=parse_duration(args.hang_timeout) if args.hang_timeout else None,
                      nnodes=nodes.nnodes, node_rank=nodes.node_rank,
@@ -131,18 +133,15 @@ def run_view(run_dir: Path, node: int = 0) -> RunView:
     return view
 
 
-def resume_config(run_dir: Path, node_rank: int | None = None):
+def resume_config(run_dir: Path, node_rank: int | None = None, notify_config: str | None = None):
     """The run as its journal recorded it, to continue where it stopped; on several nodes, this node's journal."""
-
-
     node_rank = topology(None, node_rank, os.environ).node_rank if node_rank is None else node_rank
     view = run_view(run_dir, node_rank)
     if view.status == "finished":
         raise RunDirError(f"the run in '{run_dir}' already finished: there is nothing to resume (its report: "
                           f"{run_dir / 'report.md'})")
     started = view.run
-    notify = targets((), os.environ, kept=started.get("notify") or ())
-    check_targets(notify, os.environ)
+    notify, notify_config = _resumed_targets(started, notify_config)
     return RunConfig(command=tuple(started["command"]), run_dir=run_dir, ladder=ladder_from_journal(started["ladder"]),
                      memory_cap=started.get("memory_cap"), max_attempts=started.get("max_attempts") or 10,
                      max_wall_time=started.get("max_wall_time"), hang_timeout=started.get("hang_timeout"),
@@ -150,7 +149,27 @@ def resume_config(run_dir: Path, node_rank: int | None = None):
                      nnodes=started.get("nnodes", 1), node_rank=started.get("node_rank", 0),
                      node_timeout=started.get("node_timeout", 600.0), no_offload=bool(started.get("no_offload")),
                      in_place=started.get("in_place", True), split_ahead=started.get("split_ahead", True),
-                     notify=notify)
+                     notify=notify, notify_config=notify_config)
+
+
+def _resumed_targets(started: dict, given: str | None) -> tuple[tuple[str, ...], str | None]:
+    """The targets a resumed run tells: $OOMLADDER_NOTIFY's and the config file's (the one given, or the run's
+    own). URLs are not kept on disk: a target the run had that is not given again is named in a warning."""
+    kept = started.get("notify_config") if isinstance(started.get("notify_config"), str) else None
+    config = _absolute(given) or (kept if kept and Path(kept).is_file() else None)
+    if kept and not given and config is None:
+        print(f"oomladder: warning: the run's --notify-config '{kept}' is gone: no targets from it", file=sys.stderr)
+    notify = targets((), os.environ)
+    found = {name for name, _ in services(notify, config, os.environ)}
+    lost = [name for name in started.get("notify_targets") or () if isinstance(name, str) and name not in found]
+    if lost:
+        print(f"oomladder: warning: this run notified {', '.join(lost)}, which is not given now (a URL is never kept "
+              f"on disk): give it through ${ENVIRONMENT} or --notify-config FILE", file=sys.stderr)
+    return notify, config
+
+
+def _absolute(path: str | None) -> str | None:
+    return str(Path(path).absolute()) if path else None
 
 
 def report(args: argparse.Namespace) -> int:

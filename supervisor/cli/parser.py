@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 
 from oomladder import __version__
 from oomladder.errors import UsageError
@@ -22,6 +23,12 @@ EXIT_CODES_HELP = """exit status:
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # `--memory-cap -1GiB`: a value that starts with a dash and a digit is a value (argparse takes only plain
+        # negative numbers as such, and calls the rest a missing argument); its own check then says what is wrong.
+        self._negative_number_matcher = re.compile(r"^-\d")
+
     def error(self, message: str) -> None:  # argparse's own two-line usage dump, as one line
         raise UsageError(f"{message} (see '{self.prog} --help')")
 
@@ -46,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("run_dir")
     resume.add_argument("--node-rank", type=_nonnegative_int, metavar="R", help="on several nodes: this node's "
                         "index (default: from Slurm or torchrun's environment, as for run)")
+    resume.add_argument("--notify-config", metavar="FILE", help="the notification targets, as for run (default: the "
+                        "file the run was given, and $OOMLADDER_NOTIFY)")
 
     report = sub.add_parser("report", help="show the fallback report of a run directory")
     report.add_argument("run_dir")
@@ -106,11 +115,13 @@ def _run_options(p: argparse.ArgumentParser) -> None:
                    "in-place split of the step's micro-batch (also OOMLADDER_IN_PLACE=0 in the environment)")
     p.add_argument("--no-split-ahead", action="store_true", help="do not size each step before it runs: a step "
                    "runs whole until it runs out of memory (also OOMLADDER_SPLIT_AHEAD=0 in the environment)")
+    p.add_argument("--notify-config", metavar="FILE", help="send a short message through Apprise when a fallback "
+                   "is taken and when the run ends, to the targets of FILE in Apprise's configuration format (one URL "
+                   "a line: slack://, discord://, tgram://, ntfy://, mailto://, json:// and more); also "
+                   "$OOMLADDER_NOTIFY, separated by spaces or commas. Neither puts a URL in the process list")
     p.add_argument("--notify", action="append", default=[], metavar="URL",
-                   help="send a short message through Apprise when a fallback is taken and when the run ends: "
-                        "slack://, discord://, tgram://, ntfy://, mailto://, json:// (a webhook) and more "
-                        "(repeatable; also $OOMLADDER_NOTIFY, separated by spaces or commas). The journal keeps "
-                        "the URLs, for resume")
+                   help="a target URL on the command line (repeatable): works, but every user of the host can read "
+                        "it in the process list; prefer --notify-config or $OOMLADDER_NOTIFY")
     nodes = p.add_argument_group("several nodes", "one oomladder per node, every one with the same shared --run-dir; "
                                  "the defaults come from srun (one task per node) or torchrun's PET_NNODES and "
                                  "PET_NODE_RANK")

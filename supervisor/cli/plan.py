@@ -20,10 +20,10 @@ from oomladder.views.display import make_console
 def plan(args: argparse.Namespace) -> int:
 
     given = initial_plan(args.settings)
+    total = parse_size(args.memory, "--memory") if args.memory else _cuda_memory()
     shape = from_config(read_config(args.model))
     ladder = load_ladder(args.ladder)
     device = args.device or "cuda"
-    total = parse_size(args.memory) if args.memory else _cuda_memory()
     if total is None:
         raise UsageError("no CUDA device here to size the plan for: give --memory, the device's size (e.g. 24GiB)")
     targets = tuple(t.strip() for t in args.lora_targets.split(",") if t.strip())

@@ -30,7 +30,7 @@ def run_demo(run_dir: str | None, memory_cap: str | None, console, in_place: boo
     from oomladder.units import parse_size
 
     path = Path(run_dir) if run_dir else Path("oomladder-runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
-    cap = parse_size(memory_cap or DEMO_CAP)
+    cap = parse_size(memory_cap or DEMO_CAP, "--memory-cap")
     console.print(f"oomladder demo: a Trainer + LoRA fine-tune of a tiny Llama at batch 16, capped at "
                   f"{memory_cap or DEMO_CAP} of emulated device memory; its sequences grow at step 3.",
                   markup=False, highlight=False)

@@ -53,6 +53,8 @@ def parse_args():
     p.add_argument("--save-steps", type=int, help="save a checkpoint-N in --output-dir every N steps")
     p.add_argument("--stop-after-step", type=int, help="end training after this step (the schedule stays --max-steps')")
     p.add_argument("--resume-from", help="continue from this checkpoint-N folder")
+    p.add_argument("--long-every", type=int, default=0, help="a long tail instead of a growth: every Nth optimizer "
+                   "step's samples are --long-len tokens long, the rest --short-len")
     p.add_argument("--labels-on-padding", action="store_true", help="ragged samples padded to their phase's length, "
                    "with labels on the padding too (labels = input_ids), as tutorials that pad to max_length do")
     p.add_argument("--report-to", default="none", help="the Trainer's experiment trackers, e.g. tensorboard "
@@ -80,15 +82,18 @@ def build_model(a):
 class GrowingSequences(torch.utils.data.Dataset):
     """Sample i is short before `grow_at` samples and long after; tokens depend on i alone."""
 
-    def __init__(self, n, grow_at, short_len, long_len, vocab, ragged=False):
+    def __init__(self, n, grow_at, short_len, long_len, vocab, ragged=False, long_every=0, per_step=1):
         self.n, self.grow_at, self.short_len, self.long_len, self.vocab = n, grow_at, short_len, long_len, vocab
-        self.ragged = ragged
+        self.ragged, self.long_every, self.per_step = ragged, long_every, per_step
 
     def __len__(self):
         return self.n
 
     def __getitem__(self, i):
-        width = self.short_len if i < self.grow_at else self.long_len
+        if self.long_every:  # a long-document tail: every Nth step long
+            width = self.long_len if (i // self.per_step) % self.long_every == self.long_every - 1 else self.short_len
+        else:
+            width = self.short_len if i < self.grow_at else self.long_len
         length = width - (i * 7) % (width // 2) if self.ragged else width
         ids = torch.randint(0, self.vocab, (length,), generator=torch.Generator().manual_seed(i))
         return {"input_ids": ids, "labels": ids.clone()}
@@ -158,7 +163,7 @@ def main():
                                                  task_type="CAUSAL_LM"))
     effective = a.batch_size * a.grad_accum * int(os.environ.get("WORLD_SIZE", "1"))  # samples per optimizer step
     data = GrowingSequences(effective * a.max_steps, effective * (a.grow_at_step - 1), a.short_len, a.long_len,
-                            a.vocab, ragged=a.labels_on_padding)
+                            a.vocab, ragged=a.labels_on_padding, long_every=a.long_every, per_step=effective)
     evaluate = {"eval_strategy": "steps", "eval_steps": a.eval_steps} if a.eval_len else {}
     args = TrainingArguments(
         **evaluate, per_device_eval_batch_size=a.batch_size,

@@ -9,15 +9,19 @@ each node takes its own (the directory is shared; one supervisor per node).
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import socket
 import time
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from filelock import FileLock, Timeout
 
 from oomladder.errors import RunDirError
+from oomladder.process import cgroup
 from oomladder.process.workers import stop_processes
 
 
@@ -81,17 +85,68 @@ class RunLock:
             return "another oomladder"
 
 
-def stop_run_processes(run_dir: Path, grace: float = 10.0) -> list[int]:
+def stop_run_processes(run_dir: Path, grace: float = 10.0, launched: Iterable[Mapping[str, Any]] = (),
+                       hurry: Callable[[], bool] = lambda: False) -> list[int]:
     """Processes still running from an earlier supervisor of this run (it was killed and its worker ignored
-    SIGTERM, or a wrapper's child outlived it): found by the run directory in their environment, stopped."""
+    SIGTERM, or a wrapper's child or a daemon outlived it), stopped: SIGTERM, then SIGKILL after `grace` (at once
+    when `hurry()`), and last each attempt cgroup it left is killed and removed. Returns the pids found.
+
+    They are found by the run directory in their environment; by the attempt cgroups the run's `launched`
+    records name (and any of the run's left under the same folders), which hold every process of an attempt,
+    however it left; and, where there are no cgroups, by the session of a worker it launched, started after
+    it: a process whose environment was cleared is still in its worker's session (unless it also left that)."""
     import psutil
     marker = str(run_dir.resolve())
+    launched = [r for r in launched if isinstance(r.get("pid"), int) and isinstance(r.get("ts"), (int, float))]
+    groups = _run_groups(run_dir, launched)
+    in_groups = {pid for group in groups for pid in group.pids()}
     found = []
     for process in psutil.process_iter():
         try:
-            if process.pid != os.getpid() and process.environ().get("OOMLADDER_RUN_DIR") == marker:
+            if process.pid == os.getpid():
+                continue
+            if (process.pid in in_groups or process.environ().get("OOMLADDER_RUN_DIR") == marker
+                    or _in_a_workers_session(process, launched)):
                 found.append(process)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
-    stop_processes(found, grace)
+    stop_processes(found, grace, hurry)
+    for group in groups:
+        group.kill()
     return [p.pid for p in found]
+
+
+def run_key(run_dir: Path) -> str:
+    """The run directory as a short name for its attempt cgroups."""
+    return hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:12]
+
+
+def _run_groups(run_dir: Path, launched: list[Mapping[str, Any]]) -> list[cgroup.AttemptGroup]:
+    named = {Path(r["cgroup"]) for r in launched if isinstance(r.get("cgroup"), str)
+             and Path(r["cgroup"]).name.startswith(f"{cgroup.PREFIX}{run_key(run_dir)}-")}
+    bases = {p.parent for p in named} | ({root} if (root := cgroup.attempt_root()[0]) is not None else set())
+    paths = {g.path for g in cgroup.leftovers(sorted(bases), run_key(run_dir))} | {
+        p for p in named if p.is_dir() and cgroup.orphaned(p)}
+    return [cgroup.AttemptGroup(p) for p in sorted(paths)]
+
+
+def _in_a_workers_session(process: Any, launched: list[Mapping[str, Any]]) -> bool:
+    """In the session of a worker the run launched, and started after it. The session's id is the worker's pid;
+    while the session has members that pid is never reused, and where its leader is still alive, it must be the
+    worker (started when the run journaled its launch), not a later process that got the same pid."""
+    import psutil
+    try:
+        session = os.getsid(process.pid)
+    except OSError:
+        return False
+    for record in launched:
+        if session != record["pid"]:
+            continue
+        try:
+            leader = psutil.Process(session)
+            if abs(leader.create_time() - record["ts"]) > 60:
+                return False  # a live leader that is not the worker: another session with a reused id
+        except psutil.NoSuchProcess:
+            pass  # the worker is gone and its session lives on in what it started
+        return process.create_time() >= record["ts"] - 60
+    return False

@@ -28,6 +28,7 @@ class LaunchSpec:
     cwd: str
     stdout: Path
     stderr: Path
+    cgroup_procs: str | None = None  # the attempt's cgroup (cgroup.py): the worker moves in before it runs
 
 
 class WorkerHandle(Protocol):
@@ -56,6 +57,20 @@ def _die_with_parent() -> None:
         pass
 
 
+def _before_exec(cgroup_procs: str | None) -> Callable[[], None]:
+    """In the new worker, before it runs the command: die with the supervisor, and join the attempt's cgroup, so
+    that everything it starts is in it from the first instruction on."""
+    def setup() -> None:
+        _die_with_parent()
+        if cgroup_procs:
+            try:
+                with open(cgroup_procs, "w") as f:
+                    f.write("0")
+            except OSError:
+                pass  # the attempt runs without it: the process tree and the sweep still find its processes
+    return setup
+
+
 def become_subreaper() -> bool:
     """Linux: descendants whose parent dies (a `bash -c` wrapper's python, a daemon that `setsid`'d away)
     become this process's children instead of init's, so they can be found and stopped, and reaped."""
@@ -75,15 +90,18 @@ def stop_descendants(grace: float = 5.0, keep: Callable[[int], bool] = lambda pi
     return [p.pid for p in found]
 
 
-def stop_processes(processes: list, grace: float) -> None:
-    """psutil processes: SIGTERM, then SIGKILL to those still alive after `grace`, waited for."""
+def stop_processes(processes: list, grace: float, hurry: Callable[[], bool] = lambda: False) -> None:
+    """psutil processes: SIGTERM, then SIGKILL to those still alive after `grace` (at once when `hurry()` says
+    so: a second signal to oomladder), waited for."""
     import psutil
     for process in processes:
         try:
             process.terminate()
         except psutil.NoSuchProcess:
             pass
-    _gone, alive = psutil.wait_procs(processes, timeout=grace)
+    deadline, alive = time.monotonic() + grace, list(processes)
+    while alive and time.monotonic() < deadline and not hurry():
+        _gone, alive = psutil.wait_procs(alive, timeout=min(0.1, max(0.0, deadline - time.monotonic())))
     for process in alive:
         try:
             process.kill()
@@ -113,7 +131,7 @@ class Worker:
         try:
             self.popen = subprocess.Popen(
                 list(spec.argv), env=spec.env, cwd=spec.cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                start_new_session=True, preexec_fn=_die_with_parent)
+                start_new_session=True, preexec_fn=_before_exec(spec.cgroup_procs))
         except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
             raise LaunchError(f"cannot start '{spec.argv[0]}': {exc.strerror or exc}") from None
         finally:

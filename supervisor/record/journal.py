@@ -31,10 +31,12 @@ class Journal:
         self.records: list[dict[str, Any]] = []   # every record but progress, in order
         self.count = 0                            # every record, progress included
         self.last_ts = 0.0                        # when the newest record was written
+        self.lines = 0                            # lines in the file: where the next record goes
         self.folder = Folder()
         if self.path.exists():
-            for record in iter_journal(self.path):
+            for self.lines, record in numbered(self.path):
                 self._keep(record)
+            self.lines = _count_lines(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "a", encoding="utf-8")
         if self.path.stat().st_size and not _ends_with_newline(self.path):
@@ -50,12 +52,14 @@ class Journal:
     def extend(self, type_: str, many: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Records of one type, written and synced together: a fast worker's steps cost one fsync a poll."""
         ts = round(self.clock(), 3)
-        records = [{"v": SCHEMA_VERSION, "type": type_, "ts": ts, **fields} for fields in many]
+        # The journal's own keys are its own: a worker's line that names a type or a time does not choose them.
+        records = [{**fields, "v": SCHEMA_VERSION, "type": type_, "ts": ts} for fields in many]
         if records:
             self._file.write("".join(json.dumps(r, default=str) + "\n" for r in records))
             self._file.flush()
             os.fsync(self._file.fileno())
             for record in records:
+                self.lines += 1
                 self._keep(record)
         return records
 
@@ -66,7 +70,7 @@ class Journal:
     def _keep(self, record: dict[str, Any]) -> None:
         self.count += 1
         self.last_ts = record.get("ts", self.last_ts)
-        self.folder.add(record)
+        self.folder.add(record, self.lines)
         if record.get("type") != PROGRESS:
             self.records.append(record)
 
@@ -87,6 +91,11 @@ def read_journal(path: str | Path) -> list[dict[str, Any]]:
 
 def iter_journal(path: str | Path, skipped: list[int] | None = None) -> Iterator[dict[str, Any]]:
     """The whole records of `path`, one at a time; the numbers of lines that are not records go to `skipped`."""
+    return (record for _number, record in numbered(path, skipped))
+
+
+def numbered(path: str | Path, skipped: list[int] | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, record) for the whole records of `path`, as `iter_journal`."""
     with open(path, encoding="utf-8", errors="replace") as f:
         for number, line in enumerate(f, start=1):
             line = line.strip()
@@ -94,10 +103,10 @@ def iter_journal(path: str | Path, skipped: list[int] | None = None) -> Iterator
                 continue
             try:
                 record = json.loads(line)
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):  # not JSON, or nested deeper than any record of ours
                 record = None
             if isinstance(record, dict) and "type" in record:
-                yield record
+                yield number, record
             elif skipped is not None:
                 skipped.append(number)
 
@@ -107,13 +116,17 @@ def fold_journal(path: str | Path) -> RunView:
     middle that are not records are named in the view; a last line cut off by a crash is not damage."""
     skipped: list[int] = []
     folder = Folder()
-    for record in iter_journal(path, skipped):
-        folder.add(record)
+    for number, record in numbered(path, skipped):
+        folder.add(record, number)
     view = folder.view()
-    with open(path, "rb") as f:
-        lines = sum(1 for _ in f)
+    lines = _count_lines(path)
     view.skipped_lines = [n for n in skipped if n != lines]
     return view
+
+
+def _count_lines(path: Path | str) -> int:
+    with open(path, "rb") as f:
+        return sum(1 for _ in f)
 
 
 def _ends_with_newline(path: Path) -> bool:

@@ -5,12 +5,14 @@ order. A reader skips types it does not know, so a newer oomladder's journal sti
 """
 
 # 2: `in_place` records, and an attempt's plan follows the split they report (history.py). A version 1 journal
-# has none, and folds as before; a reader that does not know the type skips it.
-SCHEMA_VERSION = 2
+# has none, and folds as before; a reader that does not know the type skips it. 3: a progress record may hold
+# `steps`, ranges of steps (a flood journaled at a bounded rate, run/intake.py); `launched` records.
+SCHEMA_VERSION = 3
 
 RUN_STARTED = "run_started"          # the command, ladder and options of one invocation
 OBSERVED = "observed"                # the program's own settings and facts, as the worker reported them
 ATTEMPT_STARTED = "attempt_started"  # the plan, command and checkpoint an attempt starts from
+LAUNCHED = "launched"                # its worker's pid (its session) and cgroup: what a later resume sweeps
 PROGRESS = "progress"                # a step (or evaluation) a worker reported
 IN_PLACE = "in_place"                # an OOM the worker met without a relaunch (a split step), or why it did not
 INTERRUPT = "interrupt"              # the supervisor stopped the attempt: a signal, a budget, a hang, a peer
@@ -20,3 +22,10 @@ ATTEMPT_ENDED = "attempt_ended"      # how the attempt ended (on several nodes, 
 DECISION = "decision"                # what the ladder (or a retry) chose next, and why
 WARNING = "warning"                  # something a person should know that changes nothing
 RUN_ENDED = "run_ended"              # the run's status, exit code and reason
+
+# The values a reader knows for these fields (run/outcomes.py's RunStatus; tests/test_properties.py checks they
+# agree): a record with another is named as damaged, not shown as a status nobody wrote.
+RUN_STATUSES = ("finished", "ladder_exhausted", "budget_exhausted", "not_memory", "hang", "transient", "interrupted",
+                "launch_failed", "node_lost", "nodes_disagree", "disk_full", "internal_error")
+ATTEMPT_OUTCOMES = ("finished", "failed", "interrupted")
+IN_PLACE_OUTCOMES = ("split", "declined", "floor", "failed")

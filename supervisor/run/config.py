@@ -46,3 +46,5 @@ class RunConfig:
     in_place: bool = True                         # an OOM in a step is first met in the worker (worker/inplace.py)
     split_ahead: bool = True                      # each step is sized before it runs (worker/ahead.py)
     notify: tuple[str, ...] = ()                  # Apprise URLs told of each fallback and of the end (run/notify.py)
+    notify_config: str | None = None              # a file of targets in Apprise's configuration format
+

@@ -30,7 +30,7 @@ from oomladder.run.config import (
     EXIT_USAGE,
 )
 from oomladder.run.outcomes import AttemptResult, Climb, End, Next, Retry, Rollback, RunStatus, Stop, StopReason
-from oomladder.units import format_steps
+from oomladder.units import SMALLEST_MODEL, format_size, format_steps
 
 # Failures that no plan causes: the same plan again, this many times in a row at most.
 RETRIES_ON_SAME_PLAN = {Kind.HANG: 1, Kind.TRANSIENT: 3}
@@ -84,8 +84,13 @@ def _climb(view: RunView, ladder: Ladder, memory_cap: int | None, several_nodes:
     if decision.exhausted:
         tried = "; ".join(f"{name}: {why}" for name, why in decision.skipped) or "none applied"
         return End(RunStatus.LADDER_EXHAUSTED.value, EXIT_LADDER_EXHAUSTED,
-                   f"attempt {number} ran out of memory and {decision.reason} ({tried}). Try a bigger device, a "
-                   f"smaller model or sequence, or a ladder with more rungs.", decision, rollback)
+                   f"attempt {number} ran out of memory and {decision.reason} ({tried}). " + (
+                       f"No attempt finished a step under the memory cap of {format_size(memory_cap)}: if that is "
+                       f"not the size you meant, give --memory-cap with its unit (1200MiB, 16GiB); otherwise try a "
+                       f"bigger cap, a smaller model or sequence, or a ladder with more rungs."
+                       if memory_cap and not any(a.steps for a in view.attempts) else
+                       "Try a bigger device, a smaller model or sequence, or a ladder with more rungs."),
+                   decision, rollback)
     return Climb(decision, rollback)
 
 
@@ -107,7 +112,7 @@ def roll_back(view: RunView, ladder: Ladder, memory_cap: int | None, several_nod
         return None
     # The earlier plan reached the step its OOM struck in: an error anywhere in that step, its end included
     # (where the step count has already moved on), is at a point that plan got to.
-    reached = max([before.step or 0, before.failure.step or 0, *before.steps]) + 1
+    reached = max(before.step or 0, before.failure.step or 0, before.steps.last or 0) + 1
     if (broken.failure.step or 0) > reached:
         return None  # a point the earlier plan never reached: the program's own bug, as far as anyone can tell
     used = [i for i in decision["rung_indices"] if 0 <= i < len(ladder.rungs)]
@@ -162,9 +167,12 @@ def finished_reason(view: RunView) -> str:
     in_place = sum(len(a.recovered_in_place) for a in view.attempts)
     if in_place:
         done += f"; {in_place} out-of-memory error{'s' if in_place > 1 else ''} recovered in place, without a relaunch"
-    if view.step_counts is None:
+    if not view.steps_reported:
         text = (f"{done}; the program reports no optimizer steps to oomladder, so whether any step ran twice "
                 f"is not known")
+    elif not view.steps_exact:
+        text = (f"{done}; the program's step numbers are too sparse to check one by one (it may report samples, not "
+                f"optimizer steps)")
     elif view.repeated_steps:
         text = (f"{done}, but steps {format_steps(view.repeated_steps)} ran more than once: an attempt trained "
                 f"them again instead of resuming (lost work)")
@@ -190,4 +198,12 @@ def evaluation_owed(view: RunView, resume: dict[str, Any] | None) -> int | None:
     failure = last.failure if last else None
     if resume and failure is not None and failure.phase == "eval" and failure.step == resume["step"]:
         return resume["step"]
+    return None
+
+
+def cap_warning(memory_cap: int | None) -> str | None:
+    """A cap no model fits in is a unit forgotten far more often than a device that small: said at the start."""
+    if memory_cap and memory_cap < SMALLEST_MODEL:
+        return (f"the memory cap, {format_size(memory_cap)}, is far under any model: every attempt will run out of "
+                f"memory. Check --memory-cap's unit (1200MiB, 16GiB)")
     return None

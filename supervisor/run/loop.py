@@ -32,8 +32,8 @@ from oomladder.record import schema
 from oomladder.record.journal import Journal, iter_journal, open_journal
 from oomladder.run.budget import Budget, BudgetState, budgets, exhausted
 from oomladder.run.config import EXIT_DISK_FULL, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_NOT_MEMORY, EXIT_USAGE, RunConfig
-from oomladder.run.decide import decide, evaluation_owed, over_budget, stopped
-from oomladder.run.notify import Notifier
+from oomladder.run.decide import cap_warning, decide, evaluation_owed, over_budget, stopped
+from oomladder.run.notify import Notifier, journaled
 from oomladder.run.outcomes import AttemptResult, End, Next, NextAttempt, Retry, Rollback, RunStatus, Stop, StopReason
 from oomladder.run.resume import starting_point
 from oomladder.run.signals import forwarded_signals
@@ -80,27 +80,27 @@ class Runner:
         with RunLock(cfg.run_dir, cfg.node_rank) as lock:
             become_subreaper()
             self.journal = journal = open_journal(own, self.clock)
-            # Node 0 tells the news, as it writes the reports: every node takes the same decisions.
-            self.notifier = Notifier(cfg.notify if cfg.node_rank == 0 else (), journal, self.display, cfg.run_dir)
+            self.notifier = Notifier.of(cfg, journal, self.display)
             self.watcher = AttemptWatcher(cfg, journal, launcher=self.launcher, clock=self.clock,
                                           monotonic=self.monotonic, sleep=self.sleep, display=self.display,
                                           environ=self.environ, world=self.world, signalled=lambda: self._signal,
                                           hurry=lambda: self._signals > 1, wall_time_spent=self._wall_time_spent,
                                           recovered=lambda n, rec: self.notifier.in_place(journal.view(), n, rec))
-            try:
-                first = self._starting_point()
-            except BaseException:
-                journal.close()  # refused before starting: the directory stays exactly as it was
-                lock.discard()
-                raise
-            try:
-                self._journal_run_started()
-                with forwarded_signals(self.request_stop):
+            with forwarded_signals(self.request_stop):  # from resume's sweep on: a signal ends the run as any other
+                try:
+                    first = starting_point(cfg, journal, self.watcher, self.world, self.topology,
+                                           hurry=lambda: self._signals > 1)
+                except BaseException:
+                    journal.close()  # refused before starting: the directory stays exactly as it was
+                    lock.discard()
+                    raise
+                try:
+                    self._journal_run_started()
                     return self._loop(first)
-            except BaseException as exc:
-                return self._crashed(exc)
-            finally:
-                self._wind_up()
+                except BaseException as exc:
+                    return self._crashed(exc)
+                finally:
+                    self._wind_up()
 
     def _crashed(self, exc: BaseException) -> int:
         """An error in oomladder itself while a run was under way: the worker group is stopped (gracefully
@@ -255,13 +255,16 @@ class Runner:
                             memory_cap=cfg.memory_cap, max_attempts=cfg.max_attempts, cwd=cfg.cwd,
                             max_wall_time=cfg.max_wall_time, hang_timeout=cfg.hang_timeout,
                             version=__version__, initial=cfg.initial.set_fields(), no_offload=cfg.no_offload,
-                            **({} if cfg.in_place else {"in_place": False}), **({} if cfg.split_ahead else {"split_ahead": False}),
-                            # The targets, secrets and all, so that resume tells the same people (README).
-                            **({"notify": list(cfg.notify)} if cfg.notify else {}),
+                            **({} if cfg.in_place else {"in_place": False}),
+                            **({} if cfg.split_ahead else {"split_ahead": False}),
+                            **journaled(cfg.notify, cfg.notify_config),  # names and a path, never a URL
                             **({"nnodes": cfg.nnodes, "node_rank": cfg.node_rank, "node_timeout": cfg.node_timeout}
                                if self.topology.multi else {}))
         if self.world is not None:
             self.world.since = self.journal.records[-1]["ts"]
+        if (text := cap_warning(cfg.memory_cap)) is not None:
+            self.journal.append(schema.WARNING, attempt=None, about="memory_cap", text=text)
+            self.display.event(f"warning: {text}")
 
     def _observe_environment(self) -> None:
         """The allocator setting the program would run with on its own: the first plan's, once per run."""
@@ -269,9 +272,6 @@ class Runner:
             allocator = self.environ.get("PYTORCH_ALLOC_CONF", self.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""))
             self.journal.append(schema.OBSERVED, attempt=0, source="environment", plan={"allocator": allocator},
                                 facts={})
-
-    def _starting_point(self) -> NextAttempt:
-        return starting_point(self.config, self.journal, self.watcher, self.world, self.topology)
 
     def _agree_on_start(self, number: int) -> int | None:
         """None: every node starts attempt `number` on the same plan; otherwise the run's exit code."""

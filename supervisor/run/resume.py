@@ -4,6 +4,8 @@ run of the same command continued on the plan it had reached, after taking in wh
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from oomladder.classify import Failure, Kind
 from oomladder.errors import RunDirError
 from oomladder.nodes.topology import Topology, attempt_dir
@@ -20,18 +22,21 @@ from oomladder.worker.files import AttemptFiles
 
 
 def starting_point(config: RunConfig, journal: Journal, watcher: AttemptWatcher, world: World | None,
-                   topology: Topology) -> NextAttempt:
+                   topology: Topology, hurry: Callable[[], bool] = lambda: False) -> NextAttempt:
+    """The next attempt. A signal during the sweep lets it end (at once, after a second one: `hurry`); the loop
+    then journals the signal and ends the run as it ends any other."""
     if not journal.records:
         given = config.initial.set_fields()
         return NextAttempt(config.initial, None, "given with --set" if given else "")
     view = journal.view()
     if view.run and view.run.get("command") != list(config.command):
         raise RunDirError(f"run directory '{config.run_dir}' holds a run of another command "
-                          f"({' '.join(view.run.get('command', []))}): give this run its own --run-dir")
+                          f"({' '.join(view.run.get('command') or [])}): give this run its own --run-dir")
     if view.status == "finished":
         raise RunDirError(f"the run in '{config.run_dir}' already finished (its report: "
                           f"{config.run_dir / 'report.md'}): give this run its own --run-dir")
-    stray = stop_run_processes(config.run_dir)
+    launched = [r for r in journal.records if r.get("type") == schema.LAUNCHED]
+    stray = stop_run_processes(config.run_dir, launched=launched, hurry=hurry)
     if stray:
         journal.append(schema.WARNING, attempt=None, about="stray", text=f"stopped {len(stray)} process(es) still "
                        f"running from an earlier supervisor of this run (pids {', '.join(map(str, stray))})")
@@ -50,7 +55,7 @@ def close_orphans(config: RunConfig, journal: Journal, watcher: AttemptWatcher, 
             continue
         files = AttemptFiles(attempt_dir(config.run_dir, attempt.number, topology))
         died = journal.last_ts  # about when: the supervisor journaled at every poll until then
-        watcher.take_in(attempt.number, files)
+        watcher.take_in(attempt.number, files, drain=True)
         checkpoint = watcher.journal_checkpoint(attempt.number, files)
         if world is not None:
             world.orphan_ended(journal, attempt.number, died, checkpoint)

@@ -19,19 +19,20 @@ from oomladder.classify import Evidence, Failure, Kind, classify
 from oomladder.nodes import agreement
 from oomladder.nodes.world import World
 from oomladder.plan import Plan
-from oomladder.process import cgroup, gpu
+from oomladder.process import cgroup, gpu, workers
 from oomladder.process.checkpoints import remove_superseded
 from oomladder.process.launch import worker_env
+from oomladder.process.rundir import run_key
 from oomladder.process.workers import Launcher, LaunchError, LaunchSpec, WorkerHandle, read_tail, stop_descendants
 from oomladder.record import schema
 from oomladder.record.journal import Journal
 from oomladder.run.budget import Budget
 from oomladder.run.config import EXIT_BUDGET, EXIT_INTERRUPTED, RunConfig
+from oomladder.run.intake import Intake
 from oomladder.run.outcomes import AttemptResult, Stop, StopReason
 from oomladder.run.trainers import died_below_a_wrapper, trains_in
 from oomladder.views.display import Display
-from oomladder.views.table import in_place_change
-from oomladder.worker.files import AttemptFiles, in_place_record
+from oomladder.worker.files import AttemptFiles
 
 # A peer node failed: this node's ranks have no step to finish (their collective is broken), so a short grace.
 PEER_GRACE = 10.0
@@ -75,8 +76,9 @@ class AttemptWatcher:
         self.environ, self.world = environ, world
         self.signalled, self.hurry, self.wall_time_spent, self.recovered = signalled, hurry, wall_time_spent, recovered
         self.running: WorkerHandle | None = None     # the group being watched, for the loop to stop on a crash
-        self._adapters: set[int] = set()             # attempts a worker's adapter reported from
-        self._told: set[tuple[int, str]] = set()     # (attempt, about) warnings already journaled
+        self.intake = Intake(config, journal, display, recovered)
+        # Where attempt cgroups can be made (or why not): the real launcher's; a fake one's tests have no processes.
+        self._cgroups: tuple[Path | None, str | None] | None = None if launcher is workers.spawn else (None, None)
 
     # --- one attempt ----------------------------------------------------------------------------------
 
@@ -85,18 +87,25 @@ class AttemptWatcher:
         env = worker_env(self.environ, launch.attempt_dir, launch.overrides, launch.plan, cfg.memory_cap,
                          launch.resume["path"] if launch.resume else None, launch.evaluate_at, run_dir=cfg.run_dir,
                          no_offload=cfg.no_offload, rung=launch.rung, reason=launch.reason,
-                         in_place=cfg.in_place, in_place_checkpointing=launch.checkpoint_in_place, split_ahead=cfg.split_ahead)
+                         in_place=cfg.in_place, in_place_checkpointing=launch.checkpoint_in_place,
+                         split_ahead=cfg.split_ahead)
+        group = self._attempt_group(launch.number)
         spec = LaunchSpec(tuple(launch.argv), env, cfg.cwd, launch.attempt_dir / "stdout.log",
-                          launch.attempt_dir / "stderr.log")
+                          launch.attempt_dir / "stderr.log", group.procs_file if group else None)
         oom_kills_before, gpu_before = cgroup.oom_kill_count(), gpu.gpu_pids()
         since = self.monotonic()
         files = AttemptFiles(launch.attempt_dir)
         try:
             handle = self.launcher(spec)
         except LaunchError as exc:
+            if group is not None:
+                group.kill()
             ended = {"attempt": launch.number, "exit_code": None, "duration": 0.0}
             return self._journal_end(launch.number, "failed", Failure(Kind.LAUNCH_FAILED, None, str(exc)), None,
                                      ended, None, None, 0.0)
+        # Where a later resume finds what a killed supervisor left: the worker's session, and its cgroup.
+        self.journal.append(schema.LAUNCHED, attempt=launch.number, pid=handle.pid,
+                            **({"cgroup": str(group.path)} if group else {}))
         self.running = handle  # left set if the poll raises: the loop's crash handler stops the group
         poll = self._poll(handle, launch.number, spec, files, since)
         self.running = None
@@ -104,11 +113,30 @@ class AttemptWatcher:
         duration = self.monotonic() - since
         handle.reap_group()
         stop_descendants()  # what left the group (daemons that setsid'd, a wrapper's orphaned python)
+        if group is not None:
+            group.kill()  # what left even the process tree: the kernel counts every process of the attempt
         if gpu.wait_released(gpu_before) == "still held":
             self.journal.append(schema.WARNING, attempt=launch.number, text="GPU memory of the stopped worker was "
                                 "still held after 30 s; the next attempt may fail on it")
-        self.take_in(launch.number, files)
+        self.take_in(launch.number, files, drain=True)  # all it wrote, however fast: the rest of a flood too
         return self._conclude(launch.number, spec, files, poll, duration, exited, oom_kills_before)
+
+    def _attempt_group(self, number: int) -> cgroup.AttemptGroup | None:
+        """A cgroup of its own for the attempt, where the machine allows one; where it does not, the run says so
+        once (a fake launcher's tests have no processes to keep)."""
+        if self._cgroups is None:
+            off = self.environ.get("OOMLADDER_CGROUPS") == "0"
+            self._cgroups = (None, "turned off with OOMLADDER_CGROUPS=0") if off else cgroup.attempt_root()
+        base, why = self._cgroups
+        group = cgroup.AttemptGroup.make(base, run_key(self.config.run_dir), number) if base is not None else None
+        said = any(w.get("about") == "cgroup" for w in self.journal.view().warnings)
+        if group is None and why is not None and not said:
+            text = (f"attempts run without a cgroup of their own here ({why or 'the kernel refused one'}): a process "
+                    f"that leaves its worker's session and clears its environment can outlive a supervisor killed "
+                    f"with kill -9")
+            self.journal.append(schema.WARNING, attempt=None, about="cgroup", text=text)
+            self.display.event(f"warning: {text}")
+        return group
 
     def _poll(self, handle: WorkerHandle, number: int, spec: LaunchSpec, files: AttemptFiles,
               started: float) -> _Poll:
@@ -137,7 +165,7 @@ class AttemptWatcher:
                                     f"progress")
                 return _Poll(handle.stop(signal.SIGTERM, cfg.grace, hurry=self.hurry), hung=hung)
             if self.monotonic() - started > ADAPTER_GRACE:
-                self._warn_if_no_adapter(number)
+                self.intake.warn_if_no_adapter(number)
             if self.display.live and self.monotonic() - shown >= REDRAW_INTERVAL:
                 self.display.update(self.journal.view())
                 shown = self.monotonic()
@@ -160,7 +188,7 @@ class AttemptWatcher:
     def _conclude(self, number: int, spec: LaunchSpec, files: AttemptFiles, poll: _Poll, duration: float,
                   exited: float, oom_kills_before: int | None) -> AttemptResult:
         """Classify the end of the attempt and journal it."""
-        self._warn_if_no_adapter(number)
+        self.intake.warn_if_no_adapter(number)
         view = self.journal.view()
         attempt = view.attempts[-1]
         ended: dict[str, Any] = dict(attempt=number, exit_code=poll.returncode, duration=round(duration, 3),
@@ -198,78 +226,13 @@ class AttemptWatcher:
                             **({"failure": failure.to_dict()} if failure else {}), **ended)
         return AttemptResult(number, ended.get("exit_code"), failure, stop, duration)
 
-    # --- what the workers left ------------------------------------------------------------------------
+    # --- what the workers left (intake.py) ------------------------------------------------------------
 
-    def take_in(self, number: int, files: AttemptFiles) -> None:
-        """Copy what the workers reported since the last look into the journal."""
-        if facts := trains_in(files.new_claims(), self.config.command):  # a launcher started it (run/trainers.py)
-            self.journal.append(schema.OBSERVED, attempt=number, plan={}, facts=facts)
-        for rank, data in files.new_observations():
-            if (data.get("facts") or {}).get("offloaded"):
-                self._warn_once(number, "offload", f"attempt {number}: device_map put weights off the device "
-                                f"({data['facts']['offloaded']}): training runs many times slower; give --no-offload "
-                                f"to treat that as out of memory, so the ladder quantizes until the model fits")
-            self.journal.append(schema.OBSERVED, attempt=number, rank=rank, plan=data.get("plan", {}),
-                                facts=data.get("facts", {}), memory_cap=data.get("memory_cap", {}),
-                                model=data.get("model"), **({"load": data["load"]} if data.get("load") else {}))
-        entries, began = [], False
-        for rank, entry in files.new_progress():
-            entry.pop("ts", None)
-            began = began or "began_at" in entry or "resume_failed" in entry
-            if (in_place := in_place_record(entry)) is not None:
-                self.journal.extend(schema.PROGRESS, entries)  # in the order the worker wrote them
-                entries = []
-                self._journal_in_place(number, rank, in_place)
-                continue
-            entries.append({"attempt": number, "rank": rank, **entry})
-            if entry.get("adapter"):
-                self._adapters.add(number)
-        self.journal.extend(schema.PROGRESS, entries)
-        if began:
-            self._warn_if_not_resumed(number)
-
-    def _journal_in_place(self, number: int, rank: int, record: dict[str, Any]) -> None:
-        """An OOM the worker met in place: journaled with the numbers its message gives, and said live."""
-        failure = classify(Evidence(returncode=1, record=record.get("oom") or {}, capped=bool(self.config.memory_cap)))
-        self.journal.append(schema.IN_PLACE, attempt=number, rank=rank, **record, numbers=failure.numbers)
-        self.display.event(f"attempt {number}: out of memory in step {record.get('step')}; " + (
-            f"recovered in place: {in_place_change(record)}" if record.get("outcome") == "split"
-            else f"not recovered in place: {record.get('reason')}"))
-        if record.get("outcome") == "split":  # news, as a relaunch is
-            self.recovered(number, record)
-
-    def _warn_once(self, number: int, about: str, text: str) -> None:
-        if (number, about) in self._told:
-            return
-        self._told.add((number, about))
-        self.journal.append(schema.WARNING, attempt=number, about=about, text=text)
-        self.display.event(text)
-
-    def _warn_if_no_adapter(self, number: int) -> None:
-        """A worker that no adapter reached (not Python, or an interpreter that cannot load it): said once."""
-        if number in self._adapters:
-            return
-        self._warn_once(number, "adapter", f"attempt {number}: oomladder's adapter did not load in this program "
-                        f"(not Python, or an interpreter that cannot import it): its steps are not counted, no step "
-                        f"is saved after an OOM, and the plan reaches it only through {{placeholders}} and "
-                        f"OOMLADDER_* variables")
-
-    def _warn_if_not_resumed(self, number: int) -> None:
-        """An attempt told to resume that began elsewhere: never silent, since its steps run again."""
-        attempt = next(a for a in self.journal.view().attempts if a.number == number)
-        if attempt.resume_missed:
-            self._warn_once(number, "resume", f"attempt {number} did not resume: {attempt.resume_missed}; the steps "
-                            f"before it run again")
+    def take_in(self, number: int, files: AttemptFiles, drain: bool = False) -> None:
+        self.intake.take_in(number, files, drain)
 
     def journal_checkpoint(self, number: int, files: AttemptFiles) -> dict[str, Any] | None:
-        """The emergency checkpoint the attempt saved, journaled as whole; the one it supersedes is deleted."""
-        checkpoint = files.emergency()
-        if checkpoint and Path(checkpoint.get("path", "")).is_dir():
-            self.journal.append(schema.CHECKPOINT, attempt=number, kind="emergency", path=checkpoint["path"],
-                                step=checkpoint["step"])
-            remove_superseded(self.config.run_dir, self.journal.view().checkpoints, keep=checkpoint["path"])
-            return {"path": checkpoint["path"], "step": checkpoint["step"]}
-        return None
+        return self.intake.journal_checkpoint(number, files)
 
     # --- several nodes (oomladder/nodes): the runner's side, kept apart from the single-node path ---------
 

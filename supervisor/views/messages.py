@@ -84,7 +84,7 @@ def end_message(view: RunView, report: Path, where: str) -> Message:
 
 def whereabouts(view: RunView, run_dir: Path, host: str) -> str:
     """`Run: python train.py --config my.yaml, on gpu-node-3, in runs/llama-lora`."""
-    command = shlex.join(view.run.get("command", []))
+    command = shlex.join(view.run.get("command") or [])
     if len(command) > COMMAND_WIDTH:
         command = command[: COMMAND_WIDTH - 1] + "…"
     return f"Run: {command}, on {host}, in {run_dir}"

@@ -20,6 +20,7 @@ from oomladder.cost import slowdown_cell
 from oomladder.units import format_size
 from oomladder.views import charts, plots
 from oomladder.views.table import format_duration, in_place_line
+from oomladder.views.words import journal_damage
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 STYLE = """
@@ -87,13 +88,10 @@ def _facts(report: dict[str, Any]) -> str:
 
 def _warnings(report: dict[str, Any]) -> str:
     """What the run noticed that did not stop it, and any damage the journal's reading stepped over."""
-    damaged = report.get("journal") or {}
     items = [f"<li>{e(w['text'])}</li>" for w in report.get("warnings") or []]
-    if damaged.get("unreadable_lines") or damaged.get("malformed_records"):
-        lines = ", ".join(str(n) for n in (damaged.get("unreadable_lines") or [])[:20]) or "none"
-        items.insert(0, f"<li><strong>The journal is damaged</strong>: lines that are not records: {e(lines)}; "
-                        f"records that could not be read: {e(damaged.get('malformed_records') or 0)}. The report "
-                        "shows what the rest holds.</li>")
+    if (damage := journal_damage(report.get("journal") or {})) is not None:
+        items.insert(0, f"<li><strong>The journal is damaged</strong>: {e(damage)}. The report shows what the rest "
+                        "holds.</li>")
     if not items:
         return ""
     return '<section id="warnings">\n<h2>Warnings</h2>\n<ul>\n' + "\n".join(items) + "\n</ul>\n</section>"

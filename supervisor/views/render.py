@@ -11,8 +11,8 @@ from rich.text import Text
 from oomladder.cost import slowdown_cell
 from oomladder.record.history import RunView
 from oomladder.units import format_size
-from oomladder.views.report import STATUS_TEXT
 from oomladder.views.table import attempts_table
+from oomladder.views.words import STATUS_TEXT, journal_damage
 
 
 def print_report(console: Console, view: RunView, report: dict[str, Any]) -> None:
@@ -24,6 +24,8 @@ def print_report(console: Console, view: RunView, report: dict[str, Any]) -> Non
     cap = format_size(report["memory_cap"]) if report["memory_cap"] else "none"
     console.print(Text(f"memory cap: {cap}   ladder: {report['ladder']}   effective batch: {eb['before']} → {eb['after']}"))
     console.print(attempts_table(view, title="Attempts"))
+    if (damage := journal_damage(report.get("journal") or {})) is not None:
+        console.print(Text(f"The journal is damaged: {damage}. The report shows the rest.", style="bold red"))
     for a in report["attempts"]:
         line = Text(f"{a['number']}. {a['rung']}: ", style="bold")
         line.append(a["reason"] or "the program as it was given")

@@ -2,47 +2,32 @@
 why, the before/after table of the seed note, and how to run the final plan without oomladder.
 
 `build_report` folds a `RunView` into plain data (report.json, documented by report.schema.json);
-the Markdown, HTML (page.py) and console renderings are views of that data only, so `oomladder
-report` shows what the run wrote.
+the Markdown (markdown.py), HTML (page.py) and console renderings are views of that data only, so
+`oomladder report` shows what the run wrote.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shlex
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from oomladder.cost import Cost, slowdown, slowdown_cell
+from oomladder.cost import Cost, slowdown
 from oomladder.plan import Plan, changes, describe_changes
 from oomladder.record.history import RunView
-from oomladder.units import format_size, format_steps
+from oomladder.views.markdown import render_markdown
 from oomladder.views.page import render_html
 from oomladder.views.reproduce import reproduce
-from oomladder.views.table import format_duration, in_place_line, in_place_rows, status_text, steps_text
+from oomladder.views.table import in_place_rows, status_text, steps_text
+from oomladder.views.words import STATUS_TEXT, steps_line
 
 # report.schema.json (beside this file, shipped with the package) documents the data. 2: each attempt's
 # step log and wall-clock times for report.html's charts, the device's memory, the time lost. 3: each attempt's
-# OOMs met in place (`in_place`).
-REPORT_SCHEMA = 3
+# OOMs met in place (`in_place`). 4: step sets as ranges [first, last], not every step.
+REPORT_SCHEMA = 4
 SCHEMA_FILE = Path(__file__).with_name("report.schema.json")
-STATUS_TEXT = {
-    "finished": "Training finished.",
-    "ladder_exhausted": "Stopped: out of memory, and no rung of the ladder was left to try.",
-    "budget_exhausted": "Stopped: a budget (--max-attempts or --max-wall-time) ran out.",
-    "hang": "Stopped: the worker hung, and hung again on the retry.",
-    "transient": "Stopped: the same infrastructure failure kept coming back after the retries.",
-    "not_memory": "Stopped: the worker failed for a reason no memory setting fixes.",
-    "interrupted": "Stopped: interrupted.",
-    "launch_failed": "Stopped: the command could not be started.",
-    "node_lost": "Stopped: another node's supervisor went silent.",
-    "nodes_disagree": "Stopped: the nodes' supervisors disagreed about the run.",
-    "disk_full": "Stopped: the disk holding the run directory is full.",
-    "internal_error": "Stopped: oomladder itself failed (the journal keeps the error).",
-    "running": "Still running (or the supervisor died): `oomladder report` shows the journal as it stands.",
-}
 
 
 def build_report(view: RunView) -> dict[str, Any]:
@@ -57,11 +42,11 @@ def build_report(view: RunView) -> dict[str, Any]:
             "failure": a.failure.to_dict() if a.failure else None,
             "step": a.step, "max_steps": a.max_steps, "peak": a.peak, "peak_measure": a.peak_measure,
             "resumed_from_step": a.resumed_from, "steps_run": list(a.steps_run) if a.steps_run else None,
-            "steps_text": steps_text(a), "steps_executed": a.steps if a.reports_steps else None,
-            "began_at_step": a.began_at, "ran_again": a.ran_again, "resume_missed": a.resume_missed,
+            "steps_text": steps_text(a), "steps_executed": a.steps.to_json() if a.reports_steps else None,
+            "began_at_step": a.began_at, "ran_again": a.ran_again.to_json(), "resume_missed": a.resume_missed,
             "rolled_back": a.rolled_back, "in_place": in_place_rows(a),
             "duration": a.duration(), "exit_code": a.exit_code, "command": a.command,
-            "skipped": _untold(led_here.get("skipped", []), told),
+            "skipped": _untold(led_here.get("skipped") or [], told),
             "started_at": a.started, "ended_at": a.ended, "training_began_at": a.training_began,
             "step_log": [{"step": step, "at": at, "peak": a.step_peaks.get(step)}
                          for step, at in sorted(a.step_times.items())],
@@ -69,20 +54,23 @@ def build_report(view: RunView) -> dict[str, Any]:
         previous = a.plan
     before, after = view.program_plan, view.final_plan
     ended = view.ended or {}
-    steps = {"reported": view.step_counts is not None, "repeated": view.repeated_steps, "missing": view.missing_steps}
+    exact = view.steps_exact
+    steps = {"reported": view.steps_reported, "repeated": view.repeated_steps.to_json(),
+             "missing": view.missing_steps.to_json() if exact else [], "exact": exact}
     return {
         "schema": REPORT_SCHEMA,
         "status": view.status, "status_text": STATUS_TEXT.get(view.status, view.status),
         "exit_code": ended.get("exit_code"), "reason": ended.get("reason"),
-        "command": view.run.get("command", []), "memory_cap": view.run.get("memory_cap"),
+        "command": view.run.get("command") or [], "memory_cap": view.run.get("memory_cap"),
         "trains_in": view.facts.trains_in, "notebook": view.facts.notebook,
         "device_memory": view.facts.device_memory,
         "ladder": (view.run.get("ladder") or {}).get("source"),
         "effective_batch": {"before": before.effective_batch, "after": after.effective_batch},
-        "steps": steps, "steps_summary": _steps_line(steps, strong=lambda text: text),
+        "steps": steps, "steps_summary": steps_line(steps, strong=lambda text: text),
         "warnings": [{"attempt": w.get("attempt"), "about": w.get("about"), "text": w.get("text")}
                      for w in view.warnings],
-        "journal": {"unreadable_lines": view.skipped_lines, "malformed_records": view.malformed},
+        "journal": {"unreadable_lines": view.skipped_lines, "malformed_records": view.malformed,
+                    "damaged": view.damaged},
         "attempts": attempts,
         "time_lost": time_lost(attempts),
         "before_after": [{"setting": name, "before": old, "after": new} for name, old, new in changes(before, after)],
@@ -96,7 +84,7 @@ def build_report(view: RunView) -> dict[str, Any]:
 def expected_slowdown(view: RunView, before: Plan, after: Plan) -> dict[str, Any] | None:
     """What the final plan is expected to cost in speed against the program's own settings, from the costs the
     strategies stated and the run journaled with its ladder (None for a journal written before they were)."""
-    costs = [(r.get("name", "?"), Cost.from_dict(r.get("cost"))) for r in (view.run.get("ladder") or {}).get("rungs", [])]
+    costs = [(r.get("name") or "?", Cost.from_dict(r.get("cost"))) for r in (view.run.get("ladder") or {}).get("rungs") or []]
     known = [(name, cost) for name, cost in costs if cost is not None]
     return slowdown(before, after, known).to_dict() if known else None
 
@@ -132,92 +120,6 @@ def _untold(skipped: list[list[str]], told: set[tuple[str, str]]) -> list[dict[s
     return fresh
 
 
-def render_markdown(report: dict[str, Any]) -> str:
-    out = ["# oomladder report", "", f"**{STATUS_TEXT.get(report['status'], report['status'])}**"]
-    if report.get("reason"):
-        out += ["", _md(report["reason"])]
-    eb = report["effective_batch"]
-    out += ["", f"- command: `{_code(shlex.join(report['command']))}`"]
-    if report.get("notebook"):
-        out.append(f"- notebook: `{_code(report['notebook'])}`")
-    if report.get("trains_in"):
-        out.append(f"- trained in: `{_code(report['trains_in'])}`, which the command started")
-    out += [f"- memory cap: {format_size(report['memory_cap']) if report['memory_cap'] else 'none'}",
-            f"- ladder: {_md(report['ladder'] or '-')}",
-            f"- effective batch: {eb['before']} at the start, {eb['after']} at the end",
-            f"- optimizer steps: {_steps_line(report['steps'])}", "",
-            "## Attempts", "", "| # | rung | what changed | status | steps run | peak | time |",
-            "|---|---|---|---|---|---|---|"]
-    for a in report["attempts"]:
-        out.append(f"| {a['number']} | {_md(a['rung'])} | {_md(a['changes'])} | {_md(a['status_text'])} | "
-                   f"{_md(a['steps_text'])} | {format_size(a['peak'])} | {format_duration(a['duration'])} |")
-        for row in a.get("in_place") or ():
-            out.append(f"|  | {_md(row['rung'])} | {_md(row['changes'])} | {_md(row['status_text'])} | - | "
-                       f"{format_size(row['peak'])} | {format_duration(row['seconds'])} |")
-    damaged = report.get("journal") or {}
-    if damaged.get("unreadable_lines") or damaged.get("malformed_records"):
-        lines = ", ".join(map(str, damaged["unreadable_lines"][:20]))
-        out += ["", f"**The journal is damaged**: lines that are not records: {lines or 'none'}; records that could "
-                    f"not be read: {damaged['malformed_records']}. The report shows the rest."]
-    if report.get("warnings"):
-        out += ["", "## Warnings", ""] + [f"- {_md(w['text'])}" for w in report["warnings"]]
-    out += ["", "### Why each rung was taken", ""]
-    for a in report["attempts"]:
-        line = f"- **{a['number']}. {_md(a['rung'])}**: {_md(a['reason'] or 'the program as it was given')}"
-        if a["resume_missed"]:
-            line += f"; **did not resume**: {_md(a['resume_missed'])}"
-        elif a["resumed_from_step"]:
-            line += f"; resumed from the end of step {a['resumed_from_step']}"
-        if a["skipped"]:
-            line += "; skipped: " + "; ".join(f"{_md(s['rung'])} ({_md(s['reason'])})" for s in a["skipped"])
-        out.append(line)
-        for row in a.get("in_place") or ():
-            out.append(f"  - {_md(in_place_line(row))}")
-        failure = a["failure"]
-        if failure:
-            numbers = ", ".join(f"{k.replace('_', ' ')} {format_size(v)}" for k, v in failure["numbers"].items()
-                                if k != "tried_to_allocate")  # the summary says it already
-            out.append(f"  - died: {_md(failure['kind'])}, {_md(failure['summary'])}" + (f" ({numbers})" if numbers else "")
-                       + (": the error came with this attempt's rung, which was rolled back; your program is not "
-                          "at fault" if a["rolled_back"] else ""))
-    if report["before_after"]:
-        out += ["", "## Final plan", "", "| setting | before | after |", "|---|---|---|"]
-        for row in report["before_after"]:
-            out.append(f"| {row['setting']} | {_md(str(row['before']))} | **{_md(str(row['after']))}** |")
-        cost = report.get("expected_slowdown")
-        if cost:
-            out.append(f"| expected time per step | the program's own | **{_md(slowdown_cell(cost))}** |")
-            out += ["", f"Expected cost of the final plan: {_md(cost['text'])}. These are rules of thumb for a busy "
-                        f"GPU, not measured in this run."]
-        out += _reproduce_md(report["reproduce"])
-    return "\n".join(out) + "\n"
-
-
-def _steps_line(steps: dict[str, Any], strong=lambda text: f"**{text}**") -> str:
-    if not steps["reported"]:
-        return "not reported by the program (no adapter reached it), so repeats cannot be counted"
-    parts = []
-    if steps["repeated"]:
-        parts.append(strong(f"{format_steps(steps['repeated'])} ran more than once") + " (lost work)")
-    if steps["missing"]:
-        parts.append(strong(f"{format_steps(steps['missing'])} never reported"))
-    return "; ".join(parts) or "each ran once, as the workers reported"
-
-
-def _reproduce_md(r: dict[str, Any]) -> list[str]:
-    out = ["", "## Run the final plan without oomladder", ""]
-    if r["training_arguments"]:
-        body = ", ".join(f"{k}={v!r}" for k, v in r["training_arguments"].items())
-        out += ["In `TrainingArguments(...)`:", "", "```python", f"TrainingArguments(..., {body})", "```", ""]
-        out += ["or, for a script that reads them from the command line (HfArgumentParser):", "",
-                "```", _code(r["hf_argument_flags"]), "```", ""]
-    if r["from_pretrained"]:
-        body = ", ".join(f"{k}={v}" for k, v in r["from_pretrained"].items())
-        out += ["In `from_pretrained(...)`:", "", "```python", f"from_pretrained(..., {body})", "```", ""]
-    if r["command"]:
-        out += [f"{_md(r.get('command_note') or 'The command of the last attempt')}:", "", "```", _code(r["command"]),
-                "```"]
-    return out
 
 
 def write_reports(run_dir: str | Path, view: RunView) -> dict[str, Any]:
@@ -242,13 +144,3 @@ def _atomic_write(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def _md(text: str) -> str:
-    """Text from workers and users, made inert in a Markdown table: no HTML, no column breaks."""
-    return (str(text).replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
-            .replace("\n", " ").replace("`", "\\`"))
-
-
-def _code(text: str) -> str:
-    return text.replace("```", "'''")

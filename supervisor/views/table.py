@@ -78,7 +78,7 @@ def turned_on_checkpointing(record: dict[str, Any]) -> bool:
 
 def in_place_change(record: dict[str, Any]) -> str:
     """What an in-place recovery changed, for the live line: `its micro-batch runs in 2 chunks`."""
-    split = int(record.get("split") or 1)
+    split = record.get("split") if isinstance(record.get("split"), int) else 1
     if record.get("per_step"):
         return (("gradient checkpointing turned on, " if turned_on_checkpointing(record) else "")
                 + f"that step ran in {split} chunks; later steps are sized as they come")
@@ -133,7 +133,7 @@ def steps_text(attempt: AttemptView) -> str:
     if not attempt.reports_steps and attempt.step is None:
         return "not reported"
     steps = attempt.steps_run
-    run = "none" if steps is None else format_steps(list(range(steps[0], steps[1] + 1)))
+    run = "none" if steps is None else format_steps([steps])
     notes = [f"{format_steps(attempt.ran_again)} again"] if attempt.ran_again else []
     if attempt.resume_missed:
         notes.append("did not resume")

@@ -125,6 +125,10 @@ def save(trainer) -> str | None:
     import torch
     if trainer.args.process_index != 0:
         return None
+    if not _rng:
+        # A stop before this process finished a step (a resumed attempt still loading, or at its first step's
+        # start): its RNG is not a step's end, and a checkpoint of it would replace the one resumed from.
+        return skip(no_step_ended())
     step = trainer.state.global_step
     partial = begin(step, state_bytes(trainer.model, trainer.optimizer))
     trainer.save_model(str(partial), _internal_call=True)
@@ -134,7 +138,19 @@ def save(trainer) -> str | None:
     rng_name = "rng_state_0.pth" if _world() > 1 else "rng_state.pth"
     torch.save(dict(_rng), partial / rng_name)
     trainer.state.save_to_json(str(partial / "trainer_state.json"))
+    if (why := _unloadable(partial / rng_name)) is not None:
+        shutil.rmtree(partial, ignore_errors=True)
+        return skip(f"the checkpoint of step {step} could not be resumed from ({why}); the last one stays")
     return commit(partial, step, trainer.state.max_steps, "transformers.Trainer")
+
+
+def _unloadable(rng_file: Path) -> str | None:
+    """Why the Trainer could not resume from a checkpoint with this RNG file, or None. Its resume reads the
+    states by name: a checkpoint without them would replace a good one and fail every resume with a KeyError."""
+    import torch
+    states = torch.load(rng_file, weights_only=False)
+    missing = {"python", "cpu"} - set(states if isinstance(states, dict) else ())
+    return f"its RNG state lacks {', '.join(sorted(missing))}" if missing else None
 
 
 # --- the protocol every framework's emergency checkpoint follows ----------------------------------------

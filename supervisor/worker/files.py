@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -101,14 +103,22 @@ def in_place_record(entry: dict[str, Any]) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
+LINE_LIMIT = 64 * 1024     # a progress line longer than this is no step's report: skipped, never held whole
+READ_LIMIT = 4 * 2**20     # bytes of a progress file read at one look: a flood is taken in over several looks
+
+
 class AttemptFiles:
-    """What the worker ranks of one attempt left in `folder`, read as it grows: each progress line once."""
+    """What the worker ranks of one attempt left in `folder`, read as it grows: each progress line once, at most
+    `READ_LIMIT` bytes of a file per look, and no line held longer than `LINE_LIMIT`."""
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
         self._offsets: dict[Path, int] = {}
+        self._skipping: set[Path] = set()  # files inside an overlong line, read past until its end
         self._observed: dict[Path, Any] = {}
         self._claimed: set[Any] = set()
+        self.overlong = 0                  # progress lines skipped for their length
+        self.unread = False                # the last look stopped at READ_LIMIT: there is more to read now
 
     def new_observations(self) -> list[tuple[int, dict[str, Any]]]:
         """(rank, observation) for each rank whose observed file changed since the last look."""
@@ -121,24 +131,46 @@ class AttemptFiles:
         return changed
 
     def new_progress(self) -> list[tuple[int, dict[str, Any]]]:
-        """(rank, entry) for each whole progress line written since the last look."""
-        entries = []
+        """(rank, entry) for each whole progress line written since the last look (up to READ_LIMIT per file)."""
+        return [(rank, entry) for rank, text in self.new_lines() for entry in entries_of(text)]
+
+    def new_lines(self) -> list[tuple[int, str]]:
+        """(rank, text) for each progress file: its whole lines written since the last look, at most READ_LIMIT
+        bytes of them, those longer than LINE_LIMIT left out (and counted in `overlong`)."""
+        blocks: list[tuple[int, str]] = []
+        self.unread = False
         for target in sorted(self.folder.glob(f"{PROGRESS}.*.jsonl")):
             offset = self._offsets.get(target, 0)
             try:
                 with open(target, "rb") as f:
                     f.seek(offset)
-                    chunk = f.read()
+                    chunk = f.read(READ_LIMIT)
             except OSError:
                 continue
-            complete = chunk[: chunk.rfind(b"\n") + 1]  # a line still being written waits for the next look
-            self._offsets[target] = offset + len(complete)
-            for line in complete.decode("utf-8", errors="replace").splitlines():
-                try:
-                    entries.append((rank_of(target), json.loads(line)))
-                except json.JSONDecodeError:
+            self.unread = self.unread or len(chunk) == READ_LIMIT
+            start = 0
+            if target in self._skipping:  # the rest of an overlong line
+                end = chunk.find(b"\n")
+                if end < 0:
+                    self._offsets[target] = offset + len(chunk)
                     continue
-        return entries
+                self._skipping.discard(target)
+                start = end + 1
+            last = chunk.rfind(b"\n")
+            if last >= start:
+                complete, tail, self._offsets[target] = chunk[start: last + 1], chunk[last + 1:], offset + last + 1
+            else:
+                complete, tail, self._offsets[target] = b"", chunk[start:], offset + start
+            if len(tail) > LINE_LIMIT:  # a line still being written, and already too long: read past its end
+                self._skipping.add(target)
+                self.overlong += 1
+                self._offsets[target] = offset + len(chunk)
+            if complete and max(map(len, complete.split(b"\n"))) > LINE_LIMIT:
+                complete, overlong = _OVERLONG.subn(b"", complete)
+                self.overlong += overlong
+            if complete:
+                blocks.append((rank_of(target), complete.decode("utf-8", errors="replace")))
+        return blocks
 
     def claims(self) -> list[dict[str, Any]]:
         return claims(self.folder)
@@ -152,18 +184,43 @@ class AttemptFiles:
     def first_failure(self) -> dict[str, Any] | None:
         """The earliest failure record of any rank: the root cause, not a peer dying of it."""
         records = [r for r in map(read_json, self.folder.glob(f"{FAILURE}.*.json")) if r is not None]
-        return min(records, key=lambda r: r.get("ts", float("inf"))) if records else None
+        return min(records, key=_when) if records else None
 
     def emergency(self) -> dict[str, Any] | None:
         """The emergency checkpoint rank 0 marked whole: {path, step, max_steps}."""
         return read_json(path(EMERGENCY, 0, self.folder))
 
 
-def read_json(target: Path) -> dict[str, Any] | None:
+_OVERLONG = re.compile(rb"^[^\n]{%d,}\n" % (LINE_LIMIT + 1), re.M)
+_decode = json.JSONDecoder().decode
+
+
+def entries_of(text: str) -> Iterator[dict[str, Any]]:
+    """The objects of the lines of `text`; a line that is not one (not JSON, nested deeper than any report of a
+    step, a list) is passed over."""
+    for line in text.splitlines():
+        try:
+            entry = _decode(line)
+        except (ValueError, RecursionError):
+            continue
+        if isinstance(entry, dict):
+            yield entry
+
+
+def _when(record: dict[str, Any]) -> float:
+    ts = record.get("ts")
+    return float(ts) if isinstance(ts, (int, float)) and not isinstance(ts, bool) else float("inf")
+
+
+def read_json(target: Path, limit: int = 16 * 2**20) -> dict[str, Any] | None:
+    """A whole file the worker wrote, as an object; None when it is missing, larger than `limit`, or not one."""
     try:
-        return json.loads(target.read_text())
-    except (OSError, json.JSONDecodeError):
+        if target.stat().st_size > limit:
+            return None
+        data = json.loads(target.read_text(encoding="utf-8", errors="replace"))
+    except (OSError, ValueError, RecursionError):
         return None
+    return data if isinstance(data, dict) else None
 
 
 def rank_of(target: Path) -> int:

@@ -17,19 +17,24 @@ class PostImportFinder(importlib.abc.MetaPathFinder):
 
     def __init__(self, hooks: dict[str, Callable[[Any], None]], guard: Callable[..., Any]) -> None:
         self.hooks, self.guard = hooks, guard  # guard(hook, module) runs the hook without letting it raise
+        self._looking: set[str] = set()  # names this finder is asking the others about
 
     def find_spec(self, fullname, path, target=None):
         hook = self.hooks.get(fullname)
-        if hook is None:
-            return None
-        for finder in sys.meta_path:
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(fullname, path, target)
-            if spec is not None:
-                break
-        else:
-            return None
+        if hook is None or fullname in self._looking:
+            return None  # another finder of this kind asking back: each wraps the loader once
+        self._looking.add(fullname)
+        try:
+            for finder in sys.meta_path:
+                if finder is self or not hasattr(finder, "find_spec"):
+                    continue
+                spec = finder.find_spec(fullname, path, target)
+                if spec is not None:
+                    break
+            else:
+                return None
+        finally:
+            self._looking.discard(fullname)
         if spec.loader is None:
             return spec
         del self.hooks[fullname]

@@ -59,9 +59,11 @@ def callback(module, trainer):
         def _stop_if_asked(self, state):
             if common.stop_requested[0]:
                 signum = common.stop_requested[0]
+                finished_one = bool(emergency.rng_snapshot())
                 safely(emergency.save, trainer)
-                print(f"oomladder: stopped by {signal.Signals(signum).name} after step {state.global_step}, "
-                      f"which is saved", file=sys.stderr, flush=True)
+                print(f"oomladder: stopped by {signal.Signals(signum).name} " + (
+                      f"after step {state.global_step}, which is saved" if finished_one else
+                      f"before this attempt finished a step: {emergency.no_step_ended()}"), file=sys.stderr, flush=True)
                 raise SystemExit(128 + signum)
 
         def on_pre_optimizer_step(self, args, state, control, **kwargs):

@@ -68,7 +68,7 @@ def test_an_oom_inside_the_optimizer_step_saves_no_checkpoint_and_the_repeated_s
     assert steps_by_process(tmp_path / "steps") == [[1, 2], [1, 2, 3, 4, 5, 6]]
     assert view.repeated_steps == [1, 2] and "1–2 ran more than once" in view.ended["reason"]
     report = json.loads((run_dir / "report.json").read_text())
-    assert report["steps"]["repeated"] == [1, 2] and report["attempts"][1]["steps_text"] == "1–6 (1–2 again)"
+    assert report["steps"]["repeated"] == [[1, 2]] and report["attempts"][1]["steps_text"] == "1–6 (1–2 again)"
 
 
 def test_the_programs_own_newer_checkpoint_is_resumed_from_and_never_written_to(tmp_path, env):

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from oomladder.process.cgroup import attempt_root
+from oomladder.process.rundir import run_key
 from tests.conftest import oomladder_argv, processes_of
 from tests.e2e.ledger import assert_each_step_ran_once, steps_by_process
 from tests.e2e.test_recovery import oomladder, view_of
@@ -123,6 +125,68 @@ def test_a_daemon_the_program_starts_does_not_outlive_the_run(tmp_path, env):
     daemon = int(pidfile.read_text())
     wait_for(lambda: not alive(daemon), timeout=30, what="the daemon to stop")
     assert processes_of(run_dir) == []
+
+
+@pytest.fixture
+def hidden(tmp_path):
+    """Where the program writes the pid of a process that hides from the sweeps; ended after the test whatever
+    happened, so that a failing test leaves nothing running."""
+    pidfile = tmp_path / "hidden.pid"
+    yield pidfile
+    if pidfile.exists() and alive(int(pidfile.read_text())):
+        os.kill(int(pidfile.read_text()), signal.SIGKILL)
+
+
+@pytest.mark.skipif(attempt_root()[0] is None, reason="this machine delegates no cgroup v2 to the tests")
+def test_a_daemon_that_leaves_its_session_and_clears_its_environment_does_not_outlive_a_killed_supervisor(
+        tmp_path, env, hidden):
+    """setsid, env -i and SIGTERM ignored: neither the parent-death signal nor the environment finds it; the
+    attempt's cgroup does, and resume ends it."""
+    run_dir, ledger, pidfile = tmp_path / "run", tmp_path / "ledger", hidden
+    supervisor = start(night(run_dir, "--steps", "6", "--sleep", "0.5", "--count-steps", str(ledger),
+                             "--hidden-daemon", str(pidfile)), tmp_path, env)
+    wait_for(ran(ledger, 2), what="step 2")
+    daemon = int(pidfile.read_text())
+    supervisor.kill()
+    supervisor.wait()
+    wait_for(lambda: processes_of(run_dir) == [], timeout=60, what="the worker to stop")
+    assert alive(daemon)  # what the sweep by environment could not find
+    resumed = oomladder("resume", str(run_dir), cwd=tmp_path, env=env)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert not alive(daemon) and not list(Path(attempt_root()[0]).glob(f"oomladder-{run_key(run_dir)}-*"))
+    assert_each_step_ran_once(ledger, 6)
+
+
+def test_without_cgroups_it_says_so_resume_finds_a_cleared_child_by_session_and_a_signal_in_the_sweep_ends_it(
+        tmp_path, env, hidden):
+    run_dir, ledger, pidfile = tmp_path / "run", tmp_path / "ledger", hidden
+    env = {**env, "OOMLADDER_CGROUPS": "0"}
+    supervisor = start(night(run_dir, "--steps", "6", "--sleep", "0.5", "--count-steps", str(ledger),
+                             "--hidden-child", str(pidfile)), tmp_path, env)
+    wait_for(ran(ledger, 2), what="step 2")
+    child = int(pidfile.read_text())
+    supervisor.kill()
+    supervisor.wait()
+    wait_for(lambda: processes_of(run_dir) == [], timeout=60, what="the worker to stop")
+    assert alive(child)
+    attempts = len(view_of(run_dir).attempts)
+    # The sweep finds the child by its session, sends SIGTERM (ignored) and waits its grace: two signals there
+    # end the run at once, journaled, without a new attempt.
+    sweeping = start(("resume", str(run_dir)), tmp_path, env)
+    wait_for(lambda: Path(f"{pidfile}.term").exists(), timeout=60, what="the sweep to reach the child")
+    sweeping.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    stopped = time.monotonic()
+    sweeping.send_signal(signal.SIGTERM)
+    assert sweeping.wait(timeout=60) == 143 and time.monotonic() - stopped < 8
+    view = view_of(run_dir)
+    assert (view.ended["status"], view.ended["exit_code"]) == ("interrupted", 143) and not alive(child)
+    assert len(view.attempts) == attempts and (run_dir / "report.md").exists()
+    resumed = oomladder("resume", str(run_dir), cwd=tmp_path, env=env)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert_each_step_ran_once(ledger, 6)
+    said, = [w for w in view_of(run_dir).warnings if w.get("about") == "cgroup"]  # once, at the run's start
+    assert "OOMLADDER_CGROUPS=0" in said["text"]
 
 
 def test_a_helper_that_fails_does_not_outrank_the_programs_own_oom(tmp_path, env):

@@ -114,7 +114,9 @@ def test_both_targets_hear_of_the_fallback_and_the_end(night):
         assert "Steps done: 2 of 6." in got[0]["message"] and "per_device_train_batch_size 16→8" in got[0]["message"]
         assert "Steps done: 6 of 6." in got[1]["message"] and f"Report: {tmp / 'R' / 'report.html'}" in got[1]["message"]
     started = read_journal(tmp / "R" / "journal.jsonl")[0]
-    assert started["notify"] == [url + "/flag", url + "/environment"]  # for resume
+    # The journal names the targets by scheme and host, for resume to say which it lost; never a URL.
+    assert started["notify_targets"] == ["json://127.0.0.1", "json://127.0.0.1"]
+    assert "/hook/flag" not in (tmp / "R" / "journal.jsonl").read_text()
 
 
 def test_the_programs_tensorboard_log_shows_oomladders_events(night):

@@ -110,7 +110,7 @@ def test_a_worker_that_does_not_resume_fails_the_checks_and_the_report_says_so(t
     warning = next(r for r in sabotaged.records if r["type"] == "warning")
     assert warning["text"].startswith("attempt 2 did not resume: asked to resume from the end of step 2")
     report = json.loads((run_dir / "report.json").read_text())
-    assert report["steps"]["repeated"] == [1, 2]
+    assert report["steps"]["repeated"] == [[1, 2]]
     assert report["attempts"][1]["steps_text"] == "1–6 (1–2 again; did not resume)"
     assert "1–2 ran more than once" in (run_dir / "report.md").read_text()
 

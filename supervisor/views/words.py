@@ -1,0 +1,48 @@
+"""The words every rendering of the report shares: how a run's status and its step accounting read."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from oomladder.units import format_steps
+
+STATUS_TEXT = {
+    "finished": "Training finished.",
+    "ladder_exhausted": "Stopped: out of memory, and no rung of the ladder was left to try.",
+    "budget_exhausted": "Stopped: a budget (--max-attempts or --max-wall-time) ran out.",
+    "hang": "Stopped: the worker hung, and hung again on the retry.",
+    "transient": "Stopped: the same infrastructure failure kept coming back after the retries.",
+    "not_memory": "Stopped: the worker failed for a reason no memory setting fixes.",
+    "interrupted": "Stopped: interrupted.",
+    "launch_failed": "Stopped: the command could not be started.",
+    "node_lost": "Stopped: another node's supervisor went silent.",
+    "nodes_disagree": "Stopped: the nodes' supervisors disagreed about the run.",
+    "disk_full": "Stopped: the disk holding the run directory is full.",
+    "internal_error": "Stopped: oomladder itself failed (the journal keeps the error).",
+    "running": "Still running (or the supervisor died): `oomladder report` shows the journal as it stands.",
+}
+
+
+def steps_line(steps: dict[str, Any], strong=lambda text: f"**{text}**") -> str:
+    if not steps["reported"]:
+        return "not reported by the program (no adapter reached it), so repeats cannot be counted"
+    parts = []
+    if steps["repeated"]:
+        parts.append(strong(f"{format_steps(steps['repeated'])} ran more than once") + " (lost work)")
+    if steps["missing"]:
+        parts.append(strong(f"{format_steps(steps['missing'])} never reported"))
+    if not steps.get("exact", True):
+        parts.append("the program's step numbers are too sparse to check one by one (it may count samples, not "
+                     "optimizer steps)")
+    return "; ".join(parts) or "each ran once, as the workers reported"
+
+
+def journal_damage(journal: dict[str, Any]) -> str | None:
+    """What the journal's reading stepped over, named line by line (the first ones), or None:
+    `lines that are not records: 4; records that could not be read: 2 (line 5: step is 2.5; line 6: ...)`."""
+    unreadable, malformed = journal.get("unreadable_lines") or [], journal.get("malformed_records") or 0
+    if not unreadable and not malformed:
+        return None
+    named = "; ".join(f"line {d.get('line')}: {d.get('why')}" for d in (journal.get("damaged") or [])[:10])
+    return (f"lines that are not records: {', '.join(map(str, unreadable[:20])) or 'none'}; records that could not "
+            f"be read: {malformed}" + (f" ({named}{'; …' if malformed > 10 else ''})" if named else ""))
