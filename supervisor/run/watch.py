@@ -30,7 +30,7 @@ from oomladder.run.budget import Budget
 from oomladder.run.config import EXIT_BUDGET, EXIT_INTERRUPTED, RunConfig
 from oomladder.run.intake import Intake
 from oomladder.run.outcomes import AttemptResult, Stop, StopReason
-from oomladder.run.trainers import died_below_a_wrapper, trains_in
+from oomladder.run.trainers import died_below_a_wrapper
 from oomladder.views.display import Display
 from oomladder.worker.files import AttemptFiles
 

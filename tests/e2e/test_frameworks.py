@@ -5,7 +5,6 @@ in the programs; no placeholders and no --set."""
 
 import re
 import sys
-from collections import Counter
 
 import pytest
 

@@ -76,8 +76,8 @@ def test_a_mid_run_oom_is_recovered_in_place_and_is_the_training_of_the_equivale
 def tracker_texts(folder, tag):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     found = []
-    for run in sorted(folder.iterdir()):
-        events = EventAccumulator(str(run), size_guidance={"tensors": 0})
+    for events_dir in sorted(folder.iterdir()):
+        events = EventAccumulator(str(events_dir), size_guidance={"tensors": 0})
         events.Reload()
         if tag in events.Tags()["tensors"]:
             found += [(e.step, e.tensor_proto.string_val[0].decode()) for e in events.Tensors(tag)]
