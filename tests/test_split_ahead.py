@@ -116,3 +116,28 @@ def test_no_split_ahead_reaches_the_worker_and_a_per_step_split_leaves_the_plan(
                {"type": "in_place", "ts": 2, "attempt": 1, "outcome": "split", "step": 3, "split": 2, "per_step": True}]
     view = fold(records)
     assert view.attempts[0].plan.per_device_train_batch_size == 16  # sized for that step alone
+
+
+def test_the_report_says_what_split_ahead_did_and_how_close_its_predictions_were():
+    from oomladder.record.history import fold
+    from oomladder.views.markdown import render_markdown
+    from oomladder.views.report import build_report
+    plan = {"per_device_train_batch_size": 16, "gradient_accumulation_steps": 1}
+    step = {"type": "progress", "ts": 3, "attempt": 1, "executed": True, "max_steps": 3}
+    records = [{"type": "run_started", "ts": 0, "command": ["python", "train.py", "--per_device_train_batch_size", "16"],
+                "ladder": {"source": "x", "rungs": []}},
+               {"type": "attempt_started", "ts": 1, "attempt": 1, "plan": plan, "overrides": {},
+                "command": ["python", "train.py", "--per_device_train_batch_size", "16"]},
+               {"type": "observed", "ts": 1, "attempt": 1, "plan": plan, "facts": {"reads_flags": True}},
+               {**step, "step": 1, "split_ahead": 1, "predicted": 110, "measured": 100},
+               {**step, "step": 2, "split_ahead": 2, "predicted": 90, "measured": 100},
+               {**step, "step": 3, "split_ahead": 2, "predicted": 100, "measured": 100},
+               {"type": "attempt_ended", "ts": 4, "attempt": 1, "outcome": "finished", "exit_code": 0},
+               {"type": "run_ended", "ts": 4, "status": "finished", "exit_code": 0}]
+    report = build_report(fold(records))
+    assert report["split_ahead"] == {"steps_split": 2, "widest": 2, "predictions": 3, "error_median": 0.0,
+                                     "error_worst": 0.1, "mispredictions": 0}
+    assert "- split ahead: 2 steps ran in chunks (up to 2), sized before they ran" in render_markdown(report)
+    # Without oomladder nothing sizes the steps: the command to run is the plan that fits every step.
+    assert "--per_device_train_batch_size 8" in report["reproduce"]["command"]
+    assert report["reproduce"]["command_note"].startswith("oomladder sized each step and ran the longest in 2 chunks")

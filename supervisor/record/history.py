@@ -93,6 +93,8 @@ class Folder:
             if r.get("outcome") == "split":
                 if not r.get("per_step"):  # split ahead's splits are for their step alone
                     a.split = max(a.split, int(r["split"]))
+                else:
+                    a.ahead.widest = max(a.ahead.widest, int(r["split"]))
                 a.checkpointed = a.checkpointed or bool(r.get("checkpointing"))
                 a.plan = a.in_place_plan(a.split, a.checkpointed)
         elif kind == schema.ATTEMPT_ENDED and r.get("attempt") in self.attempts:
@@ -122,6 +124,8 @@ class Folder:
                 self._ran(a, StepSet([r["step"]]), r.get("ts"))
             if r.get("step") is not None and r.get("peak") is not None:  # each rank reports the step: the highest
                 a.step_log.add(r["step"], r.get("ts"), r["peak"])
+            if r.get("split_ahead") is not None or r.get("predicted") is not None:
+                a.ahead.add(r.get("split_ahead") or 1, r.get("predicted"), r.get("measured"))
         if r.get("began_at") is not None and a.began_at is None:
             a.began_at, a.training_began = r["began_at"], r.get("ts")
         if r.get("resume_failed"):

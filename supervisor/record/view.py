@@ -15,6 +15,23 @@ from oomladder.plan import Facts, Plan
 from oomladder.record.steps import StepLog, StepSet
 
 
+class Ahead:
+    """What split ahead did in an attempt (worker/ahead.py): the steps it ran split, the widest split, and each
+    step's predicted peak against its measured one (the first PREDICTIONS of them)."""
+
+    PREDICTIONS = 10_000
+
+    def __init__(self) -> None:
+        self.steps_split, self.widest, self.errors = 0, 1, []
+
+    def add(self, split: int, predicted: int | None, measured: int | None) -> None:
+        if split > 1:
+            self.steps_split += 1
+            self.widest = max(self.widest, split)
+        if predicted and measured and len(self.errors) < self.PREDICTIONS:
+            self.errors.append(predicted / measured - 1)
+
+
 @dataclass
 class AttemptView:
     number: int
@@ -54,6 +71,7 @@ class AttemptView:
     in_place: list[dict[str, Any]] = field(default_factory=list)
     split: int = 1
     checkpointed: bool = False        # its worker turned gradient checkpointing on in place
+    ahead: Ahead = field(default_factory=lambda: Ahead())  # split ahead: its steps sized before they ran
     launched: Plan = field(default_factory=Plan)  # the plan it was launched with, before any split
 
     def in_place_plan(self, split: int, checkpointing: bool) -> Plan:

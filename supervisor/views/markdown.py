@@ -13,7 +13,7 @@ from typing import Any
 from oomladder.cost import slowdown_cell
 from oomladder.units import format_size
 from oomladder.views.table import format_duration, in_place_line
-from oomladder.views.words import STATUS_TEXT, journal_damage, steps_line
+from oomladder.views.words import STATUS_TEXT, journal_damage, split_ahead_line, steps_line
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -32,7 +32,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     out += [f"- memory cap: {_md(_size(report['memory_cap'])) if report['memory_cap'] else 'none'}",
             f"- ladder: {_md(report['ladder'] or '-')}",
             f"- effective batch: {_md(eb['before'])} at the start, {_md(eb['after'])} at the end",
-            f"- optimizer steps: {steps_line(report['steps'], strong=lambda text: f'**{_md(text)}**')}", "",
+            f"- optimizer steps: {steps_line(report['steps'], strong=lambda text: f'**{_md(text)}**')}",
+            *([f"- split ahead: {_md(line)}"] if (line := split_ahead_line(report.get("split_ahead"))) else []), "",
             "## Attempts", "", "| # | rung | what changed | status | steps run | peak | time |",
             "|---|---|---|---|---|---|---|"]
     for a in report["attempts"]:

@@ -20,7 +20,7 @@ from oomladder.cost import slowdown_cell
 from oomladder.units import format_size
 from oomladder.views import charts, plots
 from oomladder.views.table import format_duration, in_place_line
-from oomladder.views.words import journal_damage
+from oomladder.views.words import journal_damage, split_ahead_line
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 STYLE = """
@@ -75,6 +75,7 @@ def _facts(report: dict[str, Any]) -> str:
             ("ladder", e(report["ladder"] or "-")),
             ("effective batch", e(f"{eb['before']} at the start, {eb['after']} at the end")),
             ("optimizer steps", e(report["steps_summary"])),
+            *([("split ahead", e(line))] if (line := split_ahead_line(report.get("split_ahead"))) else []),
             ("time lost", e(f"{format_duration(lost['failures'])} to failures, "
                             f"{format_duration(lost['restarts'])} to restarts"))]
     if report.get("device_memory"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 from oomladder.cost import Cost, slowdown
 from oomladder.plan import Plan, changes, describe_changes
 from oomladder.record.history import RunView
+from oomladder.record.view import AttemptView
 from oomladder.views.markdown import render_markdown
 from oomladder.views.page import render_html
 from oomladder.views.reproduce import reproduce
@@ -44,7 +46,7 @@ def build_report(view: RunView) -> dict[str, Any]:
             "resumed_from_step": a.resumed_from, "steps_run": list(a.steps_run) if a.steps_run else None,
             "steps_text": steps_text(a), "steps_executed": a.steps.to_json() if a.reports_steps else None,
             "began_at_step": a.began_at, "ran_again": a.ran_again.to_json(), "resume_missed": a.resume_missed,
-            "rolled_back": a.rolled_back, "in_place": in_place_rows(a),
+            "rolled_back": a.rolled_back, "in_place": in_place_rows(a), "split_ahead": split_ahead([a]),
             "duration": a.duration(), "exit_code": a.exit_code, "command": a.command,
             "skipped": _untold(led_here.get("skipped") or [], told),
             "started_at": a.started, "ended_at": a.ended, "training_began_at": a.training_began,
@@ -73,12 +75,27 @@ def build_report(view: RunView) -> dict[str, Any]:
                     "damaged": view.damaged},
         "attempts": attempts,
         "time_lost": time_lost(attempts),
+        "split_ahead": split_ahead(view.attempts),
         "before_after": [{"setting": name, "before": old, "after": new} for name, old, new in changes(before, after)],
         "final_plan": after.to_dict(),
         "expected_slowdown": expected_slowdown(view, before, after),
         "reproduce": reproduce(before, after, view.attempts[-1].command if view.attempts else [],
-                               view.run.get("command"), view.facts.reads_flags),
+                               view.run.get("command"), view.facts.reads_flags,
+                               view.attempts[-1].ahead.widest if view.attempts else 1),
     }
+
+
+def split_ahead(attempts: list[AttemptView]) -> dict[str, Any] | None:
+    """What split ahead did (worker/ahead.py): the steps it ran split and the widest split, how far each step's
+    predicted peak was from the measured one (predicted / measured - 1), and the OOMs it did not foresee."""
+    errors = [e for a in attempts for e in a.ahead.errors]
+    missed = sum(1 for a in attempts for r in a.in_place if r.get("predicted") is not None)
+    split = sum(a.ahead.steps_split for a in attempts)
+    if not errors and not split and not missed:
+        return None
+    return {"steps_split": split, "widest": max(a.ahead.widest for a in attempts), "predictions": len(errors),
+            "error_median": round(statistics.median(errors), 4) if errors else None,
+            "error_worst": round(max(errors, key=abs), 4) if errors else None, "mispredictions": missed}
 
 
 def expected_slowdown(view: RunView, before: Plan, after: Plan) -> dict[str, Any] | None:

@@ -81,10 +81,15 @@ def names_flags(command: list[str], names: list[str]) -> bool:
 
 
 def reproduce(before: Plan, after: Plan, command: list[str], original: list[str] | None = None,
-              reads_flags: bool | None = None) -> dict[str, Any]:
+              reads_flags: bool | None = None, widest: int = 1) -> dict[str, Any]:
     """The final plan as code, flags and a command. `command`: the last attempt's (placeholders filled in);
     `original`: the command as given (with its placeholders); `reads_flags`: the worker saw the program read its
-    TrainingArguments from its command line."""
+    TrainingArguments from its command line; `widest`: the most chunks split ahead ran a step in. Without
+    oomladder nothing sizes each step, so the plan to run is the one that fits every step: that split of it."""
+    static = after.split(widest) if widest > 1 else after
+    sized = (f"oomladder sized each step and ran the longest in {widest} chunks; without it, this plan fits every "
+             f"step. " if static != after else "")
+    after = static
     diff = {name: new for name, _old, new in changes(before, after)}
     args = training_arguments(diff)
     load = from_pretrained(diff)
@@ -108,7 +113,7 @@ def reproduce(before: Plan, after: Plan, command: list[str], original: list[str]
         "training_arguments": args, "from_pretrained": load, "environment": env,
         "hf_argument_flags": shlex.join(word for pair in flags(args) for word in pair),
         "command": (prefix + " " if prefix else "") + shlex.join(final) if command else "",
-        "command_rewritten": rewritten, "command_note": note,
+        "command_rewritten": rewritten, "command_note": (sized + note) if note else "",
     }
 
 

@@ -38,9 +38,11 @@ def equivalent(tmp_path_factory, env):
 
 def test_a_mid_run_oom_is_recovered_in_place_and_is_the_training_of_the_equivalent_plan(tmp_path, in_place_env,
                                                                                         equivalent):
+    """The safety net: with split ahead off, the step that runs out of memory is split after the OOM."""
     with Webhook() as hook:
-        run_dir, view = run(tmp_path, "in-place", "--memory-cap", "1200MiB", "--notify", hook.url, env=in_place_env,
-                            model=equivalent["model"], program=(*TUTORIAL_DATA, "--report-to", "tensorboard"))
+        run_dir, view = run(tmp_path, "in-place", "--memory-cap", "1200MiB", "--no-split-ahead", "--notify", hook.url,
+                            env=in_place_env, model=equivalent["model"],
+                            program=(*TUTORIAL_DATA, "--report-to", "tensorboard"))
         messages = hook.wait_for(2)
     # One process ran every step once: no relaunch.
     assert steps_by_process(tmp_path / "in-place.steps") == [[1, 2, 3, 4, 5, 6]]
@@ -73,6 +75,27 @@ def test_a_mid_run_oom_is_recovered_in_place_and_is_the_training_of_the_equivale
         (3, "in place at step 3: out of memory; the micro-batch now runs in 2 chunks")]
 
 
+def test_split_ahead_sizes_the_long_steps_before_they_run_and_trains_as_the_equivalent_plan(tmp_path, in_place_env,
+                                                                                          equivalent):
+    """The default: each step sized before it runs. The long steps run in chunks from the start, with no OOM at
+    all, the short ones whole, and the training is the equivalent plan's."""
+    run_dir, view = run(tmp_path, "ahead", "--memory-cap", "1200MiB", env=in_place_env, model=equivalent["model"],
+                        program=TUTORIAL_DATA)
+    assert steps_by_process(tmp_path / "ahead.steps") == [[1, 2, 3, 4, 5, 6]]
+    attempt, = view.attempts
+    assert attempt.status == "finished" and attempt.failure is None and attempt.in_place == []  # no OOM at all
+    assert attempt.plan.per_device_train_batch_size == 16  # the plan is the program's: each step is sized on its own
+    report = json.loads((run_dir / "report.json").read_text())
+    ahead = report["split_ahead"]
+    assert ahead["steps_split"] == 4 and ahead["widest"] >= 2 and ahead["mispredictions"] == 0  # steps 3-6
+    assert ahead["predictions"] == 6 and abs(ahead["error_median"]) < 0.5
+    ours, theirs = adapters(tmp_path / "ahead-final"), equivalent["adapters"]
+    for key in ours:
+        torch.testing.assert_close(ours[key], theirs[key], rtol=1e-5, atol=1e-6)
+    assert per_step(view, "learning_rate") == equivalent["learning_rate"]
+    assert "split ahead" in (run_dir / "report.md").read_text()
+
+
 def tracker_texts(folder, tag):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     found = []
@@ -92,8 +115,10 @@ def test_a_step_1_oom_in_trl_needs_no_relaunch(tmp_path, in_place_env):
                        cwd=tmp_path, env=in_place_env)
     assert result.returncode == 0, result.stdout + result.stderr
     view = view_of(run_dir)
-    attempt, = view.attempts
-    assert [r["outcome"] for r in attempt.in_place] == ["split"] and attempt.in_place[0]["step"] == 1
+    attempt, = view.attempts  # no relaunch
+    # Step 1 is split ahead on the estimator's word, or split after its OOM; no OOM after step 1 either way.
+    assert all(r["outcome"] == "split" and r["step"] == 1 for r in attempt.in_place)
+    assert attempt.in_place or attempt.ahead.steps_split >= 1
     assert attempt.plan.effective_batch == 16
     assert "= effective batch 16" in (run_dir / "attempts" / "001" / "stdout.log").read_text()
     assert_each_step_ran_once(tmp_path / "steps", 2)
@@ -114,10 +139,10 @@ def test_where_no_split_fits_checkpointing_is_turned_on_in_place_without_a_relau
     attempt, = view.attempts
     record, = attempt.in_place
     assert (record["outcome"], record["step"], record["checkpointing"]) == ("split", 1, True)
-    assert [t["checkpointing"] for t in record["tries"]] == [False, False]  # 2 rows, then 1, without it
+    # Without checkpointing no split fits: 2 rows then 1 (or 1 at once, split ahead), then checkpointing on.
+    assert [t["checkpointing"] for t in record["tries"]] == [False] * len(record["tries"])
     # Each OOM's own numbers, the estimator's lower bounds: what was held when it struck, what it tried.
-    assert [t["rows"] for t in record["tries"]] == [2, 1] and all(t["held"] > 0 and t["tried"] > 0
-                                                                  for t in record["tries"])
+    assert record["tries"][-1]["rows"] == 1 and all(t["held"] > 0 and t["tried"] > 0 for t in record["tries"])
     assert attempt.plan.gradient_checkpointing and attempt.plan.effective_batch == 2
     # The program's own model ran checkpointed, at its own batch.
     out = (run_dir / "attempts" / "001" / "stdout.log").read_text()

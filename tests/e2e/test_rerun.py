@@ -26,13 +26,14 @@ def test_the_reports_command_runs_the_final_plan_without_running_out_of_memory(t
     assert result.returncode == 0, result.stdout + result.stderr
     view = view_of(first)
     assert view.facts.reads_flags  # the worker saw HfArgumentParser read TrainingArguments from the command line
-    attempt, = view.attempts  # recovered in place: the command that ran is still the one at batch 16
-    assert [r["outcome"] for r in attempt.in_place] == ["split"]
+    attempt, = view.attempts  # no relaunch: the command that ran is still the one at batch 16
+    assert attempt.ahead.steps_split or attempt.recovered_in_place  # its long step ran in chunks
     reproduce = json.loads((first / "report.json").read_text())["reproduce"]
     assert reproduce["command_rewritten"]
     rerun = shlex.split(reproduce["command"])
-    assert rerun[rerun.index("--per_device_train_batch_size") + 1] == "8"
-    assert rerun[rerun.index("--gradient_accumulation_steps") + 1] == "2"
+    batch = int(rerun[rerun.index("--per_device_train_batch_size") + 1])
+    accumulation = int(rerun[rerun.index("--gradient_accumulation_steps") + 1])
+    assert batch < 16 and batch * accumulation == 16
     # Taken at its word: the same cap, nothing recovered in place, one attempt allowed.
     rerun[rerun.index("--count_steps") + 1] = str(tmp_path / "rerun.steps")
     again = tmp_path / "again"
@@ -41,5 +42,5 @@ def test_the_reports_command_runs_the_final_plan_without_running_out_of_memory(t
     assert result.returncode == 0, result.stdout + result.stderr
     attempt, = view_of(again).attempts
     assert attempt.failure is None and attempt.in_place == [] and attempt.status == "finished"
-    assert "batch 8 x accumulation 2" in (again / "attempts" / "001" / "stdout.log").read_text()
+    assert f"batch {batch} x accumulation {accumulation}" in (again / "attempts" / "001" / "stdout.log").read_text()
     assert_each_step_ran_once(tmp_path / "rerun.steps", 3)
