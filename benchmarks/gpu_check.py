@@ -20,7 +20,11 @@ On a GPU it
    fine-tune, each against the same plan without it (`--only rungs` runs this part alone);
 7. in-place recovery on CUDA: section 2's run (in place, the default) against the same run with
    `--no-in-place` and a direct run of the plan it reached, under the same cap without oomladder
-   (`--only in_place` runs sections 2 and 7 alone).
+   (`--only in_place` runs sections 2 and 7 alone);
+8. split ahead on CUDA: benchmarks/split_ahead.py's three scenarios (the spike, TRL's step-1 OOM, a long-document
+   tail) on the tiny model under its caps, now `set_per_process_memory_fraction` caps: split ahead, reactive
+   in-place recovery, the static halved plan and HF's auto_find_batch_size side by side, with each step's predicted
+   peak against `torch.cuda.max_memory_allocated` (`--only split_ahead` runs this part alone, about 5 minutes).
 Everything printed also goes to DIR/gpu_check.txt, with the run's report and journal beside it.
 The dry run does steps 1-2 on the meta device and checks that each scenario's command is well formed.
 """
@@ -73,8 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=None, help="where the output, report and journal go (default: a temp dir)")
     parser.add_argument("--dry-run", action="store_true", help="only what runs without a GPU")
-    parser.add_argument("--only", choices=("rungs", "in_place"),
-                        help="rungs: only the measurements of section 6; in_place: sections 2 and 7")
+    parser.add_argument("--only", choices=("rungs", "in_place", "split_ahead"),
+                        help="rungs: only the measurements of section 6; in_place: sections 2 and 7; split_ahead: "
+                             "section 8")
     args = parser.parse_args(argv)
     console = Console(width=160, record=True)
     out = Path(args.out or tempfile.mkdtemp(prefix="oomladder-gpu-check-"))
@@ -120,6 +125,10 @@ def _check(console: Console, work: Path, out: Path, dry_run: bool, only: str | N
         assert all(f'"{o}"' in TRAIN.read_text() for o in options if o.startswith("--")), options
         console.print(f"dry run: model config, plan and {len(scenarios)} scenarios are well formed")
         return 0
+    if only == "split_ahead":
+        _split_ahead(console)
+        console.print(f"gpu check (section 8 only) done in {time.time() - started:.0f} s")
+        return 0
     if only == "rungs":
         _rungs(console, work, {})
         console.print(f"gpu check (section 6 only) done in {time.time() - started:.0f} s")
@@ -164,6 +173,7 @@ def _check(console: Console, work: Path, out: Path, dry_run: bool, only: str | N
     loaded = _load_case(console, py, model_dir, work, out)
     _rungs(console, work, {name: measured for _, name, _, measured, _ in rows})
     _in_place(console, py, model_dir, work, seconds, run_dir)
+    _split_ahead(console)
     console.print(f"gpu check done in {time.time() - started:.0f} s")
     return 0 if result.returncode == 0 and loaded == 0 else 1
 
@@ -215,6 +225,14 @@ def _in_place(console: Console, py: str, model_dir: Path, work: Path, in_place_s
                 f"{base:.0f} s", "1.00x", "0" if direct.returncode == 0 else f"exit {direct.returncode}", "1",
                 " ".join(direct_options(plan)))
     console.print(out)
+
+
+def _split_ahead(console: Console) -> None:
+    """Section 8: benchmarks/split_ahead.py on CUDA, its caps as allocator fractions, the prediction error measured
+    by max_memory_allocated."""
+    from benchmarks import split_ahead
+    console.rule("8. split ahead on CUDA (benchmarks/split_ahead.py's scenarios)")
+    console.print(split_ahead.table(split_ahead.measure()))
 
 
 def _load_case(console: Console, py: str, model_dir: Path, work: Path, out: Path) -> int:
