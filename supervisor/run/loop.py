@@ -33,7 +33,7 @@ from oomladder.record import schema
 from oomladder.record.journal import Journal, iter_journal, open_journal
 from oomladder.run.budget import Budget, BudgetState, budgets, exhausted
 from oomladder.run.config import EXIT_DISK_FULL, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_NOT_MEMORY, EXIT_USAGE, RunConfig
-from oomladder.run.decide import decide, evaluation_owed, over_budget, stopped
+from oomladder.run.decide import arithmetic, decide, evaluation_owed, over_budget, stopped
 from oomladder.run.notify import Notifier
 from oomladder.run.outcomes import AttemptResult, End, Next, NextAttempt, Retry, Rollback, RunStatus, Stop, StopReason
 from oomladder.run.resume import starting_point
@@ -236,6 +236,7 @@ class Runner:
                             skipped=[list(s) for s in decision.skipped], estimate=decision.estimate,
                             **({"rolled_back": rollback.attempt, "incompatible": [list(r) for r in rollback.incompatible]}
                                if rollback is not None else {}))
+        self.display.explain(lambda: arithmetic(self.journal.view(), decision, self.config.memory_cap))  # --verbose
         return changes
 
     def _end(self, end: End) -> int:
