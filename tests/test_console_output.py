@@ -220,3 +220,16 @@ def test_every_line_is_kept_in_the_attempts_log_as_the_program_wrote_it(tmp_path
     _, shown = supervised(tmp_path, talking(finish, "\x1b[1mbold\x1b[0m", "plain"))
     assert ("program", "1/0 plain") in shown
     assert Path(tmp_path / "run" / "attempts" / "001" / "stdout.log").read_text() == "\x1b[1mbold\x1b[0m\nplain\n"
+
+
+def test_a_program_that_writes_faster_than_it_is_shown_is_skipped_ahead_on_the_console_not_in_its_log(tmp_path):
+    from oomladder.run.echo import BACKLOG
+    echo, out, _ = echo_of(tmp_path)
+    line = "y" * 1023 + "\n"
+    write(out, line * (2 * BACKLOG // len(line)) + "the newest line\n")
+    shown = echo.lines(final=True)
+    assert shown[0].text.startswith("... ") and "MiB of output not shown here: " in shown[0].text
+    assert str(out) in shown[0].text and shown[-1].text == "the newest line"
+    assert len(shown) < 1 + 2 * CHUNK // len(line)  # the newest output, not the backlog
+    assert {line.text for line in shown[1:]} == {"y" * 1023, "the newest line"}  # whole lines only
+    assert out.stat().st_size == 2 * BACKLOG + len("the newest line\n")

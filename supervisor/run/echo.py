@@ -19,6 +19,7 @@ from oomladder.process.workers import Launcher, LaunchSpec, WorkerHandle
 from oomladder.views.display import Display, ProgramLine
 
 CHUNK = 256 * 1024   # bytes read from each file at one look: a flood of output cannot stall the watcher
+BACKLOG = 4 << 20    # unread bytes past which the console skips to the newest output (the log keeps it all)
 LONGEST = 16 * 1024  # a line that long with no end in sight is shown in pieces
 _RANK = re.compile(r"^\[(?:rank|default)?(\d+)\]:\s?")
 _LAUNCHERS = ("torchrun", "torch.distributed.run", "torch.distributed.launch", "deepspeed")
@@ -43,23 +44,31 @@ class _Tail:
 
     def __init__(self, path: Path) -> None:
         self.path, self.offset, self.partial = path, 0, b""
+        self.skipped = 0  # bytes passed over since the last look, when the program wrote faster than it is shown
 
     def lines(self, everything: bool) -> list[bytes]:
         found = []
         while True:
             try:
                 with open(self.path, "rb") as f:
+                    size, behind = f.seek(0, 2), False
+                    if size - self.offset > BACKLOG:
+                        self.skipped += size - CHUNK - self.offset
+                        self.offset, self.partial, behind = size - CHUNK, b"", True
                     f.seek(self.offset)
                     data = f.read(CHUNK)
             except OSError:  # not there yet
                 return found
             self.offset += len(data)
+            got = len(data)
+            if behind and b"\n" in data:
+                data = data[data.index(b"\n") + 1:]  # from the first whole line after the skip
             *ended, self.partial = (self.partial + data).split(b"\n")
             found += ended
             if len(self.partial) > LONGEST:
                 found.append(self.partial)
                 self.partial = b""
-            if not everything or len(data) < CHUNK:
+            if not everything or got < CHUNK:
                 break
         if everything and self.partial:  # the program ended: its last words, newline or not
             found.append(self.partial)
@@ -77,8 +86,15 @@ class Echo:
 
     def lines(self, final: bool = False) -> list[ProgramLine]:
         """The lines ended since the last look; `final`: every line left, once the program is gone."""
-        raw = [line for tail in self._tails for line in tail.lines(everything=final)]
-        return [self._line(text) for text in map(cleaned, raw) if text]
+        shown = []
+        for tail in self._tails:
+            raw = tail.lines(everything=final)
+            if tail.skipped:
+                shown.append(ProgramLine(self.attempt, None, f"... {tail.skipped / 2**20:.0f} MiB of output not shown "
+                                                             f"here: {tail.path} has it all"))
+                tail.skipped = 0
+            shown += [self._line(text) for text in map(cleaned, raw) if text]
+        return shown
 
     def pending(self) -> ProgramLine | None:
         """The line the program is writing now (a progress bar, redrawn in place), if any."""
