@@ -233,3 +233,30 @@ def test_a_program_that_writes_faster_than_it_is_shown_is_skipped_ahead_on_the_c
     assert len(shown) < 1 + 2 * CHUNK // len(line)  # the newest output, not the backlog
     assert {line.text for line in shown[1:]} == {"y" * 1023, "the newest line"}  # whole lines only
     assert out.stat().st_size == 2 * BACKLOG + len("the newest line\n")
+
+
+def test_the_last_words_written_as_the_program_ends_are_shown_once_its_group_is_reaped(tmp_path):
+    class Ending:
+        """A worker that writes its last words, without a newline, as it exits."""
+
+        pid, polls = 4242, 0
+
+        def poll(self):
+            self.polls += 1
+            if self.polls == 1:
+                return None
+            write(tmp_path / "stdout.log", "Killed")
+            return 137
+
+        def reap_group(self):
+            pass
+
+    display = Recorded()
+    spec = LaunchSpec(("python", "train.py"), {"OOMLADDER_ATTEMPT": "001", "OOMLADDER_ATTEMPT_DIR": str(tmp_path)},
+                      str(tmp_path), tmp_path / "stdout.log", tmp_path / "stderr.log")
+    handle = echoing(lambda spec: Ending(), display)(spec)
+    while handle.poll() is None:
+        pass
+    assert display.shown == [] and handle.polls == 2  # the real handle's own attributes show through
+    handle.reap_group()
+    assert display.shown == [("program", "1/0 Killed")]
