@@ -3,6 +3,7 @@ lives, and examples that the tests run (so that none of them rots). The wheel it
 by tests/e2e/test_install.py."""
 
 import re
+
 import tomllib
 
 from tests.conftest import ROOT
@@ -15,7 +16,8 @@ def test_the_license_file_is_the_license_pyproject_declares():
     assert PROJECT["project"]["license-files"] == ["LICENSE"]
     text = (ROOT / "LICENSE").read_text()
     assert "Apache License" in text and "Version 2.0, January 2004" in text
-    assert "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION" in text and "END OF TERMS AND CONDITIONS" in text
+    assert "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION" in text
+    assert "END OF TERMS AND CONDITIONS" in text
 
 
 def test_the_changelog_has_an_unreleased_section_and_an_entry_for_this_version():
