@@ -13,7 +13,7 @@ On a GPU it
    among them) are the real ones; it prints the run's table and report;
 4. measures the estimator against `torch.cuda.max_memory_allocated` on several plans, no cap;
 5. the load case: the same model loaded in bf16 (1.9 GB) straight onto an emulated 1.5 GiB card
-   (tests/e2e/programs/load_tiny.py, `device_map="cuda"`) runs out of memory while it loads, and must
+   (examples/trainer_lora.py, `device_map="cuda"`) runs out of memory while it loads, and must
    finish on a load-phase rung (int8);
 6. measures what the rungs that act on other terms than activations save: Liger's fused linear
    cross-entropy (where liger-kernel is installed), activation offloading, and 8-bit AdamW on a full
@@ -49,7 +49,7 @@ from oomladder.record.journal import read_journal
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN = ROOT / "supervisor" / "demo" / "train_tiny.py"
-LOAD_TINY = ROOT / "tests" / "e2e" / "programs" / "load_tiny.py"
+LOAD_TINY = ROOT / "examples" / "trainer_lora.py"
 LOAD_CARD = "1.5GiB"
 CARD = "16GiB"
 MODEL = MODELS["1b"]

@@ -24,7 +24,7 @@ from benchmarks.run import ROOT, TRAIN, timed
 from oomladder.record.history import fold
 from oomladder.record.journal import read_journal
 
-TRL_SFT = ROOT / "tests" / "e2e" / "programs" / "trl_sft.py"
+TRL_SFT = ROOT / "examples" / "trl_sft.py"
 SCENARIOS = {
     # name: (program, its arguments, cap, steps)
     "spike": (TRAIN, ["--batch-size", "16", "--max-steps", "6", "--short-len", "64", "--long-len", "256",

@@ -41,6 +41,9 @@ def _rank(level: str) -> int:
 
 @register
 class Int8(_Quantize):
+    """Load the frozen base weights in 8 bits (bitsandbytes' LLM.int8()): about 1 byte per parameter, a quarter
+    of fp32 and half of bf16. Only for adapter training such as LoRA, where the base weights do not train."""
+
     name = "int8"
     level = "int8"
     acts_on = "weights"
@@ -51,6 +54,9 @@ class Int8(_Quantize):
 
 @register
 class Nf4(_Quantize):
+    """Load the frozen base weights in 4 bits (NF4 with double quantization, as in QLoRA): about half a byte per
+    parameter. The last resort, since it changes the numerics most of any rung; only for adapter training."""
+
     name = "nf4"
     level = "nf4"
     acts_on = "weights"

@@ -2,6 +2,7 @@
 traceback, and an existing run directory left as it was."""
 
 import json
+import re
 import subprocess
 
 import pytest
@@ -11,7 +12,19 @@ from tests.conftest import oomladder_argv
 BAD_INPUT = {
     "no command": (["run"], "no command to run"),
     "only the separator": (["run", "--"], "no command to run"),
-    "misspelt flag": (["run", "--memroy-cap", "1G", "--", "python", "-c", "pass"], "unrecognized arguments"),
+    "misspelt flag": (["run", "--memroy-cap", "1G", "--", "python", "-c", "pass"],
+                      "unrecognized arguments: --memroy-cap; did you mean --memory-cap? (see 'oomladder run --help')"),
+    "misspelt flag with its value": (["run", "--max-atempts=3", "--", "python", "-c", "pass"],
+                                     "did you mean --max-attempts? (see 'oomladder run --help')"),
+    "misspelt flag of resume": (["resume", "r", "--node-rnak", "1"],
+                                "unrecognized arguments: --node-rnak 1; did you mean --node-rank? (see 'oomladder "
+                                "resume --help')"),
+    "misspelt flag that hides a required one": (["plan", "--modle", "m", "--seq-len", "512"],
+                                                "--modle; did you mean --model? (see 'oomladder plan --help')"),
+    "misspelt choice": (["report", "r", "--format", "mdd"], "--format: invalid choice: 'mdd'; did you mean 'md'? "
+                        "(choose from table, md, json, html) (see 'oomladder report --help')"),
+    "quiet and verbose": (["run", "--quiet", "--verbose", "--", "python", "-c", "pass"],
+                          "-v/--verbose: not allowed with argument -q/--quiet"),
     "malformed size": (["run", "--memory-cap", "12parsecs", "--", "python", "-c", "pass"], "not a memory size"),
     # 1200 bytes holds no model: a number without its unit is a unit forgotten, not a tiny device.
     "size without a unit": (["run", "--memory-cap", "1200", "--", "python", "-c", "pass"],
@@ -36,9 +49,12 @@ BAD_INPUT = {
     "negative node rank": (["run", "--node-rank", "-1", "--", "python", "-c", "pass"], "must be 0 or more"),
     "several nodes without a shared run directory": (["run", "--nnodes", "2", "--node-rank", "0", "--", "python",
                                                       "-c", "pass"], "--nnodes 2 needs --run-dir"),
-    "unknown verb": (["train"], "invalid choice"),
+    "unknown verb": (["train"], "command: invalid choice: 'train' (choose from run, resume"),
+    "misspelt verb": (["rn"], "command: invalid choice: 'rn'; did you mean 'run'? (choose from run, resume"),
     "report of a non-run": (["report", "."], "is not an oomladder run directory"),
     "resume of a non-run": (["resume", "."], "is not an oomladder run directory"),
+    "resume of a missing path": (["resume", "runs/nigth"], "'runs/nigth' does not exist: give the --run-dir of a run"),
+    "report of a missing path": (["report", "nowhere"], "'nowhere' does not exist"),
     "resume without a directory": (["resume"], "the following arguments are required: run_dir"),
     "plan without a model": (["plan", "--seq-len", "512"], "the following arguments are required: --model"),
     "plan of a missing model": (["plan", "--model", "nowhere", "--seq-len", "512", "--memory", "16GiB"],
@@ -100,15 +116,27 @@ def test_help_documents_the_exit_codes(env):
         assert f"  {code}" in result.stdout
 
 
-def test_strategies_lists_every_registered_rung(env):
-    result = subprocess.run(oomladder_argv("strategies"), env=env, capture_output=True, text=True, timeout=60)
-    names = [line.split()[0] for line in result.stdout.splitlines() if not line.startswith(" ")]
-    assert names == ["activation_offloading", "bf16", "expandable_segments", "fewer_workers", "fused_cross_entropy",
-                     "gradient_checkpointing", "halve_batch", "halve_eval_batch", "int8", "nf4", "optimizer_8bit"]
-    # Each says what it costs besides memory, under its own line.
-    costs = [line.strip() for line in result.stdout.splitlines() if line.startswith(" ")]
-    assert len(costs) == len(names) and all(line.startswith("cost: ") for line in costs)
-    assert any("+33 %" in line for line in costs) and any("bandwidth-bound" in line for line in costs)
+def test_strategies_lists_the_rungs_in_ladder_order_in_whole_sentences(env):
+    result = subprocess.run(oomladder_argv("strategies"), env={**env, "COLUMNS": "80"}, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert max(map(len, lines)) <= 80  # wrapped at the terminal's width, between words
+    headings = [line.split()[0] for line in lines[1:] if line and not line.startswith(" ")]
+    assert headings[headings.index("expandable_segments"):] == [
+        "expandable_segments", "fused_cross_entropy", "bf16", "optimizer_8bit", "int8", "halve_batch",
+        "gradient_checkpointing", "activation_offloading", "nf4", "halve_eval_batch", "fewer_workers"]
+    assert "halve_batch  (rungs 6 and 9; parameters: min_batch)" in lines
+    entries = {block.split("\n", 1)[0].split()[0]: " ".join(block.split("\n", 1)[1].split())
+               for block in result.stdout.split("\n\n")[1:]}
+    for name, text in entries.items():  # each description whole, ending its sentence; then what it costs
+        first = text.split(" For ")[0]
+        assert first.endswith(".") and " Cost: " in text and text.endswith("."), (name, text)
+    assert "the effective batch, and so the training, stays the same." in entries["halve_batch"]
+    assert "memory lost to fragmentation comes back at no cost in speed" in entries["expandable_segments"]
+    assert entries["int8"].split(" For ")[0] != entries["nf4"].split(" For ")[0]
+    assert "about 1 byte per parameter" in entries["int8"] and "about half a byte per parameter" in entries["nf4"]
+    assert "+33 %" in entries["gradient_checkpointing"] and "bandwidth-bound" in entries["activation_offloading"]
 
 
 LLAMA_1B = {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 16, "num_attention_heads": 16,
@@ -124,7 +152,7 @@ def _plan(tmp_path, env, *extra):
 
 
 def test_plan_estimates_each_rung_and_names_the_first_that_fits(tmp_path, env):
-    result = _plan(tmp_path, env, "--seq-len", "1024", "--batch-size", "16", "--lora-rank", "8", "--memory", "16GiB")
+    result = _plan(tmp_path, env, "--seq-len", "1024", "--batch-size", "16", "--lora-rank", "8", "--memory-cap", "16GiB")
     assert result.returncode == 0, result.stderr
     assert "0.95B parameters, LoRA r8 on q_proj,v_proj" in result.stdout
     for rung in ("start", "bf16", "int8", "halve_batch", "gradient_checkpointing"):
@@ -135,7 +163,7 @@ def test_plan_estimates_each_rung_and_names_the_first_that_fits(tmp_path, env):
 
 def test_plan_as_json_gives_every_rungs_parts_and_the_first_fit(tmp_path, env):
     import json
-    result = _plan(tmp_path, env, "--seq-len", "1024", "--batch-size", "16", "--lora-rank", "8", "--memory", "16GiB",
+    result = _plan(tmp_path, env, "--seq-len", "1024", "--batch-size", "16", "--lora-rank", "8", "--memory-cap", "16GiB",
                    "--format", "json")
     data = json.loads(result.stdout)
     assert data["first_fit"] == 4 and data["rows"][0]["rung"] == "start"
@@ -151,7 +179,7 @@ def test_plan_shows_where_the_memory_goes_and_takes_8bit_adamw_for_a_full_fine_t
     (tmp_path / "model" / "config.json").write_text(json.dumps(
         {**LLAMA_1B, "hidden_size": 512, "intermediate_size": 1376, "num_hidden_layers": 10, "num_attention_heads": 8,
          "num_key_value_heads": 8, "vocab_size": 2000}))
-    argv = ("plan", "--model", str(tmp_path / "model"), "--seq-len", "16", "--batch-size", "2", "--memory", "520MiB",
+    argv = ("plan", "--model", str(tmp_path / "model"), "--seq-len", "16", "--batch-size", "2", "--memory-cap", "520MiB",
             "--device", "cpu", "--set", "optim=adamw_torch")
     shown = subprocess.run(oomladder_argv(*argv), env=env, capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0, shown.stderr
@@ -169,9 +197,37 @@ def test_plan_shows_where_the_memory_goes_and_takes_8bit_adamw_for_a_full_fine_t
         True, "optimizer_8bit", "~0 %", "adamw_bnb_8bit")
 
 
+@pytest.mark.parametrize("lora", [True, False])
+def test_plan_in_a_120_column_terminal_cuts_no_name_and_never_contradicts_its_table(tmp_path, env, lora):
+    """The LoRA and the full fine-tune of the GPU check's 0.95B Llama, as a terminal 120 columns wide shows them."""
+    adapters = ("--lora-rank", "8") if lora else ()
+    result = _plan(tmp_path, {**env, "COLUMNS": "120"}, "--seq-len", "1024" if lora else "4096", "--batch-size", "16",
+                   *adapters, "--memory-cap", "16GiB" if lora else "24GiB")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "…" not in result.stdout and max(len(line.rstrip()) for line in lines) <= 120
+    rows = [line.split() for line in lines if re.match(r"^ +\d+ +[a-z]", line)]
+    table = {row[1] for row in rows}
+    assert {"start", "expandable_segments", "gradient_checkpointing", "activation_offloading", "halve_batch"} <= table
+    assert any(row[1] == "halve_batch" and row[2:4] == ["batch", "16→8"] for row in rows)  # what it changes, whole
+    text = " ".join(line.strip() for line in lines)
+    skipped = text[text.index("not for this plan: "):text.index("weights alone")]
+    assert not [name for name in table if f"{name} (" in skipped]  # a rung it lists is none its table uses
+    assert ("fused_cross_entropy (" in skipped) and ((lora and "optimizer_8bit (" in skipped) or
+                                                     (not lora and "int8 (the base weights train" in skipped))
+
+
+def test_plan_takes_the_device_size_as_run_takes_the_cap_and_its_old_name_too(tmp_path, env):
+    shown = subprocess.run(oomladder_argv("plan", "--help"), env=env, capture_output=True, text=True, timeout=60)
+    assert "--memory-cap SIZE" in shown.stdout and "--memory " not in shown.stdout
+    new = _plan(tmp_path, env, "--seq-len", "64", "--memory-cap", "16GiB", "--format", "json")
+    old = _plan(tmp_path, env, "--seq-len", "64", "--memory", "16GiB", "--format", "json")
+    assert new.returncode == old.returncode == 0 and json.loads(new.stdout) == json.loads(old.stdout)
+
+
 def test_plan_without_a_gpu_or_a_size_asks_for_the_size(tmp_path, env):
     result = _plan(tmp_path, env, "--seq-len", "1024")
-    _check_one_line(result, "give --memory, the device's size")
+    _check_one_line(result, "give --memory-cap, the device's size")
 
 
 def test_a_report_read_by_head_ends_quietly(tmp_path, env):

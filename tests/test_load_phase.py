@@ -9,7 +9,7 @@ from oomladder.memory.foresight import fit_for, load_wall, plan_ahead
 from oomladder.plan import Facts, Plan
 from oomladder.record.history import fold
 
-# A 168M-parameter Llama saved in bf16 (a 321 MiB file), as tests/e2e/programs/load_tiny.py builds it.
+# A 168M-parameter Llama saved in bf16 (a 321 MiB file), as examples/trainer_lora.py builds it.
 CONFIG = {"hidden_size": 1024, "intermediate_size": 2816, "num_hidden_layers": 8, "num_attention_heads": 16,
           "num_key_value_heads": 16, "vocab_size": 32000, "tie_word_embeddings": False, "dtype": "bfloat16"}
 LOAD = {"path": "m168", "config": CONFIG, "files_bytes": 336636200, "device_map": "None", "default_dtype": "bfloat16"}

@@ -45,7 +45,7 @@ def _dispatch(args) -> int:
     if args.verb == "resume":
         from oomladder.run.console import run_in_console
         return run_in_console(commands.resume_config(Path(args.run_dir), args.node_rank, args.notify_config),
-                              make_console())
+                              make_console(), commands.verbosity(args))
     if args.verb == "report":
         return commands.report(args)
     if args.verb == "plan":
@@ -53,9 +53,11 @@ def _dispatch(args) -> int:
         return plan(args)
     if args.verb == "demo":
         from oomladder.demo import run_demo
-        return run_demo(args.run_dir, args.memory_cap, make_console(), in_place=args.in_place)
+        return run_demo(args.run_dir, args.memory_cap, make_console(), in_place=args.in_place,
+                        verbosity=commands.verbosity(args))
     if args.verb == "strategies":
-        return commands.list_strategies()
+        from oomladder.cli.strategies import list_strategies
+        return list_strategies(make_console())
     build_parser().print_help()
     return 2
 

@@ -1,5 +1,5 @@
-"""What each verb does once its arguments parse: `run`, `resume`, `report` and `strategies`
-(`plan` is cli/plan.py). Everything a run needs is checked before a run directory is made."""
+"""What each verb does once its arguments parse: `run`, `resume` and `report` (`plan` is cli/plan.py,
+`strategies` cli/strategies.py). Everything a run needs is checked before a run directory is made."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-from oomladder import strategies as registry
 from oomladder.errors import RunDirError, UsageError
 from oomladder.ladder import ladder_from_journal, load_ladder
 from oomladder.nodes.topology import journal_path, topology
@@ -23,16 +22,20 @@ from oomladder.record.journal import fold_journal
 from oomladder.run.config import RunConfig
 from oomladder.run.console import run_in_console
 from oomladder.run.notify import ENVIRONMENT, IN_ARGV, check_targets, services, targets
-from oomladder.strategies.base import Strategy
 from oomladder.units import parse_duration, parse_size
-from oomladder.views.display import make_console
+from oomladder.views.display import Verbosity, make_console
 from oomladder.views.page import render_html
 from oomladder.views.render import print_report
 from oomladder.views.report import build_report, render_markdown
 
 
 def run(args: argparse.Namespace) -> int:
-    return run_in_console(make_run_config(args), make_console())
+    return run_in_console(make_run_config(args), make_console(), verbosity(args))
+
+
+def verbosity(args: argparse.Namespace) -> Verbosity:
+    """--quiet: oomladder's own lines alone; --verbose: and the arithmetic behind each decision."""
+    return Verbosity.QUIET if args.quiet else Verbosity.VERBOSE if args.verbose else Verbosity.NORMAL
 
 
 def make_run_config(args: argparse.Namespace):
@@ -121,6 +124,9 @@ def _new_run_dir() -> Path:
 def run_view(run_dir: Path, node: int = 0) -> RunView:
     """The run a directory's journal holds, read as it streams; one line of what is wrong otherwise."""
     journal = journal_path(run_dir, node)
+    if not run_dir.exists():
+        raise RunDirError(f"'{run_dir}' does not exist: give the --run-dir of a run (a folder under "
+                          f"./oomladder-runs unless --run-dir named another)")
     if not journal.is_file():
         raise RunDirError(f"'{run_dir}' is not an oomladder run directory (it has no {journal.name}): give "
                           f"the --run-dir of a run")
@@ -184,16 +190,4 @@ def report(args: argparse.Namespace) -> int:
         print(render_html(report), end="")
     else:
         print_report(make_console(), view, report)
-    return 0
-
-
-def list_strategies() -> int:
-    for name in registry.available():
-        cls = registry.get(name)
-        own = cls.__doc__ if cls.__doc__ and cls.__doc__ is not Strategy.__doc__ else None
-        doc = (own or sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
-        params = ", ".join(cls.params) or "-"
-        print(f"{name:24} memory: {'/'.join(sorted(cls.memory)):7} params: {params:10} {doc}")
-        numerics = f"; numerics: {cls.cost.numerics}" if cls.cost.numerics else ""
-        print(f"{'':24} cost: {cls.cost.says}{numerics}")
     return 0

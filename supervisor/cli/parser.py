@@ -6,6 +6,7 @@ import argparse
 import re
 
 from oomladder import __version__
+from oomladder.cli import suggest
 from oomladder.errors import UsageError
 
 EXIT_CODES_HELP = """exit status:
@@ -30,7 +31,25 @@ class _Parser(argparse.ArgumentParser):
         self._negative_number_matcher = re.compile(r"^-\d")
 
     def error(self, message: str) -> None:  # argparse's own two-line usage dump, as one line
-        raise UsageError(f"{message} (see '{self.prog} --help')")
+        raise UsageError(f"{suggest.hinted(message)} (see '{self.prog} --help')")
+
+    def parse_known_args(self, args=None, namespace=None):
+        try:
+            return super().parse_known_args(args, namespace)
+        except UsageError:
+            # A mistyped flag leaves argparse complaining of what it then missed (a required --model): name it.
+            unknown = suggest.unknown_options(self, args or [])
+            if unknown and self._subparsers is None:
+                raise UsageError(suggest.unknown_message(self, unknown)) from None
+            raise
+
+    def parse_args(self, args=None, namespace=None):
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:  # a command's flag it does not know: said with that command's help
+            verb = getattr(parsed, "verb", None)
+            command = self._subparsers._group_actions[0].choices.get(verb, self) if self._subparsers else self
+            raise UsageError(suggest.unknown_message(command, extras))
+        return parsed
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "index (default: from Slurm or torchrun's environment, as for run)")
     resume.add_argument("--notify-config", metavar="FILE", help="the notification targets, as for run (default: the "
                         "file the run was given, and $OOMLADDER_NOTIFY)")
+    _console_options(resume)
 
     report = sub.add_parser("report", help="show the fallback report of a run directory")
     report.add_argument("run_dir")
@@ -74,7 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
                       "every weight trains)")
     plan.add_argument("--lora-targets", default="q_proj,v_proj", metavar="NAMES",
                       help="the projections LoRA adapts (default q_proj,v_proj, peft's default for Llama)")
-    plan.add_argument("--memory", metavar="SIZE", help="the device's size, e.g. 24GiB (default: the CUDA device here)")
+    plan.add_argument("--memory-cap", metavar="SIZE", help="the device's size, e.g. 24GiB, as `run --memory-cap` "
+                      "takes it (default: the CUDA device here)")
+    plan.add_argument("--memory", dest="memory_cap", help=argparse.SUPPRESS)  # its name before 0.2: still taken
     plan.add_argument("--device", choices=("cuda", "cpu"), default=None,
                       help="what the estimate is for (default cuda; cpu counts the checkpoint file mapped while it "
                       "loads, and no CUDA workspace)")
@@ -90,12 +112,22 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--memory-cap", default=None, help="the emulated device size (default: the demo's own)")
     demo.add_argument("--in-place", action="store_true", help="meet the OOM inside the running process (a split "
                       "step), as `oomladder run` does by default, instead of showing the ladder's relaunch")
+    _console_options(demo)
 
     sub.add_parser("strategies", help="list the strategies a ladder file can name")
     return parser
 
 
+def _console_options(p: argparse.ArgumentParser) -> None:
+    shown = p.add_mutually_exclusive_group()
+    shown.add_argument("-q", "--quiet", action="store_true", help="show oomladder's own lines alone, not the "
+                       "program's output (it still goes to attempts/NNN/stdout.log and stderr.log)")
+    shown.add_argument("-v", "--verbose", action="store_true", help="also show the arithmetic behind each "
+                       "decision: the error's numbers, what the estimator computed, why rungs were passed over")
+
+
 def _run_options(p: argparse.ArgumentParser) -> None:
+    _console_options(p)
     p.add_argument("--ladder", help="a YAML ladder file (default: the ladder shipped with oomladder)")
     p.add_argument("--memory-cap", metavar="SIZE", help="emulate a device of SIZE (1200MiB, 16GiB, 1.5G): a CUDA "
                    "memory fraction on a GPU, an address-space limit on the CPU")

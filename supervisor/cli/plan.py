@@ -24,8 +24,10 @@ def plan(args: argparse.Namespace) -> int:
     shape = from_config(read_config(args.model))
     ladder = load_ladder(args.ladder)
     device = args.device or "cuda"
+    total = parse_size(args.memory_cap) if args.memory_cap else _cuda_memory()
     if total is None:
-        raise UsageError("no CUDA device here to size the plan for: give --memory, the device's size (e.g. 24GiB)")
+        raise UsageError("no CUDA device here to size the plan for: give --memory-cap, the device's size (e.g. "
+                         "24GiB)")
     targets = tuple(t.strip() for t in args.lora_targets.split(",") if t.strip())
     adapters = args.lora_rank is not None
     trainable = shape.lora_params(args.lora_rank, targets) if adapters else shape.params
@@ -40,8 +42,8 @@ def plan(args: argparse.Namespace) -> int:
     work = Workload(start.per_device_train_batch_size, args.seq_len, adapters, trainable, targets)
     capacity = planning.usable(total, device, capped=False)
     if capacity <= 0:
-        raise UsageError(f"--memory {args.memory or format_size(total)} leaves nothing usable on {device} (the CUDA "
-                         f"context alone takes 512 MiB): give the device's size, e.g. 24GiB")
+        raise UsageError(f"--memory-cap {args.memory_cap or format_size(total)} leaves nothing usable on {device} (the "
+                         f"CUDA context alone takes 512 MiB): give the device's size, e.g. 24GiB")
     rows = planning.walk(ladder, shape, start, work, facts, capacity)
     if args.format == "json":
         print(json.dumps(planning.to_json(rows, capacity), indent=2))

@@ -21,13 +21,14 @@ def demo_command(run_dir: Path) -> list[str]:
             "--count-steps", str(run_dir / "steps.log")]  # the program's own record of each step it ran
 
 
-def run_demo(run_dir: str | None, memory_cap: str | None, console, in_place: bool = False) -> int:
+def run_demo(run_dir: str | None, memory_cap: str | None, console, in_place: bool = False, verbosity=None) -> int:
     """The ladder at work: a relaunch on a cheaper plan. `in_place`: the same OOM met inside the running
     process instead (worker/inplace.py), as `oomladder run` does by default."""
     from oomladder.ladder import load_ladder
     from oomladder.run.config import RunConfig
     from oomladder.run.console import run_in_console
     from oomladder.units import parse_size
+    from oomladder.views.display import Verbosity
 
     path = Path(run_dir) if run_dir else Path("oomladder-runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     cap = parse_size(memory_cap or DEMO_CAP, "--memory-cap")
@@ -36,4 +37,4 @@ def run_demo(run_dir: str | None, memory_cap: str | None, console, in_place: boo
                   markup=False, highlight=False)
     config = RunConfig(command=tuple(demo_command(path)), run_dir=path, ladder=load_ladder(None), memory_cap=cap,
                        in_place=in_place)
-    return run_in_console(config, console)
+    return run_in_console(config, console, Verbosity.NORMAL if verbosity is None else verbosity)

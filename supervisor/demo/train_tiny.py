@@ -132,9 +132,12 @@ class SayHowItTrains(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, train_dataloader=None, optimizer=None, **kwargs):
         optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper around the real one
         linears = sorted({type(m).__name__ for n, m in model.named_modules() if n.endswith(("down_proj", "base_layer"))})
+        checkpointing = getattr(model, "is_activation_checkpointing", None)  # Transformers 5's name
+        if checkpointing is None:
+            checkpointing = getattr(model, "is_gradient_checkpointing", False)
         workers = train_dataloader.num_workers if train_dataloader is not None else args.dataloader_num_workers
         print(f"training with batch {args.per_device_train_batch_size} x accumulation {args.gradient_accumulation_steps}"
-              f", bf16 {args.bf16}, gradient checkpointing {getattr(model, 'is_gradient_checkpointing', False)} "
+              f", bf16 {args.bf16}, gradient checkpointing {checkpointing} "
               f"{args.gradient_checkpointing_kwargs}, dataloader workers {workers}, linear layers "
               f"{','.join(linears)}, optimizer {type(optimizer).__module__.split('.')[0]}.{type(optimizer).__name__}", flush=True)
 
@@ -165,6 +168,10 @@ def main():
     data = GrowingSequences(effective * a.max_steps, effective * (a.grow_at_step - 1), a.short_len, a.long_len,
                             a.vocab, ragged=a.labels_on_padding, long_every=a.long_every, per_step=effective)
     evaluate = {"eval_strategy": "steps", "eval_steps": a.eval_steps} if a.eval_len else {}
+    # Transformers 5 renamed gradient checkpointing to activation checkpointing (the old name warns); older
+    # releases know only the old one.
+    checkpointing = ("activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
+                     else "gradient_checkpointing")
     args = TrainingArguments(
         **evaluate, per_device_eval_batch_size=a.batch_size,
         output_dir=a.output_dir, per_device_train_batch_size=a.batch_size, gradient_accumulation_steps=a.grad_accum,
@@ -172,7 +179,7 @@ def main():
         save_strategy="steps" if a.save_steps else "no", save_steps=a.save_steps or 500,
         report_to=a.report_to, bf16=a.bf16, use_cpu=not torch.cuda.is_available(), dataloader_num_workers=a.workers,
         train_sampling_strategy="sequential", seed=0, auto_find_batch_size=a.auto_find_batch_size,
-        gradient_checkpointing=a.gradient_checkpointing, optim=a.optim)
+        **{checkpointing: a.gradient_checkpointing}, optim=a.optim)
     eval_data = GrowingSequences(32, 0, a.eval_len, a.eval_len, a.vocab) if a.eval_len else None
     callbacks = [SayHowItTrains()] + ([StepCounter(a.count_steps)] if a.count_steps else []) + (
         [StopAfter(a.stop_after_step)] if a.stop_after_step else [])

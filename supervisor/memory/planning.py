@@ -16,7 +16,7 @@ from oomladder.ladder import Ladder, climb
 from oomladder.memory.estimate import TERMS, Estimate, Workload, estimate, usable
 from oomladder.memory.foresight import dominant_text, pass_over
 from oomladder.memory.shape import ModelShape
-from oomladder.plan import Facts, Plan, describe_changes
+from oomladder.plan import Facts, Plan, changes, describe_changes
 from oomladder.units import format_size
 
 _PLANNED_OOM = Failure(Kind.CUDA_OOM, "device", "planned: the estimate is above the device", phase="train")
@@ -32,6 +32,7 @@ class Row:
     passed_over: bool = False   # saves too little of what is missing: the loop would not take it either
     cost: str = "-"             # the rung's expected cost in speed (Strategy.cost)
     skipped: tuple[tuple[str, str], ...] = ()  # rungs that did not apply on the way here, with why
+    before: Plan | None = None  # the plan the rung changed (a passed-over rung's change is not kept)
 
 
 def walk(ladder: Ladder, shape: ModelShape, start: Plan, work: Workload, facts: Facts, capacity: int) -> list[Row]:
@@ -52,7 +53,8 @@ def walk(ladder: Ladder, shape: ModelShape, start: Plan, work: Workload, facts: 
         guess = peak_of(step.decision.plan)
         cost = ladder.rungs[step.decision.rung_index].strategy.cost.short()
         rows.append(Row(step.decision.rung, step.decision.plan, describe_changes(step.before, step.decision.plan),
-                        guess, guess.peak <= capacity, step.passed_over is not None, cost, step.decision.skipped))
+                        guess, guess.peak <= capacity, step.passed_over is not None, cost, step.decision.skipped,
+                        step.before))
     return rows
 
 
@@ -67,31 +69,63 @@ def weights_line(shape: ModelShape) -> str:
             f"parameter: a 14B model needs about 14 GB in 8-bit, not the 7 GB sometimes quoted; 7 GB is 4-bit.")
 
 
+# The plan's settings as the table's narrow column names them (report.json and --format json keep the full names).
+SHORT = {"per_device_train_batch_size": "batch", "gradient_accumulation_steps": "accumulation",
+         "per_device_eval_batch_size": "eval batch", "load_dtype": "load dtype", "quantization": "base weights",
+         "gradient_checkpointing": "checkpointing", "dataloader_num_workers": "workers", "optim": "optimizer",
+         "fused_cross_entropy": "fused loss", "activation_offloading": "offloading"}
+
+
+def short_changes(before: Plan, after: Plan) -> str:
+    """`batch 16→8` and `accumulation 1→2`, a line each: what a rung changes, in a narrow column."""
+    def shown(value: Any) -> str:
+        return "unset" if value is None else ("on" if value else "off") if isinstance(value, bool) else str(value)
+    return "\n".join(f"{SHORT.get(name, name)} {shown(old)}→{shown(new)}" for name, old, new in changes(before, after)
+                     ) or "-"
+
+
 def render(rows: list[Row], capacity: int, title: str):
+    """Two tables that each fit a 120-column terminal: the rungs (what each changes, its estimated peak, its
+    cost, whether it fits), then where each plan's estimated peak goes, term by term. A rung's name is never
+    cut; what a rung changes wraps, and a long value folds, rather than lose its end."""
+    from rich import box
+    from rich.console import Group
     from rich.table import Table
 
-    table = Table(title=title, title_justify="left")
+    first = next((i for i, r in enumerate(rows) if r.fits), None)
+    styles = ["bold green" if i == first else "dim" if r.passed_over else None for i, r in enumerate(rows)]
+    rungs = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
+    rungs.add_column("#", justify="right", no_wrap=True)
+    rungs.add_column("rung", no_wrap=True)
+    rungs.add_column("what changes", overflow="fold")
+    for column, justify in (("estimated peak", "right"), ("cost", "right"), ("fits", "left")):
+        rungs.add_column(column, justify=justify, no_wrap=True)
+    for i, r in enumerate(rows):
+        fits = "first to fit" if i == first else ("passed over" if r.passed_over else "yes" if r.fits else "no")
+        rungs.add_row(str(i), r.rung, short_changes(r.before, r.plan) if r.before is not None else "-",
+                      format_size(r.estimate.peak), r.cost, fits, style=styles[i])
     # What is alive at each plan's peak, term by term: the split the loop decides by. A term not alive at the
     # peak (activations, when the peak is the optimizer step) shows as "-".
-    for column in ("#", "rung", "what changes", *TERMS, "estimated peak", "cost", "fits"):
-        table.add_column(column, justify="right" if column not in ("rung", "what changes", "fits") else "left")
-    first = next((i for i, r in enumerate(rows) if r.fits), None)
+    split = Table(title="where each plan's estimated peak goes", title_justify="left", box=box.SIMPLE_HEAD)
+    split.add_column("#", justify="right", no_wrap=True)
+    split.add_column("rung", no_wrap=True)
+    for term in TERMS:
+        split.add_column(term, justify="right", no_wrap=True)
     for i, r in enumerate(rows):
-        split = r.estimate.split
-        fits = "first to fit" if i == first else ("passed over" if r.passed_over else "yes" if r.fits else "no")
-        table.add_row(str(i), r.rung, r.changes.replace(", ", "\n"),
-                      *(format_size(split[t]) if split.get(t) else "-" for t in TERMS),
-                      format_size(r.estimate.peak), r.cost, fits,
-                      style="bold green" if i == first else "dim" if r.passed_over else None)
-    return table
+        split.add_row(str(i), r.rung, *(format_size(r.estimate.split[t]) if r.estimate.split.get(t) else "-"
+                                        for t in TERMS), style=styles[i])
+    return Group(rungs, split)
 
 
 def skipped_line(rows: list[Row]) -> str | None:
-    """The rungs that do not apply to this plan or device, each once, with why (8-bit AdamW for LoRA, say)."""
+    """The rungs that do not apply to this plan or device, each once, with why (8-bit AdamW for LoRA, say). A rung
+    the table uses is not among them, even where it stops applying later (halve_batch at its floor)."""
+    used = {row.rung for row in rows}
     seen: dict[str, str] = {}
     for row in rows:
         for name, why in row.skipped:
-            seen.setdefault(name, why)
+            if name not in used:
+                seen.setdefault(name, why)
     return "not for this plan: " + "; ".join(f"{n} ({w})" for n, w in seen.items()) if seen else None
 
 

@@ -4,7 +4,8 @@
 `Climb` (the ladder's next plan, several rungs at once where the estimate says one is not enough)
 or `End` (finished, a bug, no rung left, interrupted). The loop journals and acts on it; nothing
 here reads a file, a clock or a process. The helpers below are the other pure questions the loop
-asks of the journal: where a run continues, and what the next attempt is told.
+asks of the journal: where a run continues, what the next attempt is told, and (`--verbose`) the
+arithmetic behind a decision, in words.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from oomladder.classify import Kind
-from oomladder.ladder import Ladder
-from oomladder.memory.foresight import fit_for, load_wall, plan_ahead
+from oomladder.ladder import Decision, Ladder
+from oomladder.memory.foresight import Fit, fit_for, load_wall, plan_ahead
 from oomladder.plan import Plan
 from oomladder.record.history import RunView
 from oomladder.run.budget import Budget, BudgetState
@@ -207,3 +208,43 @@ def cap_warning(memory_cap: int | None) -> str | None:
         return (f"the memory cap, {format_size(memory_cap)}, is far under any model: every attempt will run out of "
                 f"memory. Check --memory-cap's unit (1200MiB, 16GiB)")
     return None
+
+
+def arithmetic(view: RunView, decision: Decision, memory_cap: int | None) -> list[str]:
+    """What `--verbose` shows of a decision just journaled: the error's own numbers, what the estimator computed
+    for the plan that failed and for the next (memory/foresight.py), with its calibration and where the estimated
+    peak goes, and why each rung left out was left out. It changes nothing of what is decided."""
+    failure = view.attempts[-1].failure if view.attempts else None
+    lines = ["the error's numbers: " + ", ".join(f"{name.replace('_', ' ')} {format_size(value)}"
+                                                for name, value in failure.numbers.items())
+             ] if failure is not None and failure.numbers else []
+    said = decision.estimate or _estimated(view, decision, memory_cap)
+    if said is None:
+        lines.append("no estimate: the program did not report its model's shape, or there is no device size to fit "
+                     "in (no --memory-cap, and not a CUDA device): the ladder's next rung, one at a time")
+    else:
+        batch = said.get("batch") or ()
+        at = f" at micro-batch {batch[0]} x {batch[1]} tokens" if len(batch) == 2 else ""
+        offset = said.get("calibration") or 0
+        lines += [f"estimated peak{at}: {format_size(said['before'])} for the plan that failed, "
+                  f"{format_size(said['after'])} for the next, against {format_size(said['capacity'])} usable",
+                  f"calibration: {'+' if offset >= 0 else '-'}{format_size(abs(offset))} on the arithmetic (what "
+                  f"it missed, from this run's measured peaks and out-of-memory errors)"]
+        split = {name: size for name, size in (said.get("split") or {}).items() if size}
+        if split:
+            lines.append("where the estimated peak of the plan that failed goes: " + ", ".join(
+                f"{name} {format_size(size)}" for name, size in split.items()))
+    return lines + [f"left out: {name}: {why}" for name, why in decision.skipped]
+
+
+def _estimated(view: RunView, decision: Decision, memory_cap: int | None) -> dict[str, Any] | None:
+    """A decision of one rung journals no estimate: the loop's own yardstick, for the same two plans."""
+    fit = fit_for(view, memory_cap) if view.attempts and decision.plan is not None else None
+    if not isinstance(fit, Fit):
+        return None
+    failed = view.attempts[-1].plan
+    before, after, guess = fit.need(failed), fit.need(decision.plan), fit.estimate(failed)
+    if before is None or after is None:
+        return None
+    return {"before": before, "after": after, "capacity": fit.capacity, "calibration": fit.offset,
+            "batch": list(fit.batch), "split": dict(guess.split) if guess else None}

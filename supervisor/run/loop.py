@@ -32,7 +32,7 @@ from oomladder.record import schema
 from oomladder.record.journal import Journal, iter_journal, open_journal
 from oomladder.run.budget import Budget, BudgetState, budgets, exhausted
 from oomladder.run.config import EXIT_DISK_FULL, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_NOT_MEMORY, EXIT_USAGE, RunConfig
-from oomladder.run.decide import cap_warning, decide, evaluation_owed, over_budget, stopped
+from oomladder.run.decide import arithmetic, cap_warning, decide, evaluation_owed, over_budget, stopped
 from oomladder.run.notify import Notifier, journaled
 from oomladder.run.outcomes import AttemptResult, End, Next, NextAttempt, Retry, Rollback, RunStatus, Stop, StopReason
 from oomladder.run.resume import starting_point
@@ -201,7 +201,7 @@ class Runner:
         number = result.number
         if isinstance(verdict, End):
             if verdict.decision is not None:
-                journal_decision(self.journal, number, verdict.decision, verdict.rollback)
+                self._journal_decision(number, verdict.decision, verdict.rollback)
             if verdict.status == RunStatus.FINISHED.value:
                 remove_superseded(self.config.run_dir, self.journal.view().checkpoints, keep=None)
             return self._end(verdict)
@@ -212,7 +212,7 @@ class Runner:
             self._sleep_unless_signalled(verdict.delay)
             nxt = NextAttempt(verdict.plan, "retry", verdict.reason)
         else:
-            changes = journal_decision(self.journal, number, verdict.decision, verdict.rollback)
+            changes = self._journal_decision(number, verdict.decision, verdict.rollback)
             self.display.event(f"attempt {number}: {result.failure.summary}; next: {verdict.decision.rung}: {changes}"
                                + (f" (rolled back: {verdict.decision.reason.split(': back to')[0]})"
                                   if verdict.rollback else ""))
@@ -223,6 +223,11 @@ class Runner:
         if not isinstance(verdict, Retry):  # a fallback that will run: news
             self.notifier.fallback(self.journal.view(), number)
         return nxt
+
+    def _journal_decision(self, number: int, decision: Decision, rollback: Rollback | None) -> str | None:
+        changes = journal_decision(self.journal, number, decision, rollback)
+        self.display.explain(lambda: arithmetic(self.journal.view(), decision, self.config.memory_cap))  # --verbose
+        return changes
 
     def _end(self, end: End) -> int:
         self.journal.append(schema.RUN_ENDED, status=end.status, exit_code=end.exit_code, reason=end.reason)

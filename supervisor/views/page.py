@@ -20,7 +20,7 @@ from oomladder.cost import slowdown_cell
 from oomladder.units import format_size
 from oomladder.views import charts, plots
 from oomladder.views.table import format_duration, in_place_line
-from oomladder.views.words import journal_damage, split_ahead_line
+from oomladder.views.words import failure_words, journal_damage, measure_words, split_ahead_line
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 STYLE = """
@@ -106,7 +106,7 @@ def _charts(report: dict[str, Any]) -> str:
     memory_caption = ("Each attempt's peak memory at the end of each optimizer step, against "
                       f"{'the ' + memory.limit_label if memory.limit else 'no cap'}. An ✕ marks an out-of-memory "
                       "error: the dotted line runs from the peak before the failed allocation to what it tried to "
-                      "reach." + (f" Measured as {measure}." if measure else ""))
+                      "reach." + (f" The peak measured is {measure_words(measure)}." if measure else ""))
     timeline_caption = ("Each attempt on the wall clock: grey while it started (launch, model load, resume), blue "
                         "while it trained, with a tick where each step ended; hatched red from its last whole step "
                         "to its death, the time the failure cost.")
@@ -168,7 +168,7 @@ def _why(report: dict[str, Any]) -> str:
         if failure:
             numbers = ", ".join(f"{k.replace('_', ' ')} {format_size(v)}" for k, v in failure["numbers"].items()
                                 if k != "tried_to_allocate")  # the summary says it already
-            text += (f'<br><span class="died">died: {e(failure["kind"])}, {e(failure["summary"])}'
+            text += (f'<br><span class="died">died: {e(failure_words(failure["kind"]))}: {e(failure["summary"])}'
                      + (f" ({e(numbers)})" if numbers else "") + "</span>")
         items.append(f"<li>{text}</li>")
     return "<section id=\"why\">\n<h2>Why each rung was taken</h2>\n<ul>\n" + "\n".join(items) + "\n</ul>\n</section>"

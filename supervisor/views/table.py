@@ -122,7 +122,7 @@ def status_text(attempt: AttemptView) -> str:
         return f"OOM{where}{on}" + (" (host)" if failure.memory == "host" else "")
     if attempt.rolled_back:
         return f"broken by its rung{where}: {failure.summary} (rolled back)"
-    return f"{failure.kind.value}{where}{on}: {failure.summary}"
+    return f"{failure.kind.value.replace('_', ' ')}{where}{on}: {failure.summary}"  # launch_failed: words
 
 
 def steps_text(attempt: AttemptView) -> str:

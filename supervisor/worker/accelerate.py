@@ -186,10 +186,14 @@ def _before_prepare(accelerator, obj):
         return obj
     if hasattr(obj, "gradient_checkpointing_enable") and hasattr(obj, "config"):
         common.observed["model"] = safely(probe.model_report, obj)
-        observe({"gradient_checkpointing": bool(getattr(obj, "is_gradient_checkpointing", False))},
-                _model_facts(obj))
+        new = hasattr(obj, "activation_checkpointing_enable")  # Transformers 5 renamed it (the old names warn)
+        observe({"gradient_checkpointing": bool(getattr(obj, "is_activation_checkpointing" if new else
+                                                        "is_gradient_checkpointing", False))}, _model_facts(obj))
         if plan.get("gradient_checkpointing"):
-            obj.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if new:
+                obj.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                obj.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             if hasattr(obj, "enable_input_require_grads"):
                 obj.enable_input_require_grads()  # LoRA: the checkpointed layers' inputs must carry gradients
     return obj

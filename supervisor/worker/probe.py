@@ -63,7 +63,8 @@ def model_report(model) -> dict[str, Any] | None:
             counts["other_params"] += sum(p.numel() for n, p in module.named_parameters(recurse=False)
                                           if "lora_" not in n)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32"
+    # Transformers 4.56 renamed torch_dtype to dtype, and reading the old name warns: only where there is no new one.
+    dtype = (config.dtype if hasattr(config, "dtype") else getattr(config, "torch_dtype", None)) or "float32"
     shape = {"layers": dims["num_hidden_layers"], "hidden": dims["hidden_size"],
              "intermediate": dims["intermediate_size"], "heads": dims["num_attention_heads"],
              "kv_heads": getattr(config, "num_key_value_heads", None) or dims["num_attention_heads"],

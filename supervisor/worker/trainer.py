@@ -46,7 +46,7 @@ def _program_training_settings(args) -> dict[str, Any]:
         "gradient_accumulation_steps": args.gradient_accumulation_steps,
         "per_device_eval_batch_size": args.per_device_eval_batch_size,
         "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
-        "gradient_checkpointing": bool(args.gradient_checkpointing),
+        "gradient_checkpointing": bool(getattr(args, "activation_checkpointing", None) or args.gradient_checkpointing),
         "dataloader_num_workers": args.dataloader_num_workers,
         "optim": getattr(args.optim, "value", args.optim),
         "fused_cross_entropy": bool(getattr(args, "use_liger_kernel", False)),
@@ -67,12 +67,12 @@ def _apply_to_training_args(args, p: dict[str, Any]) -> None:
             # ("Your setup doesn't support bf16/gpu"); the run is on the CPU either way.
             args.use_cpu = True
     if p.get("gradient_checkpointing") is not None:
-        args.gradient_checkpointing = p["gradient_checkpointing"]
+        # Under Transformers 5's name where it has one: setting the deprecated alias makes the Trainer warn.
+        name = "activation_checkpointing" if hasattr(args, "activation_checkpointing") else "gradient_checkpointing"
+        setattr(args, name, p["gradient_checkpointing"])
         if p["gradient_checkpointing"]:
-            kwargs = dict(args.gradient_checkpointing_kwargs or {}) if isinstance(
-                args.gradient_checkpointing_kwargs, dict) else {}
-            kwargs["use_reentrant"] = False
-            args.gradient_checkpointing_kwargs = kwargs
+            given = getattr(args, f"{name}_kwargs", None) or args.gradient_checkpointing_kwargs
+            setattr(args, f"{name}_kwargs", {**(given if isinstance(given, dict) else {}), "use_reentrant": False})
     if p.get("fused_cross_entropy") and hasattr(args, "liger_kernel_config"):
         # Only the fused linear cross-entropy: the model's other layers keep their own code.
         args.use_liger_kernel = True

@@ -8,13 +8,14 @@ import sys
 
 import pytest
 
-from tests.conftest import processes_of
+from tests.conftest import ROOT, processes_of
 from tests.e2e.ledger import assert_each_step_ran_once, steps_by_process
-from tests.e2e.test_recovery import HERE, oomladder, view_of
+from tests.e2e.test_recovery import oomladder, view_of
 
 pytestmark = pytest.mark.e2e
-ACCELERATE_LOOP = HERE / "programs" / "accelerate_loop.py"
-TRL_SFT = HERE / "programs" / "trl_sft.py"
+ACCELERATE_LOOP = ROOT / "examples" / "accelerate_loop.py"
+TRL_SFT = ROOT / "examples" / "trl_sft.py"
+PLAIN_API = ROOT / "examples" / "plain_api.py"
 
 
 def samples_per_step(run_dir):
@@ -94,7 +95,7 @@ def test_a_plain_pytorch_loop_using_the_public_api_recovers_with_every_step_once
     loop, the last finished step is saved after the OOM, and the next attempt continues after it."""
     run_dir = tmp_path / "run"
     result = oomladder("run", "--memory-cap", "600MiB", "--run-dir", str(run_dir), "--", sys.executable,
-                       str(HERE / "programs" / "plain_api.py"), "--count-steps", str(tmp_path / "steps"),
+                       str(PLAIN_API), "--count-steps", str(tmp_path / "steps"),
                        cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     view = view_of(run_dir)

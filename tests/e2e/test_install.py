@@ -48,8 +48,13 @@ def test_oomladder_and_supervisord_install_side_by_side_and_both_work(tmp_path):
     top_level = {line.split("/")[0] for line in (dist / "RECORD").read_text().splitlines()
                  if not line.startswith(("../", dist.name))}
     assert top_level == {"oomladder"}
-    # The report's documented schema ships beside the module that writes the report.
-    assert "oomladder/views/report.schema.json" in {line.split(",")[0] for line in (dist / "RECORD").read_text().splitlines()}
+    # The report's documented schema ships beside the module that writes the report; the package says it is
+    # typed (PEP 561); the license's text and the project's URLs travel with the wheel.
+    shipped = {line.split(",")[0] for line in (dist / "RECORD").read_text().splitlines()}
+    assert {"oomladder/views/report.schema.json", "oomladder/py.typed"} <= shipped
+    assert "Apache License" in (dist / "licenses" / "LICENSE").read_text()
+    metadata = (dist / "METADATA").read_text()
+    assert "License-Expression: Apache-2.0" in metadata and "Project-URL: Source, https://" in metadata
 
     strategies = subprocess.run([bin_dir / "oomladder", "strategies"], capture_output=True, text=True)
     assert strategies.returncode == 0, strategies.stderr

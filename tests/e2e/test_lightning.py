@@ -1,4 +1,4 @@
-"""End to end: an ordinary PyTorch Lightning script (programs/lightning_tiny.py), nothing of oomladder in
+"""End to end: an ordinary PyTorch Lightning script (examples/lightning_finetune.py), nothing of oomladder in
 it, under `oomladder run`. A real out-of-memory error under a real memory cap, or a real SIGTERM, and the
 run finishes on the same training: checked against the program's own record of the optimizer steps it
 ran and the samples each one trained on."""
@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 
 from oomladder.classify import Kind
-from tests.conftest import oomladder_argv, processes_of
+from tests.conftest import ROOT, oomladder_argv, processes_of
 from tests.e2e.ledger import assert_each_step_ran_once, steps_by_process
-from tests.e2e.test_recovery import HERE, oomladder, view_of
+from tests.e2e.test_recovery import oomladder, view_of
 
 pytestmark = pytest.mark.e2e
-LIGHTNING_TINY = HERE / "programs" / "lightning_tiny.py"
+LIGHTNING_TINY = ROOT / "examples" / "lightning_finetune.py"
 
 
 def program(tmp_path, *extra):

@@ -2,7 +2,7 @@
 request is known before the load, the load-phase rungs (load dtype, int8, nf4 through BitsAndBytesConfig)
 answer it, the CPU emulation's own limit is explained rather than walked into, and weights that
 `device_map="auto"` offloads are reported, or with --no-offload treated as out of memory. The program,
-tests/e2e/programs/load_tiny.py, trains a 168M-parameter Llama saved in bf16 (a 321 MiB file)."""
+examples/trainer_lora.py, trains a 168M-parameter Llama saved in bf16 (a 321 MiB file)."""
 
 import importlib.util
 import json
@@ -10,12 +10,12 @@ import sys
 
 import pytest
 
-from tests.conftest import processes_of
+from tests.conftest import ROOT, processes_of
 from tests.e2e.ledger import assert_each_step_ran_once
-from tests.e2e.test_recovery import HERE, oomladder, view_of
+from tests.e2e.test_recovery import oomladder, view_of
 
 pytestmark = pytest.mark.e2e
-LOAD_TINY = HERE / "programs" / "load_tiny.py"
+LOAD_TINY = ROOT / "examples" / "trainer_lora.py"
 
 
 @pytest.fixture(scope="module")

@@ -52,6 +52,14 @@ def test_the_demo_hits_a_real_oom_and_finishes_with_the_same_effective_batch(tmp
     assert (run_dir / "report.md").read_text().startswith("# oomladder report\n\n**Training finished.**")
     assert json.loads((run_dir / "report.json").read_text())["effective_batch"] == {"before": 16, "after": 16}
     assert f"oomladder report {run_dir}" in result.stdout
+    # The program's own output reached the console as it came, each line with its attempt and rank, before what
+    # oomladder made of the attempt's end; and it is still all in the attempt's log.
+    shown = result.stdout.splitlines()
+    died = next(i for i, line in enumerate(shown) if line.startswith("oomladder: attempt 1: CPU allocator out of"))
+    ended = shown.index(next(line for line in shown if line.startswith("[attempt 2 rank 0] finished 6 steps")))
+    assert died < ended and any(line.startswith("[attempt 1 rank 0] {'loss': ") for line in shown[:died])
+    assert shown[ended].endswith("effective batch 16") and shown[ended].removeprefix("[attempt 2 rank 0] ") in (
+        run_dir / "attempts" / "002" / "stdout.log").read_text()
     assert processes_of(run_dir) == []
 
 
