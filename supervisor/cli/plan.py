@@ -18,13 +18,11 @@ from oomladder.views.display import make_console
 
 
 def plan(args: argparse.Namespace) -> int:
-
     given = initial_plan(args.settings)
-    total = parse_size(args.memory, "--memory") if args.memory else _cuda_memory()
+    total = parse_size(args.memory_cap, "--memory-cap") if args.memory_cap else _cuda_memory()
     shape = from_config(read_config(args.model))
     ladder = load_ladder(args.ladder)
     device = args.device or "cuda"
-    total = parse_size(args.memory_cap) if args.memory_cap else _cuda_memory()
     if total is None:
         raise UsageError("no CUDA device here to size the plan for: give --memory-cap, the device's size (e.g. "
                          "24GiB)")

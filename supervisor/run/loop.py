@@ -1,10 +1,6 @@
-"""The run loop: start an attempt, let the watcher see it through, ask `decide` what comes next, and journal each
-step before acting on it.
-
-The loop only journals, sleeps and launches. Watching an attempt is watch.py's, deciding what it means is
-decide.py's (pure), and several nodes are oomladder/nodes'. Clock, sleep, launcher and display are parameters: the
-policy is tested without processes and without waiting, and the same loop runs real workers end to end.
-"""
+"""The run loop: start an attempt, let the watcher see it through (watch.py), ask the pure `decide` (decide.py) what
+comes next, and journal each step before acting on it. It only journals, sleeps and launches; clock, sleep, launcher
+and display are parameters, so the policy is tested without processes and the same loop runs real workers."""
 
 from __future__ import annotations
 
@@ -18,12 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from oomladder import __version__
-from oomladder.ladder import Decision
 from oomladder.memory.foresight import load_warning
 from oomladder.nodes import agreement
 from oomladder.nodes.topology import Topology, attempt_dir, journal_path
 from oomladder.nodes.world import World
-from oomladder.plan import describe_changes
 from oomladder.process.checkpoints import latest, remove_partial, remove_superseded
 from oomladder.process.launch import substitute
 from oomladder.process.rundir import RunLock, make_run_dir
@@ -32,9 +26,10 @@ from oomladder.record import schema
 from oomladder.record.journal import Journal, iter_journal, open_journal
 from oomladder.run.budget import Budget, BudgetState, budgets, exhausted
 from oomladder.run.config import EXIT_DISK_FULL, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_NOT_MEMORY, EXIT_USAGE, RunConfig
-from oomladder.run.decide import arithmetic, cap_warning, decide, evaluation_owed, over_budget, stopped
+from oomladder.run.decide import cap_warning, decide, evaluation_owed, over_budget, stopped
+from oomladder.run.decisions import journal_decision
 from oomladder.run.notify import Notifier, journaled
-from oomladder.run.outcomes import AttemptResult, End, Next, NextAttempt, Retry, Rollback, RunStatus, Stop, StopReason
+from oomladder.run.outcomes import AttemptResult, End, Next, NextAttempt, Retry, RunStatus, Stop, StopReason
 from oomladder.run.resume import starting_point
 from oomladder.run.signals import forwarded_signals
 from oomladder.run.watch import AttemptWatcher, Launch
@@ -201,7 +196,8 @@ class Runner:
         number = result.number
         if isinstance(verdict, End):
             if verdict.decision is not None:
-                self._journal_decision(number, verdict.decision, verdict.rollback)
+                journal_decision(self.journal, number, verdict.decision, verdict.rollback, self.display,
+                                 self.config.memory_cap)
             if verdict.status == RunStatus.FINISHED.value:
                 remove_superseded(self.config.run_dir, self.journal.view().checkpoints, keep=None)
             return self._end(verdict)
@@ -212,7 +208,8 @@ class Runner:
             self._sleep_unless_signalled(verdict.delay)
             nxt = NextAttempt(verdict.plan, "retry", verdict.reason)
         else:
-            changes = self._journal_decision(number, verdict.decision, verdict.rollback)
+            changes = journal_decision(self.journal, number, verdict.decision, verdict.rollback, self.display,
+                                       self.config.memory_cap)
             self.display.event(f"attempt {number}: {result.failure.summary}; next: {verdict.decision.rung}: {changes}"
                                + (f" (rolled back: {verdict.decision.reason.split(': back to')[0]})"
                                   if verdict.rollback else ""))
@@ -223,11 +220,6 @@ class Runner:
         if not isinstance(verdict, Retry):  # a fallback that will run: news
             self.notifier.fallback(self.journal.view(), number)
         return nxt
-
-    def _journal_decision(self, number: int, decision: Decision, rollback: Rollback | None) -> str | None:
-        changes = journal_decision(self.journal, number, decision, rollback)
-        self.display.explain(lambda: arithmetic(self.journal.view(), decision, self.config.memory_cap))  # --verbose
-        return changes
 
     def _end(self, end: End) -> int:
         self.journal.append(schema.RUN_ENDED, status=end.status, exit_code=end.exit_code, reason=end.reason)
@@ -288,18 +280,3 @@ class Runner:
             code = {RunStatus.NODE_LOST.value: EXIT_NOT_MEMORY, RunStatus.NODES_DISAGREE.value: EXIT_USAGE}.get(
                 ending.status, EXIT_INTERRUPTED.get(self._signal, 130))
         return self._end(End(ending.status, code, ending.reason))
-
-
-def journal_decision(journal: Journal, number: int, decision: Decision, rollback: Rollback | None = None) -> str | None:
-    """The ladder's decision as the journal keeps it; returns what it changes (from the plan it undoes to, when a
-    rung broke the program). The runner's, and a notebook kernel's (oomladder/notebook)."""
-    attempts = journal.view().attempts
-    current = (attempts[-2] if rollback is not None else attempts[-1]).plan
-    changes = describe_changes(current, decision.plan) if decision.plan else None
-    journal.append(schema.DECISION, attempt=number, rung=decision.rung, rung_index=decision.rung_index,
-                   rung_indices=list(decision.rung_indices), reason=decision.reason,
-                   plan=decision.plan.to_dict() if decision.plan else None, changes=changes,
-                   skipped=[list(s) for s in decision.skipped], estimate=decision.estimate,
-                   **({"rolled_back": rollback.attempt, "incompatible": [list(r) for r in rollback.incompatible]}
-                      if rollback is not None else {}))
-    return changes
