@@ -63,3 +63,17 @@ def gone(pid):
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE  # dead, waiting for whoever reaps it
     except psutil.NoSuchProcess:
         return True
+
+
+def test_the_consoles_launcher_is_still_the_real_one_so_its_attempts_get_cgroups():
+    """The console wraps the launcher to show the program's output; the wrapper must not pass for a fake
+    launcher's (whose attempts get no cgroup and say nothing of it)."""
+    import inspect
+
+    from oomladder.process.workers import spawn
+    from oomladder.run.echo import echoing
+
+    class Shown:
+        shows_output = True
+
+    assert echoing(spawn, Shown()) is not spawn and inspect.unwrap(echoing(spawn, Shown())) is spawn

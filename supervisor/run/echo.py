@@ -10,6 +10,8 @@ files, nothing says which wrote it, so it is shown with its attempt alone.
 
 from __future__ import annotations
 
+import functools
+
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -116,6 +118,7 @@ def echoing(launcher: Launcher, display: Display) -> Launcher:
     if not display.shows_output:
         return launcher
 
+    @functools.wraps(launcher)  # still the real launcher underneath (inspect.unwrap): its attempts get cgroups
     def launch(spec: LaunchSpec) -> WorkerHandle:
         return Echoing(launcher(spec), echo_for(spec), display)
     return launch

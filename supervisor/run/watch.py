@@ -8,6 +8,7 @@ attempt's whole life, from its launch to its journaled end, reads in one place."
 
 from __future__ import annotations
 
+import inspect
 import os
 import signal
 from collections.abc import Callable
@@ -78,7 +79,7 @@ class AttemptWatcher:
         self.running: WorkerHandle | None = None     # the group being watched, for the loop to stop on a crash
         self.intake = Intake(config, journal, display, recovered)
         # Where attempt cgroups can be made (or why not): the real launcher's; a fake one's tests have no processes.
-        self._cgroups: tuple[Path | None, str | None] | None = None if launcher is workers.spawn else (None, None)
+        self._cgroups: tuple[Path | None, str | None] | None = None if inspect.unwrap(launcher) is workers.spawn else (None, None)
 
     # --- one attempt ----------------------------------------------------------------------------------
 
