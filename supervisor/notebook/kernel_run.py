@@ -29,6 +29,7 @@ from oomladder.run.decide import decide
 from oomladder.run.loop import Runner
 from oomladder.run.notify import Notifier
 from oomladder.run.outcomes import End, NextAttempt
+from oomladder.run.resume import starting_point
 from oomladder.run.watch import AttemptWatcher, Launch
 from oomladder.views.report import write_reports
 from oomladder.worker import adapter, files as worker_files
@@ -77,7 +78,7 @@ class KernelRunner(Runner):
         self.watcher = AttemptWatcher(cfg, journal, launcher=_never, clock=self.clock, monotonic=self.monotonic,
                                       sleep=self.sleep, display=self.display, environ=self.environ, world=None,
                                       signalled=lambda: None, hurry=lambda: False, wall_time_spent=lambda: None)
-        first = self._starting_point()
+        first = starting_point(cfg, journal, self.watcher, None, self.topology, hurry=lambda: False)
         self._journal_run_started()
         self._started = self.monotonic()
         self._observe_environment()

@@ -109,7 +109,9 @@ def _inline_code(text: str) -> str:
     so no backtick in it can end the span."""
     text = " ".join(str(text).splitlines())
     fence = "`" * (max(map(len, re.findall(r"`+", text)), default=0) + 1)
-    return f"{fence} {text} {fence}"
+    # A space on both sides only where a backtick would touch the fence (CommonMark strips one from each side).
+    pad = " " if text.startswith("`") or text.endswith("`") or (text.startswith(" ") and text.endswith(" ")) else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def _fenced(text: str, info: str = "") -> list[str]:

@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import processes_of
 from tests.e2e.ledger import assert_each_step_ran_once, steps_by_process, steps_in_trainer_logs
 from tests.e2e.programs import notebook_tiny
-from tests.e2e.test_frameworks import ACCELERATE_LOOP, samples_per_step
+from tests.e2e.test_frameworks import ACCELERATE_LOOP, own_log
 from tests.e2e.test_recovery import oomladder, view_of
 
 pytestmark = pytest.mark.e2e
@@ -34,7 +34,7 @@ def test_trl_s_cli_recovers_in_its_training_process_and_the_report_says_so(tmp_p
     """`trl sft` parses its arguments, then `accelerate launch` starts trl/scripts/sft.py: the OOM in step 3 is met
     in place there, and the journal has it (before, it said no adapter reached the program)."""
     run_dir = tmp_path / "run"
-    result = oomladder("run", "--memory-cap", "1200MiB", "--run-dir", str(run_dir), "--", "trl", "sft",
+    result = oomladder("run", "--memory-cap", "1200MiB", "--no-split-ahead", "--run-dir", str(run_dir), "--", "trl", "sft",
                        "--model_name_or_path", f"{hub}/model", "--dataset_name", f"{hub}/data", "--output_dir",
                        str(tmp_path / "out"), "--per_device_train_batch_size", "16", "--max_steps", "4",
                        "--logging_steps", "1", "--save_strategy", "no", "--report_to", "none", "--use_peft",
@@ -57,9 +57,9 @@ def test_trl_s_cli_recovers_in_its_training_process_and_the_report_says_so(tmp_p
 def test_accelerate_launch_under_a_bash_wrapper_is_one_rank_and_the_wrapper_s_exit_0_hides_nothing(tmp_path, env, hub):
     """bash -> accelerate launch -> python: the python trains. accelerate's single-process launcher never goes
     through torch's elastic launcher; the wrapper ends with `echo`, so the command exits 0 after the OOM."""
-    run_dir, samples = tmp_path / "run", tmp_path / "samples"
-    script = (f"accelerate launch --num_processes 1 --cpu {ACCELERATE_LOOP} --model-dir {hub}/model --steps 4 "
-              f"--count-samples {samples}; echo the wrapper goes on")
+    run_dir = tmp_path / "run"
+    script = (f"accelerate launch --num_processes 1 --cpu {ACCELERATE_LOOP} --model-dir {hub}/model --steps 4; "
+              f"echo the wrapper goes on")
     result = oomladder("run", "--memory-cap", "1200MiB", *halving(tmp_path), "--run-dir", str(run_dir), "--",
                        "bash", "-c", script, cwd=tmp_path, env=with_venv(env))
     assert result.returncode == 0, result.stdout + result.stderr
@@ -68,9 +68,11 @@ def test_accelerate_launch_under_a_bash_wrapper_is_one_rank_and_the_wrapper_s_ex
     assert first.failure.is_memory and first.steps == [1, 2] and first.peak_measure == CAPPED
     assert last.resumed and last.steps == [3, 4] and last.plan.effective_batch == 16
     assert "accelerate_loop.py" in view.facts.trains_in
-    # What the program did: 16 samples in each of its 4 optimizer steps, each of the 64 samples once.
-    assert samples_per_step(run_dir) == [16] * 4
-    trained = [int(line.split()[1]) for line in samples.read_text().splitlines()]
+    # What the program did, by its own printed record: its steps 1 to 4 once each, 16 samples in each, each of the
+    # 64 samples once.
+    steps = own_log(run_dir)
+    assert [step for step, _, _ in steps] == [1, 2, 3, 4] and [len(s) for _, s, _ in steps] == [16] * 4
+    trained = [i for _, samples, _ in steps for i in samples]
     assert sorted(trained) == list(range(64)) and max(Counter(trained).values()) == 1
     assert processes_of(run_dir) == []
 

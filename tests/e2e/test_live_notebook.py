@@ -2,7 +2,7 @@
 (through nbclient, errors and all). Its first training has a Trainer with its own compute_loss, so its OOM in step 3
 cannot be split: the cell shows the next plan and the lines to change. The person runs the TrainingArguments and
 Trainer cells again (now with the library's loss); the plan reaches them, the Trainer resumes after step 2, and the
-OOMs of the longer step 4 are recovered in place. The journal and the report are a supervised run's."""
+longer step 4 runs in chunks (split ahead, before it can run out). The journal and the report are a supervised run's."""
 
 import os
 import re
@@ -47,7 +47,9 @@ def test_a_live_kernel_recovers_in_place_and_shows_the_next_plan_when_a_step_can
     assert [r["outcome"] for r in first.in_place] == ["declined"] and "compute_loss" in first.in_place[0]["reason"]
     assert view.decisions[0]["rung"] == "halve_batch"
     assert last.resumed_from == 2 and last.steps == [3, 4] and last.launched.per_device_train_batch_size == 8
-    assert "split" in [r["outcome"] for r in last.in_place] and last.plan.effective_batch == 16
+    # The library's loss can be split: its long steps run in chunks, split ahead (or split after an OOM).
+    assert last.ahead.steps_split or "split" in [r["outcome"] for r in last.in_place]
+    assert last.plan.effective_batch == 16
     assert view.status == "finished" and view.run["command"] == ["%load_ext", "oomladder"]
     # What the failing cell showed: the next plan, setting by setting, and the lines that hold it.
     cells = nbformat.read(str(tmp_path / "executed.ipynb"), as_version=4).cells
