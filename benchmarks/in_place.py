@@ -7,7 +7,7 @@
 
 Each is run under oomladder with in-place recovery (the default), under oomladder with `--no-in-place` (the
 relaunch), and directly, under the same cap without oomladder, with the plan the in-place run's split equals
-known in advance. Targets (README, "Benchmarks"): the spike at most 1.15x the direct run with no relaunch, the
+known in advance. Targets (docs/benchmarks.md): the spike at most 1.15x the direct run with no relaunch, the
 step-1 OOM at most 1.3x with at most one failed attempt; the effective batch unchanged and every step once.
 """
 

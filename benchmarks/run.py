@@ -7,7 +7,7 @@
 3. Worker death to next worker start: from the dying worker's failure record to the next attempt.
 4. In-place recovery against the relaunch (benchmarks/in_place.py, also alone: `python -m benchmarks.in_place`).
 
-Targets (README, "Benchmarks"): recovery at most 1.5x the direct run; overhead at most 2 %; death to
+Targets (docs/benchmarks.md): recovery at most 1.5x the direct run; overhead at most 2 %; death to
 next start under 1 s.
 """
 

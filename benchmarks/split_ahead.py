@@ -14,7 +14,7 @@ Ways, each timed from the command's start to its end:
   the same cap (benchmarks/capped.py);
 - Hugging Face's `auto_find_batch_size`, directly under the same cap (the Trainer scripts only).
 
-Targets (README, "Benchmarks"): no OOM after step 1 with split ahead; the spike within 1.05x the static plan; TRL's
+Targets (docs/benchmarks.md): no OOM after step 1 with split ahead; the spike within 1.05x the static plan; TRL's
 step 1 within 1.1x; the long tail at most 1.0x, its short steps run whole. The prediction error is each split-ahead
 step's predicted peak against its measured one, from the journal.
 """

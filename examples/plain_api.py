@@ -1,4 +1,4 @@
-"""A plain PyTorch training loop that uses oomladder's public API, the ten lines README "Plain PyTorch"
+"""A plain PyTorch training loop that uses oomladder's public API, the ten lines docs/frameworks.md "Plain PyTorch"
 shows: its plan from `api.plan`, its state in `api.session`, `resume()` and `step_done()`.
 Its inputs grow at step 3, so the first plan runs out of memory there under a cap. Each step's batch is
 built from the step number and the sample's index, so a resumed run trains on exactly what a continuous

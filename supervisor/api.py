@@ -1,5 +1,5 @@
 """oomladder's public API for plain PyTorch programs: `from oomladder import api`, then `api.plan(...)`,
-`api.session(...)`, `session.resume()` and `session.step_done(step)` (README, "Plain PyTorch"). The code
+`api.session(...)`, `session.resume()` and `session.step_done(step)` (docs/frameworks.md, "Plain PyTorch"). The code
 runs inside the training process: it lives with the worker adapter (worker/api.py)."""
 
 from oomladder.worker.api import Plan, Session, plan, session

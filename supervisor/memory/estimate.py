@@ -191,7 +191,7 @@ def _logits(shape: ModelShape, plan: Plan, work: Workload, compute: int, load: i
 
 # TRL's SFTTrainer computes each token's log-probability, entropy and top-1 match from the full logits in fp32
 # alongside the loss (its `fused_lm_head` forward, TRL 1.x): about five more fp32 tensors of the logits' size
-# alive at the peak, measured on the CPU with TRL 1.16 (README, "TRL").
+# alive at the peak, measured on the CPU with TRL 1.16 (docs/frameworks.md, "TRL").
 METRICS_BYTES = {"trl.trainer.sft_trainer.SFTTrainer": 20}
 
 

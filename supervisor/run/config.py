@@ -1,4 +1,4 @@
-"""What a run is given (`RunConfig`) and the exit codes it ends with (README, "Exit codes")."""
+"""What a run is given (`RunConfig`) and the exit codes it ends with (docs/running.md, "Exit codes")."""
 
 from __future__ import annotations
 

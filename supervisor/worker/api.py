@@ -1,5 +1,5 @@
 """The public API for a plain PyTorch program that wants what the framework adapters give: the plan, steps
-counted, no step lost or repeated. About ten lines in the program (README, "Plain PyTorch"):
+counted, no step lost or repeated. About ten lines in the program (docs/frameworks.md, "Plain PyTorch"):
 
     from oomladder import api
 

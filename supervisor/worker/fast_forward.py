@@ -18,7 +18,8 @@ that advances them. While it replays:
   its own step log shows each step once.
 
 Then accelerate.py loads the checkpoint (weights, optimizer, scheduler, RNG) before the next step's data is used.
-Files the program writes itself with `open()` during the replay are not held back: README, "accelerate".
+Files the program writes itself with `open()` during the replay are not held back (docs/frameworks.md,
+"accelerate custom loops").
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The GPU check's parts that need no GPU: the 1B model's config builds (on the meta device),
 `oomladder plan` sizes it for the emulated 16 GiB card, and each scenario's command is well formed.
-The rest runs on a machine with a CUDA GPU: `python -m benchmarks.gpu_check` (README, "GPU check")."""
+The rest runs on a machine with a CUDA GPU: `python -m benchmarks.gpu_check` (docs/development.md, "The GPU check")."""
 
 import subprocess
 import sys

@@ -1,5 +1,5 @@
 """A small training loop for the hostile-night tests, in the shape of the plain PyTorch API's example
-(README, "Plain PyTorch"): steps that take --sleep seconds, and the ways a night goes wrong on demand."""
+(docs/frameworks.md, "Plain PyTorch"): steps that take --sleep seconds, and the ways a night goes wrong on demand."""
 
 import argparse
 import os
