@@ -153,7 +153,9 @@ def main(argv: list[str] | None = None) -> int:
                                       capture_output=True, text=True, timeout=120, env=env)
                 code, stderr = done.returncode, done.stderr
             except subprocess.TimeoutExpired as exc:
-                code, stderr = "timeout", (exc.stderr or b"").decode(errors="replace") if isinstance(exc.stderr, bytes) else (exc.stderr or "")
+                code = "timeout"
+                stderr = ((exc.stderr or b"").decode(errors="replace") if isinstance(exc.stderr, bytes)
+                          else (exc.stderr or ""))
             tail = "\n".join(stderr.splitlines()[-25:])
             failure = classify(Evidence(returncode=code if isinstance(code, int) else 1, stderr_tail=stderr[-8000:]))
             lines += [f"## {name}", "", f"exit {code}; classified {failure.kind.value} ({failure.memory}): "

@@ -190,7 +190,8 @@ def _ladder_run(py: str, model_dir: Path, work: Path, run_dir: Path, *extra: str
 def direct_options(plan: Any) -> list[str]:
     """train_tiny's options for a direct run of the plan an oomladder run reached (its batch, accumulation, bf16
     and checkpointing; a quantization it cannot take is said in the table)."""
-    return (["--batch-size", str(plan.per_device_train_batch_size), "--grad-accum", str(plan.gradient_accumulation_steps)]
+    return (["--batch-size", str(plan.per_device_train_batch_size), "--grad-accum",
+             str(plan.gradient_accumulation_steps)]
             + (["--bf16"] if plan.precision == "bf16" else [])
             + (["--gradient-checkpointing"] if plan.gradient_checkpointing else []))
 
@@ -215,9 +216,10 @@ def _in_place(console: Console, py: str, model_dir: Path, work: Path, in_place_s
         out.add_column(column)
     for name, seconds, folder in ways:
         view = fold(read_journal(folder / "journal.jsonl"))
-        note = "; ".join(f"step {r['step']}: {r['outcome']} {r['split']}" + (" + checkpointing" if r.get("checkpointing")
-                                                                               else "")
-                         for a in view.attempts for r in a.in_place) or " → ".join(a.rung or "start" for a in view.attempts)
+        note = ("; ".join(f"step {r['step']}: {r['outcome']} {r['split']}"
+                          + (" + checkpointing" if r.get("checkpointing") else "")
+                          for a in view.attempts for r in a.in_place)
+                or " → ".join(a.rung or "start" for a in view.attempts))
         out.add_row(name, f"{seconds:.0f} s", f"{seconds / base:.2f}x",
                     str(sum(1 for a in view.attempts if a.failure is not None)), str(len(view.attempts)), note)
     out.add_row("direct, the plan section 2 reached" + (f" (without its {plan.quantization})" if plan.quantization
@@ -288,7 +290,8 @@ def _rungs(console: Console, work: Path, baselines: dict[str, int]) -> None:
 def _versions(dry_run: bool) -> str:
     import torch
     import transformers
-    parts = [f"python {sys.version.split()[0]}", f"torch {torch.__version__}", f"transformers {transformers.__version__}"]
+    parts = [f"python {sys.version.split()[0]}", f"torch {torch.__version__}",
+             f"transformers {transformers.__version__}"]
     for name in ("peft", "bitsandbytes", "accelerate"):
         try:
             parts.append(f"{name} {__import__(name).__version__}")

@@ -74,8 +74,8 @@ def mid_run_oom(work: Path) -> list[list[str]]:
                              "--no-in-place", "--", py, *train_args(work, "ladder")], work)
     view = fold(read_journal(ladder_dir / "journal.jsonl"))
     last_stdout = (ladder_dir / "attempts" / f"{view.attempts[-1].number:03d}" / "stdout.log").read_text()
-    rows.append(["oomladder (default ladder, --no-in-place)", seconds, steps_executed(work, "ladder"), effective_batch(last_stdout),
-                 result.returncode == 0, f"{len(view.attempts)} attempts: "
+    rows.append(["oomladder (default ladder, --no-in-place)", seconds, steps_executed(work, "ladder"),
+                 effective_batch(last_stdout), result.returncode == 0, f"{len(view.attempts)} attempts: "
                  + ", ".join(a.rung or "start" for a in view.attempts)])
     final, options = view.final_plan, []  # the plan oomladder ended on, known in advance
     if final.precision == "bf16":
@@ -146,8 +146,8 @@ def main() -> int:
                    "finished", "note"):
         table.add_column(column)
     for way, seconds, steps, batch, finished, note in rows:
-        table.add_row(way, f"{seconds:.1f} s", f"{seconds / direct:.2f}x", str(steps), batch, "yes" if finished else "NO",
-                      note)
+        table.add_row(way, f"{seconds:.1f} s", f"{seconds / direct:.2f}x", str(steps), batch,
+                      "yes" if finished else "NO", note)
     console.print(table)
     other = Table(title="Supervisor", title_justify="left")
     other.add_column("measure")

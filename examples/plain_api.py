@@ -35,7 +35,8 @@ def sample(step, i, rows):
 
 
 torch.manual_seed(0)
-model = torch.nn.Sequential(Scale(a.width), torch.nn.Tanh(), Scale(a.width), torch.nn.Tanh(), torch.nn.Linear(a.width, 1))
+model = torch.nn.Sequential(Scale(a.width), torch.nn.Tanh(), Scale(a.width), torch.nn.Tanh(), torch.nn.Linear(a.width,
+                                                                                                              1))
 optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
 plan = api.plan(per_device_train_batch_size=16, gradient_accumulation_steps=1)
 session = api.session(model=model, optimizer=optimizer)

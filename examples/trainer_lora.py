@@ -1,6 +1,7 @@
 """A Trainer + LoRA fine-tune whose model is big for its device: a 168M-parameter Llama saved in bf16 (built
 from a config when missing; nothing is downloaded), loaded as the script asks (`--load-dtype`, optionally
-`device_map="auto"` with a `max_memory` budget and an offload folder, or `--device-map cuda`), then trained for a few short steps.
+`device_map="auto"` with a `max_memory` budget and an offload folder, or `--device-map cuda`), then trained for a few
+short steps.
 Nothing of oomladder is in it. It prints the dtype and the linear layers it trains with."""
 
 import argparse

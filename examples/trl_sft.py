@@ -67,12 +67,14 @@ def main():
         trainer = DPOTrainer(model=model, args=DPOConfig(**common), train_dataset=pairs, processing_class=tokenizer,
                              peft_config=lora, callbacks=callbacks)
     else:
-        trainer = SFTTrainer(model=model, args=SFTConfig(**common), train_dataset=Dataset.from_dict({"input_ids": rows}),
+        trainer = SFTTrainer(model=model, args=SFTConfig(**common),
+                             train_dataset=Dataset.from_dict({"input_ids": rows}),
                              processing_class=tokenizer, peft_config=lora, callbacks=callbacks)
     trainer.train()
     batch = trainer._train_batch_size
     print(f"finished {trainer.state.global_step} steps; batch {batch} x accumulation "
-          f"{trainer.args.gradient_accumulation_steps} = effective batch {batch * trainer.args.gradient_accumulation_steps}")
+          f"{trainer.args.gradient_accumulation_steps} = effective batch "
+          f"{batch * trainer.args.gradient_accumulation_steps}")
 
 
 if __name__ == "__main__":

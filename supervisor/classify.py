@@ -99,9 +99,10 @@ _SIGNATURES: list[tuple[Kind, re.Pattern[str], str | None]] = [
     (Kind.OFFLOADED, re.compile(r"oomladder: --no-offload: |Some modules are dispatched on the CPU or the disk\. "
                                 r"Make sure you have enough GPU RAM to fit the quantized model"), "device"),
     (Kind.ONEDNN_PRIMITIVE, re.compile(r"could not create a primitive"), "cpu-capped"),
-    (Kind.PYTHON_MEMORY_ERROR, re.compile(r"^(?:\w+\.)*(?!OutOfMemoryError)\w*MemoryError\b|std::bad_alloc", re.M), "cpu"),
-    (Kind.DATALOADER_KILLED, re.compile(r"DataLoader worker \(pid\(?s?\)? [\d, ]+\) (?:is killed by signal|exited unexpectedly)"),
-     "host"),
+    (Kind.PYTHON_MEMORY_ERROR, re.compile(r"^(?:\w+\.)*(?!OutOfMemoryError)\w*MemoryError\b|std::bad_alloc", re.M),
+     "cpu"),
+    (Kind.DATALOADER_KILLED,
+     re.compile(r"DataLoader worker \(pid\(?s?\)? [\d, ]+\) (?:is killed by signal|exited unexpectedly)"), "host"),
 ]
 
 # Exceptions that only say "see above": the cause is in the log before them (Transformers 5 logs each weight
@@ -111,7 +112,8 @@ _SEE_ABOVE = re.compile(r"We encountered some issues during automatic conversion
 # Failures of the infrastructure rather than of the program or its memory: the same plan, later, may pass.
 _TRANSIENT = re.compile(
     r"Watchdog caught collective operation timeout|NCCL communicator was aborted|RendezvousTimeoutError"
-    r"|RendezvousConnectionError|DistNetworkError|Connection reset by peer|ConnectionResetError|Connection closed by peer"
+    r"|RendezvousConnectionError|DistNetworkError|Connection reset by peer|ConnectionResetError"
+    r"|Connection closed by peer"
     r"|socket timed out|requests\.exceptions\.(?:ConnectionError|ReadTimeout)|httpx\.(?:ConnectError|ReadTimeout)")
 
 # What a rank raises when a peer of its collective died: not its own failure, the peer's.
@@ -129,7 +131,8 @@ _SUMMARIES = {
     Kind.CUBLAS_ALLOC: "cuBLAS could not allocate its workspace", Kind.CUDNN_ALLOC: "cuDNN could not allocate",
     Kind.NCCL_OOM: "NCCL out of memory", Kind.MPS_OOM: "MPS out of memory", Kind.HIP_OOM: "HIP (ROCm) out of memory",
     Kind.XPU_OOM: "XPU out of memory", Kind.CPU_OOM: "CPU allocator out of memory",
-    Kind.MMAP_FAILED: "the checkpoint file could not be mapped", Kind.OFFLOADED: "weights were offloaded off the device",
+    Kind.MMAP_FAILED: "the checkpoint file could not be mapped",
+    Kind.OFFLOADED: "weights were offloaded off the device",
     Kind.ONEDNN_PRIMITIVE: "oneDNN could not create a kernel (no memory left under the cap)",
     Kind.PYTHON_MEMORY_ERROR: "MemoryError", Kind.DATALOADER_KILLED: "a DataLoader worker was killed",
 }

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, TypeVar
 
 PRECISIONS = ("fp32", "bf16", "fp16")            # the Trainer's mixed precision
 LOAD_DTYPES = ("float32", "bfloat16", "float16", "auto")  # the dtype `from_pretrained` loads in
 QUANTIZATIONS = ("none", "int8", "nf4")
+
+
+_Value = TypeVar("_Value", bound="_JournalValue")
 
 
 class _JournalValue:
@@ -24,7 +27,7 @@ class _JournalValue:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any] | None):
+    def from_dict(cls: type[_Value], data: dict[str, Any] | None) -> _Value:
         known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
         return cls(**{k: v for k, v in (data or {}).items() if k in known})
 

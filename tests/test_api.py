@@ -1,5 +1,5 @@
-"""The public API for plain PyTorch programs (`from oomladder import api`), outside oomladder: the plan is what the program gave, and
-the session saves nothing, so the same program runs the same with or without oomladder."""
+"""The public API for plain PyTorch programs (`from oomladder import api`), outside oomladder: the plan is what the
+program gave, and the session saves nothing, so the same program runs the same with or without oomladder."""
 
 import pytest
 import torch

@@ -152,7 +152,8 @@ def _plan(tmp_path, env, *extra):
 
 
 def test_plan_estimates_each_rung_and_names_the_first_that_fits(tmp_path, env):
-    result = _plan(tmp_path, env, "--seq-len", "1024", "--batch-size", "16", "--lora-rank", "8", "--memory-cap", "16GiB")
+    result = _plan(tmp_path, env, "--seq-len", "1024", "--batch-size", "16", "--lora-rank", "8", "--memory-cap",
+                   "16GiB")
     assert result.returncode == 0, result.stderr
     assert "0.95B parameters, LoRA r8 on q_proj,v_proj" in result.stdout
     for rung in ("start", "bf16", "int8", "halve_batch", "gradient_checkpointing"):
@@ -163,8 +164,8 @@ def test_plan_estimates_each_rung_and_names_the_first_that_fits(tmp_path, env):
 
 def test_plan_as_json_gives_every_rungs_parts_and_the_first_fit(tmp_path, env):
     import json
-    result = _plan(tmp_path, env, "--seq-len", "1024", "--batch-size", "16", "--lora-rank", "8", "--memory-cap", "16GiB",
-                   "--format", "json")
+    result = _plan(tmp_path, env, "--seq-len", "1024", "--batch-size", "16", "--lora-rank", "8", "--memory-cap",
+                   "16GiB", "--format", "json")
     data = json.loads(result.stdout)
     assert data["first_fit"] == 4 and data["rows"][0]["rung"] == "start"
     assert set(data["rows"][0]["parts"]) >= {"weights", "gradients", "optimizer", "activations", "logits"}
@@ -179,8 +180,8 @@ def test_plan_shows_where_the_memory_goes_and_takes_8bit_adamw_for_a_full_fine_t
     (tmp_path / "model" / "config.json").write_text(json.dumps(
         {**LLAMA_1B, "hidden_size": 512, "intermediate_size": 1376, "num_hidden_layers": 10, "num_attention_heads": 8,
          "num_key_value_heads": 8, "vocab_size": 2000}))
-    argv = ("plan", "--model", str(tmp_path / "model"), "--seq-len", "16", "--batch-size", "2", "--memory-cap", "520MiB",
-            "--device", "cpu", "--set", "optim=adamw_torch")
+    argv = ("plan", "--model", str(tmp_path / "model"), "--seq-len", "16", "--batch-size", "2", "--memory-cap",
+            "520MiB", "--device", "cpu", "--set", "optim=adamw_torch")
     shown = subprocess.run(oomladder_argv(*argv), env=env, capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0, shown.stderr
     assert "where the memory goes: optimizer states are 50 % of the estimated peak" in shown.stdout

@@ -32,7 +32,8 @@ RECORDS = [
     {"type": "progress", "ts": 1, "attempt": 1, "began_at": 0, "max_steps": 6},
     *({"type": "progress", "ts": 1 + s, "attempt": 1, "step": s, "max_steps": 6, "executed": True} for s in (1, 2)),
     SPLIT,
-    *({"type": "progress", "ts": 7 + s, "attempt": 1, "step": s, "max_steps": 6, "executed": True} for s in (3, 4, 5, 6)),
+    *({"type": "progress", "ts": 7 + s, "attempt": 1, "step": s, "max_steps": 6, "executed": True} for s in (3, 4, 5,
+                                                                                                             6)),
 ]
 FINISHED = [{"type": "attempt_ended", "ts": 20, "attempt": 1, "outcome": "finished", "exit_code": 0, "step": 6},
             {"type": "run_ended", "ts": 20, "status": "finished", "exit_code": 0, "reason": "every step ran once"}]
@@ -51,7 +52,8 @@ def test_the_attempts_plan_is_the_plan_its_split_equals():
 
 def test_a_later_relaunch_climbs_from_the_equivalent_plan():
     failed = RECORDS + [{"type": "attempt_ended", "ts": 20, "attempt": 1, "outcome": "failed", "exit_code": 1,
-                         "step": 4, "failure": {"kind": "cpu_oom", "memory": "device", "summary": "CPU allocator out of "
+                         "step": 4, "failure": {"kind": "cpu_oom", "memory": "device",
+                                                "summary": "CPU allocator out of "
                                                 "memory", "step": 4, "phase": "train", "numbers": {}}}]
     view = fold(failed)
     ladder = parse_ladder("rungs: [halve_batch]\n", "test")
@@ -77,7 +79,8 @@ def test_the_report_shows_the_in_place_rung_with_the_ooms_numbers():
     assert row["rung"] == "in place: split 2" and row["split"] == 2 and row["numbers"]["tried_to_allocate"] == 268435456
     md = render_markdown(report)
     assert "|  | in place: split 2 | per_device_train_batch_size 16→8 gradient_accumulation_steps 1→2 |" in md
-    assert ("in place: out of memory in step 3 (tried to allocate 256 MiB); the micro-batch of 16 runs in 2 chunks" in md)
+    assert ("in place: out of memory in step 3 (tried to allocate 256 MiB); the micro-batch of 16 runs in 2 chunks"
+            in md)
     page = render_html(report)
     assert '<tr class="in-place"><td class="num"></td><td>in place: split 2</td>' in page
 

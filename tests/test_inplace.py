@@ -167,7 +167,8 @@ def test_chunks_of_one_row_that_still_fail_fall_back_to_a_relaunch_with_the_reas
     trainer, inputs, failing = always_out_of_memory(tmp_path)
     assert failing.fired == 3 and inplace.split == [1]  # 1, 2 and 4 chunks tried; the run's split is unchanged
     record, = records(attempt_dir)
-    assert record["outcome"] == "floor" and record["ooms"] == 3 and "already split as far as it goes" in record["reason"]
+    assert record["outcome"] == "floor" and record["ooms"] == 3
+    assert "already split as far as it goes" in record["reason"]
     # Each OOM with its chunk's rows and what it tried, the estimator's lower bounds for the relaunch.
     assert [(t["rows"], t["tried"]) for t in record["tries"]] == [(4, 268435456), (2, 268435456), (1, 268435456)]
     assert record["seq"] == inputs["input_ids"].shape[1]
@@ -193,7 +194,8 @@ def test_at_a_row_per_chunk_checkpointing_is_turned_on_in_place_and_the_split_se
     trainer = build(tmp_path / "checkpointed")
     failing = NeedsCheckpointing(trainer, limit=0)
     run_step(trainer, inputs, items(trainer, inputs))
-    assert failing.fired == 4 and inplace.split == [1] and inplace.checkpointed == [True]  # 1, 2, 4, 8 chunks, then whole
+    # 1, 2, 4, 8 chunks, then whole
+    assert failing.fired == 4 and inplace.split == [1] and inplace.checkpointed == [True]
     got = grads(trainer)
     for name in expected:  # recomputed activations, the same gradients
         torch.testing.assert_close(got[name], expected[name], **CLOSE)

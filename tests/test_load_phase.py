@@ -20,7 +20,8 @@ PEFT = Facts(device="cpu", adapters_expected=True)
 def view(device="cpu", requested="float32", failure=OOM, device_memory=None):
     return fold([{"type": "run_started", "ts": 0.0, "command": ["python", "train.py"]},
                  {"type": "attempt_started", "ts": 1, "attempt": 1, "plan": {}, "rung": None, "reason": ""},
-                 {"type": "observed", "ts": 1.1, "attempt": 1, "plan": {"load_dtype": requested, "quantization": "none"},
+                 {"type": "observed", "ts": 1.1, "attempt": 1, "plan": {"load_dtype": requested,
+                                                                        "quantization": "none"},
                   "facts": {"device": device, "adapters_expected": True, "device_memory": device_memory}, "load": LOAD},
                  {"type": "attempt_ended", "ts": 2, "attempt": 1, "outcome": "failed", "failure": failure.to_dict()}])
 
@@ -39,7 +40,8 @@ def test_bf16_loads_the_weights_in_bf16_and_trains_in_bf16_when_peft_was_importe
 
 def test_quantization_at_load_trusts_that_a_program_importing_peft_trains_adapters():
     assert strategies.get("int8")().apply(Plan(quantization="none"), PEFT, OOM).plan.quantization == "int8"
-    refused = strategies.get("int8")().apply(Plan(quantization="none"), Facts(device="cpu", adapters_expected=False), OOM)
+    refused = strategies.get("int8")().apply(Plan(quantization="none"), Facts(device="cpu", adapters_expected=False),
+                                             OOM)
     assert "quantized weights cannot" in refused.reason
 
 

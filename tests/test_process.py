@@ -36,7 +36,8 @@ def test_the_rank_of_a_launcher_that_dies_of_sigterm_without_passing_it_on_is_to
     """accelerate's single-process launcher and `bash -c` die of SIGTERM at once; their rank, left in the group,
     must still get the signal that lets it finish and save its step, not only the group's SIGKILL."""
     rank = ("import signal, sys, time; "
-            "signal.signal(signal.SIGTERM, lambda *a: (time.sleep(0.3), open('saved', 'w').write('step'), sys.exit(143))); "
+            "signal.signal(signal.SIGTERM, "
+            "lambda *a: (time.sleep(0.3), open('saved', 'w').write('step'), sys.exit(143))); "
             "open('ready', 'w').write('1'); time.sleep(60)")
     launcher = f"import subprocess, sys; subprocess.Popen([sys.executable, '-c', {rank!r}]).wait()"
     worker = Worker(_spec(tmp_path, launcher))
@@ -47,7 +48,8 @@ def test_the_rank_of_a_launcher_that_dies_of_sigterm_without_passing_it_on_is_to
 
 
 def test_a_worker_that_ignores_sigterm_is_killed_after_the_grace_period(tmp_path):
-    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"
+    code = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); "
+            "time.sleep(60)")
     worker = Worker(_spec(tmp_path, code))
     assert _wait_for(lambda: "ready" in (tmp_path / "out.log").read_text())
     started = time.monotonic()
@@ -56,7 +58,8 @@ def test_a_worker_that_ignores_sigterm_is_killed_after_the_grace_period(tmp_path
 
 
 def test_a_second_request_cuts_the_grace_period_short(tmp_path):
-    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"
+    code = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); "
+            "time.sleep(60)")
     worker = Worker(_spec(tmp_path, code))
     assert _wait_for(lambda: "ready" in (tmp_path / "out.log").read_text())
     started = time.monotonic()

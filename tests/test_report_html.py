@@ -145,7 +145,8 @@ def test_the_timeline_puts_each_attempt_on_the_wall_clock_with_its_steps_and_wha
     assert report["time_lost"] == {"failures": 7.0, "restarts": 6.0}
     chart = timeline_chart(report)
     first, second = chart.lanes
-    assert [(s.kind, s.start, s.end) for s in first.spans] == [("start-up", 0, 5), ("training", 5, 13), ("lost", 13, 20)]
+    assert [(s.kind, s.start, s.end) for s in first.spans] == [("start-up", 0, 5), ("training", 5, 13), ("lost", 13,
+                                                                                                         20)]
     assert [(s.kind, s.start, s.end) for s in second.spans] == [("start-up", 21, 26), ("training", 26, 67)]
     assert first.steps == [(1, 9.0), (2, 13.0)] and [s for s, _ in second.steps] == [3, 4, 5, 6]
     assert second.steps_text == "3–6 (resumed)"
@@ -177,7 +178,8 @@ def test_the_page_fetches_nothing_and_runs_nothing():
     assert not tags & {"script", "link", "img", "iframe", "object", "embed", "image", "foreignobject"}
     references = [v for k, v in page.attributes if k in ("href", "src", "xlink:href", "action")]
     assert references and all(v.startswith("#") for v in references)  # the charts' own markers, nothing outside
-    csp = next(a["content"] for t, a, _ in page.tags if t == "meta" and a.get("http-equiv") == "Content-Security-Policy")
+    csp = next(a["content"] for t, a,
+               _ in page.tags if t == "meta" and a.get("http-equiv") == "Content-Security-Policy")
     assert csp.startswith("default-src 'none'") and "script" not in csp
 
 

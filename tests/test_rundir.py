@@ -112,8 +112,8 @@ def emergency(folder):
 
 
 def test_superseded_emergency_checkpoints_inside_the_run_directory_are_removed(tmp_path):
-    old, new = emergency(tmp_path / "checkpoints" / "emergency-step-2-attempt-001"), emergency(tmp_path / "checkpoints" /
-                                                                                    "emergency-step-4-attempt-002")
+    old = emergency(tmp_path / "checkpoints" / "emergency-step-2-attempt-001")
+    new = emergency(tmp_path / "checkpoints" / "emergency-step-4-attempt-002")
     remove_superseded(tmp_path, [old, new], keep=new["path"])
     assert not (tmp_path / "checkpoints" / "emergency-step-2-attempt-001").exists()
     assert (tmp_path / "checkpoints" / "emergency-step-4-attempt-002" / "model.bin").read_bytes() == b"weights"

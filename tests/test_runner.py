@@ -177,7 +177,8 @@ def test_a_run_directory_of_another_command_is_refused(tmp_path):
 def test_placeholders_and_variables_carry_the_plan_to_any_program(tmp_path):
     workers = ScriptedWorkers(oom_at(2), finish)
     config = RunConfig(command=("train", "--bs={per_device_train_batch_size}", "--acc", "{gradient_accumulation_steps}",
-                                '{"json": 1}'), run_dir=tmp_path / "run", ladder=parse_ladder("rungs: [halve_batch]", "t"),
+                                '{"json": 1}'), run_dir=tmp_path / "run", ladder=parse_ladder("rungs: [halve_batch]",
+                                                                                              "t"),
                        initial=Plan(per_device_train_batch_size=16, gradient_accumulation_steps=1), memory_cap=2**30)
     assert Runner(config, launcher=workers, clock=count().__next__, sleep=lambda s: None, environ={}).run() == 0
     first, second = workers.specs

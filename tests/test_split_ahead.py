@@ -124,7 +124,8 @@ def test_the_report_says_what_split_ahead_did_and_how_close_its_predictions_were
     from oomladder.views.report import build_report
     plan = {"per_device_train_batch_size": 16, "gradient_accumulation_steps": 1}
     step = {"type": "progress", "ts": 3, "attempt": 1, "executed": True, "max_steps": 3}
-    records = [{"type": "run_started", "ts": 0, "command": ["python", "train.py", "--per_device_train_batch_size", "16"],
+    records = [{"type": "run_started", "ts": 0, "command": ["python", "train.py", "--per_device_train_batch_size",
+                                                            "16"],
                 "ladder": {"source": "x", "rungs": []}},
                {"type": "attempt_started", "ts": 1, "attempt": 1, "plan": plan, "overrides": {},
                 "command": ["python", "train.py", "--per_device_train_batch_size", "16"]},

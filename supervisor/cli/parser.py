@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from typing import NoReturn
 
 from oomladder import __version__
 from oomladder.cli import suggest
@@ -30,7 +31,7 @@ class _Parser(argparse.ArgumentParser):
         # negative numbers as such, and calls the rest a missing argument); its own check then says what is wrong.
         self._negative_number_matcher = re.compile(r"^-\d")
 
-    def error(self, message: str) -> None:  # argparse's own two-line usage dump, as one line
+    def error(self, message: str) -> NoReturn:  # argparse's own two-line usage dump, as one line
         raise UsageError(f"{suggest.hinted(message)} (see '{self.prog} --help')")
 
     def parse_known_args(self, args=None, namespace=None):

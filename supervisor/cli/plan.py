@@ -37,7 +37,7 @@ def plan(args: argparse.Namespace) -> int:
     facts = Facts(device=device, bf16_supported=True, base_frozen=adapters,
                   trainable_fraction=trainable / shape.params if shape.params else None,
                   liger=importlib.util.find_spec("liger_kernel") is not None)
-    work = Workload(start.per_device_train_batch_size, args.seq_len, adapters, trainable, targets)
+    work = Workload(args.batch_size, args.seq_len, adapters, trainable, targets)
     capacity = planning.usable(total, device, capped=False)
     if capacity <= 0:
         raise UsageError(f"--memory-cap {args.memory_cap or format_size(total)} leaves nothing usable on {device} (the "

@@ -131,15 +131,17 @@ class SayHowItTrains(TrainerCallback):
 
     def on_train_begin(self, args, state, control, model=None, train_dataloader=None, optimizer=None, **kwargs):
         optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper around the real one
-        linears = sorted({type(m).__name__ for n, m in model.named_modules() if n.endswith(("down_proj", "base_layer"))})
+        linears = sorted({type(m).__name__ for n, m in model.named_modules()
+                          if n.endswith(("down_proj", "base_layer"))})
         checkpointing = getattr(model, "is_activation_checkpointing", None)  # Transformers 5's name
         if checkpointing is None:
             checkpointing = getattr(model, "is_gradient_checkpointing", False)
         workers = train_dataloader.num_workers if train_dataloader is not None else args.dataloader_num_workers
-        print(f"training with batch {args.per_device_train_batch_size} x accumulation {args.gradient_accumulation_steps}"
-              f", bf16 {args.bf16}, gradient checkpointing {checkpointing} "
+        print(f"training with batch {args.per_device_train_batch_size} x accumulation "
+              f"{args.gradient_accumulation_steps}, bf16 {args.bf16}, gradient checkpointing {checkpointing} "
               f"{args.gradient_checkpointing_kwargs}, dataloader workers {workers}, linear layers "
-              f"{','.join(linears)}, optimizer {type(optimizer).__module__.split('.')[0]}.{type(optimizer).__name__}", flush=True)
+              f"{','.join(linears)}, optimizer {type(optimizer).__module__.split('.')[0]}.{type(optimizer).__name__}",
+              flush=True)
 
 
 class StopAfter(TrainerCallback):
@@ -183,8 +185,9 @@ def main():
     eval_data = GrowingSequences(32, 0, a.eval_len, a.eval_len, a.vocab) if a.eval_len else None
     callbacks = [SayHowItTrains()] + ([StepCounter(a.count_steps)] if a.count_steps else []) + (
         [StopAfter(a.stop_after_step)] if a.stop_after_step else [])
-    trainer = (OwnLoss if a.own_loss else Trainer)(model=model, args=args, train_dataset=data, eval_dataset=eval_data, data_collator=functools.partial(pad, widths=(a.short_len, a.long_len) if a.labels_on_padding else ()),
-                      callbacks=callbacks)
+    collator = functools.partial(pad, widths=(a.short_len, a.long_len) if a.labels_on_padding else ())
+    trainer = (OwnLoss if a.own_loss else Trainer)(model=model, args=args, train_dataset=data, eval_dataset=eval_data,
+                                                   data_collator=collator, callbacks=callbacks)
     trainer.train(resume_from_checkpoint=a.resume_from)
     if a.save_final:
         trainer.save_model(a.save_final)

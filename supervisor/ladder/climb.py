@@ -12,8 +12,9 @@ from oomladder.classify import Failure
 from oomladder.ladder.rungs import Decision, Ladder, next_plan
 from oomladder.plan import Facts, Plan
 
-# Why to pass a rung over (it is then left out of the rest of the climb), or None to take it.
-PassOver = Callable[[Plan, Decision], "str | None"]
+# Why to pass a rung over (it is then left out of the rest of the climb), or None to take it: from the plan
+# before the rung and the plan it makes.
+PassOver = Callable[[Plan, Plan], "str | None"]
 
 
 @dataclass(frozen=True)
@@ -24,17 +25,17 @@ class Step:
 
 
 def climb(ladder: Ladder, plan: Plan, facts: Facts, failure: Failure, uses: Mapping[int, int],
-          pass_over: PassOver = lambda before, decision: None, exclude: frozenset[int] = frozenset()) -> Iterator[Step]:
+          pass_over: PassOver = lambda before, after: None, exclude: frozenset[int] = frozenset()) -> Iterator[Step]:
     """Each rung in turn, as `next_plan` gives it, until the ladder has none left (the last step is
     the exhausted decision). `uses` counts the rungs already used in this run; rungs in `exclude` are
     left out (ones that broke this program)."""
     used, excluded = dict(uses), set(exclude)
     while True:
         decision = next_plan(ladder, plan, facts, failure, used, frozenset(excluded))
-        if decision.exhausted:
+        if decision.plan is None or decision.rung_index is None:  # exhausted
             yield Step(plan, decision)
             return
-        why = pass_over(plan, decision)
+        why = pass_over(plan, decision.plan)
         yield Step(plan, decision, why)
         if why is not None:
             excluded.add(decision.rung_index)

@@ -71,6 +71,7 @@ def parse_ladder(text: str, source: str) -> Ladder:
 
 def _parse_rung(index: int, entry: Any, source: str) -> Rung:
     where = f"rung {index + 1} of ladder file '{source}'"
+    params: Any
     if isinstance(entry, str):
         name, params = entry, {}
     elif isinstance(entry, dict) and len(entry) == 1:

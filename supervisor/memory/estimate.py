@@ -65,7 +65,7 @@ class Workload:
 
 @dataclass(frozen=True)
 class Estimate:
-    parts: dict[str, int] = field(default_factory=dict)   # bytes, in the order a table shows them
+    parts: dict[str, float] = field(default_factory=dict)   # bytes, in the order a table shows them
     peak: int = 0
     split: dict[str, int] = field(default_factory=dict)   # what is alive at the peak, by term; sums to `peak`
 
@@ -155,11 +155,11 @@ def load_estimate(shape: ModelShape, plan: Plan, device: str, file_bytes: int | 
     against a --memory-cap, and quantizing does not lower the load there.
     """
     if device == "cpu":
-        weights = shape.params * DTYPE_BYTES.get(_load_dtype(plan, shape), 4)
+        weights: float = shape.params * DTYPE_BYTES.get(_load_dtype(plan, shape), 4)
         mapped = file_bytes if file_bytes is not None else shape.params * DTYPE_BYTES.get(shape.dtype, 4)
-        return Estimate({"weights": weights, "file mapping": mapped}, weights + mapped)
+        return Estimate({"weights": weights, "file mapping": mapped}, int(weights + mapped))
     weights = estimate(shape, plan, Workload(1, 1, True, 0, loads_from_file=False), device).parts["weights"]
-    return Estimate({"weights": weights}, weights)
+    return Estimate({"weights": weights}, int(weights))
 
 
 def usable(device_total: int, device: str, capped: bool) -> int:
@@ -184,7 +184,7 @@ def _logits(shape: ModelShape, plan: Plan, work: Workload, compute: int, load: i
     h, v = shape.hidden, shape.vocab
     if not plan.fused_cross_entropy:
         return work.tokens * (12 + _metrics_bytes(work.trainer)) * v
-    chunk = min(work.tokens, 2 ** math.ceil(math.log2(max(1, math.ceil(work.tokens / math.ceil(v / h))))))
+    chunk = min(work.tokens, 1 << math.ceil(math.log2(max(1, math.ceil(work.tokens / math.ceil(v / h))))))
     head_grad = 0 if work.adapters else v * h * load
     return chunk * v * 8 + work.tokens * h * compute + head_grad
 

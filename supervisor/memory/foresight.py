@@ -81,7 +81,11 @@ class LoadFit:
         return load_estimate(self.shape, plan, self.device, self.file_bytes).peak + self.offset
 
 
-def fit_for(view: RunView, memory_cap: int | None) -> Fit | LoadFit | None:
+# What a plan is measured against: the step's memory, or (after an OOM while the model loaded) the load's.
+Yardstick = Fit | LoadFit
+
+
+def fit_for(view: RunView, memory_cap: int | None) -> Yardstick | None:
     """The yardstick for the last attempt's failure, or None when there is nothing to measure against."""
     last = view.attempts[-1] if view.attempts else None
     if last is not None and last.failure is not None and last.failure.phase == "load":
@@ -162,7 +166,9 @@ def calibration(view: RunView, capacity: int) -> int:
     """Measured minus estimated: the median over the steps that ran, raised to what each OOM proves."""
     misses = []
     for a in view.attempts:
-        guess = estimate_for(view, a.plan, a.step_batch) if a.step_peak and a.step_batch else None
+        if not a.step_peak or not a.step_batch:
+            continue
+        guess = estimate_for(view, a.plan, a.step_batch)
         if guess is not None:
             misses.append(a.step_peak - guess.peak)
     offset = int(statistics.median(misses)) if misses else 0
@@ -204,47 +210,52 @@ def proven_need(attempt: Any, capacity: int) -> int:
 
 
 def plan_ahead(ladder: Ladder, plan: Plan, facts: Facts, failure: Failure, uses: Mapping[int, int],
-               fit: Fit | None, exclude: frozenset[int] = frozenset()) -> Decision:
+               fit: Yardstick | None, exclude: frozenset[int] = frozenset()) -> Decision:
     """The next plan: one rung, as `next_plan` gives it, or several stacked when the estimate says one
     is not enough. Rungs in `exclude` (ones that broke this program) are left out."""
     first = next_plan(ladder, plan, facts, failure, uses, exclude)
-    before = fit.need(plan) if fit is not None and failure.phase != "eval" else None
-    if first.exhausted or before is None or is_fragmented(failure):
+    if fit is None or failure.phase == "eval" or first.exhausted or is_fragmented(failure):
         return first  # fragmented: the memory is there in pieces, which no estimate of the plan sees
-    if before <= fit.capacity:
+    before = fit.need(plan)
+    if before is None or before <= fit.capacity:
         return first
-    need, chosen, skipped = _stack(ladder, plan, facts, failure, uses, fit, exclude,
-                                   pass_over(lambda p: fit.need(p) or 0, fit.capacity))
+    need_of = fit.need
+
+    def need(p: Plan) -> int:
+        return need_of(p) or 0
+
+    after, chosen, skipped = _stack(ladder, plan, facts, failure, uses, fit, exclude, pass_over(need, fit.capacity))
     if not chosen:
         # No rung saves a real share of what is missing: take every rung that saves anything at all, stacked,
         # rather than walk the ladder one attempt per rung the estimate already says is not enough.
-        need, chosen, skipped = _stack(ladder, plan, facts, failure, uses, fit, exclude,
-                                       saves_nothing(lambda p: fit.need(p) or 0))
+        after, chosen, skipped = _stack(ladder, plan, facts, failure, uses, fit, exclude, saves_nothing(need))
     if not chosen:
         return first  # the estimate sees no rung that saves memory here: the ladder's own next rung, as without it
-    names = [d.rung for d in chosen]
-    verdict = "fits" if need <= fit.capacity else "is still estimated above it; tried as the best the ladder has"
-    numbers = (f"estimated peak {format_size(before)} → {format_size(need)} for {format_size(fit.capacity)} usable "
+    names = [d.rung for d in chosen if d.rung is not None]
+    verdict = "fits" if after <= fit.capacity else "is still estimated above it; tried as the best the ladder has"
+    numbers = (f"estimated peak {format_size(before)} → {format_size(after)} for {format_size(fit.capacity)} usable "
                f"({verdict})")
     guess = fit.estimate(plan) if isinstance(fit, Fit) else None  # a load's estimate is the weights alone
     where = dominant_text(guess) if guess is not None else None
     return Decision(chosen[-1].plan, _joined(names), chosen[0].rung_index,
                     (f"{where}: " if where else "") + "; ".join(d.reason for d in chosen) + f"; {numbers}",
                     tuple((n, w) for n, w in skipped.items() if n not in names),
-                    tuple(d.rung_index for d in chosen),
-                    {"before": before, "after": need, "capacity": fit.capacity, "calibration": fit.offset,
+                    tuple(d.rung_index for d in chosen if d.rung_index is not None),
+                    {"before": before, "after": after, "capacity": fit.capacity, "calibration": fit.offset,
                      "batch": list(fit.batch), "split": dict(guess.split) if guess else None,
                      "dominant": (guess.dominant() or (None,))[0] if guess else None})
 
 
-def _stack(ladder: Ladder, plan: Plan, facts: Facts, failure: Failure, uses: Mapping[int, int], fit: Fit,
+def _stack(ladder: Ladder, plan: Plan, facts: Facts, failure: Failure, uses: Mapping[int, int], fit: Yardstick,
            exclude: frozenset[int], rule: PassOver) -> tuple[int, list[Decision], dict[str, str]]:
     """The rungs in ladder order, stacked until the estimate fits, passing over those `rule` rejects."""
-    need, chosen, skipped = fit.need(plan) or 0, [], {}
+    need = fit.need(plan) or 0
+    chosen: list[Decision] = []
+    skipped: dict[str, str] = {}
     for step in climb(ladder, plan, facts, failure, uses, rule, exclude):
         for name, why in step.decision.skipped:
             skipped.setdefault(name, why)
-        if step.decision.exhausted:
+        if step.decision.plan is None or step.decision.rung is None:  # exhausted
             break
         if step.passed_over is not None:
             skipped.setdefault(step.decision.rung, step.passed_over)
@@ -258,8 +269,8 @@ def _stack(ladder: Ladder, plan: Plan, facts: Facts, failure: Failure, uses: Map
 
 def saves_nothing(need: Callable[[Plan], int]) -> PassOver:
     """The fallback rule: pass over only the rungs that save no memory at all, or add some."""
-    def why(before: Plan, decision: Decision) -> str | None:
-        current, after = need(before), need(decision.plan)
+    def why(before: Plan, plan: Plan) -> str | None:
+        current, after = need(before), need(plan)
         if after < current:
             return None
         return (f"estimated to add {format_size(after - current)}" if after > current
@@ -279,8 +290,8 @@ def dominant_text(guess: Estimate) -> str | None:
 def pass_over(need: Callable[[Plan], int], capacity: int) -> PassOver:
     """The rule both the loop and `oomladder plan` climb by: a rung that leaves the plan above `capacity`
     and saves less than a tenth of what is missing (or adds memory) is not worth its cost."""
-    def why(before: Plan, decision: Decision) -> str | None:
-        current, after = need(before), need(decision.plan)
+    def why(before: Plan, plan: Plan) -> str | None:
+        current, after = need(before), need(plan)
         missing = current - capacity
         if after <= capacity or current - after >= MATERIAL * missing:
             return None

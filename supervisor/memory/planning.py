@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from oomladder.classify import Failure, Kind
 from oomladder.ladder import Ladder, climb
@@ -18,6 +18,10 @@ from oomladder.memory.foresight import dominant_text, pass_over
 from oomladder.memory.shape import ModelShape
 from oomladder.plan import Facts, Plan, changes, describe_changes
 from oomladder.units import format_size
+
+if TYPE_CHECKING:  # rich is imported where a table is drawn
+    from rich.console import Group
+    from rich.text import JustifyMethod
 
 _PLANNED_OOM = Failure(Kind.CUDA_OOM, "device", "planned: the estimate is above the device", phase="train")
 
@@ -46,13 +50,14 @@ def walk(ladder: Ladder, shape: ModelShape, start: Plan, work: Workload, facts: 
     rows = [Row("start", start, "-", peak_of(start), peak_of(start).peak <= capacity)]
     rule = pass_over(lambda plan: peak_of(plan).peak, capacity)
     for step in climb(ladder, start, facts, _PLANNED_OOM, {}, rule):
-        if step.decision.exhausted:
+        after, rung, index = step.decision.plan, step.decision.rung, step.decision.rung_index
+        if after is None or rung is None or index is None:  # exhausted
             if step.decision.skipped:
                 rows[-1] = dataclasses.replace(rows[-1], skipped=rows[-1].skipped + step.decision.skipped)
             break
-        guess = peak_of(step.decision.plan)
-        cost = ladder.rungs[step.decision.rung_index].strategy.cost.short()
-        rows.append(Row(step.decision.rung, step.decision.plan, describe_changes(step.before, step.decision.plan),
+        guess = peak_of(after)
+        cost = ladder.rungs[index].strategy.cost.short()
+        rows.append(Row(rung, after, describe_changes(step.before, after),
                         guess, guess.peak <= capacity, step.passed_over is not None, cost, step.decision.skipped,
                         step.before))
     return rows
@@ -84,7 +89,7 @@ def short_changes(before: Plan, after: Plan) -> str:
                      ) or "-"
 
 
-def render(rows: list[Row], capacity: int, title: str):
+def render(rows: list[Row], capacity: int, title: str) -> Group:
     """Two tables that each fit a 120-column terminal: the rungs (what each changes, its estimated peak, its
     cost, whether it fits), then where each plan's estimated peak goes, term by term. A rung's name is never
     cut; what a rung changes wraps, and a long value folds, rather than lose its end."""
@@ -98,7 +103,8 @@ def render(rows: list[Row], capacity: int, title: str):
     rungs.add_column("#", justify="right", no_wrap=True)
     rungs.add_column("rung", no_wrap=True)
     rungs.add_column("what changes", overflow="fold")
-    for column, justify in (("estimated peak", "right"), ("cost", "right"), ("fits", "left")):
+    columns: tuple[tuple[str, JustifyMethod], ...] = (("estimated peak", "right"), ("cost", "right"), ("fits", "left"))
+    for column, justify in columns:
         rungs.add_column(column, justify=justify, no_wrap=True)
     for i, r in enumerate(rows):
         fits = "first to fit" if i == first else ("passed over" if r.passed_over else "yes" if r.fits else "no")
@@ -153,7 +159,8 @@ def verdict(rows: list[Row], capacity: int) -> str:
     passed = [row.rung for row in rows[:first] if row.passed_over]
     note = f"; passed over: {', '.join(passed)} (would save under a tenth of what is missing)" if passed else ""
     if first == 0:
-        return f"the starting plan is estimated to fit: {format_size(r.estimate.peak)} of {format_size(capacity)} usable"
+        return (f"the starting plan is estimated to fit: {format_size(r.estimate.peak)} of {format_size(capacity)} "
+                f"usable")
     return (f"first to fit: #{first} ({r.rung}), {format_size(r.estimate.peak)} of {format_size(capacity)} usable; "
             f"after an OOM, oomladder run takes the rungs up to it at once where its calibrated estimate agrees"
             + note)

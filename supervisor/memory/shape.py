@@ -57,7 +57,8 @@ def from_config(config: dict[str, Any]) -> ModelShape:
     """A decoder-only model's shape from its Hugging Face config (Llama, Mistral, Qwen2 and kin)."""
     try:
         h, i = int(config["hidden_size"]), int(config["intermediate_size"])
-        layers, heads, vocab = int(config["num_hidden_layers"]), int(config["num_attention_heads"]), int(config["vocab_size"])
+        layers, heads = int(config["num_hidden_layers"]), int(config["num_attention_heads"])
+        vocab = int(config["vocab_size"])
     except (KeyError, TypeError, ValueError) as exc:
         raise UsageError(f"the model config has no usable {exc} field: oomladder plan reads decoder-only configs "
                          f"(Llama, Mistral, Qwen2 and the like) with hidden_size, intermediate_size, "

@@ -67,8 +67,8 @@ class World:
         to them the world blinked, a retry on the same plan, which this node, restarted, joins."""
         if agreement.of_attempt(journal.records, schema.NODE_ENDED, number) is not None:
             return  # it died waiting for the others: its own end, told already, stands
-        journal.append(schema.NODE_ENDED, attempt=number, node=self.me, outcome="failed", exit_code=None, failed_at=died,
-                       checkpoint=checkpoint, stopped=None,
+        journal.append(schema.NODE_ENDED, attempt=number, node=self.me, outcome="failed", exit_code=None,
+                       failed_at=died, checkpoint=checkpoint, stopped=None,
                        failure=Failure(Kind.TRANSIENT, None, f"node {self.me}'s supervisor died during this "
                                        f"attempt").to_dict())
 
@@ -79,7 +79,8 @@ class World:
         cap. None: go. An Ending: the run stops here, before any rank runs on a plan its peers do not share
         (the attempt is journaled as not started)."""
         def ready(peers: dict[int, list[dict[str, Any]]]) -> bool:
-            return all(agreement.of_attempt(records, schema.ATTEMPT_STARTED, number) or agreement.ended_since(records, self.since)
+            return all(agreement.of_attempt(records, schema.ATTEMPT_STARTED, number) or agreement.ended_since(records,
+                                                                                                              self.since)
                        for records in peers.values())
 
         ok = self.peers.wait(ready, self.timeout, self.clock, self.sleep, self.interval, self.interrupted)
@@ -107,7 +108,8 @@ class World:
         runs = {n: run for n, rs in [(self.me, journal.records), *records.items()]
                 if (run := next((r for r in reversed(rs) if r["type"] == schema.RUN_STARTED), None)) is not None}
         own = agreement.of_attempt(journal.records, schema.ATTEMPT_STARTED, number)
-        differ = agreement.options_differ(runs) or agreement.disagreement({self.me: own, **starts})
+        started = {n: s for n, s in {self.me: own, **starts}.items() if s is not None}  # every node's, after the above
+        differ = agreement.options_differ(runs) or agreement.disagreement(started)
         if differ is not None:
             return Ending("nodes_disagree", f"the nodes disagree on attempt {number}: {differ}. Start every node "
                           f"with the same options (--ladder, --set, --memory-cap) and the same --run-dir.")

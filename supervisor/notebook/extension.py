@@ -62,9 +62,9 @@ def magic(line: str) -> None:
 
 def _begin(run_dir: Path, memory_cap: int | None, ladder: Ladder) -> bool:
     new = not run_dir.exists()
-    runner = KernelRunner(RunConfig(command=COMMAND, run_dir=run_dir, ladder=ladder, memory_cap=memory_cap), show=_show)
     try:
-        runner.begin()
+        runner = KernelRunner.begin(RunConfig(command=COMMAND, run_dir=run_dir, ladder=ladder, memory_cap=memory_cap),
+                                    _show)
     except UsageError as exc:
         _show(f"oomladder: {exc}")
         return False

@@ -23,14 +23,15 @@ from oomladder.process.launch import worker_env
 from oomladder.process.rundir import make_run_dir
 from oomladder.record import schema
 from oomladder.record.history import RunView
-from oomladder.record.journal import open_journal
+from oomladder.record.journal import Journal, open_journal
 from oomladder.run.config import RunConfig
 from oomladder.run.decide import decide
-from oomladder.run.loop import Runner
+from oomladder.run.loop import RunLoop, Runner
 from oomladder.run.notify import Notifier
 from oomladder.run.outcomes import End, NextAttempt
 from oomladder.run.resume import starting_point
 from oomladder.run.watch import AttemptWatcher, Launch
+from oomladder.views.display import ProgramLine
 from oomladder.views.report import write_reports
 from oomladder.worker import adapter, files as worker_files
 from oomladder.worker.files import AttemptFiles
@@ -43,7 +44,7 @@ _ROLE_VARIABLES = {"OOMLADDER_OWNER_PID", "OOMLADDER_PYTHON_ANCESTORS", "OOMLADD
 class CellDisplay:
     """The runner's events, in the output of the cell that caused them."""
 
-    live = False
+    live = shows_output = verbose = False  # its events alone: the program's output is already the cell's
 
     def __init__(self, show: Callable[[Any], None]) -> None:
         self.show = show
@@ -54,44 +55,52 @@ class CellDisplay:
     def event(self, text: str) -> None:
         self.show(f"oomladder: {text}")
 
+    def output(self, lines: list[ProgramLine], pending: ProgramLine | None) -> None:
+        pass
+
+    def detail(self, text: str) -> None:
+        pass
+
     def close(self, view: RunView) -> None:
         pass
 
 
-class KernelRunner(Runner):
-    def __init__(self, config: RunConfig, show: Callable[[Any], None]) -> None:
-        super().__init__(config, display=CellDisplay(show), sleep=lambda seconds: None,
-                         environ={k: v for k, v in os.environ.items() if not k.startswith("OOMLADDER_")})
-        self.show = show
-        self.launch: Launch | None = None
-        self.files: AttemptFiles | None = None
-        self.since = 0.0
-        self.ended: End | int | None = None
+class KernelRunner(RunLoop):
+    """`begin` makes one: the run's start (or, after a kernel restart, its continuation in the same run directory)
+    and its first attempt in this kernel; then the adapter, here."""
 
-    def begin(self) -> None:
-        """The run's start (or, after a kernel restart, its continuation in the same run directory) and its first
-        attempt in this kernel; then the adapter, here."""
-        cfg = self.config
-        make_run_dir(cfg.run_dir)
-        self.journal = journal = open_journal(journal_path(cfg.run_dir, 0), self.clock)
-        self.notifier = Notifier((), journal, self.display, cfg.run_dir)
-        self.watcher = AttemptWatcher(cfg, journal, launcher=_never, clock=self.clock, monotonic=self.monotonic,
-                                      sleep=self.sleep, display=self.display, environ=self.environ, world=None,
-                                      signalled=lambda: None, hurry=lambda: False, wall_time_spent=lambda: None)
+    def __init__(self, runner: Runner, journal: Journal, show: Callable[[Any], None]) -> None:
+        cfg = runner.config
+        super().__init__(runner, journal, notifier=Notifier((), journal, runner.display, cfg.run_dir),
+                         watcher=AttemptWatcher(cfg, journal, launcher=_never, clock=runner.clock,
+                                                monotonic=runner.monotonic, sleep=runner.sleep,
+                                                display=runner.display, environ=runner.environ, world=None,
+                                                signalled=lambda: None, hurry=lambda: False,
+                                                wall_time_spent=lambda: None))
+        self.show = show
+        self.ended: End | int | None = None
         first = starting_point(cfg, journal, self.watcher, None, self.topology, hurry=lambda: False)
-        self._journal_run_started()
+        self.journal_run_started()
         self._started = self.monotonic()
         self._observe_environment()
         if os.environ.get("JPY_SESSION_NAME"):  # the notebook's path, where Jupyter's server says it
             journal.append(schema.OBSERVED, attempt=0, source="environment", plan={},
                            facts={"notebook": os.environ["JPY_SESSION_NAME"]})
-        self._enter(first)
+        self.launch, self.files, self.since = self._enter(first)
+
+    @classmethod
+    def begin(cls, config: RunConfig, show: Callable[[Any], None]) -> KernelRunner:
+        runner = Runner(config, display=CellDisplay(show), sleep=lambda seconds: None,
+                        environ={k: v for k, v in os.environ.items() if not k.startswith("OOMLADDER_")})
+        make_run_dir(runner.config.run_dir)
+        kernel = cls(runner, open_journal(journal_path(runner.config.run_dir, 0), runner.clock), show)
         adapter.install()
         worker_files.append_progress({"adapter": _version()})
+        return kernel
 
     def after_cell(self, error: BaseException | None) -> None:
         """Take in what the cell's training wrote; an OOM it died of ends the attempt and decides the next."""
-        if self.launch is None or self.ended is not None:
+        if self.ended is not None:
             return
         number = self.launch.number
         self.watcher.take_in(number, self.files)
@@ -115,12 +124,12 @@ class KernelRunner(Runner):
         if isinstance(step, int):
             self.ended = step
             return
-        self._enter(step)
+        self.launch, self.files, self.since = self._enter(step)
         from oomladder.notebook.show import next_plan  # rich, only when there is a plan to show
         self.show(next_plan(before, self.launch.plan, result.failure.summary if result.failure else "it ended",
                             step.rung or "retry", self.launch.resume["step"] if self.launch.resume else None))
 
-    def _enter(self, nxt: NextAttempt) -> None:
+    def _enter(self, nxt: NextAttempt) -> tuple[Launch, AttemptFiles, float]:
         """Journal the next attempt and give this process its plan, as a worker's environment gives it."""
         cfg = self.config
         launch = self._start_attempt(nxt)
@@ -132,10 +141,10 @@ class KernelRunner(Runner):
         for name in [k for k in os.environ if k.startswith("OOMLADDER_") and k not in env and k not in _ROLE_VARIABLES]:
             del os.environ[name]  # the last attempt's: a resume point, a plan setting this one does not set
         os.environ.update(env)
-        self.launch, self.files, self.since = launch, AttemptFiles(launch.attempt_dir), self.monotonic()
         if self.journal.view().attempts[-1].number > 1:
             adapter.new_attempt()
             worker_files.append_progress({"adapter": _version()})
+        return launch, AttemptFiles(launch.attempt_dir), self.monotonic()
 
 
 def _is_memory(record: dict[str, Any], memory_cap: int | None) -> bool:
@@ -143,7 +152,7 @@ def _is_memory(record: dict[str, Any], memory_cap: int | None) -> bool:
     return classify(Evidence(returncode=1, record=record, capped=bool(memory_cap))).is_memory
 
 
-def _never(spec):
+def _never(*args: Any, **kwargs: Any) -> Any:
     raise AssertionError("a kernel's run launches nothing: its cells are the attempt")
 
 

@@ -22,7 +22,8 @@ from oomladder.plan import FIELD_NAMES, Plan
 # cap. Large blocks mapped and unmapped one by one return memory as a device's allocator does.
 CPU_DEVICE_ALLOCATOR = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
 
-INJECT_DIR = Path(__file__).resolve().parent.parent / "worker" / "inject"  # a path only: nothing of the worker is imported here
+# A path only: nothing of the worker is imported here.
+INJECT_DIR = Path(__file__).resolve().parent.parent / "worker" / "inject"
 _PLACEHOLDER = re.compile(r"\{(" + "|".join(FIELD_NAMES) + r")\}")
 
 

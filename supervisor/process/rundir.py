@@ -148,5 +148,5 @@ def _in_a_workers_session(process: Any, launched: list[Mapping[str, Any]]) -> bo
                 return False  # a live leader that is not the worker: another session with a reused id
         except psutil.NoSuchProcess:
             pass  # the worker is gone and its session lives on in what it started
-        return process.create_time() >= record["ts"] - 60
+        return bool(process.create_time() >= record["ts"] - 60)
     return False

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
+from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -75,7 +76,7 @@ def become_subreaper() -> bool:
     """Linux: descendants whose parent dies (a `bash -c` wrapper's python, a daemon that `setsid`'d away)
     become this process's children instead of init's, so they can be found and stopped, and reaped."""
     try:
-        return ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1) == 0
+        return bool(ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1) == 0)
     except (OSError, AttributeError):
         return False
 
@@ -90,7 +91,7 @@ def stop_descendants(grace: float = 5.0, keep: Callable[[int], bool] = lambda pi
     return [p.pid for p in found]
 
 
-def stop_processes(processes: list, grace: float, hurry: Callable[[], bool] = lambda: False) -> None:
+def stop_processes(processes: list[Any], grace: float, hurry: Callable[[], bool] = lambda: False) -> None:
     """psutil processes: SIGTERM, then SIGKILL to those still alive after `grace` (at once when `hurry()` says
     so: a second signal to oomladder), waited for."""
     import psutil

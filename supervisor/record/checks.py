@@ -58,9 +58,10 @@ def _tuple_of(*checks: Callable[[Any], bool]) -> Callable[[Any], bool]:
     return lambda v: isinstance(v, list) and len(v) == len(checks) and all(c(x) for c, x in zip(checks, v))
 
 
-def _typed_like(cls: type) -> Callable[[Any], bool]:
+def _typed_like(cls: Any) -> Callable[[Any], bool]:
     """An object whose fields that a `Plan` or `Facts` knows hold what their annotations say."""
-    kinds = {"int": _int, "float": _number, "str": _str, "bool": lambda v: isinstance(v, bool)}
+    kinds: dict[str, Callable[[Any], bool]] = {"int": _int, "float": _number, "str": _str,
+                                               "bool": lambda v: isinstance(v, bool)}
     wanted = {f.name: kinds[str(f.type).split("|")[0].strip()] for f in fields(cls)}
 
     def check(v: Any) -> bool:
@@ -105,7 +106,8 @@ def _steps(v: Any) -> bool:
 FIELDS: dict[str, Callable[[Any], bool]] = {
     "ts": _time, "attempt": _count, "step": _count, "max_steps": _count, "began_at": _count, "exit_code": _int,
     "rank": _int, "rung_index": _int, "split": _count, "split_before": _count, "rows": _count, "ooms": _count,
-    "summed": _count, "rolled_back": _int, "peak": _count, "loss": _number, "learning_rate": _number, "seconds": _number,
+    "summed": _count, "rolled_back": _int, "peak": _count, "loss": _number, "learning_rate": _number,
+    "seconds": _number,
     "duration": _number, "exited": _time, "max_attempts": _count, "max_wall_time": _number, "hang_timeout": _number,
     "node_timeout": _number, "nnodes": _count, "node_rank": _count,
     "phase": _str, "peak_measure": _str, "rung": _str, "reason": _str, "changes": _str, "status": _str,

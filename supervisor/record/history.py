@@ -8,7 +8,7 @@ type says (checks.py) is counted as damaged and left out.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from oomladder.classify import Failure
@@ -65,56 +65,81 @@ class Folder:
                 self.damaged.append({"line": line, "why": why})
 
     def _add(self, r: dict[str, Any]) -> None:
-        kind = r.get("type")
-        if kind == schema.RUN_STARTED:
-            self.run, self.ended = r, None  # a resumed run starts again
-        elif kind == schema.ATTEMPT_STARTED:
-            overrides = Plan.from_dict(r.get("plan"))
-            launched = self.observed.merged(overrides)
-            self.attempts[r["attempt"]] = AttemptView(
-                number=r["attempt"], rung=r.get("rung"), reason=r.get("reason") or "", overrides=overrides,
-                plan=launched, started=r["ts"], command=r.get("command") or [],
-                resumed_from=(r.get("resume_from") or {}).get("step"), launched=launched)
-        elif kind == schema.OBSERVED:
-            # Later observations fill fields earlier attempts died before reaching.
-            self.observed = self.observed.merged(Plan.from_dict(r.get("plan")))
-            self.facts.update({k: v for k, v in (r.get("facts") or {}).items() if v is not None})
-            self.model = self.model or r.get("model")  # the first report: later ones see the model as loaded
-            self.load = r.get("load") or self.load
-            for a in self.attempts.values():
-                a.launched = self.observed.merged(a.overrides)
-                a.plan = a.in_place_plan(a.split, a.checkpointed)
-        elif kind == schema.PROGRESS and r.get("attempt") in self.attempts:
+        fold = self._FOLDS.get(r.get("type"))
+        if fold is not None:
+            fold(self, r)
+
+    def _run_started(self, r: dict[str, Any]) -> None:
+        self.run, self.ended = r, None  # a resumed run starts again
+
+    def _attempt_started(self, r: dict[str, Any]) -> None:
+        overrides = Plan.from_dict(r.get("plan"))
+        launched = self.observed.merged(overrides)
+        self.attempts[r["attempt"]] = AttemptView(
+            number=r["attempt"], rung=r.get("rung"), reason=r.get("reason") or "", overrides=overrides,
+            plan=launched, started=r["ts"], command=r.get("command") or [],
+            resumed_from=(r.get("resume_from") or {}).get("step"), launched=launched)
+
+    def _observed(self, r: dict[str, Any]) -> None:
+        # Later observations fill fields earlier attempts died before reaching.
+        self.observed = self.observed.merged(Plan.from_dict(r.get("plan")))
+        self.facts.update({k: v for k, v in (r.get("facts") or {}).items() if v is not None})
+        self.model = self.model or r.get("model")  # the first report: later ones see the model as loaded
+        self.load = r.get("load") or self.load
+        for a in self.attempts.values():
+            a.launched = self.observed.merged(a.overrides)
+            a.plan = a.in_place_plan(a.split, a.checkpointed)
+
+    def _progress_record(self, r: dict[str, Any]) -> None:
+        if r.get("attempt") in self.attempts:
             self._progress(self.attempts[r["attempt"]], r)
-        elif kind == schema.IN_PLACE and r.get("attempt") in self.attempts:
-            a = self.attempts[r["attempt"]]
-            if len(a.in_place) < IN_PLACE_KEPT:
-                a.in_place.append(r)
-            if r.get("outcome") == "split":
-                if not r.get("per_step"):  # split ahead's splits are for their step alone
-                    a.split = max(a.split, int(r["split"]))
-                else:
-                    a.ahead.widest = max(a.ahead.widest, int(r["split"]))
-                a.checkpointed = a.checkpointed or bool(r.get("checkpointing"))
-                a.plan = a.in_place_plan(a.split, a.checkpointed)
-        elif kind == schema.ATTEMPT_ENDED and r.get("attempt") in self.attempts:
-            a = self.attempts[r["attempt"]]
-            a.ended, a.status, a.exit_code = r["ts"], r["outcome"], r.get("exit_code")
-            a.failure = Failure.from_dict(r["failure"]) if r.get("failure") else None
-            for key in ("step", "max_steps", "peak", "peak_measure"):
-                if r.get(key) is not None:
-                    setattr(a, key, r[key])
-            a.failed_batch = r.get("batch_shape")
-        elif kind == schema.DECISION:
-            self.decisions.append(r)
-            if r.get("rolled_back") in self.attempts:
-                self.attempts[r["rolled_back"]].rolled_back = True
-        elif kind == schema.CHECKPOINT:
-            self.checkpoints.append(r)
-        elif kind == schema.WARNING:
-            self.warnings.append(r)
-        elif kind == schema.RUN_ENDED:
-            self.ended = r
+
+    def _in_place(self, r: dict[str, Any]) -> None:
+        if r.get("attempt") not in self.attempts:
+            return
+        a = self.attempts[r["attempt"]]
+        if len(a.in_place) < IN_PLACE_KEPT:
+            a.in_place.append(r)
+        if r.get("outcome") == "split":
+            if not r.get("per_step"):  # split ahead's splits are for their step alone
+                a.split = max(a.split, int(r["split"]))
+            else:
+                a.ahead.widest = max(a.ahead.widest, int(r["split"]))
+            a.checkpointed = a.checkpointed or bool(r.get("checkpointing"))
+            a.plan = a.in_place_plan(a.split, a.checkpointed)
+
+    def _attempt_ended(self, r: dict[str, Any]) -> None:
+        if r.get("attempt") not in self.attempts:
+            return
+        a = self.attempts[r["attempt"]]
+        a.ended, a.status, a.exit_code = r["ts"], r["outcome"], r.get("exit_code")
+        a.failure = Failure.from_dict(r["failure"]) if r.get("failure") else None
+        for key in ("step", "max_steps", "peak", "peak_measure"):
+            if r.get(key) is not None:
+                setattr(a, key, r[key])
+        a.failed_batch = r.get("batch_shape")
+
+    def _decision(self, r: dict[str, Any]) -> None:
+        self.decisions.append(r)
+        if r.get("rolled_back") in self.attempts:
+            self.attempts[r["rolled_back"]].rolled_back = True
+
+    def _run_ended(self, r: dict[str, Any]) -> None:
+        self.ended = r
+
+    # Each record type and how it folds; a type this oomladder does not know (a newer one's) is passed over.
+    _FOLDS: dict[Any, Callable[[Folder, dict[str, Any]], None]] = {
+        schema.RUN_STARTED: _run_started,
+        schema.ATTEMPT_STARTED: _attempt_started,
+        schema.OBSERVED: _observed,
+        schema.PROGRESS: _progress_record,
+        schema.IN_PLACE: _in_place,
+        schema.ATTEMPT_ENDED: _attempt_ended,
+        schema.DECISION: _decision,
+        schema.CHECKPOINT: lambda self, r: self.checkpoints.append(r),
+        schema.WARNING: lambda self, r: self.warnings.append(r),
+        schema.RUN_ENDED: _run_ended,
+    }
 
     def _progress(self, a: AttemptView, r: dict[str, Any]) -> None:
         if r.get("executed"):
@@ -148,8 +173,9 @@ class Folder:
         if earlier and (again := earlier.intersection(new)):
             a.ran_again.update(again)
         a.executed.update(new)
-        for step in {new.first, new.last} - {None}:
-            a.step_log.add(step, ts, None)
+        for step in {new.first, new.last}:
+            if step is not None:
+                a.step_log.add(step, ts, None)
         if self._before is not None and a.number < self._before[0]:
             self._before = None  # an earlier attempt's steps changed: the union is taken again when next asked
 

@@ -22,7 +22,8 @@ class Ahead:
     PREDICTIONS = 10_000
 
     def __init__(self) -> None:
-        self.steps_split, self.widest, self.errors = 0, 1, []
+        self.steps_split, self.widest = 0, 1
+        self.errors: list[float] = []
 
     def add(self, split: int, predicted: int | None, measured: int | None) -> None:
         if split > 1:
@@ -109,8 +110,8 @@ class AttemptView:
     @property
     def steps_run(self) -> tuple[int, int] | None:
         """(first, last) optimizer step this attempt completed, or None if it completed none."""
-        steps = self.steps
-        return (steps.first, steps.last) if steps else None
+        first, last = self.steps.first, self.steps.last
+        return (first, last) if first is not None and last is not None else None
 
     @property
     def resumed(self) -> bool:
@@ -207,5 +208,5 @@ class RunView:
     @property
     def status(self) -> str:
         if self.ended:
-            return self.ended["status"]
+            return str(self.ended["status"])
         return "running" if self.attempts else "not started"

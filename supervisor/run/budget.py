@@ -9,14 +9,17 @@ from __future__ import annotations
 import functools
 import operator
 from dataclasses import dataclass
+from typing import cast
 
 from tenacity import stop_after_attempt, stop_after_delay
+from tenacity import RetryCallState
 from tenacity.stop import stop_base
 
 
 @dataclass(frozen=True)
 class BudgetState:
-    """The two fields tenacity's stop policies read."""
+    """The two fields tenacity's stop policies read (they are typed for its `RetryCallState`, of which they read
+    nothing else: `spent` hands this over in its place)."""
 
     attempt_number: int           # attempts made by this invocation
     seconds_since_start: float    # wall time of this invocation
@@ -40,6 +43,10 @@ def budgets(max_attempts: int | None, max_wall_time: float | None) -> list[Budge
 
 def exhausted(all_budgets: list[Budget], state: BudgetState) -> Budget | None:
     """The first budget that is spent, or None."""
-    if not all_budgets or not functools.reduce(operator.or_, [b.policy for b in all_budgets])(state):
+    if not all_budgets or not spent(functools.reduce(operator.or_, [b.policy for b in all_budgets]), state):
         return None
-    return next(b for b in all_budgets if b.policy(state))
+    return next(b for b in all_budgets if spent(b.policy, state))
+
+
+def spent(policy: stop_base, state: BudgetState) -> bool:
+    return policy(cast(RetryCallState, state))

@@ -19,7 +19,7 @@ EXIT_USAGE = 2
 EXIT_NOT_MEMORY = 3
 EXIT_LADDER_EXHAUSTED = 4
 EXIT_BUDGET = 5
-EXIT_INTERRUPTED = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}
+EXIT_INTERRUPTED: dict[int, int] = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}
 EXIT_INTERNAL = 70     # a bug in oomladder itself
 EXIT_DISK_FULL = 74    # the disk holding the run directory is full (sysexits' EX_IOERR)
 

@@ -11,12 +11,12 @@ arithmetic behind a decision, in words.
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from oomladder.classify import Kind
+from oomladder.classify import Failure, Kind
 from oomladder.ladder import Decision, Ladder
 from oomladder.memory.foresight import Fit, fit_for, load_wall, plan_ahead
 from oomladder.plan import Plan
@@ -56,33 +56,32 @@ def decide(view: RunView, result: AttemptResult, ladder: Ladder, *, memory_cap: 
         delay = backoff(BudgetState(count, 0.0)) if failure.kind is Kind.TRANSIENT else 0.0
         why = f"{failure.summary}: retry {count} on the same plan" + (f" after {delay:g} s" if delay else "")
         return Retry(current, why, delay)
-    if not failure.is_memory and (rolled := roll_back(view, ladder, memory_cap, several_nodes)) is not None:
+    if not failure.is_memory and (rolled := roll_back(view, failure, ladder, memory_cap, several_nodes)) is not None:
         return rolled
     if not failure.is_memory:
         return End(RunStatus.NOT_MEMORY.value, EXIT_NOT_MEMORY,
                    f"attempt {number} failed with {failure.kind.value}: {failure.summary}. No memory setting fixes "
                    f"this, so the ladder was not walked; see {log}")
-    return _climb(view, ladder, memory_cap, several_nodes, number)
+    return _climb(view, ladder, memory_cap, several_nodes, number, failure)
 
 
 def _climb(view: RunView, ladder: Ladder, memory_cap: int | None, several_nodes: bool, number: int,
-           rollback: Rollback | None = None) -> Climb | End:
-    """The ladder's next plan after the last attempt's out-of-memory error, leaving out the rungs that
+           failure: Failure, rollback: Rollback | None = None) -> Climb | End:
+    """The ladder's next plan after the last attempt's out-of-memory error, `failure`, leaving out the rungs that
     broke this program."""
     last = view.attempts[-1]
-    if last.failure.phase == "load" and (wall := load_wall(view, memory_cap)) is not None:
+    if failure.phase == "load" and (wall := load_wall(view, memory_cap)) is not None:
         return End(RunStatus.LADDER_EXHAUSTED.value, EXIT_LADDER_EXHAUSTED,
                    f"attempt {number} ran out of memory while the model loaded, and {wall}.", None, rollback)
     # Each node calibrates the estimate from its own ranks' peaks, and every node must take the same
     # decision: on several nodes the ladder walks one rung per attempt.
     fit = None if several_nodes else fit_for(view, memory_cap)
-    decision = plan_ahead(ladder, last.plan, view.facts, last.failure, view.rung_uses, fit,
+    decision = plan_ahead(ladder, last.plan, view.facts, failure, view.rung_uses, fit,
                           frozenset(view.incompatible) | {i for _, i, _ in (rollback.incompatible if rollback else ())})
     if rollback is not None:
-        broke = "; ".join(f"{name} broke the program ({why})" for name, _, why in rollback.incompatible)
-        decision = replace(decision, reason=f"{broke}: back to the plan of attempt {last.number}"
+        decision = replace(decision, reason=f"{rollback.what_broke}: back to the plan of attempt {last.number}"
                            + (f"; {decision.reason}" if decision.plan is not None else f", and {decision.reason}"))
-    if decision.exhausted:
+    if decision.plan is None:
         tried = "; ".join(f"{name}: {why}" for name, why in decision.skipped) or "none applied"
         return End(RunStatus.LADDER_EXHAUSTED.value, EXIT_LADDER_EXHAUSTED,
                    f"attempt {number} ran out of memory and {decision.reason} ({tried}). " + (
@@ -92,16 +91,18 @@ def _climb(view: RunView, ladder: Ladder, memory_cap: int | None, several_nodes:
                        if memory_cap and not any(a.steps for a in view.attempts) else
                        "Try a bigger device, a smaller model or sequence, or a ladder with more rungs."),
                    decision, rollback)
-    return Climb(decision, rollback)
+    return Climb(decision.plan, decision, rollback)
 
 
-def roll_back(view: RunView, ladder: Ladder, memory_cap: int | None, several_nodes: bool) -> Climb | End | None:
+def roll_back(view: RunView, error: Failure, ladder: Ladder, memory_cap: int | None,
+              several_nodes: bool) -> Climb | End | None:
     """A rung that turned a working program into a failing one is undone, not blamed on the program.
 
     It applies when the last attempt failed with an error (not memory) right after a rung changed the
     plan, and the attempt before it ran out of memory (so the ladder climbed from a plan that worked up
     to then) and got at least as far: up to the step its OOM struck in. A true bug still stops the run:
-    the same error as before, or an error at a step the earlier plan never reached.
+    the same error as before, or an error at a step the earlier plan never reached. `error` is the last
+    attempt's failure.
     """
     if len(view.attempts) < 2:
         return None
@@ -109,35 +110,35 @@ def roll_back(view: RunView, ladder: Ladder, memory_cap: int | None, several_nod
     decision = next((d for d in reversed(view.decisions) if d["attempt"] == before.number), None)
     if decision is None or not decision.get("rung_indices") or before.failure is None or not before.failure.is_memory:
         return None
-    if broken.failure.summary == before.failure.summary:
+    if error.summary == before.failure.summary:
         return None
     # The earlier plan reached the step its OOM struck in: an error anywhere in that step, its end included
     # (where the step count has already moved on), is at a point that plan got to.
     reached = max(before.step or 0, before.failure.step or 0, before.steps.last or 0) + 1
-    if (broken.failure.step or 0) > reached:
+    if (error.step or 0) > reached:
         return None  # a point the earlier plan never reached: the program's own bug, as far as anyone can tell
     used = [i for i in decision["rung_indices"] if 0 <= i < len(ladder.rungs)]
     suspects = [i for i in used if ladder.rungs[i].strategy.changes_code] or used
-    rollback = Rollback(broken.number, tuple((ladder.rungs[i].name, i, broken.failure.summary) for i in suspects))
+    rollback = Rollback(broken.number, tuple((ladder.rungs[i].name, i, error.summary) for i in suspects))
     # The view as it was before the broken attempt: its plan and rung uses are undone.
     earlier = replace(view, attempts=view.attempts[:-1], decisions=[*view.decisions, {"attempt": before.number,
                                                                                        "rolled_back": broken.number}])
-    return _climb(earlier, ladder, memory_cap, several_nodes, broken.number, rollback)
+    return _climb(earlier, ladder, memory_cap, several_nodes, broken.number, before.failure, rollback)
 
 
 def stopped(stop: StopReason) -> End:
     """The end of a run whose worker group the supervisor (or another node) stopped."""
-    if stop.kind is Stop.SIGNAL:
+    if stop.kind is Stop.SIGNAL and stop.signum is not None:
         return End(RunStatus.INTERRUPTED.value, EXIT_INTERRUPTED.get(stop.signum, 130),
                    f"oomladder received {signal.Signals(stop.signum).name}; the worker group was stopped. Run the "
                    f"same command again (or oomladder resume) to continue.")
-    if stop.kind is Stop.PEER:
-        peer = stop.peer or {}
-        return End(peer["status"], peer["exit_code"], f"node {peer['node']} was stopped ({peer['why']}), and this "
-                   f"node's group with it. Run the same command on every node to continue.")
-    return End(RunStatus.BUDGET_EXHAUSTED.value, EXIT_BUDGET,
-               f"the {stop.budget.flag} budget ({stop.budget.text}) ran out during an attempt; its worker group was "
-               f"stopped. Run the same command again to continue.")
+    if stop.kind is Stop.BUDGET and stop.budget is not None:
+        return End(RunStatus.BUDGET_EXHAUSTED.value, EXIT_BUDGET,
+                   f"the {stop.budget.flag} budget ({stop.budget.text}) ran out during an attempt; its worker group "
+                   f"was stopped. Run the same command again to continue.")
+    peer = stop.peer or {}
+    return End(peer["status"], peer["exit_code"], f"node {peer['node']} was stopped ({peer['why']}), and this "
+               f"node's group with it. Run the same command on every node to continue.")
 
 
 def over_budget(spent: Budget | None, next_rung: str | None) -> End | None:
@@ -198,7 +199,7 @@ def evaluation_owed(view: RunView, resume: dict[str, Any] | None) -> int | None:
     last = view.attempts[-1] if view.attempts else None
     failure = last.failure if last else None
     if resume and failure is not None and failure.phase == "eval" and failure.step == resume["step"]:
-        return resume["step"]
+        return failure.step
     return None
 
 
@@ -223,7 +224,7 @@ def arithmetic(view: RunView, decision: Decision, memory_cap: int | None) -> lis
         lines.append("no estimate: the program did not report its model's shape, or there is no device size to fit "
                      "in (no --memory-cap, and not a CUDA device): the ladder's next rung, one at a time")
     else:
-        batch = said.get("batch") or ()
+        batch: Sequence[int] = said.get("batch") or ()
         at = f" at micro-batch {batch[0]} x {batch[1]} tokens" if len(batch) == 2 else ""
         offset = said.get("calibration") or 0
         lines += [f"estimated peak{at}: {format_size(said['before'])} for the plan that failed, "
@@ -240,7 +241,7 @@ def arithmetic(view: RunView, decision: Decision, memory_cap: int | None) -> lis
 def _estimated(view: RunView, decision: Decision, memory_cap: int | None) -> dict[str, Any] | None:
     """A decision of one rung journals no estimate: the loop's own yardstick, for the same two plans."""
     fit = fit_for(view, memory_cap) if view.attempts and decision.plan is not None else None
-    if not isinstance(fit, Fit):
+    if not isinstance(fit, Fit) or decision.plan is None:
         return None
     failed = view.attempts[-1].plan
     before, after, guess = fit.need(failed), fit.need(decision.plan), fit.estimate(failed)

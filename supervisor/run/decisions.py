@@ -9,11 +9,11 @@ from oomladder.record import schema
 from oomladder.record.journal import Journal
 from oomladder.run.decide import arithmetic
 from oomladder.run.outcomes import Rollback
-from oomladder.views.display import Display
+from oomladder.views.display import Unbreakable
 
 
 def journal_decision(journal: Journal, number: int, decision: Decision, rollback: Rollback | None = None,
-                     display: Display | None = None, memory_cap: int | None = None) -> str | None:
+                     display: Unbreakable | None = None, memory_cap: int | None = None) -> str | None:
     """The ladder's decision as the journal keeps it; returns what it changes (from the plan it undoes to, when a
     rung broke the program). The runner's, and a notebook kernel's (oomladder/notebook)."""
     attempts = journal.view().attempts

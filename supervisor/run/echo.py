@@ -49,7 +49,7 @@ class _Tail:
         self.skipped = 0  # bytes passed over since the last look, when the program wrote faster than it is shown
 
     def lines(self, everything: bool) -> list[bytes]:
-        found = []
+        found: list[bytes] = []
         while True:
             try:
                 with open(self.path, "rb") as f:

@@ -132,10 +132,10 @@ class Intake:
     def take_in(self, number: int, files: AttemptFiles, drain: bool = False) -> None:
         """Copy what the workers reported since the last look into the journal; with `drain`, everything they
         wrote (an attempt that ended), however many looks that takes."""
-        if facts := trains_in(files.new_claims(), self.config.command):  # a launcher started it (run/trainers.py)
-            self.journal.append(schema.OBSERVED, attempt=number, plan={}, facts=facts)
+        if claimed := trains_in(files.new_claims(), self.config.command):  # a launcher started it (run/trainers.py)
+            self.journal.append(schema.OBSERVED, attempt=number, plan={}, facts=claimed)
         for rank, data in files.new_observations():
-            facts = data.get("facts") if isinstance(data.get("facts"), dict) else {}
+            facts: dict[str, Any] = data["facts"] if isinstance(data.get("facts"), dict) else {}
             if facts.get("offloaded"):
                 self._warn_once(number, "offload", f"attempt {number}: device_map put weights off the device "
                                 f"({facts['offloaded']}): training runs many times slower; give --no-offload "
@@ -153,7 +153,8 @@ class Intake:
 
     def _progress(self, number: int, files: AttemptFiles) -> None:
         look = bounded(number, files.new_lines())
-        entries, began = [], False
+        entries: list[dict[str, Any]] = []
+        began = False
         for record in look.records:
             if record[0] == "in_place":
                 self.journal.extend(schema.PROGRESS, entries)  # in the order the worker wrote them

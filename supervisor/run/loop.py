@@ -38,6 +38,10 @@ from oomladder.views.report import write_reports
 
 
 class Runner:
+    """What a run is given (its configuration, clock, sleep, launcher, display and environment) and how it is asked
+    to stop. `run` opens the run directory and its journal and hands them to a `RunLoop`, which holds them for the
+    run's whole life (so nothing of an open run is ever missing)."""
+
     def __init__(self, config: RunConfig, *, launcher: Launcher = spawn, clock: Callable[[], float] = time.time,
                  sleep: Callable[[float], None] = time.sleep, display: Display | None = None,
                  environ: dict[str, str] | None = None, monotonic: Callable[[], float] | None = None) -> None:
@@ -49,20 +53,10 @@ class Runner:
         self.monotonic = monotonic or (time.monotonic if clock is time.time else clock)
         self.display = Unbreakable(display or NullDisplay())
         self.environ = dict(os.environ if environ is None else environ)
-        self._signal: int | None = None
-        self._signals = 0
-        self._woken = threading.Event()
-        self._budgets = budgets(config.max_attempts, config.max_wall_time)
-        self._started = 0.0
-        self._attempts_this_run = 0
+        self.stops = StopRequests()
         self.topology = Topology(config.nnodes, config.node_rank)
         self.world = World(config.run_dir, self.topology, config.node_timeout, config.poll_interval, clock, sleep,
-                           lambda: self._signal is not None) if self.topology.multi else None
-        self.journal: Journal | None = None
-        self.watcher: AttemptWatcher | None = None
-        self.notifier: Notifier | None = None
-
-    # --- public ---------------------------------------------------------------------------------------
+                           lambda: self.stops.signum is not None) if self.topology.multi else None
 
     def run(self) -> int:
         cfg = self.config
@@ -74,37 +68,75 @@ class Runner:
                                    cfg.run_dir)
         with RunLock(cfg.run_dir, cfg.node_rank) as lock:
             become_subreaper()
-            self.journal = journal = open_journal(own, self.clock)
-            self.notifier = Notifier.of(cfg, journal, self.display)
-            self.watcher = AttemptWatcher(cfg, journal, launcher=self.launcher, clock=self.clock,
-                                          monotonic=self.monotonic, sleep=self.sleep, display=self.display,
-                                          environ=self.environ, world=self.world, signalled=lambda: self._signal,
-                                          hurry=lambda: self._signals > 1, wall_time_spent=self._wall_time_spent,
-                                          recovered=lambda n, rec: self.notifier.in_place(journal.view(), n, rec))
+            loop = RunLoop(self, open_journal(own, self.clock))
             with forwarded_signals(self.request_stop):  # from resume's sweep on: a signal ends the run as any other
                 try:
-                    first = starting_point(cfg, journal, self.watcher, self.world, self.topology,
-                                           hurry=lambda: self._signals > 1)
+                    first = starting_point(cfg, loop.journal, loop.watcher, self.world, self.topology,
+                                           hurry=self.stops.hurry)
                 except BaseException:
-                    journal.close()  # refused before starting: the directory stays exactly as it was
+                    loop.journal.close()  # refused before starting: the directory stays exactly as it was
                     lock.discard()
                     raise
                 try:
-                    self._journal_run_started()
-                    return self._loop(first)
+                    loop.journal_run_started()
+                    return loop.run(first)
                 except BaseException as exc:
-                    return self._crashed(exc)
+                    return loop.crashed(exc)
                 finally:
-                    self._wind_up()
+                    loop.wind_up()
 
-    def _crashed(self, exc: BaseException) -> int:
+    def request_stop(self, signum: int) -> None:
+        """A first signal stops the worker group gracefully (its step in flight is saved); a second, at once."""
+        self.stops.request(signum)
+
+
+class StopRequests:
+    """The signals oomladder got while a run was under way, set from the signal handler and read by the loop."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None  # the first signal: the run ends as it says (SIGINT: exit 130)
+        self.count = 0  # a second signal stops the worker group at once, without its grace period
+        self.woken = threading.Event()  # cuts a retry's backoff short
+
+    def request(self, signum: int) -> None:
+        self.count += 1
+        self.signum = self.signum or signum
+        self.woken.set()
+
+    def hurry(self) -> bool:
+        return self.count > 1
+
+
+class RunLoop:
+    """One open run: its journal, the watcher of its attempts and its notifier, with the runner's parameters."""
+
+    def __init__(self, runner: Runner, journal: Journal, *, watcher: AttemptWatcher | None = None,
+                 notifier: Notifier | None = None) -> None:
+        self.config = cfg = runner.config
+        self.launcher, self.clock, self.sleep, self.monotonic = (runner.launcher, runner.clock, runner.sleep,
+                                                                 runner.monotonic)
+        self.display, self.environ, self.stops = runner.display, runner.environ, runner.stops
+        self.topology, self.world = runner.topology, runner.world
+        self.journal = journal
+        self.notifier = notifier or Notifier.of(cfg, journal, self.display)
+        self.watcher = watcher or AttemptWatcher(
+            cfg, journal, launcher=self.launcher, clock=self.clock, monotonic=self.monotonic, sleep=self.sleep,
+            display=self.display, environ=self.environ, world=self.world, signalled=lambda: self.stops.signum,
+            hurry=self.stops.hurry, wall_time_spent=self._wall_time_spent,
+            recovered=lambda n, rec: self.notifier.in_place(journal.view(), n, rec))
+        self._budgets = budgets(cfg.max_attempts, cfg.max_wall_time)
+        self._started = self.monotonic()
+        self._attempts_this_run = 0
+
+    def crashed(self, exc: BaseException) -> int:
         """An error in oomladder itself while a run was under way: the worker group is stopped (gracefully
         first), the journal says what it can, and a full disk is named as such, without a traceback."""
-        if self.watcher is not None and self.watcher.running is not None:
-            self.watcher.running.stop(signal.SIGTERM, self.config.grace, hurry=lambda: self._signals > 1)
+        if self.watcher.running is not None:
+            self.watcher.running.stop(signal.SIGTERM, self.config.grace, hurry=self.stops.hurry)
         full = isinstance(exc, OSError) and exc.errno == errno.ENOSPC
         status, code = (RunStatus.DISK_FULL, EXIT_DISK_FULL) if full else (RunStatus.INTERNAL_ERROR, EXIT_INTERNAL)
-        reason = (f"the disk holding {exc.filename or self.config.run_dir} is full: free some space, then run the "
+        where = exc.filename if isinstance(exc, OSError) and exc.filename else self.config.run_dir
+        reason = (f"the disk holding {where} is full: free some space, then run the "
                   f"same command again (or oomladder resume) to continue" if full else
                   f"oomladder failed: {type(exc).__name__}: {exc}")
         try:
@@ -116,7 +148,7 @@ class Runner:
         self.display.event(f"disk full: {reason}")
         return code
 
-    def _wind_up(self) -> None:
+    def wind_up(self) -> None:
         """Nothing of the run left running; the report written if the disk lets it."""
         cfg, journal = self.config, self.journal
         stop_descendants()
@@ -135,26 +167,21 @@ class Runner:
         except OSError:
             pass
 
-    def request_stop(self, signum: int) -> None:
-        """A first signal stops the worker group gracefully (its step in flight is saved); a second, at once."""
-        self._signals += 1
-        self._signal = self._signal or signum
-        self._woken.set()
-
     # --- the loop -------------------------------------------------------------------------------------
 
-    def _loop(self, nxt: NextAttempt) -> int:
+    def run(self, nxt: NextAttempt) -> int:
         self._started = self.monotonic()
         self._attempts_this_run = 0
         self._observe_environment()
         while True:
-            if self._signal is not None:  # before any launch: a signal in the backoff stops here
-                return self._end(stopped(StopReason(Stop.SIGNAL, signum=self._signal)))
+            if self.stops.signum is not None:  # before any launch: a signal in the backoff stops here
+                return self._end(stopped(StopReason(Stop.SIGNAL, signum=self.stops.signum)))
             launch = self._start_attempt(nxt)
-            if self.world is not None and (code := self._agree_on_start(launch.number)) is not None:
+            if self.world is not None and (code := self._agree_on_start(self.world, launch.number)) is not None:
                 return code
             self.display.event(f"attempt {launch.number}: {nxt.rung or 'start'}"
-                               + (f" ({nxt.reason})" if nxt.reason else "") + f"; log: {launch.attempt_dir / 'stderr.log'}")
+                               + (f" ({nxt.reason})" if nxt.reason else "")
+                               + f"; log: {launch.attempt_dir / 'stderr.log'}")
             result = self.watcher.watch(launch)
             verdict = decide(self.journal.view(), result, self.config.ladder, memory_cap=self.config.memory_cap,
                              several_nodes=self.world is not None, backoff=self.config.backoff,
@@ -187,7 +214,8 @@ class Runner:
         if (warning := load_warning(view, cfg.memory_cap, plan)) is not None:
             self.journal.append(schema.WARNING, attempt=number, about="mapping", text=warning)
             self.display.event(f"attempt {number}: {warning}")
-        checkpointing = any(r.name == "gradient_checkpointing" and r.index not in view.incompatible for r in cfg.ladder.rungs)
+        checkpointing = any(r.name == "gradient_checkpointing" and r.index not in view.incompatible
+                            for r in cfg.ladder.rungs)
         return Launch(number, folder, argv, nxt.overrides, plan, resume, evaluation_owed(view, resume), nxt.rung,
                       nxt.reason, checkpointing)
 
@@ -210,10 +238,10 @@ class Runner:
         else:
             changes = journal_decision(self.journal, number, verdict.decision, verdict.rollback, self.display,
                                        self.config.memory_cap)
-            self.display.event(f"attempt {number}: {result.failure.summary}; next: {verdict.decision.rung}: {changes}"
-                               + (f" (rolled back: {verdict.decision.reason.split(': back to')[0]})"
-                                  if verdict.rollback else ""))
-            nxt = NextAttempt(verdict.decision.plan, verdict.decision.rung, verdict.decision.reason)
+            failed = result.failure.summary if result.failure is not None else "it ended"
+            self.display.event(f"attempt {number}: {failed}; next: {verdict.decision.rung}: {changes}"
+                               + (f" (rolled back: {verdict.rollback.what_broke})" if verdict.rollback else ""))
+            nxt = NextAttempt(verdict.plan, verdict.decision.rung, verdict.decision.reason)
         ending = over_budget(exhausted(self._budgets, self._budget_state()), nxt.rung)
         if ending is not None:
             return self._end(ending)
@@ -233,10 +261,10 @@ class Runner:
 
     def _sleep_unless_signalled(self, seconds: float) -> None:
         """The backoff before a retry, cut short by a signal (acted on before the next launch)."""
-        if self._signal is not None:
+        if self.stops.signum is not None:
             return
         if self.sleep is time.sleep:
-            self._woken.wait(seconds)  # set by request_stop, from the signal handler
+            self.stops.woken.wait(seconds)  # set by request_stop, from the signal handler
         else:
             self.sleep(seconds)
 
@@ -246,7 +274,7 @@ class Runner:
 
     # --- the start of a run ---------------------------------------------------------------------------
 
-    def _journal_run_started(self) -> None:
+    def journal_run_started(self) -> None:
         cfg = self.config
         self.journal.append(schema.RUN_STARTED, command=list(cfg.command), ladder=cfg.ladder.to_dict(),
                             memory_cap=cfg.memory_cap, max_attempts=cfg.max_attempts, cwd=cfg.cwd,
@@ -270,13 +298,13 @@ class Runner:
             self.journal.append(schema.OBSERVED, attempt=0, source="environment", plan={"allocator": allocator},
                                 facts={})
 
-    def _agree_on_start(self, number: int) -> int | None:
+    def _agree_on_start(self, world: World, number: int) -> int | None:
         """None: every node starts attempt `number` on the same plan; otherwise the run's exit code."""
-        ending = self.world.agree_on_start(self.journal, number)
+        ending = world.agree_on_start(self.journal, number)
         if ending is None:
             return None
         code = ending.exit_code
         if code is None:
             code = {RunStatus.NODE_LOST.value: EXIT_NOT_MEMORY, RunStatus.NODES_DISAGREE.value: EXIT_USAGE}.get(
-                ending.status, EXIT_INTERRUPTED.get(self._signal, 130))
+                ending.status, EXIT_INTERRUPTED.get(self.stops.signum or 0, 130))
         return self._end(End(ending.status, code, ending.reason))

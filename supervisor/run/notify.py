@@ -94,7 +94,7 @@ def journaled(urls: Iterable[str], config: str | Path | None) -> dict[str, Any]:
     return {**({"notify_targets": names} if names else {}), **({"notify_config": str(config)} if config else {})}
 
 
-def _apprise():
+def _apprise() -> Any:
     try:
         import apprise
     except ImportError:  # a dependency of oomladder's, but an environment can lose it
@@ -122,7 +122,7 @@ class Notifier:
     def fallback(self, view: RunView, failed: int) -> None:
         self._tell(lambda: fallback_message(view, failed, whereabouts(view, self.run_dir, self.host)))
 
-    def in_place(self, view: RunView, attempt: int, record: dict) -> None:
+    def in_place(self, view: RunView, attempt: int, record: dict[str, Any]) -> None:
         self._tell(lambda: in_place_message(view, attempt, record, whereabouts(view, self.run_dir, self.host)))
 
     def ended(self, view: RunView, report: Path) -> None:

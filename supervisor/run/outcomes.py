@@ -49,6 +49,11 @@ class StopReason:
     budget: Budget | None = None              # Stop.BUDGET
     peer: dict[str, Any] | None = None        # Stop.PEER: the node, why, and the status and exit code it chose
 
+    def __post_init__(self) -> None:
+        given = {Stop.SIGNAL: self.signum, Stop.BUDGET: self.budget, Stop.PEER: self.peer}[self.kind]
+        if given is None:
+            raise ValueError(f"a stop of kind {self.kind.value} says which {self.kind.value}")
+
     @property
     def detail(self) -> str:
         """What the `interrupt` record says besides the kind."""
@@ -101,11 +106,17 @@ class Rollback:
     attempt: int
     incompatible: tuple[tuple[str, int, str], ...]
 
+    @property
+    def what_broke(self) -> str:
+        """The rungs undone and the error each caused, in words."""
+        return "; ".join(f"{name} broke the program ({why})" for name, _, why in self.incompatible)
+
 
 @dataclass(frozen=True)
 class Climb:
-    """The ladder's next plan."""
+    """The ladder's next plan (the decision's, which is never None here)."""
 
+    plan: Plan
     decision: Decision
     rollback: Rollback | None = None
 

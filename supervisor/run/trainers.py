@@ -4,6 +4,7 @@ what the journal keeps of it, and whether it died when the command says all went
 from __future__ import annotations
 
 import shlex
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -13,7 +14,7 @@ def died_below_a_wrapper(record: dict[str, Any] | None, claims: list[dict[str, A
     return record is not None and any(c.get("pid") == record.get("pid") and c.get("launchers") for c in claims)
 
 
-def trains_in(claims: list[dict[str, Any]], command: list[str]) -> dict[str, Any]:
+def trains_in(claims: list[dict[str, Any]], command: Sequence[str]) -> dict[str, Any]:
     """What the journal keeps of the first of `claims` when a launcher started it (worker/role.py): its command line,
     and the notebook a command line names (papermill's, nbconvert's). Nothing when the command itself trains."""
     claim = claims[0] if claims else {}

@@ -79,7 +79,8 @@ class AttemptWatcher:
         self.running: WorkerHandle | None = None     # the group being watched, for the loop to stop on a crash
         self.intake = Intake(config, journal, display, recovered)
         # Where attempt cgroups can be made (or why not): the real launcher's; a fake one's tests have no processes.
-        self._cgroups: tuple[Path | None, str | None] | None = None if inspect.unwrap(launcher) is workers.spawn else (None, None)
+        self._cgroups: tuple[Path | None,
+                             str | None] | None = None if inspect.unwrap(launcher) is workers.spawn else (None, None)
 
     # --- one attempt ----------------------------------------------------------------------------------
 
@@ -208,7 +209,8 @@ class AttemptWatcher:
             failure = classify(Evidence(
                 returncode=poll.returncode, record=record, stderr_tail=read_tail(spec.stderr),
                 capped=bool(self.config.memory_cap) and facts.device in (None, "cpu"),
-                cgroup_oom_kill=None not in (oom_kills_before, oom_kills_after) and oom_kills_after > oom_kills_before))
+                cgroup_oom_kill=(oom_kills_before is not None and oom_kills_after is not None
+                                 and oom_kills_after > oom_kills_before)))
         checkpoint = self.journal_checkpoint(number, files)
         if record and record.get("peak") is not None:
             ended.update(peak=record["peak"], peak_measure=record.get("peak_measure"))
@@ -222,7 +224,8 @@ class AttemptWatcher:
                      duration: float) -> AttemptResult:
         """Journal the attempt's end; on several nodes, the world's end once every node has told its own."""
         if self.world is not None:
-            outcome, failure, ended, stop = self._world_end(number, outcome, failure, stop, ended, record, checkpoint)
+            outcome, failure, ended, stop = self._world_end(self.world, number, outcome, failure, stop, ended, record,
+                                                            checkpoint)
         self.journal.append(schema.ATTEMPT_ENDED, outcome=outcome,
                             **({"failure": failure.to_dict()} if failure else {}), **ended)
         return AttemptResult(number, ended.get("exit_code"), failure, stop, duration)
@@ -237,7 +240,7 @@ class AttemptWatcher:
 
     # --- several nodes (oomladder/nodes): the runner's side, kept apart from the single-node path ---------
 
-    def _world_end(self, number: int, outcome: str, failure: Failure | None, stop: StopReason | None,
+    def _world_end(self, world: World, number: int, outcome: str, failure: Failure | None, stop: StopReason | None,
                    ended: dict[str, Any], record: dict[str, Any] | None, checkpoint: dict[str, Any] | None,
                    ) -> tuple[str, Failure | None, dict[str, Any], StopReason | None]:
         """This node's end in, the world's end out: the same on every node, for the usual decision."""
@@ -248,25 +251,25 @@ class AttemptWatcher:
             failed_at = min(times) if times else ended.get("exited") or self.clock()
         if ended.get("peak") is None and (attempt := self.journal.view().attempts[-1]).peak is not None:
             ended = {**ended, "peak": attempt.peak, "peak_measure": attempt.peak_measure}  # this node's ranks' highest
-        world = self.world.end(self.journal, number, outcome, failure, ended, failed_at, checkpoint,
-                               _told_stop(stop))
-        if world.adopted:
-            remove_superseded(self.config.run_dir, self.journal.view().checkpoints, keep=world.adopted[-1])
+        end = world.end(self.journal, number, outcome, failure, ended, failed_at, checkpoint, _told_stop(stop))
+        if end.adopted:
+            remove_superseded(self.config.run_dir, self.journal.view().checkpoints, keep=end.adopted[-1])
         if stop is None and (signum := self.signalled()) is not None:
             stop = StopReason(Stop.SIGNAL, signum=signum)  # stopped while waiting for the other nodes
-        elif stop is None and world.peer_stop is not None:
-            stop = StopReason(Stop.PEER, peer=world.peer_stop)
-        return world.outcome, world.failure, world.ended, stop
+        elif stop is None and end.peer_stop is not None:
+            stop = StopReason(Stop.PEER, peer=end.peer_stop)
+        return end.outcome, end.failure, end.ended, stop
 
 
 def _told_stop(stop: StopReason | None) -> dict[str, Any] | None:
     """How this node's own stop reads to the other nodes: what stopped it, and the status and code to end with."""
     if stop is None or stop.kind is Stop.PEER:
         return None
-    if stop.kind is Stop.SIGNAL:
+    if stop.kind is Stop.SIGNAL and stop.signum is not None:
         return {"why": signal.Signals(stop.signum).name, "status": "interrupted",
                 "exit_code": EXIT_INTERRUPTED.get(stop.signum, 130)}
-    return {"why": f"the {stop.budget.flag} budget ran out", "status": "budget_exhausted", "exit_code": EXIT_BUDGET}
+    flag = stop.budget.flag if stop.budget is not None else "?"
+    return {"why": f"the {flag} budget ran out", "status": "budget_exhausted", "exit_code": EXIT_BUDGET}
 
 
 def _size(path: Path) -> int:

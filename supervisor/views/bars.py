@@ -78,7 +78,7 @@ def peak_bars(view: RunView) -> Table | None:
         failure = attempt.failure
         oom = failure is not None and failure.is_memory
         style = "yellow" if oom else "red" if attempt.peak > limit else "green"
-        tried = failure.numbers.get("tried_to_allocate") if oom else None
+        tried = failure.numbers.get("tried_to_allocate") if failure is not None and oom else None
         note = f"OOM, {format_size(tried)} more tried" if tried else "OOM" if oom else ""
         table.add_row(str(attempt.number), attempt.rung or "start",
                       ProgressBar(total=limit, completed=min(attempt.peak, limit), width=PEAK_BAR_WIDTH,

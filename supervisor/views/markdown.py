@@ -48,24 +48,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         out += ["", "## Warnings", ""] + [f"- {_md(w['text'])}" for w in report["warnings"]]
     out += ["", "### Why each rung was taken", ""]
     for a in report["attempts"]:
-        line = f"- **{_md(a['number'])}. {_md(a['rung'])}**: {_md(a['reason'] or 'the program as it was given')}"
-        if a["resume_missed"]:
-            line += f"; **did not resume**: {_md(a['resume_missed'])}"
-        elif a["resumed_from_step"]:
-            line += f"; resumed from the end of step {_md(a['resumed_from_step'])}"
-        if a["skipped"]:
-            line += "; skipped: " + "; ".join(f"{_md(s['rung'])} ({_md(s['reason'])})" for s in a["skipped"])
-        out.append(line)
-        for row in a.get("in_place") or ():
-            out.append(f"  - {_md(in_place_line(row))}")
-        failure = a["failure"]
-        if failure:
-            numbers = ", ".join(f"{k.replace('_', ' ')} {_size(v)}" for k, v in failure["numbers"].items()
-                                if k != "tried_to_allocate")  # the summary says it already
-            out.append(f"  - died: {_md(failure['kind'])}, {_md(failure['summary'])}" + (f" ({_md(numbers)})"
-                                                                                         if numbers else "")
-                       + (": the error came with this attempt's rung, which was rolled back; your program is not "
-                          "at fault" if a["rolled_back"] else ""))
+        out += _why_taken(a)
     if report["before_after"]:
         out += ["", "## Final plan", "", "| setting | before | after |", "|---|---|---|"]
         for row in report["before_after"]:
@@ -78,6 +61,27 @@ def render_markdown(report: dict[str, Any]) -> str:
         out += _reproduce_md(report["reproduce"])
     return "\n".join(out) + "\n"
 
+
+
+def _why_taken(a: dict[str, Any]) -> list[str]:
+    """An attempt's line under "Why each rung was taken", with its in-place recoveries and how it died."""
+    line = f"- **{_md(a['number'])}. {_md(a['rung'])}**: {_md(a['reason'] or 'the program as it was given')}"
+    if a["resume_missed"]:
+        line += f"; **did not resume**: {_md(a['resume_missed'])}"
+    elif a["resumed_from_step"]:
+        line += f"; resumed from the end of step {_md(a['resumed_from_step'])}"
+    if a["skipped"]:
+        line += "; skipped: " + "; ".join(f"{_md(s['rung'])} ({_md(s['reason'])})" for s in a["skipped"])
+    out = [line] + [f"  - {_md(in_place_line(row))}" for row in a.get("in_place") or ()]
+    failure = a["failure"]
+    if failure:
+        numbers = ", ".join(f"{k.replace('_', ' ')} {_size(v)}" for k, v in failure["numbers"].items()
+                            if k != "tried_to_allocate")  # the summary says it already
+        out.append(f"  - died: {_md(failure['kind'])}, {_md(failure['summary'])}"
+                   + (f" ({_md(numbers)})" if numbers else "")
+                   + (": the error came with this attempt's rung, which was rolled back; your program is not "
+                      "at fault" if a["rolled_back"] else ""))
+    return out
 
 def _reproduce_md(r: dict[str, Any]) -> list[str]:
     out = ["", "## Run the final plan without oomladder", ""]

@@ -104,8 +104,11 @@ def draw_memory(chart: MemoryChart):
 
 def _oom(ax, x: float, mark: OomMark, scale: float, unit: str) -> None:
     """The failed allocation: from the peak before it to what it would have reached, and an ✕ there."""
-    top = mark.reached / scale
-    ax.plot([x, x], [mark.peak / scale, top], color=OOM_COLOUR, linestyle=":", linewidth=1.5)
+    peak, reached = mark.peak, mark.reached
+    if peak is None or reached is None:
+        return  # the callers draw only the marks that say their peak
+    top = reached / scale
+    ax.plot([x, x], [peak / scale, top], color=OOM_COLOUR, linestyle=":", linewidth=1.5)
     ax.plot([x], [top], marker="X", markersize=9, color=OOM_COLOUR, linestyle="none")
     where = f"in evaluation after step {x}" if mark.in_evaluation else f"in step {x}"
     tried = f" + {format_size(mark.tried)} tried" if mark.tried else ""

@@ -22,7 +22,8 @@ def print_report(console: Console, view: RunView, report: dict[str, Any]) -> Non
         console.print(Text(report["reason"]))
     eb = report["effective_batch"]
     cap = format_size(report["memory_cap"]) if report["memory_cap"] else "none"
-    console.print(Text(f"memory cap: {cap}   ladder: {report['ladder']}   effective batch: {eb['before']} → {eb['after']}"))
+    console.print(Text(f"memory cap: {cap}   ladder: {report['ladder']}   "
+                       f"effective batch: {eb['before']} → {eb['after']}"))
     console.print(attempts_table(view, title="Attempts"))
     if (damage := journal_damage(report.get("journal") or {})) is not None:
         console.print(Text(f"The journal is damaged: {damage}. The report shows the rest.", style="bold red"))

@@ -33,7 +33,9 @@ SCHEMA_FILE = Path(__file__).with_name("report.schema.json")
 
 
 def build_report(view: RunView) -> dict[str, Any]:
-    attempts, previous, told = [], None, set()
+    attempts: list[dict[str, Any]] = []
+    previous: Any = None
+    told: set[Any] = set()
     decisions = {d["attempt"]: d for d in view.decisions}
     for a in view.attempts:
         led_here = decisions.get(a.number - 1, {})
@@ -88,20 +90,22 @@ def build_report(view: RunView) -> dict[str, Any]:
 def split_ahead(attempts: list[AttemptView]) -> dict[str, Any] | None:
     """What split ahead did (worker/ahead.py): the steps it ran split and the widest split, how far each step's
     predicted peak was from the measured one (predicted / measured - 1), and the OOMs it did not foresee."""
-    errors = [e for a in attempts for e in a.ahead.errors]
+    errors: list[float] = [e for a in attempts for e in a.ahead.errors]
     missed = sum(1 for a in attempts for r in a.in_place if r.get("predicted") is not None)
     split = sum(a.ahead.steps_split for a in attempts)
     if not errors and not split and not missed:
         return None
+    worst: float | None = max(errors, key=abs) if errors else None
     return {"steps_split": split, "widest": max(a.ahead.widest for a in attempts), "predictions": len(errors),
             "error_median": round(statistics.median(errors), 4) if errors else None,
-            "error_worst": round(max(errors, key=abs), 4) if errors else None, "mispredictions": missed}
+            "error_worst": round(worst, 4) if worst is not None else None, "mispredictions": missed}
 
 
 def expected_slowdown(view: RunView, before: Plan, after: Plan) -> dict[str, Any] | None:
     """What the final plan is expected to cost in speed against the program's own settings, from the costs the
     strategies stated and the run journaled with its ladder (None for a journal written before they were)."""
-    costs = [(r.get("name") or "?", Cost.from_dict(r.get("cost"))) for r in (view.run.get("ladder") or {}).get("rungs") or []]
+    costs = [(r.get("name") or "?",
+              Cost.from_dict(r.get("cost"))) for r in (view.run.get("ladder") or {}).get("rungs") or []]
     known = [(name, cost) for name, cost in costs if cost is not None]
     return slowdown(before, after, known).to_dict() if known else None
 

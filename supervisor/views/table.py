@@ -61,7 +61,8 @@ def in_place_rows(attempt: AttemptView) -> list[dict[str, Any]]:
             rung = "in place: " + " + ".join(([f"split {split}"] if split != before or not turned else [])
                                              + (["gradient checkpointing"] if turned else []))
         else:
-            status = "OOM in step {}{}: relaunched: {}".format(r.get("step"), total, r.get("reason") or r.get("outcome"))
+            status = "OOM in step {}{}: relaunched: {}".format(r.get("step"), total,
+                                                               r.get("reason") or r.get("outcome"))
             changes, rung = "-", f"in place: {'failed' if r.get('outcome') == 'failed' else 'not possible'}"
         rows.append({"step": r.get("step"), "outcome": r.get("outcome"), "rung": rung, "changes": changes,
                      "checkpointing": recovered and turned_on_checkpointing(r),
@@ -78,7 +79,7 @@ def turned_on_checkpointing(record: dict[str, Any]) -> bool:
 
 def in_place_change(record: dict[str, Any]) -> str:
     """What an in-place recovery changed, for the live line: `its micro-batch runs in 2 chunks`."""
-    split = record.get("split") if isinstance(record.get("split"), int) else 1
+    split: int = record["split"] if isinstance(record.get("split"), int) else 1
     if record.get("per_step"):
         return (("gradient checkpointing turned on, " if turned_on_checkpointing(record) else "")
                 + f"that step ran in {split} chunks; later steps are sized as they come")
@@ -112,7 +113,8 @@ def status_text(attempt: AttemptView) -> str:
     if failure is not None and failure.phase == "load":
         where = " while the model loaded"
     elif failure is not None and failure.step is not None:
-        where = f" in step {failure.step + 1}{total}" if failure.phase != "eval" else f" in evaluation after step {failure.step}"
+        where = (f" in step {failure.step + 1}{total}" if failure.phase != "eval"
+                 else f" in evaluation after step {failure.step}")
     elif attempt.step is not None:
         where = f" after step {attempt.step}{total}"
     if failure is None:

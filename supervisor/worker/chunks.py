@@ -13,7 +13,7 @@ from typing import Any
 
 def seq_len(inputs: Any) -> int | None:
     """The sequence length of a step's inputs (input_ids' second dimension), or None."""
-    ids = inputs.get("input_ids") if isinstance(inputs, Mapping) else None
+    ids: Any = inputs.get("input_ids") if isinstance(inputs, Mapping) else None
     return int(ids.shape[1]) if getattr(ids, "dim", lambda: 0)() >= 2 else None
 
 
@@ -104,7 +104,8 @@ def batch_rows(inputs: Any) -> tuple[int | None, str | None]:
     if not tensors:
         return None, "no batch dimension found: the step's inputs hold no tensor"
     first = inputs.get("input_ids")
-    rows = int(first.shape[0]) if torch.is_tensor(first) and first.dim() >= 1 else int(next(iter(tensors.values())).shape[0])
+    rows = (int(first.shape[0]) if torch.is_tensor(first) and first.dim() >= 1
+            else int(next(iter(tensors.values())).shape[0]))
     other = sorted(k for k, v in tensors.items() if int(v.shape[0]) != rows)
     if other:
         return None, (f"no batch dimension found: {', '.join(other)} do{'es' if len(other) == 1 else ''} not share "

@@ -103,17 +103,21 @@ def save_after_oom(trainer, exc: BaseException) -> str | None:
     """The checkpoint of the last completed step, or None with the reason on stderr: after an OOM in
     this process, or in a peer whose death broke the collective this one waited in."""
     if (why := nothing_to_keep(trainer.state.global_step, _in_optimizer_step[0])) is not None:
-        return skip(why)
+        skip(why)
+        return None
     if not _rng:
-        return skip(no_step_ended())
+        skip(no_step_ended())
+        return None
     free_failed_step(exc, *{id(m): m for m in (trainer.model, getattr(trainer, "model_wrapped", None))
                             if m is not None}.values())
     if (why := back_to_step_end()) is not None:
-        return skip(why)
+        skip(why)
+        return None
     try:
         return save(trainer)
     except NoRoom as exc:
-        return skip(str(exc))
+        skip(str(exc))
+        return None
 
 
 def save(trainer) -> str | None:
@@ -128,7 +132,8 @@ def save(trainer) -> str | None:
     if not _rng:
         # A stop before this process finished a step (a resumed attempt still loading, or at its first step's
         # start): its RNG is not a step's end, and a checkpoint of it would replace the one resumed from.
-        return skip(no_step_ended())
+        skip(no_step_ended())
+        return None
     step = trainer.state.global_step
     partial = begin(step, state_bytes(trainer.model, trainer.optimizer))
     trainer.save_model(str(partial), _internal_call=True)
@@ -140,7 +145,8 @@ def save(trainer) -> str | None:
     trainer.state.save_to_json(str(partial / "trainer_state.json"))
     if (why := _unloadable(partial / rng_name)) is not None:
         shutil.rmtree(partial, ignore_errors=True)
-        return skip(f"the checkpoint of step {step} could not be resumed from ({why}); the last one stays")
+        skip(f"the checkpoint of step {step} could not be resumed from ({why}); the last one stays")
+        return None
     return commit(partial, step, trainer.state.max_steps, "transformers.Trainer")
 
 
@@ -172,7 +178,8 @@ def begin(step: int, expected_bytes: int | None = None) -> Path:
     if expected_bytes:
         free = shutil.disk_usage(target.parent if target.parent.exists() else target.parent.parent).free
         if free < expected_bytes * 1.2 + 16 * 2**20:
-            raise NoRoom(f"the disk has {free >> 20} MiB free and the checkpoint needs about {expected_bytes >> 20} MiB")
+            raise NoRoom(f"the disk has {free >> 20} MiB free and the checkpoint needs about "
+                         f"{expected_bytes >> 20} MiB")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     return partial
@@ -269,7 +276,6 @@ def prepare_resume(path: str, trainer) -> str:
 def skip(reason: str) -> None:
     """No emergency checkpoint, and why, on stderr (the attempt's log)."""
     print(f"oomladder: no emergency checkpoint: {reason}", flush=True, file=sys.stderr)
-    return None
 
 
 def _world() -> int:

@@ -40,7 +40,7 @@ class FastForward:
         self.step = 0                   # optimizer steps replayed so far
         self._forwards: list[tuple[Any, Any]] = []
         self._fds: list[tuple[int, int]] = []
-        self._torch_save = None
+        self._torch_save: Any = None
 
     # --- entering and leaving ---
 

@@ -73,7 +73,8 @@ def write_failure(exc: BaseException, **context: Any) -> bool:
     module = cls.__module__
     name = cls.__qualname__ if module in ("builtins", "__main__") else f"{module}.{cls.__qualname__}"
     lines = traceback.format_exception(cls, exc, exc.__traceback__)
-    causes, cause = [], exc.__cause__
+    causes: list[str] = []
+    cause = exc.__cause__
     while cause is not None and len(causes) < 5:  # `raise X from oom`: the OOM is part of why it died
         causes.append(f"{type(cause).__qualname__}: {str(cause)[:4000]}")
         cause = cause.__cause__

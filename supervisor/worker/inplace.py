@@ -74,8 +74,14 @@ class Step:
     memory: Any = None             # the step's memory model (step_memory.StepMemory), for split ahead
     shapes: Callable[[int], tuple[int, int]] | None = None  # the largest chunk's (rows, tokens) in n chunks
 
+    def shapes_in(self, pieces: int) -> tuple[int, int]:
+        """`shapes(pieces)`, asked only where split ahead chose the step's split (which it needs)."""
+        if self.shapes is None:
+            raise ValueError("this step's adapter gives no chunk shapes: split ahead does not size it")
+        return self.shapes(pieces)
 
-def recover(run: Callable[[int], T], params: list[Any], where: Step,
+
+def recover(run: Callable[[int], T], params: list[Any], where: Step,  # noqa: C901 - to split with issue 24's STATE
             is_memory: Callable[[BaseException], bool]) -> T:
     """Run the micro-step as `run(parts)`: in the run's current split, and, after an OOM, in more chunks
     until it fits; at a row per chunk, with gradient checkpointing turned on (where the adapter can) and the
@@ -92,7 +98,8 @@ def recover(run: Callable[[int], T], params: list[Any], where: Step,
     if choice is not None:
         factor = choice.pieces
     if factor > 1 and _inexact(where):
-        factor, choice = 1, None  # the run goes on split, but these inputs cannot be: whole, and an OOM is the supervisor's
+        # The run goes on split, but these inputs cannot be: whole, and an OOM is the supervisor's.
+        factor, choice = 1, None
     started = time.monotonic()
     measure = step_memory.Measure() if choice is not None else None
 
@@ -112,7 +119,7 @@ def recover(run: Callable[[int], T], params: list[Any], where: Step,
     missed = {}
     if choice is not None:  # the model is told what this shape did not fit in, and the journal what it predicted
         predicted = choice.predicted if choice.pieces == factor else None
-        where.memory.ran_out(*where.shapes(factor), choice.available, predicted)
+        where.memory.ran_out(*where.shapes_in(factor), choice.available, predicted)
         missed = {"predicted": predicted, "available": choice.available, "per_step": True}
     refused = where.refuse or (guard.why_not if guard else None) or _inexact(where)
     while True:
@@ -133,8 +140,8 @@ def recover(run: Callable[[int], T], params: list[Any], where: Step,
         if nxt is None:
             pieces = _pieces(factor, where.rows)
             turned = ", with gradient checkpointing on" if checkpointed[0] and not had_checkpointing else ""
-            why = refused or (f"the micro-batch of {where.rows} row{'s' if where.rows != 1 else ''} is already split as "
-                              f"far as it goes ({pieces} chunk{'s' if pieces > 1 else ''}){turned}")
+            why = refused or (f"the micro-batch of {where.rows} row{'s' if where.rows != 1 else ''} is already "
+                              f"split as far as it goes ({pieces} chunk{'s' if pieces > 1 else ''}){turned}")
             tell("declined" if refused else "floor", factor, reason=why, **missed)
             raise first
         measure = step_memory.Measure() if choice is not None else None
@@ -144,7 +151,7 @@ def recover(run: Callable[[int], T], params: list[Any], where: Step,
             if is_memory(exc):
                 tries.append(_try(exc, nxt, where.rows))
                 if choice is not None:
-                    where.memory.ran_out(*where.shapes(nxt), choice.available, None)
+                    where.memory.ran_out(*where.shapes_in(nxt), choice.available, None)
                 emergency.free_failed_step(exc)
                 factor = nxt
                 continue
@@ -152,9 +159,10 @@ def recover(run: Callable[[int], T], params: list[Any], where: Step,
             emergency.free_failed_step(exc)
             tell("failed", nxt, error=error,
                  reason=f"the step split in {nxt} chunks failed ({error}); the supervisor relaunches instead")
-            guard.restore()
+            if guard is not None:
+                guard.restore()
             raise first from None
-        ahead.learn(where, choice and Choice(nxt, *where.shapes(nxt), None, choice.available), nxt, measure)
+        ahead.learn(where, choice and Choice(nxt, *where.shapes_in(nxt), None, choice.available), nxt, measure)
         tell("split", nxt, **missed)
         if choice is None:  # no model to size the next steps by: they run in this split
             split[0] = nxt
@@ -163,9 +171,10 @@ def recover(run: Callable[[int], T], params: list[Any], where: Step,
 
 def splits(where: Step) -> list[int]:
     """Whole, then each split the plan's micro-batch allows, smallest first."""
-    found, factor = [1], 1
-    while (factor := next_split(factor, where.batch, where.rows)) is not None:
+    found, factor = [1], next_split(1, where.batch, where.rows)
+    while factor is not None:
         found.append(factor)
+        factor = next_split(factor, where.batch, where.rows)
     return found
 
 
@@ -176,7 +185,7 @@ def _next(where: Step, factor: int, choice: Choice | None) -> int | None:
     if choice is None or nxt is None:
         return nxt
     bigger = [n for n in splits(where) if n > factor]
-    picked = ahead.choose(where.memory, where.shapes, bigger) if bigger else None
+    picked = ahead.choose(where.memory, where.shapes_in, bigger) if bigger else None
     return picked.pieces if picked is not None else nxt
 
 

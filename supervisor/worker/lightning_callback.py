@@ -44,22 +44,22 @@ class FitFollower:
     seed: Any     # Lightning Fabric's utilities.seed, which collects and sets every random state
 
     def __init__(self, own: dict[str, Any]) -> None:
-        self.own = own               # the program's own Trainer settings (lightning.own_settings)
-        self.batch = None            # the batch the DataLoaders are built with: the plan's, or the program's
-        self.loader_batch = None     # the micro-batch the train DataLoader really yields
+        self.own = own  # the program's own Trainer settings (lightning.own_settings)
+        self.batch: int | None = None  # the batch the DataLoaders are built with: the plan's, or the program's
+        self.loader_batch: int | None = None  # the micro-batch the train DataLoader really yields
         self.observed: set[str] = set()
-        self.training = False        # set once Lightning's tuners are done: their trial steps are not training
+        self.training = False  # set once Lightning's tuners are done: their trial steps are not training
         self.resuming = False
-        self.resume = None           # how the resumed epoch goes on: random states, order, samples to skip
-        self.order = None            # the train DataLoader's sample order (lightning_order.SampleOrder)
-        self.resume_orders: list = []
-        self.snapshot = None         # the state at the end of the last optimizer step this process ran
-        self.saving = None           # the snapshot an emergency save is writing
+        self.resume: dict[str, Any] | None = None  # how the resumed epoch goes on: random states, order, what to skip
+        self.order: lightning_order.SampleOrder | None = None  # the train DataLoader's sample order
+        self.resume_orders: list[lightning_order.SampleOrder] = []
+        self.snapshot: dict[str, Any] | None = None  # the state at the end of the last optimizer step this process ran
+        self.saving: dict[str, Any] | None = None  # the snapshot an emergency save is writing
         self.last_step = 0
         self.step_ended = False
         self.in_optimizer_step = False
-        self.loss = None
-        self.max_steps = None
+        self.loss: float | None = None
+        self.max_steps: int | None = None
 
     def _observe_once(self, name: str, value: Any) -> None:
         """The program's own value, seen before the plan changes it (a second fit sees the plan's)."""

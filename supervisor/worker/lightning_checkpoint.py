@@ -18,12 +18,15 @@ _WHOLE_ON_EACH_RANK = ("SingleDeviceStrategy", "DDPStrategy")
 def save_after_oom(trainer, ours, exc: BaseException) -> str | None:
     """The checkpoint of the last completed optimizer step, or None with the reason on stderr."""
     if (why := emergency.nothing_to_keep(trainer.global_step, ours.in_optimizer_step)) is not None:
-        return emergency.skip(why)
+        emergency.skip(why)
+        return None
     if ours.snapshot is None or ours.snapshot["step"] != trainer.global_step:
-        return emergency.skip(emergency.no_step_ended())
+        emergency.skip(emergency.no_step_ended())
+        return None
     emergency.free_failed_step(exc, trainer.lightning_module)
     if (why := emergency.back_to_step_end()) is not None:
-        return emergency.skip(why)
+        emergency.skip(why)
+        return None
     return save(trainer, ours)
 
 
@@ -37,8 +40,8 @@ def save(trainer, ours) -> str | None:
         return None
     distributed = trainer.world_size > 1
     if distributed and type(trainer.strategy).__name__ not in _WHOLE_ON_EACH_RANK:
-        return emergency.skip(f"{type(trainer.strategy).__name__} spreads the state over the ranks, and a peer may be "
-                              f"dead")
+        emergency.skip(f"{type(trainer.strategy).__name__} spreads the state over the ranks, and a peer may be dead")
+        return None
     step = ours.snapshot["step"]
     partial = emergency.begin(step)
     ours.saving = ours.snapshot

@@ -96,7 +96,8 @@ def _launchers() -> list[list[str]]:
     supervisor = int(os.environ.get("OOMLADDER_SUPERVISOR_PID", "0") or 0)
     if supervisor in (0, os.getpid()):  # no supervisor, or a kernel that is its own (oomladder/notebook)
         return []
-    chain, pid = [], os.getppid()
+    chain: list[list[str]] = []
+    pid = os.getppid()
     while pid != supervisor and pid > 1 and len(chain) < 32:
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:

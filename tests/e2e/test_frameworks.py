@@ -29,8 +29,8 @@ def own_log(run_dir):
     it trained on, its learning rate after the step)."""
     found = []
     for log in sorted(run_dir.glob("attempts/*/stdout.log")):
-        for step, samples, lr in re.findall(r"optimizer step (\d+): \d+ samples \[([\d, ]*)\], loss [\d.]+, lr (-?[\d.e-]+)",
-                                            log.read_text()):
+        for step, samples, lr in re.findall(r"optimizer step (\d+): \d+ samples \[([\d, ]*)\], loss [\d.]+, "
+                                            r"lr (-?[\d.e-]+)", log.read_text()):
             found.append((int(step), [int(i) for i in samples.split(",")], float(lr)))
     return found
 
@@ -85,7 +85,8 @@ def test_a_trl_lora_run_with_long_samples_finishes_within_its_failed_attempts(tm
     failed = [a for a in view.attempts if a.failure is not None]
     assert 1 <= len(failed) <= most and all(a.failure.is_memory for a in failed)
     assert view.attempts[-1].status == "finished"
-    assert f"= effective batch {batch}" in (run_dir / "attempts" / f"{view.attempts[-1].number:03d}" / "stdout.log").read_text()
+    last = run_dir / "attempts" / f"{view.attempts[-1].number:03d}"
+    assert f"= effective batch {batch}" in (last / "stdout.log").read_text()
     assert_each_step_ran_once(tmp_path / "steps", steps)
     assert processes_of(run_dir) == []
 

@@ -64,7 +64,8 @@ def test_a_mid_run_oom_is_recovered_in_place_and_is_the_training_of_the_equivale
     # Shown as a row without a process of its own, in the table and the report.
     report = json.loads((run_dir / "report.json").read_text())
     row, = report["attempts"][0]["in_place"]
-    assert row["rung"] == "in place: split 2" and row["status_text"] == "OOM in step 3/6: recovered in place, no relaunch"
+    assert row["rung"] == "in place: split 2"
+    assert row["status_text"] == "OOM in step 3/6: recovered in place, no relaunch"
     assert "|  | in place: split 2 |" in (run_dir / "report.md").read_text()
     # A fallback without a relaunch is news too: to the people watching, and in the program's own tracker.
     assert [m["title"] for m in messages] == ["oomladder: attempt 1 ran out of memory in step 3; recovered in place",

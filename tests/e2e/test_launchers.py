@@ -34,8 +34,8 @@ def test_trl_s_cli_recovers_in_its_training_process_and_the_report_says_so(tmp_p
     """`trl sft` parses its arguments, then `accelerate launch` starts trl/scripts/sft.py: the OOM in step 3 is met
     in place there, and the journal has it (before, it said no adapter reached the program)."""
     run_dir = tmp_path / "run"
-    result = oomladder("run", "--memory-cap", "1200MiB", "--no-split-ahead", "--run-dir", str(run_dir), "--", "trl", "sft",
-                       "--model_name_or_path", f"{hub}/model", "--dataset_name", f"{hub}/data", "--output_dir",
+    result = oomladder("run", "--memory-cap", "1200MiB", "--no-split-ahead", "--run-dir", str(run_dir), "--", "trl",
+                       "sft", "--model_name_or_path", f"{hub}/model", "--dataset_name", f"{hub}/data", "--output_dir",
                        str(tmp_path / "out"), "--per_device_train_batch_size", "16", "--max_steps", "4",
                        "--logging_steps", "1", "--save_strategy", "no", "--report_to", "none", "--use_peft",
                        "--lora_target_modules", "q_proj", "v_proj", "--max_length", "1024", "--bf16", "false",

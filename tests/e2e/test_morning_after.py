@@ -28,7 +28,8 @@ def night(tmp_path_factory, env):
     tmp = tmp_path_factory.mktemp("morning")
     with Webhook() as hook:
         run = subprocess.run(
-            oomladder_argv("run", "--memory-cap", "1200MiB", "--run-dir", str(tmp / "R"), "--notify", hook.url + "/flag",
+            oomladder_argv("run", "--memory-cap", "1200MiB", "--run-dir", str(tmp / "R"), "--notify",
+                           hook.url + "/flag",
                            "--", sys.executable, str(TRAIN_TINY), "--model-dir", str(tmp / "M"), "--output-dir",
                            str(tmp / "O"), "--report-to", "tensorboard"),
             cwd=tmp, env={**env, "OOMLADDER_NOTIFY": hook.url + "/environment"}, capture_output=True, text=True,
@@ -112,7 +113,8 @@ def test_both_targets_hear_of_the_fallback_and_the_end(night):
         assert [m["title"] for m in got] == ["oomladder: attempt 1 ran out of memory; next: bf16 + halve_batch",
                                              "oomladder: training finished"]
         assert "Steps done: 2 of 6." in got[0]["message"] and "per_device_train_batch_size 16→8" in got[0]["message"]
-        assert "Steps done: 6 of 6." in got[1]["message"] and f"Report: {tmp / 'R' / 'report.html'}" in got[1]["message"]
+        assert "Steps done: 6 of 6." in got[1]["message"]
+        assert f"Report: {tmp / 'R' / 'report.html'}" in got[1]["message"]
     started = read_journal(tmp / "R" / "journal.jsonl")[0]
     # The journal names the targets by scheme and host, for resume to say which it lost; never a URL.
     assert started["notify_targets"] == ["json://127.0.0.1", "json://127.0.0.1"]

@@ -62,7 +62,8 @@ def continuous(tmp_path_factory, env):
     _, second = run(tmp, "second", env=env, program=(
         "--bf16", "--batch-size", "8", "--grad-accum", "2", "--output-dir", str(tmp / "first-out"),
         "--resume-from", str(tmp / "first-out" / "checkpoint-2")))
-    assert steps_by_process(tmp / "first.steps") == [[1, 2]] and steps_by_process(tmp / "second.steps") == [[3, 4, 5, 6]]
+    assert steps_by_process(tmp / "first.steps") == [[1, 2]] and steps_by_process(tmp / "second.steps") == [[3, 4, 5,
+                                                                                                             6]]
     return {"adapters": adapters(tmp / "second-final"), "model": tmp / "model",
             "learning_rate": {**per_step(first, "learning_rate"), **per_step(second, "learning_rate")}}
 
@@ -135,7 +136,8 @@ def test_an_oom_in_evaluation_changes_the_evaluation_only_and_the_evaluation_sti
     view = fold(records)
     assert view.attempts[0].failure.phase == "eval" and view.attempts[0].failure.is_memory
     assert {a.rung for a in view.attempts[1:]} == {"halve_eval_batch"}
-    assert {(a.plan.per_device_train_batch_size, a.plan.gradient_accumulation_steps) for a in view.attempts} == {(16, 1)}
+    assert {(a.plan.per_device_train_batch_size, a.plan.gradient_accumulation_steps) for a in view.attempts} == {(16,
+                                                                                                                  1)}
     assert view.final_plan.per_device_eval_batch_size < 16
     ranges = [a.steps_run for a in view.attempts if a.steps_run]
     assert [s for first, last in ranges for s in range(first, last + 1)] == [1, 2, 3, 4, 5, 6]

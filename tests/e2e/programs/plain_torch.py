@@ -36,7 +36,8 @@ class Scale(torch.nn.Module):
 
 
 torch.manual_seed(0)
-model = torch.nn.Sequential(Scale(a.width), torch.nn.Tanh(), Scale(a.width), torch.nn.Tanh(), torch.nn.Linear(a.width, 1))
+model = torch.nn.Sequential(Scale(a.width), torch.nn.Tanh(), Scale(a.width), torch.nn.Tanh(), torch.nn.Linear(a.width,
+                                                                                                              1))
 optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
 for step in range(1, a.steps + 1):
     if a.fail and step == 2:
