@@ -43,8 +43,10 @@ def test_an_accelerate_loop_with_its_own_counters_resumes_as_a_continuous_run(tm
     reads as a continuous run (fast-forwarded through the steps already trained), never past its end."""
     run_dir = tmp_path / "run"
     program = ["--plain-loop", "--epochs", "2"] if style.startswith("plain-loop") else []
-    result = oomladder("run", "--memory-cap", "1200MiB", "--run-dir", str(run_dir), "--", sys.executable,
-                       str(ACCELERATE_LOOP), "--model-dir", str(tmp_path / "model"), *program, cwd=tmp_path, env=env)
+    (tmp_path / "halve.yaml").write_text("rungs: [halve_batch]\n")  # bf16 on a CPU is minutes per step
+    result = oomladder("run", "--memory-cap", "1200MiB", "--ladder", str(tmp_path / "halve.yaml"), "--run-dir",
+                       str(run_dir), "--", sys.executable, str(ACCELERATE_LOOP), "--model-dir", str(tmp_path / "model"),
+                       *program, cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     view = view_of(run_dir)
     first, last = view.attempts[0], view.attempts[-1]

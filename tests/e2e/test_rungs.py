@@ -64,7 +64,9 @@ def test_fewer_dataloader_workers_after_one_is_killed_for_host_memory(tmp_path, 
 def test_the_trainers_own_batch_search_is_turned_off_so_the_effective_batch_stays(tmp_path, env):
     """With auto_find_batch_size the Trainer would catch the OOM itself, shrink the batch without raising
     accumulation and start the steps again; under oomladder it never sees one."""
-    run_dir, view = run(tmp_path, env, "--memory-cap", "1200MiB", program=("--auto-find-batch-size",))
+    (tmp_path / "halve.yaml").write_text("rungs: [halve_batch]\n")  # bf16 on a CPU is minutes per step
+    run_dir, view = run(tmp_path, env, "--memory-cap", "1200MiB", "--ladder", str(tmp_path / "halve.yaml"),
+                        program=("--auto-find-batch-size",))
     assert len(view.attempts) == 2 and view.attempts[0].failure.is_memory
     last = (run_dir / "attempts" / "002" / "stdout.log").read_text()
     assert "= effective batch 16" in last

@@ -47,6 +47,11 @@ def run(tmp_path, name, *args, env, program=(), model=None):
     return run_dir, view
 
 
+def halving(tmp_path):
+    (tmp_path / "halve.yaml").write_text("rungs: [halve_batch]\n")
+    return ("--ladder", str(tmp_path / "halve.yaml"))
+
+
 def adapters(folder):
     return load_file(folder / "adapter_model.safetensors")
 
@@ -55,12 +60,13 @@ def adapters(folder):
 def continuous(tmp_path_factory, env):
     """The training the recovered run must equal, without oomladder's checkpoints: steps 1-2 on the first plan
     (fp32, batch 16), the Trainer's own checkpoint at step 2, and steps 3-6 on the plan the recovery ends on
-    (bf16, batch 8 x accumulation 2), resumed by the Trainer itself. The learning-rate schedule is the one of
+    (batch 8 x accumulation 2, on a ladder of halve_batch: bf16 on a CPU is minutes per step), resumed by the
+    Trainer itself. The learning-rate schedule is the one of
     a 6-step run throughout. Each phase runs under oomladder with no cap, only for its journal's numbers."""
     tmp = tmp_path_factory.mktemp("continuous")
     _, first = run(tmp, "first", env=env, program=("--save-steps", "2", "--stop-after-step", "2"))
     _, second = run(tmp, "second", env=env, program=(
-        "--bf16", "--batch-size", "8", "--grad-accum", "2", "--output-dir", str(tmp / "first-out"),
+        "--batch-size", "8", "--grad-accum", "2", "--output-dir", str(tmp / "first-out"),
         "--resume-from", str(tmp / "first-out" / "checkpoint-2")))
     assert steps_by_process(tmp / "first.steps") == [[1, 2]] and steps_by_process(tmp / "second.steps") == [[3, 4, 5,
                                                                                                              6]]
@@ -69,17 +75,22 @@ def continuous(tmp_path_factory, env):
 
 
 def test_every_step_runs_once_and_the_recovered_run_is_the_continuous_training(tmp_path, env, continuous):
-    run_dir, recovered = run(tmp_path, "recovered", "--memory-cap", "1200MiB", env=env, model=continuous["model"])
+    run_dir, recovered = run(tmp_path, "recovered", "--memory-cap", "1200MiB", *halving(tmp_path), env=env,
+                             model=continuous["model"])
     # What the program itself did: steps 1-2 in the first process, 3-6 in the second, each once.
     assert steps_by_process(tmp_path / "recovered.steps") == [[1, 2], [3, 4, 5, 6]]
     assert_each_step_ran_once(tmp_path / "recovered.steps", 6)
     first, second = recovered.attempts
     final = second.plan
-    assert (final.per_device_train_batch_size, final.gradient_accumulation_steps, final.precision) == (8, 2, "bf16")
+    assert (final.per_device_train_batch_size, final.gradient_accumulation_steps, final.precision) == (8, 2, "fp32")
     assert first.failure.is_memory and first.steps_run == (1, 2)
     assert second.resumed and second.began_at == 2 and second.steps_run == (3, 6)
     assert recovered.repeated_steps == [] and recovered.ended["reason"].startswith("every step ran once")
     assert not list((run_dir / "checkpoints").iterdir())  # the emergency checkpoint went with the finished run
+    # The report says where each attempt resumed.
+    report = json.loads((run_dir / "report.json").read_text())
+    assert [(a["resumed_from_step"], a["steps_run"]) for a in report["attempts"]] == [(None, [1, 2]), (2, [3, 6])]
+    assert "resumed from the end of step 2" in (run_dir / "report.md").read_text()
 
     # The same training, bit for bit: a lost or repeated step, or a resume that restored anything differently
     # (optimizer moments, scheduler, data position), changes the adapters.
@@ -96,7 +107,8 @@ def test_a_worker_that_does_not_resume_fails_the_checks_and_the_report_says_so(t
     """The checks above can fail: with resume switched off in the worker (a test-only switch standing for a
     broken resume), the second attempt trains from scratch, and the program's record, the adapters, the
     table and the report all show it."""
-    run_dir, sabotaged = run(tmp_path, "sabotaged", "--memory-cap", "1200MiB", model=continuous["model"],
+    run_dir, sabotaged = run(tmp_path, "sabotaged", "--memory-cap", "1200MiB", *halving(tmp_path),
+                             model=continuous["model"],
                              env={**env, "_OOMLADDER_TEST_SKIP_RESUME": "1"})
     assert steps_by_process(tmp_path / "sabotaged.steps") == [[1, 2], [1, 2, 3, 4, 5, 6]]
     with pytest.raises(AssertionError):
@@ -114,15 +126,6 @@ def test_a_worker_that_does_not_resume_fails_the_checks_and_the_report_says_so(t
     assert report["steps"]["repeated"] == [[1, 2]]
     assert report["attempts"][1]["steps_text"] == "1–6 (1–2 again; did not resume)"
     assert "1–2 ran more than once" in (run_dir / "report.md").read_text()
-
-
-def test_the_report_shows_where_each_attempt_resumed(tmp_path, env):
-    (tmp_path / "halve.yaml").write_text("rungs: [halve_batch]\n")
-    run_dir, _ = run(tmp_path, "r", "--memory-cap", "1200MiB", "--ladder", "halve.yaml", env=env)
-    assert_each_step_ran_once(tmp_path / "r.steps", 6)
-    report = json.loads((run_dir / "report.json").read_text())
-    assert [(a["resumed_from_step"], a["steps_run"]) for a in report["attempts"]] == [(None, [1, 2]), (2, [3, 6])]
-    assert "resumed from the end of step 2" in (run_dir / "report.md").read_text()
 
 
 def test_an_oom_in_evaluation_changes_the_evaluation_only_and_the_evaluation_still_happens(tmp_path, env):
