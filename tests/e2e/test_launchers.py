@@ -87,16 +87,23 @@ def test_a_launcher_s_own_failure_is_its_own_not_memory(tmp_path, env):
     assert not failure.is_memory and "CalledProcessError" in failure.summary
 
 
-def test_papermill_runs_the_notebook_again_on_the_new_plan_from_where_it_stopped(tmp_path, env, hub):
-    """The kernel papermill starts trains under the cap. Its OOM in step 3 is relaunched (in-place recovery is off in
-    `env`): papermill executes the notebook again from the top, the plan reaching its TrainingArguments, and its
-    Trainer resumes after step 2."""
+@pytest.mark.parametrize("runner", ["papermill", "nbconvert"])
+def test_a_notebook_runs_again_on_the_new_plan_from_where_it_stopped(tmp_path, env, hub, runner):
+    """The kernel papermill (or `jupyter nbconvert --execute`) starts trains under the cap. Its OOM in step 3 is
+    relaunched (in-place recovery is off in `env`): the notebook is executed again from the top, the plan reaching
+    its TrainingArguments, and its Trainer resumes after step 2."""
     run_dir, steps = tmp_path / "run", tmp_path / "steps"
-    notebook_tiny.write(tmp_path / "finetune.ipynb")
+    parameters = {"model_dir": f"{hub}/model", "data_dir": f"{hub}/data", "output_dir": str(tmp_path / "out"),
+                  "steps_log": str(steps)}
+    if runner == "papermill":
+        notebook_tiny.write(tmp_path / "finetune.ipynb")
+        given = [x for name, value in parameters.items() for x in ("-p", name, value)]
+        command = ["papermill", "finetune.ipynb", "out.ipynb", *given]
+    else:  # nbconvert takes no parameters: the notebook holds them
+        notebook_tiny.write(tmp_path / "finetune.ipynb", **parameters)
+        command = ["jupyter", "nbconvert", "--to", "notebook", "--execute", "finetune.ipynb", "--output", "out.ipynb"]
     result = oomladder("run", "--memory-cap", "1200MiB", *halving(tmp_path), "--run-dir", str(run_dir), "--",
-                       "papermill", "finetune.ipynb", "out.ipynb", "-p", "model_dir", f"{hub}/model", "-p", "data_dir",
-                       f"{hub}/data", "-p", "output_dir", str(tmp_path / "out"), "-p", "steps_log", str(steps),
-                       cwd=tmp_path, env=with_venv(env))
+                       *command, cwd=tmp_path, env=with_venv(env))
     assert result.returncode == 0, result.stdout + result.stderr
     view = view_of(run_dir)
     first, last = view.attempts
