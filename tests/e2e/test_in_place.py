@@ -14,7 +14,7 @@ import torch
 from tests.e2e.ledger import assert_each_step_ran_once, steps_by_process
 from tests.e2e.test_frameworks import TRL_SFT
 from tests.e2e.test_recovery import oomladder, view_of
-from tests.e2e.test_zero_lost_work import adapters, per_step, run
+from tests.e2e.test_zero_lost_work import adapters, halving, per_step, run
 from tests.webhook import Webhook
 
 pytestmark = pytest.mark.e2e
@@ -152,7 +152,8 @@ def test_where_no_split_fits_checkpointing_is_turned_on_in_place_without_a_relau
 
 
 def test_a_program_whose_loss_cannot_be_seen_into_is_relaunched_with_the_reason(tmp_path, in_place_env):
-    run_dir, view = run(tmp_path, "own-loss", "--memory-cap", "1200MiB", env=in_place_env, program=("--own-loss",))
+    run_dir, view = run(tmp_path, "own-loss", "--memory-cap", "1200MiB", *halving(tmp_path), env=in_place_env,
+                        program=("--own-loss",))
     assert_each_step_ran_once(tmp_path / "own-loss.steps", 6)
     first = view.attempts[0]
     assert first.failure.is_memory and len(view.attempts) >= 2
