@@ -11,7 +11,6 @@ files, nothing says which wrote it, so it is shown with its attempt alone.
 from __future__ import annotations
 
 import functools
-
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path

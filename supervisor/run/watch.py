@@ -79,8 +79,8 @@ class AttemptWatcher:
         self.running: WorkerHandle | None = None     # the group being watched, for the loop to stop on a crash
         self.intake = Intake(config, journal, display, recovered)
         # Where attempt cgroups can be made (or why not): the real launcher's; a fake one's tests have no processes.
-        self._cgroups: tuple[Path | None,
-                             str | None] | None = None if inspect.unwrap(launcher) is workers.spawn else (None, None)
+        real = inspect.unwrap(launcher) is workers.spawn  # the console's echo wraps it
+        self._cgroups: tuple[Path | None, str | None] | None = None if real else (None, None)
 
     # --- one attempt ----------------------------------------------------------------------------------
 
