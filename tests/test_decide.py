@@ -176,6 +176,19 @@ def test_a_rung_that_broke_a_program_that_worked_is_undone_and_the_ladder_moves_
     assert verdict.decision.reason.startswith("bf16 broke the program (ValueError: Your setup doesn't support")
 
 
+def test_a_worker_stopped_from_outside_is_a_stop_never_a_rung_that_broke_the_program():
+    for code, name, expected in ((-signal.SIGTERM, "SIGTERM", 143), (128 + signal.SIGINT, "SIGINT", 130),
+                                 (-signal.SIGHUP, "SIGHUP", 129)):
+        stopped = Failure(Kind.INTERRUPTED, None, f"stopped by {name}", phase="train", step=2)
+        view = after_a_broken_rung(stopped)
+        last = view.attempts[-1]
+        verdict = decide(view, AttemptResult(last.number, code, stopped, None, 1.0), load_ladder(None),
+                         memory_cap=None, several_nodes=False, backoff=lambda state: 0.0, log=LOG)
+        assert isinstance(verdict, End) and verdict.rollback is None and verdict.decision is None
+        assert (verdict.status, verdict.exit_code) == ("interrupted", expected)
+        assert "broke" not in verdict.reason and "resume" in verdict.reason
+
+
 def test_of_a_stacked_decision_only_the_rungs_that_change_the_code_are_blamed():
     verdict = next_step(after_a_broken_rung(BF16_ON_CPU, rungs=(2, 5)))  # bf16 + halve_batch
     assert [name for name, _, _ in verdict.rollback.incompatible] == ["bf16"]  # halve_batch stays on the ladder

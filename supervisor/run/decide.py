@@ -47,6 +47,11 @@ def decide(view: RunView, result: AttemptResult, ladder: Ladder, *, memory_cap: 
         return stopped(result.stop)
     if failure.kind is Kind.LAUNCH_FAILED:
         return End(RunStatus.LAUNCH_FAILED.value, EXIT_USAGE, failure.summary)
+    if failure.kind is Kind.INTERRUPTED:
+        # Someone stopped the worker itself (a scheduler, a person): a stop, never a rung that broke the program.
+        return End(RunStatus.INTERRUPTED.value, _stop_exit_code(result.exit_code),
+                   f"attempt {number}'s worker was {failure.summary} from outside oomladder; nothing was changed. "
+                   f"Run the same command again (or oomladder resume) to continue.")
     current = view.attempts[-1].plan
     if failure.kind in RETRIES_ON_SAME_PLAN:
         allowed, count = RETRIES_ON_SAME_PLAN[failure.kind], streak(view, failure.kind)
@@ -124,6 +129,12 @@ def roll_back(view: RunView, error: Failure, ladder: Ladder, memory_cap: int | N
     earlier = replace(view, attempts=view.attempts[:-1], decisions=[*view.decisions, {"attempt": before.number,
                                                                                        "rolled_back": broken.number}])
     return _climb(earlier, ladder, memory_cap, several_nodes, broken.number, before.failure, rollback)
+
+
+def _stop_exit_code(returncode: int | None) -> int:
+    """128 + the signal that stopped the worker, as a shell reports it (a negative code is Popen's -signal)."""
+    signum = -returncode if returncode is not None and returncode < 0 else (returncode or 130) - 128
+    return EXIT_INTERRUPTED.get(signum, 130)
 
 
 def stopped(stop: StopReason) -> End:
