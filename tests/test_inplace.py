@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from oomladder.worker import chunks, inplace, trainer_inplace
+from oomladder.worker.state import STATE
 
 pytest.importorskip("peft")
 
@@ -25,8 +26,8 @@ CLOSE = {"rtol": 1e-5, "atol": 1e-7}
 def attempt_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("OOMLADDER_ATTEMPT_DIR", str(tmp_path))
     monkeypatch.delenv("OOMLADDER_IN_PLACE", raising=False)
-    monkeypatch.setattr(inplace, "split", [1])
-    monkeypatch.setattr(inplace, "checkpointed", [False])
+    monkeypatch.setattr(STATE, "split", 1)
+    monkeypatch.setattr(STATE, "checkpointed", False)
     monkeypatch.delenv("OOMLADDER_IN_PLACE_CHECKPOINTING", raising=False)
     return tmp_path
 
@@ -121,7 +122,7 @@ def test_a_split_step_leaves_the_gradients_of_the_unsplit_step(tmp_path, attempt
     failing = TooManyRows(trainer, limit=4, backward=backward)
     loss = run_step(trainer, inputs, items(trainer, inputs) if accepts else None)
     failing.remove()
-    assert failing.fired == 1 and inplace.split == [2]
+    assert failing.fired == 1 and STATE.split == 2
     got = grads(trainer)
     assert got.keys() == expected.keys() and len(got) == 12
     for name in got:
@@ -143,7 +144,7 @@ def test_the_run_goes_on_split_and_splits_further_when_it_must(tmp_path, attempt
     failing.limit = 2
     run_step(trainer, second, num_items)           # the second micro-batch of the cycle: 2 is not enough, 4 is
     failing.remove()
-    assert inplace.split == [4] and failing.fired == 2
+    assert STATE.split == 4 and failing.fired == 2
     got = grads(trainer)
     for name in got:  # the first micro-batch's gradients were kept through the second one's OOM
         torch.testing.assert_close(got[name], expected[name], **CLOSE)
@@ -165,7 +166,7 @@ def always_out_of_memory(tmp_path):
 def test_chunks_of_one_row_that_still_fail_fall_back_to_a_relaunch_with_the_reason(tmp_path, attempt_dir, monkeypatch):
     monkeypatch.setenv("OOMLADDER_IN_PLACE_CHECKPOINTING", "0")  # as when the ladder has no checkpointing rung
     trainer, inputs, failing = always_out_of_memory(tmp_path)
-    assert failing.fired == 3 and inplace.split == [1]  # 1, 2 and 4 chunks tried; the run's split is unchanged
+    assert failing.fired == 3 and STATE.split == 1  # 1, 2 and 4 chunks tried; the run's split is unchanged
     record, = records(attempt_dir)
     assert record["outcome"] == "floor" and record["ooms"] == 3
     assert "already split as far as it goes" in record["reason"]
@@ -195,7 +196,7 @@ def test_at_a_row_per_chunk_checkpointing_is_turned_on_in_place_and_the_split_se
     failing = NeedsCheckpointing(trainer, limit=0)
     run_step(trainer, inputs, items(trainer, inputs))
     # 1, 2, 4, 8 chunks, then whole
-    assert failing.fired == 4 and inplace.split == [1] and inplace.checkpointed == [True]
+    assert failing.fired == 4 and STATE.split == 1 and STATE.checkpointed is True
     got = grads(trainer)
     for name in expected:  # recomputed activations, the same gradients
         torch.testing.assert_close(got[name], expected[name], **CLOSE)
@@ -233,7 +234,7 @@ def test_an_error_in_the_retry_is_journaled_and_the_oom_goes_on_to_the_superviso
     with pytest.raises(RuntimeError, match="DefaultCPUAllocator") as raised:
         run_step(trainer, inputs, items(trainer, inputs))
     handle.remove()
-    assert raised.value.__cause__ is None and inplace.split == [1]
+    assert raised.value.__cause__ is None and STATE.split == 1
     record, = records(attempt_dir)
     assert record["outcome"] == "failed" and record["error"] == "ValueError: this model needs the whole batch"
 

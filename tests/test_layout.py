@@ -149,3 +149,21 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
         if v not in index:
             visit(v)
     return out
+
+
+def _one_element_lists(path: Path) -> list[str]:
+    """Module-level names bound to a list of one element (`phase = ["train"]`): state kept in a box, which the
+    worker keeps on its one state object instead (worker/state.py)."""
+    found = []
+    for node in ast.parse(path.read_text()).body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) \
+            else []
+        value = node.value if isinstance(node, (ast.Assign, ast.AnnAssign)) else None
+        if isinstance(value, ast.List) and len(value.elts) == 1:
+            found += [f"{path.relative_to(ROOT)}: {ast.unparse(t)}" for t in targets]
+    return found
+
+
+def test_the_worker_keeps_its_state_on_one_object_not_in_module_level_boxes():
+    boxes = [box for path in sorted((ROOT / "supervisor" / "worker").rglob("*.py")) for box in _one_element_lists(path)]
+    assert boxes == []

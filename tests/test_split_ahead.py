@@ -7,6 +7,7 @@ it on real workers under a real cap."""
 import pytest
 
 from oomladder.worker import ahead, inplace, step_memory
+from oomladder.worker.state import STATE
 from oomladder.worker.step_memory import StepMemory
 
 MiB = 1 << 20
@@ -86,14 +87,14 @@ def test_switched_off_or_unbounded_nothing_is_chosen(capped, monkeypatch):
 def test_a_step_sized_ahead_runs_split_and_leaves_the_runs_split_alone(capped, monkeypatch, tmp_path):
     monkeypatch.setenv("OOMLADDER_ATTEMPT_DIR", str(tmp_path))
     monkeypatch.delenv("OOMLADDER_IN_PLACE", raising=False)
-    monkeypatch.setattr(inplace, "split", [1])
+    monkeypatch.setattr(STATE, "split", 1)
     model = StepMemory(feature=tokens, seeded=False)
     model.observe(1, 10, 10_000)
     capped["bytes"] = 50_000  # 8 rows of 10 need 80 kB: 2 chunks of 4 (40 kB) fit
     ran = []
     where = inplace.Step(step=1, rows=8, seq=10, batch=8, memory=model, shapes=lambda p: (8 // p, 10))
     assert inplace.recover(lambda pieces: ran.append(pieces) or "done", [], where, lambda exc: False) == "done"
-    assert ran == [2] and inplace.split == [1]
+    assert ran == [2] and STATE.split == 1
     assert ahead.take(1)["split_ahead"] == 2
     capped["bytes"] = 200_000  # the next step fits whole
     ran.clear()

@@ -16,7 +16,8 @@ import math
 import pytest
 import torch
 
-from oomladder.worker import inplace, step_state, trainer_inplace
+from oomladder.worker import step_state, trainer_inplace
+from oomladder.worker.state import STATE
 
 pytest.importorskip("trl")
 
@@ -32,8 +33,8 @@ def in_place(tmp_path, monkeypatch):
     monkeypatch.setenv("OOMLADDER_ATTEMPT_DIR", str(tmp_path))
     monkeypatch.delenv("OOMLADDER_IN_PLACE", raising=False)
     monkeypatch.setenv("OOMLADDER_IN_PLACE_CHECKPOINTING", "0")
-    monkeypatch.setattr(inplace, "split", [1])
-    monkeypatch.setattr(inplace, "checkpointed", [False])
+    monkeypatch.setattr(STATE, "split", 1)
+    monkeypatch.setattr(STATE, "checkpointed", False)
     original = Trainer.training_step
 
     def training_step(self, model, inputs, *args, **kwargs):  # as the worker's adapter wraps it
@@ -279,7 +280,7 @@ def test_a_split_step_trains_as_the_unsplit_step(tmp_path, in_place, case, where
     build = EXACT[case]()
     whole, _ = train(build, tmp_path / "whole")
     split, device = train(build, tmp_path / "split", device_rows=4, where=where)
-    assert device.fired == 1 and inplace.split == [2], "the first step ran out of memory once, and was split in 2"
+    assert device.fired == 1 and STATE.split == 2, "the first step ran out of memory once, and was split in 2"
     record, = records(in_place)
     assert record["outcome"] == "split" and record["step"] == 1
     assert_same_training(whole, split)
@@ -314,7 +315,7 @@ def test_a_batch_that_cannot_be_split_exactly_is_refused_with_the_reason(tmp_pat
     device = Device(module, 0, where)
     with pytest.raises(RuntimeError, match="DefaultCPUAllocator"):
         trainer.train()
-    assert device.fired == 1 and inplace.split == [1]
+    assert device.fired == 1 and STATE.split == 1
     record, = records(in_place)
     assert record["outcome"] == "declined" and reason in record["reason"]
     for name, value in trainer.model.state_dict().items():  # the failed forward's running statistics undone

@@ -26,8 +26,8 @@ from typing import Any
 
 from oomladder.worker import accelerate_progress as progress
 from oomladder.worker import common, memcap, probe
-from oomladder.worker.accelerate_progress import run
 from oomladder.worker.common import observe, safely
+from oomladder.worker.state import STATE
 
 HOOKS = {"accelerate.accelerator": lambda module: patch_accelerator(module),
          "accelerate.optimizer": lambda module: patch_optimizer(module)}
@@ -41,9 +41,9 @@ def patch_accelerator(module) -> None:  # noqa: C901 - its hooks are closures, c
 
     @functools.wraps(original_init)
     def __init__(self, *args, **kwargs):
-        if common.owner[0] not in (None, "accelerate"):  # the Trainer's own Accelerator: its adapter applies the plan
+        if STATE.owner not in (None, "accelerate"):  # the Trainer's own Accelerator: its adapter applies the plan
             return original_init(self, *args, **kwargs)
-        common.owner[0] = "accelerate"
+        STATE.owner = "accelerate"
         plan = common.plan()
         if plan.get("gradient_accumulation_steps") is not None and "gradient_accumulation_plugin" not in kwargs:
             kwargs["gradient_accumulation_steps"] = plan["gradient_accumulation_steps"]
@@ -51,7 +51,7 @@ def patch_accelerator(module) -> None:  # noqa: C901 - its hooks are closures, c
             kwargs["mixed_precision"] = {"fp32": "no"}.get(plan["precision"], plan["precision"])
         program = {"gradient_accumulation_steps": kwargs.get("gradient_accumulation_steps", 1)}
         original_init(self, *args, **kwargs)
-        run["accelerator"] = self
+        STATE.accelerate.accelerator = self
         memcap.arm()
         safely(observe, {**_program_settings(self), **{k: v for k, v in program.items() if k not in plan}},
                _facts(self))
@@ -59,39 +59,35 @@ def patch_accelerator(module) -> None:  # noqa: C901 - its hooks are closures, c
 
     @functools.wraps(original_prepare)
     def prepare(self, *objects, **kwargs):
-        if self is not run["accelerator"]:
+        loop = STATE.accelerate
+        if self is not loop.accelerator:
             return original_prepare(self, *objects, **kwargs)
         objects = tuple(safely(_before_prepare, self, obj) or obj for obj in objects)
-        previous, common.phase[0] = common.phase[0], "load"  # the model moves to the device here
-        try:
+        with common.loading():  # the model moves to the device here
             prepared = original_prepare(self, *objects, **kwargs)
-        except BaseException as exc:
-            safely(common.record_failure, exc, "load")
-            raise
-        finally:
-            common.phase[0] = previous
         for given, obj in zip(objects, prepared if isinstance(prepared, tuple) else (prepared,)):
-            if given is run["loader"] and run["prepared"] is None:
+            if given is loop.loader and loop.prepared is None:
                 safely(_watch_loader, obj)
         return prepared
 
     @functools.wraps(original_backward)
     def backward(self, loss, **kwargs):
-        if self is not run["accelerator"]:
+        loop = STATE.accelerate
+        if self is not loop.accelerator:
             return original_backward(self, loss, **kwargs)
-        if not run["accumulate_seen"] and self.gradient_accumulation_steps > 1:
+        if not loop.accumulate_seen and self.gradient_accumulation_steps > 1:
             # No accumulate() around this loop: count micro-batches here, so the prepared optimizer steps once
             # per optimizer step of the plan.
-            run["micro"] += 1
-            self.gradient_state._set_sync_gradients(run["micro"] % self.gradient_accumulation_steps == 0)
-        if run["replay"] is not None:
+            loop.micro += 1
+            self.gradient_state._set_sync_gradients(loop.micro % self.gradient_accumulation_steps == 0)
+        if loop.replay is not None:
             return None  # fast-forwarding: nothing was computed, nothing to differentiate
         safely(progress.note_loss, loss)
         return original_backward(self, loss, **kwargs)
 
     @functools.wraps(original_accumulate)
     def accumulate(self, *models):
-        run["accumulate_seen"] = True
+        STATE.accelerate.accumulate_seen = True
         return original_accumulate(self, *models)
 
     cls.__init__, cls.prepare, cls.backward, cls.accumulate = __init__, prepare, backward, accumulate
@@ -99,7 +95,7 @@ def patch_accelerator(module) -> None:  # noqa: C901 - its hooks are closures, c
         setattr(cls, name, _held_while_replaying(getattr(cls, name)))
     for name in ("unwrap_model", "end_training"):
         setattr(cls, name, _load_first(getattr(cls, name)))
-    common.on_fatal.append(progress.save_after_failure)
+    STATE.on_fatal.append(progress.save_after_failure)
 
 
 def _held_while_replaying(original):
@@ -107,9 +103,10 @@ def _held_while_replaying(original):
     were logged when they ran); once the checkpoint is due, it is loaded first."""
     @functools.wraps(original)
     def wrapper(self, *args, **kwargs):
-        if self is run["accelerator"]:
+        loop = STATE.accelerate
+        if self is loop.accelerator:
             progress.load_if_due()
-            if run["replay"] is not None:
+            if loop.replay is not None:
                 return None
         return original(self, *args, **kwargs)
     return wrapper
@@ -120,7 +117,7 @@ def _load_first(original):
     first, if the replay has reached it."""
     @functools.wraps(original)
     def wrapper(self, *args, **kwargs):
-        if self is run["accelerator"]:
+        if self is STATE.accelerate.accelerator:
             progress.load_if_due()
         return original(self, *args, **kwargs)
     return wrapper
@@ -132,17 +129,18 @@ def patch_optimizer(module) -> None:
 
     @functools.wraps(original_step)
     def step(self, *args, **kwargs):
-        if run["accelerator"] is None:
+        loop = STATE.accelerate
+        if loop.accelerator is None:
             return original_step(self, *args, **kwargs)
         syncing = self.gradient_state.sync_gradients
-        if run["replay"] is not None:  # fast-forwarding: the step was taken by an earlier attempt
+        if loop.replay is not None:  # fast-forwarding: the step was taken by an earlier attempt
             if syncing:
                 self.optimizer._opt_called = True  # as a step would: the program's scheduler steps after it
                 progress.replayed()
             return None
-        run["in_step"] = syncing
+        loop.in_step = syncing
         result = original_step(self, *args, **kwargs)
-        run["in_step"] = False
+        loop.in_step = False
         if syncing and not getattr(self, "step_was_skipped", False):
             safely(progress.stepped)
         return result
@@ -168,9 +166,10 @@ def _facts(accelerator) -> dict[str, Any]:
 def _before_prepare(accelerator, obj):
     """The training DataLoader with the plan's batch (same dataset, sampler and order); a model with the plan's
     gradient checkpointing."""
+    loop = STATE.accelerate
     from torch.utils.data import DataLoader
     plan = common.plan()
-    if isinstance(obj, DataLoader) and run["loader"] is None and obj.batch_size is not None:
+    if isinstance(obj, DataLoader) and loop.loader is None and obj.batch_size is not None:
         observe({"per_device_train_batch_size": obj.batch_size, "dataloader_num_workers": obj.num_workers,
                  **({"gradient_accumulation_steps": accelerator.gradient_accumulation_steps}
                     if "gradient_accumulation_steps" not in plan else {})})
@@ -182,10 +181,10 @@ def _before_prepare(accelerator, obj):
                              timeout=obj.timeout, worker_init_fn=obj.worker_init_fn, generator=obj.generator,
                              **({"prefetch_factor": obj.prefetch_factor,
                                  "persistent_workers": obj.persistent_workers} if workers else {}))
-        run["loader"] = obj
+        loop.loader = obj
         return obj
     if hasattr(obj, "gradient_checkpointing_enable") and hasattr(obj, "config"):
-        common.observed["model"] = safely(probe.model_report, obj)
+        STATE.observed["model"] = safely(probe.model_report, obj)
         new = hasattr(obj, "activation_checkpointing_enable")  # Transformers 5 renamed it (the old names warn)
         observe({"gradient_checkpointing": bool(getattr(obj, "is_activation_checkpointing" if new else
                                                         "is_gradient_checkpointing", False))}, _model_facts(obj))
@@ -202,20 +201,21 @@ def _before_prepare(accelerator, obj):
 def _watch_loader(prepared) -> None:
     """The prepared training DataLoader: it resumes on its first iteration, passes over the micro-batches an
     earlier attempt trained on, and notes each batch's shape for the estimator."""
-    run["prepared"] = prepared
+    STATE.accelerate.prepared = prepared
     cls = type(prepared)
     if getattr(cls, "_oomladder_iter", False):
         return
     original_iter = cls.__iter__
 
     def __iter__(self):
-        if self is not run["prepared"]:
+        loop = STATE.accelerate
+        if self is not loop.prepared:
             yield from original_iter(self)
             return
         safely(progress.begin)
         for batch in original_iter(self):
             progress.load_if_due()  # the replay has reached the checkpoint: this batch is the first one to train on
-            if run["replay"] is None:
+            if loop.replay is None:
                 safely(probe.note_batch, batch)
             yield batch
         progress.load_if_due()

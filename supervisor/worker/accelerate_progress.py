@@ -10,59 +10,54 @@ import atexit
 import signal
 import sys
 from pathlib import Path
-from typing import Any
 
 from oomladder.worker import common, emergency, fast_forward, files, memcap, probe, step_state
 from oomladder.worker.common import observe, safely
-
-run: dict[str, Any] = {"accelerator": None, "step": 0, "micro": 0, "began": False, "loader": None,
-                        "prepared": None, "in_step": False, "accumulate_seen": False,
-                        "replay": None,      # the FastForward under way, until the checkpoint is loaded
-                        "load_due": False,   # the replay reached the checkpoint's step: load it before going on
-                        "resume": None, "executed": 0,  # the checkpoint resumed from; steps this process computed
-                        "losses": [], "loss_sum": None, "loss_count": 0}  # each step's mean loss, for a replay
+from oomladder.worker.state import STATE
 
 
 def begin() -> None:
     """On the training DataLoader's first iteration: with a checkpoint to resume from, fast-forward the program
     through the steps it holds; otherwise say that training begins at step 0."""
-    if run["began"]:
+    loop = STATE.accelerate
+    if loop.began:
         return
-    run["began"] = True
-    accelerator = run["accelerator"]
+    loop.began = True
+    accelerator = loop.accelerator
     resume = emergency.resume_point()
     marker = (files.read_json(Path(resume) / files.CHECKPOINT_MARKER) or {}) if resume else {}
     step = int(marker.get("step", 0) or 0)
     if resume and accelerator is not None and step > 0:
-        run["resume"], run["losses"] = resume, [float(x) for x in marker.get("losses") or []]
-        run["replay"] = fast_forward.FastForward(list(accelerator._models), step, run["losses"])
-        run["replay"].start()
+        loop.resume, loop.losses = resume, [float(x) for x in marker.get("losses") or []]
+        loop.replay = fast_forward.FastForward(list(accelerator._models), step, loop.losses)
+        loop.replay.start()
         atexit.register(replay_unfinished)
         return  # where training begins is said when the checkpoint is loaded
-    common.current.update(step=run["step"])
-    files.append_progress({"began_at": run["step"], "max_steps": None})
+    STATE.step = loop.step
+    files.append_progress({"began_at": loop.step, "max_steps": None})
 
 
 def replayed() -> None:
     """An optimizer step of the fast-forward: counted, not taken. A stop asked for now keeps the checkpoint."""
-    replay = run["replay"]
+    loop = STATE.accelerate
+    replay = loop.replay
     replay.step += 1
-    run["step"] = replay.step
-    common.current.update(step=run["step"])
-    if common.stop_requested[0]:
-        signum = common.stop_requested[0]
+    loop.step = replay.step
+    STATE.step = loop.step
+    if STATE.stop_requested:
+        signum = STATE.stop_requested
         replay.stop()
         print(f"oomladder: stopped by {signal.Signals(signum).name} while fast-forwarding; the checkpoint of step "
               f"{replay.target} stays the latest", file=sys.stderr, flush=True)
         raise SystemExit(128 + signum)
     if replay.step >= replay.target:
-        run["load_due"] = True
+        loop.load_due = True
 
 
 def replay_unfinished() -> None:
     """At exit: a program whose loop ended before the fast-forward reached the checkpoint did not resume (its loop
     is not the one that trained the checkpoint, or stops earlier): said, never counted as steps run once."""
-    replay = run["replay"]
+    replay = STATE.accelerate.replay
     if replay is None:
         return
     replay.stop()
@@ -75,70 +70,74 @@ def replay_unfinished() -> None:
 def load_if_due() -> None:
     """The replay reached the checkpoint's step: load the checkpoint (weights, optimizer, scheduler, RNG) and train
     on from there."""
-    if not run["load_due"]:
+    loop = STATE.accelerate
+    if not loop.load_due:
         return
-    run["load_due"] = False
-    replay, run["replay"] = run["replay"], None
+    loop.load_due = False
+    replay, loop.replay = loop.replay, None
     replay.stop()
-    accelerator = run["accelerator"]
-    accelerator.load_state(run["resume"])
+    accelerator = loop.accelerator
+    accelerator.load_state(loop.resume)
     # accumulate() decides sync_gradients from the accelerator's own micro-batch count, which load_state
     # restored as the earlier plan counted it (and past the failed micro-batch): count as this plan does.
-    accelerator.step = run["step"] * accelerator.gradient_accumulation_steps
-    run["micro"] = 0
+    accelerator.step = loop.step * accelerator.gradient_accumulation_steps
+    loop.micro = 0
     emergency.snapshot_rng()
     emergency.keep_step_end(tuple(accelerator._models))
-    common.current.update(step=run["step"])
-    files.append_progress({"began_at": run["step"], "max_steps": None})
+    STATE.step = loop.step
+    files.append_progress({"began_at": loop.step, "max_steps": None})
     print(f"oomladder: fast-forwarded through steps 1-{replay.target}; the checkpoint of step {replay.target} is "
           f"loaded, and training goes on at step {replay.target + 1}", file=sys.stderr, flush=True)
 
 
 def note_loss(loss) -> None:
     """Each micro-batch's loss, summed on its device (read once per optimizer step)."""
+    loop = STATE.accelerate
     value = loss.detach().float()
-    run["loss_sum"] = value if run["loss_sum"] is None else run["loss_sum"] + value
-    run["loss_count"] += 1
+    loop.loss_sum = value if loop.loss_sum is None else loop.loss_sum + value
+    loop.loss_count += 1
 
 
 def stepped() -> None:
     """After each optimizer step the prepared optimizer really took."""
-    if not run.get("rows_told"):  # this process's first step: the models are in training mode now
-        run["rows_told"] = True
-        observe(None, {"coupled_rows": next(filter(None, map(step_state.coupled_rows, run["accelerator"]._models)),
+    loop = STATE.accelerate
+    if not loop.rows_told:  # this process's first step: the models are in training mode now
+        loop.rows_told = True
+        observe(None, {"coupled_rows": next(filter(None, map(step_state.coupled_rows, loop.accelerator._models)),
                                             None)})
-    run["step"] += 1
-    run["executed"] += 1
-    run["micro"] = 0
-    loss = float(run["loss_sum"]) / run["loss_count"] if run["loss_count"] else None
-    run["loss_sum"], run["loss_count"] = None, 0
-    before = run["losses"][:run["step"] - 1]
-    run["losses"] = before + [None] * (run["step"] - 1 - len(before)) + [loss]
-    common.current.update(step=run["step"])
+    loop.step += 1
+    loop.executed += 1
+    loop.micro = 0
+    loss = float(loop.loss_sum) / loop.loss_count if loop.loss_count else None
+    loop.loss_sum, loop.loss_count = None, 0
+    before = loop.losses[:loop.step - 1]
+    loop.losses = before + [None] * (loop.step - 1 - len(before)) + [loss]
+    STATE.step = loop.step
     emergency.snapshot_rng()
-    emergency.keep_step_end(tuple(run["accelerator"]._models))
+    emergency.keep_step_end(tuple(loop.accelerator._models))
     peak, measure = memcap.peak()
-    files.append_progress({"step": run["step"], "max_steps": None, "phase": "train", "peak": peak, "loss": loss,
+    files.append_progress({"step": loop.step, "max_steps": None, "phase": "train", "peak": peak, "loss": loss,
                            "peak_measure": measure, "batch_shape": probe.batch_shapes()["largest"], "executed": True})
-    if common.stop_requested[0]:
-        signum = common.stop_requested[0]
+    if STATE.stop_requested:
+        signum = STATE.stop_requested
         save("stopped")
-        print(f"oomladder: stopped by {signal.Signals(signum).name} after step {run['step']}, which is saved",
+        print(f"oomladder: stopped by {signal.Signals(signum).name} after step {loop.step}, which is saved",
               file=sys.stderr, flush=True)
         raise SystemExit(128 + signum)
 
 
 def save_after_failure(exc: BaseException) -> None:
     """From the excepthook: the last finished step, after an out-of-memory error outside the optimizer step."""
-    if run["accelerator"] is None or not common.is_memory_failure(exc):
+    loop = STATE.accelerate
+    if loop.accelerator is None or not common.is_memory_failure(exc):
         return
-    if run["replay"] is not None or (run["resume"] and not run["executed"]):
+    if loop.replay is not None or (loop.resume and not loop.executed):
         emergency.skip(emergency.no_step_ended())
         return
-    if (why := emergency.nothing_to_keep(run["step"], run["in_step"])) is not None:
+    if (why := emergency.nothing_to_keep(loop.step, loop.in_step)) is not None:
         emergency.skip(why)
         return
-    emergency.free_failed_step(exc, *run["accelerator"]._models)
+    emergency.free_failed_step(exc, *loop.accelerator._models)
     if (why := emergency.back_to_step_end()) is not None:
         emergency.skip(why)
         return
@@ -146,12 +145,13 @@ def save_after_failure(exc: BaseException) -> None:
 
 
 def save(why: str) -> None:
-    accelerator = run["accelerator"]
+    loop = STATE.accelerate
+    accelerator = loop.accelerator
     if not accelerator.is_main_process:
         return
     import torch
     try:
-        partial = emergency.begin(run["step"], sum(emergency.state_bytes(m, o) for m, o in
+        partial = emergency.begin(loop.step, sum(emergency.state_bytes(m, o) for m, o in
                                                     zip(accelerator._models, accelerator._optimizers or [None])))
     except emergency.NoRoom as exc:
         emergency.skip(str(exc))
@@ -170,5 +170,5 @@ def save(why: str) -> None:
                       **({"torch_cuda_manual_seed": rng["cuda"] if isinstance(rng["cuda"], list) else [rng["cuda"]]}
                          if "cuda" in rng else {}))
         torch.save(states, partial / f"random_states_{accelerator.process_index}.pkl")
-    emergency.commit(partial, run["step"], None, "accelerate", why=why,
-                     losses=[x if x is not None else 0.0 for x in run["losses"][:run["step"]]])
+    emergency.commit(partial, loop.step, None, "accelerate", why=why,
+                     losses=[x if x is not None else 0.0 for x in loop.losses[:loop.step]])

@@ -16,20 +16,20 @@ import sys
 import threading
 import time
 
-from oomladder.worker import (accelerate, command_line, common, files, inplace, kernel, lightning, loading, memcap,
-                              role, torch_hooks, trainer)
+from oomladder.worker import (accelerate, command_line, common, files, kernel, lightning, loading, memcap, role,
+                              torch_hooks, trainer)
 from oomladder.worker.common import safely
 from oomladder.worker.importhook import PostImportFinder
+from oomladder.worker.state import STATE
 
 FRAMEWORKS = (trainer, accelerate, loading, torch_hooks, lightning, kernel, command_line)
-installed = [False]
 GRACE = 60.0  # seconds a worker whose supervisor died has to save its step, as under the supervisor's own stop
 
 
 def install() -> None:
-    if installed[0]:  # a kernel whose extension began a second run (oomladder/notebook)
+    if STATE.installed:  # a kernel whose extension began a second run (oomladder/notebook)
         return
-    installed[0] = True
+    STATE.installed = True
     role.install()  # whether this process speaks for the worker, and its place in the tree (role.py)
     hooks = {name: hook for framework in FRAMEWORKS for name, hook in framework.HOOKS.items()}
     for name, hook in list(hooks.items()):
@@ -47,9 +47,7 @@ def install() -> None:
 def new_attempt() -> None:
     """Another attempt in this same process (a notebook's kernel, oomladder/notebook): what the last attempt's
     training left in the adapter's state is not the next one's. Its plan already holds an in-place split."""
-    inplace.split[0], inplace.checkpointed[0] = 1, False
-    common.stop_requested[0] = 0
-    common.current.update(step=None, max_steps=None)
+    STATE.new_attempt()
 
 
 def _watch_supervisor() -> None:
@@ -71,7 +69,7 @@ def _watch_supervisor() -> None:
                 continue
         # The adapter's handler saves the step in flight and exits. The kernel's parent-death SIGTERM may have
         # come first: a second one would be the "act at once" kind and lose that step.
-        if not common.stop_requested[0]:
+        if not STATE.stop_requested:
             os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(GRACE)
         os._exit(143)  # a program that ignores SIGTERM, or never reaches a step's end

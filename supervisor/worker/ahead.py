@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from oomladder.worker import memcap, step_memory
+from oomladder.worker.state import STATE
 
 
 @dataclass(frozen=True)
@@ -27,21 +28,11 @@ class Choice:
     available: int | None       # bytes the device had left when it began
 
 
-@dataclass
-class _Ahead:
-    memory: step_memory.StepMemory | None = None
-    key: object = None          # what the model was built for (the plan, checkpointing): rebuilt when it changes
-    step: dict | None = None    # this optimizer step's record so far
-
-
-_state = _Ahead()
-
-
 def memory(key: object, build: Callable[[], step_memory.StepMemory]) -> step_memory.StepMemory:
     """The process's model, built once per `key` (a change of plan in place starts a new one)."""
-    if _state.memory is None or _state.key != key:
-        _state.memory, _state.key = build(), key
-    return _state.memory
+    if STATE.ahead.memory is None or STATE.ahead.key != key:
+        STATE.ahead.memory, STATE.ahead.key = build(), key
+    return STATE.ahead.memory
 
 
 def choose(model: step_memory.StepMemory, shapes: Callable[[int], tuple[int, int]],
@@ -75,9 +66,9 @@ def learn(where, choice: Choice | None, pieces: int, measure: step_memory.Measur
 
 def note(step: int, choice: Choice | None, pieces: int, measured: int | None) -> None:
     """A micro-step of optimizer step `step` ran in `pieces` chunks and took `measured` bytes over what it held."""
-    record = _state.step if _state.step is not None and _state.step["step"] == step else None
+    record = STATE.ahead.step if STATE.ahead.step is not None and STATE.ahead.step["step"] == step else None
     if record is None:
-        record = _state.step = {"step": step, "split_ahead": 1, "predicted": None, "measured": None}
+        record = STATE.ahead.step = {"step": step, "split_ahead": 1, "predicted": None, "measured": None}
     if choice is not None and choice.pieces > 1:
         record["split_ahead"] = max(record["split_ahead"], choice.pieces)
     if choice is not None and choice.predicted is not None:
@@ -88,7 +79,7 @@ def note(step: int, choice: Choice | None, pieces: int, measured: int | None) ->
 
 def take(step: int) -> dict:
     """What split ahead did in optimizer step `step`, for its progress record (empty when it did nothing)."""
-    record, _state.step = _state.step, None
+    record, STATE.ahead.step = STATE.ahead.step, None
     if record is None or record["step"] != step:
         return {}
     return {k: v for k, v in record.items() if k != "step" and v is not None}

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from oomladder.worker import common, emergency, files, memcap
+from oomladder.worker.state import STATE
 
 _SETTINGS = ("per_device_train_batch_size", "gradient_accumulation_steps", "per_device_eval_batch_size", "precision",
              "gradient_checkpointing", "dataloader_num_workers", "optim")
@@ -80,8 +81,8 @@ class Session:
             for obj in state.values():
                 if hasattr(obj, "step") and hasattr(obj, "param_groups"):
                     self._watch(obj)
-            common.owner[0] = common.owner[0] or "oomladder.api"
-            common.on_fatal.append(self._after_failure)
+            STATE.owner = STATE.owner or "oomladder.api"
+            STATE.on_fatal.append(self._after_failure)
             common.safely(common.stop_at_step_end_on, signal.SIGTERM, signal.SIGINT)
 
     def resume(self) -> int:
@@ -96,7 +97,7 @@ class Session:
                 obj.load_state_dict(saved[name])
             self.step = int((files.read_json(Path(path) / files.CHECKPOINT_MARKER) or {}).get("step", 0))
             _restore_rng(saved.get("__rng__") or {})
-        common.current.update(step=self.step)
+        STATE.step = self.step
         files.append_progress({"began_at": self.step, "max_steps": None})
         return self.step
 
@@ -105,14 +106,14 @@ class Session:
         if not _supervised():
             return
         self.step = self.step + 1 if step is None else step
-        common.current.update(step=self.step)
+        STATE.step = self.step
         emergency.snapshot_rng()
         emergency.keep_step_end(tuple(obj for obj in self.state.values() if hasattr(obj, "modules")))
         peak, measure = memcap.peak()
         files.append_progress({"step": self.step, "max_steps": None, "phase": "train", "peak": peak,
                                "peak_measure": measure, "executed": True})
-        if common.stop_requested[0]:
-            signum = common.stop_requested[0]
+        if STATE.stop_requested:
+            signum = STATE.stop_requested
             self._save("stopped")
             print(f"oomladder: stopped by {signal.Signals(signum).name} after step {self.step}, which is saved",
                   file=sys.stderr, flush=True)

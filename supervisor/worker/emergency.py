@@ -24,46 +24,44 @@ from pathlib import Path
 from typing import Any
 
 from oomladder.worker import files, step_state
-
-_rng: dict[str, Any] = {}
-_step_end: list[Any] = []  # step_state snapshots at the end of the last step: the buffers, a trainer's counters
-_in_optimizer_step = [False]
+from oomladder.worker.state import STATE
 
 
 def snapshot_rng() -> None:
     """At each step's end: the RNG states the next step starts from."""
     import torch
-    _rng.clear()
-    _rng.update(python=random.getstate(), cpu=torch.random.get_rng_state())
+    rng = STATE.rng
+    rng.clear()
+    rng.update(python=random.getstate(), cpu=torch.random.get_rng_state())
     try:
         import numpy as np
-        _rng["numpy"] = np.random.get_state()
+        rng["numpy"] = np.random.get_state()
     except ImportError:
         pass
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        _rng["cuda"] = torch.cuda.random.get_rng_state_all() if _world() > 1 else torch.cuda.random.get_rng_state()
+        rng["cuda"] = torch.cuda.random.get_rng_state_all() if _world() > 1 else torch.cuda.random.get_rng_state()
 
 
 def keep_step_end(models: tuple[Any, ...] = (), counters: tuple[Any, ...] = ()) -> None:
     """At each step's end, with `snapshot_rng`: the models' buffers and the counters an emergency checkpoint must
     hold as this step left them, not as a failed next step's forward changed them (BatchNorm's running statistics,
     the Trainer's tokens seen, counted per micro-batch)."""
-    _step_end[:] = [step_state.Buffers(*models), step_state.Counters(*counters)]
+    STATE.step_end[:] = [step_state.Buffers(*models), step_state.Counters(*counters)]
 
 
 def back_to_step_end() -> str | None:
     """After an OOM, before the emergency checkpoint is written: the buffers and counters as the last finished
     step left them; None, or why they cannot be (the checkpoint is then not written)."""
-    return next((why for why in (kept.restore() for kept in _step_end) if why), None)
+    return next((why for why in (kept.restore() for kept in STATE.step_end) if why), None)
 
 
 def rng_snapshot() -> dict[str, Any]:
     """The RNG states the last finished step left (python, cpu, numpy, cuda), as `snapshot_rng` took them."""
-    return dict(_rng)
+    return dict(STATE.rng)
 
 
 def optimizer_step(inside: bool) -> None:
-    _in_optimizer_step[0] = inside
+    STATE.in_optimizer_step = inside
 
 
 def nothing_to_keep(steps_done: int, in_optimizer_step: bool) -> str | None:
@@ -102,10 +100,10 @@ def free_failed_step(exc: BaseException, *owners: Any) -> None:
 def save_after_oom(trainer, exc: BaseException) -> str | None:
     """The checkpoint of the last completed step, or None with the reason on stderr: after an OOM in
     this process, or in a peer whose death broke the collective this one waited in."""
-    if (why := nothing_to_keep(trainer.state.global_step, _in_optimizer_step[0])) is not None:
+    if (why := nothing_to_keep(trainer.state.global_step, STATE.in_optimizer_step)) is not None:
         skip(why)
         return None
-    if not _rng:
+    if not STATE.rng:
         skip(no_step_ended())
         return None
     free_failed_step(exc, *{id(m): m for m in (trainer.model, getattr(trainer, "model_wrapped", None))
@@ -129,7 +127,7 @@ def save(trainer) -> str | None:
     import torch
     if trainer.args.process_index != 0:
         return None
-    if not _rng:
+    if not STATE.rng:
         # A stop before this process finished a step (a resumed attempt still loading, or at its first step's
         # start): its RNG is not a step's end, and a checkpoint of it would replace the one resumed from.
         skip(no_step_ended())
@@ -141,7 +139,7 @@ def save(trainer) -> str | None:
     if hasattr(trainer, "_save_scaler"):
         trainer._save_scaler(str(partial))
     rng_name = "rng_state_0.pth" if _world() > 1 else "rng_state.pth"
-    torch.save(dict(_rng), partial / rng_name)
+    torch.save(dict(STATE.rng), partial / rng_name)
     trainer.state.save_to_json(str(partial / "trainer_state.json"))
     if (why := _unloadable(partial / rng_name)) is not None:
         shutil.rmtree(partial, ignore_errors=True)

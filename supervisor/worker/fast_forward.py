@@ -24,6 +24,7 @@ Files the program writes itself with `open()` during the replay are not held bac
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -115,43 +116,39 @@ def _without_grad(forward, args, kwargs):
         return forward(*args, **kwargs)
 
 
-_output_class: list[Any] = []
-
-
+@functools.cache
 def _replayed_output():
     """A causal LM's output whose logits are computed when first read (most loops read only the loss)."""
-    if not _output_class:
-        from transformers.modeling_outputs import CausalLMOutputWithPast
+    from transformers.modeling_outputs import CausalLMOutputWithPast
 
-        class Replayed(CausalLMOutputWithPast):
-            def __init__(self, *args, _compute=None, **kwargs):
+    class Replayed(CausalLMOutputWithPast):
+        def __init__(self, *args, _compute=None, **kwargs):
+            object.__setattr__(self, "_compute", None)
+            super().__init__(*args, **kwargs)
+            object.__setattr__(self, "_compute", _compute)
+
+        def _real(self):
+            compute = object.__getattribute__(self, "_compute")
+            if compute is not None:
                 object.__setattr__(self, "_compute", None)
-                super().__init__(*args, **kwargs)
-                object.__setattr__(self, "_compute", _compute)
+                real = compute()
+                for name in ("logits", "hidden_states", "attentions"):
+                    value = getattr(real, name, None)
+                    if value is not None:
+                        self[name] = value
 
-            def _real(self):
-                compute = object.__getattribute__(self, "_compute")
-                if compute is not None:
-                    object.__setattr__(self, "_compute", None)
-                    real = compute()
-                    for name in ("logits", "hidden_states", "attentions"):
-                        value = getattr(real, name, None)
-                        if value is not None:
-                            self[name] = value
+        def __getattribute__(self, name):
+            if name in ("logits", "hidden_states", "attentions", "to_tuple", "values", "items", "keys"):
+                object.__getattribute__(self, "_real")()
+            return object.__getattribute__(self, name)
 
-            def __getattribute__(self, name):
-                if name in ("logits", "hidden_states", "attentions", "to_tuple", "values", "items", "keys"):
-                    object.__getattribute__(self, "_real")()
-                return object.__getattribute__(self, name)
+        def __getitem__(self, key):
+            if key in ("loss", 0):
+                return object.__getattribute__(self, "loss")
+            self._real()
+            return super().__getitem__(key)
 
-            def __getitem__(self, key):
-                if key in ("loss", 0):
-                    return object.__getattribute__(self, "loss")
-                self._real()
-                return super().__getitem__(key)
-
-        _output_class.append(Replayed)
-    return _output_class[0]
+    return Replayed
 
 
 def _causal(model) -> bool:

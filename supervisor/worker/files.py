@@ -22,14 +22,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from oomladder.worker.state import STATE
+
 OBSERVED, PROGRESS, FAILURE, EMERGENCY, TRAINS = "observed", "progress", "failure", "emergency", "trains"
 # Written last inside an emergency checkpoint's folder (worker/emergency.py): a folder without it is not whole.
 CHECKPOINT_MARKER = "oomladder-checkpoint.json"
 
-
-# Whether this process reports to the supervisor. The worker's own processes do (its leader, or the ranks its
-# launcher starts); a helper the program spawns inherits the adapter but not the say (worker/adapter.py).
-enabled = [True]
 
 
 def rank() -> int:
@@ -45,7 +43,7 @@ def path(kind: str, rank_: int | None = None, folder: str | Path | None = None) 
 def write_json(target: Path, data: dict[str, Any]) -> None:
     """`target` written whole: a temporary file of its own (never a name someone could have planted a link
     at), then renamed over it."""
-    if not enabled[0]:
+    if not STATE.reporting:
         return
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
@@ -58,7 +56,7 @@ def write_json(target: Path, data: dict[str, Any]) -> None:
 
 
 def append_progress(entry: dict[str, Any]) -> None:
-    if not enabled[0]:
+    if not STATE.reporting:
         return
     with open(path(PROGRESS), "a", encoding="utf-8") as f:
         f.write(json.dumps({"ts": round(time.time(), 3), **entry}, default=str) + "\n")
@@ -67,7 +65,7 @@ def append_progress(entry: dict[str, Any]) -> None:
 def write_failure(exc: BaseException, **context: Any) -> bool:
     """Record `exc` once per process; the first record (closest to the cause) wins."""
     target = path(FAILURE)
-    if not enabled[0] or target.exists():
+    if not STATE.reporting or target.exists():
         return False
     cls = type(exc)
     module = cls.__module__

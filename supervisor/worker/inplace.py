@@ -44,13 +44,9 @@ from typing import Any, TypeVar
 
 from oomladder.worker import ahead, emergency, files, memcap, step_memory, step_state
 from oomladder.worker.ahead import Choice
+from oomladder.worker.state import STATE
 
 T = TypeVar("T")
-
-# The split the run goes on with after a recovered step (1: none). Every later micro-step is split so.
-split = [1]
-# Gradient checkpointing turned on in place: at a row per chunk, before the relaunch. The run goes on with it.
-checkpointed = [False]
 
 
 def enabled() -> bool:
@@ -91,7 +87,7 @@ def recover(run: Callable[[int], T], params: list[Any], where: Step,  # noqa: C9
         return run(1)
     # Nothing to put back in a step never retried.
     guard = step_state.Guard(params, where.keep() if where.keep else None) if where.refuse is None else None
-    factor, had_checkpointing = split[0], checkpointed[0]
+    factor, had_checkpointing = STATE.split, STATE.checkpointed
     # Split ahead: the split this step's shape is predicted to need, for this step alone (ahead.py).
     choice = (ahead.choose(where.memory, where.shapes, splits(where)) if where.memory is not None and where.shapes
               and where.rows and where.refuse is None else None)
@@ -104,7 +100,7 @@ def recover(run: Callable[[int], T], params: list[Any], where: Step,  # noqa: C9
     measure = step_memory.Measure() if choice is not None else None
 
     def tell(outcome: str, after: int, **why: Any) -> None:
-        _tell(where, outcome, split[0], after, tries, started, had_checkpointing, **why)
+        _tell(where, outcome, STATE.split, after, tries, started, had_checkpointing, **why)
 
     try:
         result = run(_pieces(factor, where.rows))
@@ -127,19 +123,19 @@ def recover(run: Callable[[int], T], params: list[Any], where: Step,  # noqa: C9
         if guard is not None:
             refused = guard.restore() or refused
         nxt = None if refused else _next(where, factor, choice)
-        if nxt is None and not refused and where.checkpoint is not None and not checkpointed[0]:
+        if nxt is None and not refused and where.checkpoint is not None and not STATE.checkpointed:
             try:
-                checkpointed[0] = where.checkpoint()
+                STATE.checkpointed = where.checkpoint()
             except Exception as exc:  # noqa: BLE001 - a model that refuses it: the relaunch, with the reason
                 error = f"{type(exc).__name__}: {str(exc)[:500]}"
                 tell("failed", factor, error=error, reason=f"turning gradient checkpointing on failed ({error}); the "
                      f"supervisor relaunches instead")
                 raise first from None
-            if checkpointed[0]:
-                nxt = split[0]  # the activations are now recomputed: the run's own split may fit again
+            if STATE.checkpointed:
+                nxt = STATE.split  # the activations are now recomputed: the run's own split may fit again
         if nxt is None:
             pieces = _pieces(factor, where.rows)
-            turned = ", with gradient checkpointing on" if checkpointed[0] and not had_checkpointing else ""
+            turned = ", with gradient checkpointing on" if STATE.checkpointed and not had_checkpointing else ""
             why = refused or (f"the micro-batch of {where.rows} row{'s' if where.rows != 1 else ''} is already "
                               f"split as far as it goes ({pieces} chunk{'s' if pieces > 1 else ''}){turned}")
             tell("declined" if refused else "floor", factor, reason=why, **missed)
@@ -165,7 +161,7 @@ def recover(run: Callable[[int], T], params: list[Any], where: Step,  # noqa: C9
         ahead.learn(where, choice and Choice(nxt, *where.shapes_in(nxt), None, choice.available), nxt, measure)
         tell("split", nxt, **missed)
         if choice is None:  # no model to size the next steps by: they run in this split
-            split[0] = nxt
+            STATE.split = nxt
         return result
 
 
@@ -219,7 +215,7 @@ def _try(exc: BaseException, pieces: int, rows: int | None) -> dict[str, Any]:
     still held."""
     from oomladder.classify import parse_numbers
     return {"rows": -(-(rows or 1) // _pieces(pieces, rows)), "held": memcap.held(),
-            "tried": parse_numbers(str(exc)).get("tried_to_allocate"), "checkpointing": checkpointed[0],
+            "tried": parse_numbers(str(exc)).get("tried_to_allocate"), "checkpointing": STATE.checkpointed,
             "exc_type": type(exc).__name__, "message": str(exc)[:2000]}
 
 
@@ -238,7 +234,7 @@ def _tell(where: Step, outcome: str, before: int, after: int, tries: list[dict[s
     first = tries[0]
     record = {"outcome": outcome, "step": where.step, "split_before": before, "split": after, "rows": where.rows,
               "seq": where.seq, "batch": where.batch, "accumulation": where.accumulation, "ooms": len(tries),
-              "checkpointing_before": had_checkpointing, "checkpointing": checkpointed[0],
+              "checkpointing_before": had_checkpointing, "checkpointing": STATE.checkpointed,
               "oom": {"exc_type": first["exc_type"], "message": first["message"], "peak": peak,
                       "peak_measure": measure},
               "tries": [{k: t[k] for k in ("rows", "held", "tried", "checkpointing")} for t in tries],
@@ -253,7 +249,7 @@ def _tell(where: Step, outcome: str, before: int, after: int, tries: list[dict[s
     except Exception as exc:  # the report must not take the step down
         print(f"oomladder: in-place record not written: {exc!r}", file=sys.stderr)
     if outcome == "split":
-        turned = "gradient checkpointing turned on, " if checkpointed[0] and not had_checkpointing else ""
+        turned = "gradient checkpointing turned on, " if STATE.checkpointed and not had_checkpointing else ""
         print(f"oomladder: out of memory in step {where.step}: recovered in place, {turned}the micro-batch of "
               f"{where.rows} now runs in {after} chunk{'s' if after > 1 else ''} with their gradients accumulated",
               file=sys.stderr, flush=True)

@@ -24,6 +24,7 @@ from oomladder.worker.common import is_memory_failure, observe, peer_died, safel
 from oomladder.worker.lightning_callback import FitFollower, callback_class
 from oomladder.worker.lightning_checkpoint import CHECKPOINT_FILE, save_after_oom
 from oomladder.worker.lightning_program import batch_size_of
+from oomladder.worker.state import STATE
 
 _ROOTS = ("pytorch_lightning", "lightning.pytorch")  # the two packages Lightning 2.x installs as
 HOOKS = {
@@ -39,7 +40,6 @@ _PRECISIONS = {"32": "fp32", "32-true": "fp32", "bf16": "bf16", "bf16-mixed": "b
 _FLAGS = {"fp32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}
 _TUNERS = ("BatchSizeFinder", "LearningRateFinder")
 
-_resumed = [False]  # the supervisor's resume point is for the first training of the process, not a second fit
 
 
 def precision_of(flag: Any) -> str | None:
@@ -74,8 +74,8 @@ def patch_trainer(module) -> None:
         if ours is None or _is_tuning(self):  # Lightning's Tuner fits to search, then restores: not training
             return original_fit(self, *args, **kwargs)
         memcap.arm()
-        if not _resumed[0]:
-            _resumed[0] = True
+        if not STATE.resumed:
+            STATE.resumed = True
             args, kwargs = safely(_resume_from_emergency, ours, original_fit, self, args, kwargs) or (args, kwargs)
         safely(stop_at_step_end_on, signal.SIGTERM, signal.SIGINT)
         try:
@@ -201,7 +201,7 @@ def _resume_from_emergency(ours, original_fit, trainer, args, kwargs):
 
 def _record_failure(trainer, ours, exc: BaseException) -> None:
     peak, measure = memcap.peak()
-    files.write_failure(exc, step=trainer.global_step, max_steps=ours.max_steps, phase=common.phase[0],
+    files.write_failure(exc, step=trainer.global_step, max_steps=ours.max_steps, phase=STATE.phase,
                         peak=peak, peak_measure=measure, batch_shape=probe.batch_shapes()["current"])
 
 

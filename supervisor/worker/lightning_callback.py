@@ -25,6 +25,7 @@ from oomladder.worker import common, emergency, files, lightning_order, memcap, 
 from oomladder.worker.common import observe, safely, stop_at_step_end_on
 from oomladder.worker.lightning_checkpoint import save
 from oomladder.worker.lightning_program import batch_size_of, max_steps, training_facts, transformers_model
+from oomladder.worker.state import STATE, Phase
 
 
 @functools.cache
@@ -95,7 +96,7 @@ class FitFollower:
     def _observe_model(self, pl_module) -> None:
         model = transformers_model(pl_module)
         if model is not None:
-            common.observed["model"] = safely(probe.model_report, model)
+            STATE.observed["model"] = safely(probe.model_report, model)
             safely(self._checkpointing, model)
         observe(None, training_facts(pl_module))
 
@@ -210,7 +211,7 @@ class FitFollower:
         """oomladder's events in the program's own loggers (TensorBoard, W&B, CSV...), as the Trainer adapter tells
         the Trainer's: numbers through `log_metrics` at the step the attempt begins from, and the rung's text where
         the logger's experiment takes text (TensorBoard's `add_text`)."""
-        batch = common.plan().get("per_device_train_batch_size") or common.observed["plan"].get(
+        batch = common.plan().get("per_device_train_batch_size") or STATE.observed["plan"].get(
             "per_device_train_batch_size")
         events = common.tracker_events(trainer.global_step, batch, trainer.accumulate_grad_batches)
         if events is None or not trainer.loggers:
@@ -241,7 +242,7 @@ class FitFollower:
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if self.training:
             self._stop_if_asked(trainer)  # between two steps: the last one is saved, nothing of this one ran
-            common.phase[0] = "train"
+            STATE.phase = Phase.TRAIN
             safely(probe.note_batch, batch)
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
@@ -283,15 +284,15 @@ class FitFollower:
     def on_validation_start(self, trainer, pl_module):
         if self.training and not trainer.sanity_checking:
             self._stop_if_asked(trainer)
-        common.phase[0] = "eval"
+        STATE.phase = Phase.EVAL
 
     def on_validation_end(self, trainer, pl_module):
-        common.phase[0] = "train"
+        STATE.phase = Phase.TRAIN
 
     def _stop_if_asked(self, trainer) -> None:
-        if not (common.stop_requested[0] and self.step_ended and self.snapshot is not None):
+        if not (STATE.stop_requested and self.step_ended and self.snapshot is not None):
             return
-        signum = common.stop_requested[0]
+        signum = STATE.stop_requested
         safely(save, trainer, self)
         print(f"oomladder: stopped by {signal.Signals(signum).name} after step {self.snapshot['step']}, "
               f"which is saved", file=sys.stderr, flush=True)

@@ -19,6 +19,7 @@ from typing import Any
 
 from oomladder.worker import common, memcap
 from oomladder.worker.common import observe, safely
+from oomladder.worker.state import STATE
 
 HOOKS = {"transformers.modeling_utils": lambda module: patch_modeling_utils(module)}
 
@@ -26,36 +27,20 @@ HOOKS = {"transformers.modeling_utils": lambda module: patch_modeling_utils(modu
 def patch_modeling_utils(module) -> None:
     cls = module.PreTrainedModel
     original = cls.from_pretrained.__func__
-    depth = [0]
+    depth = 0
 
     @functools.wraps(original)
     def from_pretrained(klass, *args, **kwargs):
+        nonlocal depth
         memcap.arm()
-        if depth[0]:  # an Auto class calling the concrete class: apply the plan once
+        if depth:  # an Auto class calling the concrete class: apply the plan once
             return original(klass, *args, **kwargs)
-        depth[0] += 1
-        previous, common.phase[0] = common.phase[0], "load"
+        depth += 1
         try:
-            requested = safely(_requested_load, kwargs) or {}
-            common.observed["load"] = safely(_load_request, args[0] if args else kwargs.get(
-                "pretrained_model_name_or_path"), kwargs)
-            if "load_dtype" not in requested and (common.observed["load"] or {}).get("default_dtype"):
-                requested["load_dtype"] = common.observed["load"]["default_dtype"]
-            safely(observe, requested, {"adapters_expected": "peft" in sys.modules,  # told before the load
-                                        "device": _device_guess()})
-            changed = safely(_apply_to_load, kwargs, common.plan()) or False
-            model = original(klass, *args, **kwargs)
-            if not changed and "load_dtype" not in requested:
-                requested["load_dtype"] = str(getattr(model, "dtype", "")).replace("torch.", "") or None
-            safely(observe, requested)
-            _check_offload(model)
-            return model
-        except BaseException as exc:
-            safely(common.record_failure, exc, "load")
-            raise
+            with common.loading():
+                return _load(original, klass, args, kwargs)
         finally:
-            common.phase[0] = previous
-            depth[0] -= 1
+            depth -= 1
 
     cls.from_pretrained = classmethod(from_pretrained)
     original_init = cls.__init__
@@ -66,6 +51,24 @@ def patch_modeling_utils(module) -> None:
         return original_init(self, *args, **kwargs)
 
     cls.__init__ = __init__
+
+
+def _load(original, klass, args: tuple, kwargs: dict[str, Any]):
+    """`from_pretrained` as the plan says, the request told to the supervisor before it runs."""
+    requested = safely(_requested_load, kwargs) or {}
+    STATE.observed["load"] = safely(_load_request, args[0] if args else kwargs.get(
+        "pretrained_model_name_or_path"), kwargs)
+    if "load_dtype" not in requested and (STATE.observed["load"] or {}).get("default_dtype"):
+        requested["load_dtype"] = STATE.observed["load"]["default_dtype"]
+    safely(observe, requested, {"adapters_expected": "peft" in sys.modules,  # told before the load
+                                "device": _device_guess()})
+    changed = safely(_apply_to_load, kwargs, common.plan()) or False
+    model = original(klass, *args, **kwargs)
+    if not changed and "load_dtype" not in requested:
+        requested["load_dtype"] = str(getattr(model, "dtype", "")).replace("torch.", "") or None
+    safely(observe, requested)
+    _check_offload(model)
+    return model
 
 
 def _requested_load(kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -14,8 +14,7 @@ import resource
 import sys
 
 from oomladder.worker import role
-
-_state: dict[str, int | str] = {}
+from oomladder.worker.state import STATE
 # Imported before the limit is set: their code and libraries are the framework, not the workload.
 _FRAMEWORK = ("transformers.trainer", "transformers.modeling_utils", "peft", "bitsandbytes", "accelerate")
 
@@ -29,18 +28,18 @@ def arm() -> None:
     """Apply the cap once, as late as possible before the first model exists. Idempotent. Every way a process starts
     training comes here first, so this is also where it claims its role as a training process (role.py)."""
     role.claim()
-    if _state:
+    if STATE.memory_cap:
         return
     cap = cap_bytes()
     if not cap:  # nothing to limit; the resident size now is what the workload's peak is measured from
-        _state.update(mode="uncapped", baseline=_status_bytes("VmRSS"))
+        STATE.memory_cap.update(mode="uncapped", baseline=_status_bytes("VmRSS"))
         return
     import torch
     if torch.cuda.is_available():
         device = int(os.environ.get("LOCAL_RANK", "0") or 0)
         total = torch.cuda.get_device_properties(device).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), device)
-        _state.update(mode="cuda_fraction", device_total=total)
+        STATE.memory_cap.update(mode="cuda_fraction", device_total=total)
         return
     if "transformers" in sys.modules:  # a Hugging Face program: its frameworks are overhead, not workload
         for name in _FRAMEWORK:
@@ -53,13 +52,13 @@ def arm() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_AS)
     limit = base + cap if hard == resource.RLIM_INFINITY else min(hard, base + cap)
     resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
-    _state.update(mode="cpu_address_space", baseline=base, limit=limit)
+    STATE.memory_cap.update(mode="cpu_address_space", baseline=base, limit=limit)
 
 
 def lift_in_child() -> None:
     """In a DataLoader worker: host memory, which a device cap must not count. A forked child starts
     at its parent's size, so the parent's limit would leave it almost nothing."""
-    if _state.get("mode") == "cpu_address_space":
+    if STATE.memory_cap.get("mode") == "cpu_address_space":
         _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
         resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
 
@@ -70,19 +69,16 @@ def peak() -> tuple[int | None, str | None]:
     torch = sys.modules.get("torch")  # never import it here: the program may not use it
     try:
         if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
-            return max(int(torch.cuda.max_memory_allocated()), _before_reset["cuda"]), "cuda_max_allocated"
+            return max(int(torch.cuda.max_memory_allocated()), STATE.peak_before_reset["cuda"]), "cuda_max_allocated"
     except Exception:
         pass
-    if _state.get("mode") == "cpu_address_space":
-        return max(0, _status_bytes("VmPeak") - int(_state["baseline"])), "address_space_over_baseline"
-    high = max(_status_bytes("VmHWM"), _before_reset["rss"])
-    if _state.get("mode") == "uncapped":
-        return max(0, high - int(_state["baseline"])), "rss_over_baseline"
+    if STATE.memory_cap.get("mode") == "cpu_address_space":
+        return max(0, _status_bytes("VmPeak") - int(STATE.memory_cap["baseline"])), "address_space_over_baseline"
+    high = max(_status_bytes("VmHWM"), STATE.peak_before_reset["rss"])
+    if STATE.memory_cap.get("mode") == "uncapped":
+        return max(0, high - int(STATE.memory_cap["baseline"])), "rss_over_baseline"
     return high, "max_rss"
 
-
-# The high-water marks as they were before `step_begin` reset them: `peak` is the attempt's, not the step's.
-_before_reset = {"cuda": 0, "rss": 0}
 
 
 def _cuda():
@@ -100,11 +96,11 @@ def step_begin() -> int | None:
     (allocated on CUDA, resident on the CPU); None where it cannot be measured."""
     torch = _cuda()
     if torch is not None:
-        _before_reset["cuda"] = max(_before_reset["cuda"], int(torch.cuda.max_memory_allocated()))
+        STATE.peak_before_reset["cuda"] = max(STATE.peak_before_reset["cuda"], int(torch.cuda.max_memory_allocated()))
         torch.cuda.reset_peak_memory_stats()
         return int(torch.cuda.memory_allocated())
     try:
-        _before_reset["rss"] = max(_before_reset["rss"], _status_bytes("VmHWM"))
+        STATE.peak_before_reset["rss"] = max(STATE.peak_before_reset["rss"], _status_bytes("VmHWM"))
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # resets VmHWM to the resident size now
     except OSError:
@@ -127,11 +123,11 @@ def available() -> int | None:
     if torch is not None:
         free, total = torch.cuda.mem_get_info()
         reserved, allocated = torch.cuda.memory_reserved(), torch.cuda.memory_allocated()
-        limit = cap_bytes() if _state.get("mode") == "cuda_fraction" else None
+        limit = cap_bytes() if STATE.memory_cap.get("mode") == "cuda_fraction" else None
         room = free if limit is None else min(free, max(0, limit - reserved))
         return int(room + reserved - allocated)
-    if _state.get("mode") == "cpu_address_space":
-        return max(0, int(_state["limit"]) - vm_size())
+    if STATE.memory_cap.get("mode") == "cpu_address_space":
+        return max(0, int(STATE.memory_cap["limit"]) - vm_size())
     return None
 
 
@@ -144,13 +140,13 @@ def held() -> int | None:
             return int(torch.cuda.memory_allocated())
     except Exception:
         return None
-    if _state.get("mode") == "cpu_address_space":
-        return max(0, vm_size() - int(_state["baseline"]))
+    if STATE.memory_cap.get("mode") == "cpu_address_space":
+        return max(0, vm_size() - int(STATE.memory_cap["baseline"]))
     return None
 
 
 def info() -> dict[str, int | str]:
-    return dict(_state)
+    return dict(STATE.memory_cap)
 
 
 def vm_size() -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-_batch: dict[str, tuple[int, int] | None] = {"current": None, "largest": None}
+from oomladder.worker.state import STATE
 
 
 def note_batch(inputs: Any) -> None:
@@ -19,14 +19,15 @@ def note_batch(inputs: Any) -> None:
     if ids is None or getattr(ids, "dim", lambda: 0)() != 2:
         return
     shape = (int(ids.shape[0]), int(ids.shape[1]))
-    _batch["current"] = shape
-    largest = _batch["largest"]
+    STATE.batch_now = shape
+    largest = STATE.batch_largest
     if largest is None or shape[0] * shape[1] > largest[0] * largest[1]:
-        _batch["largest"] = shape
+        STATE.batch_largest = shape
 
 
 def batch_shapes() -> dict[str, list[int] | None]:
-    return {key: list(value) if value else None for key, value in _batch.items()}
+    return {key: list(value) if value else None
+            for key, value in (("current", STATE.batch_now), ("largest", STATE.batch_largest))}
 
 
 def model_report(model) -> dict[str, Any] | None:

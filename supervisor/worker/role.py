@@ -24,15 +24,11 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Callable
-
 from oomladder.worker import files
+from oomladder.worker.state import STATE
 
 ANCESTORS = "OOMLADDER_PYTHON_ANCESTORS"  # the pids of the Python processes above this one that loaded the adapter
 
-_me: dict = {"pid": None, "ancestors": (), "trains": False, "launcher": False}
-# Called once this process trains: what it held back until then is written (worker/common.py's observations).
-on_claim: list[Callable[[], None]] = []
 
 
 def install() -> None:
@@ -42,52 +38,55 @@ def install() -> None:
     launcher = os.environ.get("OOMLADDER_LAUNCHER_PID")
     if owner is None:
         os.environ["OOMLADDER_OWNER_PID"] = str(os.getpid())
-    files.enabled[0] = owner is None or (launcher is not None and launcher == str(os.getppid()))
+    STATE.reporting = owner is None or (launcher is not None and launcher == str(os.getppid()))
     inherited = os.environ.get(ANCESTORS, "")
-    _me.update(pid=os.getpid(), ancestors=tuple(int(p) for p in inherited.split(",") if p.isdigit()))
-    os.environ[ANCESTORS] = ",".join(map(str, (*_me["ancestors"], os.getpid())))
+    me = STATE.role
+    me.pid, me.ancestors = os.getpid(), tuple(int(p) for p in inherited.split(",") if p.isdigit())
+    os.environ[ANCESTORS] = ",".join(map(str, (*me.ancestors, os.getpid())))
 
 
 def trains() -> bool:
-    return bool(_me["trains"])
+    return STATE.role.trains
 
 
 def claim() -> None:
     """This process trains: it reports from now on, and the processes above it are its launchers. Once; never in a
     forked copy of a process (a DataLoader worker forked after the claim is the program's helper)."""
-    if _me["pid"] is None:  # the adapter's pieces used without its install (the tests of one framework's adapter)
-        _me["pid"] = os.getpid()
-    if _me["trains"] or _me["pid"] != os.getpid() or not os.environ.get("OOMLADDER_ATTEMPT_DIR"):
+    me = STATE.role
+    if me.pid is None:  # the adapter's pieces used without its install (the tests of one framework's adapter)
+        me.pid = os.getpid()
+    if me.trains or me.pid != os.getpid() or not os.environ.get("OOMLADDER_ATTEMPT_DIR"):
         return
-    _me["trains"] = True
-    files.enabled[0] = True
+    me.trains = True
+    STATE.reporting = True
     files.write_claim({"pid": os.getpid(), "ts": round(time.time(), 3), "rank": files.rank(),
-                       "ancestors": list(_me["ancestors"]), "argv": [sys.executable, *sys.argv],
+                       "ancestors": list(me.ancestors), "argv": [sys.executable, *sys.argv],
                        "launchers": _launchers()})
-    for flush in on_claim:
+    for flush in STATE.on_claim:
         flush()
 
 
 def mark_launcher() -> None:
     """This process starts ranks through torch's elastic launcher (torchrun, accelerate's multi-process launch): the
     ranks it starts speak for the worker from their start."""
-    if not _me["trains"]:
-        _me["launcher"] = True
+    if not STATE.role.trains:
+        STATE.role.launcher = True
         os.environ["OOMLADDER_LAUNCHER_PID"] = str(os.getpid())
 
 
 def is_launcher() -> bool:
     """Whether this process only launched the training: it does not train, and a process below it does. Such a
     process stops reporting."""
-    if _me["trains"]:
+    me = STATE.role
+    if me.trains:
         return False
-    if not _me["launcher"]:
+    if not me.launcher:
         folder = os.environ.get("OOMLADDER_ATTEMPT_DIR")
         below = folder is not None and any(os.getpid() in (c.get("ancestors") or ()) for c in files.claims(folder))
-        _me["launcher"] = below
-    if _me["launcher"]:
-        files.enabled[0] = False
-    return bool(_me["launcher"])
+        me.launcher = below
+    if me.launcher:
+        STATE.reporting = False
+    return me.launcher
 
 
 def _launchers() -> list[list[str]]:

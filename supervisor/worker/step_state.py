@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from oomladder.worker.state import STATE
+
 BUFFER_LIMIT = 64 << 20  # bytes copied per snapshot; above it only the tensors' versions are kept, to tell a change
 # Gradients are copied before each micro-step inside an accumulation cycle only when the trainable weights
 # take at most this share of all weights (adapters), and at most this many bytes.
@@ -54,12 +56,9 @@ class Guard:
         return next((why for why in (kept.restore() for kept in self.kept) if why), None)
 
 
-_sizes: dict[int, tuple[int, int]] = {}
-
-
 def _cheap(params: list[Any]) -> bool:
     key = id(params[0]) if params else 0
-    trainable, total = _sizes.get(key, (0, 0))
+    trainable, total = STATE.trainable_sizes.get(key, (0, 0))
     return 0 < trainable <= min(COPY_SHARE * total, COPY_LIMIT)
 
 
@@ -74,7 +73,7 @@ def trainable(model) -> list[Any]:
         if p.requires_grad:
             params.append(p)
     if params:
-        _sizes[id(params[0])] = (sum(p.numel() * p.element_size() for p in params), total)
+        STATE.trainable_sizes[id(params[0])] = (sum(p.numel() * p.element_size() for p in params), total)
     try:
         object.__setattr__(model, "_oomladder_trainable", params)
     except Exception:

@@ -7,8 +7,9 @@ from __future__ import annotations
 import functools
 import os
 
-from oomladder.worker import files, memcap, role
+from oomladder.worker import memcap, role
 from oomladder.worker.common import safely
+from oomladder.worker.state import STATE
 
 HOOKS = {
     "torch.optim.optimizer": lambda module: patch_optimizer(module),
@@ -35,7 +36,7 @@ def patch_dataloader_worker(module) -> None:
     @functools.wraps(original)
     def _worker_loop(*args, **kwargs):
         safely(memcap.lift_in_child)
-        files.enabled[0] = False  # a forked DataLoader worker is the program's helper, not the worker
+        STATE.reporting = False  # a forked DataLoader worker is the program's helper, not the worker
         return original(*args, **kwargs)
 
     module._worker_loop = _worker_loop

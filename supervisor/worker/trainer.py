@@ -11,9 +11,10 @@ import os
 import signal
 from typing import Any
 
-from oomladder.worker import (common, emergency, files, inplace, memcap, optimizer_state, probe, step_state,
+from oomladder.worker import (common, emergency, files, memcap, optimizer_state, probe, step_state,
                               trainer_inplace, trainer_progress, trainer_trackers)
 from oomladder.worker.common import is_memory_failure, observe, peer_died, safely, stop_at_step_end_on
+from oomladder.worker.state import STATE, Phase
 
 HOOKS = {
     "transformers.training_args": lambda module: patch_training_args(module),
@@ -25,14 +26,15 @@ def patch_training_args(module) -> None:
     cls = module.TrainingArguments
     original = cls.__post_init__
 
-    seen = [False]
+    seen = False
 
     @functools.wraps(original)
     def __post_init__(self, *args, **kwargs):
+        nonlocal seen
         # The first arguments a process builds are the program's own. Later ones are copies of them, already
         # under the plan (TRL's trainers and `dataclasses.replace` build them again): not the program's.
-        if not seen[0]:
-            seen[0] = True
+        if not seen:
+            seen = True
             safely(observe, _program_training_settings(self), {"output_dir": str(self.output_dir or "")})
         safely(_apply_to_training_args, self, common.plan())
         return original(self, *args, **kwargs)
@@ -102,22 +104,16 @@ def patch_trainer(module) -> None:  # noqa: C901 - its hooks are closures, count
     @functools.wraps(original_init)
     def __init__(self, *args, **kwargs):
         memcap.arm()
-        common.owner[0] = common.owner[0] or "transformers.Trainer"
-        previous, common.phase[0] = common.phase[0], "load"  # the model moves to the device here
-        try:
+        STATE.owner = STATE.owner or "transformers.Trainer"
+        with common.loading():  # the model moves to the device here
             original_init(self, *args, **kwargs)
-        except BaseException as exc:
-            safely(common.record_failure, exc, "load")
-            raise
-        finally:
-            common.phase[0] = previous
         safely(_add_first, self, trainer_progress.callback(module, self))
         report = safely(probe.model_report, self.model)
         if report is not None:  # whose loss the step runs: TRL's SFT keeps logits-size tensors of its own
             known = next((c for c in type(self).__mro__ if c.__module__.startswith(("trl.", "transformers."))),
                          type(self))
             report["trainer"] = f"{known.__module__}.{known.__qualname__}"
-        common.observed["model"] = report
+        STATE.observed["model"] = report
         safely(observe, None, _facts(self))
 
     @functools.wraps(original_train)
@@ -142,14 +138,12 @@ def patch_trainer(module) -> None:  # noqa: C901 - its hooks are closures, count
 
     @functools.wraps(original_evaluate)
     def evaluate(self, *args, **kwargs):
-        previous, common.phase[0] = common.phase[0], "eval"
-        try:
-            return original_evaluate(self, *args, **kwargs)
-        except Exception as exc:
-            safely(_record_failure, self, exc)
-            raise
-        finally:
-            common.phase[0] = previous
+        with STATE.phase_is(Phase.EVAL):
+            try:
+                return original_evaluate(self, *args, **kwargs)
+            except Exception as exc:
+                safely(_record_failure, self, exc)
+                raise
 
     @functools.wraps(original_step)
     def training_step(self, model, inputs, *args, **kwargs):
@@ -158,7 +152,7 @@ def patch_trainer(module) -> None:  # noqa: C901 - its hooks are closures, count
             self._oomladder_rows_told = True
             safely(observe, None, {"coupled_rows": step_state.coupled_rows(self.model)})
         # An OOM in the step is met here first: the same micro-batch in chunks, without a relaunch.
-        before = (inplace.split[0], inplace.checkpointed[0])
+        before = (STATE.split, STATE.checkpointed)
         if common.plan().get("activation_offloading") and self.args.device.type == "cuda":
             import torch
             # What autograd saves for the backward pass waits in pinned host memory, and comes back for it.
@@ -166,7 +160,7 @@ def patch_trainer(module) -> None:  # noqa: C901 - its hooks are closures, count
                 loss = trainer_inplace.training_step(self, original_step, model, inputs, args, kwargs)
         else:
             loss = trainer_inplace.training_step(self, original_step, model, inputs, args, kwargs)
-        if (inplace.split[0], inplace.checkpointed[0]) != before:  # recovered in place: the trackers hear of it
+        if (STATE.split, STATE.checkpointed) != before:  # recovered in place: the trackers hear of it
             trainer_trackers.recovered_in_place(self)
         return loss
 
@@ -219,5 +213,5 @@ def _facts(trainer) -> dict[str, Any]:
 def _record_failure(trainer, exc: BaseException) -> None:
     state = trainer.state
     peak, measure = memcap.peak()
-    files.write_failure(exc, step=state.global_step, max_steps=state.max_steps, phase=common.phase[0],
+    files.write_failure(exc, step=state.global_step, max_steps=state.max_steps, phase=STATE.phase,
                         peak=peak, peak_measure=measure, batch_shape=probe.batch_shapes()["current"])

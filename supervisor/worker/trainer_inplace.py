@@ -33,6 +33,7 @@ from typing import Any
 
 from oomladder.worker import ahead, chunks, common, inplace, step_memory, step_state
 from oomladder.worker.common import is_memory_failure, safely
+from oomladder.worker.state import STATE
 
 
 def training_step(trainer, original, model, inputs, args: tuple, kwargs: dict) -> Any:
@@ -69,7 +70,7 @@ def _memory(trainer) -> step_memory.StepMemory:
     """The process's model of a step's memory, for the plan the Trainer now runs (checkpointing turned on in place
     starts a new one)."""
     args = trainer.args
-    report = common.observed.get("model")
+    report = STATE.observed.get("model")
     plan = {**common.plan(), "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
             "gradient_checkpointing": bool(args.gradient_checkpointing),
             "optim": str(getattr(args.optim, "value", args.optim))}

@@ -9,8 +9,9 @@ import os
 import signal
 import sys
 
-from oomladder.worker import ahead, common, emergency, files, memcap, probe, trainer_trackers
+from oomladder.worker import ahead, emergency, files, memcap, probe, trainer_trackers
 from oomladder.worker.common import safely
+from oomladder.worker.state import STATE
 
 
 def callback(module, trainer):  # noqa: C901 - a class on a lazily imported base, its methods counted here
@@ -42,7 +43,7 @@ def callback(module, trainer):  # noqa: C901 - a class on a lazily imported base
             safely(emergency.keep_step_end, (trainer.model,), (state,))
             self._report(state, "train", executed=True)
             safely(trainer_trackers.tell_in_place, trainer, args, state, control)
-            if common.stop_requested[0]:
+            if STATE.stop_requested:
                 control.should_training_stop = True  # the last step ends: no next one begins
 
         def on_step_begin(self, args, state, control, **kwargs):
@@ -57,8 +58,8 @@ def callback(module, trainer):  # noqa: C901 - a class on a lazily imported base
             self._stop_if_asked(state)
 
         def _stop_if_asked(self, state):
-            if common.stop_requested[0]:
-                signum = common.stop_requested[0]
+            if STATE.stop_requested:
+                signum = STATE.stop_requested
                 finished_one = bool(emergency.rng_snapshot())
                 safely(emergency.save, trainer)
                 print(f"oomladder: stopped by {signal.Signals(signum).name} " + (

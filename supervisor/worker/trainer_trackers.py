@@ -3,14 +3,15 @@ which attempt this is and why, and each OOM recovered in place, through the Trai
 
 from __future__ import annotations
 
-from oomladder.worker import common, inplace
+from oomladder.worker import common
+from oomladder.worker.state import STATE
 
 
 def recovered_in_place(trainer) -> None:
     """The micro-step just recovered in place: told at its step's end (`tell_in_place`)."""
-    trainer._oomladder_in_place = {"oomladder/in_place_split": inplace.split[0], "oomladder/rung": (
+    trainer._oomladder_in_place = {"oomladder/in_place_split": STATE.split, "oomladder/rung": (
         f"in place at step {trainer.state.global_step + 1}: out of memory; the micro-batch now runs in "
-        f"{inplace.split[0]} chunks" + (", gradient checkpointing on" if inplace.checkpointed[0] else ""))}
+        f"{STATE.split} chunks" + (", gradient checkpointing on" if STATE.checkpointed else ""))}
 
 
 def tell_in_place(trainer, args, state, control) -> None:
