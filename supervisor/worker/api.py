@@ -23,45 +23,28 @@ import functools
 import os
 import signal
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from oomladder.plan import Plan
 from oomladder.worker import common, emergency, files, memcap
 from oomladder.worker.state import STATE
 
+# The plan's fields a plain program takes through `plan()` and applies itself (the rest: from_pretrained's, or none).
 _SETTINGS = ("per_device_train_batch_size", "gradient_accumulation_steps", "per_device_eval_batch_size", "precision",
              "gradient_checkpointing", "dataloader_num_workers", "optim")
 
 
-@dataclass(frozen=True)
-class Plan:
-    """The settings a program runs with: its own, with the plan's changes."""
-
-    per_device_train_batch_size: int | None = None
-    gradient_accumulation_steps: int | None = None
-    per_device_eval_batch_size: int | None = None
-    precision: str | None = None              # "fp32", "bf16" or "fp16"
-    gradient_checkpointing: bool | None = None
-    dataloader_num_workers: int | None = None
-    optim: str | None = None
-
-    @property
-    def effective_batch(self) -> int | None:
-        if self.per_device_train_batch_size is None or self.gradient_accumulation_steps is None:
-            return None
-        return self.per_device_train_batch_size * self.gradient_accumulation_steps * _world()
-
-
 def plan(**own: Any) -> Plan:
-    """Tell oomladder the program's own settings (any of `Plan`'s fields) and get them back with the plan's."""
+    """Tell oomladder the program's own settings (any of `_SETTINGS`) and get them back with the plan's, as the
+    supervisor's own `Plan` (its `effective_batch` counts the processes that train together)."""
     unknown = sorted(set(own) - set(_SETTINGS))
     if unknown:
         raise TypeError(f"api.plan() takes {', '.join(_SETTINGS)}; not {', '.join(unknown)}")
     if not _supervised():
-        return Plan(**own)
+        return Plan(**own, world_size=_world())
     common.safely(common.observe, {**own, "world_size": _world()})
-    return Plan(**{**own, **{k: v for k, v in common.plan().items() if k in _SETTINGS}})
+    return Plan(**{**own, **{k: v for k, v in common.plan().items() if k in _SETTINGS}}, world_size=_world())
 
 
 def session(**state: Any) -> Session:
