@@ -21,7 +21,7 @@ VOCABULARY = {"oomladder", "oomladder.errors", "oomladder.units", "oomladder.pla
 # What each subpackage may import besides itself and the vocabulary: the data's path, one way.
 MAY_IMPORT = {
     "worker": {"memory"},  # the estimator's pure arithmetic seeds the running step's memory model
-    "process": {"worker"},  # the worker's file protocol (worker/files.py): both sides read one definition
+    "process": {"worker"},  # the worker's file protocol (worker/protocol/files.py): both sides read one definition
     "record": set(),
     "strategies": set(),
     "configs": set(),

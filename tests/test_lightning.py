@@ -1,4 +1,4 @@
-"""The PyTorch Lightning adapter (supervisor/worker/lightning*.py): how it reads the program's settings, where
+"""The PyTorch Lightning adapter (supervisor/worker/lightning/): how it reads the program's settings, where
 it finds and sets the batch, and how a resumed epoch is placed. The pure parts alone, then the adapter on
 real Lightning fits in this process (a one-weight model: a second each), a stop and a resume included.
 The end-to-end run under a real memory cap is tests/e2e/test_lightning.py."""
@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
-from oomladder.worker import lightning
-from oomladder.worker.lightning_order import SampleOrder, batches_on_new_plan, shift_batch_progress
+from oomladder.worker.lightning import trainer as lightning
+from oomladder.worker.lightning.order import SampleOrder, batches_on_new_plan, shift_batch_progress
 from oomladder.worker.state import STATE
 
 pl = pytest.importorskip("pytorch_lightning")

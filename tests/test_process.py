@@ -124,7 +124,7 @@ def test_a_worker_told_twice_that_its_supervisor_died_still_saves_its_step(tmp_p
 
 
 def test_the_post_import_hook_patches_a_module_when_it_is_imported(tmp_path, monkeypatch):
-    from oomladder.worker.importhook import PostImportFinder
+    from oomladder.worker.hooks.importhook import PostImportFinder
     (tmp_path / "patched_later.py").write_text("VALUE = 1\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     seen = []

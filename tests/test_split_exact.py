@@ -16,7 +16,8 @@ import math
 import pytest
 import torch
 
-from oomladder.worker import step_state, trainer_inplace
+from oomladder.worker.recovery import step_state
+from oomladder.worker.transformers import in_place as trainer_in_place
 from oomladder.worker.state import STATE
 
 pytest.importorskip("trl")
@@ -38,7 +39,7 @@ def in_place(tmp_path, monkeypatch):
     original = Trainer.training_step
 
     def training_step(self, model, inputs, *args, **kwargs):  # as the worker's adapter wraps it
-        return trainer_inplace.training_step(self, original, model, inputs, args, kwargs)
+        return trainer_in_place.training_step(self, original, model, inputs, args, kwargs)
 
     monkeypatch.setattr(Trainer, "training_step", training_step)
     return tmp_path
@@ -288,7 +289,7 @@ def test_a_split_step_trains_as_the_unsplit_step(tmp_path, in_place, case, where
 
 def test_labels_on_the_padding_keep_their_columns():
     """The trimming that measured 30 % low: a column is dropped only when nothing in it counts."""
-    from oomladder.worker import chunks
+    from oomladder.worker.recovery import chunks
     mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
     ids = torch.arange(8).view(2, 4)
     assert chunks.trim({"input_ids": ids, "attention_mask": mask, "labels": ids.clone()})["input_ids"].shape == (2, 4)
@@ -356,7 +357,7 @@ def test_counters_of_a_failed_try_are_undone_and_a_split_logs_one_entry():
 def test_the_emergency_checkpoint_holds_the_buffers_and_counters_of_the_last_finished_step():
     """A relaunch resumes from the end of the last step: not from running statistics, or a count of tokens seen,
     that the failed step's forward had already moved."""
-    from oomladder.worker import emergency
+    from oomladder.worker.recovery import emergency
     norm = torch.nn.BatchNorm1d(4).train()
 
     from transformers import TrainerState

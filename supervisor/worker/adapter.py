@@ -1,9 +1,9 @@
 """The worker adapter: installed from sitecustomize before the user's program runs.
 
 It patches, when (and only if) the program imports them, one framework at a time: the Hugging Face
-Trainer (trainer.py), accelerate's own loops (accelerate.py), model loading (loading.py), torch itself
-(torch_hooks.py), and PyTorch Lightning (lightning.py). Patching happens in a post-import hook, so a
-program pays only for the frameworks it imports. It also records the exception that kills the process
+Trainer (transformers/trainer.py), accelerate's own loops (accelerator.py), model loading (transformers/loading.py),
+torch itself (hooks/torch_hooks.py), and PyTorch Lightning (lightning/trainer.py). Patching happens in a post-import
+hook, so a program pays only for the frameworks it imports. It also records the exception that kills the process
 and the peak of a process that ends.
 """
 
@@ -16,13 +16,17 @@ import sys
 import threading
 import time
 
-from oomladder.worker import (accelerate, command_line, common, files, kernel, lightning, loading, memcap, role,
-                              torch_hooks, trainer)
+from oomladder.worker import common
+from oomladder.worker.accelerate import accelerator
+from oomladder.worker.hooks import command_line, kernel, memcap, torch_hooks
+from oomladder.worker.lightning import trainer as lightning
+from oomladder.worker.protocol import files, role
+from oomladder.worker.transformers import loading, trainer
 from oomladder.worker.common import safely
-from oomladder.worker.importhook import PostImportFinder
+from oomladder.worker.hooks.importhook import PostImportFinder
 from oomladder.worker.state import STATE
 
-FRAMEWORKS = (trainer, accelerate, loading, torch_hooks, lightning, kernel, command_line)
+FRAMEWORKS = (trainer, accelerator, loading, torch_hooks, lightning, kernel, command_line)
 GRACE = 60.0  # seconds a worker whose supervisor died has to save its step, as under the supervisor's own stop
 
 
@@ -30,7 +34,7 @@ def install() -> None:
     if STATE.installed:  # a kernel whose extension began a second run (oomladder/notebook)
         return
     STATE.installed = True
-    role.install()  # whether this process speaks for the worker, and its place in the tree (role.py)
+    role.install()  # whether this process speaks for the worker, and its place in the tree (protocol/role.py)
     hooks = {name: hook for framework in FRAMEWORKS for name, hook in framework.HOOKS.items()}
     for name, hook in list(hooks.items()):
         if name in sys.modules:

@@ -12,7 +12,8 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from oomladder.worker import files, memcap, probe, role
+from oomladder.worker.hooks import memcap
+from oomladder.worker.protocol import files, probe, role
 from oomladder.worker.state import STATE, Phase
 
 
@@ -44,7 +45,8 @@ def safely(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 
 def observe(plan_fields: dict[str, Any] | None = None, facts: dict[str, Any] | None = None) -> None:
     """Tell the supervisor the program's own settings and facts (the file is rewritten whole). Held back until this
-    process trains (role.py): a launcher parses the same arguments (TRL's CLI builds the SFTConfig it passes on)."""
+    process trains (protocol/role.py): a launcher parses the same arguments (TRL's CLI builds the SFTConfig it passes
+    on)."""
     STATE.observed["plan"].update({k: v for k, v in (plan_fields or {}).items() if v is not None})
     STATE.observed["facts"].update({k: v for k, v in (facts or {}).items() if v is not None})
     if role.trains():
@@ -89,7 +91,8 @@ def stop_at_step_end_on(*signals: int) -> None:
 
 def fatal(exc: BaseException) -> None:
     """`exc` is about to end the program (or, in a notebook's kernel, the cell that trains): its failure record,
-    then the adapters' last saves. Nothing from a launcher, whose exception repeats its rank's death (role.py)."""
+    then the adapters' last saves. Nothing from a launcher, whose exception repeats its rank's death
+    (protocol/role.py)."""
     if isinstance(exc, (KeyboardInterrupt, SystemExit)) or role.is_launcher():
         return
     peak, measure = memcap.peak() if role.trains() else (None, None)
@@ -102,7 +105,7 @@ def fatal(exc: BaseException) -> None:
 
 def record_failure(exc: BaseException, phase: Phase, **context: Any) -> None:
     """The failure record, written where the exception passes (the first record of a process wins): the
-    phase it was raised in is known here, not later in the excepthook. A launcher's is its rank's (role.py)."""
+    phase it was raised in is known here, not later in the excepthook. A launcher's is its rank's (protocol/role.py)."""
     if role.is_launcher():
         return
     peak, measure = memcap.peak()

@@ -85,7 +85,7 @@ def hook_modeling(module) -> None:
 
 
 if PHASE and os.environ.get("OOMLADDER_ATTEMPT_DIR") and "oomladder" in sys.modules:
-    from oomladder.worker.importhook import PostImportFinder
+    from oomladder.worker.hooks.importhook import PostImportFinder
 
     sys.meta_path.insert(0, PostImportFinder({"transformers.trainer": hook_trainer,
                                               "transformers.modeling_utils": hook_modeling},
