@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from oomladder.worker.recovery import chunks, in_place
-from oomladder.worker.transformers import in_place as trainer_in_place
 from oomladder.worker.state import STATE
+from oomladder.worker.transformers import in_place as trainer_in_place
 
 pytest.importorskip("peft")
 

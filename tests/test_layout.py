@@ -167,3 +167,14 @@ def _one_element_lists(path: Path) -> list[str]:
 def test_the_worker_keeps_its_state_on_one_object_not_in_module_level_boxes():
     boxes = [box for path in sorted((ROOT / "supervisor" / "worker").rglob("*.py")) for box in _one_element_lists(path)]
     assert boxes == []
+
+
+def test_every_plan_field_has_its_row_in_the_trainers_table_or_says_where_it_goes():
+    """A new rung's field is applied to a Trainer program in one place (worker/transformers/arguments.py)."""
+    import dataclasses
+
+    from oomladder.plan import Plan
+    from oomladder.worker.transformers import arguments
+    rows = set(arguments.APPLY) | set(arguments.ELSEWHERE)
+    assert not set(arguments.APPLY) & set(arguments.ELSEWHERE)
+    assert rows == {f.name for f in dataclasses.fields(Plan)}

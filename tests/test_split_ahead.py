@@ -7,8 +7,8 @@ run it on real workers under a real cap."""
 import pytest
 
 from oomladder.worker.recovery import ahead, in_place, step_memory
-from oomladder.worker.state import STATE
 from oomladder.worker.recovery.step_memory import StepMemory
+from oomladder.worker.state import STATE
 
 MiB = 1 << 20
 

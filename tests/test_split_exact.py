@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from oomladder.worker.recovery import step_state
-from oomladder.worker.transformers import in_place as trainer_in_place
 from oomladder.worker.state import STATE
+from oomladder.worker.transformers import in_place as trainer_in_place
 
 pytest.importorskip("trl")
 

@@ -18,13 +18,13 @@ import time
 
 from oomladder.worker import common
 from oomladder.worker.accelerate import accelerator
+from oomladder.worker.common import safely
 from oomladder.worker.hooks import command_line, kernel, memcap, torch_hooks
+from oomladder.worker.hooks.importhook import PostImportFinder
 from oomladder.worker.lightning import trainer as lightning
 from oomladder.worker.protocol import files, role
-from oomladder.worker.transformers import loading, trainer
-from oomladder.worker.common import safely
-from oomladder.worker.hooks.importhook import PostImportFinder
 from oomladder.worker.state import STATE
+from oomladder.worker.transformers import loading, trainer
 
 FRAMEWORKS = (trainer, accelerator, loading, torch_hooks, lightning, kernel, command_line)
 GRACE = 60.0  # seconds a worker whose supervisor died has to save its step, as under the supervisor's own stop

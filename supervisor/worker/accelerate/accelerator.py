@@ -24,59 +24,82 @@ import functools
 import signal
 from typing import Any
 
-from oomladder.worker.accelerate import progress
 from oomladder.worker import common
+from oomladder.worker.accelerate import progress
+from oomladder.worker.common import observe, safely
 from oomladder.worker.hooks import memcap
 from oomladder.worker.protocol import probe
-from oomladder.worker.common import observe, safely
 from oomladder.worker.state import STATE
 
 HOOKS = {"accelerate.accelerator": lambda module: patch_accelerator(module),
          "accelerate.optimizer": lambda module: patch_optimizer(module)}
+# accelerate's mixed_precision, as the plan names it
 _PRECISIONS = {"no": "fp32", "bf16": "bf16", "fp16": "fp16", "fp8": "fp8"}
 
+# Where each plan field goes in an accelerate loop: the Accelerator's own arguments, and the training DataLoader's
+# (rebuilt on the same dataset and sampler, _before_prepare). Gradient checkpointing goes to a Hugging Face model
+# passed to prepare; the other fields are from_pretrained's (transformers/loading.py) or not an accelerate loop's.
+ACCELERATOR = {"gradient_accumulation_steps": "gradient_accumulation_steps", "precision": "mixed_precision"}
+DATALOADER = {"per_device_train_batch_size": "batch_size", "dataloader_num_workers": "num_workers"}
 
-def patch_accelerator(module) -> None:  # noqa: C901 - its hooks are closures, counted with it (to split)
+
+def patch_accelerator(module) -> None:
     cls = module.Accelerator
-    original_init, original_prepare, original_backward = cls.__init__, cls.prepare, cls.backward
-    original_accumulate = cls.accumulate
+    cls.__init__, cls.prepare = _init(cls.__init__), _prepare(cls.prepare)
+    cls.backward, cls.accumulate = _backward(cls.backward), _accumulate(cls.accumulate)
+    for name in ("save_state", "save_model", "save", "log"):
+        setattr(cls, name, _held_while_replaying(getattr(cls, name)))
+    for name in ("unwrap_model", "end_training"):
+        setattr(cls, name, _load_first(getattr(cls, name)))
+    STATE.on_fatal.append(progress.save_after_failure)
 
-    @functools.wraps(original_init)
+
+def _init(original):
+    """The program's Accelerator, built with the plan's arguments (ACCELERATOR); the Trainer's own is left to the
+    Trainer's adapter."""
+    @functools.wraps(original)
     def __init__(self, *args, **kwargs):
         if STATE.owner not in (None, "accelerate"):  # the Trainer's own Accelerator: its adapter applies the plan
-            return original_init(self, *args, **kwargs)
+            return original(self, *args, **kwargs)
         STATE.owner = "accelerate"
         plan = common.plan()
-        if plan.get("gradient_accumulation_steps") is not None and "gradient_accumulation_plugin" not in kwargs:
-            kwargs["gradient_accumulation_steps"] = plan["gradient_accumulation_steps"]
-        if plan.get("precision") is not None:
-            kwargs["mixed_precision"] = {"fp32": "no"}.get(plan["precision"], plan["precision"])
+        _apply_to_arguments(kwargs, plan)
         program = {"gradient_accumulation_steps": kwargs.get("gradient_accumulation_steps", 1)}
-        original_init(self, *args, **kwargs)
+        original(self, *args, **kwargs)
         STATE.accelerate.accelerator = self
         memcap.arm()
         safely(observe, {**_program_settings(self), **{k: v for k, v in program.items() if k not in plan}},
                _facts(self))
         safely(common.stop_at_step_end_on, signal.SIGTERM, signal.SIGINT)
+    return __init__
 
-    @functools.wraps(original_prepare)
+
+def _prepare(original):
+    """`prepare`: the training DataLoader and the model take the plan first; the model moves to the device (the
+    load phase)."""
+    @functools.wraps(original)
     def prepare(self, *objects, **kwargs):
         loop = STATE.accelerate
         if self is not loop.accelerator:
-            return original_prepare(self, *objects, **kwargs)
+            return original(self, *objects, **kwargs)
         objects = tuple(safely(_before_prepare, self, obj) or obj for obj in objects)
         with common.loading():  # the model moves to the device here
-            prepared = original_prepare(self, *objects, **kwargs)
+            prepared = original(self, *objects, **kwargs)
         for given, obj in zip(objects, prepared if isinstance(prepared, tuple) else (prepared,)):
             if given is loop.loader and loop.prepared is None:
                 safely(_watch_loader, obj)
         return prepared
+    return prepare
 
-    @functools.wraps(original_backward)
+
+def _backward(original):
+    """`backward`: a micro-batch counted where no accumulate() counts it, its loss noted; nothing while
+    fast-forwarding."""
+    @functools.wraps(original)
     def backward(self, loss, **kwargs):
         loop = STATE.accelerate
         if self is not loop.accelerator:
-            return original_backward(self, loss, **kwargs)
+            return original(self, loss, **kwargs)
         if not loop.accumulate_seen and self.gradient_accumulation_steps > 1:
             # No accumulate() around this loop: count micro-batches here, so the prepared optimizer steps once
             # per optimizer step of the plan.
@@ -85,19 +108,16 @@ def patch_accelerator(module) -> None:  # noqa: C901 - its hooks are closures, c
         if loop.replay is not None:
             return None  # fast-forwarding: nothing was computed, nothing to differentiate
         safely(progress.note_loss, loss)
-        return original_backward(self, loss, **kwargs)
+        return original(self, loss, **kwargs)
+    return backward
 
-    @functools.wraps(original_accumulate)
+
+def _accumulate(original):
+    @functools.wraps(original)
     def accumulate(self, *models):
         STATE.accelerate.accumulate_seen = True
-        return original_accumulate(self, *models)
-
-    cls.__init__, cls.prepare, cls.backward, cls.accumulate = __init__, prepare, backward, accumulate
-    for name in ("save_state", "save_model", "save", "log"):
-        setattr(cls, name, _held_while_replaying(getattr(cls, name)))
-    for name in ("unwrap_model", "end_training"):
-        setattr(cls, name, _load_first(getattr(cls, name)))
-    STATE.on_fatal.append(progress.save_after_failure)
+        return original(self, *models)
+    return accumulate
 
 
 def _held_while_replaying(original):
@@ -165,6 +185,16 @@ def _facts(accelerator) -> dict[str, Any]:
     return {"device": device, "bf16_supported": bool(bf16), "device_memory": memory}
 
 
+def _apply_to_arguments(kwargs: dict[str, Any], plan: dict[str, Any]) -> None:
+    """The plan's fields as the Accelerator's arguments (ACCELERATOR). A gradient_accumulation_plugin of the
+    program's own keeps its accumulation (accelerate refuses both)."""
+    for field, argument in ACCELERATOR.items():
+        value = plan.get(field)
+        if value is None or (argument == "gradient_accumulation_steps" and "gradient_accumulation_plugin" in kwargs):
+            continue
+        kwargs[argument] = {"fp32": "no"}.get(value, value) if field == "precision" else value
+
+
 def _before_prepare(accelerator, obj):
     """The training DataLoader with the plan's batch (same dataset, sampler and order); a model with the plan's
     gradient checkpointing."""
@@ -175,12 +205,13 @@ def _before_prepare(accelerator, obj):
         observe({"per_device_train_batch_size": obj.batch_size, "dataloader_num_workers": obj.num_workers,
                  **({"gradient_accumulation_steps": accelerator.gradient_accumulation_steps}
                     if "gradient_accumulation_steps" not in plan else {})})
-        batch = plan.get("per_device_train_batch_size", obj.batch_size)
-        workers = plan.get("dataloader_num_workers", obj.num_workers)
-        if (batch, workers) != (obj.batch_size, obj.num_workers):
-            obj = DataLoader(obj.dataset, batch_size=batch, sampler=obj.sampler, collate_fn=obj.collate_fn,
-                             num_workers=workers, pin_memory=obj.pin_memory, drop_last=obj.drop_last,
-                             timeout=obj.timeout, worker_init_fn=obj.worker_init_fn, generator=obj.generator,
+        wanted = {argument: plan.get(field, getattr(obj, argument)) for field, argument in DATALOADER.items()}
+        workers = wanted["num_workers"]
+        if any(getattr(obj, argument) != value for argument, value in wanted.items()):
+            obj = DataLoader(obj.dataset, batch_size=wanted["batch_size"], sampler=obj.sampler,
+                             collate_fn=obj.collate_fn, num_workers=workers, pin_memory=obj.pin_memory,
+                             drop_last=obj.drop_last, timeout=obj.timeout, worker_init_fn=obj.worker_init_fn,
+                             generator=obj.generator,
                              **({"prefetch_factor": obj.prefetch_factor,
                                  "persistent_workers": obj.persistent_workers} if workers else {}))
         loop.loader = obj

@@ -13,10 +13,10 @@ import sys
 from pathlib import Path
 
 from oomladder.worker import common
+from oomladder.worker.common import observe, safely
 from oomladder.worker.hooks import memcap
 from oomladder.worker.protocol import files, probe
 from oomladder.worker.recovery import emergency, fast_forward, step_state
-from oomladder.worker.common import observe, safely
 from oomladder.worker.state import STATE
 
 

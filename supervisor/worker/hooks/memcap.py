@@ -15,6 +15,7 @@ import sys
 
 from oomladder.worker.protocol import role
 from oomladder.worker.state import STATE
+
 # Imported before the limit is set: their code and libraries are the framework, not the workload.
 _FRAMEWORK = ("transformers.trainer", "transformers.modeling_utils", "peft", "bitsandbytes", "accelerate")
 

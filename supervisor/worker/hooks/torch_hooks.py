@@ -7,9 +7,9 @@ from __future__ import annotations
 import functools
 import os
 
+from oomladder.worker.common import safely
 from oomladder.worker.hooks import memcap
 from oomladder.worker.protocol import role
-from oomladder.worker.common import safely
 from oomladder.worker.state import STATE
 
 HOOKS = {

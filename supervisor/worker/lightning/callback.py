@@ -22,13 +22,13 @@ import warnings
 from typing import Any
 
 from oomladder.worker import common
+from oomladder.worker.common import observe, safely, stop_at_step_end_on
 from oomladder.worker.hooks import memcap
+from oomladder.worker.lightning.checkpoint import save
 from oomladder.worker.lightning.order import SampleOrder, batches_on_new_plan, shift_batch_progress
+from oomladder.worker.lightning.program import batch_size_of, max_steps, training_facts, transformers_model
 from oomladder.worker.protocol import files, probe
 from oomladder.worker.recovery import emergency
-from oomladder.worker.common import observe, safely, stop_at_step_end_on
-from oomladder.worker.lightning.checkpoint import save
-from oomladder.worker.lightning.program import batch_size_of, max_steps, training_facts, transformers_model
 from oomladder.worker.state import STATE, Phase
 
 

@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from oomladder.worker import common
-from oomladder.worker.hooks import memcap
-from oomladder.worker.protocol import files, probe
-from oomladder.worker.recovery import emergency
 from oomladder.worker.common import is_memory_failure, observe, peer_died, safely, stop_at_step_end_on
+from oomladder.worker.hooks import memcap
 from oomladder.worker.lightning.callback import FitFollower, callback_class
 from oomladder.worker.lightning.checkpoint import CHECKPOINT_FILE, save_after_oom
 from oomladder.worker.lightning.program import batch_size_of
+from oomladder.worker.protocol import files, probe
+from oomladder.worker.recovery import emergency
 from oomladder.worker.state import STATE
 
 _ROOTS = ("pytorch_lightning", "lightning.pytorch")  # the two packages Lightning 2.x installs as
@@ -43,6 +43,11 @@ _PRECISIONS = {"32": "fp32", "32-true": "fp32", "bf16": "bf16", "bf16-mixed": "b
 _FLAGS = {"fp32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}
 _TUNERS = ("BatchSizeFinder", "LearningRateFinder")
 
+# Where each plan field goes in a Lightning fit: these to the Trainer's own arguments (apply_to_trainer_arguments);
+# the micro-batch to the module's `batch_size`, where Lightning's BatchSizeFinder sets it, the DataLoader workers to
+# the train DataLoader, and gradient checkpointing to a Transformers model inside the module (all three in
+# callback.py). The load's fields are from_pretrained's (transformers/loading.py).
+TRAINER_ARGUMENTS = {"gradient_accumulation_steps": "accumulate_grad_batches", "precision": "precision"}
 
 
 def precision_of(flag: Any) -> str | None:
@@ -123,7 +128,7 @@ def apply_to_trainer_arguments(kwargs: dict[str, Any], own: dict[str, Any], p: d
     if own["accumulation_scheduled"]:
         accumulation = None  # its schedule sets the accumulation each epoch: never observed, never planned
     if accumulation is not None and accumulation != own["accumulation"]:
-        kwargs["accumulate_grad_batches"] = accumulation
+        kwargs[TRAINER_ARGUMENTS["gradient_accumulation_steps"]] = accumulation
         # Whole-number limits count micro-batches: k times smaller micro-batches, k times as many, the same data.
         factor, rest = divmod(accumulation, own["accumulation"])
         for name in ("limit_train_batches", "val_check_interval"):
@@ -135,7 +140,7 @@ def apply_to_trainer_arguments(kwargs: dict[str, Any], own: dict[str, Any], p: d
             print("oomladder: the program passes its own precision plugin: the plan's precision "
                   f"{p['precision']} is not applied", file=sys.stderr)
         else:
-            kwargs["precision"] = precision_flag(p["precision"])
+            kwargs[TRAINER_ARGUMENTS["precision"]] = precision_flag(p["precision"])
             own["precision_changed"] = True
 
 

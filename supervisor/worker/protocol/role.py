@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+
 from oomladder.worker.protocol import files
 from oomladder.worker.state import STATE
 

@@ -79,8 +79,7 @@ class Step:
         return self.shapes(pieces)
 
 
-def recover(run: Callable[[int], T], params: list[Any], where: Step,  # noqa: C901 - to split with issue 24's STATE
-            is_memory: Callable[[BaseException], bool]) -> T:
+def recover(run: Callable[[int], T], params: list[Any], where: Step, is_memory: Callable[[BaseException], bool]) -> T:
     """Run the micro-step as `run(parts)`: in the run's current split, and, after an OOM, in more chunks
     until it fits; at a row per chunk, with gradient checkpointing turned on (where the adapter can) and the
     chunks searched again from the run's split. Returns what `run` returned; raises the step's first OOM when
@@ -89,21 +88,10 @@ def recover(run: Callable[[int], T], params: list[Any], where: Step,  # noqa: C9
         return run(1)
     # Nothing to put back in a step never retried.
     guard = step_state.Guard(params, where.keep() if where.keep else None) if where.refuse is None else None
-    factor, had_checkpointing = STATE.split, STATE.checkpointed
-    # Split ahead: the split this step's shape is predicted to need, for this step alone (ahead.py).
-    choice = (ahead.choose(where.memory, where.shapes, splits(where)) if where.memory is not None and where.shapes
-              and where.rows and where.refuse is None else None)
-    if choice is not None:
-        factor = choice.pieces
-    if factor > 1 and _inexact(where):
-        # The run goes on split, but these inputs cannot be: whole, and an OOM is the supervisor's.
-        factor, choice = 1, None
+    had_checkpointing = STATE.checkpointed
+    factor, choice = _first_split(where)
     started = time.monotonic()
     measure = step_memory.Measure() if choice is not None else None
-
-    def tell(outcome: str, after: int, **why: Any) -> None:
-        _tell(where, outcome, STATE.split, after, tries, started, had_checkpointing, **why)
-
     try:
         result = run(_pieces(factor, where.rows))
     except Exception as exc:  # noqa: BLE001 - only an OOM is met here; anything else goes on up as it was
@@ -114,6 +102,10 @@ def recover(run: Callable[[int], T], params: list[Any], where: Step,  # noqa: C9
         ahead.learn(where, choice, factor, measure)
         return result
     tries = [_try(first, factor, where.rows)]
+
+    def tell(outcome: str, after: int, **why: Any) -> None:
+        _tell(where, outcome, STATE.split, after, tries, started, had_checkpointing, **why)
+
     missed = {}
     if choice is not None:  # the model is told what this shape did not fit in, and the journal what it predicted
         predicted = choice.predicted if choice.pieces == factor else None
@@ -124,47 +116,78 @@ def recover(run: Callable[[int], T], params: list[Any], where: Step,  # noqa: C9
         emergency.free_failed_step(first)
         if guard is not None:
             refused = guard.restore() or refused
-        nxt = None if refused else _next(where, factor, choice)
-        if nxt is None and not refused and where.checkpoint is not None and not STATE.checkpointed:
-            try:
-                STATE.checkpointed = where.checkpoint()
-            except Exception as exc:  # noqa: BLE001 - a model that refuses it: the relaunch, with the reason
-                error = f"{type(exc).__name__}: {str(exc)[:500]}"
-                tell("failed", factor, error=error, reason=f"turning gradient checkpointing on failed ({error}); the "
-                     f"supervisor relaunches instead")
-                raise first from None
-            if STATE.checkpointed:
-                nxt = STATE.split  # the activations are now recomputed: the run's own split may fit again
+        nxt = None if refused else _next(where, factor, choice) or _checkpointed_at_floor(where, first, factor, tell)
         if nxt is None:
-            pieces = _pieces(factor, where.rows)
-            turned = ", with gradient checkpointing on" if STATE.checkpointed and not had_checkpointing else ""
-            why = refused or (f"the micro-batch of {where.rows} row{'s' if where.rows != 1 else ''} is already "
-                              f"split as far as it goes ({pieces} chunk{'s' if pieces > 1 else ''}){turned}")
+            why = refused or _at_floor(where, factor, had_checkpointing)
             tell("declined" if refused else "floor", factor, reason=why, **missed)
             raise first
         measure = step_memory.Measure() if choice is not None else None
         try:
             result = run(_pieces(nxt, where.rows))
         except Exception as exc:  # noqa: BLE001
-            if is_memory(exc):
-                tries.append(_try(exc, nxt, where.rows))
-                if choice is not None:
-                    where.memory.ran_out(*where.shapes_in(nxt), choice.available, None)
-                emergency.free_failed_step(exc)
-                factor = nxt
-                continue
-            error = f"{type(exc).__name__}: {str(exc)[:500]}"
+            if not is_memory(exc):
+                _failed(exc, nxt, guard, tell)
+                raise first from None
+            tries.append(_try(exc, nxt, where.rows))
+            if choice is not None:
+                where.memory.ran_out(*where.shapes_in(nxt), choice.available, None)
             emergency.free_failed_step(exc)
-            tell("failed", nxt, error=error,
-                 reason=f"the step split in {nxt} chunks failed ({error}); the supervisor relaunches instead")
-            if guard is not None:
-                guard.restore()
-            raise first from None
+            factor = nxt
+            continue
         ahead.learn(where, choice and Choice(nxt, *where.shapes_in(nxt), None, choice.available), nxt, measure)
         tell("split", nxt, **missed)
         if choice is None:  # no model to size the next steps by: they run in this split
             STATE.split = nxt
         return result
+
+
+def _first_split(where: Step) -> tuple[int, Choice | None]:
+    """The split the micro-step first runs in: the run's own or, with split ahead, the one this step's shape is
+    predicted to need, for this step alone (ahead.py, whose choice comes with it)."""
+    factor = STATE.split
+    choice = (ahead.choose(where.memory, where.shapes, splits(where)) if where.memory is not None and where.shapes
+              and where.rows and where.refuse is None else None)
+    if choice is not None:
+        factor = choice.pieces
+    if factor > 1 and _inexact(where):
+        # The run goes on split, but these inputs cannot be: whole, and an OOM is the supervisor's.
+        return 1, None
+    return factor, choice
+
+
+def _checkpointed_at_floor(where: Step, first: BaseException, factor: int, tell: Callable[..., None]) -> int | None:
+    """At a row per chunk: gradient checkpointing turned on, where the adapter can and it is not on yet, and the
+    split to try next (the run's own: the activations are now recomputed, so it may fit again); None where it
+    was not turned on. A model that refuses it ends in-place recovery, with the reason."""
+    if where.checkpoint is None or STATE.checkpointed:
+        return None
+    try:
+        STATE.checkpointed = where.checkpoint()
+    except Exception as exc:  # noqa: BLE001 - a model that refuses it: the relaunch, with the reason
+        error = f"{type(exc).__name__}: {str(exc)[:500]}"
+        tell("failed", factor, error=error, reason=f"turning gradient checkpointing on failed ({error}); the "
+             f"supervisor relaunches instead")
+        raise first from None
+    return STATE.split if STATE.checkpointed else None
+
+
+def _at_floor(where: Step, factor: int, had_checkpointing: bool) -> str:
+    """Why a step that still runs out of memory is not split further."""
+    pieces = _pieces(factor, where.rows)
+    turned = ", with gradient checkpointing on" if STATE.checkpointed and not had_checkpointing else ""
+    return (f"the micro-batch of {where.rows} row{'s' if where.rows != 1 else ''} is already split as far as it "
+            f"goes ({pieces} chunk{'s' if pieces > 1 else ''}){turned}")
+
+
+def _failed(exc: BaseException, pieces: int, guard: step_state.Guard | None, tell: Callable[..., None]) -> None:
+    """A retry that failed with something else than an OOM: said, and the step put back as it began (the
+    supervisor relaunches)."""
+    error = f"{type(exc).__name__}: {str(exc)[:500]}"
+    emergency.free_failed_step(exc)
+    tell("failed", pieces, error=error,
+         reason=f"the step split in {pieces} chunks failed ({error}); the supervisor relaunches instead")
+    if guard is not None:
+        guard.restore()
 
 
 def splits(where: Step) -> list[int]:

@@ -32,9 +32,9 @@ import os
 from typing import Any
 
 from oomladder.worker import common
+from oomladder.worker.common import is_memory_failure, safely
 from oomladder.worker.recovery import ahead, chunks, step_memory, step_state
 from oomladder.worker.recovery.in_place import Step, recover
-from oomladder.worker.common import is_memory_failure, safely
 from oomladder.worker.state import STATE
 
 

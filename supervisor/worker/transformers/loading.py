@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from oomladder.worker import common
-from oomladder.worker.hooks import memcap
 from oomladder.worker.common import observe, safely
+from oomladder.worker.hooks import memcap
 from oomladder.worker.state import STATE
 
 HOOKS = {"transformers.modeling_utils": lambda module: patch_modeling_utils(module)}
