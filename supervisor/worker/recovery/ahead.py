@@ -56,7 +56,7 @@ def choose(model: step_memory.StepMemory, shapes: Callable[[int], tuple[int, int
 
 
 def learn(where, choice: Choice | None, pieces: int, measure: step_memory.Measure | None) -> None:
-    """A micro-step (inplace.Step `where`) that ran in `pieces` chunks: its measured memory teaches the model, and
+    """A micro-step (in_place.Step `where`) that ran in `pieces` chunks: its measured memory teaches the model, and
     its split goes to the step's record."""
     measured = measure.extra() if measure is not None else None
     if measured is not None and where.memory is not None and where.shapes is not None:
