@@ -17,7 +17,7 @@ def main() -> None:
     os.environ["OOMLADDER_MEMORY_CAP"] = str(parse_size(cap))
     import transformers  # noqa: F401  (the frameworks are imported before the limit, as under oomladder)
 
-    from oomladder.worker import memcap
+    from oomladder.worker.hooks import memcap
     memcap.arm()
     sys.argv = [script, *args]
     runpy.run_path(script, run_name="__main__")

@@ -4,7 +4,7 @@ term (twice the fp32 weights), and this rung removes three quarters of them at n
 
 Paged on CUDA (`paged_adamw_8bit`: the states can spill to host memory under pressure), plain on the
 CPU (`adamw_bnb_8bit`: bitsandbytes runs 8-bit AdamW there; its paged variant falls back to plain).
-A run resumed after the switch carries its Adam moments over, quantized (worker/optimizer_state.py).
+A run resumed after the switch carries its Adam moments over, quantized (worker/recovery/optimizer_state.py).
 The numerics change slightly: the moments are rounded to 8 bits, as in Dettmers et al., 2021.
 """
 

@@ -57,7 +57,7 @@ class Plan(_JournalValue):
 
     def split(self, parts: int) -> Plan:
         """The plan a micro-batch run in `parts` chunks equals: the micro-batch divided, the accumulation
-        multiplied, the effective batch the same (worker/inplace.py splits only by what divides it)."""
+        multiplied, the effective batch the same (worker/recovery/in_place.py splits only by what divides it)."""
         batch, accumulation = self.per_device_train_batch_size, self.gradient_accumulation_steps
         if parts <= 1 or batch is None or batch % parts:
             return self

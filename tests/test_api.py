@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from oomladder import api
+from oomladder.plan import Plan
 
 
 def test_without_oomladder_the_plan_is_the_programs_own(monkeypatch):
@@ -12,6 +13,14 @@ def test_without_oomladder_the_plan_is_the_programs_own(monkeypatch):
     plan = api.plan(per_device_train_batch_size=16, gradient_accumulation_steps=2, precision="fp32")
     assert (plan.per_device_train_batch_size, plan.gradient_accumulation_steps, plan.precision) == (16, 2, "fp32")
     assert plan.effective_batch == 32
+
+
+def test_the_plan_is_the_supervisors_own_and_its_effective_batch_counts_every_process(monkeypatch):
+    monkeypatch.delenv("OOMLADDER_ATTEMPT_DIR", raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    plan = api.plan(per_device_train_batch_size=8, gradient_accumulation_steps=2)
+    assert api.Plan is Plan and isinstance(plan, Plan)
+    assert (plan.world_size, plan.effective_batch) == (4, 64)
 
 
 def test_without_oomladder_a_session_starts_at_step_0_and_saves_nothing(monkeypatch, tmp_path):

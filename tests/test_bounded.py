@@ -16,7 +16,7 @@ from oomladder.record.journal import Journal, read_journal
 from oomladder.record.steps import StepLog, StepSet
 from oomladder.run.intake import PER_LOOK, bounded
 from oomladder.units import format_steps
-from oomladder.worker.files import LINE_LIMIT, READ_LIMIT, AttemptFiles
+from oomladder.worker.protocol.files import LINE_LIMIT, READ_LIMIT, AttemptFiles
 
 
 def test_steps_in_order_are_one_range_and_out_of_order_ones_merge():

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from oomladder.process.checkpoints import is_whole, latest
-from oomladder.worker import emergency
+from oomladder.worker.recovery import emergency
 
 
 def make(path, step, weights=True, state=True):

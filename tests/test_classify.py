@@ -394,7 +394,7 @@ def test_a_failure_that_does_not_say_where_it_happened_journals_no_phase_step_or
 
 
 # transformers/quantizers/quantizer_bnb_8bit.py (5.24.0, SOURCE FORMAT): quantizing a model device_map="auto"
-# spread to the CPU or disk; and the error oomladder's adapter raises under --no-offload (worker/loading.py).
+# spread to the CPU or disk; and the error oomladder's adapter raises under --no-offload (worker/transformers/loading.py).
 BNB_DISPATCHED = ("ValueError: Some modules are dispatched on the CPU or the disk. Make sure you have enough GPU RAM "
                   "to fit the quantized model. If you want to dispatch the model on the CPU or the disk while keeping "
                   "these modules in 32-bit, you need to set `llm_int8_enable_fp32_cpu_offload=True` and pass a custom "

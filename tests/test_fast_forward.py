@@ -1,4 +1,4 @@
-"""Fast-forward (worker/fast_forward.py): while a relaunched custom loop replays the steps an earlier attempt
+"""Fast-forward (worker/recovery/fast_forward.py): while a relaunched custom loop replays the steps an earlier attempt
 trained, its model computes nothing it does not read, nothing it saves is written, and what it prints goes to the
 attempt's fast-forward.log; afterwards the model is as it was. tests/e2e/test_frameworks.py runs a real accelerate
 loop through a real OOM and checks the program's own step log, sample order and learning rates."""
@@ -7,7 +7,7 @@ import os
 
 import torch
 
-from oomladder.worker.fast_forward import LOG, FastForward
+from oomladder.worker.recovery.fast_forward import LOG, FastForward
 
 
 def causal_lm():
@@ -41,7 +41,7 @@ def test_a_causal_lm_gives_the_logged_loss_and_computes_logits_only_when_read(tm
 
 PROGRAM = """
 import os, torch
-from oomladder.worker.fast_forward import FastForward
+from oomladder.worker.recovery.fast_forward import FastForward
 replay = FastForward([torch.nn.Linear(2, 2)], target=1, losses=[])
 replay.start()
 torch.save({"w": torch.zeros(1)}, "checkpoint.pt")

@@ -21,7 +21,7 @@ VOCABULARY = {"oomladder", "oomladder.errors", "oomladder.units", "oomladder.pla
 # What each subpackage may import besides itself and the vocabulary: the data's path, one way.
 MAY_IMPORT = {
     "worker": {"memory"},  # the estimator's pure arithmetic seeds the running step's memory model
-    "process": {"worker"},  # the worker's file protocol (worker/files.py): both sides read one definition
+    "process": {"worker"},  # the worker's file protocol (worker/protocol/files.py): both sides read one definition
     "record": set(),
     "strategies": set(),
     "configs": set(),
@@ -149,3 +149,32 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
         if v not in index:
             visit(v)
     return out
+
+
+def _one_element_lists(path: Path) -> list[str]:
+    """Module-level names bound to a list of one element (`phase = ["train"]`): state kept in a box, which the
+    worker keeps on its one state object instead (worker/state.py)."""
+    found = []
+    for node in ast.parse(path.read_text()).body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) \
+            else []
+        value = node.value if isinstance(node, (ast.Assign, ast.AnnAssign)) else None
+        if isinstance(value, ast.List) and len(value.elts) == 1:
+            found += [f"{path.relative_to(ROOT)}: {ast.unparse(t)}" for t in targets]
+    return found
+
+
+def test_the_worker_keeps_its_state_on_one_object_not_in_module_level_boxes():
+    boxes = [box for path in sorted((ROOT / "supervisor" / "worker").rglob("*.py")) for box in _one_element_lists(path)]
+    assert boxes == []
+
+
+def test_every_plan_field_has_its_row_in_the_trainers_table_or_says_where_it_goes():
+    """A new rung's field is applied to a Trainer program in one place (worker/transformers/arguments.py)."""
+    import dataclasses
+
+    from oomladder.plan import Plan
+    from oomladder.worker.transformers import arguments
+    rows = set(arguments.APPLY) | set(arguments.ELSEWHERE)
+    assert not set(arguments.APPLY) & set(arguments.ELSEWHERE)
+    assert rows == {f.name for f in dataclasses.fields(Plan)}

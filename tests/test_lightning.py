@@ -1,4 +1,4 @@
-"""The PyTorch Lightning adapter (supervisor/worker/lightning*.py): how it reads the program's settings, where
+"""The PyTorch Lightning adapter (supervisor/worker/lightning/): how it reads the program's settings, where
 it finds and sets the batch, and how a resumed epoch is placed. The pure parts alone, then the adapter on
 real Lightning fits in this process (a one-weight model: a second each), a stop and a resume included.
 The end-to-end run under a real memory cap is tests/e2e/test_lightning.py."""
@@ -10,8 +10,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
-from oomladder.worker import common, lightning
-from oomladder.worker.lightning_order import SampleOrder, batches_on_new_plan, shift_batch_progress
+from oomladder.worker.lightning import trainer as lightning
+from oomladder.worker.lightning.order import SampleOrder, batches_on_new_plan, shift_batch_progress
+from oomladder.worker.state import STATE
 
 pl = pytest.importorskip("pytorch_lightning")
 
@@ -188,7 +189,7 @@ class Samples(pl.Callback):
             self.last = trainer.global_step
             self.steps[trainer.global_step], self.pending = self.pending, []
             if trainer.global_step == self.stop_after:
-                common.stop_requested[0] = signal.SIGTERM  # as the handler does when the signal comes
+                STATE.stop_requested = signal.SIGTERM  # as the handler does when the signal comes
 
 
 @pytest.fixture
@@ -215,9 +216,9 @@ def attempt(tmp_path, monkeypatch):
             monkeypatch.setenv("OOMLADDER_RESUME_FROM", resume_from)
         else:
             monkeypatch.delenv("OOMLADDER_RESUME_FROM", raising=False)
-        monkeypatch.setattr(lightning, "_resumed", [False])  # a new process
-        monkeypatch.setattr(common, "observed", {"plan": {}, "facts": {}})
-        monkeypatch.setattr(common, "stop_requested", [0])
+        monkeypatch.setattr(STATE, "resumed", False)  # a new process
+        monkeypatch.setattr(STATE, "observed", {"plan": {}, "facts": {}})
+        monkeypatch.setattr(STATE, "stop_requested", 0)
         return folder
 
     yield start

@@ -112,10 +112,11 @@ def test_a_worker_told_twice_that_its_supervisor_died_still_saves_its_step(tmp_p
     gone.wait()
     step = (
         "import os, signal, time; from oomladder.worker import adapter, common;"
+        "from oomladder.worker.state import STATE;"
         "common.stop_at_step_end_on(signal.SIGTERM);"
         "os.kill(os.getpid(), signal.SIGTERM);"  # the parent-death signal, first
         "adapter._watch_supervisor(); time.sleep(3.5);"  # a step longer than the watch's look
-        "print('step saved after', signal.Signals(common.stop_requested[0]).name, flush=True)"
+        "print('step saved after', signal.Signals(STATE.stop_requested).name, flush=True)"
     )
     done = subprocess.run([sys.executable, "-c", step], capture_output=True, text=True, timeout=60,
                           env={**os.environ, "OOMLADDER_SUPERVISOR_PID": str(gone.pid)})
@@ -123,7 +124,7 @@ def test_a_worker_told_twice_that_its_supervisor_died_still_saves_its_step(tmp_p
 
 
 def test_the_post_import_hook_patches_a_module_when_it_is_imported(tmp_path, monkeypatch):
-    from oomladder.worker.importhook import PostImportFinder
+    from oomladder.worker.hooks.importhook import PostImportFinder
     (tmp_path / "patched_later.py").write_text("VALUE = 1\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     seen = []

@@ -1,7 +1,7 @@
-"""Which process of a worker's tree speaks for it (worker/role.py), with real processes and the real adapter: the one
-that starts training, wherever a launcher put it; never the launcher above it, whose death only repeats its rank's;
-the launcher itself when it dies before anything trains. No torch: starting to train is `memcap.arm()`, which every
-framework's adapter calls first, and the deaths are ordinary exceptions (what kills them is the classifier's
+"""Which process of a worker's tree speaks for it (worker/protocol/role.py), with real processes and the real adapter:
+the one that starts training, wherever a launcher put it; never the launcher above it, whose death only repeats its
+rank's; the launcher itself when it dies before anything trains. No torch: starting to train is `memcap.arm()`, which
+every framework's adapter calls first, and the deaths are ordinary exceptions (what kills them is the classifier's
 business, tested in test_classify.py; real OOMs are the end-to-end tests')."""
 
 import json
@@ -12,9 +12,9 @@ import textwrap
 
 from oomladder.process.launch import INJECT_DIR
 from oomladder.run.trainers import died_below_a_wrapper, trains_in
-from oomladder.worker.files import AttemptFiles, claims
+from oomladder.worker.protocol.files import AttemptFiles, claims
 
-TRAINS = "from oomladder.worker import memcap; memcap.arm()"
+TRAINS = "from oomladder.worker.hooks import memcap; memcap.arm()"
 
 
 def run(tmp_path, parent, child):

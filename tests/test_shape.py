@@ -33,7 +33,7 @@ def test_a_tied_lm_head_is_not_counted_twice():
 def test_the_worker_counts_the_same_shape_from_a_peft_model_and_its_adapters():
     from peft import LoraConfig, get_peft_model
 
-    from oomladder.worker.probe import model_report
+    from oomladder.worker.protocol.probe import model_report
     model = get_peft_model(_real_model(TINY), LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
                                                          task_type="CAUSAL_LM"))
     report = model_report(model)
@@ -72,7 +72,7 @@ def test_a_model_without_a_vocabulary_head_reports_no_shape_and_gets_no_estimate
     import torch
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
-    from oomladder.worker.probe import model_report
+    from oomladder.worker.protocol.probe import model_report
     torch.manual_seed(0)
     classifier = LlamaForSequenceClassification(LlamaConfig(**TINY, num_labels=3))
     assert model_report(classifier) is None

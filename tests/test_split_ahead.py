@@ -1,13 +1,14 @@
-"""Split ahead: the running step's memory model (worker/step_memory.py) and the split it chooses before each
-micro-step (worker/ahead.py, worker/inplace.py). The model predicts a micro-step's memory over what is held from the
-estimator's terms, fitted to what the steps measured; an OOM is a lower bound; a batch that fits runs whole, a long
-one in the fewest chunks that fit, for that step alone. tests/e2e/test_in_place.py and benchmarks/split_ahead.py run
-it on real workers under a real cap."""
+"""Split ahead: the running step's memory model (worker/recovery/step_memory.py) and the split it chooses before each
+micro-step (worker/recovery/ahead.py, worker/in_place.py). The model predicts a micro-step's memory over what is held
+from the estimator's terms, fitted to what the steps measured; an OOM is a lower bound; a batch that fits runs whole, a
+long one in the fewest chunks that fit, for that step alone. tests/e2e/test_in_place.py and benchmarks/split_ahead.py
+run it on real workers under a real cap."""
 
 import pytest
 
-from oomladder.worker import ahead, inplace, step_memory
-from oomladder.worker.step_memory import StepMemory
+from oomladder.worker.recovery import ahead, in_place, step_memory
+from oomladder.worker.recovery.step_memory import StepMemory
+from oomladder.worker.state import STATE
 
 MiB = 1 << 20
 
@@ -86,18 +87,18 @@ def test_switched_off_or_unbounded_nothing_is_chosen(capped, monkeypatch):
 def test_a_step_sized_ahead_runs_split_and_leaves_the_runs_split_alone(capped, monkeypatch, tmp_path):
     monkeypatch.setenv("OOMLADDER_ATTEMPT_DIR", str(tmp_path))
     monkeypatch.delenv("OOMLADDER_IN_PLACE", raising=False)
-    monkeypatch.setattr(inplace, "split", [1])
+    monkeypatch.setattr(STATE, "split", 1)
     model = StepMemory(feature=tokens, seeded=False)
     model.observe(1, 10, 10_000)
     capped["bytes"] = 50_000  # 8 rows of 10 need 80 kB: 2 chunks of 4 (40 kB) fit
     ran = []
-    where = inplace.Step(step=1, rows=8, seq=10, batch=8, memory=model, shapes=lambda p: (8 // p, 10))
-    assert inplace.recover(lambda pieces: ran.append(pieces) or "done", [], where, lambda exc: False) == "done"
-    assert ran == [2] and inplace.split == [1]
+    where = in_place.Step(step=1, rows=8, seq=10, batch=8, memory=model, shapes=lambda p: (8 // p, 10))
+    assert in_place.recover(lambda pieces: ran.append(pieces) or "done", [], where, lambda exc: False) == "done"
+    assert ran == [2] and STATE.split == 1
     assert ahead.take(1)["split_ahead"] == 2
     capped["bytes"] = 200_000  # the next step fits whole
     ran.clear()
-    inplace.recover(lambda pieces: ran.append(pieces), [], inplace.Step(step=2, rows=8, seq=10, batch=8, memory=model,
+    in_place.recover(lambda pieces: ran.append(pieces), [], in_place.Step(step=2, rows=8, seq=10, batch=8, memory=model,
                                                                        shapes=lambda p: (8 // p, 10)), lambda e: False)
     assert ran == [1]
 

@@ -16,7 +16,9 @@ import math
 import pytest
 import torch
 
-from oomladder.worker import inplace, step_state, trainer_inplace
+from oomladder.worker.recovery import step_state
+from oomladder.worker.state import STATE
+from oomladder.worker.transformers import in_place as trainer_in_place
 
 pytest.importorskip("trl")
 
@@ -32,12 +34,12 @@ def in_place(tmp_path, monkeypatch):
     monkeypatch.setenv("OOMLADDER_ATTEMPT_DIR", str(tmp_path))
     monkeypatch.delenv("OOMLADDER_IN_PLACE", raising=False)
     monkeypatch.setenv("OOMLADDER_IN_PLACE_CHECKPOINTING", "0")
-    monkeypatch.setattr(inplace, "split", [1])
-    monkeypatch.setattr(inplace, "checkpointed", [False])
+    monkeypatch.setattr(STATE, "split", 1)
+    monkeypatch.setattr(STATE, "checkpointed", False)
     original = Trainer.training_step
 
     def training_step(self, model, inputs, *args, **kwargs):  # as the worker's adapter wraps it
-        return trainer_inplace.training_step(self, original, model, inputs, args, kwargs)
+        return trainer_in_place.training_step(self, original, model, inputs, args, kwargs)
 
     monkeypatch.setattr(Trainer, "training_step", training_step)
     return tmp_path
@@ -279,7 +281,7 @@ def test_a_split_step_trains_as_the_unsplit_step(tmp_path, in_place, case, where
     build = EXACT[case]()
     whole, _ = train(build, tmp_path / "whole")
     split, device = train(build, tmp_path / "split", device_rows=4, where=where)
-    assert device.fired == 1 and inplace.split == [2], "the first step ran out of memory once, and was split in 2"
+    assert device.fired == 1 and STATE.split == 2, "the first step ran out of memory once, and was split in 2"
     record, = records(in_place)
     assert record["outcome"] == "split" and record["step"] == 1
     assert_same_training(whole, split)
@@ -287,7 +289,7 @@ def test_a_split_step_trains_as_the_unsplit_step(tmp_path, in_place, case, where
 
 def test_labels_on_the_padding_keep_their_columns():
     """The trimming that measured 30 % low: a column is dropped only when nothing in it counts."""
-    from oomladder.worker import chunks
+    from oomladder.worker.recovery import chunks
     mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
     ids = torch.arange(8).view(2, 4)
     assert chunks.trim({"input_ids": ids, "attention_mask": mask, "labels": ids.clone()})["input_ids"].shape == (2, 4)
@@ -314,7 +316,7 @@ def test_a_batch_that_cannot_be_split_exactly_is_refused_with_the_reason(tmp_pat
     device = Device(module, 0, where)
     with pytest.raises(RuntimeError, match="DefaultCPUAllocator"):
         trainer.train()
-    assert device.fired == 1 and inplace.split == [1]
+    assert device.fired == 1 and STATE.split == 1
     record, = records(in_place)
     assert record["outcome"] == "declined" and reason in record["reason"]
     for name, value in trainer.model.state_dict().items():  # the failed forward's running statistics undone
@@ -355,7 +357,7 @@ def test_counters_of_a_failed_try_are_undone_and_a_split_logs_one_entry():
 def test_the_emergency_checkpoint_holds_the_buffers_and_counters_of_the_last_finished_step():
     """A relaunch resumes from the end of the last step: not from running statistics, or a count of tokens seen,
     that the failed step's forward had already moved."""
-    from oomladder.worker import emergency
+    from oomladder.worker.recovery import emergency
     norm = torch.nn.BatchNorm1d(4).train()
 
     from transformers import TrainerState

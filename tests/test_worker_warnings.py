@@ -15,7 +15,7 @@ model = LlamaForCausalLM(config)  # built from a config: its dtype is not set, a
 args = TrainingArguments(output_dir=r"{out}", report_to="none", use_cpu=True)
 name = "activation_checkpointing" if hasattr(args, "activation_checkpointing") else "gradient_checkpointing"
 print("checkpointing", getattr(args, name), getattr(args, name + "_kwargs"))
-from oomladder.worker import probe
+from oomladder.worker.protocol import probe
 print("dtype", probe.model_report(model)["shape"]["dtype"])
 """
 

@@ -185,8 +185,8 @@ def calibration(view: RunView, capacity: int) -> int:
 
 
 def in_place_proofs(attempt: Any, capacity: int) -> list[tuple[Plan, list[int], int]]:
-    """(plan, batch, proven need) for each OOM its worker met in place (worker/inplace.py): the plan with that chunk
-    as its micro-batch (and checkpointing, if on) needs more than there was, and at least what was held plus what
+    """(plan, batch, proven need) for each OOM its worker met in place (worker/recovery/in_place.py): the plan with that
+    chunk as its micro-batch (and checkpointing, if on) needs more than there was, and at least what was held plus what
     was tried. The smallest chunks' OOMs strike furthest into the step: the strongest bounds a step-1 OOM leaves."""
     proofs = []
     for record in attempt.in_place:

@@ -33,11 +33,13 @@ from oomladder.run.resume import starting_point
 from oomladder.run.watch import AttemptWatcher, Launch
 from oomladder.views.display import ProgramLine
 from oomladder.views.report import write_reports
-from oomladder.worker import adapter, files as worker_files
-from oomladder.worker.files import AttemptFiles
+from oomladder.worker import adapter
+from oomladder.worker.protocol import files as worker_files
+from oomladder.worker.protocol.files import AttemptFiles
 
 COMMAND = ("%load_ext", "oomladder")  # what the journal and the report name as the run's command
-# Set by the adapter for the processes this kernel starts (worker/role.py): not the attempt's, kept across attempts.
+# Set by the adapter for the processes this kernel starts (worker/protocol/role.py): not the attempt's, kept across
+# attempts.
 _ROLE_VARIABLES = {"OOMLADDER_OWNER_PID", "OOMLADDER_PYTHON_ANCESTORS", "OOMLADDER_LAUNCHER_PID"}
 
 

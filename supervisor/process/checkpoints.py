@@ -14,16 +14,16 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from oomladder.worker.files import CHECKPOINT_MARKER
+from oomladder.worker.protocol.files import CHECKPOINT_MARKER
 
 _WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin", "model.safetensors", "model.safetensors.index.json",
             "pytorch_model.bin", "pytorch_model.bin.index.json")
 _PERIODIC = re.compile(r"^checkpoint-(\d+)$")
-_EMERGENCY = re.compile(r"^emergency-step-\d+-attempt-[\w.-]+$")  # as worker/emergency.py names them
+_EMERGENCY = re.compile(r"^emergency-step-\d+-attempt-[\w.-]+$")  # as worker/recovery/emergency.py names them
 
 
 def is_whole(path: str | Path) -> bool:
-    """A folder to resume from: an emergency checkpoint an adapter marked whole (worker/emergency.py), or a
+    """A folder to resume from: an emergency checkpoint an adapter marked whole (worker/recovery/emergency.py), or a
     Trainer checkpoint with its state and weights."""
     path = Path(path)
     if not path.is_dir() or path.name.endswith(".partial"):

@@ -23,7 +23,7 @@ from oomladder.plan import FIELD_NAMES, Plan
 CPU_DEVICE_ALLOCATOR = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
 
 # A path only: nothing of the worker is imported here.
-INJECT_DIR = Path(__file__).resolve().parent.parent / "worker" / "inject"
+INJECT_DIR = Path(__file__).resolve().parent.parent / "worker" / "hooks" / "inject"
 _PLACEHOLDER = re.compile(r"\{(" + "|".join(FIELD_NAMES) + r")\}")
 
 
@@ -49,9 +49,9 @@ def worker_env(base: Mapping[str, str], attempt_dir: Path, overrides: Plan, plan
                in_place_checkpointing: bool = True, split_ahead: bool = True) -> dict[str, str]:
     env = {k: v for k, v in base.items() if not k.startswith("OOMLADDER_")}
     if not in_place or base.get("OOMLADDER_IN_PLACE") == "0":
-        env["OOMLADDER_IN_PLACE"] = "0"  # --no-in-place: every OOM goes to the supervisor (worker/inplace.py)
+        env["OOMLADDER_IN_PLACE"] = "0"  # --no-in-place: every OOM goes to the supervisor (worker/recovery/)
     if not split_ahead or base.get("OOMLADDER_SPLIT_AHEAD") == "0":
-        env["OOMLADDER_SPLIT_AHEAD"] = "0"  # --no-split-ahead: steps run whole until they run out (worker/ahead.py)
+        env["OOMLADDER_SPLIT_AHEAD"] = "0"  # --no-split-ahead: steps run whole until they run out (worker/recovery/)
     if not in_place_checkpointing:
         env["OOMLADDER_IN_PLACE_CHECKPOINTING"] = "0"  # not on the ladder, or it broke this program
     if no_offload:
@@ -69,7 +69,7 @@ def worker_env(base: Mapping[str, str], attempt_dir: Path, overrides: Plan, plan
                                 else attempt_dir.name)
     env["PYTHONPATH"] = os.pathsep.join([str(INJECT_DIR)] + ([base["PYTHONPATH"]] if base.get("PYTHONPATH") else []))
     env["OOMLADDER_ATTEMPT_DIR"] = str(attempt_dir)
-    # The rung and why it was taken, for the program's own experiment tracker (worker/trainer.py).
+    # The rung and why it was taken, for the program's own experiment tracker (worker/transformers/trainer.py).
     env["OOMLADDER_RUNG"] = rung or "start"
     env["OOMLADDER_REASON"] = reason or ""
     env["OOMLADDER_PLAN"] = json.dumps(overrides.set_fields())

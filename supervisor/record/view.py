@@ -16,7 +16,7 @@ from oomladder.record.steps import StepLog, StepSet
 
 
 class Ahead:
-    """What split ahead did in an attempt (worker/ahead.py): the steps it ran split, the widest split, and each
+    """What split ahead did in an attempt (worker/recovery/ahead.py): the steps it ran split, the widest split, and each
     step's predicted peak against its measured one (the first PREDICTIONS of them)."""
 
     PREDICTIONS = 10_000
@@ -67,8 +67,8 @@ class AttemptView:
     # each step they executed was journaled, with the highest peak any rank reported at its end (bounded).
     training_began: float | None = None
     step_log: StepLog = field(default_factory=StepLog)
-    # OOMs its worker met without a relaunch (worker/inplace.py), as journaled (the first IN_PLACE_KEPT), and the
-    # split it went on with: its plan is the plan that split equals, which a later relaunch starts from.
+    # OOMs its worker met without a relaunch (worker/recovery/in_place.py), as journaled (the first IN_PLACE_KEPT), and
+    # the split it went on with: its plan is the plan that split equals, which a later relaunch starts from.
     in_place: list[dict[str, Any]] = field(default_factory=list)
     split: int = 1
     checkpointed: bool = False        # its worker turned gradient checkpointing on in place
@@ -143,8 +143,8 @@ class RunView:
     program_plan: Plan               # what the wrapped program does on its own, as observed
     facts: Facts
     ended: dict[str, Any] | None
-    model: dict[str, Any] | None = None   # the worker's model shape and what trains (worker/probe.py)
-    load: dict[str, Any] | None = None    # the last checkpoint load a worker asked for (worker/loading.py)
+    model: dict[str, Any] | None = None   # the worker's model shape and what trains (worker/protocol/probe.py)
+    load: dict[str, Any] | None = None    # the last checkpoint load a worker asked for (worker/transformers/loading.py)
     warnings: list[dict[str, Any]] = field(default_factory=list)  # what a person should know, as journaled
     malformed: int = 0                    # journal records that could not be folded (cut off, edited)
     skipped_lines: list[int] = field(default_factory=list)  # journal lines that were not records at all

@@ -43,8 +43,8 @@ class RunConfig:
     node_rank: int = 0
     node_timeout: float = 600.0                   # seconds to wait for the other nodes at an attempt's start and end
     no_offload: bool = False                      # weights device_map puts on the CPU or disk count as an OOM
-    in_place: bool = True                         # an OOM in a step is first met in the worker (worker/inplace.py)
-    split_ahead: bool = True                      # each step is sized before it runs (worker/ahead.py)
+    in_place: bool = True                         # an OOM in a step is first met in the worker (worker/recovery/)
+    split_ahead: bool = True                      # each step is sized before it runs (worker/recovery/ahead.py)
     notify: tuple[str, ...] = ()                  # Apprise URLs told of each fallback and of the end (run/notify.py)
     notify_config: str | None = None              # a file of targets in Apprise's configuration format
 

@@ -24,7 +24,7 @@ from oomladder.run.config import RunConfig
 from oomladder.run.trainers import trains_in
 from oomladder.views.display import Display
 from oomladder.views.table import in_place_change
-from oomladder.worker.files import LINE_LIMIT, AttemptFiles, entries_of, in_place_record
+from oomladder.worker.protocol.files import LINE_LIMIT, AttemptFiles, entries_of, in_place_record
 
 PER_LOOK = 64  # progress lines of one rank journaled as they are at one look (four looks a second)
 _KEPT = ("max_steps", "loss", "learning_rate", "phase", "peak_measure", "batch_shape")  # the last one's, in a sum

@@ -18,7 +18,7 @@ from oomladder.run.config import RunConfig
 from oomladder.run.decide import reached_plan
 from oomladder.run.outcomes import NextAttempt
 from oomladder.run.watch import AttemptWatcher
-from oomladder.worker.files import AttemptFiles
+from oomladder.worker.protocol.files import AttemptFiles
 
 
 def starting_point(config: RunConfig, journal: Journal, watcher: AttemptWatcher, world: World | None,

@@ -1,4 +1,4 @@
-"""Which process of an attempt trained, as the supervisor reads the claims its processes left (worker/role.py):
+"""Which process of an attempt trained, as the supervisor reads the claims its processes left (worker/protocol/role.py):
 what the journal keeps of it, and whether it died when the command says all went well. Pure."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ def died_below_a_wrapper(record: dict[str, Any] | None, claims: list[dict[str, A
 
 
 def trains_in(claims: list[dict[str, Any]], command: Sequence[str]) -> dict[str, Any]:
-    """What the journal keeps of the first of `claims` when a launcher started it (worker/role.py): its command line,
-    and the notebook a command line names (papermill's, nbconvert's). Nothing when the command itself trains."""
+    """What the journal keeps of the first of `claims` when a launcher started it (worker/protocol/role.py): its command
+    line, and the notebook a command line names (papermill's, nbconvert's). Nothing when the command itself trains."""
     claim = claims[0] if claims else {}
     argv, launchers = claim.get("argv") or [], claim.get("launchers") or []
     if not launchers:

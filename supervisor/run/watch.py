@@ -33,7 +33,7 @@ from oomladder.run.intake import Intake
 from oomladder.run.outcomes import AttemptResult, Stop, StopReason
 from oomladder.run.trainers import died_below_a_wrapper
 from oomladder.views.display import Display
-from oomladder.worker.files import AttemptFiles
+from oomladder.worker.protocol.files import AttemptFiles
 
 # A peer node failed: this node's ranks have no step to finish (their collective is broken), so a short grace.
 PEER_GRACE = 10.0
@@ -55,7 +55,7 @@ class Launch:
     evaluate_at: int | None
     rung: str | None = None          # what the ladder chose, and why: the worker tells the program's tracker
     reason: str = ""
-    checkpoint_in_place: bool = True  # the ladder's checkpointing rung may be taken in place (worker/inplace.py)
+    checkpoint_in_place: bool = True  # the ladder's checkpointing rung may be taken in place (worker/recovery/)
 
 
 @dataclass

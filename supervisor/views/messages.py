@@ -52,8 +52,8 @@ def fallback_message(view: RunView, failed: int, where: str) -> Message:
 
 
 def in_place_message(view: RunView, attempt: int, record: dict, where: str) -> Message:
-    """Attempt `attempt` ran out of memory and recovered in place (worker/inplace.py): a fallback too, without a
-    relaunch, so people who asked to hear of fallbacks hear of it."""
+    """Attempt `attempt` ran out of memory and recovered in place (worker/recovery/in_place.py): a fallback too, without
+    a relaunch, so people who asked to hear of fallbacks hear of it."""
     step, rows, split = record.get("step"), record.get("rows"), int(record.get("split") or 1)
     title = f"oomladder: attempt {attempt} ran out of memory in step {step}; recovered in place"
     turned = "Gradient checkpointing was turned on. " if turned_on_checkpointing(record) else ""

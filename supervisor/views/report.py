@@ -88,7 +88,7 @@ def build_report(view: RunView) -> dict[str, Any]:
 
 
 def split_ahead(attempts: list[AttemptView]) -> dict[str, Any] | None:
-    """What split ahead did (worker/ahead.py): the steps it ran split and the widest split, how far each step's
+    """What split ahead did (worker/recovery/ahead.py): the steps it ran split and the widest split, how far each step's
     predicted peak was from the measured one (predicted / measured - 1), and the OOMs it did not foresee."""
     errors: list[float] = [e for a in attempts for e in a.ahead.errors]
     missed = sum(1 for a in attempts for r in a.in_place if r.get("predicted") is not None)

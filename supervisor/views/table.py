@@ -44,7 +44,7 @@ def _changed(view: RunView, attempt: AttemptView, previous: Plan | None) -> str:
 
 
 def in_place_rows(attempt: AttemptView) -> list[dict[str, Any]]:
-    """A row for each OOM the attempt's worker met in place (worker/inplace.py): `in place: split 2` and what
+    """A row for each OOM the attempt's worker met in place (worker/recovery/in_place.py): `in place: split 2` and what
     the split equals, or why it went to a relaunch instead."""
     rows = []
     total = f"/{attempt.max_steps}" if attempt.max_steps else ""

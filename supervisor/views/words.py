@@ -1,7 +1,7 @@
 """The words every rendering of the report shares: how a run's status and its step accounting read, what split
-ahead did, and the journal's identifiers as a person reads them on a page (how a peak was measured, worker/memcap.py;
-what kind of failure ended an attempt, classify.Kind). An identifier not listed reads with its underscores as
-spaces, never as code."""
+ahead did, and the journal's identifiers as a person reads them on a page (how a peak was measured,
+worker/hooks/memcap.py; what kind of failure ended an attempt, classify.Kind). An identifier not listed reads with its
+underscores as spaces, never as code."""
 
 
 from __future__ import annotations

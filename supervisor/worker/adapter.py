@@ -1,9 +1,9 @@
 """The worker adapter: installed from sitecustomize before the user's program runs.
 
 It patches, when (and only if) the program imports them, one framework at a time: the Hugging Face
-Trainer (trainer.py), accelerate's own loops (accelerate.py), model loading (loading.py), torch itself
-(torch_hooks.py), and PyTorch Lightning (lightning.py). Patching happens in a post-import hook, so a
-program pays only for the frameworks it imports. It also records the exception that kills the process
+Trainer (transformers/trainer.py), accelerate's own loops (accelerator.py), model loading (transformers/loading.py),
+torch itself (hooks/torch_hooks.py), and PyTorch Lightning (lightning/trainer.py). Patching happens in a post-import
+hook, so a program pays only for the frameworks it imports. It also records the exception that kills the process
 and the peak of a process that ends.
 """
 
@@ -16,21 +16,25 @@ import sys
 import threading
 import time
 
-from oomladder.worker import (accelerate, command_line, common, files, inplace, kernel, lightning, loading, memcap,
-                              role, torch_hooks, trainer)
+from oomladder.worker import common
+from oomladder.worker.accelerate import accelerator
 from oomladder.worker.common import safely
-from oomladder.worker.importhook import PostImportFinder
+from oomladder.worker.hooks import command_line, kernel, memcap, torch_hooks
+from oomladder.worker.hooks.importhook import PostImportFinder
+from oomladder.worker.lightning import trainer as lightning
+from oomladder.worker.protocol import files, role
+from oomladder.worker.state import STATE
+from oomladder.worker.transformers import loading, trainer
 
-FRAMEWORKS = (trainer, accelerate, loading, torch_hooks, lightning, kernel, command_line)
-installed = [False]
+FRAMEWORKS = (trainer, accelerator, loading, torch_hooks, lightning, kernel, command_line)
 GRACE = 60.0  # seconds a worker whose supervisor died has to save its step, as under the supervisor's own stop
 
 
 def install() -> None:
-    if installed[0]:  # a kernel whose extension began a second run (oomladder/notebook)
+    if STATE.installed:  # a kernel whose extension began a second run (oomladder/notebook)
         return
-    installed[0] = True
-    role.install()  # whether this process speaks for the worker, and its place in the tree (role.py)
+    STATE.installed = True
+    role.install()  # whether this process speaks for the worker, and its place in the tree (protocol/role.py)
     hooks = {name: hook for framework in FRAMEWORKS for name, hook in framework.HOOKS.items()}
     for name, hook in list(hooks.items()):
         if name in sys.modules:
@@ -47,9 +51,7 @@ def install() -> None:
 def new_attempt() -> None:
     """Another attempt in this same process (a notebook's kernel, oomladder/notebook): what the last attempt's
     training left in the adapter's state is not the next one's. Its plan already holds an in-place split."""
-    inplace.split[0], inplace.checkpointed[0] = 1, False
-    common.stop_requested[0] = 0
-    common.current.update(step=None, max_steps=None)
+    STATE.new_attempt()
 
 
 def _watch_supervisor() -> None:
@@ -71,7 +73,7 @@ def _watch_supervisor() -> None:
                 continue
         # The adapter's handler saves the step in flight and exits. The kernel's parent-death SIGTERM may have
         # come first: a second one would be the "act at once" kind and lose that step.
-        if not common.stop_requested[0]:
+        if not STATE.stop_requested:
             os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(GRACE)
         os._exit(143)  # a program that ignores SIGTERM, or never reaches a step's end

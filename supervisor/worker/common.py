@@ -3,28 +3,18 @@ guard that keeps an adapter failure from taking the user's program down."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from oomladder.worker import files, memcap, probe, role
-
-observed: dict[str, Any] = {"plan": {}, "facts": {}}
-phase = ["train"]
-stop_requested: list[int] = [0]
-# The framework adapter that owns this run's training loop, once one has taken it (the Trainer builds its own
-# Accelerator: the accelerate adapter then stands aside).
-owner: list[str | None] = [None]
-# Where a framework adapter that sees the steps (accelerate, the public API) says training is, for the
-# failure record written when the program dies outside any adapter's own handler.
-current: dict[str, Any] = {"step": None, "max_steps": None}
-# Called with the exception that is about to end the program, after its failure record is written: how an
-# adapter saves the last finished step when the program's own loop is where the OOM surfaced.
-on_fatal: list[Callable[[BaseException], None]] = []
+from oomladder.worker.hooks import memcap
+from oomladder.worker.protocol import files, probe, role
+from oomladder.worker.state import STATE, Phase
 
 
 def plan() -> dict[str, Any]:
@@ -55,18 +45,19 @@ def safely(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 
 def observe(plan_fields: dict[str, Any] | None = None, facts: dict[str, Any] | None = None) -> None:
     """Tell the supervisor the program's own settings and facts (the file is rewritten whole). Held back until this
-    process trains (role.py): a launcher parses the same arguments (TRL's CLI builds the SFTConfig it passes on)."""
-    observed["plan"].update({k: v for k, v in (plan_fields or {}).items() if v is not None})
-    observed["facts"].update({k: v for k, v in (facts or {}).items() if v is not None})
+    process trains (protocol/role.py): a launcher parses the same arguments (TRL's CLI builds the SFTConfig it passes
+    on)."""
+    STATE.observed["plan"].update({k: v for k, v in (plan_fields or {}).items() if v is not None})
+    STATE.observed["facts"].update({k: v for k, v in (facts or {}).items() if v is not None})
     if role.trains():
         _write_observed()
 
 
 def _write_observed() -> None:
-    files.write_json(files.path(files.OBSERVED), {**observed, "memory_cap": memcap.info(), "pid": os.getpid()})
+    files.write_json(files.path(files.OBSERVED), {**STATE.observed, "memory_cap": memcap.info(), "pid": os.getpid()})
 
 
-role.on_claim.append(_write_observed)
+STATE.on_claim.append(_write_observed)
 
 
 def is_memory_failure(exc: BaseException) -> bool:
@@ -92,7 +83,7 @@ def stop_at_step_end_on(*signals: int) -> None:
         previous = signal.getsignal(signum)
 
         def handler(sig, frame, previous=previous):
-            stop_requested[0] = sig
+            STATE.stop_requested = sig
             signal.signal(sig, previous if callable(previous) else signal.SIG_DFL)
 
         signal.signal(signum, handler)
@@ -100,21 +91,34 @@ def stop_at_step_end_on(*signals: int) -> None:
 
 def fatal(exc: BaseException) -> None:
     """`exc` is about to end the program (or, in a notebook's kernel, the cell that trains): its failure record,
-    then the adapters' last saves. Nothing from a launcher, whose exception repeats its rank's death (role.py)."""
+    then the adapters' last saves. Nothing from a launcher, whose exception repeats its rank's death
+    (protocol/role.py)."""
     if isinstance(exc, (KeyboardInterrupt, SystemExit)) or role.is_launcher():
         return
     peak, measure = memcap.peak() if role.trains() else (None, None)
-    safely(files.write_failure, exc, phase=phase[0], peak=peak, peak_measure=measure,
-           step=current["step"], max_steps=current["max_steps"],
+    safely(files.write_failure, exc, phase=STATE.phase, peak=peak, peak_measure=measure,
+           step=STATE.step, max_steps=STATE.max_steps,
            batch_shape=probe.batch_shapes()["current"])
-    for handler in on_fatal:
+    for handler in STATE.on_fatal:
         safely(handler, exc)
 
 
-def record_failure(exc: BaseException, phase: str, **context: Any) -> None:
+def record_failure(exc: BaseException, phase: Phase, **context: Any) -> None:
     """The failure record, written where the exception passes (the first record of a process wins): the
-    phase it was raised in is known here, not later in the excepthook. A launcher's is its rank's (role.py)."""
+    phase it was raised in is known here, not later in the excepthook. A launcher's is its rank's (protocol/role.py)."""
     if role.is_launcher():
         return
     peak, measure = memcap.peak()
     files.write_failure(exc, phase=phase, peak=peak, peak_measure=measure, **{"step": None, **context})
+
+
+@contextlib.contextmanager
+def loading() -> Iterator[None]:
+    """The model loads or moves to the device inside: the phase is "load", and a failure is recorded as the load's
+    (a load that runs out of memory can still be answered by the rungs that change the load)."""
+    with STATE.phase_is(Phase.LOAD):
+        try:
+            yield
+        except BaseException as exc:
+            safely(record_failure, exc, Phase.LOAD)
+            raise

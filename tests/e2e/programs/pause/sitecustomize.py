@@ -30,11 +30,11 @@ def pause(phase: str) -> None:
     if phase != PHASE or _done[0]:
         return
     _done[0] = True
-    from oomladder.worker import common
+    from oomladder.worker.state import STATE
     with open(os.path.join(os.environ["OOMLADDER_ATTEMPT_DIR"], "paused"), "w") as f:
         f.write(phase)
     deadline = time.monotonic() + 120
-    while not common.stop_requested[0] and time.monotonic() < deadline:
+    while not STATE.stop_requested and time.monotonic() < deadline:
         time.sleep(0.02)
 
 
@@ -85,7 +85,7 @@ def hook_modeling(module) -> None:
 
 
 if PHASE and os.environ.get("OOMLADDER_ATTEMPT_DIR") and "oomladder" in sys.modules:
-    from oomladder.worker.importhook import PostImportFinder
+    from oomladder.worker.hooks.importhook import PostImportFinder
 
     sys.meta_path.insert(0, PostImportFinder({"transformers.trainer": hook_trainer,
                                               "transformers.modeling_utils": hook_modeling},

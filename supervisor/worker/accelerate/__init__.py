@@ -1,0 +1,1 @@
+"""A custom training loop on Hugging Face accelerate."""

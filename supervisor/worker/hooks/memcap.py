@@ -1,0 +1,162 @@
+"""`--memory-cap` inside the worker: emulate a device of that size.
+
+On CUDA it is `torch.cuda.set_per_process_memory_fraction`, so the caching allocator raises its
+own OutOfMemoryError. On the CPU it is an address-space limit of the worker's size once the
+frameworks are imported, plus the cap: PyTorch's CPU allocator then fails with its real
+"DefaultCPUAllocator: can't allocate memory" error where a smaller machine would.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import resource
+import sys
+
+from oomladder.worker.protocol import role
+from oomladder.worker.state import STATE
+
+# Imported before the limit is set: their code and libraries are the framework, not the workload.
+_FRAMEWORK = ("transformers.trainer", "transformers.modeling_utils", "peft", "bitsandbytes", "accelerate")
+
+
+def cap_bytes() -> int | None:
+    value = os.environ.get("OOMLADDER_MEMORY_CAP")
+    return int(value) if value else None
+
+
+def arm() -> None:
+    """Apply the cap once, as late as possible before the first model exists. Idempotent. Every way a process starts
+    training comes here first, so this is also where it claims its role as a training process (protocol/role.py)."""
+    role.claim()
+    if STATE.memory_cap:
+        return
+    cap = cap_bytes()
+    if not cap:  # nothing to limit; the resident size now is what the workload's peak is measured from
+        STATE.memory_cap.update(mode="uncapped", baseline=_status_bytes("VmRSS"))
+        return
+    import torch
+    if torch.cuda.is_available():
+        device = int(os.environ.get("LOCAL_RANK", "0") or 0)
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), device)
+        STATE.memory_cap.update(mode="cuda_fraction", device_total=total)
+        return
+    if "transformers" in sys.modules:  # a Hugging Face program: its frameworks are overhead, not workload
+        for name in _FRAMEWORK:
+            try:
+                importlib.import_module(name)
+            except Exception:
+                pass  # not installed or not importable: the program will not use it either
+    torch.ones(64, 64) @ torch.ones(64, 64)  # start the intra-op threads: their stacks are overhead, not workload
+    base = vm_size()
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    limit = base + cap if hard == resource.RLIM_INFINITY else min(hard, base + cap)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    STATE.memory_cap.update(mode="cpu_address_space", baseline=base, limit=limit)
+
+
+def lift_in_child() -> None:
+    """In a DataLoader worker: host memory, which a device cap must not count. A forked child starts
+    at its parent's size, so the parent's limit would leave it almost nothing."""
+    if STATE.memory_cap.get("mode") == "cpu_address_space":
+        _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
+
+
+def peak() -> tuple[int | None, str | None]:
+    """(bytes, what was measured): the peak that counts against the cap, or the best stand-in; the attempt's
+    whole, across the per-step resets of `step_begin`."""
+    torch = sys.modules.get("torch")  # never import it here: the program may not use it
+    try:
+        if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+            return max(int(torch.cuda.max_memory_allocated()), STATE.peak_before_reset["cuda"]), "cuda_max_allocated"
+    except Exception:
+        pass
+    if STATE.memory_cap.get("mode") == "cpu_address_space":
+        return max(0, _status_bytes("VmPeak") - int(STATE.memory_cap["baseline"])), "address_space_over_baseline"
+    high = max(_status_bytes("VmHWM"), STATE.peak_before_reset["rss"])
+    if STATE.memory_cap.get("mode") == "uncapped":
+        return max(0, high - int(STATE.memory_cap["baseline"])), "rss_over_baseline"
+    return high, "max_rss"
+
+
+
+def _cuda():
+    torch = sys.modules.get("torch")
+    try:
+        if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+            return torch
+    except Exception:
+        pass
+    return None
+
+
+def step_begin() -> int | None:
+    """Before a micro-step: reset the high-water mark `step_peak` reads, and return what is held now in its units
+    (allocated on CUDA, resident on the CPU); None where it cannot be measured."""
+    torch = _cuda()
+    if torch is not None:
+        STATE.peak_before_reset["cuda"] = max(STATE.peak_before_reset["cuda"], int(torch.cuda.max_memory_allocated()))
+        torch.cuda.reset_peak_memory_stats()
+        return int(torch.cuda.memory_allocated())
+    try:
+        STATE.peak_before_reset["rss"] = max(STATE.peak_before_reset["rss"], _status_bytes("VmHWM"))
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the resident size now
+    except OSError:
+        return None
+    return _status_bytes("VmRSS")
+
+
+def step_peak() -> int | None:
+    """The high-water mark since `step_begin`, in its units."""
+    torch = _cuda()
+    if torch is not None:
+        return int(torch.cuda.max_memory_allocated())
+    return _status_bytes("VmHWM") or None
+
+
+def available() -> int | None:
+    """Bytes a micro-step may take on top of what is held now before the emulated (or real) device runs out;
+    None where nothing bounds it (the CPU without a cap)."""
+    torch = _cuda()
+    if torch is not None:
+        free, total = torch.cuda.mem_get_info()
+        reserved, allocated = torch.cuda.memory_reserved(), torch.cuda.memory_allocated()
+        limit = cap_bytes() if STATE.memory_cap.get("mode") == "cuda_fraction" else None
+        room = free if limit is None else min(free, max(0, limit - reserved))
+        return int(room + reserved - allocated)
+    if STATE.memory_cap.get("mode") == "cpu_address_space":
+        return max(0, int(STATE.memory_cap["limit"]) - vm_size())
+    return None
+
+
+def held() -> int | None:
+    """What the workload holds now, in `peak()`'s units: allocated on CUDA, the address space over the baseline
+    under the CPU cap. None where nothing is measured against a limit."""
+    torch = sys.modules.get("torch")
+    try:
+        if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+            return int(torch.cuda.memory_allocated())
+    except Exception:
+        return None
+    if STATE.memory_cap.get("mode") == "cpu_address_space":
+        return max(0, vm_size() - int(STATE.memory_cap["baseline"]))
+    return None
+
+
+def info() -> dict[str, int | str]:
+    return dict(STATE.memory_cap)
+
+
+def vm_size() -> int:
+    return _status_bytes("VmSize")
+
+
+def _status_bytes(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    return 0

@@ -1,0 +1,1 @@
+"""PyTorch Lightning 2.x (`lightning.pytorch` or `pytorch_lightning`)."""

@@ -1,0 +1,1 @@
+"""A plain PyTorch program, through the public API (`oomladder.api`)."""

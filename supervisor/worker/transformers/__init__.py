@@ -1,0 +1,1 @@
+"""The Hugging Face Trainer (and TRL's trainers, its subclasses) and `from_pretrained`."""
