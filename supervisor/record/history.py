@@ -17,6 +17,7 @@ from oomladder.record import schema
 from oomladder.record.checks import damage
 from oomladder.record.steps import StepSet
 from oomladder.record.view import AttemptView, RunView
+from oomladder.status import AttemptOutcome, InPlaceOutcome
 
 __all__ = ["AttemptView", "Folder", "RunView", "fold"]  # the views are read from here too
 
@@ -100,7 +101,7 @@ class Folder:
         a = self.attempts[r["attempt"]]
         if len(a.in_place) < IN_PLACE_KEPT:
             a.in_place.append(r)
-        if r.get("outcome") == "split":
+        if r.get("outcome") == InPlaceOutcome.SPLIT:
             if not r.get("per_step"):  # split ahead's splits are for their step alone
                 a.split = max(a.split, int(r["split"]))
             else:
@@ -112,7 +113,7 @@ class Folder:
         if r.get("attempt") not in self.attempts:
             return
         a = self.attempts[r["attempt"]]
-        a.ended, a.status, a.exit_code = r["ts"], r["outcome"], r.get("exit_code")
+        a.ended, a.status, a.exit_code = r["ts"], AttemptOutcome(r["outcome"]), r.get("exit_code")
         a.failure = Failure.from_dict(r["failure"]) if r.get("failure") else None
         for key in ("step", "max_steps", "peak", "peak_measure"):
             if r.get(key) is not None:

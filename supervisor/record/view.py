@@ -13,6 +13,7 @@ from typing import Any
 from oomladder.classify import Failure
 from oomladder.plan import Facts, Plan
 from oomladder.record.steps import StepLog, StepSet
+from oomladder.status import AttemptOutcome, InPlaceOutcome, RunStatus
 
 
 class Ahead:
@@ -42,7 +43,7 @@ class AttemptView:
     plan: Plan                       # the program's own settings with this attempt's overrides, then its split
     started: float
     ended: float | None = None
-    status: str = "running"          # running | finished | failed | interrupted
+    status: AttemptOutcome = AttemptOutcome.RUNNING
     failure: Failure | None = None
     step: int | None = None
     max_steps: int | None = None
@@ -90,7 +91,7 @@ class AttemptView:
 
     @property
     def recovered_in_place(self) -> list[dict[str, Any]]:
-        return [r for r in self.in_place if r.get("outcome") == "split"]
+        return [r for r in self.in_place if r.get("outcome") == InPlaceOutcome.SPLIT]
 
     @property
     def reports_steps(self) -> bool:
@@ -206,7 +207,7 @@ class RunView:
         return seen.gaps(1)
 
     @property
-    def status(self) -> str:
+    def status(self) -> RunStatus:
         if self.ended:
-            return str(self.ended["status"])
-        return "running" if self.attempts else "not started"
+            return RunStatus(self.ended["status"])
+        return RunStatus.RUNNING if self.attempts else RunStatus.NOT_STARTED

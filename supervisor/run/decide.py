@@ -30,11 +30,14 @@ from oomladder.run.config import (
     EXIT_NOT_MEMORY,
     EXIT_USAGE,
 )
-from oomladder.run.outcomes import AttemptResult, Climb, End, Next, Retry, Rollback, RunStatus, Stop, StopReason
+from oomladder.run.outcomes import AttemptResult, Climb, End, Next, Retry, Rollback, Stop, StopReason
+from oomladder.status import RunStatus
 from oomladder.units import SMALLEST_MODEL, format_size, format_steps
 
-# Failures that no plan causes: the same plan again, this many times in a row at most.
+# Failures that no plan causes: the same plan again, this many times in a row at most, then the run ends with
+# the status that names them.
 RETRIES_ON_SAME_PLAN = {Kind.HANG: 1, Kind.TRANSIENT: 3}
+GAVE_UP = {Kind.HANG: RunStatus.HANG, Kind.TRANSIENT: RunStatus.TRANSIENT}
 
 
 def decide(view: RunView, result: AttemptResult, ladder: Ladder, *, memory_cap: int | None, several_nodes: bool,
@@ -42,29 +45,29 @@ def decide(view: RunView, result: AttemptResult, ladder: Ladder, *, memory_cap: 
     """The next step of the run after `result`, which `view` (the journal folded) already holds."""
     failure, number = result.failure, result.number
     if failure is None:
-        return End(RunStatus.FINISHED.value, EXIT_FINISHED, finished_reason(view))
+        return End(RunStatus.FINISHED, EXIT_FINISHED, finished_reason(view))
     if result.stop is not None:
         return stopped(result.stop)
     if failure.kind is Kind.LAUNCH_FAILED:
-        return End(RunStatus.LAUNCH_FAILED.value, EXIT_USAGE, failure.summary)
+        return End(RunStatus.LAUNCH_FAILED, EXIT_USAGE, failure.summary)
     if failure.kind is Kind.INTERRUPTED:
         # Someone stopped the worker itself (a scheduler, a person): a stop, never a rung that broke the program.
-        return End(RunStatus.INTERRUPTED.value, _stop_exit_code(result.exit_code),
+        return End(RunStatus.INTERRUPTED, _stop_exit_code(result.exit_code),
                    f"attempt {number}'s worker was {failure.summary} from outside oomladder; nothing was changed. "
                    f"Run the same command again (or oomladder resume) to continue.")
     current = view.attempts[-1].plan
     if failure.kind in RETRIES_ON_SAME_PLAN:
         allowed, count = RETRIES_ON_SAME_PLAN[failure.kind], streak(view, failure.kind)
         if count > allowed:
-            return End(failure.kind.value, EXIT_NOT_MEMORY, f"attempt {number}: {failure.summary}, {count} times in a "
-                       f"row; stopped after {allowed} retries. See {log}")
+            return End(GAVE_UP[failure.kind], EXIT_NOT_MEMORY, f"attempt {number}: {failure.summary}, {count} "
+                       f"times in a row; stopped after {allowed} retries. See {log}")
         delay = backoff(BudgetState(count, 0.0)) if failure.kind is Kind.TRANSIENT else 0.0
         why = f"{failure.summary}: retry {count} on the same plan" + (f" after {delay:g} s" if delay else "")
         return Retry(current, why, delay)
     if not failure.is_memory and (rolled := roll_back(view, failure, ladder, memory_cap, several_nodes)) is not None:
         return rolled
     if not failure.is_memory:
-        return End(RunStatus.NOT_MEMORY.value, EXIT_NOT_MEMORY,
+        return End(RunStatus.NOT_MEMORY, EXIT_NOT_MEMORY,
                    f"attempt {number} failed with {failure.kind.value}: {failure.summary}. No memory setting fixes "
                    f"this, so the ladder was not walked; see {log}")
     return _climb(view, ladder, memory_cap, several_nodes, number, failure)
@@ -76,7 +79,7 @@ def _climb(view: RunView, ladder: Ladder, memory_cap: int | None, several_nodes:
     broke this program."""
     last = view.attempts[-1]
     if failure.phase == "load" and (wall := load_wall(view, memory_cap)) is not None:
-        return End(RunStatus.LADDER_EXHAUSTED.value, EXIT_LADDER_EXHAUSTED,
+        return End(RunStatus.LADDER_EXHAUSTED, EXIT_LADDER_EXHAUSTED,
                    f"attempt {number} ran out of memory while the model loaded, and {wall}.", None, rollback)
     # Each node calibrates the estimate from its own ranks' peaks, and every node must take the same
     # decision: on several nodes the ladder walks one rung per attempt.
@@ -88,7 +91,7 @@ def _climb(view: RunView, ladder: Ladder, memory_cap: int | None, several_nodes:
                            + (f"; {decision.reason}" if decision.plan is not None else f", and {decision.reason}"))
     if decision.plan is None:
         tried = "; ".join(f"{name}: {why}" for name, why in decision.skipped) or "none applied"
-        return End(RunStatus.LADDER_EXHAUSTED.value, EXIT_LADDER_EXHAUSTED,
+        return End(RunStatus.LADDER_EXHAUSTED, EXIT_LADDER_EXHAUSTED,
                    f"attempt {number} ran out of memory and {decision.reason} ({tried}). " + (
                        f"No attempt finished a step under the memory cap of {format_size(memory_cap)}: if that is "
                        f"not the size you meant, give --memory-cap with its unit (1200MiB, 16GiB); otherwise try a "
@@ -140,15 +143,16 @@ def _stop_exit_code(returncode: int | None) -> int:
 def stopped(stop: StopReason) -> End:
     """The end of a run whose worker group the supervisor (or another node) stopped."""
     if stop.kind is Stop.SIGNAL and stop.signum is not None:
-        return End(RunStatus.INTERRUPTED.value, EXIT_INTERRUPTED.get(stop.signum, 130),
+        return End(RunStatus.INTERRUPTED, EXIT_INTERRUPTED.get(stop.signum, 130),
                    f"oomladder received {signal.Signals(stop.signum).name}; the worker group was stopped. Run the "
                    f"same command again (or oomladder resume) to continue.")
     if stop.kind is Stop.BUDGET and stop.budget is not None:
-        return End(RunStatus.BUDGET_EXHAUSTED.value, EXIT_BUDGET,
+        return End(RunStatus.BUDGET_EXHAUSTED, EXIT_BUDGET,
                    f"the {stop.budget.flag} budget ({stop.budget.text}) ran out during an attempt; its worker group "
                    f"was stopped. Run the same command again to continue.")
-    peer = stop.peer or {}
-    return End(peer["status"], peer["exit_code"], f"node {peer['node']} was stopped ({peer['why']}), and this "
+    peer = stop.peer
+    assert peer is not None  # a StopReason of kind PEER holds one
+    return End(peer.status, peer.exit_code, f"node {peer.node} was stopped ({peer.why}), and this "
                f"node's group with it. Run the same command on every node to continue.")
 
 
@@ -156,7 +160,7 @@ def over_budget(spent: Budget | None, next_rung: str | None) -> End | None:
     """Between attempts: the run ends here if a budget is spent."""
     if spent is None:
         return None
-    return End(RunStatus.BUDGET_EXHAUSTED.value, EXIT_BUDGET,
+    return End(RunStatus.BUDGET_EXHAUSTED, EXIT_BUDGET,
                f"the {spent.flag} budget ({spent.text}) is spent; the next attempt would have been: {next_rung}. "
                f"Run the same command again to continue.")
 

@@ -31,6 +31,7 @@ from oomladder.run.budget import Budget
 from oomladder.run.config import EXIT_BUDGET, EXIT_INTERRUPTED, RunConfig
 from oomladder.run.intake import Intake
 from oomladder.run.outcomes import AttemptResult, Stop, StopReason
+from oomladder.status import AttemptOutcome, RunStatus
 from oomladder.run.trainers import died_below_a_wrapper
 from oomladder.views.display import Display
 from oomladder.worker.files import AttemptFiles
@@ -103,8 +104,8 @@ class AttemptWatcher:
             if group is not None:
                 group.kill()
             ended = {"attempt": launch.number, "exit_code": None, "duration": 0.0}
-            return self._journal_end(launch.number, "failed", Failure(Kind.LAUNCH_FAILED, None, str(exc)), None,
-                                     ended, None, None, 0.0)
+            failure = Failure(Kind.LAUNCH_FAILED, None, str(exc))
+            return self._journal_end(launch.number, AttemptOutcome.FAILED, failure, None, ended, None, None, 0.0)
         # Where a later resume finds what a killed supervisor left: the worker's session, and its cgroup.
         self.journal.append(schema.LAUNCHED, attempt=launch.number, pid=handle.pid,
                             **({"cgroup": str(group.path)} if group else {}))
@@ -197,7 +198,7 @@ class AttemptWatcher:
                                      exited=round(exited, 3), step=attempt.step, max_steps=attempt.max_steps)
         record = files.first_failure()
         if poll.returncode == 0 and poll.stop is None and not died_below_a_wrapper(record, files.claims()):
-            return self._journal_end(number, "finished", None, None, ended, None, None, duration)
+            return self._journal_end(number, AttemptOutcome.FINISHED, None, None, ended, None, None, duration)
         if record and ended["max_steps"] is None:
             ended["max_steps"] = record.get("max_steps")
         if poll.hung is not None:
@@ -216,10 +217,11 @@ class AttemptWatcher:
             ended.update(peak=record["peak"], peak_measure=record.get("peak_measure"))
         if record and record.get("batch_shape"):
             ended["batch_shape"] = record["batch_shape"]
-        outcome = "interrupted" if poll.stop is not None or failure.kind is Kind.INTERRUPTED else "failed"
+        outcome = (AttemptOutcome.INTERRUPTED if poll.stop is not None or failure.kind is Kind.INTERRUPTED
+                   else AttemptOutcome.FAILED)
         return self._journal_end(number, outcome, failure, poll.stop, ended, record, checkpoint, duration)
 
-    def _journal_end(self, number: int, outcome: str, failure: Failure | None, stop: StopReason | None,
+    def _journal_end(self, number: int, outcome: AttemptOutcome, failure: Failure | None, stop: StopReason | None,
                      ended: dict[str, Any], record: dict[str, Any] | None, checkpoint: dict[str, Any] | None,
                      duration: float) -> AttemptResult:
         """Journal the attempt's end; on several nodes, the world's end once every node has told its own."""
@@ -240,9 +242,10 @@ class AttemptWatcher:
 
     # --- several nodes (oomladder/nodes): the runner's side, kept apart from the single-node path ---------
 
-    def _world_end(self, world: World, number: int, outcome: str, failure: Failure | None, stop: StopReason | None,
-                   ended: dict[str, Any], record: dict[str, Any] | None, checkpoint: dict[str, Any] | None,
-                   ) -> tuple[str, Failure | None, dict[str, Any], StopReason | None]:
+    def _world_end(self, world: World, number: int, outcome: AttemptOutcome, failure: Failure | None,
+                   stop: StopReason | None, ended: dict[str, Any], record: dict[str, Any] | None,
+                   checkpoint: dict[str, Any] | None,
+                   ) -> tuple[AttemptOutcome, Failure | None, dict[str, Any], StopReason | None]:
         """This node's end in, the world's end out: the same on every node, for the usual decision."""
         failed_at = None
         if failure is not None:  # when this node's first failure happened: its rank's record, or the stop it began
@@ -266,10 +269,10 @@ def _told_stop(stop: StopReason | None) -> dict[str, Any] | None:
     if stop is None or stop.kind is Stop.PEER:
         return None
     if stop.kind is Stop.SIGNAL and stop.signum is not None:
-        return {"why": signal.Signals(stop.signum).name, "status": "interrupted",
+        return {"why": signal.Signals(stop.signum).name, "status": RunStatus.INTERRUPTED,
                 "exit_code": EXIT_INTERRUPTED.get(stop.signum, 130)}
     flag = stop.budget.flag if stop.budget is not None else "?"
-    return {"why": f"the {flag} budget ran out", "status": "budget_exhausted", "exit_code": EXIT_BUDGET}
+    return {"why": f"the {flag} budget ran out", "status": RunStatus.BUDGET_EXHAUSTED, "exit_code": EXIT_BUDGET}
 
 
 def _size(path: Path) -> int:

@@ -14,21 +14,22 @@ from pathlib import Path
 
 from oomladder.plan import describe_changes
 from oomladder.record.history import RunView
+from oomladder.status import RunStatus
 from oomladder.views.table import status_text, turned_on_checkpointing
 
 # The outcome of a run as a message's title says it.
 OUTCOMES = {
-    "finished": "training finished",
-    "ladder_exhausted": "out of memory, ladder exhausted",
-    "not_memory": "stopped by a bug (no memory setting fixes it)",
-    "interrupted": "interrupted",
-    "budget_exhausted": "stopped: a budget ran out",
-    "hang": "stopped: the worker hung twice",
-    "transient": "stopped: an infrastructure failure kept coming back",
-    "launch_failed": "stopped: the command could not be started",
-    "node_lost": "stopped: a node was lost",
-    "nodes_disagree": "stopped: the nodes disagree about the run",
-    "running": "oomladder stopped before the run ended (its journal is kept)",
+    RunStatus.FINISHED: "training finished",
+    RunStatus.LADDER_EXHAUSTED: "out of memory, ladder exhausted",
+    RunStatus.NOT_MEMORY: "stopped by a bug (no memory setting fixes it)",
+    RunStatus.INTERRUPTED: "interrupted",
+    RunStatus.BUDGET_EXHAUSTED: "stopped: a budget ran out",
+    RunStatus.HANG: "stopped: the worker hung twice",
+    RunStatus.TRANSIENT: "stopped: an infrastructure failure kept coming back",
+    RunStatus.LAUNCH_FAILED: "stopped: the command could not be started",
+    RunStatus.NODE_LOST: "stopped: a node was lost",
+    RunStatus.NODES_DISAGREE: "stopped: the nodes disagree about the run",
+    RunStatus.RUNNING: "oomladder stopped before the run ended (its journal is kept)",
 }
 COMMAND_WIDTH = 160
 
@@ -67,19 +68,19 @@ def in_place_message(view: RunView, attempt: int, record: dict, where: str) -> M
 
 def end_message(view: RunView, report: Path, where: str) -> Message:
     status = view.status
-    title = f"oomladder: {OUTCOMES.get(status, status.replace('_', ' '))}"
+    title = f"oomladder: {OUTCOMES.get(status, status.value.replace('_', ' '))}"
     lines = []
     if view.ended and view.ended.get("reason"):
         lines.append(f"{view.ended['reason']}.")
     last = view.attempts[-1] if view.attempts else None
-    if last is not None and last.failure is not None and status != "finished":
+    if last is not None and last.failure is not None and status is not RunStatus.FINISHED:
         lines.append(f"Attempt {last.number}: {status_text(last)}.")
     ooms = sum(1 for a in view.attempts if a.failure is not None and a.failure.is_memory)
     lines.append(_steps_done(view) + f" Attempts: {len(view.attempts)}, {ooms} out of memory.")
     changed = describe_changes(view.program_plan, view.final_plan)
     lines.append(f"Final plan: {changed if changed != '-' else 'the program’s own settings'}.")
     lines += [f"Report: {report}", where]
-    return Message(title, "\n".join(lines), "success" if status == "finished" else "failure")
+    return Message(title, "\n".join(lines), "success" if status is RunStatus.FINISHED else "failure")
 
 
 def whereabouts(view: RunView, run_dir: Path, host: str) -> str:

@@ -17,6 +17,7 @@ import shlex
 from typing import Any
 
 from oomladder.cost import slowdown_cell
+from oomladder.status import AttemptOutcome, RunStatus
 from oomladder.units import format_size
 from oomladder.views import charts, plots
 from oomladder.views.table import format_duration, in_place_line
@@ -53,8 +54,8 @@ def e(value: Any) -> str:
 
 def render_html(report: dict[str, Any]) -> str:
     status = report["status"]
-    body = ["<h1>oomladder report</h1>",
-            f'<p class="status {"finished" if status == "finished" else "stopped"}">{e(report["status_text"])}</p>']
+    look = "finished" if status == RunStatus.FINISHED else "stopped"
+    body = ["<h1>oomladder report</h1>", f'<p class="status {look}">{e(report["status_text"])}</p>']
     if report.get("reason"):
         body.append(f"<p>{e(report['reason'])}</p>")
     body += [_facts(report), _warnings(report), _charts(report), _attempts(report), _why(report),
@@ -131,8 +132,8 @@ def _attempts(report: dict[str, Any]) -> str:
     rows = []
     for a in report["attempts"]:
         failure = a["failure"]
-        kind = ("finished" if a["status"] == "finished" else "oom" if failure and failure.get("memory")
-                else "error" if failure else a["status"])
+        kind = ("finished" if a["status"] == AttemptOutcome.FINISHED else "oom" if failure and failure.get("memory")
+                else "error" if failure else str(a["status"]))
         changes = "<br>".join(e(part) for part in str(a["changes"]).split(", "))
         rows.append(f'<tr id="attempt-{int(a["number"])}" class="attempt {e(kind)}">'
                     f'<td class="num">{int(a["number"])}</td><td>{e(a["rung"])}</td><td>{changes}</td>'

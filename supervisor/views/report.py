@@ -19,6 +19,7 @@ from oomladder.cost import Cost, slowdown
 from oomladder.plan import Plan, changes, describe_changes
 from oomladder.record.history import RunView
 from oomladder.record.view import AttemptView
+from oomladder.status import AttemptOutcome
 from oomladder.views.markdown import render_markdown
 from oomladder.views.page import render_html
 from oomladder.views.reproduce import reproduce
@@ -126,7 +127,7 @@ def time_lost(attempts: list[dict[str, Any]]) -> dict[str, float]:
             restarts += max(0.0, a["started_at"] - previous_end)
             if a["training_began_at"] is not None:
                 restarts += max(0.0, a["training_began_at"] - a["started_at"])
-        if a["status"] == "failed" and a["ended_at"] is not None:
+        if a["status"] == AttemptOutcome.FAILED and a["ended_at"] is not None:
             last = (a["step_log"][-1]["at"] if a["step_log"] else a["training_began_at"] if a["training_began_at"]
                     is not None else a["started_at"])
             failures += max(0.0, a["ended_at"] - last)

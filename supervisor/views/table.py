@@ -10,6 +10,7 @@ from rich.text import Text
 
 from oomladder.plan import Plan, describe_changes
 from oomladder.record.history import AttemptView, RunView
+from oomladder.status import AttemptOutcome
 from oomladder.units import format_size, format_steps
 
 
@@ -102,11 +103,11 @@ def in_place_line(row: dict[str, Any]) -> str:
 
 def status_text(attempt: AttemptView) -> str:
     total = f"/{attempt.max_steps}" if attempt.max_steps else ""
-    if attempt.status == "running":
+    if attempt.status is AttemptOutcome.RUNNING:
         if attempt.step is None:
             return "starting"
         return f"{'evaluating' if attempt.phase == 'eval' else 'running'} at step {attempt.step}{total}"
-    if attempt.status == "finished":
+    if attempt.status is AttemptOutcome.FINISHED:
         return f"finished{f' at step {attempt.step}{total}' if attempt.step is not None else ''}"
     failure = attempt.failure
     where = ""
@@ -118,7 +119,7 @@ def status_text(attempt: AttemptView) -> str:
     elif attempt.step is not None:
         where = f" after step {attempt.step}{total}"
     if failure is None:
-        return attempt.status + where
+        return attempt.status.value + where
     on = f" on rank {failure.rank}" if failure.rank is not None else ""
     if failure.is_memory:
         return f"OOM{where}{on}" + (" (host)" if failure.memory == "host" else "")
@@ -145,7 +146,7 @@ def steps_text(attempt: AttemptView) -> str:
 
 
 def _status(attempt: AttemptView) -> Text:
-    style = {"finished": "green", "running": "cyan"}.get(attempt.status)
+    style = {AttemptOutcome.FINISHED: "green", AttemptOutcome.RUNNING: "cyan"}.get(attempt.status)
     if attempt.failure is not None:
         style = "yellow" if attempt.failure.is_memory or attempt.rolled_back else "red"
     return Text(status_text(attempt), style=style or "")

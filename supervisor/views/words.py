@@ -8,22 +8,23 @@ from __future__ import annotations
 
 from typing import Any
 
+from oomladder.status import RunStatus
 from oomladder.units import format_steps
 
 STATUS_TEXT = {
-    "finished": "Training finished.",
-    "ladder_exhausted": "Stopped: out of memory, and no rung of the ladder was left to try.",
-    "budget_exhausted": "Stopped: a budget (--max-attempts or --max-wall-time) ran out.",
-    "hang": "Stopped: the worker hung, and hung again on the retry.",
-    "transient": "Stopped: the same infrastructure failure kept coming back after the retries.",
-    "not_memory": "Stopped: the worker failed for a reason no memory setting fixes.",
-    "interrupted": "Stopped: interrupted.",
-    "launch_failed": "Stopped: the command could not be started.",
-    "node_lost": "Stopped: another node's supervisor went silent.",
-    "nodes_disagree": "Stopped: the nodes' supervisors disagreed about the run.",
-    "disk_full": "Stopped: the disk holding the run directory is full.",
-    "internal_error": "Stopped: oomladder itself failed (the journal keeps the error).",
-    "running": "Still running (or the supervisor died): `oomladder report` shows the journal as it stands.",
+    RunStatus.FINISHED: "Training finished.",
+    RunStatus.LADDER_EXHAUSTED: "Stopped: out of memory, and no rung of the ladder was left to try.",
+    RunStatus.BUDGET_EXHAUSTED: "Stopped: a budget (--max-attempts or --max-wall-time) ran out.",
+    RunStatus.HANG: "Stopped: the worker hung, and hung again on the retry.",
+    RunStatus.TRANSIENT: "Stopped: the same infrastructure failure kept coming back after the retries.",
+    RunStatus.NOT_MEMORY: "Stopped: the worker failed for a reason no memory setting fixes.",
+    RunStatus.INTERRUPTED: "Stopped: interrupted.",
+    RunStatus.LAUNCH_FAILED: "Stopped: the command could not be started.",
+    RunStatus.NODE_LOST: "Stopped: another node's supervisor went silent.",
+    RunStatus.NODES_DISAGREE: "Stopped: the nodes' supervisors disagreed about the run.",
+    RunStatus.DISK_FULL: "Stopped: the disk holding the run directory is full.",
+    RunStatus.INTERNAL_ERROR: "Stopped: oomladder itself failed (the journal keeps the error).",
+    RunStatus.RUNNING: "Still running (or the supervisor died): `oomladder report` shows the journal as it stands.",
 }
 
 
