@@ -9,6 +9,7 @@ from oomladder.memory.estimate import usable
 from oomladder.memory.foresight import calibration, estimate_for, fit_for, plan_ahead
 from oomladder.plan import Plan
 from oomladder.record.history import fold
+from oomladder.record.records import InPlaceRecord
 
 # The demo's tiny Llama (20M parameters, 32,000-token vocabulary) with LoRA on q and v, as the worker reports it.
 MODEL = {"shape": {"layers": 4, "hidden": 256, "intermediate": 688, "heads": 4, "kv_heads": 4, "vocab": 32000,
@@ -119,10 +120,10 @@ def test_an_ooms_own_numbers_are_a_lower_bound_on_what_the_plan_needed():
 def in_place_floor(tries, seq=256):
     """The view after a step-1 OOM that in-place recovery split down to a row per chunk, each chunk running out."""
     view = view_after_oom(step_peak=None, failed_batch=(16, seq))
-    view.attempts[0].in_place.append(
+    view.attempts[0].in_place.append(InPlaceRecord.of(
         {"type": "in_place", "ts": 3.5, "attempt": 1, "outcome": "floor", "step": 1, "split_before": 1, "split": 16,
          "rows": 16, "seq": seq, "batch": 16, "accumulation": 1, "ooms": len(tries),
-         "tries": [{"rows": r, "held": h, "tried": t} for r, h, t in tries]})
+         "tries": [{"rows": r, "held": h, "tried": t} for r, h, t in tries]}))
     return view
 
 

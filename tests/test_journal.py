@@ -5,6 +5,8 @@ import json
 from oomladder.plan import Plan
 from oomladder.record.history import fold
 from oomladder.record.journal import SCHEMA_VERSION, Journal, read_journal
+from oomladder.record.records import CheckpointRecord, ModelData
+from oomladder.status import AttemptOutcome, RunStatus
 
 
 def test_each_record_is_a_versioned_line_on_disk_as_soon_as_it_is_appended(tmp_path):
@@ -123,12 +125,12 @@ def test_an_attempt_still_running_lasts_until_now_and_one_never_started_is_not_f
 
 
 def test_the_first_report_of_the_model_is_kept_and_the_latest_load_and_the_facts_all_observations_gave():
-    view = _run({"type": "observed", "ts": 1, "model": {"layers": 2}, "load": {"path": "a"},
-                 "facts": {"device": "cuda", "bf16_supported": True}},
-                {"type": "observed", "ts": 2, "model": {"layers": 3}, "load": None,
+    view = _run({"type": "observed", "ts": 1, "model": {"shape": {"layers": 2}, "adapters": True},
+                 "load": {"path": "a"}, "facts": {"device": "cuda", "bf16_supported": True}},
+                {"type": "observed", "ts": 2, "model": {"shape": {"layers": 3}}, "load": None,
                  "facts": {"device": None, "base_frozen": False}},
                 {"type": "observed", "ts": 3, "load": {"path": "b"}})
-    assert (view.model, view.load) == ({"layers": 2}, {"path": "b"})
+    assert (view.model, view.load) == (ModelData(shape={"layers": 2}, adapters=True), {"path": "b"})
     assert (view.facts.device, view.facts.bf16_supported, view.facts.base_frozen) == ("cuda", True, False)
 
 
@@ -137,11 +139,11 @@ def test_checkpoints_warnings_and_the_runs_end_are_kept_and_a_resumed_run_is_run
     warning = {"type": "warning", "ts": 3, "text": "the disk is nearly full"}
     ended = {"type": "run_ended", "ts": 4, "status": "interrupted"}
     view = _run(_started(1), checkpoint, warning, ended)
-    assert (view.checkpoints, view.warnings, view.ended, view.status) == ([checkpoint], [warning], ended,
-                                                                         "interrupted")
+    assert (view.checkpoints, view.warnings, view.ended, view.status) == (
+        [CheckpointRecord("/c/2", 2, attempt=1)], [warning], ended, RunStatus.INTERRUPTED)
     again = fold([{"type": "run_started", "ts": 0.0}, _started(1), ended, {"type": "run_started", "ts": 5.0}])
-    assert (again.ended, again.status, again.run["ts"]) == (None, "running", 5.0)
-    assert _run().status == "not started" and _run().final_plan == Plan()
+    assert (again.ended, again.status, again.run["ts"]) == (None, RunStatus.RUNNING, 5.0)
+    assert _run().status is RunStatus.NOT_STARTED and _run().final_plan == Plan()
 
 
 def test_a_rolled_back_attempts_rungs_are_not_counted_as_used_and_a_stacked_decision_counts_each_rung():
@@ -198,7 +200,7 @@ def test_an_attempt_that_reported_nothing_yet_is_running_with_nothing_known_abou
                a.training_began, a.resumed_from)
     assert unknown == (None,) * len(unknown)
     assert (a.status, a.executed, a.ran_again, a.step_times, a.step_peaks, a.rolled_back, a.adapter, a.command,
-            a.reason, a.rung) == ("running", set(), [], {}, {}, False, False, [], "", None)
+            a.reason, a.rung) == (AttemptOutcome.RUNNING, set(), [], {}, {}, False, False, [], "", None)
     assert (a.steps, a.steps_run, a.resumed, a.reports_steps) == ([], None, False, False)
 
 

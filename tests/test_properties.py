@@ -133,7 +133,7 @@ def test_any_json_in_any_field_folds_and_renders_or_is_named_as_damaged(tmp_path
             console.print(renderable)
     end_message(view, Path("report.html"), "here")
     for a in view.attempts:
-        if any(d.get("attempt") == a.number for d in view.decisions):
+        if any(d.attempt == a.number for d in view.decisions):
             fallback_message(view, a.number, "here")
 
 

@@ -54,15 +54,17 @@ class Fit:
 
 def estimate_for(view: RunView, plan: Plan, batch: Any) -> Estimate | None:
     """The estimate of `plan` at the sequence length of `batch`, from the shape the worker reported."""
-    model = view.model or {}
+    model = view.model
+    if model is None or model.shape is None:
+        return None  # not a Trainer program, or it died before reporting: the ladder walks without foresight
     try:
-        shape = ModelShape.from_dict(model["shape"])
+        shape = ModelShape.from_dict(model.shape)
         micro, seq = int(batch[0]), int(batch[1])
     except (KeyError, TypeError, ValueError, IndexError):
-        return None  # not a Trainer program, or it died before reporting: the ladder walks without foresight
-    work = Workload(batch=micro, seq_len=seq, adapters=bool(model.get("adapters")),
-                    trainable_params=int(model.get("trainable_params") or shape.params),
-                    lora_targets=tuple(model.get("lora_targets") or ()), trainer=model.get("trainer"))
+        return None  # a shape it could not read whole, or no batch measured yet
+    work = Workload(batch=micro, seq_len=seq, adapters=model.adapters,
+                    trainable_params=int(model.trainable_params or shape.params),
+                    lora_targets=model.lora_targets, trainer=model.trainer)
     return estimate(shape, plan, work.under(plan), view.facts.device or "cpu")
 
 
@@ -190,12 +192,12 @@ def in_place_proofs(attempt: Any, capacity: int) -> list[tuple[Plan, list[int], 
     was tried. The smallest chunks' OOMs strike furthest into the step: the strongest bounds a step-1 OOM leaves."""
     proofs = []
     for record in attempt.in_place:
-        for t in (record.get("tries") or ()) if record.get("seq") else ():
-            held, tried = t.get("held"), t.get("tried")
+        for t in record.tries if record.seq else ():
+            held, tried = t.held, t.tried
             need = max(capacity + 1, held + tried if held is not None and tried is not None else 0)
-            plan = attempt.launched.replace(per_device_train_batch_size=int(t["rows"]))
-            proofs.append((plan.replace(gradient_checkpointing=True) if t.get("checkpointing") else plan,
-                           [int(t["rows"]), int(record["seq"])], need))
+            plan = attempt.launched.replace(per_device_train_batch_size=t.rows)
+            proofs.append((plan.replace(gradient_checkpointing=True) if t.checkpointing else plan,
+                           [t.rows, record.seq], need))
     return proofs
 
 

@@ -15,9 +15,10 @@ from oomladder.classify import Failure
 from oomladder.plan import Facts, Plan
 from oomladder.record import schema
 from oomladder.record.checks import damage
+from oomladder.record.records import CheckpointRecord, DecisionRecord, InPlaceRecord, ModelData
 from oomladder.record.steps import StepSet
 from oomladder.record.view import AttemptView, RunView
-from oomladder.status import AttemptOutcome, InPlaceOutcome
+from oomladder.status import AttemptOutcome
 
 __all__ = ["AttemptView", "Folder", "RunView", "fold"]  # the views are read from here too
 
@@ -40,12 +41,12 @@ class Folder:
     def __init__(self) -> None:
         self.run: dict[str, Any] = {}
         self.attempts: dict[int, AttemptView] = {}
-        self.decisions: list[dict[str, Any]] = []
-        self.checkpoints: list[dict[str, Any]] = []
+        self.decisions: list[DecisionRecord] = []
+        self.checkpoints: list[CheckpointRecord] = []
         self.warnings: list[dict[str, Any]] = []
         self.observed = Plan()
         self.facts: dict[str, Any] = {}
-        self.model: dict[str, Any] | None = None
+        self.model: ModelData | None = None
         self.load: dict[str, Any] | None = None
         self.ended: dict[str, Any] | None = None
         self.malformed = 0                   # records without the fields their type needs
@@ -85,7 +86,8 @@ class Folder:
         # Later observations fill fields earlier attempts died before reaching.
         self.observed = self.observed.merged(Plan.from_dict(r.get("plan")))
         self.facts.update({k: v for k, v in (r.get("facts") or {}).items() if v is not None})
-        self.model = self.model or r.get("model")  # the first report: later ones see the model as loaded
+        if self.model is None and r.get("model"):  # the first report: later ones see the model as loaded
+            self.model = ModelData.of(r["model"])
         self.load = r.get("load") or self.load
         for a in self.attempts.values():
             a.launched = self.observed.merged(a.overrides)
@@ -98,15 +100,15 @@ class Folder:
     def _in_place(self, r: dict[str, Any]) -> None:
         if r.get("attempt") not in self.attempts:
             return
-        a = self.attempts[r["attempt"]]
+        a, record = self.attempts[r["attempt"]], InPlaceRecord.of(r)
         if len(a.in_place) < IN_PLACE_KEPT:
-            a.in_place.append(r)
-        if r.get("outcome") == InPlaceOutcome.SPLIT:
-            if not r.get("per_step"):  # split ahead's splits are for their step alone
-                a.split = max(a.split, int(r["split"]))
+            a.in_place.append(record)
+        if record.recovered:
+            if not record.per_step:  # split ahead's splits are for their step alone
+                a.split = max(a.split, record.split)
             else:
-                a.ahead.widest = max(a.ahead.widest, int(r["split"]))
-            a.checkpointed = a.checkpointed or bool(r.get("checkpointing"))
+                a.ahead.widest = max(a.ahead.widest, record.split)
+            a.checkpointed = a.checkpointed or record.checkpointing
             a.plan = a.in_place_plan(a.split, a.checkpointed)
 
     def _attempt_ended(self, r: dict[str, Any]) -> None:
@@ -121,9 +123,10 @@ class Folder:
         a.failed_batch = r.get("batch_shape")
 
     def _decision(self, r: dict[str, Any]) -> None:
-        self.decisions.append(r)
-        if r.get("rolled_back") in self.attempts:
-            self.attempts[r["rolled_back"]].rolled_back = True
+        decision = DecisionRecord.of(r)
+        self.decisions.append(decision)
+        if decision.rolled_back in self.attempts:
+            self.attempts[decision.rolled_back].rolled_back = True
 
     def _run_ended(self, r: dict[str, Any]) -> None:
         self.ended = r
@@ -137,7 +140,7 @@ class Folder:
         schema.IN_PLACE: _in_place,
         schema.ATTEMPT_ENDED: _attempt_ended,
         schema.DECISION: _decision,
-        schema.CHECKPOINT: lambda self, r: self.checkpoints.append(r),
+        schema.CHECKPOINT: lambda self, r: self.checkpoints.append(CheckpointRecord.of(r)),
         schema.WARNING: lambda self, r: self.warnings.append(r),
         schema.RUN_ENDED: _run_ended,
     }

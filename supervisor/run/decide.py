@@ -20,6 +20,7 @@ from oomladder.classify import Failure, Kind
 from oomladder.ladder import Decision, Ladder
 from oomladder.memory.foresight import Fit, fit_for, load_wall, plan_ahead
 from oomladder.plan import Plan
+from oomladder.process.checkpoints import Resume
 from oomladder.record.history import RunView
 from oomladder.run.budget import Budget, BudgetState
 from oomladder.run.config import (
@@ -115,8 +116,8 @@ def roll_back(view: RunView, error: Failure, ladder: Ladder, memory_cap: int | N
     if len(view.attempts) < 2:
         return None
     broken, before = view.attempts[-1], view.attempts[-2]
-    decision = next((d for d in reversed(view.decisions) if d["attempt"] == before.number), None)
-    if decision is None or not decision.get("rung_indices") or before.failure is None or not before.failure.is_memory:
+    decision = next((d for d in reversed(view.decisions) if d.attempt == before.number), None)
+    if decision is None or not decision.rung_indices or before.failure is None or not before.failure.is_memory:
         return None
     if error.summary == before.failure.summary:
         return None
@@ -125,12 +126,11 @@ def roll_back(view: RunView, error: Failure, ladder: Ladder, memory_cap: int | N
     reached = max(before.step or 0, before.failure.step or 0, before.steps.last or 0) + 1
     if (error.step or 0) > reached:
         return None  # a point the earlier plan never reached: the program's own bug, as far as anyone can tell
-    used = [i for i in decision["rung_indices"] if 0 <= i < len(ladder.rungs)]
+    used = [i for i in decision.rung_indices if 0 <= i < len(ladder.rungs)]
     suspects = [i for i in used if ladder.rungs[i].strategy.changes_code] or used
     rollback = Rollback(broken.number, tuple((ladder.rungs[i].name, i, error.summary) for i in suspects))
     # The view as it was before the broken attempt: its plan and rung uses are undone.
-    earlier = replace(view, attempts=view.attempts[:-1], decisions=[*view.decisions, {"attempt": before.number,
-                                                                                       "rolled_back": broken.number}])
+    earlier = view.without(broken.number)
     return _climb(earlier, ladder, memory_cap, several_nodes, broken.number, before.failure, rollback)
 
 
@@ -204,16 +204,16 @@ def finished_reason(view: RunView) -> str:
 def reached_plan(view: RunView) -> Plan:
     """The plan a continued run starts on: the last decision's, or the last attempt's."""
     last = view.decisions[-1] if view.decisions else None
-    if last and last.get("plan") and (not view.attempts or last["attempt"] >= view.attempts[-1].number):
-        return Plan.from_dict(last["plan"])
+    if last and last.plan is not None and (not view.attempts or last.attempt >= view.attempts[-1].number):
+        return last.plan
     return view.attempts[-1].plan if view.attempts else Plan()
 
 
-def evaluation_owed(view: RunView, resume: dict[str, Any] | None) -> int | None:
+def evaluation_owed(view: RunView, resume: Resume | None) -> int | None:
     """The step whose evaluation an OOM cut short, if the next attempt resumes right there."""
     last = view.attempts[-1] if view.attempts else None
     failure = last.failure if last else None
-    if resume and failure is not None and failure.phase == "eval" and failure.step == resume["step"]:
+    if resume and failure is not None and failure.phase == "eval" and failure.step == resume.step:
         return failure.step
     return None
 

@@ -24,7 +24,7 @@ from oomladder.process.rundir import RunLock, make_run_dir
 from oomladder.process.workers import Launcher, become_subreaper, spawn, stop_descendants
 from oomladder.record import schema
 from oomladder.record.journal import Journal, iter_journal, open_journal
-from oomladder.run.budget import Budget, BudgetState, budgets, exhausted
+from oomladder.run.budget import Budget, BudgetKind, BudgetState, budgets, exhausted
 from oomladder.run.config import EXIT_DISK_FULL, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_NOT_MEMORY, EXIT_USAGE, RunConfig
 from oomladder.run.decide import cap_warning, decide, evaluation_owed, over_budget, stopped
 from oomladder.run.decisions import journal_decision
@@ -211,7 +211,8 @@ class RunLoop:
         output_dir = Path(cfg.cwd, view.facts.output_dir) if view.facts.output_dir else None
         resume = latest(view.checkpoints, output_dir, since=first_start)
         self.journal.append(schema.ATTEMPT_STARTED, attempt=number, rung=nxt.rung, reason=nxt.reason,
-                            plan=nxt.overrides.to_dict(), command=argv, attempt_dir=str(folder), resume_from=resume)
+                            plan=nxt.overrides.to_dict(), command=argv, attempt_dir=str(folder),
+                            resume_from=resume.to_dict() if resume else None)
         if (warning := load_warning(view, cfg.memory_cap, plan)) is not None:
             self.journal.append(schema.WARNING, attempt=number, about="mapping", text=warning)
             self.display.event(f"attempt {number}: {warning}")
@@ -271,7 +272,7 @@ class RunLoop:
 
     def _wall_time_spent(self) -> Budget | None:
         spent = exhausted(self._budgets, self._budget_state())
-        return spent if spent is not None and spent.flag == "--max-wall-time" else None
+        return spent if spent is not None and spent.kind is BudgetKind.WALL_TIME else None
 
     # --- the start of a run ---------------------------------------------------------------------------
 

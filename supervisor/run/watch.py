@@ -21,12 +21,13 @@ from oomladder.nodes import agreement
 from oomladder.nodes.world import World
 from oomladder.plan import Plan
 from oomladder.process import cgroup, gpu, workers
-from oomladder.process.checkpoints import remove_superseded
+from oomladder.process.checkpoints import Resume, remove_superseded
 from oomladder.process.launch import worker_env
 from oomladder.process.rundir import run_key
 from oomladder.process.workers import Launcher, LaunchError, LaunchSpec, WorkerHandle, read_tail, stop_descendants
 from oomladder.record import schema
 from oomladder.record.journal import Journal
+from oomladder.record.records import InPlaceRecord
 from oomladder.run.budget import Budget
 from oomladder.run.config import EXIT_BUDGET, EXIT_INTERRUPTED, RunConfig
 from oomladder.run.intake import Intake
@@ -52,7 +53,7 @@ class Launch:
     argv: list[str]
     overrides: Plan
     plan: Plan
-    resume: dict[str, Any] | None
+    resume: Resume | None
     evaluate_at: int | None
     rung: str | None = None          # what the ladder chose, and why: the worker tells the program's tracker
     reason: str = ""
@@ -72,7 +73,7 @@ class AttemptWatcher:
                  monotonic: Callable[[], float], sleep: Callable[[float], None], display: Display,
                  environ: dict[str, str], world: World | None, signalled: Callable[[], int | None],
                  hurry: Callable[[], bool], wall_time_spent: Callable[[], Budget | None],
-                 recovered: Callable[[int, dict[str, Any]], None] = lambda attempt, record: None) -> None:
+                 recovered: Callable[[int, InPlaceRecord], None] = lambda attempt, record: None) -> None:
         self.config, self.journal, self.launcher = config, journal, launcher
         self.clock, self.monotonic, self.sleep, self.display = clock, monotonic, sleep, display
         self.environ, self.world = environ, world
@@ -88,7 +89,7 @@ class AttemptWatcher:
     def watch(self, launch: Launch) -> AttemptResult:
         cfg = self.config
         env = worker_env(self.environ, launch.attempt_dir, launch.overrides, launch.plan, cfg.memory_cap,
-                         launch.resume["path"] if launch.resume else None, launch.evaluate_at, run_dir=cfg.run_dir,
+                         launch.resume.path if launch.resume else None, launch.evaluate_at, run_dir=cfg.run_dir,
                          no_offload=cfg.no_offload, rung=launch.rung, reason=launch.reason,
                          in_place=cfg.in_place, in_place_checkpointing=launch.checkpoint_in_place,
                          split_ahead=cfg.split_ahead)

@@ -14,8 +14,9 @@ from pathlib import Path
 
 from oomladder.plan import describe_changes
 from oomladder.record.history import RunView
+from oomladder.record.records import InPlaceRecord
 from oomladder.status import RunStatus
-from oomladder.views.table import status_text, turned_on_checkpointing
+from oomladder.views.table import status_text
 
 # The outcome of a run as a message's title says it.
 OUTCOMES = {
@@ -44,23 +45,23 @@ class Message:
 def fallback_message(view: RunView, failed: int, where: str) -> Message:
     """Attempt `failed` ran out of memory and the ladder chose the next plan (the last decision)."""
     attempt = next(a for a in view.attempts if a.number == failed)
-    decision = next(d for d in reversed(view.decisions) if d["attempt"] == failed)
-    title = f"oomladder: attempt {failed} ran out of memory; next: {decision['rung']}"
+    decision = next(d for d in reversed(view.decisions) if d.attempt == failed)
+    title = f"oomladder: attempt {failed} ran out of memory; next: {decision.rung}"
     died = status_text(attempt) + (f": {attempt.failure.summary}" if attempt.failure else "")
-    lines = [f"{died}.", f"Next: {decision['rung']}, changing {decision.get('changes') or '-'}.",
+    lines = [f"{died}.", f"Next: {decision.rung}, changing {decision.changes or '-'}.",
              _steps_done(view), where]
     return Message(title, "\n".join(lines), "warning")
 
 
-def in_place_message(view: RunView, attempt: int, record: dict, where: str) -> Message:
+def in_place_message(view: RunView, attempt: int, record: InPlaceRecord, where: str) -> Message:
     """Attempt `attempt` ran out of memory and recovered in place (worker/inplace.py): a fallback too, without a
     relaunch, so people who asked to hear of fallbacks hear of it."""
-    step, rows, split = record.get("step"), record.get("rows"), int(record.get("split") or 1)
+    step, rows, split = record.step, record.rows, record.split
     title = f"oomladder: attempt {attempt} ran out of memory in step {step}; recovered in place"
-    turned = "Gradient checkpointing was turned on. " if turned_on_checkpointing(record) else ""
+    turned = "Gradient checkpointing was turned on. " if record.turned_on_checkpointing else ""
     chunks = (f"The micro-batch of {rows} now runs in {split} chunks, their gradients accumulated: the step and the "
               f"effective batch are unchanged." if split > 1 else "The micro-batch runs whole.")
-    if record.get("per_step"):
+    if record.per_step:
         chunks = (f"That step's micro-batch of {rows} ran in {split} chunks, their gradients accumulated: the step and "
                   f"the effective batch are unchanged. Later steps are sized before they run.")
     return Message(title, "\n".join([f"{turned}{chunks}", "No relaunch.", _steps_done(view), where]), "warning")

@@ -12,6 +12,7 @@ import json
 import os
 import statistics
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +38,9 @@ def build_report(view: RunView) -> dict[str, Any]:
     attempts: list[dict[str, Any]] = []
     previous: Any = None
     told: set[Any] = set()
-    decisions = {d["attempt"]: d for d in view.decisions}
+    decisions = {d.attempt: d for d in view.decisions}
     for a in view.attempts:
-        led_here = decisions.get(a.number - 1, {})
+        led_here = decisions.get(a.number - 1)
         attempts.append({
             "number": a.number, "rung": a.rung or "start", "reason": a.reason,
             "changes": describe_changes(previous, a.plan) if previous else "-",
@@ -51,7 +52,7 @@ def build_report(view: RunView) -> dict[str, Any]:
             "began_at_step": a.began_at, "ran_again": a.ran_again.to_json(), "resume_missed": a.resume_missed,
             "rolled_back": a.rolled_back, "in_place": in_place_rows(a), "split_ahead": split_ahead([a]),
             "duration": a.duration(), "exit_code": a.exit_code, "command": a.command,
-            "skipped": _untold(led_here.get("skipped") or [], told),
+            "skipped": _untold(led_here.skipped if led_here else (), told),
             "started_at": a.started, "ended_at": a.ended, "training_began_at": a.training_began,
             "step_log": [{"step": step, "at": at, "peak": a.step_peaks.get(step)}
                          for step, at in sorted(a.step_times.items())],
@@ -92,7 +93,7 @@ def split_ahead(attempts: list[AttemptView]) -> dict[str, Any] | None:
     """What split ahead did (worker/ahead.py): the steps it ran split and the widest split, how far each step's
     predicted peak was from the measured one (predicted / measured - 1), and the OOMs it did not foresee."""
     errors: list[float] = [e for a in attempts for e in a.ahead.errors]
-    missed = sum(1 for a in attempts for r in a.in_place if r.get("predicted") is not None)
+    missed = sum(1 for a in attempts for r in a.in_place if r.predicted is not None)
     split = sum(a.ahead.steps_split for a in attempts)
     if not errors and not split and not missed:
         return None
@@ -135,7 +136,7 @@ def time_lost(attempts: list[dict[str, Any]]) -> dict[str, float]:
     return {"failures": round(failures, 3), "restarts": round(restarts, 3)}
 
 
-def _untold(skipped: list[list[str]], told: set[tuple[str, str]]) -> list[dict[str, str]]:
+def _untold(skipped: Iterable[tuple[str, str]], told: set[tuple[str, str]]) -> list[dict[str, str]]:
     """Skips not yet reported: a rung skips for the same reason on every later walk of the ladder."""
     fresh = [{"rung": rung, "reason": why} for rung, why in skipped if (rung, why) not in told]
     told.update((rung, why) for rung, why in skipped)
