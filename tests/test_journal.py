@@ -2,8 +2,11 @@
 
 import json
 
+import pytest
+
 from oomladder.plan import Plan
-from oomladder.record.history import fold
+from oomladder.record import schema
+from oomladder.record.history import Folder, fold
 from oomladder.record.journal import SCHEMA_VERSION, Journal, read_journal
 from oomladder.record.records import CheckpointRecord, ModelData
 from oomladder.status import AttemptOutcome, RunStatus
@@ -214,6 +217,31 @@ def test_every_record_that_cannot_be_folded_is_counted():
     view = _run({"type": "attempt_started", "ts": 1}, {"type": "attempt_started", "ts": 2, "attempt": 1},
                 {"type": "attempt_ended", "ts": 3, "attempt": 1})
     assert view.malformed == 2 and [a.number for a in view.attempts] == [1]
+
+
+def test_a_record_is_checked_whole_before_it_is_folded_so_what_the_views_read_is_there():
+    in_place = {"type": "in_place", "ts": 2, "attempt": 1, "outcome": "split", "split": 2, "seq": 256,
+                "tries": [{"rows": 8, "held": 100, "tried": 50, "checkpointing": False}]}
+    damaged = [{k: v for k, v in in_place.items() if k != "outcome"},   # what it did: the one thing it says
+               {**in_place, "tries": [{"held": 100}]},                     # a try without its chunk's rows
+               {**in_place, "checkpointing": "yes"},
+               {"type": "observed", "ts": 3, "model": {"trainable_params": "many"}},
+               {"type": "checkpoint", "ts": 4, "path": "/c", "step": 2, "adopted_from": "node 1"}]
+    view = _run(_started(1), in_place, *damaged)
+    assert view.malformed == len(damaged) and view.model is None and view.checkpoints == []
+    assert [why["why"] for why in view.damaged] == [
+        "no outcome", "tries is [{'held': 100}]", "checkpointing is 'yes'",
+        "model is {'trainable_params': 'many'}", "adopted_from is 'node 1'"]
+    record, = view.attempts[0].in_place
+    assert (record.outcome, record.split, record.tries[0].rows, view.attempts[0].split) == ("split", 2, 8, 2)
+
+
+def test_a_bug_in_the_fold_itself_is_raised_not_counted_as_a_damaged_record(monkeypatch):
+    def forgetful(folder, record):
+        return record["a field the fold forgot to check"]
+    monkeypatch.setitem(Folder._FOLDS, schema.DECISION, forgetful)
+    with pytest.raises(KeyError, match="a field the fold forgot to check"):
+        _run(_started(1), {"type": "decision", "ts": 2, "attempt": 1, "rung": "halve_batch"})
 
 
 def test_a_worker_that_began_after_step_1_resumed_and_steps_before_the_first_it_ran_are_missing():
