@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 
 
-class Text(str, enum.Enum):
+class TextEnum(str, enum.Enum):
     """A `str` enum that reads as its value in `str()`, f-strings and `%s`, as 3.11's `enum.StrEnum` does
     (Python 3.10, which oomladder supports, has none; `json.dumps` gives the value either way)."""
 
@@ -21,7 +21,7 @@ class Text(str, enum.Enum):
         return format(str(self.value), spec)
 
 
-class RunStatus(Text):
+class RunStatus(TextEnum):
     """Where a run stands: the `status` of its `run_ended` record and of the report, or not ended yet."""
 
     FINISHED = "finished"
@@ -46,7 +46,7 @@ class RunStatus(Text):
         return self not in (RunStatus.RUNNING, RunStatus.NOT_STARTED)
 
 
-class AttemptOutcome(Text):
+class AttemptOutcome(TextEnum):
     """How an attempt ended: the `outcome` of its `attempt_ended` (and `node_ended`) record, or running still."""
 
     FINISHED = "finished"
@@ -59,7 +59,7 @@ class AttemptOutcome(Text):
         return self is not AttemptOutcome.RUNNING
 
 
-class InPlaceOutcome(Text):
+class InPlaceOutcome(TextEnum):
     """What the worker did with an out-of-memory error it met without a relaunch (worker/inplace.py)."""
 
     SPLIT = "split"        # recovered: the step ran again in chunks of its rows

@@ -5,7 +5,7 @@ from dataclasses import replace
 
 from oomladder.classify import Failure, Kind
 from oomladder.ladder import load_ladder, next_plan
-from oomladder.memory.estimate import usable
+from oomladder.memory.estimate import Term, usable
 from oomladder.memory.foresight import calibration, estimate_for, fit_for, plan_ahead
 from oomladder.plan import Plan
 from oomladder.record.history import fold
@@ -149,7 +149,8 @@ def test_trls_sft_trainer_is_estimated_with_the_logits_size_tensors_its_metrics_
     plain = view_after_oom(model=MODEL)
     sft = view_after_oom(model={**MODEL, "trainer": "trl.trainer.sft_trainer.SFTTrainer"})
     plan = plain.attempts[0].plan.replace(per_device_train_batch_size=4)
-    extra = estimate_for(sft, plan, [4, 256]).parts["logits"] - estimate_for(plain, plan, [4, 256]).parts["logits"]
+    logits = [estimate_for(view, plan, [4, 256]).parts[Term.LOGITS] for view in (sft, plain)]
+    extra = logits[0] - logits[1]
     assert extra == 4 * 256 * 32000 * 20  # five fp32 tensors the logits' size, per token
 
 
@@ -163,7 +164,7 @@ def test_the_estimate_for_another_plan_uses_its_micro_batch_and_the_failed_seque
     view = view_after_oom()
     sixteen = estimate_for(view, Plan(per_device_train_batch_size=16), [16, 256])
     eight = estimate_for(view, Plan(per_device_train_batch_size=8), [16, 256])
-    assert eight.parts["logits"] * 2 == sixteen.parts["logits"]
+    assert eight.parts[Term.LOGITS] * 2 == sixteen.parts[Term.LOGITS]
 
 
 def test_a_fragmented_cuda_oom_gets_the_allocator_rung_alone_whatever_the_estimate():
@@ -194,9 +195,9 @@ def full_fine_tune_after_oom(optim="adamw_torch", failed_batch=(2, 16)):
 def test_where_optimizer_states_dominate_the_decision_is_8bit_adam_and_says_why():
     decision = decide(full_fine_tune_after_oom(), cap=500 * 2**20)
     assert decision.rung == "optimizer_8bit" and decision.plan.optim == "adamw_bnb_8bit"
-    assert decision.reason.startswith("optimizer states are 50 % of the estimated peak: ")
-    assert decision.estimate["dominant"] == "optimizer states"
-    assert set(decision.estimate["split"]) >= {"weights", "optimizer states", "gradients"}
+    assert decision.estimate["dominant"] is Term.OPTIMIZER_STATES
+    assert set(decision.estimate["split"]) >= {Term.WEIGHTS, Term.OPTIMIZER_STATES, Term.GRADIENTS}
+    assert decision.reason.startswith("optimizer states are 50 % of the estimated peak: ")  # as a person reads it
     skipped = dict(decision.skipped)
     assert "passed over" in skipped["bf16"]  # bf16 autocast adds weight copies where activations are tiny
 

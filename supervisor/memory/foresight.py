@@ -25,7 +25,7 @@ from typing import Any
 from oomladder.classify import Failure, Kind, is_fragmented
 from oomladder.errors import UsageError
 from oomladder.ladder import Decision, Ladder, PassOver, climb, next_plan
-from oomladder.memory.estimate import Estimate, Workload, estimate, load_estimate, usable
+from oomladder.memory.estimate import Estimate, Term, Workload, estimate, load_estimate, usable
 from oomladder.memory.shape import ModelShape, from_config
 from oomladder.plan import Facts, Plan
 from oomladder.record.history import RunView
@@ -149,10 +149,11 @@ def load_warning(view: RunView, memory_cap: int | None, plan: Plan) -> str | Non
     if fit is None or fit.device != "cpu" or not memory_cap:
         return None
     estimate = load_estimate(fit.shape, plan, fit.device, fit.file_bytes)
-    if estimate.peak <= fit.capacity or estimate.parts["weights"] > fit.capacity:
+    if estimate.peak <= fit.capacity or estimate.parts[Term.WEIGHTS] > fit.capacity:
         return None
-    return (f"under the CPU emulation this checkpoint's files ({format_size(estimate.parts['file mapping'])}) are "
-            f"mapped while its weights ({format_size(estimate.parts['weights'])}) fill: {format_size(estimate.peak)} "
+    mapped, weights = format_size(estimate.parts[Term.FILE_MAPPING]), format_size(estimate.parts[Term.WEIGHTS])
+    return (f"under the CPU emulation this checkpoint's files ({mapped}) are mapped while its weights ({weights}) "
+            f"fill: {format_size(estimate.peak)} "
             f"to load, more than the {format_size(fit.capacity)} usable; a real device of this size would not map them")
 
 

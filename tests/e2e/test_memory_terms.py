@@ -4,6 +4,7 @@ finishes on 8-bit AdamW after one OOM, resumes with its Adam moments carried ove
 
 import pytest
 
+from oomladder.memory.estimate import Term
 from tests.e2e.ledger import assert_each_step_ran_once
 from tests.e2e.test_rungs import run, said
 
@@ -25,7 +26,7 @@ def test_a_full_fine_tune_whose_optimizer_states_dominate_finishes_on_8bit_adamw
     assert {a.plan.effective_batch for a in view.attempts} == {2}
     decision, = view.decisions
     assert decision.reason.startswith("optimizer states are ") and "% of the estimated peak" in decision.reason
-    assert decision.estimate["dominant"] == "optimizer states"
+    assert Term(decision.estimate["dominant"]) is Term.OPTIMIZER_STATES
     # The program's own line of what it trains with: bitsandbytes' AdamW (8-bit states), where it had torch's.
     assert "optimizer torch.AdamW" in said(run_dir, 1) and "optimizer bitsandbytes.AdamW" in said(run_dir, 2)
     assert_each_step_ran_once(tmp_path / "steps", 4)
