@@ -6,7 +6,7 @@ from dataclasses import replace
 from oomladder.classify import Failure, Kind
 from oomladder.ladder import load_ladder, next_plan
 from oomladder.memory.estimate import Term, usable
-from oomladder.memory.foresight import calibration, estimate_for, fit_for, plan_ahead
+from oomladder.memory.foresight import calibration, climb_to_fit, estimate_for, fit_for
 from oomladder.plan import Plan
 from oomladder.record.history import fold
 from oomladder.record.records import InPlaceRecord
@@ -40,8 +40,8 @@ def view_after_oom(model=MODEL, step_peak=400 * 2**20, failed_batch=(16, 256), p
 
 def decide(view, ladder=None, cap=CAP):
     failure = view.attempts[-1].failure
-    return plan_ahead(ladder or load_ladder(None), view.final_plan, view.facts, failure, view.rung_uses,
-                      fit_for(view, cap))
+    return climb_to_fit(ladder or load_ladder(None), view.final_plan, view.facts, failure, view.rung_uses,
+                        fit_for(view, cap))
 
 
 def test_rungs_are_stacked_in_ladder_order_until_the_estimate_fits():
@@ -173,7 +173,7 @@ def test_a_fragmented_cuda_oom_gets_the_allocator_rung_alone_whatever_the_estima
     fragmented = Failure(Kind.CUDA_OOM, "device", "CUDA out of memory", phase="train", step=2,
                          numbers={"tried_to_allocate": 2**30, "reserved_unallocated": 3 * 2**30,
                                   "total_capacity": 16 * 2**30})
-    decision = plan_ahead(load_ladder(None), view.final_plan, facts, fragmented, {}, fit_for(view, CAP))
+    decision = climb_to_fit(load_ladder(None), view.final_plan, facts, fragmented, {}, fit_for(view, CAP))
     assert decision.rung == "expandable_segments" and decision.rung_indices == (0,)
 
 

@@ -13,7 +13,7 @@ from oomladder.classify import Kind
 from oomladder.record.history import fold
 from oomladder.status import RunStatus
 from oomladder.views.charts import memory_chart, timeline_chart
-from oomladder.views.page import render_html
+from oomladder.views.html import render_html
 from oomladder.views.report import SCHEMA_FILE, build_report, render_markdown, write_reports
 
 MiB = 2**20

@@ -25,8 +25,8 @@ from oomladder.run.console import run_in_console
 from oomladder.run.notify import ENVIRONMENT, IN_ARGV, check_targets, services, targets
 from oomladder.units import parse_duration, parse_size
 from oomladder.views.display import Verbosity, make_console
-from oomladder.views.page import render_html
-from oomladder.views.render import print_report
+from oomladder.views.html import render_html
+from oomladder.views.console import print_report
 from oomladder.views.report import build_report, render_markdown
 
 

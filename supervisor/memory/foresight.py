@@ -212,10 +212,10 @@ def proven_need(attempt: Any, capacity: int) -> int:
     return need
 
 
-def plan_ahead(ladder: Ladder, plan: Plan, facts: Facts, failure: Failure, uses: Mapping[int, int],
-               fit: Yardstick | None, exclude: frozenset[int] = frozenset()) -> Decision:
-    """The next plan: one rung, as `next_plan` gives it, or several stacked when the estimate says one
-    is not enough. Rungs in `exclude` (ones that broke this program) are left out."""
+def climb_to_fit(ladder: Ladder, plan: Plan, facts: Facts, failure: Failure, uses: Mapping[int, int],
+                 fit: Yardstick | None, exclude: frozenset[int] = frozenset()) -> Decision:
+    """The next plan after an out-of-memory error: one rung, as `next_plan` gives it, or as many rungs, stacked,
+    as the estimate says it takes to fit. Rungs in `exclude` (ones that broke this program) are left out."""
     first = next_plan(ladder, plan, facts, failure, uses, exclude)
     if fit is None or failure.phase == "eval" or first.exhausted or is_fragmented(failure):
         return first  # fragmented: the memory is there in pieces, which no estimate of the plan sees

@@ -18,7 +18,7 @@ from typing import Any
 
 from oomladder.classify import Failure, Kind
 from oomladder.ladder import Decision, Ladder
-from oomladder.memory.foresight import Fit, fit_for, load_wall, plan_ahead
+from oomladder.memory.foresight import Fit, climb_to_fit, fit_for, load_wall
 from oomladder.plan import Plan
 from oomladder.process.checkpoints import Resume
 from oomladder.record.history import RunView
@@ -85,8 +85,8 @@ def _climb(view: RunView, ladder: Ladder, memory_cap: int | None, several_nodes:
     # Each node calibrates the estimate from its own ranks' peaks, and every node must take the same
     # decision: on several nodes the ladder walks one rung per attempt.
     fit = None if several_nodes else fit_for(view, memory_cap)
-    decision = plan_ahead(ladder, last.plan, view.facts, failure, view.rung_uses, fit,
-                          frozenset(view.incompatible) | {i for _, i, _ in (rollback.incompatible if rollback else ())})
+    broke = frozenset(view.incompatible) | {i for _, i, _ in (rollback.incompatible if rollback else ())}
+    decision = climb_to_fit(ladder, last.plan, view.facts, failure, view.rung_uses, fit, broke)
     if rollback is not None:
         decision = replace(decision, reason=f"{rollback.what_broke}: back to the plan of attempt {last.number}"
                            + (f"; {decision.reason}" if decision.plan is not None else f", and {decision.reason}"))

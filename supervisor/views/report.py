@@ -2,8 +2,8 @@
 why, the before/after table of the seed note, and how to run the final plan without oomladder.
 
 `build_report` folds a `RunView` into plain data (report.json, documented by report.schema.json);
-the Markdown (markdown.py), HTML (page.py) and console renderings are views of that data only, so
-`oomladder report` shows what the run wrote.
+the Markdown (markdown.py), HTML (html.py) and console (console.py) renderings are views of that data
+only, so `oomladder report` shows what the run wrote.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from oomladder.record.history import RunView
 from oomladder.record.view import AttemptView
 from oomladder.status import AttemptOutcome
 from oomladder.views.markdown import render_markdown
-from oomladder.views.page import render_html
+from oomladder.views.html import render_html
 from oomladder.views.reproduce import reproduce
 from oomladder.views.table import in_place_rows, status_text, steps_text
 from oomladder.views.words import STATUS_TEXT, steps_line

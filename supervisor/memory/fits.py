@@ -1,5 +1,5 @@
-"""`oomladder plan`: before launching, the estimated peak of each rung of the ladder, and the first
-plan that fits the device.
+"""Which plan of the ladder fits, before launching (the `oomladder plan` command, cli/plan.py): the estimated
+peak of each rung's plan, and the first that fits the device.
 
 The rungs are walked as the supervisor would walk them on successive out-of-memory errors, each
 one's plan built on the last, with the same estimator the loop uses (memory/estimate.py).
