@@ -26,9 +26,9 @@ from oomladder.record.checks import damage
 from oomladder.record.journal import fold_journal
 from oomladder.status import RunStatus
 from oomladder.views.bars import peak_bars, running_progress
-from oomladder.views.messages import end_message, fallback_message
-from oomladder.views.html import render_html
 from oomladder.views.console import print_report
+from oomladder.views.html import render_html
+from oomladder.views.messages import end_message, fallback_message
 from oomladder.views.report import SCHEMA_FILE, build_report, render_markdown
 from oomladder.views.table import attempts_table
 

@@ -20,13 +20,13 @@ from oomladder.process.launch import placeholders
 from oomladder.record.history import RunView
 from oomladder.record.journal import fold_journal
 from oomladder.run.config import RunConfig
-from oomladder.status import RunStatus
 from oomladder.run.console import run_in_console
 from oomladder.run.notify import ENVIRONMENT, IN_ARGV, check_targets, services, targets
+from oomladder.status import RunStatus
 from oomladder.units import parse_duration, parse_size
+from oomladder.views.console import print_report
 from oomladder.views.display import Verbosity, make_console
 from oomladder.views.html import render_html
-from oomladder.views.console import print_report
 from oomladder.views.report import build_report, render_markdown
 
 

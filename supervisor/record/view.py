@@ -12,8 +12,8 @@ from typing import Any
 
 from oomladder.classify import Failure
 from oomladder.plan import Facts, Plan
-from oomladder.record.steps import StepLog, StepSet
 from oomladder.record.records import CheckpointRecord, DecisionRecord, InPlaceRecord, ModelData
+from oomladder.record.steps import StepLog, StepSet
 from oomladder.status import AttemptOutcome, RunStatus
 
 

@@ -17,8 +17,8 @@ from oomladder.record.journal import Journal
 from oomladder.run.config import RunConfig
 from oomladder.run.decide import reached_plan
 from oomladder.run.outcomes import NextAttempt
-from oomladder.status import AttemptOutcome, RunStatus
 from oomladder.run.watch import AttemptWatcher
+from oomladder.status import AttemptOutcome, RunStatus
 from oomladder.worker.files import AttemptFiles
 
 

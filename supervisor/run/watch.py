@@ -32,8 +32,8 @@ from oomladder.run.budget import Budget
 from oomladder.run.config import EXIT_BUDGET, EXIT_INTERRUPTED, RunConfig
 from oomladder.run.intake import Intake
 from oomladder.run.outcomes import AttemptResult, Stop, StopReason
-from oomladder.status import AttemptOutcome, RunStatus
 from oomladder.run.trainers import died_below_a_wrapper
+from oomladder.status import AttemptOutcome, RunStatus
 from oomladder.views.display import Display
 from oomladder.worker.files import AttemptFiles
 

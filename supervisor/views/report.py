@@ -21,8 +21,8 @@ from oomladder.plan import Plan, changes, describe_changes
 from oomladder.record.history import RunView
 from oomladder.record.view import AttemptView
 from oomladder.status import AttemptOutcome
-from oomladder.views.markdown import render_markdown
 from oomladder.views.html import render_html
+from oomladder.views.markdown import render_markdown
 from oomladder.views.reproduce import reproduce
 from oomladder.views.table import in_place_rows, status_text, steps_text
 from oomladder.views.words import STATUS_TEXT, steps_line
