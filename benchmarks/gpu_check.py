@@ -216,8 +216,7 @@ def _in_place(console: Console, py: str, model_dir: Path, work: Path, in_place_s
         out.add_column(column)
     for name, seconds, folder in ways:
         view = fold(read_journal(folder / "journal.jsonl"))
-        note = ("; ".join(f"step {r['step']}: {r['outcome']} {r['split']}"
-                          + (" + checkpointing" if r.get("checkpointing") else "")
+        note = ("; ".join(f"step {r.step}: {r.outcome} {r.split}" + (" + checkpointing" if r.checkpointing else "")
                           for a in view.attempts for r in a.in_place)
                 or " → ".join(a.rung or "start" for a in view.attempts))
         out.add_row(name, f"{seconds:.0f} s", f"{seconds / base:.2f}x",

@@ -67,7 +67,7 @@ def scenario(work: Path, name: str) -> list[list]:
         ran, once = steps_ran(log)
         in_place = [r for a in view.attempts for r in a.recovered_in_place]
         failed = sum(1 for a in view.attempts if a.failure is not None)
-        note = ", ".join(f"step {r['step']}: split {r['split']}" for r in in_place) or " → ".join(
+        note = ", ".join(f"step {r.step}: split {r.split}" for r in in_place) or " → ".join(
             a.rung or "start" for a in view.attempts)
         rows.append([f"{name}: {way}", seconds, failed, len(view.attempts), ran, once, effective(last),
                      result.returncode == 0, note])

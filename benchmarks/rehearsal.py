@@ -2,7 +2,7 @@
 `python -m benchmarks.rehearsal` (about 5 minutes on 2 quiet cores).
 
 A healthy LoRA fine-tune of a Llama (hidden 512, 4 layers, batch 4, 128 then 512 tokens) runs in a fresh process
-per setting, each under oomladder's own `--memory-cap` code (worker/memcap.py: an address-space limit set after
+per setting, each under oomladder's own `--memory-cap` code (worker/hooks/memcap.py: an address-space limit set after
 the imports):
 - uncapped: no limit and glibc's own allocator settings, the run as a user would start it;
 - oomladder's emulation (process/launch.py): 2 malloc arenas, every block of 1 MiB or more mapped on its own, so a
@@ -52,7 +52,7 @@ def worker() -> None:
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from oomladder.worker import memcap
+    from oomladder.worker.hooks import memcap
 
     torch.manual_seed(0)
     config = LlamaConfig(hidden_size=512, intermediate_size=1376, num_hidden_layers=4, num_attention_heads=8,

@@ -6,10 +6,12 @@ from pathlib import Path
 
 from oomladder.classify import Failure, Kind
 from oomladder.ladder import load_ladder, parse_ladder
+from oomladder.nodes.world import PeerStop
 from oomladder.record.history import fold
 from oomladder.run.budget import BudgetState, budgets, exhausted
 from oomladder.run.decide import decide, over_budget
 from oomladder.run.outcomes import AttemptResult, Climb, End, Retry, Stop, StopReason
+from oomladder.status import RunStatus
 
 PROGRAM = {"per_device_train_batch_size": 16, "gradient_accumulation_steps": 1, "per_device_eval_batch_size": 16,
            "precision": "fp32", "load_dtype": "float32", "quantization": "none", "gradient_checkpointing": False,
@@ -127,8 +129,9 @@ def test_a_stopped_worker_ends_the_run_with_the_stops_own_code():
     spent = exhausted(budgets(None, 60.0), BudgetState(1, 61.0))
     by_budget = next_step(view_of(interrupted), StopReason(Stop.BUDGET, budget=spent))
     assert (by_budget.status, by_budget.exit_code) == ("budget_exhausted", 5)
-    peer = {"node": 1, "why": "SIGTERM", "status": "interrupted", "exit_code": 143}
-    assert next_step(view_of(interrupted), StopReason(Stop.PEER, peer=peer)).exit_code == 143
+    peer = PeerStop.of(1, {"why": "SIGTERM", "status": "interrupted", "exit_code": 143})
+    by_peer = next_step(view_of(interrupted), StopReason(Stop.PEER, peer=peer))
+    assert (by_peer.status, by_peer.exit_code) == (RunStatus.INTERRUPTED, 143)
 
 
 def test_a_stop_outranks_the_oom_it_interrupted():

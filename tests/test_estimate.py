@@ -12,6 +12,7 @@ from oomladder.memory.estimate import (
     CUDA_WORKSPACE,
     HEADROOM,
     Estimate,
+    Term,
     Workload,
     estimate,
     load_estimate,
@@ -41,7 +42,7 @@ def full(shape, batch=8, seq=512):
 
 def weights(shape, load_dtype, quantization):
     plan = START.replace(load_dtype=load_dtype, quantization=quantization)
-    return estimate(shape, plan, lora(shape)).parts["weights"]
+    return estimate(shape, plan, lora(shape)).parts[Term.WEIGHTS]
 
 
 def test_8bit_weights_take_about_one_byte_per_parameter_not_half_a_byte():
@@ -64,25 +65,26 @@ def test_quantization_leaves_embeddings_lm_head_and_norms_in_the_load_dtype():
 def test_a_full_fp32_fine_tune_with_adam_holds_16_bytes_per_parameter_besides_activations():
     shape = from_config(LLAMA_1B)
     parts = estimate(shape, START, full(shape)).parts
-    assert parts["weights"] + parts["gradients"] + parts["optimizer"] == 16 * shape.params
+    assert parts[Term.WEIGHTS] + parts[Term.GRADIENTS] + parts[Term.OPTIMIZER_STATES] == 16 * shape.params
 
 
 def test_8bit_optimizers_keep_2_bytes_of_state_per_trained_parameter():
     shape = from_config(LLAMA_1B)
     parts = estimate(shape, START.replace(optim="paged_adamw_8bit"), full(shape)).parts
-    assert parts["optimizer"] == 2 * shape.params
+    assert parts[Term.OPTIMIZER_STATES] == 2 * shape.params
 
 
 def test_adapters_train_in_fp32_whatever_the_base_is_loaded_in():
     shape = from_config(LLAMA_1B)
     work = lora(shape)
     parts = estimate(shape, START.replace(load_dtype="bfloat16", precision="bf16"), work).parts
-    assert parts["gradients"] == 4 * work.trainable_params and parts["optimizer"] == 8 * work.trainable_params
+    assert parts[Term.GRADIENTS] == 4 * work.trainable_params
+    assert parts[Term.OPTIMIZER_STATES] == 8 * work.trainable_params
 
 
 def test_logits_cost_12_bytes_per_token_per_vocabulary_entry():
     shape = from_config(LLAMA_1B)
-    assert estimate(shape, START, lora(shape, 4, 1024)).parts["logits"] == 12 * 4 * 1024 * 32000
+    assert estimate(shape, START, lora(shape, 4, 1024)).parts[Term.LOGITS] == 12 * 4 * 1024 * 32000
 
 
 def test_bf16_halving_and_checkpointing_each_lower_the_estimate():
@@ -101,7 +103,7 @@ def test_8bit_saves_weights_but_bitsandbytes_keeps_each_quantized_linears_input(
     bf16 = START.replace(precision="bf16", load_dtype="bfloat16")
     before = estimate(shape, bf16, lora(shape)).parts
     after = estimate(shape, bf16.replace(quantization="int8"), lora(shape)).parts
-    assert after["weights"] < before["weights"] and after["activations"] > before["activations"]
+    assert after[Term.WEIGHTS] < before[Term.WEIGHTS] and after[Term.ACTIVATIONS] > before[Term.ACTIVATIONS]
     short = [estimate(shape, p, lora(shape, 1, 64)).peak for p in (bf16, bf16.replace(quantization="int8"))]
     assert short[1] < short[0]  # with few tokens, the weights win
 
@@ -109,23 +111,23 @@ def test_8bit_saves_weights_but_bitsandbytes_keeps_each_quantized_linears_input(
 def test_halving_the_micro_batch_halves_activations_and_logits_but_not_weights():
     shape = from_config(LLAMA_1B)
     eight, four = (estimate(shape, START, lora(shape, batch)).parts for batch in (8, 4))
-    assert four["activations"] * 2 == eight["activations"] and four["logits"] * 2 == eight["logits"]
-    assert four["weights"] == eight["weights"]
+    assert four[Term.ACTIVATIONS] * 2 == eight[Term.ACTIVATIONS] and four[Term.LOGITS] * 2 == eight[Term.LOGITS]
+    assert four[Term.WEIGHTS] == eight[Term.WEIGHTS]
 
 
 def test_checkpointing_keeps_one_input_per_layer_instead_of_every_activation():
     shape = from_config(LLAMA_1B)
-    plain = estimate(shape, START, lora(shape)).parts["activations"]
-    checkpointed = estimate(shape, START.replace(gradient_checkpointing=True), lora(shape)).parts["activations"]
+    plain = estimate(shape, START, lora(shape)).parts[Term.ACTIVATIONS]
+    checkpointed = estimate(shape, START.replace(gradient_checkpointing=True), lora(shape)).parts[Term.ACTIVATIONS]
     assert checkpointed < plain / 10
 
 
 def test_bf16_autocast_over_fp32_weights_keeps_a_bf16_copy_of_each_matmul_weight():
     shape = from_config(LLAMA_1B)
     parts = estimate(shape, START.replace(precision="bf16"), lora(shape)).parts
-    assert parts["weight copies"] == 2 * (shape.linear_params + shape.vocab * shape.hidden)
+    assert parts[Term.WEIGHT_COPIES] == 2 * (shape.linear_params + shape.vocab * shape.hidden)
     loaded_bf16 = estimate(shape, START.replace(precision="bf16", load_dtype="bfloat16"), lora(shape)).parts
-    assert loaded_bf16["weight copies"] == 0
+    assert loaded_bf16[Term.WEIGHT_COPIES] == 0
 
 
 def test_a_card_loses_the_cuda_context_and_some_headroom_but_a_memory_fraction_only_the_headroom():
@@ -142,15 +144,15 @@ def test_the_peak_splits_into_its_terms_and_names_the_dominant_one():
     shape = from_config(LLAMA_1B)
     guess = estimate(shape, START.replace(per_device_train_batch_size=2), full(shape, 2, 16))
     assert sum(guess.split.values()) == guess.peak
-    assert set(guess.split) == {"weights", "optimizer states", "gradients", "runtime"}
+    assert set(guess.split) == {Term.WEIGHTS, Term.OPTIMIZER_STATES, Term.GRADIENTS, Term.RUNTIME}
     name, share = guess.dominant()
-    assert name == "optimizer states" and 0.45 < share < 0.5
+    assert name is Term.OPTIMIZER_STATES and 0.45 < share < 0.5
     # The demo's model, a large vocabulary on a narrow model: the start of the backward pass, and the logits,
     # decide it.
     demo = from_config({**LLAMA_1B, "hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 4,
                         "num_attention_heads": 4, "num_key_value_heads": 4})
     lora_long = estimate(demo, START, lora(demo, 8, 1024))
-    assert lora_long.dominant()[0] == "logits" and lora_long.split["logits"] == lora_long.parts["logits"]
+    assert lora_long.dominant()[0] is Term.LOGITS and lora_long.split[Term.LOGITS] == lora_long.parts[Term.LOGITS]
 
 
 def test_8bit_adam_cuts_the_optimizer_term_of_a_full_fine_tune_by_three_quarters():
@@ -158,41 +160,41 @@ def test_8bit_adam_cuts_the_optimizer_term_of_a_full_fine_tune_by_three_quarters
     work = full(shape, 2, 16)
     fp32 = estimate(shape, START.replace(optim="adamw_torch"), work)
     eight = estimate(shape, START.replace(optim="adamw_bnb_8bit"), work)
-    assert eight.split["optimizer states"] * 4 == fp32.split["optimizer states"]
-    assert eight.dominant()[0] != "optimizer states"
+    assert eight.split[Term.OPTIMIZER_STATES] * 4 == fp32.split[Term.OPTIMIZER_STATES]
+    assert eight.dominant()[0] is not Term.OPTIMIZER_STATES
 
 
 def test_torch_adam_holds_a_temporary_of_every_state_on_cuda_but_one_tensor_at_a_time_on_the_cpu():
     shape = from_config(LLAMA_1B)
     plan, work = START.replace(optim="adamw_torch"), full(shape, 1, 16)
-    fused = estimate(shape, START, work, "cpu").split["gradients"]
-    assert estimate(shape, plan, work, "cuda").split["gradients"] == fused + 4 * shape.params
-    assert estimate(shape, plan, work, "cpu").split["gradients"] == fused + 4 * 32000 * 2048  # the embedding
+    fused = estimate(shape, START, work, "cpu").split[Term.GRADIENTS]
+    assert estimate(shape, plan, work, "cuda").split[Term.GRADIENTS] == fused + 4 * shape.params
+    assert estimate(shape, plan, work, "cpu").split[Term.GRADIENTS] == fused + 4 * 32000 * 2048  # the embedding
 
 
 def test_the_fused_cross_entropy_never_holds_the_logits_whole():
     shape = from_config(LLAMA_1B)
     work = lora(shape, 4, 1024)
-    plain = estimate(shape, START, work).parts["logits"]
-    fused = estimate(shape, START.replace(fused_cross_entropy=True), work).parts["logits"]
+    plain = estimate(shape, START, work).parts[Term.LOGITS]
+    fused = estimate(shape, START.replace(fused_cross_entropy=True), work).parts[Term.LOGITS]
     # Chunks of next_pow2(4096 / ceil(32000 / 2048)) = 256 tokens, in fp32 with their gradient, and the gradient
     # of the last hidden states.
     assert fused == 256 * 32000 * 8 + 4096 * 2048 * 4
     assert fused < plain / 10
     # A full fine-tune makes lm_head's gradient in the forward pass: it is alive at the start of the backward.
-    full_fused = estimate(shape, START.replace(fused_cross_entropy=True), full(shape, 4, 1024)).parts["logits"]
+    full_fused = estimate(shape, START.replace(fused_cross_entropy=True), full(shape, 4, 1024)).parts[Term.LOGITS]
     assert full_fused == fused + 4 * 32000 * 2048
 
 
 def test_offloaded_activations_leave_about_one_layer_on_the_device():
     shape = from_config(LLAMA_1B)
     work = lora(shape, 8, 1024)
-    kept = estimate(shape, START, work).parts["activations"]
-    offloaded = estimate(shape, START.replace(activation_offloading=True), work).parts["activations"]
+    kept = estimate(shape, START, work).parts[Term.ACTIVATIONS]
+    offloaded = estimate(shape, START.replace(activation_offloading=True), work).parts[Term.ACTIVATIONS]
     assert offloaded < kept / 8  # 16 layers' saved tensors, one left
     checkpointed = START.replace(gradient_checkpointing=True)
-    inputs = estimate(shape, checkpointed, work).parts["activations"]
-    both = estimate(shape, checkpointed.replace(activation_offloading=True), work).parts["activations"]
+    inputs = estimate(shape, checkpointed, work).parts[Term.ACTIVATIONS]
+    both = estimate(shape, checkpointed.replace(activation_offloading=True), work).parts[Term.ACTIVATIONS]
     assert both < inputs / 4  # the layers' inputs wait in host memory too: two on the device, not sixteen
 
 
@@ -204,7 +206,8 @@ def test_offloaded_activations_leave_about_one_layer_on_the_device():
 ])
 def test_each_optimizer_keeps_its_own_bytes_of_state_per_trained_fp32_parameter(optim, state_bytes):
     shape = from_config(LLAMA_1B)
-    assert estimate(shape, START.replace(optim=optim), full(shape)).parts["optimizer"] == state_bytes * shape.params
+    parts = estimate(shape, START.replace(optim=optim), full(shape)).parts
+    assert parts[Term.OPTIMIZER_STATES] == state_bytes * shape.params
 
 
 @pytest.mark.parametrize("optim, holds_a_copy", [
@@ -217,9 +220,9 @@ def test_the_peak_is_at_the_optimizer_step_when_few_tokens_and_an_unfused_step_h
     plan, work = START.replace(optim=optim), full(shape, batch=1, seq=1)
     result = estimate(shape, plan, work)
     p = result.parts
-    step = p["gradients"] + (4 * shape.params if holds_a_copy else 0)
-    assert p["activations"] + p["logits"] < step
-    assert result.peak == p["weights"] + p["optimizer"] + p["runtime"] + step
+    step = p[Term.GRADIENTS] + (4 * shape.params if holds_a_copy else 0)
+    assert p[Term.ACTIVATIONS] + p[Term.LOGITS] < step
+    assert result.peak == p[Term.WEIGHTS] + p[Term.OPTIMIZER_STATES] + p[Term.RUNTIME] + step
 
 
 def test_the_peak_is_at_the_start_of_the_backward_pass_when_activations_and_logits_outweigh_the_gradients():
@@ -227,8 +230,8 @@ def test_the_peak_is_at_the_start_of_the_backward_pass_when_activations_and_logi
     plan = START.replace(precision="bf16")
     result = estimate(shape, plan, lora(shape))
     p = result.parts
-    assert result.peak == (p["weights"] + p["optimizer"] + p["runtime"] + p["activations"] + p["logits"]
-                           + p["weight copies"])
+    assert result.peak == (p[Term.WEIGHTS] + p[Term.OPTIMIZER_STATES] + p[Term.RUNTIME] + p[Term.ACTIVATIONS]
+                           + p[Term.LOGITS] + p[Term.WEIGHT_COPIES])
 
 
 def test_a_full_fp32_fine_tune_keeps_each_linears_input_and_each_norms_input_and_output_per_token_and_layer():
@@ -241,7 +244,7 @@ def test_a_full_fp32_fine_tune_keeps_each_linears_input_and_each_norms_input_and
                  + 4 * h + 4 * i  # o_proj's and down_proj's inputs
                  + 2 * 4 * h)     # the norms' outputs
     final = 4 * h + 8 * h         # the final norm, lm_head's input
-    assert estimate(shape, START, full(shape, 2, 16)).parts["activations"] == 2 * 16 * (16 * per_layer + final)
+    assert estimate(shape, START, full(shape, 2, 16)).parts[Term.ACTIVATIONS] == 2 * 16 * (16 * per_layer + final)
 
 
 def test_under_bf16_autocast_every_linear_keeps_a_bf16_copy_of_its_input():
@@ -250,7 +253,7 @@ def test_under_bf16_autocast_every_linear_keeps_a_bf16_copy_of_its_input():
     per_layer = 2 * 4 * h + 4 * 2 * h + 3 * 2 * i + (2 * h * 5 + 2 * h + 2 * i + 2 * 4 * h)
     final = 4 * h + (4 + 2) * h
     plan = START.replace(precision="bf16")
-    assert estimate(shape, plan, full(shape, 1, 8)).parts["activations"] == 8 * (16 * per_layer + final)
+    assert estimate(shape, plan, full(shape, 1, 8)).parts[Term.ACTIVATIONS] == 8 * (16 * per_layer + final)
 
 
 @pytest.mark.parametrize("precision, quantization, targets, extra", [
@@ -271,7 +274,7 @@ def test_an_adapters_activations_are_what_lora_and_bitsandbytes_keep(precision, 
     base = 2 * 4 * h + 4 * compute * h + 3 * compute * i
     plan = START.replace(precision=precision, quantization=quantization)
     work = Workload(1, 4, adapters=True, trainable_params=shape.lora_params(8, targets), lora_targets=targets)
-    assert estimate(shape, plan, work).parts["activations"] == 4 * (16 * (base + extra(h, i)) + 4 * h)
+    assert estimate(shape, plan, work).parts[Term.ACTIVATIONS] == 4 * (16 * (base + extra(h, i)) + 4 * h)
 
 
 def test_eager_attention_also_keeps_the_probabilities_per_head_per_position_in_fp32_and_cast():
@@ -279,7 +282,7 @@ def test_eager_attention_also_keeps_the_probabilities_per_head_per_position_in_f
     eager = from_config({**LLAMA_1B, "attn_implementation": "eager"})
     work = lora(shape, 2, 128)
     plan = START.replace(precision="bf16")
-    added = estimate(eager, plan, work).parts["activations"] - estimate(shape, plan, work).parts["activations"]
+    added = estimate(eager, plan, work).parts[Term.ACTIVATIONS] - estimate(shape, plan, work).parts[Term.ACTIVATIONS]
     assert added == 2 * 128 * 16 * shape.heads * 128 * (4 + 2)
 
 
@@ -296,13 +299,13 @@ def test_with_checkpointing_the_backward_pass_holds_the_saved_inputs_and_the_lar
     work = lora(shape, 2, 64)
     plan = START.replace(gradient_checkpointing=True)
     plain = estimate(shape, START, work).parts
-    per_layer = (plain["activations"] // work.tokens - 4 * h) // layers
+    per_layer = (plain[Term.ACTIVATIONS] // work.tokens - 4 * h) // layers
     result = estimate(shape, plan, work)
     saved = layers * 4 * h + 4 * h
-    assert result.parts["activations"] == work.tokens * saved
+    assert result.parts[Term.ACTIVATIONS] == work.tokens * saved
     recompute = per_layer + 4 * 2 * (i + h)
     assert (recompute > 12 * v) == (config is SMALL_VOCAB)
-    assert result.peak == (result.parts["weights"] + result.parts["optimizer"] + result.parts["runtime"]
+    assert result.peak == (result.parts[Term.WEIGHTS] + result.parts[Term.OPTIMIZER_STATES] + result.parts[Term.RUNTIME]
                            + work.tokens * (saved + max(12 * v, recompute)))
 
 
@@ -324,11 +327,11 @@ def test_workloads_and_estimates_are_values():
 def test_the_int8_weights_of_a_bf16_autocast_keep_no_copy_and_nf4_dequantizes_one_layer_at_a_time():
     shape = from_config(LLAMA_1B)
     amp = START.replace(precision="bf16")
-    assert estimate(shape, amp.replace(quantization="int8"), lora(shape)).parts["weight copies"] == \
+    assert estimate(shape, amp.replace(quantization="int8"), lora(shape)).parts[Term.WEIGHT_COPIES] == \
         2 * shape.vocab * shape.hidden
-    assert estimate(shape, amp.replace(quantization="nf4"), lora(shape)).parts["weight copies"] == \
+    assert estimate(shape, amp.replace(quantization="nf4"), lora(shape)).parts[Term.WEIGHT_COPIES] == \
         2 * shape.vocab * shape.hidden + 2 * shape.hidden * shape.intermediate
-    assert estimate(shape, START.replace(quantization="nf4"), lora(shape)).parts["weight copies"] == \
+    assert estimate(shape, START.replace(quantization="nf4"), lora(shape)).parts[Term.WEIGHT_COPIES] == \
         4 * shape.hidden * shape.intermediate
 
 
@@ -341,9 +344,9 @@ def test_nf4_weights_take_half_a_byte_plus_their_double_quantized_scales():
 
 def test_the_cuda_workspaces_count_on_cuda_only():
     shape = from_config(LLAMA_1B)
-    assert estimate(shape, START, lora(shape)).parts["runtime"] == CUDA_WORKSPACE == 64 * 2**20
-    assert estimate(shape, START, lora(shape), device="cpu").parts["runtime"] == 0
-    assert estimate(shape, START, lora(shape), device="mps").parts["runtime"] == 0
+    assert estimate(shape, START, lora(shape)).parts[Term.RUNTIME] == CUDA_WORKSPACE == 64 * 2**20
+    assert estimate(shape, START, lora(shape), device="cpu").parts[Term.RUNTIME] == 0
+    assert estimate(shape, START, lora(shape), device="mps").parts[Term.RUNTIME] == 0
 
 
 def test_on_the_cpu_the_checkpoint_file_is_mapped_while_the_weights_fill_unless_nothing_is_loaded_from_a_file():
@@ -359,17 +362,17 @@ def test_on_the_cpu_the_checkpoint_file_is_mapped_while_the_weights_fill_unless_
 def test_a_load_on_the_cpu_holds_the_model_in_its_load_dtype_beside_the_mapped_file():
     shape = from_config(LLAMA_1B)
     load = load_estimate(shape, START.replace(load_dtype="bfloat16", quantization="int8"), "cpu")
-    assert (load.parts, load.peak) == ({"weights": 2 * shape.params, "file mapping": 4 * shape.params},
+    assert (load.parts, load.peak) == ({Term.WEIGHTS: 2 * shape.params, Term.FILE_MAPPING: 4 * shape.params},
                                        6 * shape.params)
     files = load_estimate(shape, START, "cpu", file_bytes=123)
-    assert (files.parts["file mapping"], files.peak) == (123, 4 * shape.params + 123)
+    assert (files.parts[Term.FILE_MAPPING], files.peak) == (123, 4 * shape.params + 123)
 
 
 def test_a_load_on_cuda_reserves_the_model_in_its_loaded_format_so_quantizing_lowers_it():
     shape = from_config(LLAMA_1B)
     int8 = START.replace(load_dtype="bfloat16", quantization="int8")
     load = load_estimate(shape, int8, "cuda")
-    assert load.parts == {"weights": weights(shape, "bfloat16", "int8")} and load.peak == load.parts["weights"]
+    assert load.parts == {Term.WEIGHTS: weights(shape, "bfloat16", "int8")} and load.peak == load.parts[Term.WEIGHTS]
     assert load.peak < load_estimate(shape, START.replace(load_dtype="bfloat16"), "cuda").peak
 
 
@@ -388,7 +391,8 @@ def test_each_load_dtype_takes_its_bytes_per_parameter(load_dtype, size):
 def test_a_dtype_the_estimator_does_not_know_counts_as_float32_loaded_and_mapped():
     shape = from_config({**LLAMA_1B, "torch_dtype": "float8_e4m3fn"})
     assert weights(shape, None, "none") == 4 * shape.params
-    assert load_estimate(shape, Plan(), "cpu").parts == {"weights": 4 * shape.params, "file mapping": 4 * shape.params}
+    assert load_estimate(shape, Plan(), "cpu").parts == {Term.WEIGHTS: 4 * shape.params,
+                                                         Term.FILE_MAPPING: 4 * shape.params}
     bf16 = START.replace(load_dtype="bfloat16")
     assert estimate(shape, bf16, lora(shape, 1, 1), device="cpu").peak == 2 * shape.params + 4 * shape.params
 

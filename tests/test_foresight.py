@@ -5,10 +5,11 @@ from dataclasses import replace
 
 from oomladder.classify import Failure, Kind
 from oomladder.ladder import load_ladder, next_plan
-from oomladder.memory.estimate import usable
-from oomladder.memory.foresight import calibration, estimate_for, fit_for, plan_ahead
+from oomladder.memory.estimate import Term, usable
+from oomladder.memory.foresight import calibration, climb_to_fit, estimate_for, fit_for
 from oomladder.plan import Plan
 from oomladder.record.history import fold
+from oomladder.record.records import InPlaceRecord
 
 # The demo's tiny Llama (20M parameters, 32,000-token vocabulary) with LoRA on q and v, as the worker reports it.
 MODEL = {"shape": {"layers": 4, "hidden": 256, "intermediate": 688, "heads": 4, "kv_heads": 4, "vocab": 32000,
@@ -39,8 +40,8 @@ def view_after_oom(model=MODEL, step_peak=400 * 2**20, failed_batch=(16, 256), p
 
 def decide(view, ladder=None, cap=CAP):
     failure = view.attempts[-1].failure
-    return plan_ahead(ladder or load_ladder(None), view.final_plan, view.facts, failure, view.rung_uses,
-                      fit_for(view, cap))
+    return climb_to_fit(ladder or load_ladder(None), view.final_plan, view.facts, failure, view.rung_uses,
+                        fit_for(view, cap))
 
 
 def test_rungs_are_stacked_in_ladder_order_until_the_estimate_fits():
@@ -119,10 +120,10 @@ def test_an_ooms_own_numbers_are_a_lower_bound_on_what_the_plan_needed():
 def in_place_floor(tries, seq=256):
     """The view after a step-1 OOM that in-place recovery split down to a row per chunk, each chunk running out."""
     view = view_after_oom(step_peak=None, failed_batch=(16, seq))
-    view.attempts[0].in_place.append(
+    view.attempts[0].in_place.append(InPlaceRecord.of(
         {"type": "in_place", "ts": 3.5, "attempt": 1, "outcome": "floor", "step": 1, "split_before": 1, "split": 16,
          "rows": 16, "seq": seq, "batch": 16, "accumulation": 1, "ooms": len(tries),
-         "tries": [{"rows": r, "held": h, "tried": t} for r, h, t in tries]})
+         "tries": [{"rows": r, "held": h, "tried": t} for r, h, t in tries]}))
     return view
 
 
@@ -148,7 +149,8 @@ def test_trls_sft_trainer_is_estimated_with_the_logits_size_tensors_its_metrics_
     plain = view_after_oom(model=MODEL)
     sft = view_after_oom(model={**MODEL, "trainer": "trl.trainer.sft_trainer.SFTTrainer"})
     plan = plain.attempts[0].plan.replace(per_device_train_batch_size=4)
-    extra = estimate_for(sft, plan, [4, 256]).parts["logits"] - estimate_for(plain, plan, [4, 256]).parts["logits"]
+    logits = [estimate_for(view, plan, [4, 256]).parts[Term.LOGITS] for view in (sft, plain)]
+    extra = logits[0] - logits[1]
     assert extra == 4 * 256 * 32000 * 20  # five fp32 tensors the logits' size, per token
 
 
@@ -162,7 +164,7 @@ def test_the_estimate_for_another_plan_uses_its_micro_batch_and_the_failed_seque
     view = view_after_oom()
     sixteen = estimate_for(view, Plan(per_device_train_batch_size=16), [16, 256])
     eight = estimate_for(view, Plan(per_device_train_batch_size=8), [16, 256])
-    assert eight.parts["logits"] * 2 == sixteen.parts["logits"]
+    assert eight.parts[Term.LOGITS] * 2 == sixteen.parts[Term.LOGITS]
 
 
 def test_a_fragmented_cuda_oom_gets_the_allocator_rung_alone_whatever_the_estimate():
@@ -171,7 +173,7 @@ def test_a_fragmented_cuda_oom_gets_the_allocator_rung_alone_whatever_the_estima
     fragmented = Failure(Kind.CUDA_OOM, "device", "CUDA out of memory", phase="train", step=2,
                          numbers={"tried_to_allocate": 2**30, "reserved_unallocated": 3 * 2**30,
                                   "total_capacity": 16 * 2**30})
-    decision = plan_ahead(load_ladder(None), view.final_plan, facts, fragmented, {}, fit_for(view, CAP))
+    decision = climb_to_fit(load_ladder(None), view.final_plan, facts, fragmented, {}, fit_for(view, CAP))
     assert decision.rung == "expandable_segments" and decision.rung_indices == (0,)
 
 
@@ -193,9 +195,9 @@ def full_fine_tune_after_oom(optim="adamw_torch", failed_batch=(2, 16)):
 def test_where_optimizer_states_dominate_the_decision_is_8bit_adam_and_says_why():
     decision = decide(full_fine_tune_after_oom(), cap=500 * 2**20)
     assert decision.rung == "optimizer_8bit" and decision.plan.optim == "adamw_bnb_8bit"
-    assert decision.reason.startswith("optimizer states are 50 % of the estimated peak: ")
-    assert decision.estimate["dominant"] == "optimizer states"
-    assert set(decision.estimate["split"]) >= {"weights", "optimizer states", "gradients"}
+    assert decision.estimate["dominant"] is Term.OPTIMIZER_STATES
+    assert set(decision.estimate["split"]) >= {Term.WEIGHTS, Term.OPTIMIZER_STATES, Term.GRADIENTS}
+    assert decision.reason.startswith("optimizer states are 50 % of the estimated peak: ")  # as a person reads it
     skipped = dict(decision.skipped)
     assert "passed over" in skipped["bf16"]  # bf16 autocast adds weight copies where activations are tiny
 

@@ -12,10 +12,10 @@ from oomladder.process.launch import worker_env
 from oomladder.record.history import fold
 from oomladder.run.decide import decide, reached_plan
 from oomladder.run.outcomes import AttemptResult, Climb
-from oomladder.views.page import render_html
+from oomladder.views.html import render_html
 from oomladder.views.report import SCHEMA_FILE, build_report, render_markdown
 from oomladder.views.table import attempts_table
-from tests.test_render import render
+from tests.test_report_console import render
 
 OOM = {"exc_type": "RuntimeError", "message": "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't "
        "allocate memory: you tried to allocate 268435456 bytes.", "peak": 900 * 2**20, "peak_measure": "address_space"}

@@ -2,9 +2,14 @@
 
 import json
 
+import pytest
+
 from oomladder.plan import Plan
-from oomladder.record.history import fold
+from oomladder.record import schema
+from oomladder.record.history import Folder, fold
 from oomladder.record.journal import SCHEMA_VERSION, Journal, read_journal
+from oomladder.record.records import CheckpointRecord, ModelData
+from oomladder.status import AttemptOutcome, RunStatus
 
 
 def test_each_record_is_a_versioned_line_on_disk_as_soon_as_it_is_appended(tmp_path):
@@ -123,12 +128,12 @@ def test_an_attempt_still_running_lasts_until_now_and_one_never_started_is_not_f
 
 
 def test_the_first_report_of_the_model_is_kept_and_the_latest_load_and_the_facts_all_observations_gave():
-    view = _run({"type": "observed", "ts": 1, "model": {"layers": 2}, "load": {"path": "a"},
-                 "facts": {"device": "cuda", "bf16_supported": True}},
-                {"type": "observed", "ts": 2, "model": {"layers": 3}, "load": None,
+    view = _run({"type": "observed", "ts": 1, "model": {"shape": {"layers": 2}, "adapters": True},
+                 "load": {"path": "a"}, "facts": {"device": "cuda", "bf16_supported": True}},
+                {"type": "observed", "ts": 2, "model": {"shape": {"layers": 3}}, "load": None,
                  "facts": {"device": None, "base_frozen": False}},
                 {"type": "observed", "ts": 3, "load": {"path": "b"}})
-    assert (view.model, view.load) == ({"layers": 2}, {"path": "b"})
+    assert (view.model, view.load) == (ModelData(shape={"layers": 2}, adapters=True), {"path": "b"})
     assert (view.facts.device, view.facts.bf16_supported, view.facts.base_frozen) == ("cuda", True, False)
 
 
@@ -137,11 +142,11 @@ def test_checkpoints_warnings_and_the_runs_end_are_kept_and_a_resumed_run_is_run
     warning = {"type": "warning", "ts": 3, "text": "the disk is nearly full"}
     ended = {"type": "run_ended", "ts": 4, "status": "interrupted"}
     view = _run(_started(1), checkpoint, warning, ended)
-    assert (view.checkpoints, view.warnings, view.ended, view.status) == ([checkpoint], [warning], ended,
-                                                                         "interrupted")
+    assert (view.checkpoints, view.warnings, view.ended, view.status) == (
+        [CheckpointRecord("/c/2", 2, attempt=1)], [warning], ended, RunStatus.INTERRUPTED)
     again = fold([{"type": "run_started", "ts": 0.0}, _started(1), ended, {"type": "run_started", "ts": 5.0}])
-    assert (again.ended, again.status, again.run["ts"]) == (None, "running", 5.0)
-    assert _run().status == "not started" and _run().final_plan == Plan()
+    assert (again.ended, again.status, again.run["ts"]) == (None, RunStatus.RUNNING, 5.0)
+    assert _run().status is RunStatus.NOT_STARTED and _run().final_plan == Plan()
 
 
 def test_a_rolled_back_attempts_rungs_are_not_counted_as_used_and_a_stacked_decision_counts_each_rung():
@@ -198,7 +203,7 @@ def test_an_attempt_that_reported_nothing_yet_is_running_with_nothing_known_abou
                a.training_began, a.resumed_from)
     assert unknown == (None,) * len(unknown)
     assert (a.status, a.executed, a.ran_again, a.step_times, a.step_peaks, a.rolled_back, a.adapter, a.command,
-            a.reason, a.rung) == ("running", set(), [], {}, {}, False, False, [], "", None)
+            a.reason, a.rung) == (AttemptOutcome.RUNNING, set(), [], {}, {}, False, False, [], "", None)
     assert (a.steps, a.steps_run, a.resumed, a.reports_steps) == ([], None, False, False)
 
 
@@ -212,6 +217,31 @@ def test_every_record_that_cannot_be_folded_is_counted():
     view = _run({"type": "attempt_started", "ts": 1}, {"type": "attempt_started", "ts": 2, "attempt": 1},
                 {"type": "attempt_ended", "ts": 3, "attempt": 1})
     assert view.malformed == 2 and [a.number for a in view.attempts] == [1]
+
+
+def test_a_record_is_checked_whole_before_it_is_folded_so_what_the_views_read_is_there():
+    in_place = {"type": "in_place", "ts": 2, "attempt": 1, "outcome": "split", "split": 2, "seq": 256,
+                "tries": [{"rows": 8, "held": 100, "tried": 50, "checkpointing": False}]}
+    damaged = [{k: v for k, v in in_place.items() if k != "outcome"},   # what it did: the one thing it says
+               {**in_place, "tries": [{"held": 100}]},                     # a try without its chunk's rows
+               {**in_place, "checkpointing": "yes"},
+               {"type": "observed", "ts": 3, "model": {"trainable_params": "many"}},
+               {"type": "checkpoint", "ts": 4, "path": "/c", "step": 2, "adopted_from": "node 1"}]
+    view = _run(_started(1), in_place, *damaged)
+    assert view.malformed == len(damaged) and view.model is None and view.checkpoints == []
+    assert [why["why"] for why in view.damaged] == [
+        "no outcome", "tries is [{'held': 100}]", "checkpointing is 'yes'",
+        "model is {'trainable_params': 'many'}", "adopted_from is 'node 1'"]
+    record, = view.attempts[0].in_place
+    assert (record.outcome, record.split, record.tries[0].rows, view.attempts[0].split) == ("split", 2, 8, 2)
+
+
+def test_a_bug_in_the_fold_itself_is_raised_not_counted_as_a_damaged_record(monkeypatch):
+    def forgetful(folder, record):
+        return record["a field the fold forgot to check"]
+    monkeypatch.setitem(Folder._FOLDS, schema.DECISION, forgetful)
+    with pytest.raises(KeyError, match="a field the fold forgot to check"):
+        _run(_started(1), {"type": "decision", "ts": 2, "attempt": 1, "rung": "halve_batch"})
 
 
 def test_a_worker_that_began_after_step_1_resumed_and_steps_before_the_first_it_ran_are_missing():

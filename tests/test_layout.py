@@ -17,7 +17,7 @@ FOLDERS = {"oomladder": ROOT / "supervisor", "oomladder.strategies": ROOT / "str
            "oomladder.configs": ROOT / "configs"}
 # The vocabulary every part may use; it imports nothing else of oomladder's.
 VOCABULARY = {"oomladder", "oomladder.errors", "oomladder.units", "oomladder.plan", "oomladder.classify",
-              "oomladder.cost"}
+              "oomladder.cost", "oomladder.status"}
 # What each subpackage may import besides itself and the vocabulary: the data's path, one way.
 MAY_IMPORT = {
     "worker": {"memory"},  # the estimator's pure arithmetic seeds the running step's memory model

@@ -5,7 +5,7 @@ while the weights fill may not load in any plan, which is said at once."""
 from oomladder import strategies
 from oomladder.classify import Failure, Kind
 from oomladder.ladder import load_ladder
-from oomladder.memory.foresight import fit_for, load_wall, plan_ahead
+from oomladder.memory.foresight import climb_to_fit, fit_for, load_wall
 from oomladder.plan import Facts, Plan
 from oomladder.record.history import fold
 
@@ -48,7 +48,7 @@ def test_quantization_at_load_trusts_that_a_program_importing_peft_trains_adapte
 def test_on_a_card_the_load_estimate_takes_the_rungs_up_to_the_first_that_fits_at_once():
     """A 24 GiB card is far too big; on 320 MiB the weights alone decide: bf16 (321 MiB) is not enough, int8 is."""
     v = view(device="cuda", device_memory=320 * 2**20 + 512 * 2**20)  # the CUDA context is outside the weights
-    decision = plan_ahead(load_ladder(None), v.final_plan, v.facts, OOM, {}, fit_for(v, None))
+    decision = climb_to_fit(load_ladder(None), v.final_plan, v.facts, OOM, {}, fit_for(v, None))
     assert decision.rung == "bf16 + int8"
     assert decision.estimate["after"] <= decision.estimate["capacity"] < decision.estimate["before"]
 
@@ -56,8 +56,8 @@ def test_on_a_card_the_load_estimate_takes_the_rungs_up_to_the_first_that_fits_a
 def test_on_the_cpu_the_mapped_file_is_counted_and_a_checkpoint_that_cannot_load_is_said_at_once():
     fits_in_bf16 = view()
     assert load_wall(fits_in_bf16, 800 * 2**20) is None
-    decision = plan_ahead(load_ladder(None), fits_in_bf16.final_plan, fits_in_bf16.facts, OOM, {},
-                          fit_for(fits_in_bf16, 800 * 2**20))
+    decision = climb_to_fit(load_ladder(None), fits_in_bf16.final_plan, fits_in_bf16.facts, OOM, {},
+                            fit_for(fits_in_bf16, 800 * 2**20))
     assert decision.rung == "bf16"  # 642 MiB for 760 MiB usable; quantizing would not lower a CPU load
     wall = load_wall(view(), 600 * 2**20)
     assert wall.startswith("under the CPU emulation the checkpoint's files (321 MiB) are mapped")
@@ -68,4 +68,4 @@ def test_an_offloaded_model_walks_the_load_rungs_one_at_a_time():
     offloaded = Failure(Kind.OFFLOADED, "device", "weights were offloaded off the device", phase="load")
     v = view(failure=offloaded, requested="bfloat16")
     assert fit_for(v, None) is None and load_wall(v, 600 * 2**20) is None
-    assert plan_ahead(load_ladder(None), v.final_plan, v.facts, offloaded, {}, None).rung == "int8"
+    assert climb_to_fit(load_ladder(None), v.final_plan, v.facts, offloaded, {}, None).rung == "int8"

@@ -337,7 +337,7 @@ def test_an_oom_on_one_node_stops_the_other_and_both_take_the_same_decision(tmp_
     for view in views:
         first, last = view.attempts
         assert first.failure.kind.value == "cpu_oom" and first.failure.rank == 1  # not node 0's broken collective
-        assert [d["rung"] for d in view.decisions] == ["halve_batch"]
+        assert [d.rung for d in view.decisions] == ["halve_batch"]
         assert (last.plan.per_device_train_batch_size, last.plan.gradient_accumulation_steps) == (8, 2)
         assert {a.plan.effective_batch for a in view.attempts} == {32}  # 16 x 1 x 2 nodes, then 8 x 2 x 2
     for node in (node0, node1):

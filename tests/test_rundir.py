@@ -16,6 +16,7 @@ import pytest
 from oomladder.errors import RunDirError
 from oomladder.process.checkpoints import ours, remove_partial, remove_superseded
 from oomladder.process.rundir import RunLock, make_run_dir, stop_run_processes
+from oomladder.record.records import CheckpointRecord
 
 HOLD = """
 import sys, time
@@ -108,13 +109,13 @@ def test_processes_an_earlier_supervisor_left_are_stopped_even_if_they_ignore_si
 def emergency(folder):
     folder.mkdir(parents=True)
     (folder / "model.bin").write_bytes(b"weights")
-    return {"kind": "emergency", "path": str(folder), "step": int(folder.name.split("-")[2])}
+    return CheckpointRecord(str(folder), int(folder.name.split("-")[2]))
 
 
 def test_superseded_emergency_checkpoints_inside_the_run_directory_are_removed(tmp_path):
     old = emergency(tmp_path / "checkpoints" / "emergency-step-2-attempt-001")
     new = emergency(tmp_path / "checkpoints" / "emergency-step-4-attempt-002")
-    remove_superseded(tmp_path, [old, new], keep=new["path"])
+    remove_superseded(tmp_path, [old, new], keep=new.path)
     assert not (tmp_path / "checkpoints" / "emergency-step-2-attempt-001").exists()
     assert (tmp_path / "checkpoints" / "emergency-step-4-attempt-002" / "model.bin").read_bytes() == b"weights"
 
@@ -124,13 +125,13 @@ def test_a_journal_pointing_outside_the_run_directory_never_deletes_there(tmp_pa
     inside = tmp_path / "run" / "checkpoints"
     inside.mkdir(parents=True)
     (inside / "emergency-step-2-attempt-002").symlink_to(tmp_path / "elsewhere" / "emergency-step-1-attempt-001")
-    linked = {"kind": "emergency", "path": str(inside / "emergency-step-2-attempt-002"), "step": 2}
-    yours = {"kind": "program", "path": str(tmp_path / "run" / "checkpoints" / "checkpoint-3"), "step": 3}
+    linked = CheckpointRecord(str(inside / "emergency-step-2-attempt-002"), 2)
+    yours = CheckpointRecord(str(tmp_path / "run" / "checkpoints" / "checkpoint-3"), 3, kind="program")
     (tmp_path / "run" / "checkpoints" / "checkpoint-3").mkdir()
     remove_superseded(tmp_path / "run", [precious, linked, yours], keep=None)
     assert (tmp_path / "elsewhere" / "emergency-step-1-attempt-001" / "model.bin").read_bytes() == b"weights"
     assert (inside / "emergency-step-2-attempt-002").is_symlink() and (inside / "checkpoint-3").is_dir()
-    assert not ours(tmp_path / "run", precious["path"]) and not ours(tmp_path / "run", linked["path"])
+    assert not ours(tmp_path / "run", precious.path) and not ours(tmp_path / "run", linked.path)
 
 
 def test_a_planted_partial_link_is_not_followed_when_partial_checkpoints_are_cleared(tmp_path):

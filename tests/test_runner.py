@@ -329,12 +329,12 @@ def test_with_the_model_reported_one_oom_takes_every_rung_the_estimate_needs_at_
     code, view = run(tmp_path, workers)
     assert code == 0 and len(view.attempts) == 2
     decision = view.decisions[0]
-    assert " + " in decision["rung"] and len(decision["rung_indices"]) >= 2
-    assert decision["estimate"]["after"] <= decision["estimate"]["capacity"] < decision["estimate"]["before"]
-    assert sum(view.rung_uses.values()) == len(decision["rung_indices"])
-    assert workers.plans()[1] == {k: v for k, v in decision["plan"].items() if k in workers.plans()[1]}
+    assert " + " in decision.rung and len(decision.rung_indices) >= 2
+    assert decision.estimate["after"] <= decision.estimate["capacity"] < decision.estimate["before"]
+    assert sum(view.rung_uses.values()) == len(decision.rung_indices)
+    assert workers.plans()[1] == {k: v for k, v in decision.plan.to_dict().items() if k in workers.plans()[1]}
     assert view.attempts[1].plan.effective_batch == 16
-    assert "int8" in dict(map(tuple, decision["skipped"]))  # saves megabytes where gigabytes are missing
+    assert "int8" in dict(decision.skipped)  # saves megabytes where gigabytes are missing
 
 
 # --- hostile nights: signals, clocks, disks --------------------------------------------------------------

@@ -5,8 +5,10 @@ import pytest
 from oomladder import strategies
 from oomladder.classify import Failure, Kind
 from oomladder.errors import StrategyError
+from oomladder.memory.estimate import TERMS, Term
 from oomladder.plan import Facts, Plan
 from oomladder.strategies.base import Applied, Skipped
+from oomladder.strategies.registry import available, get
 
 DEVICE_OOM = Failure(Kind.CUDA_OOM, "device", "CUDA out of memory", phase="train", step=2)
 FRAGMENTED = Failure(Kind.CUDA_OOM, "device", "CUDA out of memory", numbers={
@@ -193,3 +195,9 @@ def test_the_default_ladder_orders_rungs_by_their_cost():
     assert names.index("fused_cross_entropy") < names.index("halve_batch")
     last_halving = len(names) - 1 - names[::-1].index("halve_batch")
     assert names.index("gradient_checkpointing") < names.index("activation_offloading") < last_halving
+
+
+def test_each_rung_acts_on_a_term_of_the_estimate():
+    """`acts_on` names a term as memory/estimate.py's Term spells it (a strategy imports no memory code)."""
+    acting = [get(name) for name in available() if get(name).acts_on]
+    assert acting and {Term(s.acts_on) for s in acting} <= set(TERMS)

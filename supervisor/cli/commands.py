@@ -22,10 +22,11 @@ from oomladder.record.journal import fold_journal
 from oomladder.run.config import RunConfig
 from oomladder.run.console import run_in_console
 from oomladder.run.notify import ENVIRONMENT, IN_ARGV, check_targets, services, targets
+from oomladder.status import RunStatus
 from oomladder.units import parse_duration, parse_size
+from oomladder.views.console import print_report
 from oomladder.views.display import Verbosity, make_console
-from oomladder.views.page import render_html
-from oomladder.views.render import print_report
+from oomladder.views.html import render_html
 from oomladder.views.report import build_report, render_markdown
 
 
@@ -143,7 +144,7 @@ def resume_config(run_dir: Path, node_rank: int | None = None, notify_config: st
     """The run as its journal recorded it, to continue where it stopped; on several nodes, this node's journal."""
     node_rank = topology(None, node_rank, os.environ).node_rank if node_rank is None else node_rank
     view = run_view(run_dir, node_rank)
-    if view.status == "finished":
+    if view.status is RunStatus.FINISHED:
         raise RunDirError(f"the run in '{run_dir}' already finished: there is nothing to resume (its report: "
                           f"{run_dir / 'report.md'})")
     started = view.run

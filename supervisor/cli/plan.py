@@ -9,7 +9,7 @@ import json
 from oomladder.cli.commands import initial_plan
 from oomladder.errors import UsageError
 from oomladder.ladder import load_ladder
-from oomladder.memory import planning
+from oomladder.memory import fits
 from oomladder.memory.estimate import Workload
 from oomladder.memory.shape import from_config, read_config
 from oomladder.plan import Facts, Plan
@@ -38,27 +38,27 @@ def plan(args: argparse.Namespace) -> int:
                   trainable_fraction=trainable / shape.params if shape.params else None,
                   liger=importlib.util.find_spec("liger_kernel") is not None)
     work = Workload(args.batch_size, args.seq_len, adapters, trainable, targets)
-    capacity = planning.usable(total, device, capped=False)
+    capacity = fits.usable(total, device, capped=False)
     if capacity <= 0:
         raise UsageError(f"--memory-cap {args.memory_cap or format_size(total)} leaves nothing usable on {device} (the "
                          f"CUDA context alone takes 512 MiB): give the device's size, e.g. 24GiB")
-    rows = planning.walk(ladder, shape, start, work, facts, capacity)
+    rows = fits.walk(ladder, shape, start, work, facts, capacity)
     if args.format == "json":
-        print(json.dumps(planning.to_json(rows, capacity), indent=2))
+        print(json.dumps(fits.to_json(rows, capacity), indent=2))
         return 0
     console = make_console()
     what = f"LoRA r{args.lora_rank} on {','.join(targets)}" if adapters else "every weight trains"
-    console.print(planning.render(rows, capacity, f"{args.model}: {shape.params / 1e9:.2f}B parameters, {what}, "
+    console.print(fits.render(rows, capacity, f"{args.model}: {shape.params / 1e9:.2f}B parameters, {what}, "
                                   f"batch {args.batch_size} x {args.seq_len} tokens, on {device} with "
                                   f"{_size(total)} ({_size(capacity)} usable)"))
-    where = planning.where_line(rows)
+    where = fits.where_line(rows)
     if where:
         console.print(where, markup=False, highlight=False)
-    console.print(planning.verdict(rows, capacity), markup=False, highlight=False)
-    skipped = planning.skipped_line(rows)
+    console.print(fits.verdict(rows, capacity), markup=False, highlight=False)
+    skipped = fits.skipped_line(rows)
     if skipped:
         console.print(skipped, markup=False, highlight=False)
-    console.print(planning.weights_line(shape), markup=False, highlight=False)
+    console.print(fits.weights_line(shape), markup=False, highlight=False)
     return 0
 
 

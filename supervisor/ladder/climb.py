@@ -1,6 +1,6 @@
 """The climb: the rungs successive out-of-memory errors would take from a plan, each building on
 the plan before it. Written once, for the loop (several rungs at once, memory/foresight.py),
-`oomladder plan` (every rung, memory/planning.py) and the tests. Pure.
+`oomladder plan` (every rung, memory/fits.py) and the tests. Pure.
 """
 
 from __future__ import annotations

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 
 from oomladder.memory.shape import ATTENTION_INPUTS, MLP_INPUTS, ModelShape
 from oomladder.plan import Plan
+from oomladder.status import TextEnum
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 CUDA_CONTEXT = 512 * 2**20      # the driver's context and PyTorch's kernels: outside the caching allocator
@@ -63,23 +64,37 @@ class Workload:
         return dataclasses.replace(self, batch=plan.per_device_train_batch_size or self.batch)
 
 
+class Term(TextEnum):
+    """A term of the estimated memory, named as a person reads it (the JSON and the tables show the value)."""
+
+    WEIGHTS = "weights"
+    GRADIENTS = "gradients"
+    OPTIMIZER_STATES = "optimizer states"
+    ACTIVATIONS = "activations"
+    LOGITS = "logits"
+    WEIGHT_COPIES = "weight copies"  # bf16 copies of fp32 weights autograd keeps for the backward pass
+    RUNTIME = "runtime"              # the CUDA workspaces
+    FILE_MAPPING = "file mapping"    # a checkpoint's files mapped while the weights fill (the CPU)
+
+
+# The terms of the peak a person reasons about, and the rungs act on (Strategy.acts_on holds one's value).
+TERMS = (Term.WEIGHTS, Term.GRADIENTS, Term.OPTIMIZER_STATES, Term.ACTIVATIONS, Term.LOGITS)
+
+
 @dataclass(frozen=True)
 class Estimate:
+    # Keyed by Term (a str, so a reader that still spells a term as text finds it too).
     parts: dict[str, float] = field(default_factory=dict)   # bytes, in the order a table shows them
     peak: int = 0
     split: dict[str, int] = field(default_factory=dict)   # what is alive at the peak, by term; sums to `peak`
 
-    def dominant(self) -> tuple[str, float] | None:
-        """The largest term alive at the peak and its share of it: ("optimizer states", 0.52)."""
-        terms = {k: v for k, v in self.split.items() if k in TERMS}
+    def dominant(self) -> tuple[Term, float] | None:
+        """The largest term alive at the peak and its share of it: (Term.OPTIMIZER_STATES, 0.52)."""
+        terms = {Term(k): v for k, v in self.split.items() if k in TERMS}
         if not terms or self.peak <= 0:
             return None
         name = max(terms, key=terms.__getitem__)
         return name, terms[name] / self.peak
-
-
-# The terms of the peak a person reasons about, and the rungs act on (Strategy.acts_on).
-TERMS = ("weights", "gradients", "optimizer states", "activations", "logits")
 
 
 def estimate(shape: ModelShape, plan: Plan, work: Workload, device: str = "cuda") -> Estimate:
@@ -132,17 +147,18 @@ def estimate(shape: ModelShape, plan: Plan, work: Workload, device: str = "cuda"
     if backward_start >= backward_end:
         # On top of the saved activations: the logits, or (checkpointed, offloaded) a recomputed layer if larger.
         logits_alive = logits if logits >= during_backward - activations else 0
-        alive = {"activations": during_backward - logits_alive + casts, "logits": logits_alive}
+        alive = {Term.ACTIVATIONS: during_backward - logits_alive + casts, Term.LOGITS: logits_alive}
     else:
-        alive = {"gradients": gradients + step_temp}
-    split = {"weights": weights, "optimizer states": optimizer, **alive, "runtime": runtime}
+        alive = {Term.GRADIENTS: gradients + step_temp}
+    split = {Term.WEIGHTS: weights, Term.OPTIMIZER_STATES: optimizer, **alive, Term.RUNTIME: runtime}
     if device == "cpu" and work.loads_from_file:
         # The checkpoint file is mapped while the weights fill: both count against a CPU cap.
         loading = weights + shape.params * DTYPE_BYTES.get(shape.dtype, 4)
         if loading > peak:
-            peak, split = loading, {"weights": weights, "file mapping": loading - weights}
-    parts = {"weights": weights, "gradients": gradients, "optimizer": optimizer, "weight copies": casts,
-             "activations": activations, "logits": logits, "runtime": runtime}
+            peak, split = loading, {Term.WEIGHTS: weights, Term.FILE_MAPPING: loading - weights}
+    parts: dict[str, float] = {Term.WEIGHTS: weights, Term.GRADIENTS: gradients, Term.OPTIMIZER_STATES: optimizer,
+                               Term.WEIGHT_COPIES: casts, Term.ACTIVATIONS: activations, Term.LOGITS: logits,
+                               Term.RUNTIME: runtime}
     return Estimate(parts, int(peak), {k: int(v) for k, v in split.items() if v})
 
 
@@ -157,9 +173,9 @@ def load_estimate(shape: ModelShape, plan: Plan, device: str, file_bytes: int | 
     if device == "cpu":
         weights: float = shape.params * DTYPE_BYTES.get(_load_dtype(plan, shape), 4)
         mapped = file_bytes if file_bytes is not None else shape.params * DTYPE_BYTES.get(shape.dtype, 4)
-        return Estimate({"weights": weights, "file mapping": mapped}, int(weights + mapped))
-    weights = estimate(shape, plan, Workload(1, 1, True, 0, loads_from_file=False), device).parts["weights"]
-    return Estimate({"weights": weights}, int(weights))
+        return Estimate({Term.WEIGHTS: weights, Term.FILE_MAPPING: mapped}, int(weights + mapped))
+    weights = estimate(shape, plan, Workload(1, 1, True, 0, loads_from_file=False), device).parts[Term.WEIGHTS]
+    return Estimate({Term.WEIGHTS: weights}, int(weights))
 
 
 def usable(device_total: int, device: str, capped: bool) -> int:

@@ -25,7 +25,7 @@ from typing import Any
 from oomladder.classify import Failure, Kind, is_fragmented
 from oomladder.errors import UsageError
 from oomladder.ladder import Decision, Ladder, PassOver, climb, next_plan
-from oomladder.memory.estimate import Estimate, Workload, estimate, load_estimate, usable
+from oomladder.memory.estimate import Estimate, Term, Workload, estimate, load_estimate, usable
 from oomladder.memory.shape import ModelShape, from_config
 from oomladder.plan import Facts, Plan
 from oomladder.record.history import RunView
@@ -54,15 +54,17 @@ class Fit:
 
 def estimate_for(view: RunView, plan: Plan, batch: Any) -> Estimate | None:
     """The estimate of `plan` at the sequence length of `batch`, from the shape the worker reported."""
-    model = view.model or {}
+    model = view.model
+    if model is None or model.shape is None:
+        return None  # not a Trainer program, or it died before reporting: the ladder walks without foresight
     try:
-        shape = ModelShape.from_dict(model["shape"])
+        shape = ModelShape.from_dict(model.shape)
         micro, seq = int(batch[0]), int(batch[1])
     except (KeyError, TypeError, ValueError, IndexError):
-        return None  # not a Trainer program, or it died before reporting: the ladder walks without foresight
-    work = Workload(batch=micro, seq_len=seq, adapters=bool(model.get("adapters")),
-                    trainable_params=int(model.get("trainable_params") or shape.params),
-                    lora_targets=tuple(model.get("lora_targets") or ()), trainer=model.get("trainer"))
+        return None  # a shape it could not read whole, or no batch measured yet
+    work = Workload(batch=micro, seq_len=seq, adapters=model.adapters,
+                    trainable_params=int(model.trainable_params or shape.params),
+                    lora_targets=model.lora_targets, trainer=model.trainer)
     return estimate(shape, plan, work.under(plan), view.facts.device or "cpu")
 
 
@@ -147,10 +149,11 @@ def load_warning(view: RunView, memory_cap: int | None, plan: Plan) -> str | Non
     if fit is None or fit.device != "cpu" or not memory_cap:
         return None
     estimate = load_estimate(fit.shape, plan, fit.device, fit.file_bytes)
-    if estimate.peak <= fit.capacity or estimate.parts["weights"] > fit.capacity:
+    if estimate.peak <= fit.capacity or estimate.parts[Term.WEIGHTS] > fit.capacity:
         return None
-    return (f"under the CPU emulation this checkpoint's files ({format_size(estimate.parts['file mapping'])}) are "
-            f"mapped while its weights ({format_size(estimate.parts['weights'])}) fill: {format_size(estimate.peak)} "
+    mapped, weights = format_size(estimate.parts[Term.FILE_MAPPING]), format_size(estimate.parts[Term.WEIGHTS])
+    return (f"under the CPU emulation this checkpoint's files ({mapped}) are mapped while its weights ({weights}) "
+            f"fill: {format_size(estimate.peak)} "
             f"to load, more than the {format_size(fit.capacity)} usable; a real device of this size would not map them")
 
 
@@ -190,12 +193,12 @@ def in_place_proofs(attempt: Any, capacity: int) -> list[tuple[Plan, list[int], 
     was tried. The smallest chunks' OOMs strike furthest into the step: the strongest bounds a step-1 OOM leaves."""
     proofs = []
     for record in attempt.in_place:
-        for t in (record.get("tries") or ()) if record.get("seq") else ():
-            held, tried = t.get("held"), t.get("tried")
+        for t in record.tries if record.seq else ():
+            held, tried = t.held, t.tried
             need = max(capacity + 1, held + tried if held is not None and tried is not None else 0)
-            plan = attempt.launched.replace(per_device_train_batch_size=int(t["rows"]))
-            proofs.append((plan.replace(gradient_checkpointing=True) if t.get("checkpointing") else plan,
-                           [int(t["rows"]), int(record["seq"])], need))
+            plan = attempt.launched.replace(per_device_train_batch_size=t.rows)
+            proofs.append((plan.replace(gradient_checkpointing=True) if t.checkpointing else plan,
+                           [t.rows, record.seq], need))
     return proofs
 
 
@@ -209,10 +212,10 @@ def proven_need(attempt: Any, capacity: int) -> int:
     return need
 
 
-def plan_ahead(ladder: Ladder, plan: Plan, facts: Facts, failure: Failure, uses: Mapping[int, int],
-               fit: Yardstick | None, exclude: frozenset[int] = frozenset()) -> Decision:
-    """The next plan: one rung, as `next_plan` gives it, or several stacked when the estimate says one
-    is not enough. Rungs in `exclude` (ones that broke this program) are left out."""
+def climb_to_fit(ladder: Ladder, plan: Plan, facts: Facts, failure: Failure, uses: Mapping[int, int],
+                 fit: Yardstick | None, exclude: frozenset[int] = frozenset()) -> Decision:
+    """The next plan after an out-of-memory error: one rung, as `next_plan` gives it, or as many rungs, stacked,
+    as the estimate says it takes to fit. Rungs in `exclude` (ones that broke this program) are left out."""
     first = next_plan(ladder, plan, facts, failure, uses, exclude)
     if fit is None or failure.phase == "eval" or first.exhausted or is_fragmented(failure):
         return first  # fragmented: the memory is there in pieces, which no estimate of the plan sees

@@ -37,6 +37,7 @@ from typing import Any
 
 from oomladder.errors import RunDirError
 from oomladder.record import schema
+from oomladder.status import AttemptOutcome
 
 
 def check_node_count(journals: list[list[dict[str, Any]]], nnodes: int, run_dir: Path) -> None:
@@ -62,7 +63,7 @@ def world_end(ends: Mapping[int, dict[str, Any]]) -> dict[str, Any]:
     top = max(peaks, key=lambda e: e["peak"]) if peaks else None
     base = root or max(ends.values(), key=lambda e: (e.get("step") or 0, -e["node"]))
     return {
-        "outcome": root["outcome"] if root else "finished",
+        "outcome": root["outcome"] if root else AttemptOutcome.FINISHED,
         "failure": root["failure"] if root else None,
         "exit_code": base.get("exit_code"),
         "node": root["node"] if root else None,

@@ -19,6 +19,7 @@ from oomladder.nodes.peers import Peers
 from oomladder.nodes.topology import Topology
 from oomladder.record import schema
 from oomladder.record.journal import Journal
+from oomladder.status import AttemptOutcome, RunStatus
 
 
 @dataclass(frozen=True)
@@ -26,19 +27,39 @@ class Ending:
     """The run stops before attempt `number` starts: `status` and `reason` for run_ended; `exit_code` when
     a peer already chose one (None: the runner's own code for `status`)."""
 
-    status: str
+    status: RunStatus
     reason: str
     exit_code: int | None = None
+
+
+@dataclass(frozen=True)
+class PeerStop:
+    """Another node's supervisor stopped its group (a signal, a budget): which node, why, and the run status
+    and exit code it chose, which every node ends with. A `node_ended` record's `stopped` holds all but the node."""
+
+    node: int
+    why: str
+    status: RunStatus
+    exit_code: int
+
+    @classmethod
+    def of(cls, node: int, stopped: dict[str, Any]) -> PeerStop:
+        return cls(node, str(stopped.get("why")), run_status(stopped.get("status")), stopped["exit_code"])
+
+
+def run_status(text: Any) -> RunStatus:
+    """A peer's run status as this node reads it: one it does not know (a newer oomladder's, or none) is a stop."""
+    return RunStatus(text) if text in schema.RUN_STATUSES else RunStatus.INTERRUPTED
 
 
 @dataclass(frozen=True)
 class WorldEnd:
     """The world's end of an attempt, the same on every node."""
 
-    outcome: str
+    outcome: AttemptOutcome
     failure: Failure | None
     ended: dict[str, Any]                  # the fields of this node's attempt_ended record
-    peer_stop: dict[str, Any] | None       # another node's stop the world ended on: its node, why, status, exit code
+    peer_stop: PeerStop | None             # another node's stop the world ended on
     adopted: tuple[str, ...] = ()          # the peers' checkpoints this node journaled now
 
 
@@ -94,25 +115,26 @@ class World:
         records = self.peers.records
         starts = {n: agreement.of_attempt(r, schema.ATTEMPT_STARTED, number) for n, r in records.items()}
         if self.interrupted():
-            return Ending("interrupted", "oomladder was stopped before the attempt started. Run the same command on "
-                          "every node to continue.")
+            return Ending(RunStatus.INTERRUPTED, "oomladder was stopped before the attempt started. Run the same "
+                          "command on every node to continue.")
         for node, peer in sorted(records.items()):
             peer_end = agreement.ended_since(peer, self.since)
             if starts[node] is None and peer_end is not None:
-                return Ending(peer_end.get("status", "ended"),
+                return Ending(run_status(peer_end.get("status")),
                               f"node {node} ended the run: {peer_end.get('reason', '')}", peer_end.get("exit_code"))
         if not ok:
             lost = ", ".join(str(n) for n, start in sorted(starts.items()) if start is None)
-            return Ending("node_lost", f"node {lost} did not start attempt {number} within {self.timeout:g} s. Start "
-                          f"oomladder on every node with the same --run-dir and --nnodes {self.nnodes}.")
+            return Ending(RunStatus.NODE_LOST, f"node {lost} did not start attempt {number} within "
+                          f"{self.timeout:g} s. Start oomladder on every node with the same --run-dir and --nnodes "
+                          f"{self.nnodes}.")
         runs = {n: run for n, rs in [(self.me, journal.records), *records.items()]
                 if (run := next((r for r in reversed(rs) if r["type"] == schema.RUN_STARTED), None)) is not None}
         own = agreement.of_attempt(journal.records, schema.ATTEMPT_STARTED, number)
         started = {n: s for n, s in {self.me: own, **starts}.items() if s is not None}  # every node's, after the above
         differ = agreement.options_differ(runs) or agreement.disagreement(started)
         if differ is not None:
-            return Ending("nodes_disagree", f"the nodes disagree on attempt {number}: {differ}. Start every node "
-                          f"with the same options (--ladder, --set, --memory-cap) and the same --run-dir.")
+            return Ending(RunStatus.NODES_DISAGREE, f"the nodes disagree on attempt {number}: {differ}. Start "
+                          f"every node with the same options (--ladder, --set, --memory-cap) and the same --run-dir.")
         return None
 
     # --- during an attempt --------------------------------------------------------------------------------
@@ -127,8 +149,9 @@ class World:
 
     # --- an attempt's end ---------------------------------------------------------------------------------
 
-    def end(self, journal: Journal, number: int, outcome: str, failure: Failure | None, ended: dict[str, Any],
-            failed_at: float | None, checkpoint: dict[str, Any] | None, stopped: dict[str, Any] | None) -> WorldEnd:
+    def end(self, journal: Journal, number: int, outcome: AttemptOutcome, failure: Failure | None,
+            ended: dict[str, Any], failed_at: float | None, checkpoint: dict[str, Any] | None,
+            stopped: dict[str, Any] | None) -> WorldEnd:
         """Journal how this node's group ended, wait for every node's, and fold them into the world's end."""
         own = journal.append(schema.NODE_ENDED, node=self.me, outcome=outcome,
                              failure=failure.to_dict() if failure else None, failed_at=failed_at,
@@ -146,16 +169,19 @@ class World:
                    if world[k] is not None}
         ended = {**ended, **summary, "node": world["node"]}
         if not ok and self.interrupted():
-            return WorldEnd("interrupted", Failure(Kind.INTERRUPTED, None, "stopped while waiting for the other "
-                            "nodes' end of the attempt"), ended, None, adopted)
+            return WorldEnd(AttemptOutcome.INTERRUPTED, Failure(Kind.INTERRUPTED, None, "stopped while waiting for "
+                            "the other nodes' end of the attempt"), ended, None, adopted)
         if not ok:
             lost = ", ".join(str(n) for n in self.peers.missing_for(schema.NODE_ENDED, number))
-            return WorldEnd("failed", Failure(Kind.UNKNOWN, None, f"node {lost} recorded no end of attempt {number} "
-                            f"within {self.timeout:g} s: its supervisor or host may be gone"), ended, None, adopted)
-        peer_stop = ({"node": world["node"], **world["stopped"]}
+            return WorldEnd(AttemptOutcome.FAILED, Failure(Kind.UNKNOWN, None, f"node {lost} recorded no end of "
+                            f"attempt {number} within {self.timeout:g} s: its supervisor or host may be gone"),
+                            ended, None, adopted)
+        peer_stop = (PeerStop.of(world["node"], world["stopped"])
                      if world["stopped"] and world["node"] != self.me else None)
         world_failure = Failure.from_dict(world["failure"]) if world["failure"] else None
-        return WorldEnd(world["outcome"], world_failure, ended, peer_stop, adopted)
+        outcome = world["outcome"]  # a peer's record, which no check has read: an outcome it does not know failed
+        return WorldEnd(AttemptOutcome(outcome) if outcome in schema.ATTEMPT_OUTCOMES else AttemptOutcome.FAILED,
+                        world_failure, ended, peer_stop, adopted)
 
     def _adopt(self, journal: Journal, number: int, saved: list[dict[str, Any]]) -> tuple[str, ...]:
         """Rank 0's checkpoint, wherever rank 0 ran, is every node's: journal the ones this node has not."""

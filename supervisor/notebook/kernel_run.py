@@ -129,14 +129,14 @@ class KernelRunner(RunLoop):
         self.launch, self.files, self.since = self._enter(step)
         from oomladder.notebook.show import next_plan  # rich, only when there is a plan to show
         self.show(next_plan(before, self.launch.plan, result.failure.summary if result.failure else "it ended",
-                            step.rung or "retry", self.launch.resume["step"] if self.launch.resume else None))
+                            step.rung or "retry", self.launch.resume.step if self.launch.resume else None))
 
     def _enter(self, nxt: NextAttempt) -> tuple[Launch, AttemptFiles, float]:
         """Journal the next attempt and give this process its plan, as a worker's environment gives it."""
         cfg = self.config
         launch = self._start_attempt(nxt)
         env = worker_env(self.environ, launch.attempt_dir, launch.overrides, launch.plan, cfg.memory_cap,
-                         launch.resume["path"] if launch.resume else None, launch.evaluate_at, run_dir=cfg.run_dir,
+                         launch.resume.path if launch.resume else None, launch.evaluate_at, run_dir=cfg.run_dir,
                          no_offload=cfg.no_offload, rung=launch.rung, reason=launch.reason, in_place=cfg.in_place,
                          in_place_checkpointing=launch.checkpoint_in_place)
         env["OOMLADDER_SUPERVISOR_PID"] = str(os.getpid())  # the kernel is its own supervisor

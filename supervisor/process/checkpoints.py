@@ -11,8 +11,9 @@ from __future__ import annotations
 import re
 import shutil
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from oomladder.worker.protocol.files import CHECKPOINT_MARKER
 
@@ -20,6 +21,30 @@ _WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin", "model.safetensors
             "pytorch_model.bin", "pytorch_model.bin.index.json")
 _PERIODIC = re.compile(r"^checkpoint-(\d+)$")
 _EMERGENCY = re.compile(r"^emergency-step-\d+-attempt-[\w.-]+$")  # as worker/recovery/emergency.py names them
+
+
+class Saved(Protocol):
+    """A checkpoint the journal holds (record/records.py's CheckpointRecord), as this layer reads it."""
+
+    @property
+    def path(self) -> str: ...
+    @property
+    def step(self) -> int: ...
+    @property
+    def kind(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class Resume:
+    """The checkpoint the next attempt resumes from: an emergency one of oomladder's or the program's periodic one."""
+
+    path: str
+    step: int
+    kind: str  # emergency | periodic
+
+    def to_dict(self) -> dict[str, Any]:
+        """As the attempt_started record's `resume_from` keeps it."""
+        return {"path": self.path, "step": self.step, "kind": self.kind}
 
 
 def is_whole(path: str | Path) -> bool:
@@ -32,7 +57,7 @@ def is_whole(path: str | Path) -> bool:
                                           and any((path / name).exists() for name in _WEIGHTS))
 
 
-def periodic(output_dir: str | Path, since: float) -> Iterable[dict[str, Any]]:
+def periodic(output_dir: str | Path, since: float) -> list[Resume]:
     """The program's own checkpoints written after `since` (older ones may belong to another run)."""
     folder = Path(output_dir)
     if not folder.is_dir():
@@ -41,28 +66,27 @@ def periodic(output_dir: str | Path, since: float) -> Iterable[dict[str, Any]]:
     for child in folder.iterdir():
         m = _PERIODIC.match(child.name)
         if m and is_whole(child) and (child / "trainer_state.json").stat().st_mtime >= since:
-            found.append({"path": str(child), "step": int(m.group(1)), "kind": "periodic"})
+            found.append(Resume(str(child), int(m.group(1)), "periodic"))
     return found
 
 
-def latest(emergency: Iterable[dict[str, Any]], output_dir: str | Path | None, since: float) -> dict[str, Any] | None:
-    candidates = [dict(c, kind="emergency") for c in emergency if is_whole(c["path"])]
+def latest(emergency: Iterable[Saved], output_dir: str | Path | None, since: float) -> Resume | None:
+    candidates = [Resume(c.path, c.step, "emergency") for c in emergency if is_whole(c.path)]
     if output_dir:
         candidates += periodic(output_dir, since)
     if not candidates:
         return None
     # The furthest step wins; at a tie, the emergency one, which holds the RNG of the step's end.
-    best = max(candidates, key=lambda c: (c["step"], c["kind"] == "emergency"))
-    return {"path": best["path"], "step": best["step"], "kind": best["kind"]}
+    return max(candidates, key=lambda c: (c.step, c.kind == "emergency"))
 
 
-def remove_superseded(run_dir: str | Path, checkpoints: Iterable[dict[str, Any]], keep: str | None) -> None:
+def remove_superseded(run_dir: str | Path, checkpoints: Iterable[Saved], keep: str | None) -> None:
     """Emergency checkpoints are oomladder's: each is superseded by the next one, and all by a finished run.
     Only what oomladder itself made is deleted: a folder named as it names them, directly inside
     RUN_DIR/checkpoints, never through a link, whatever a journal record says."""
     for record in checkpoints:
-        if record["path"] != keep and record.get("kind") == "emergency" and ours(run_dir, record["path"]):
-            shutil.rmtree(record["path"], ignore_errors=True)
+        if record.path != keep and record.kind == "emergency" and ours(run_dir, record.path):
+            shutil.rmtree(record.path, ignore_errors=True)
 
 
 def ours(run_dir: str | Path, path: str | Path) -> bool:

@@ -98,6 +98,22 @@ def _ladder(v: Any) -> bool:
             and _optional(lambda rungs: isinstance(rungs, list) and all(map(rung, rungs)))(v.get("rungs")))
 
 
+def _fields(**checks: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    """An object whose named fields, where present and not null, hold what the checks say (others are passed over)."""
+    return lambda v: isinstance(v, dict) and all(v.get(name) is None or check(v[name])
+                                                 for name, check in checks.items())
+
+
+def _bool(v: Any) -> bool:
+    return isinstance(v, bool)
+
+
+# An OOM met in place (worker/recovery/in_place.py): each try's chunk, what was held and what it tried to allocate.
+_TRY = _fields(rows=_count, held=_count, tried=_count, checkpointing=_bool)
+# The model as the worker saw it (worker/protocol/probe.py): what the estimate reads of it.
+_MODEL = _fields(shape=_dict, adapters=_bool, trainable_params=_count, lora_targets=_list_of(_str), trainer=_str)
+
+
 def _steps(v: Any) -> bool:
     return isinstance(v, list) and all(_tuple_of(_count, _count)(r) and r[0] <= r[1] for r in v)
 
@@ -114,10 +130,12 @@ FIELDS: dict[str, Callable[[Any], bool]] = {
     "outcome": _str, "text": _str, "about": _str, "path": _str, "kind": _str, "target": _str, "title": _str,
     "resume_failed": _str, "source": _str, "cwd": _str, "error": _str, "version": _str, "attempt_dir": _str,
     "cgroup": _str, "pid": _count, "split_ahead": _count, "predicted": _count, "measured": _count,
-    "available": _count, "per_step": lambda v: isinstance(v, bool),
+    "available": _count, "per_step": _bool, "seq": _count, "checkpointing": _bool, "checkpointing_before": _bool,
+    "tries": lambda v: isinstance(v, list) and all(_TRY(t) and t.get("rows") is not None for t in v),
+    "adopted_from": _count,
     "command": _list_of(_str), "notify": _list_of(_str), "batch_shape": _list_of(_count),
     "plan": _typed_like(Plan), "initial": _typed_like(Plan), "facts": _typed_like(Facts),
-    "model": _dict, "load": _dict, "estimate": _dict, "ladder": _ladder, "oom": _dict,
+    "model": _MODEL, "load": _dict, "estimate": _dict, "ladder": _ladder, "oom": _fields(peak=_count),
     "numbers": _FAILURE["numbers"], "failure": _failure, "steps": _steps,
     "resume_from": lambda v: (isinstance(v, dict) and _optional(_count)(v.get("step"))
                               and _optional(_str)(v.get("path"))),
@@ -136,7 +154,7 @@ PER_TYPE: dict[str, dict[str, Callable[[Any], bool]]] = {
 REQUIRED: dict[str, tuple[str, ...]] = {
     "run_started": ("ts",), "attempt_started": ("ts", "attempt"), "attempt_ended": ("ts", "attempt", "outcome"),
     "decision": ("attempt",), "checkpoint": ("path", "step"), "warning": ("text",), "run_ended": ("status",),
-    "in_place": ("attempt",), "progress": ("attempt",),
+    "in_place": ("attempt", "outcome"), "progress": ("attempt",),
 }
 
 

@@ -15,8 +15,10 @@ from oomladder.classify import Failure
 from oomladder.plan import Facts, Plan
 from oomladder.record import schema
 from oomladder.record.checks import damage
+from oomladder.record.records import CheckpointRecord, DecisionRecord, InPlaceRecord, ModelData
 from oomladder.record.steps import StepSet
 from oomladder.record.view import AttemptView, RunView
+from oomladder.status import AttemptOutcome
 
 __all__ = ["AttemptView", "Folder", "RunView", "fold"]  # the views are read from here too
 
@@ -39,12 +41,12 @@ class Folder:
     def __init__(self) -> None:
         self.run: dict[str, Any] = {}
         self.attempts: dict[int, AttemptView] = {}
-        self.decisions: list[dict[str, Any]] = []
-        self.checkpoints: list[dict[str, Any]] = []
+        self.decisions: list[DecisionRecord] = []
+        self.checkpoints: list[CheckpointRecord] = []
         self.warnings: list[dict[str, Any]] = []
         self.observed = Plan()
         self.facts: dict[str, Any] = {}
-        self.model: dict[str, Any] | None = None
+        self.model: ModelData | None = None
         self.load: dict[str, Any] | None = None
         self.ended: dict[str, Any] | None = None
         self.malformed = 0                   # records without the fields their type needs
@@ -52,17 +54,17 @@ class Folder:
         self._before: tuple[int, StepSet] | None = None  # (attempt, the steps of the attempts numbered below it)
 
     def add(self, r: dict[str, Any], line: int | None = None) -> None:
-        """Fold one record (`line`: its line in the journal, to name it if it is damaged)."""
-        try:
-            why = damage(r)
-            if why is None:
-                self._add(r)
-        except (KeyError, TypeError, ValueError, AttributeError, OverflowError, RecursionError) as exc:
-            why = f"{type(exc).__name__} while folding it"
-        if why is not None:  # a record cut short or edited by hand: the rest of the run still folds
-            self.malformed += 1
-            if len(self.damaged) < DAMAGED_KEPT:
-                self.damaged.append({"line": line, "why": why})
+        """Fold one record (`line`: its line in the journal, to name it if it is damaged).
+
+        A record is checked whole before it is folded (checks.py), so the fold itself catches nothing: an
+        exception in it is a bug in oomladder, raised as one, never a record counted as damaged."""
+        why = damage(r)
+        if why is None:
+            self._add(r)
+            return
+        self.malformed += 1  # a record cut short or edited by hand: the rest of the run still folds
+        if len(self.damaged) < DAMAGED_KEPT:
+            self.damaged.append({"line": line, "why": why})
 
     def _add(self, r: dict[str, Any]) -> None:
         fold = self._FOLDS.get(r.get("type"))
@@ -84,7 +86,8 @@ class Folder:
         # Later observations fill fields earlier attempts died before reaching.
         self.observed = self.observed.merged(Plan.from_dict(r.get("plan")))
         self.facts.update({k: v for k, v in (r.get("facts") or {}).items() if v is not None})
-        self.model = self.model or r.get("model")  # the first report: later ones see the model as loaded
+        if self.model is None and r.get("model"):  # the first report: later ones see the model as loaded
+            self.model = ModelData.of(r["model"])
         self.load = r.get("load") or self.load
         for a in self.attempts.values():
             a.launched = self.observed.merged(a.overrides)
@@ -97,22 +100,22 @@ class Folder:
     def _in_place(self, r: dict[str, Any]) -> None:
         if r.get("attempt") not in self.attempts:
             return
-        a = self.attempts[r["attempt"]]
+        a, record = self.attempts[r["attempt"]], InPlaceRecord.of(r)
         if len(a.in_place) < IN_PLACE_KEPT:
-            a.in_place.append(r)
-        if r.get("outcome") == "split":
-            if not r.get("per_step"):  # split ahead's splits are for their step alone
-                a.split = max(a.split, int(r["split"]))
+            a.in_place.append(record)
+        if record.recovered:
+            if not record.per_step:  # split ahead's splits are for their step alone
+                a.split = max(a.split, record.split)
             else:
-                a.ahead.widest = max(a.ahead.widest, int(r["split"]))
-            a.checkpointed = a.checkpointed or bool(r.get("checkpointing"))
+                a.ahead.widest = max(a.ahead.widest, record.split)
+            a.checkpointed = a.checkpointed or record.checkpointing
             a.plan = a.in_place_plan(a.split, a.checkpointed)
 
     def _attempt_ended(self, r: dict[str, Any]) -> None:
         if r.get("attempt") not in self.attempts:
             return
         a = self.attempts[r["attempt"]]
-        a.ended, a.status, a.exit_code = r["ts"], r["outcome"], r.get("exit_code")
+        a.ended, a.status, a.exit_code = r["ts"], AttemptOutcome(r["outcome"]), r.get("exit_code")
         a.failure = Failure.from_dict(r["failure"]) if r.get("failure") else None
         for key in ("step", "max_steps", "peak", "peak_measure"):
             if r.get(key) is not None:
@@ -120,9 +123,10 @@ class Folder:
         a.failed_batch = r.get("batch_shape")
 
     def _decision(self, r: dict[str, Any]) -> None:
-        self.decisions.append(r)
-        if r.get("rolled_back") in self.attempts:
-            self.attempts[r["rolled_back"]].rolled_back = True
+        decision = DecisionRecord.of(r)
+        self.decisions.append(decision)
+        if decision.rolled_back in self.attempts:
+            self.attempts[decision.rolled_back].rolled_back = True
 
     def _run_ended(self, r: dict[str, Any]) -> None:
         self.ended = r
@@ -136,7 +140,7 @@ class Folder:
         schema.IN_PLACE: _in_place,
         schema.ATTEMPT_ENDED: _attempt_ended,
         schema.DECISION: _decision,
-        schema.CHECKPOINT: lambda self, r: self.checkpoints.append(r),
+        schema.CHECKPOINT: lambda self, r: self.checkpoints.append(CheckpointRecord.of(r)),
         schema.WARNING: lambda self, r: self.warnings.append(r),
         schema.RUN_ENDED: _run_ended,
     }

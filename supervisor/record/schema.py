@@ -4,6 +4,8 @@ Records are JSON objects `{"v": SCHEMA_VERSION, "type": ..., "ts": ..., **fields
 order. A reader skips types it does not know, so a newer oomladder's journal still folds.
 """
 
+from oomladder.status import AttemptOutcome, InPlaceOutcome, RunStatus
+
 # 2: `in_place` records, and an attempt's plan follows the split they report (history.py). A version 1 journal
 # has none, and folds as before; a reader that does not know the type skips it. 3: a progress record may hold
 # `steps`, ranges of steps (a flood journaled at a bounded rate, run/intake.py); `launched` records.
@@ -23,9 +25,8 @@ DECISION = "decision"                # what the ladder (or a retry) chose next, 
 WARNING = "warning"                  # something a person should know that changes nothing
 RUN_ENDED = "run_ended"              # the run's status, exit code and reason
 
-# The values a reader knows for these fields (run/outcomes.py's RunStatus; tests/test_properties.py checks they
-# agree): a record with another is named as damaged, not shown as a status nobody wrote.
-RUN_STATUSES = ("finished", "ladder_exhausted", "budget_exhausted", "not_memory", "hang", "transient", "interrupted",
-                "launch_failed", "node_lost", "nodes_disagree", "disk_full", "internal_error")
-ATTEMPT_OUTCOMES = ("finished", "failed", "interrupted")
-IN_PLACE_OUTCOMES = ("split", "declined", "floor", "failed")
+# The values a reader knows for these fields (oomladder/status.py): a record with another is named as damaged, not
+# shown as a status nobody wrote.
+RUN_STATUSES = tuple(s.value for s in RunStatus if s.ended)
+ATTEMPT_OUTCOMES = tuple(o.value for o in AttemptOutcome if o.ended)
+IN_PLACE_OUTCOMES = tuple(o.value for o in InPlaceOutcome)

@@ -7,12 +7,14 @@ the attempts, not with the steps.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from oomladder.classify import Failure
 from oomladder.plan import Facts, Plan
+from oomladder.record.records import CheckpointRecord, DecisionRecord, InPlaceRecord, ModelData
 from oomladder.record.steps import StepLog, StepSet
+from oomladder.status import AttemptOutcome, RunStatus
 
 
 class Ahead:
@@ -42,7 +44,7 @@ class AttemptView:
     plan: Plan                       # the program's own settings with this attempt's overrides, then its split
     started: float
     ended: float | None = None
-    status: str = "running"          # running | finished | failed | interrupted
+    status: AttemptOutcome = AttemptOutcome.RUNNING
     failure: Failure | None = None
     step: int | None = None
     max_steps: int | None = None
@@ -67,9 +69,9 @@ class AttemptView:
     # each step they executed was journaled, with the highest peak any rank reported at its end (bounded).
     training_began: float | None = None
     step_log: StepLog = field(default_factory=StepLog)
-    # OOMs its worker met without a relaunch (worker/recovery/in_place.py), as journaled (the first IN_PLACE_KEPT), and
-    # the split it went on with: its plan is the plan that split equals, which a later relaunch starts from.
-    in_place: list[dict[str, Any]] = field(default_factory=list)
+    # OOMs its worker met without a relaunch (worker/recovery/in_place.py), as journaled (the first IN_PLACE_KEPT),
+    # and the split it went on with: its plan is the plan that split equals, which a later relaunch starts from.
+    in_place: list[InPlaceRecord] = field(default_factory=list)
     split: int = 1
     checkpointed: bool = False        # its worker turned gradient checkpointing on in place
     ahead: Ahead = field(default_factory=lambda: Ahead())  # split ahead: its steps sized before they ran
@@ -89,8 +91,8 @@ class AttemptView:
         return self.step_log.peaks
 
     @property
-    def recovered_in_place(self) -> list[dict[str, Any]]:
-        return [r for r in self.in_place if r.get("outcome") == "split"]
+    def recovered_in_place(self) -> list[InPlaceRecord]:
+        return [r for r in self.in_place if r.recovered]
 
     @property
     def reports_steps(self) -> bool:
@@ -138,37 +140,43 @@ class AttemptView:
 class RunView:
     run: dict[str, Any]
     attempts: list[AttemptView]
-    decisions: list[dict[str, Any]]
-    checkpoints: list[dict[str, Any]]
+    decisions: list[DecisionRecord]
+    checkpoints: list[CheckpointRecord]
     program_plan: Plan               # what the wrapped program does on its own, as observed
     facts: Facts
     ended: dict[str, Any] | None
-    model: dict[str, Any] | None = None   # the worker's model shape and what trains (worker/protocol/probe.py)
+    model: ModelData | None = None        # the worker's model shape and what trains (worker/protocol/probe.py)
     load: dict[str, Any] | None = None    # the last checkpoint load a worker asked for (worker/transformers/loading.py)
     warnings: list[dict[str, Any]] = field(default_factory=list)  # what a person should know, as journaled
     malformed: int = 0                    # journal records that could not be folded (cut off, edited)
     skipped_lines: list[int] = field(default_factory=list)  # journal lines that were not records at all
     damaged: list[dict[str, Any]] = field(default_factory=list)  # the first malformed records: {line, why}
+    undone: frozenset[int] = frozenset()  # attempts abandoned by `without`, before a decision journals it
+
+    def without(self, attempt: int) -> RunView:
+        """The view as it was before `attempt`, the last, whose plan is abandoned (a rung broke the program,
+        run/decide.py): its plan and the rung uses that led to it are undone."""
+        assert self.attempts and self.attempts[-1].number == attempt, "only the last attempt is undone"
+        return replace(self, attempts=self.attempts[:-1], undone=self.undone | {attempt})
 
     @property
     def rolled_back(self) -> set[int]:
         """Attempts whose plan was abandoned because a rung broke the program (decide.py)."""
-        return {d["rolled_back"] for d in self.decisions if d.get("rolled_back") is not None}
+        return {d.rolled_back for d in self.decisions if d.rolled_back is not None} | self.undone
 
     @property
     def incompatible(self) -> dict[int, str]:
         """Rungs (by index) that broke this program, with the error they caused: never tried again."""
-        return {index: why for d in self.decisions for _name, index, why in d.get("incompatible") or []}
+        return {index: why for d in self.decisions for _name, index, why in d.incompatible}
 
     @property
     def rung_uses(self) -> dict[int, int]:
         uses: dict[int, int] = {}
         rolled_back = self.rolled_back
         for d in self.decisions:
-            if d["attempt"] + 1 in rolled_back:
+            if d.attempt + 1 in rolled_back:
                 continue  # its plan was abandoned: the rungs it used were not used after all
-            # A decision that stacked several rungs lists each one it used.
-            for index in d.get("rung_indices") or ([d["rung_index"]] if d.get("rung_index") is not None else []):
+            for index in d.rungs_used:  # a decision that stacked several rungs lists each one it used
                 uses[index] = uses.get(index, 0) + 1
         return uses
 
@@ -206,7 +214,7 @@ class RunView:
         return seen.gaps(1)
 
     @property
-    def status(self) -> str:
+    def status(self) -> RunStatus:
         if self.ended:
-            return str(self.ended["status"])
-        return "running" if self.attempts else "not started"
+            return RunStatus(self.ended["status"])
+        return RunStatus.RUNNING if self.attempts else RunStatus.NOT_STARTED

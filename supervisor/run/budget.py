@@ -6,6 +6,7 @@ named in the journal and the report, so a person knows which limit ended the nig
 
 from __future__ import annotations
 
+import enum
 import functools
 import operator
 from dataclasses import dataclass
@@ -25,19 +26,30 @@ class BudgetState:
     seconds_since_start: float    # wall time of this invocation
 
 
+class BudgetKind(enum.Enum):
+    """What a budget limits; its value is the flag that sets it, as the journal and the messages name it."""
+
+    ATTEMPTS = "--max-attempts"
+    WALL_TIME = "--max-wall-time"
+
+
 @dataclass(frozen=True)
 class Budget:
-    flag: str
+    kind: BudgetKind
     policy: stop_base
     text: str
+
+    @property
+    def flag(self) -> str:
+        return self.kind.value
 
 
 def budgets(max_attempts: int | None, max_wall_time: float | None) -> list[Budget]:
     out = []
     if max_attempts:
-        out.append(Budget("--max-attempts", stop_after_attempt(max_attempts), f"{max_attempts} attempts"))
+        out.append(Budget(BudgetKind.ATTEMPTS, stop_after_attempt(max_attempts), f"{max_attempts} attempts"))
     if max_wall_time:
-        out.append(Budget("--max-wall-time", stop_after_delay(max_wall_time), f"{max_wall_time:g} s of wall time"))
+        out.append(Budget(BudgetKind.WALL_TIME, stop_after_delay(max_wall_time), f"{max_wall_time:g} s of wall time"))
     return out
 
 

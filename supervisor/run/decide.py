@@ -18,8 +18,9 @@ from typing import Any
 
 from oomladder.classify import Failure, Kind
 from oomladder.ladder import Decision, Ladder
-from oomladder.memory.foresight import Fit, fit_for, load_wall, plan_ahead
+from oomladder.memory.foresight import Fit, climb_to_fit, fit_for, load_wall
 from oomladder.plan import Plan
+from oomladder.process.checkpoints import Resume
 from oomladder.record.history import RunView
 from oomladder.run.budget import Budget, BudgetState
 from oomladder.run.config import (
@@ -30,11 +31,14 @@ from oomladder.run.config import (
     EXIT_NOT_MEMORY,
     EXIT_USAGE,
 )
-from oomladder.run.outcomes import AttemptResult, Climb, End, Next, Retry, Rollback, RunStatus, Stop, StopReason
+from oomladder.run.outcomes import AttemptResult, Climb, End, Next, Retry, Rollback, Stop, StopReason
+from oomladder.status import RunStatus
 from oomladder.units import SMALLEST_MODEL, format_size, format_steps
 
-# Failures that no plan causes: the same plan again, this many times in a row at most.
+# Failures that no plan causes: the same plan again, this many times in a row at most, then the run ends with
+# the status that names them.
 RETRIES_ON_SAME_PLAN = {Kind.HANG: 1, Kind.TRANSIENT: 3}
+GAVE_UP = {Kind.HANG: RunStatus.HANG, Kind.TRANSIENT: RunStatus.TRANSIENT}
 
 
 def decide(view: RunView, result: AttemptResult, ladder: Ladder, *, memory_cap: int | None, several_nodes: bool,
@@ -42,29 +46,29 @@ def decide(view: RunView, result: AttemptResult, ladder: Ladder, *, memory_cap: 
     """The next step of the run after `result`, which `view` (the journal folded) already holds."""
     failure, number = result.failure, result.number
     if failure is None:
-        return End(RunStatus.FINISHED.value, EXIT_FINISHED, finished_reason(view))
+        return End(RunStatus.FINISHED, EXIT_FINISHED, finished_reason(view))
     if result.stop is not None:
         return stopped(result.stop)
     if failure.kind is Kind.LAUNCH_FAILED:
-        return End(RunStatus.LAUNCH_FAILED.value, EXIT_USAGE, failure.summary)
+        return End(RunStatus.LAUNCH_FAILED, EXIT_USAGE, failure.summary)
     if failure.kind is Kind.INTERRUPTED:
         # Someone stopped the worker itself (a scheduler, a person): a stop, never a rung that broke the program.
-        return End(RunStatus.INTERRUPTED.value, _stop_exit_code(result.exit_code),
+        return End(RunStatus.INTERRUPTED, _stop_exit_code(result.exit_code),
                    f"attempt {number}'s worker was {failure.summary} from outside oomladder; nothing was changed. "
                    f"Run the same command again (or oomladder resume) to continue.")
     current = view.attempts[-1].plan
     if failure.kind in RETRIES_ON_SAME_PLAN:
         allowed, count = RETRIES_ON_SAME_PLAN[failure.kind], streak(view, failure.kind)
         if count > allowed:
-            return End(failure.kind.value, EXIT_NOT_MEMORY, f"attempt {number}: {failure.summary}, {count} times in a "
-                       f"row; stopped after {allowed} retries. See {log}")
+            return End(GAVE_UP[failure.kind], EXIT_NOT_MEMORY, f"attempt {number}: {failure.summary}, {count} "
+                       f"times in a row; stopped after {allowed} retries. See {log}")
         delay = backoff(BudgetState(count, 0.0)) if failure.kind is Kind.TRANSIENT else 0.0
         why = f"{failure.summary}: retry {count} on the same plan" + (f" after {delay:g} s" if delay else "")
         return Retry(current, why, delay)
     if not failure.is_memory and (rolled := roll_back(view, failure, ladder, memory_cap, several_nodes)) is not None:
         return rolled
     if not failure.is_memory:
-        return End(RunStatus.NOT_MEMORY.value, EXIT_NOT_MEMORY,
+        return End(RunStatus.NOT_MEMORY, EXIT_NOT_MEMORY,
                    f"attempt {number} failed with {failure.kind.value}: {failure.summary}. No memory setting fixes "
                    f"this, so the ladder was not walked; see {log}")
     return _climb(view, ladder, memory_cap, several_nodes, number, failure)
@@ -76,19 +80,19 @@ def _climb(view: RunView, ladder: Ladder, memory_cap: int | None, several_nodes:
     broke this program."""
     last = view.attempts[-1]
     if failure.phase == "load" and (wall := load_wall(view, memory_cap)) is not None:
-        return End(RunStatus.LADDER_EXHAUSTED.value, EXIT_LADDER_EXHAUSTED,
+        return End(RunStatus.LADDER_EXHAUSTED, EXIT_LADDER_EXHAUSTED,
                    f"attempt {number} ran out of memory while the model loaded, and {wall}.", None, rollback)
     # Each node calibrates the estimate from its own ranks' peaks, and every node must take the same
     # decision: on several nodes the ladder walks one rung per attempt.
     fit = None if several_nodes else fit_for(view, memory_cap)
-    decision = plan_ahead(ladder, last.plan, view.facts, failure, view.rung_uses, fit,
-                          frozenset(view.incompatible) | {i for _, i, _ in (rollback.incompatible if rollback else ())})
+    broke = frozenset(view.incompatible) | {i for _, i, _ in (rollback.incompatible if rollback else ())}
+    decision = climb_to_fit(ladder, last.plan, view.facts, failure, view.rung_uses, fit, broke)
     if rollback is not None:
         decision = replace(decision, reason=f"{rollback.what_broke}: back to the plan of attempt {last.number}"
                            + (f"; {decision.reason}" if decision.plan is not None else f", and {decision.reason}"))
     if decision.plan is None:
         tried = "; ".join(f"{name}: {why}" for name, why in decision.skipped) or "none applied"
-        return End(RunStatus.LADDER_EXHAUSTED.value, EXIT_LADDER_EXHAUSTED,
+        return End(RunStatus.LADDER_EXHAUSTED, EXIT_LADDER_EXHAUSTED,
                    f"attempt {number} ran out of memory and {decision.reason} ({tried}). " + (
                        f"No attempt finished a step under the memory cap of {format_size(memory_cap)}: if that is "
                        f"not the size you meant, give --memory-cap with its unit (1200MiB, 16GiB); otherwise try a "
@@ -112,8 +116,8 @@ def roll_back(view: RunView, error: Failure, ladder: Ladder, memory_cap: int | N
     if len(view.attempts) < 2:
         return None
     broken, before = view.attempts[-1], view.attempts[-2]
-    decision = next((d for d in reversed(view.decisions) if d["attempt"] == before.number), None)
-    if decision is None or not decision.get("rung_indices") or before.failure is None or not before.failure.is_memory:
+    decision = next((d for d in reversed(view.decisions) if d.attempt == before.number), None)
+    if decision is None or not decision.rung_indices or before.failure is None or not before.failure.is_memory:
         return None
     if error.summary == before.failure.summary:
         return None
@@ -122,12 +126,11 @@ def roll_back(view: RunView, error: Failure, ladder: Ladder, memory_cap: int | N
     reached = max(before.step or 0, before.failure.step or 0, before.steps.last or 0) + 1
     if (error.step or 0) > reached:
         return None  # a point the earlier plan never reached: the program's own bug, as far as anyone can tell
-    used = [i for i in decision["rung_indices"] if 0 <= i < len(ladder.rungs)]
+    used = [i for i in decision.rung_indices if 0 <= i < len(ladder.rungs)]
     suspects = [i for i in used if ladder.rungs[i].strategy.changes_code] or used
     rollback = Rollback(broken.number, tuple((ladder.rungs[i].name, i, error.summary) for i in suspects))
     # The view as it was before the broken attempt: its plan and rung uses are undone.
-    earlier = replace(view, attempts=view.attempts[:-1], decisions=[*view.decisions, {"attempt": before.number,
-                                                                                       "rolled_back": broken.number}])
+    earlier = view.without(broken.number)
     return _climb(earlier, ladder, memory_cap, several_nodes, broken.number, before.failure, rollback)
 
 
@@ -140,15 +143,16 @@ def _stop_exit_code(returncode: int | None) -> int:
 def stopped(stop: StopReason) -> End:
     """The end of a run whose worker group the supervisor (or another node) stopped."""
     if stop.kind is Stop.SIGNAL and stop.signum is not None:
-        return End(RunStatus.INTERRUPTED.value, EXIT_INTERRUPTED.get(stop.signum, 130),
+        return End(RunStatus.INTERRUPTED, EXIT_INTERRUPTED.get(stop.signum, 130),
                    f"oomladder received {signal.Signals(stop.signum).name}; the worker group was stopped. Run the "
                    f"same command again (or oomladder resume) to continue.")
     if stop.kind is Stop.BUDGET and stop.budget is not None:
-        return End(RunStatus.BUDGET_EXHAUSTED.value, EXIT_BUDGET,
+        return End(RunStatus.BUDGET_EXHAUSTED, EXIT_BUDGET,
                    f"the {stop.budget.flag} budget ({stop.budget.text}) ran out during an attempt; its worker group "
                    f"was stopped. Run the same command again to continue.")
-    peer = stop.peer or {}
-    return End(peer["status"], peer["exit_code"], f"node {peer['node']} was stopped ({peer['why']}), and this "
+    peer = stop.peer
+    assert peer is not None  # a StopReason of kind PEER holds one
+    return End(peer.status, peer.exit_code, f"node {peer.node} was stopped ({peer.why}), and this "
                f"node's group with it. Run the same command on every node to continue.")
 
 
@@ -156,7 +160,7 @@ def over_budget(spent: Budget | None, next_rung: str | None) -> End | None:
     """Between attempts: the run ends here if a budget is spent."""
     if spent is None:
         return None
-    return End(RunStatus.BUDGET_EXHAUSTED.value, EXIT_BUDGET,
+    return End(RunStatus.BUDGET_EXHAUSTED, EXIT_BUDGET,
                f"the {spent.flag} budget ({spent.text}) is spent; the next attempt would have been: {next_rung}. "
                f"Run the same command again to continue.")
 
@@ -200,16 +204,16 @@ def finished_reason(view: RunView) -> str:
 def reached_plan(view: RunView) -> Plan:
     """The plan a continued run starts on: the last decision's, or the last attempt's."""
     last = view.decisions[-1] if view.decisions else None
-    if last and last.get("plan") and (not view.attempts or last["attempt"] >= view.attempts[-1].number):
-        return Plan.from_dict(last["plan"])
+    if last and last.plan is not None and (not view.attempts or last.attempt >= view.attempts[-1].number):
+        return last.plan
     return view.attempts[-1].plan if view.attempts else Plan()
 
 
-def evaluation_owed(view: RunView, resume: dict[str, Any] | None) -> int | None:
+def evaluation_owed(view: RunView, resume: Resume | None) -> int | None:
     """The step whose evaluation an OOM cut short, if the next attempt resumes right there."""
     last = view.attempts[-1] if view.attempts else None
     failure = last.failure if last else None
-    if resume and failure is not None and failure.phase == "eval" and failure.step == resume["step"]:
+    if resume and failure is not None and failure.phase == "eval" and failure.step == resume.step:
         return failure.step
     return None
 

@@ -17,8 +17,9 @@ from typing import Any
 from oomladder.classify import Evidence, classify
 from oomladder.process.checkpoints import is_whole, remove_superseded
 from oomladder.record import schema
-from oomladder.record.checks import FIELDS
+from oomladder.record.checks import FIELDS, damage
 from oomladder.record.journal import Journal
+from oomladder.record.records import InPlaceRecord
 from oomladder.record.steps import StepSet
 from oomladder.run.config import RunConfig
 from oomladder.run.trainers import trains_in
@@ -123,7 +124,7 @@ class Intake:
     """The journal's side of an attempt's worker files, for the watcher and for resume (an orphan's files)."""
 
     def __init__(self, config: RunConfig, journal: Journal, display: Display,
-                 recovered: Callable[[int, dict[str, Any]], None] = lambda attempt, record: None) -> None:
+                 recovered: Callable[[int, InPlaceRecord], None] = lambda attempt, record: None) -> None:
         self.config, self.journal, self.display = config, journal, display
         self.recovered = recovered  # told of each OOM recovered in place: news, as a relaunch is
         self._adapters: set[int] = set()             # attempts a worker's adapter reported from
@@ -177,12 +178,18 @@ class Intake:
         """An OOM the worker met in place: journaled with the numbers its message gives, and said live."""
         oom = record.get("oom") if isinstance(record.get("oom"), dict) else {}
         failure = classify(Evidence(returncode=1, record=oom, capped=bool(self.config.memory_cap)))
-        self.journal.append(schema.IN_PLACE, **{**record, "attempt": number, "rank": rank, "numbers": failure.numbers})
-        self.display.event(f"attempt {number}: out of memory in step {record.get('step')}; " + (
-            f"recovered in place: {in_place_change(record)}" if record.get("outcome") == "split"
-            else f"not recovered in place: {record.get('reason')}"))
-        if record.get("outcome") == "split":
-            self.recovered(number, record)
+        journaled = self.journal.append(schema.IN_PLACE, **{**record, "attempt": number, "rank": rank,
+                                                             "numbers": failure.numbers})
+        if (why := damage(journaled)) is not None:  # the fold names it as damaged too
+            self.display.event(f"attempt {number}: out of memory in step {record.get('step')}; its worker's "
+                               f"in-place record cannot be read ({why})")
+            return
+        typed = InPlaceRecord.of(journaled)
+        self.display.event(f"attempt {number}: out of memory in step {typed.step}; " + (
+            f"recovered in place: {in_place_change(typed)}" if typed.recovered
+            else f"not recovered in place: {typed.reason}"))
+        if typed.recovered:
+            self.recovered(number, typed)
 
     def _warn_once(self, number: int, about: str, text: str) -> None:
         if (number, about) in self._told:
@@ -215,8 +222,7 @@ class Intake:
             return None
         self.journal.append(schema.CHECKPOINT, attempt=number, kind="emergency", path=checkpoint["path"],
                             step=checkpoint["step"])
-        older = [c for c in self.journal.view().checkpoints if isinstance(c.get("step"), int)
-                 and c["step"] <= checkpoint["step"]]
+        older = [c for c in self.journal.view().checkpoints if c.step <= checkpoint["step"]]
         remove_superseded(self.config.run_dir, older, keep=checkpoint["path"])
         return {"path": checkpoint["path"], "step": checkpoint["step"]}
 

@@ -24,15 +24,16 @@ from oomladder.process.rundir import RunLock, make_run_dir
 from oomladder.process.workers import Launcher, become_subreaper, spawn, stop_descendants
 from oomladder.record import schema
 from oomladder.record.journal import Journal, iter_journal, open_journal
-from oomladder.run.budget import Budget, BudgetState, budgets, exhausted
+from oomladder.run.budget import Budget, BudgetKind, BudgetState, budgets, exhausted
 from oomladder.run.config import EXIT_DISK_FULL, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_NOT_MEMORY, EXIT_USAGE, RunConfig
 from oomladder.run.decide import cap_warning, decide, evaluation_owed, over_budget, stopped
 from oomladder.run.decisions import journal_decision
 from oomladder.run.notify import Notifier, journaled
-from oomladder.run.outcomes import AttemptResult, End, Next, NextAttempt, Retry, RunStatus, Stop, StopReason
+from oomladder.run.outcomes import AttemptResult, End, Next, NextAttempt, Retry, Stop, StopReason
 from oomladder.run.resume import starting_point
 from oomladder.run.signals import forwarded_signals
 from oomladder.run.watch import AttemptWatcher, Launch
+from oomladder.status import RunStatus
 from oomladder.views.display import Display, NullDisplay, Unbreakable
 from oomladder.views.report import write_reports
 
@@ -140,7 +141,7 @@ class RunLoop:
                   f"same command again (or oomladder resume) to continue" if full else
                   f"oomladder failed: {type(exc).__name__}: {exc}")
         try:
-            self.journal.append(schema.RUN_ENDED, status=status.value, exit_code=code, reason=reason)
+            self.journal.append(schema.RUN_ENDED, status=status, exit_code=code, reason=reason)
         except OSError:
             pass  # the disk may be the reason: the worker is stopped, and resume takes in what it left
         if not full:
@@ -210,7 +211,8 @@ class RunLoop:
         output_dir = Path(cfg.cwd, view.facts.output_dir) if view.facts.output_dir else None
         resume = latest(view.checkpoints, output_dir, since=first_start)
         self.journal.append(schema.ATTEMPT_STARTED, attempt=number, rung=nxt.rung, reason=nxt.reason,
-                            plan=nxt.overrides.to_dict(), command=argv, attempt_dir=str(folder), resume_from=resume)
+                            plan=nxt.overrides.to_dict(), command=argv, attempt_dir=str(folder),
+                            resume_from=resume.to_dict() if resume else None)
         if (warning := load_warning(view, cfg.memory_cap, plan)) is not None:
             self.journal.append(schema.WARNING, attempt=number, about="mapping", text=warning)
             self.display.event(f"attempt {number}: {warning}")
@@ -226,7 +228,7 @@ class RunLoop:
             if verdict.decision is not None:
                 journal_decision(self.journal, number, verdict.decision, verdict.rollback, self.display,
                                  self.config.memory_cap)
-            if verdict.status == RunStatus.FINISHED.value:
+            if verdict.status is RunStatus.FINISHED:
                 remove_superseded(self.config.run_dir, self.journal.view().checkpoints, keep=None)
             return self._end(verdict)
         if isinstance(verdict, Retry):
@@ -251,7 +253,7 @@ class RunLoop:
 
     def _end(self, end: End) -> int:
         self.journal.append(schema.RUN_ENDED, status=end.status, exit_code=end.exit_code, reason=end.reason)
-        self.display.event(f"{end.status.replace('_', ' ')}: {end.reason}")
+        self.display.event(f"{end.status.value.replace('_', ' ')}: {end.reason}")
         return end.exit_code
 
     # --- budgets --------------------------------------------------------------------------------------
@@ -270,7 +272,7 @@ class RunLoop:
 
     def _wall_time_spent(self) -> Budget | None:
         spent = exhausted(self._budgets, self._budget_state())
-        return spent if spent is not None and spent.flag == "--max-wall-time" else None
+        return spent if spent is not None and spent.kind is BudgetKind.WALL_TIME else None
 
     # --- the start of a run ---------------------------------------------------------------------------
 
@@ -305,6 +307,6 @@ class RunLoop:
             return None
         code = ending.exit_code
         if code is None:
-            code = {RunStatus.NODE_LOST.value: EXIT_NOT_MEMORY, RunStatus.NODES_DISAGREE.value: EXIT_USAGE}.get(
+            code = {RunStatus.NODE_LOST: EXIT_NOT_MEMORY, RunStatus.NODES_DISAGREE: EXIT_USAGE}.get(
                 ending.status, EXIT_INTERRUPTED.get(self.stops.signum or 0, 130))
         return self._end(End(ending.status, code, ending.reason))

@@ -27,6 +27,7 @@ from oomladder.errors import UsageError
 from oomladder.record import schema
 from oomladder.record.history import RunView
 from oomladder.record.journal import Journal
+from oomladder.record.records import InPlaceRecord
 from oomladder.run.config import RunConfig
 from oomladder.views.display import Display
 from oomladder.views.messages import Message, end_message, fallback_message, in_place_message, whereabouts
@@ -122,7 +123,7 @@ class Notifier:
     def fallback(self, view: RunView, failed: int) -> None:
         self._tell(lambda: fallback_message(view, failed, whereabouts(view, self.run_dir, self.host)))
 
-    def in_place(self, view: RunView, attempt: int, record: dict[str, Any]) -> None:
+    def in_place(self, view: RunView, attempt: int, record: InPlaceRecord) -> None:
         self._tell(lambda: in_place_message(view, attempt, record, whereabouts(view, self.run_dir, self.host)))
 
     def ended(self, view: RunView, report: Path) -> None:

@@ -9,29 +9,13 @@ from __future__ import annotations
 import enum
 import signal
 from dataclasses import dataclass
-from typing import Any
 
 from oomladder.classify import Failure
 from oomladder.ladder import Decision
+from oomladder.nodes.world import PeerStop
 from oomladder.plan import Plan
 from oomladder.run.budget import Budget
-
-
-class RunStatus(str, enum.Enum):
-    """How a run ended: the `status` of its `run_ended` record and of the report."""
-
-    FINISHED = "finished"
-    LADDER_EXHAUSTED = "ladder_exhausted"
-    BUDGET_EXHAUSTED = "budget_exhausted"
-    NOT_MEMORY = "not_memory"
-    HANG = "hang"
-    TRANSIENT = "transient"
-    INTERRUPTED = "interrupted"
-    LAUNCH_FAILED = "launch_failed"
-    NODE_LOST = "node_lost"
-    NODES_DISAGREE = "nodes_disagree"
-    DISK_FULL = "disk_full"            # the run directory's disk filled (exit 74)
-    INTERNAL_ERROR = "internal_error"  # oomladder itself failed; the journal keeps the error
+from oomladder.status import RunStatus
 
 
 class Stop(enum.Enum):
@@ -47,7 +31,7 @@ class StopReason:
     kind: Stop
     signum: int | None = None                 # Stop.SIGNAL
     budget: Budget | None = None              # Stop.BUDGET
-    peer: dict[str, Any] | None = None        # Stop.PEER: the node, why, and the status and exit code it chose
+    peer: PeerStop | None = None              # Stop.PEER: the node, why, and the status and exit code it chose
 
     def __post_init__(self) -> None:
         given = {Stop.SIGNAL: self.signum, Stop.BUDGET: self.budget, Stop.PEER: self.peer}[self.kind]
@@ -61,7 +45,9 @@ class StopReason:
             return self.budget.flag
         if self.kind is Stop.SIGNAL:
             return str(self.signum)
-        return str(self.peer)
+        peer = self.peer
+        return str(peer if peer is None else {"node": peer.node, "why": peer.why, "status": peer.status.value,
+                                              "exit_code": peer.exit_code})
 
     @property
     def signal_to_send(self) -> int:
@@ -125,7 +111,7 @@ class Climb:
 class End:
     """The run ends with this status and exit code; `decision` is the ladder's verdict when it had none left."""
 
-    status: str
+    status: RunStatus
     exit_code: int
     reason: str
     decision: Decision | None = None

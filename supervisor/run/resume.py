@@ -18,6 +18,7 @@ from oomladder.run.config import RunConfig
 from oomladder.run.decide import reached_plan
 from oomladder.run.outcomes import NextAttempt
 from oomladder.run.watch import AttemptWatcher
+from oomladder.status import AttemptOutcome, RunStatus
 from oomladder.worker.protocol.files import AttemptFiles
 
 
@@ -32,7 +33,7 @@ def starting_point(config: RunConfig, journal: Journal, watcher: AttemptWatcher,
     if view.run and view.run.get("command") != list(config.command):
         raise RunDirError(f"run directory '{config.run_dir}' holds a run of another command "
                           f"({' '.join(view.run.get('command') or [])}): give this run its own --run-dir")
-    if view.status == "finished":
+    if view.status is RunStatus.FINISHED:
         raise RunDirError(f"the run in '{config.run_dir}' already finished (its report: "
                           f"{config.run_dir / 'report.md'}): give this run its own --run-dir")
     launched = [r for r in journal.records if r.get("type") == schema.LAUNCHED]
@@ -51,7 +52,7 @@ def close_orphans(config: RunConfig, journal: Journal, watcher: AttemptWatcher, 
                   topology: Topology, view: RunView) -> None:
     """An attempt the journal never saw end: its supervisor died. Take in what its worker left."""
     for attempt in view.attempts:
-        if attempt.status != "running":
+        if attempt.status is not AttemptOutcome.RUNNING:
             continue
         files = AttemptFiles(attempt_dir(config.run_dir, attempt.number, topology))
         died = journal.last_ts  # about when: the supervisor journaled at every poll until then
@@ -59,5 +60,5 @@ def close_orphans(config: RunConfig, journal: Journal, watcher: AttemptWatcher, 
         checkpoint = watcher.journal_checkpoint(attempt.number, files)
         if world is not None:
             world.orphan_ended(journal, attempt.number, died, checkpoint)
-        journal.append(schema.ATTEMPT_ENDED, attempt=attempt.number, outcome="interrupted", exit_code=None,
+        journal.append(schema.ATTEMPT_ENDED, attempt=attempt.number, outcome=AttemptOutcome.INTERRUPTED, exit_code=None,
                        failure=Failure(Kind.INTERRUPTED, None, "the supervisor died during this attempt").to_dict())

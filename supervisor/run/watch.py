@@ -21,17 +21,19 @@ from oomladder.nodes import agreement
 from oomladder.nodes.world import World
 from oomladder.plan import Plan
 from oomladder.process import cgroup, gpu, workers
-from oomladder.process.checkpoints import remove_superseded
+from oomladder.process.checkpoints import Resume, remove_superseded
 from oomladder.process.launch import worker_env
 from oomladder.process.rundir import run_key
 from oomladder.process.workers import Launcher, LaunchError, LaunchSpec, WorkerHandle, read_tail, stop_descendants
 from oomladder.record import schema
 from oomladder.record.journal import Journal
+from oomladder.record.records import InPlaceRecord
 from oomladder.run.budget import Budget
 from oomladder.run.config import EXIT_BUDGET, EXIT_INTERRUPTED, RunConfig
 from oomladder.run.intake import Intake
 from oomladder.run.outcomes import AttemptResult, Stop, StopReason
 from oomladder.run.trainers import died_below_a_wrapper
+from oomladder.status import AttemptOutcome, RunStatus
 from oomladder.views.display import Display
 from oomladder.worker.protocol.files import AttemptFiles
 
@@ -51,7 +53,7 @@ class Launch:
     argv: list[str]
     overrides: Plan
     plan: Plan
-    resume: dict[str, Any] | None
+    resume: Resume | None
     evaluate_at: int | None
     rung: str | None = None          # what the ladder chose, and why: the worker tells the program's tracker
     reason: str = ""
@@ -71,7 +73,7 @@ class AttemptWatcher:
                  monotonic: Callable[[], float], sleep: Callable[[float], None], display: Display,
                  environ: dict[str, str], world: World | None, signalled: Callable[[], int | None],
                  hurry: Callable[[], bool], wall_time_spent: Callable[[], Budget | None],
-                 recovered: Callable[[int, dict[str, Any]], None] = lambda attempt, record: None) -> None:
+                 recovered: Callable[[int, InPlaceRecord], None] = lambda attempt, record: None) -> None:
         self.config, self.journal, self.launcher = config, journal, launcher
         self.clock, self.monotonic, self.sleep, self.display = clock, monotonic, sleep, display
         self.environ, self.world = environ, world
@@ -87,7 +89,7 @@ class AttemptWatcher:
     def watch(self, launch: Launch) -> AttemptResult:
         cfg = self.config
         env = worker_env(self.environ, launch.attempt_dir, launch.overrides, launch.plan, cfg.memory_cap,
-                         launch.resume["path"] if launch.resume else None, launch.evaluate_at, run_dir=cfg.run_dir,
+                         launch.resume.path if launch.resume else None, launch.evaluate_at, run_dir=cfg.run_dir,
                          no_offload=cfg.no_offload, rung=launch.rung, reason=launch.reason,
                          in_place=cfg.in_place, in_place_checkpointing=launch.checkpoint_in_place,
                          split_ahead=cfg.split_ahead)
@@ -103,8 +105,8 @@ class AttemptWatcher:
             if group is not None:
                 group.kill()
             ended = {"attempt": launch.number, "exit_code": None, "duration": 0.0}
-            return self._journal_end(launch.number, "failed", Failure(Kind.LAUNCH_FAILED, None, str(exc)), None,
-                                     ended, None, None, 0.0)
+            failure = Failure(Kind.LAUNCH_FAILED, None, str(exc))
+            return self._journal_end(launch.number, AttemptOutcome.FAILED, failure, None, ended, None, None, 0.0)
         # Where a later resume finds what a killed supervisor left: the worker's session, and its cgroup.
         self.journal.append(schema.LAUNCHED, attempt=launch.number, pid=handle.pid,
                             **({"cgroup": str(group.path)} if group else {}))
@@ -197,7 +199,7 @@ class AttemptWatcher:
                                      exited=round(exited, 3), step=attempt.step, max_steps=attempt.max_steps)
         record = files.first_failure()
         if poll.returncode == 0 and poll.stop is None and not died_below_a_wrapper(record, files.claims()):
-            return self._journal_end(number, "finished", None, None, ended, None, None, duration)
+            return self._journal_end(number, AttemptOutcome.FINISHED, None, None, ended, None, None, duration)
         if record and ended["max_steps"] is None:
             ended["max_steps"] = record.get("max_steps")
         if poll.hung is not None:
@@ -216,10 +218,11 @@ class AttemptWatcher:
             ended.update(peak=record["peak"], peak_measure=record.get("peak_measure"))
         if record and record.get("batch_shape"):
             ended["batch_shape"] = record["batch_shape"]
-        outcome = "interrupted" if poll.stop is not None or failure.kind is Kind.INTERRUPTED else "failed"
+        outcome = (AttemptOutcome.INTERRUPTED if poll.stop is not None or failure.kind is Kind.INTERRUPTED
+                   else AttemptOutcome.FAILED)
         return self._journal_end(number, outcome, failure, poll.stop, ended, record, checkpoint, duration)
 
-    def _journal_end(self, number: int, outcome: str, failure: Failure | None, stop: StopReason | None,
+    def _journal_end(self, number: int, outcome: AttemptOutcome, failure: Failure | None, stop: StopReason | None,
                      ended: dict[str, Any], record: dict[str, Any] | None, checkpoint: dict[str, Any] | None,
                      duration: float) -> AttemptResult:
         """Journal the attempt's end; on several nodes, the world's end once every node has told its own."""
@@ -240,9 +243,10 @@ class AttemptWatcher:
 
     # --- several nodes (oomladder/nodes): the runner's side, kept apart from the single-node path ---------
 
-    def _world_end(self, world: World, number: int, outcome: str, failure: Failure | None, stop: StopReason | None,
-                   ended: dict[str, Any], record: dict[str, Any] | None, checkpoint: dict[str, Any] | None,
-                   ) -> tuple[str, Failure | None, dict[str, Any], StopReason | None]:
+    def _world_end(self, world: World, number: int, outcome: AttemptOutcome, failure: Failure | None,
+                   stop: StopReason | None, ended: dict[str, Any], record: dict[str, Any] | None,
+                   checkpoint: dict[str, Any] | None,
+                   ) -> tuple[AttemptOutcome, Failure | None, dict[str, Any], StopReason | None]:
         """This node's end in, the world's end out: the same on every node, for the usual decision."""
         failed_at = None
         if failure is not None:  # when this node's first failure happened: its rank's record, or the stop it began
@@ -266,10 +270,10 @@ def _told_stop(stop: StopReason | None) -> dict[str, Any] | None:
     if stop is None or stop.kind is Stop.PEER:
         return None
     if stop.kind is Stop.SIGNAL and stop.signum is not None:
-        return {"why": signal.Signals(stop.signum).name, "status": "interrupted",
+        return {"why": signal.Signals(stop.signum).name, "status": RunStatus.INTERRUPTED,
                 "exit_code": EXIT_INTERRUPTED.get(stop.signum, 130)}
     flag = stop.budget.flag if stop.budget is not None else "?"
-    return {"why": f"the {flag} budget ran out", "status": "budget_exhausted", "exit_code": EXIT_BUDGET}
+    return {"why": f"the {flag} budget ran out", "status": RunStatus.BUDGET_EXHAUSTED, "exit_code": EXIT_BUDGET}
 
 
 def _size(path: Path) -> int:

@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from oomladder.record.history import AttemptView, RunView
+from oomladder.status import AttemptOutcome
 from oomladder.units import format_size
 from oomladder.views.table import format_duration
 
@@ -46,7 +47,7 @@ def seconds_left(attempt: AttemptView, now: float) -> float | None:
 def running_progress(view: RunView, now: float) -> Table | None:
     """`attempt 2  ━━━━━━━━━━╸────  step 4/6  0.09 steps/s  1:02 left`, or None when no attempt is training."""
     attempt = view.attempts[-1] if view.attempts else None
-    if attempt is None or attempt.status != "running" or not attempt.max_steps:
+    if attempt is None or attempt.status is not AttemptOutcome.RUNNING or not attempt.max_steps:
         return None
     done = attempt.step or 0
     rate, left = steps_per_second(attempt), seconds_left(attempt, now)

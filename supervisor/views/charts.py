@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from oomladder.status import AttemptOutcome
 from oomladder.units import format_size
 
 
@@ -117,7 +118,7 @@ def timeline_chart(report: dict[str, Any]) -> TimelineChart:
         end = (a["ended_at"] - origin) if a["ended_at"] is not None else (last_step if last_step is not None else
                                                                            work_from)
         spans = [Span(start, work_from, "start-up")] if work_from > start else []
-        if a["status"] == "failed":
+        if a["status"] == AttemptOutcome.FAILED:
             lost_from = last_step if last_step is not None else work_from
             if lost_from > work_from:
                 spans.append(Span(work_from, lost_from, "training"))

@@ -12,8 +12,8 @@ from typing import Any
 
 from oomladder.cost import slowdown_cell
 from oomladder.units import format_size
-from oomladder.views.table import format_duration, in_place_line
-from oomladder.views.words import STATUS_TEXT, journal_damage, split_ahead_line, steps_line
+from oomladder.views.table import format_duration
+from oomladder.views.words import STATUS_TEXT, journal_damage, split_ahead_line, steps_line, why_taken
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -65,23 +65,9 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 def _why_taken(a: dict[str, Any]) -> list[str]:
     """An attempt's line under "Why each rung was taken", with its in-place recoveries and how it died."""
-    line = f"- **{_md(a['number'])}. {_md(a['rung'])}**: {_md(a['reason'] or 'the program as it was given')}"
-    if a["resume_missed"]:
-        line += f"; **did not resume**: {_md(a['resume_missed'])}"
-    elif a["resumed_from_step"]:
-        line += f"; resumed from the end of step {_md(a['resumed_from_step'])}"
-    if a["skipped"]:
-        line += "; skipped: " + "; ".join(f"{_md(s['rung'])} ({_md(s['reason'])})" for s in a["skipped"])
-    out = [line] + [f"  - {_md(in_place_line(row))}" for row in a.get("in_place") or ()]
-    failure = a["failure"]
-    if failure:
-        numbers = ", ".join(f"{k.replace('_', ' ')} {_size(v)}" for k, v in failure["numbers"].items()
-                            if k != "tried_to_allocate")  # the summary says it already
-        out.append(f"  - died: {_md(failure['kind'])}, {_md(failure['summary'])}"
-                   + (f" ({_md(numbers)})" if numbers else "")
-                   + (": the error came with this attempt's rung, which was rolled back; your program is not "
-                      "at fault" if a["rolled_back"] else ""))
-    return out
+    line, in_place, died = why_taken(a, _md, lambda text: f"**{text}**")
+    return [f"- {line}"] + [f"  - {row}" for row in in_place] + ([f"  - {died}"] if died else [])
+
 
 def _reproduce_md(r: dict[str, Any]) -> list[str]:
     out = ["", "## Run the final plan without oomladder", ""]

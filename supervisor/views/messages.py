@@ -14,21 +14,23 @@ from pathlib import Path
 
 from oomladder.plan import describe_changes
 from oomladder.record.history import RunView
-from oomladder.views.table import status_text, turned_on_checkpointing
+from oomladder.record.records import InPlaceRecord
+from oomladder.status import RunStatus
+from oomladder.views.table import status_text
 
 # The outcome of a run as a message's title says it.
 OUTCOMES = {
-    "finished": "training finished",
-    "ladder_exhausted": "out of memory, ladder exhausted",
-    "not_memory": "stopped by a bug (no memory setting fixes it)",
-    "interrupted": "interrupted",
-    "budget_exhausted": "stopped: a budget ran out",
-    "hang": "stopped: the worker hung twice",
-    "transient": "stopped: an infrastructure failure kept coming back",
-    "launch_failed": "stopped: the command could not be started",
-    "node_lost": "stopped: a node was lost",
-    "nodes_disagree": "stopped: the nodes disagree about the run",
-    "running": "oomladder stopped before the run ended (its journal is kept)",
+    RunStatus.FINISHED: "training finished",
+    RunStatus.LADDER_EXHAUSTED: "out of memory, ladder exhausted",
+    RunStatus.NOT_MEMORY: "stopped by a bug (no memory setting fixes it)",
+    RunStatus.INTERRUPTED: "interrupted",
+    RunStatus.BUDGET_EXHAUSTED: "stopped: a budget ran out",
+    RunStatus.HANG: "stopped: the worker hung twice",
+    RunStatus.TRANSIENT: "stopped: an infrastructure failure kept coming back",
+    RunStatus.LAUNCH_FAILED: "stopped: the command could not be started",
+    RunStatus.NODE_LOST: "stopped: a node was lost",
+    RunStatus.NODES_DISAGREE: "stopped: the nodes disagree about the run",
+    RunStatus.RUNNING: "oomladder stopped before the run ended (its journal is kept)",
 }
 COMMAND_WIDTH = 160
 
@@ -43,23 +45,23 @@ class Message:
 def fallback_message(view: RunView, failed: int, where: str) -> Message:
     """Attempt `failed` ran out of memory and the ladder chose the next plan (the last decision)."""
     attempt = next(a for a in view.attempts if a.number == failed)
-    decision = next(d for d in reversed(view.decisions) if d["attempt"] == failed)
-    title = f"oomladder: attempt {failed} ran out of memory; next: {decision['rung']}"
+    decision = next(d for d in reversed(view.decisions) if d.attempt == failed)
+    title = f"oomladder: attempt {failed} ran out of memory; next: {decision.rung}"
     died = status_text(attempt) + (f": {attempt.failure.summary}" if attempt.failure else "")
-    lines = [f"{died}.", f"Next: {decision['rung']}, changing {decision.get('changes') or '-'}.",
+    lines = [f"{died}.", f"Next: {decision.rung}, changing {decision.changes or '-'}.",
              _steps_done(view), where]
     return Message(title, "\n".join(lines), "warning")
 
 
-def in_place_message(view: RunView, attempt: int, record: dict, where: str) -> Message:
-    """Attempt `attempt` ran out of memory and recovered in place (worker/recovery/in_place.py): a fallback too, without
-    a relaunch, so people who asked to hear of fallbacks hear of it."""
-    step, rows, split = record.get("step"), record.get("rows"), int(record.get("split") or 1)
+def in_place_message(view: RunView, attempt: int, record: InPlaceRecord, where: str) -> Message:
+    """Attempt `attempt` ran out of memory and recovered in place (worker/recovery/in_place.py): a fallback too,
+    without a relaunch, so people who asked to hear of fallbacks hear of it."""
+    step, rows, split = record.step, record.rows, record.split
     title = f"oomladder: attempt {attempt} ran out of memory in step {step}; recovered in place"
-    turned = "Gradient checkpointing was turned on. " if turned_on_checkpointing(record) else ""
+    turned = "Gradient checkpointing was turned on. " if record.turned_on_checkpointing else ""
     chunks = (f"The micro-batch of {rows} now runs in {split} chunks, their gradients accumulated: the step and the "
               f"effective batch are unchanged." if split > 1 else "The micro-batch runs whole.")
-    if record.get("per_step"):
+    if record.per_step:
         chunks = (f"That step's micro-batch of {rows} ran in {split} chunks, their gradients accumulated: the step and "
                   f"the effective batch are unchanged. Later steps are sized before they run.")
     return Message(title, "\n".join([f"{turned}{chunks}", "No relaunch.", _steps_done(view), where]), "warning")
@@ -67,19 +69,19 @@ def in_place_message(view: RunView, attempt: int, record: dict, where: str) -> M
 
 def end_message(view: RunView, report: Path, where: str) -> Message:
     status = view.status
-    title = f"oomladder: {OUTCOMES.get(status, status.replace('_', ' '))}"
+    title = f"oomladder: {OUTCOMES.get(status, status.value.replace('_', ' '))}"
     lines = []
     if view.ended and view.ended.get("reason"):
         lines.append(f"{view.ended['reason']}.")
     last = view.attempts[-1] if view.attempts else None
-    if last is not None and last.failure is not None and status != "finished":
+    if last is not None and last.failure is not None and status is not RunStatus.FINISHED:
         lines.append(f"Attempt {last.number}: {status_text(last)}.")
     ooms = sum(1 for a in view.attempts if a.failure is not None and a.failure.is_memory)
     lines.append(_steps_done(view) + f" Attempts: {len(view.attempts)}, {ooms} out of memory.")
     changed = describe_changes(view.program_plan, view.final_plan)
     lines.append(f"Final plan: {changed if changed != '-' else 'the program’s own settings'}.")
     lines += [f"Report: {report}", where]
-    return Message(title, "\n".join(lines), "success" if status == "finished" else "failure")
+    return Message(title, "\n".join(lines), "success" if status is RunStatus.FINISHED else "failure")
 
 
 def whereabouts(view: RunView, run_dir: Path, host: str) -> str:

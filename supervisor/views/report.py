@@ -2,8 +2,8 @@
 why, the before/after table of the seed note, and how to run the final plan without oomladder.
 
 `build_report` folds a `RunView` into plain data (report.json, documented by report.schema.json);
-the Markdown (markdown.py), HTML (page.py) and console renderings are views of that data only, so
-`oomladder report` shows what the run wrote.
+the Markdown (markdown.py), HTML (html.py) and console (console.py) renderings are views of that data
+only, so `oomladder report` shows what the run wrote.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import json
 import os
 import statistics
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,9 @@ from oomladder.cost import Cost, slowdown
 from oomladder.plan import Plan, changes, describe_changes
 from oomladder.record.history import RunView
 from oomladder.record.view import AttemptView
+from oomladder.status import AttemptOutcome
+from oomladder.views.html import render_html
 from oomladder.views.markdown import render_markdown
-from oomladder.views.page import render_html
 from oomladder.views.reproduce import reproduce
 from oomladder.views.table import in_place_rows, status_text, steps_text
 from oomladder.views.words import STATUS_TEXT, steps_line
@@ -36,9 +38,9 @@ def build_report(view: RunView) -> dict[str, Any]:
     attempts: list[dict[str, Any]] = []
     previous: Any = None
     told: set[Any] = set()
-    decisions = {d["attempt"]: d for d in view.decisions}
+    decisions = {d.attempt: d for d in view.decisions}
     for a in view.attempts:
-        led_here = decisions.get(a.number - 1, {})
+        led_here = decisions.get(a.number - 1)
         attempts.append({
             "number": a.number, "rung": a.rung or "start", "reason": a.reason,
             "changes": describe_changes(previous, a.plan) if previous else "-",
@@ -50,7 +52,7 @@ def build_report(view: RunView) -> dict[str, Any]:
             "began_at_step": a.began_at, "ran_again": a.ran_again.to_json(), "resume_missed": a.resume_missed,
             "rolled_back": a.rolled_back, "in_place": in_place_rows(a), "split_ahead": split_ahead([a]),
             "duration": a.duration(), "exit_code": a.exit_code, "command": a.command,
-            "skipped": _untold(led_here.get("skipped") or [], told),
+            "skipped": _untold(led_here.skipped if led_here else (), told),
             "started_at": a.started, "ended_at": a.ended, "training_began_at": a.training_began,
             "step_log": [{"step": step, "at": at, "peak": a.step_peaks.get(step)}
                          for step, at in sorted(a.step_times.items())],
@@ -91,7 +93,7 @@ def split_ahead(attempts: list[AttemptView]) -> dict[str, Any] | None:
     """What split ahead did (worker/recovery/ahead.py): the steps it ran split and the widest split, how far each step's
     predicted peak was from the measured one (predicted / measured - 1), and the OOMs it did not foresee."""
     errors: list[float] = [e for a in attempts for e in a.ahead.errors]
-    missed = sum(1 for a in attempts for r in a.in_place if r.get("predicted") is not None)
+    missed = sum(1 for a in attempts for r in a.in_place if r.predicted is not None)
     split = sum(a.ahead.steps_split for a in attempts)
     if not errors and not split and not missed:
         return None
@@ -126,7 +128,7 @@ def time_lost(attempts: list[dict[str, Any]]) -> dict[str, float]:
             restarts += max(0.0, a["started_at"] - previous_end)
             if a["training_began_at"] is not None:
                 restarts += max(0.0, a["training_began_at"] - a["started_at"])
-        if a["status"] == "failed" and a["ended_at"] is not None:
+        if a["status"] == AttemptOutcome.FAILED and a["ended_at"] is not None:
             last = (a["step_log"][-1]["at"] if a["step_log"] else a["training_began_at"] if a["training_began_at"]
                     is not None else a["started_at"])
             failures += max(0.0, a["ended_at"] - last)
@@ -134,7 +136,7 @@ def time_lost(attempts: list[dict[str, Any]]) -> dict[str, float]:
     return {"failures": round(failures, 3), "restarts": round(restarts, 3)}
 
 
-def _untold(skipped: list[list[str]], told: set[tuple[str, str]]) -> list[dict[str, str]]:
+def _untold(skipped: Iterable[tuple[str, str]], told: set[tuple[str, str]]) -> list[dict[str, str]]:
     """Skips not yet reported: a rung skips for the same reason on every later walk of the ladder."""
     fresh = [{"rung": rung, "reason": why} for rung, why in skipped if (rung, why) not in told]
     told.update((rung, why) for rung, why in skipped)

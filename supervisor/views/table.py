@@ -10,6 +10,8 @@ from rich.text import Text
 
 from oomladder.plan import Plan, describe_changes
 from oomladder.record.history import AttemptView, RunView
+from oomladder.record.records import InPlaceRecord
+from oomladder.status import AttemptOutcome, InPlaceOutcome
 from oomladder.units import format_size, format_steps
 
 
@@ -49,42 +51,35 @@ def in_place_rows(attempt: AttemptView) -> list[dict[str, Any]]:
     rows = []
     total = f"/{attempt.max_steps}" if attempt.max_steps else ""
     for r in attempt.in_place:
-        split, before = int(r.get("split") or 1), int(r.get("split_before") or 1)
-        recovered = r.get("outcome") == "split"
+        split, before = r.split, r.split_before
+        recovered = r.recovered
         if recovered:
-            status = "OOM in step {}{}: recovered in place, no relaunch".format(r.get("step"), total)
-            turned = turned_on_checkpointing(r)
-            changes = describe_changes(attempt.in_place_plan(before, bool(r.get("checkpointing_before"))),
-                                       attempt.in_place_plan(split, bool(r.get("checkpointing"))), "\n")
-            if r.get("per_step"):  # split ahead sizes each step: this split was that step's alone
-                changes = f"step {r.get('step')} in {split} chunks" + ("\ngradient checkpointing on" if turned else "")
+            status = "OOM in step {}{}: recovered in place, no relaunch".format(r.step, total)
+            turned = r.turned_on_checkpointing
+            changes = describe_changes(attempt.in_place_plan(before, r.checkpointing_before),
+                                       attempt.in_place_plan(split, r.checkpointing), "\n")
+            if r.per_step:  # split ahead sizes each step: this split was that step's alone
+                changes = f"step {r.step} in {split} chunks" + ("\ngradient checkpointing on" if turned else "")
             rung = "in place: " + " + ".join(([f"split {split}"] if split != before or not turned else [])
                                              + (["gradient checkpointing"] if turned else []))
         else:
-            status = "OOM in step {}{}: relaunched: {}".format(r.get("step"), total,
-                                                               r.get("reason") or r.get("outcome"))
-            changes, rung = "-", f"in place: {'failed' if r.get('outcome') == 'failed' else 'not possible'}"
-        rows.append({"step": r.get("step"), "outcome": r.get("outcome"), "rung": rung, "changes": changes,
-                     "checkpointing": recovered and turned_on_checkpointing(r),
-                     "status_text": status, "split": split, "rows": r.get("rows"), "ooms": r.get("ooms"),
-                     "reason": r.get("reason"), "error": r.get("error"), "numbers": r.get("numbers") or {},
-                     "peak": (r.get("oom") or {}).get("peak"), "seconds": r.get("seconds")})
+            status = "OOM in step {}{}: relaunched: {}".format(r.step, total, r.reason or r.outcome)
+            failed = r.outcome is InPlaceOutcome.FAILED
+            changes, rung = "-", f"in place: {'failed' if failed else 'not possible'}"
+        rows.append({"step": r.step, "outcome": r.outcome, "rung": rung, "changes": changes,
+                     "checkpointing": recovered and r.turned_on_checkpointing,
+                     "status_text": status, "split": split, "rows": r.rows, "ooms": r.ooms,
+                     "reason": r.reason, "error": r.error, "numbers": r.numbers or {},
+                     "peak": r.peak, "seconds": r.seconds})
     return rows
 
 
-def turned_on_checkpointing(record: dict[str, Any]) -> bool:
-    """The in-place recovery of `record` turned gradient checkpointing on (an earlier one may already have)."""
-    return bool(record.get("checkpointing")) and not record.get("checkpointing_before")
-
-
-def in_place_change(record: dict[str, Any]) -> str:
+def in_place_change(record: InPlaceRecord) -> str:
     """What an in-place recovery changed, for the live line: `its micro-batch runs in 2 chunks`."""
-    split: int = record["split"] if isinstance(record.get("split"), int) else 1
-    if record.get("per_step"):
-        return (("gradient checkpointing turned on, " if turned_on_checkpointing(record) else "")
-                + f"that step ran in {split} chunks; later steps are sized as they come")
-    return (("gradient checkpointing turned on, " if turned_on_checkpointing(record) else "") + "its micro-batch runs "
-            + (f"in {split} chunks" if split > 1 else "whole"))
+    split, turned = record.split, "gradient checkpointing turned on, " if record.turned_on_checkpointing else ""
+    if record.per_step:
+        return turned + f"that step ran in {split} chunks; later steps are sized as they come"
+    return turned + "its micro-batch runs " + (f"in {split} chunks" if split > 1 else "whole")
 
 
 def in_place_line(row: dict[str, Any]) -> str:
@@ -92,7 +87,7 @@ def in_place_line(row: dict[str, Any]) -> str:
     numbers = ", ".join(f"{k.replace('_', ' ')} {format_size(v)}" for k, v in (row.get("numbers") or {}).items())
     oom = f"out of memory in step {row['step']}" + (f" ({numbers})" if numbers else "")
     tries = f" after {row['ooms']} OOMs" if (row.get("ooms") or 1) > 1 else ""
-    if row["outcome"] == "split":
+    if row["outcome"] == InPlaceOutcome.SPLIT:
         turned = "gradient checkpointing turned on, " if row.get("checkpointing") else ""
         return (f"in place: {oom}; {turned}the micro-batch of "
                 f"{row['rows']} runs in {row['split']} chunk{'s' if row['split'] > 1 else ''}{tries}"
@@ -102,11 +97,11 @@ def in_place_line(row: dict[str, Any]) -> str:
 
 def status_text(attempt: AttemptView) -> str:
     total = f"/{attempt.max_steps}" if attempt.max_steps else ""
-    if attempt.status == "running":
+    if attempt.status is AttemptOutcome.RUNNING:
         if attempt.step is None:
             return "starting"
         return f"{'evaluating' if attempt.phase == 'eval' else 'running'} at step {attempt.step}{total}"
-    if attempt.status == "finished":
+    if attempt.status is AttemptOutcome.FINISHED:
         return f"finished{f' at step {attempt.step}{total}' if attempt.step is not None else ''}"
     failure = attempt.failure
     where = ""
@@ -118,7 +113,7 @@ def status_text(attempt: AttemptView) -> str:
     elif attempt.step is not None:
         where = f" after step {attempt.step}{total}"
     if failure is None:
-        return attempt.status + where
+        return attempt.status.value + where
     on = f" on rank {failure.rank}" if failure.rank is not None else ""
     if failure.is_memory:
         return f"OOM{where}{on}" + (" (host)" if failure.memory == "host" else "")
@@ -145,7 +140,7 @@ def steps_text(attempt: AttemptView) -> str:
 
 
 def _status(attempt: AttemptView) -> Text:
-    style = {"finished": "green", "running": "cyan"}.get(attempt.status)
+    style = {AttemptOutcome.FINISHED: "green", AttemptOutcome.RUNNING: "cyan"}.get(attempt.status)
     if attempt.failure is not None:
         style = "yellow" if attempt.failure.is_memory or attempt.rolled_back else "red"
     return Text(status_text(attempt), style=style or "")

@@ -6,24 +6,27 @@ underscores as spaces, never as code."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from oomladder.units import format_steps
+from oomladder.status import RunStatus
+from oomladder.units import format_size, format_steps
+from oomladder.views.table import in_place_line
 
 STATUS_TEXT = {
-    "finished": "Training finished.",
-    "ladder_exhausted": "Stopped: out of memory, and no rung of the ladder was left to try.",
-    "budget_exhausted": "Stopped: a budget (--max-attempts or --max-wall-time) ran out.",
-    "hang": "Stopped: the worker hung, and hung again on the retry.",
-    "transient": "Stopped: the same infrastructure failure kept coming back after the retries.",
-    "not_memory": "Stopped: the worker failed for a reason no memory setting fixes.",
-    "interrupted": "Stopped: interrupted.",
-    "launch_failed": "Stopped: the command could not be started.",
-    "node_lost": "Stopped: another node's supervisor went silent.",
-    "nodes_disagree": "Stopped: the nodes' supervisors disagreed about the run.",
-    "disk_full": "Stopped: the disk holding the run directory is full.",
-    "internal_error": "Stopped: oomladder itself failed (the journal keeps the error).",
-    "running": "Still running (or the supervisor died): `oomladder report` shows the journal as it stands.",
+    RunStatus.FINISHED: "Training finished.",
+    RunStatus.LADDER_EXHAUSTED: "Stopped: out of memory, and no rung of the ladder was left to try.",
+    RunStatus.BUDGET_EXHAUSTED: "Stopped: a budget (--max-attempts or --max-wall-time) ran out.",
+    RunStatus.HANG: "Stopped: the worker hung, and hung again on the retry.",
+    RunStatus.TRANSIENT: "Stopped: the same infrastructure failure kept coming back after the retries.",
+    RunStatus.NOT_MEMORY: "Stopped: the worker failed for a reason no memory setting fixes.",
+    RunStatus.INTERRUPTED: "Stopped: interrupted.",
+    RunStatus.LAUNCH_FAILED: "Stopped: the command could not be started.",
+    RunStatus.NODE_LOST: "Stopped: another node's supervisor went silent.",
+    RunStatus.NODES_DISAGREE: "Stopped: the nodes' supervisors disagreed about the run.",
+    RunStatus.DISK_FULL: "Stopped: the disk holding the run directory is full.",
+    RunStatus.INTERNAL_ERROR: "Stopped: oomladder itself failed (the journal keeps the error).",
+    RunStatus.RUNNING: "Still running (or the supervisor died): `oomladder report` shows the journal as it stands.",
 }
 
 
@@ -113,3 +116,36 @@ def measure_words(measure: str) -> str:
 
 def failure_words(kind: str) -> str:
     return FAILURES.get(kind, kind.replace("_", " "))
+
+
+def why_taken(a: dict[str, Any], esc: Callable[[Any], str], strong: Callable[[str], str],
+              ) -> tuple[str, list[str], str | None]:
+    """An attempt's entry under "Why each rung was taken", in the same words in report.md and report.html: its
+    line (rung, reason, resume, skips), a line for each OOM met in place, and how it died (or None). `esc` makes
+    a value inert in the format, `strong` emphasises text already made inert."""
+    line = strong(f"{esc(a['number'])}. {esc(a['rung'])}") + f": {esc(a['reason'] or 'the program as it was given')}"
+    if a["resume_missed"]:
+        line += f"; {strong('did not resume')}: {esc(a['resume_missed'])}"
+    elif a["resumed_from_step"]:
+        line += f"; resumed from the end of step {esc(a['resumed_from_step'])}"
+    if a["skipped"]:
+        line += "; skipped: " + "; ".join(f"{esc(s['rung'])} ({esc(s['reason'])})" for s in a["skipped"])
+    in_place = [esc(in_place_line(row)) for row in a.get("in_place") or ()]
+    failure = a["failure"]
+    if not failure:
+        return line, in_place, None
+    numbers = ", ".join(f"{k.replace('_', ' ')} {_size(v)}" for k, v in failure["numbers"].items()
+                        if k != "tried_to_allocate")  # the summary says it already
+    died = (f"died: {esc(failure_words(failure['kind']))}: {esc(failure['summary'])}"
+            + (f" ({esc(numbers)})" if numbers else "")
+            + (": the error came with this attempt's rung, which was rolled back; your program is not at fault"
+               if a.get("rolled_back") else ""))
+    return line, in_place, died
+
+
+def _size(value: Any) -> str:
+    """A size from the journal, or the value as it is where it is not one (an edited journal)."""
+    try:
+        return format_size(value)
+    except (TypeError, ValueError, OverflowError):
+        return str(value)

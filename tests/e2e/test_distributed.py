@@ -73,6 +73,6 @@ def test_an_oom_on_rank_1_alone_still_resumes_from_the_last_whole_step(tmp_path,
     _, view, run_dir = halving_run(tmp_path, env, "rank1", TORCHRUN, RANK1_GROWS)
     first, last = view.attempts[0], view.attempts[-1]
     assert first.failure.is_memory and first.failure.rank == 1 and first.failure.step == 2
-    assert [c["step"] for c in view.checkpoints] == [2]  # written by rank 0, which did not run out of memory
+    assert [c.step for c in view.checkpoints] == [2]  # written by rank 0, which did not run out of memory
     assert last.status == "finished" and last.resumed_from == 2 and last.steps_run == (3, 6)
     assert processes_of(run_dir) == []

@@ -50,8 +50,8 @@ def test_a_mid_run_oom_is_recovered_in_place_and_is_the_training_of_the_equivale
     attempt, = view.attempts
     assert attempt.status == "finished" and attempt.failure is None
     record, = attempt.in_place
-    assert (record["outcome"], record["step"], record["split_before"], record["split"]) == ("split", 3, 1, 2)
-    assert record["numbers"]["tried_to_allocate"] > 0 and record["oom"]["peak"] > 0
+    assert (record.outcome, record.step, record.split_before, record.split) == ("split", 3, 1, 2)
+    assert record.numbers["tried_to_allocate"] > 0 and record.peak > 0
     plan = attempt.plan  # the plan the split equals, which a relaunch would start from
     assert (plan.per_device_train_batch_size, plan.gradient_accumulation_steps, plan.effective_batch) == (8, 2, 16)
     assert view.ended["reason"].startswith("every step ran once")
@@ -118,7 +118,7 @@ def test_a_step_1_oom_in_trl_needs_no_relaunch(tmp_path, in_place_env):
     view = view_of(run_dir)
     attempt, = view.attempts  # no relaunch
     # Step 1 is split ahead on the estimator's word, or split after its OOM; no OOM after step 1 either way.
-    assert all(r["outcome"] == "split" and r["step"] == 1 for r in attempt.in_place)
+    assert all(r.outcome == "split" and r.step == 1 for r in attempt.in_place)
     assert attempt.in_place or attempt.ahead.steps_split >= 1
     assert attempt.plan.effective_batch == 16
     assert "= effective batch 16" in (run_dir / "attempts" / "001" / "stdout.log").read_text()
@@ -139,11 +139,11 @@ def test_where_no_split_fits_checkpointing_is_turned_on_in_place_without_a_relau
     view = view_of(run_dir)
     attempt, = view.attempts
     record, = attempt.in_place
-    assert (record["outcome"], record["step"], record["checkpointing"]) == ("split", 1, True)
+    assert (record.outcome, record.step, record.checkpointing) == ("split", 1, True)
     # Without checkpointing no split fits: 2 rows then 1 (or 1 at once, split ahead), then checkpointing on.
-    assert [t["checkpointing"] for t in record["tries"]] == [False] * len(record["tries"])
+    assert [t.checkpointing for t in record.tries] == [False] * len(record.tries)
     # Each OOM's own numbers, the estimator's lower bounds: what was held when it struck, what it tried.
-    assert record["tries"][-1]["rows"] == 1 and all(t["held"] > 0 and t["tried"] > 0 for t in record["tries"])
+    assert record.tries[-1].rows == 1 and all(t.held > 0 and t.tried > 0 for t in record.tries)
     assert attempt.plan.gradient_checkpointing and attempt.plan.effective_batch == 2
     # The program's own model ran checkpointed, at its own batch.
     out = (run_dir / "attempts" / "001" / "stdout.log").read_text()
@@ -158,6 +158,6 @@ def test_a_program_whose_loss_cannot_be_seen_into_is_relaunched_with_the_reason(
     first = view.attempts[0]
     assert first.failure.is_memory and len(view.attempts) >= 2
     record, = first.in_place
-    assert record["outcome"] == "declined" and "OwnLoss.compute_loss" in record["reason"]
+    assert record.outcome == "declined" and "OwnLoss.compute_loss" in record.reason
     md = (run_dir / "report.md").read_text()
     assert "relaunched instead: the program's own compute_loss (OwnLoss.compute_loss)" in md

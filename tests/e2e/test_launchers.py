@@ -45,7 +45,7 @@ def test_trl_s_cli_recovers_in_its_training_process_and_the_report_says_so(tmp_p
     view = view_of(run_dir)
     attempt, = view.attempts
     record, = attempt.in_place
-    assert (record["outcome"], record["step"]) == ("split", 3) and record["numbers"]["tried_to_allocate"] > 0
+    assert (record.outcome, record.step) == ("split", 3) and record.numbers["tried_to_allocate"] > 0
     assert view.program_plan.per_device_train_batch_size == 16 and attempt.plan.effective_batch == 16
     assert (attempt.status, attempt.peak_measure) == ("finished", CAPPED)
     assert "trl/scripts/sft.py" in view.facts.trains_in

@@ -98,7 +98,7 @@ def test_sigterm_saves_the_step_in_flight_and_resume_continues_a_shuffled_epoch_
     assert supervisor.wait(timeout=120) == 143
     view = view_of(run_dir)
     assert view.ended["status"] == "interrupted" and view.checkpoints  # the step in flight was saved
-    saved = view.checkpoints[-1]["step"]
+    saved = view.checkpoints[-1].step
     assert 7 <= saved < 14 and steps_by_process(tmp_path / "steps") == [list(range(1, saved + 1))]
 
     result = oomladder("resume", str(run_dir), cwd=tmp_path, env=env)

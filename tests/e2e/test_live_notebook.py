@@ -44,11 +44,11 @@ def test_a_live_kernel_recovers_in_place_and_shows_the_next_plan_when_a_step_can
     view = view_of(run_dir)
     first, last = view.attempts
     assert first.failure.is_memory and first.failure.step == 2 and first.steps == [1, 2]
-    assert [r["outcome"] for r in first.in_place] == ["declined"] and "compute_loss" in first.in_place[0]["reason"]
-    assert view.decisions[0]["rung"] == "halve_batch"
+    assert [r.outcome for r in first.in_place] == ["declined"] and "compute_loss" in first.in_place[0].reason
+    assert view.decisions[0].rung == "halve_batch"
     assert last.resumed_from == 2 and last.steps == [3, 4] and last.launched.per_device_train_batch_size == 8
     # The library's loss can be split: its long steps run in chunks, split ahead (or split after an OOM).
-    assert last.ahead.steps_split or "split" in [r["outcome"] for r in last.in_place]
+    assert last.ahead.steps_split or "split" in [r.outcome for r in last.in_place]
     assert last.plan.effective_batch == 16
     assert view.status == "finished" and view.run["command"] == ["%load_ext", "oomladder"]
     # What the failing cell showed: the next plan, setting by setting, and the lines that hold it.

@@ -4,6 +4,7 @@ finishes on 8-bit AdamW after one OOM, resumes with its Adam moments carried ove
 
 import pytest
 
+from oomladder.memory.estimate import Term
 from tests.e2e.ledger import assert_each_step_ran_once
 from tests.e2e.test_rungs import run, said
 
@@ -24,8 +25,8 @@ def test_a_full_fine_tune_whose_optimizer_states_dominate_finishes_on_8bit_adamw
     assert last.status == "finished" and last.plan.optim == "adamw_bnb_8bit" and last.rung == "optimizer_8bit"
     assert {a.plan.effective_batch for a in view.attempts} == {2}
     decision, = view.decisions
-    assert decision["reason"].startswith("optimizer states are ") and "% of the estimated peak" in decision["reason"]
-    assert decision["estimate"]["dominant"] == "optimizer states"
+    assert decision.reason.startswith("optimizer states are ") and "% of the estimated peak" in decision.reason
+    assert Term(decision.estimate["dominant"]) is Term.OPTIMIZER_STATES
     # The program's own line of what it trains with: bitsandbytes' AdamW (8-bit states), where it had torch's.
     assert "optimizer torch.AdamW" in said(run_dir, 1) and "optimizer bitsandbytes.AdamW" in said(run_dir, 2)
     assert_each_step_ran_once(tmp_path / "steps", 4)
@@ -52,7 +53,7 @@ def test_a_lora_run_is_told_why_8bit_adamw_and_the_cuda_rungs_do_not_apply(tmp_p
                                           "halve_batch, activation_offloading]\n")
     run_dir, view = run(tmp_path, env, "--memory-cap", "1200MiB", "--ladder", str(tmp_path / "ladder.yaml"))
     assert view.attempts[-1].status == "finished"
-    skipped = {name: why for d in view.decisions for name, why in d["skipped"]}
+    skipped = {name: why for d in view.decisions for name, why in d.skipped}
     assert "% of the parameters train" in skipped["optimizer_8bit"] and "full fine-tunes" in skipped["optimizer_8bit"]
     assert "CUDA only" in skipped["fused_cross_entropy"]
     assert "pinned host memory" in skipped.get("activation_offloading", "pinned host memory")

@@ -60,7 +60,7 @@ def test_two_supervisors_as_two_nodes_recover_on_a_shared_plan(tmp_path, env):
         assert {a.plan.effective_batch for a in view.attempts} == {16}  # 8 x 1 x 2 nodes, then 4 x 2 x 2
         assert last.status == "finished" and last.resumed_from == 2 and last.steps_run == (3, 4)
     # One decision and one root cause, taken by each node from the journals.
-    assert [(d["rung"], d["plan"]) for d in views[0].decisions] == [(d["rung"], d["plan"]) for d in views[1].decisions]
+    assert [(d.rung, d.plan) for d in views[0].decisions] == [(d.rung, d.plan) for d in views[1].decisions]
     assert views[0].attempts[0].failure == views[1].attempts[0].failure
     last = views[0].attempts[-1].number
     for node in (0, 1):  # each node's rank ran the new plan, and wrote into its node's own folder

@@ -42,9 +42,9 @@ def test_the_demo_hits_a_real_oom_and_finishes_with_the_same_effective_batch(tmp
     # One OOM was enough: the estimator took every rung it needed at once, and passed over int8,
     # which saves nothing on a model whose logits dominate.
     decision, = view.decisions
-    assert len(view.attempts) == 2 and len(decision["rung_indices"]) >= 2 and "halve_batch" in decision["rung"]
-    assert decision["estimate"]["after"] <= decision["estimate"]["capacity"]
-    assert "passed over" in dict(map(tuple, decision["skipped"]))["int8"]
+    assert len(view.attempts) == 2 and len(decision.rung_indices) >= 2 and "halve_batch" in decision.rung
+    assert decision.estimate["after"] <= decision.estimate["capacity"]
+    assert "passed over" in dict(decision.skipped)["int8"]
     assert {a.plan.effective_batch for a in view.attempts} == {16}
     assert "effective batch 16" in (run_dir / "attempts" / f"{last.number:03d}" / "stdout.log").read_text()
     assert_each_step_ran_once(run_dir / "steps.log", 6)  # the demo program's own record of its steps
@@ -79,7 +79,7 @@ def test_an_unmodified_bf16_lora_script_recovers_mid_run(tmp_path, env):
     assert all(a.failure.kind is Kind.CPU_OOM for a in view.attempts[:-1])
     assert view.attempts[-1].status == "finished" and view.attempts[-1].step == 4
     assert {a.plan.effective_batch for a in view.attempts} == {16}
-    skipped = {name: why for d in view.decisions for name, why in d["skipped"]}
+    skipped = {name: why for d in view.decisions for name, why in d.skipped}
     assert skipped["bf16"] == "training already runs in bf16"
     final = view.final_plan
     assert final.per_device_train_batch_size * final.gradient_accumulation_steps == 16

@@ -1,5 +1,5 @@
-"""`oomladder plan`: before launching, the estimated peak of each rung of the ladder, and the first
-plan that fits the device.
+"""Which plan of the ladder fits, before launching (the `oomladder plan` command, cli/plan.py): the estimated
+peak of each rung's plan, and the first that fits the device.
 
 The rungs are walked as the supervisor would walk them on successive out-of-memory errors, each
 one's plan built on the last, with the same estimator the loop uses (memory/estimate.py).
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from oomladder.classify import Failure, Kind
 from oomladder.ladder import Ladder, climb
-from oomladder.memory.estimate import TERMS, Estimate, Workload, estimate, usable
+from oomladder.memory.estimate import TERMS, Estimate, Term, Workload, estimate, usable
 from oomladder.memory.foresight import dominant_text, pass_over
 from oomladder.memory.shape import ModelShape
 from oomladder.plan import Facts, Plan, changes, describe_changes
@@ -67,7 +67,7 @@ def weights_line(shape: ModelShape) -> str:
     """What the weights alone take in each format: the number people get wrong."""
     def at(dtype: str, quant: str) -> str:
         plan = Plan(load_dtype=dtype, quantization=quant)
-        return format_size(estimate(shape, plan, Workload(1, 1, True, 0)).parts["weights"])
+        return format_size(estimate(shape, plan, Workload(1, 1, True, 0)).parts[Term.WEIGHTS])
     billions = shape.params / 1e9
     return (f"weights alone, {billions:.2f}B parameters: fp32 {at('float32', 'none')}, bf16 {at('bfloat16', 'none')}, "
             f"8-bit {at('bfloat16', 'int8')}, 4-bit NF4 {at('bfloat16', 'nf4')}. 8-bit is about 1 byte per "

@@ -5,7 +5,7 @@ import json
 from rich.console import Console
 
 from oomladder.record.history import fold
-from oomladder.views.render import print_report
+from oomladder.views.console import print_report
 from oomladder.views.report import build_report, render_markdown
 from oomladder.views.table import attempts_table
 

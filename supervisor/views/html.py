@@ -17,10 +17,11 @@ import shlex
 from typing import Any
 
 from oomladder.cost import slowdown_cell
+from oomladder.status import AttemptOutcome, RunStatus
 from oomladder.units import format_size
 from oomladder.views import charts, plots
-from oomladder.views.table import format_duration, in_place_line
-from oomladder.views.words import failure_words, journal_damage, measure_words, split_ahead_line
+from oomladder.views.table import format_duration
+from oomladder.views.words import journal_damage, measure_words, split_ahead_line, why_taken
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 STYLE = """
@@ -53,8 +54,8 @@ def e(value: Any) -> str:
 
 def render_html(report: dict[str, Any]) -> str:
     status = report["status"]
-    body = ["<h1>oomladder report</h1>",
-            f'<p class="status {"finished" if status == "finished" else "stopped"}">{e(report["status_text"])}</p>']
+    look = "finished" if status == RunStatus.FINISHED else "stopped"
+    body = ["<h1>oomladder report</h1>", f'<p class="status {look}">{e(report["status_text"])}</p>']
     if report.get("reason"):
         body.append(f"<p>{e(report['reason'])}</p>")
     body += [_facts(report), _warnings(report), _charts(report), _attempts(report), _why(report),
@@ -131,8 +132,8 @@ def _attempts(report: dict[str, Any]) -> str:
     rows = []
     for a in report["attempts"]:
         failure = a["failure"]
-        kind = ("finished" if a["status"] == "finished" else "oom" if failure and failure.get("memory")
-                else "error" if failure else a["status"])
+        kind = ("finished" if a["status"] == AttemptOutcome.FINISHED else "oom" if failure and failure.get("memory")
+                else "error" if failure else str(a["status"]))
         changes = "<br>".join(e(part) for part in str(a["changes"]).split(", "))
         rows.append(f'<tr id="attempt-{int(a["number"])}" class="attempt {e(kind)}">'
                     f'<td class="num">{int(a["number"])}</td><td>{e(a["rung"])}</td><td>{changes}</td>'
@@ -153,23 +154,9 @@ def _attempts(report: dict[str, Any]) -> str:
 def _why(report: dict[str, Any]) -> str:
     items = []
     for a in report["attempts"]:
-        text = f"<strong>{int(a['number'])}. {e(a['rung'])}</strong>: {e(a['reason'] or 'the program as it was given')}"
-        if a.get("rolled_back"):
-            text += "; <strong>rolled back</strong>: the error came with this rung's change, not from the program"
-        if a["resume_missed"]:
-            text += f"; <strong>did not resume</strong>: {e(a['resume_missed'])}"
-        elif a["resumed_from_step"]:
-            text += f"; resumed from the end of step {e(a['resumed_from_step'])}"
-        if a["skipped"]:
-            text += "; skipped: " + "; ".join(f"{e(s['rung'])} ({e(s['reason'])})" for s in a["skipped"])
-        for row in a.get("in_place") or ():
-            text += f'<br><span class="in-place">{e(in_place_line(row))}</span>'
-        failure = a["failure"]
-        if failure:
-            numbers = ", ".join(f"{k.replace('_', ' ')} {format_size(v)}" for k, v in failure["numbers"].items()
-                                if k != "tried_to_allocate")  # the summary says it already
-            text += (f'<br><span class="died">died: {e(failure_words(failure["kind"]))}: {e(failure["summary"])}'
-                     + (f" ({e(numbers)})" if numbers else "") + "</span>")
+        line, in_place, died = why_taken(a, e, lambda text: f"<strong>{text}</strong>")
+        text = line + "".join(f'<br><span class="in-place">{row}</span>' for row in in_place)
+        text += f'<br><span class="died">{died}</span>' if died else ""
         items.append(f"<li>{text}</li>")
     return "<section id=\"why\">\n<h2>Why each rung was taken</h2>\n<ul>\n" + "\n".join(items) + "\n</ul>\n</section>"
 

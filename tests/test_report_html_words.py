@@ -7,7 +7,7 @@ from html.parser import HTMLParser
 
 from oomladder.ladder import load_ladder
 from oomladder.plan import FIELD_NAMES
-from oomladder.views.page import render_html
+from oomladder.views.html import render_html
 from tests.test_report_html import night, report_of
 
 TYPED = set(FIELD_NAMES) | {rung.name for rung in load_ladder(None).rungs}

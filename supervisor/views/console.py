@@ -10,6 +10,7 @@ from rich.text import Text
 
 from oomladder.cost import slowdown_cell
 from oomladder.record.history import RunView
+from oomladder.status import RunStatus
 from oomladder.units import format_size
 from oomladder.views.table import attempts_table
 from oomladder.views.words import STATUS_TEXT, journal_damage
@@ -17,7 +18,7 @@ from oomladder.views.words import STATUS_TEXT, journal_damage
 
 def print_report(console: Console, view: RunView, report: dict[str, Any]) -> None:
     status = STATUS_TEXT.get(report["status"], report["status"])
-    console.print(Text(status, style="bold green" if report["status"] == "finished" else "bold red"))
+    console.print(Text(status, style="bold green" if report["status"] == RunStatus.FINISHED else "bold red"))
     if report.get("reason"):
         console.print(Text(report["reason"]))
     eb = report["effective_batch"]
