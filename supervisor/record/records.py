@@ -78,7 +78,8 @@ class Try:
 
 @dataclass(frozen=True)
 class InPlaceRecord:
-    """An out-of-memory error a worker met without a relaunch, and what it did (worker/recovery/in_place.py writes it)."""
+    """An out-of-memory error a worker met without a relaunch, and what it did (worker/recovery/in_place.py
+    writes it)."""
 
     attempt: int
     outcome: InPlaceOutcome
