@@ -203,6 +203,15 @@ def test_an_error_where_the_earlier_plan_never_went_is_still_a_bug():
     assert (verdict.status, verdict.exit_code) == ("not_memory", 3)
 
 
+def test_an_error_in_the_step_the_oom_struck_is_at_a_point_the_earlier_plan_reached():
+    # Attempt 1 finished steps 1-2 and ran out of memory in step 3: an error anywhere in step 3 (its end included,
+    # where the count already reads 3) undoes the rung; step 4 is beyond anything that plan reached.
+    in_that_step = Failure(Kind.ERROR, None, "RuntimeError: spectral norm of a bf16 tensor", phase="train", step=3)
+    assert isinstance(next_step(after_a_broken_rung(in_that_step)), Climb)
+    beyond = Failure(Kind.ERROR, None, "RuntimeError: spectral norm of a bf16 tensor", phase="train", step=4)
+    assert isinstance(next_step(after_a_broken_rung(beyond)), End)
+
+
 def test_a_rung_that_broke_the_program_is_never_tried_again():
     view = after_a_broken_rung(BF16_ON_CPU)
     undo = {"type": "decision", "ts": 2.7, "attempt": 2, "rung": "halve_batch", "rung_index": 5, "rung_indices": [5],
