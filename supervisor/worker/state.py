@@ -5,27 +5,25 @@ called from hooks in the program's own code, so what they remember between calls
 It lives here, documented field by field, as tenacity keeps a call's state on `RetryCallState`: one place to read
 what a process knows, and one place (`new_attempt`) that says what a second attempt in the same process forgets.
 
-Standard library only: this is imported in every Python process of the worker.
+Standard library and oomladder's vocabulary only: this is imported in every Python process of the worker.
 """
 
 from __future__ import annotations
 
 import contextlib
-import enum
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from oomladder.status import TextEnum
 
-class Phase(str, enum.Enum):
+
+class Phase(TextEnum):
     """What the process is doing when it fails: the failure record's `phase`, as the classifier reads it."""
 
     TRAIN = "train"  # a training step (the default: most of a process's life)
     LOAD = "load"    # from_pretrained, the Trainer's __init__, accelerate's prepare: the model moves to the device
     EVAL = "eval"    # an evaluation
-
-    def __str__(self) -> str:  # the value, in an f-string as in the JSON, on every Python
-        return self.value
 
 
 @dataclass
