@@ -196,8 +196,7 @@ def _domain(domain: str | None, capped: bool) -> str | None:
 def _from_exit_status(evidence: Evidence, phase: str | None, step: int | None) -> Failure:
     code = evidence.returncode
     last = _last_line(evidence.stderr_tail)
-    if code < 0 or code > 128:
-        signum = -code if code < 0 else code - 128
+    if (signum := signal_of(code)) is not None:
         name = _signal_name(signum)
         if signum == signal.SIGKILL:
             if evidence.cgroup_oom_kill:
@@ -262,6 +261,13 @@ def is_fragmented(failure: Failure, share_of_device: float = 0.05) -> bool:
     wanted = failure.numbers.get("tried_to_allocate", 0)
     total = failure.numbers.get("total_capacity", 0)
     return reserved > 0 and reserved >= wanted and reserved >= share_of_device * total
+
+
+def signal_of(returncode: int | None) -> int | None:
+    """The signal that ended a process, from its exit status: Popen's -N, or a shell's 128 + N."""
+    if returncode is None or not (returncode < 0 or returncode > 128):
+        return None
+    return -returncode if returncode < 0 else returncode - 128
 
 
 def _signal_name(signum: int) -> str:

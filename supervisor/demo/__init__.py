@@ -17,7 +17,7 @@ SCRIPT = Path(__file__).resolve().parent / "train_tiny.py"
 
 def demo_command(run_dir: Path) -> list[str]:
     return [sys.executable, str(SCRIPT), "--model-dir", str(run_dir / "tiny-llama"),
-            "--output-dir", str(run_dir / "trainer-output"), "--batch-size", "16", "--max-steps", "6",
+            "--output-dir", str(run_dir / "trainer-output"), "--batch-size", "16", "--max-steps", "4",
             "--count-steps", str(run_dir / "steps.log")]  # the program's own record of each step it ran
 
 

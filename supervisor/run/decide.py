@@ -16,11 +16,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from oomladder.classify import Failure, Kind
+from oomladder.classify import Failure, Kind, signal_of
 from oomladder.ladder import Decision, Ladder
 from oomladder.memory.foresight import Fit, climb_to_fit, fit_for, load_wall
 from oomladder.plan import Plan
-from oomladder.process.checkpoints import Resume
 from oomladder.record.history import RunView
 from oomladder.run.budget import Budget, BudgetState
 from oomladder.run.config import (
@@ -135,9 +134,8 @@ def roll_back(view: RunView, error: Failure, ladder: Ladder, memory_cap: int | N
 
 
 def _stop_exit_code(returncode: int | None) -> int:
-    """128 + the signal that stopped the worker, as a shell reports it (a negative code is Popen's -signal)."""
-    signum = -returncode if returncode is not None and returncode < 0 else (returncode or 130) - 128
-    return EXIT_INTERRUPTED.get(signum, 130)
+    """128 + the signal that stopped the worker, as a shell reports it."""
+    return EXIT_INTERRUPTED.get(signal_of(returncode) or signal.SIGINT, 130)
 
 
 def stopped(stop: StopReason) -> End:
@@ -209,11 +207,12 @@ def reached_plan(view: RunView) -> Plan:
     return view.attempts[-1].plan if view.attempts else Plan()
 
 
-def evaluation_owed(view: RunView, resume: Resume | None) -> int | None:
-    """The step whose evaluation an OOM cut short, if the next attempt resumes right there."""
+def evaluation_owed(view: RunView, resume_step: int | None) -> int | None:
+    """The step whose evaluation an OOM cut short, if the next attempt resumes right there (`resume_step`: the
+    step its checkpoint ended, None without one)."""
     last = view.attempts[-1] if view.attempts else None
     failure = last.failure if last else None
-    if resume and failure is not None and failure.phase == "eval" and failure.step == resume.step:
+    if resume_step is not None and failure is not None and failure.phase == "eval" and failure.step == resume_step:
         return failure.step
     return None
 

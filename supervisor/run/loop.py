@@ -218,8 +218,8 @@ class RunLoop:
             self.display.event(f"attempt {number}: {warning}")
         checkpointing = any(r.name == "gradient_checkpointing" and r.index not in view.incompatible
                             for r in cfg.ladder.rungs)
-        return Launch(number, folder, argv, nxt.overrides, plan, resume, evaluation_owed(view, resume), nxt.rung,
-                      nxt.reason, checkpointing)
+        owed = evaluation_owed(view, resume.step if resume else None)
+        return Launch(number, folder, argv, nxt.overrides, plan, resume, owed, nxt.rung, nxt.reason, checkpointing)
 
     def _act(self, result: AttemptResult, verdict: Next) -> int | NextAttempt:
         """Journal what `decide` chose and carry it out: the run's exit code, or the next attempt."""
