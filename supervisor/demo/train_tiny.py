@@ -10,6 +10,7 @@ import argparse
 import functools
 import os
 import shutil
+import warnings
 
 import torch
 from peft import LoraConfig, get_peft_model
@@ -21,6 +22,9 @@ from transformers import (
     TrainerCallback,
     TrainingArguments,
 )
+
+# peft's get_peft_model still asks for the old name, which Transformers 5 warns about on every run.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 def parse_args():
