@@ -37,22 +37,23 @@ def oomladder_argv(*args: str) -> list[str]:
 
 @pytest.fixture(scope="session")
 def env():
-    """The environment for a subprocess of oomladder, without a terminal's width guess. Shared: never change
-    it in place (`{**env, ...}` instead)."""
-    e = dict(os.environ)
+    """The environment for a subprocess of oomladder, on the default path (in-place recovery and split ahead on,
+    whatever the shell running the suite set), without a terminal's width guess. Shared: never change it in place
+    (`{**env, ...}` instead)."""
+    e = {k: v for k, v in os.environ.items() if k not in ("OOMLADDER_IN_PLACE", "OOMLADDER_SPLIT_AHEAD")}
     e["COLUMNS"] = "200"
     # tests/ and benchmarks/ importable in subprocesses (oomladder itself is the editable install).
     e["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + ([e["PYTHONPATH"]] if e.get("PYTHONPATH") else []))
-    # The tests of the relaunch (the safety net) meet every OOM with a relaunch; tests/e2e/test_in_place.py
-    # turns in-place recovery back on (`in_place_env`).
-    e["OOMLADDER_IN_PLACE"] = "0"
     return e
 
 
 @pytest.fixture(scope="session")
-def in_place_env(env):
-    """The environment with in-place recovery on, as it is by default."""
-    return {k: v for k, v in env.items() if k != "OOMLADDER_IN_PLACE"}
+def relaunch_env(env):
+    """`env` with in-place recovery off (`OOMLADDER_IN_PLACE=0`, as `--no-in-place`): every OOM is met with a
+    relaunch on the ladder's next plan. For the tests about the relaunch, the safety net under in-place recovery:
+    the attempts and decisions, the checkpoints a relaunch resumes from, the climb and its end. A test whose OOM
+    is not about the relaunch takes `env`, and holds on the default path."""
+    return {**env, "OOMLADDER_IN_PLACE": "0"}
 
 
 def processes_of(run_dir, attempt: int | None = None) -> list[int]:

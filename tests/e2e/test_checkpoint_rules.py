@@ -6,6 +6,10 @@ checked against what the program itself recorded: the steps it ran, the checkpoi
 - an emergency checkpoint is deleted once a newer one supersedes it, and all of them at the end;
 - the program's own newer `checkpoint-N` is resumed from, and never written to;
 - nothing of an attempt is alive when the next one starts.
+
+These are the relaunch's checkpoints: where an OOM in a training step would be met in place, in-place recovery is
+off (`relaunch_env`). An OOM inside the optimizer step is never met in place, and goes to the relaunch on the
+default path (`env`).
 """
 
 import hashlib
@@ -44,10 +48,10 @@ def stderr_of(run_dir, attempt):
     return (run_dir / "attempts" / f"{attempt:03d}" / "stderr.log").read_text()
 
 
-def test_an_oom_in_step_1_saves_no_checkpoint_and_the_next_attempt_starts_at_step_1(tmp_path, env):
+def test_an_oom_in_step_1_saves_no_checkpoint_and_the_next_attempt_starts_at_step_1(tmp_path, relaunch_env):
     run_dir = tmp_path / "run"
     result = oomladder("run", "--memory-cap", "1200MiB", *halving(tmp_path), "--run-dir", str(run_dir), "--",
-                       *tiny(tmp_path, TRAIN_TINY, "--grow-at-step", "1"), cwd=tmp_path, env=env)
+                       *tiny(tmp_path, TRAIN_TINY, "--grow-at-step", "1"), cwd=tmp_path, env=relaunch_env)
     assert result.returncode == 0, result.stdout + result.stderr
     view = view_of(run_dir)
     assert view.attempts[0].failure.is_memory and view.attempts[0].failure.step == 0
@@ -96,7 +100,7 @@ def test_the_programs_own_newer_checkpoint_is_resumed_from_and_never_written_to(
         assert now == checkpoint["files"], folder.name
 
 
-def test_a_checkpoint_cut_off_by_sigkill_mid_save_is_never_resumed_from(tmp_path, env):
+def test_a_checkpoint_cut_off_by_sigkill_mid_save_is_never_resumed_from(tmp_path, relaunch_env):
     """A full fine-tune's emergency save takes about half a second: the worker is killed while its
     `.partial` folder is being written. The next attempt starts from step 0, as it must, and says so."""
     run_dir = tmp_path / "run"
@@ -106,7 +110,8 @@ def test_a_checkpoint_cut_off_by_sigkill_mid_save_is_never_resumed_from(tmp_path
     supervisor = subprocess.Popen(oomladder_argv("run", "--memory-cap", "1200MiB", "--run-dir", str(run_dir),
                                                  "--ladder", str(tmp_path / "ladder.yaml"), "--",
                                                  *tiny(tmp_path, TRAIN_TINY, "--full")),
-                                  cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                  cwd=tmp_path, env=relaunch_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True)
     checkpoints = run_dir / "checkpoints"
     deadline = time.monotonic() + 300
     while not list(checkpoints.glob("*.partial")) and time.monotonic() < deadline:
@@ -126,28 +131,31 @@ def test_a_checkpoint_cut_off_by_sigkill_mid_save_is_never_resumed_from(tmp_path
     assert not list(checkpoints.iterdir())  # the half-written folder went with the run
 
 
-def test_a_superseded_emergency_checkpoint_is_deleted_and_the_last_one_goes_with_the_finished_run(tmp_path, env):
+def test_a_superseded_emergency_checkpoint_is_deleted_and_the_last_one_goes_with_the_finished_run(tmp_path,
+                                                                                                   relaunch_env):
     """Sequences grow at step 3 and again at step 5: two OOMs, two emergency checkpoints. The run is stopped
     after two attempts (--max-attempts 2), when only the newer checkpoint may be left; resume finishes it."""
     run_dir = tmp_path / "run"
     result = oomladder("run", "--memory-cap", "1200MiB", *halving(tmp_path), "--max-attempts", "2", "--run-dir",
-                       str(run_dir), "--", *tiny(tmp_path, GROWS_TWICE, "--long-len", "256"), cwd=tmp_path, env=env)
+                       str(run_dir), "--", *tiny(tmp_path, GROWS_TWICE, "--long-len", "256"), cwd=tmp_path,
+                       env=relaunch_env)
     assert result.returncode == 5, result.stdout + result.stderr
     assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["emergency-step-4-attempt-002"]
-    result = oomladder("resume", str(run_dir), cwd=tmp_path, env=env)
+    result = oomladder("resume", str(run_dir), cwd=tmp_path, env=relaunch_env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert not list((run_dir / "checkpoints").iterdir())
     assert steps_by_process(tmp_path / "steps") == [[1, 2], [3, 4], [5, 6]]
     assert_each_step_ran_once(tmp_path / "steps", 6)
 
 
-def test_nothing_of_an_attempt_is_alive_when_the_next_one_starts(tmp_path, env):
+def test_nothing_of_an_attempt_is_alive_when_the_next_one_starts(tmp_path, relaunch_env):
     """The first attempt trains with two DataLoader worker processes and dies of an OOM. The moment the
     second attempt's folder appears (made just before its launch), no process of the first is left."""
     run_dir = tmp_path / "run"
     supervisor = subprocess.Popen(oomladder_argv("run", "--memory-cap", "1200MiB", *halving(tmp_path), "--run-dir",
                                                  str(run_dir), "--", *tiny(tmp_path, TRAIN_TINY, "--workers", "2")),
-                                  cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                  cwd=tmp_path, env=relaunch_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True)
     seen_alive, during_first = None, 0
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and supervisor.poll() is None:

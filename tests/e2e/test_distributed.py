@@ -1,5 +1,7 @@
 """torchrun with 2 ranks on the CPU (gloo): a real mid-run OOM under a per-rank cap, the whole group
-relaunched on one new plan, the world effective batch kept, and no rank left running."""
+relaunched on one new plan, the world effective batch kept, and no rank left running. On the default path
+(`env`): in-place recovery declines several ranks (a split on one would add gradient exchanges the others never
+join), journals why, and the relaunch follows."""
 
 import sys
 
@@ -37,6 +39,8 @@ def test_torchrun_two_ranks_recover_on_a_shared_plan(tmp_path, env):
     assert last.plan.per_device_train_batch_size == 4 and last.plan.gradient_accumulation_steps == 2
     assert {a.plan.effective_batch for a in view.attempts} == {16}  # 8 x 1 x 2 ranks, then 4 x 2 x 2
     assert first.failure.step == 2  # the long sequences arrive at step 3 on both ranks
+    # Not split in place, and the journal says why: a split on one rank would add exchanges the other never joins.
+    assert first.in_place and all(r.outcome == "declined" and "several processes" in r.reason for r in first.in_place)
     assert last.status == "finished" and last.resumed_from == 2 and last.steps_run == (3, 6)
     for rank in (0, 1):  # every rank got the adapter, and with it the new plan
         assert (run_dir / "attempts" / f"{last.number:03d}" / f"progress.{rank}.jsonl").exists()

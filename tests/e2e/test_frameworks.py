@@ -69,18 +69,18 @@ def test_an_accelerate_loop_with_its_own_counters_resumes_as_a_continuous_run(tm
 
 
 @pytest.mark.parametrize("trainer, batch, steps, most", [("sft", 16, 4, 1), ("dpo", 8, 2, 2)])
-def test_a_trl_lora_run_with_long_samples_finishes_within_its_failed_attempts(tmp_path, env, trainer, batch, steps,
-                                                                              most):
+def test_a_trl_lora_run_with_long_samples_finishes_within_its_failed_attempts(tmp_path, relaunch_env, trainer, batch,
+                                                                              steps, most):
     """TRL's SFTTrainer (and DPOTrainer, whose pairs double the logits) in fp32, a quarter of the samples 8 times
-    longer: out of memory in step 1, met by relaunches alone (the `env` fixture turns in-place recovery off). The
-    estimator counts the logits-sized tensors SFTTrainer's metrics keep, so its step-1 OOM needs one relaunch;
-    DPOTrainer's are learned from the OOMs' own numbers, in at most two. Its bf16 works on the CPU (oomladder sets
-    use_cpu)."""
+    longer: out of memory in step 1, met by relaunches alone (`relaunch_env`: in-place recovery off; the SFT run's
+    OOM met in place is tests/e2e/test_in_place.py's). The estimator counts the logits-sized tensors SFTTrainer's
+    metrics keep, so its step-1 OOM needs one relaunch; DPOTrainer's are learned from the OOMs' own numbers, in at
+    most two. Its bf16 works on the CPU (oomladder sets use_cpu)."""
     run_dir = tmp_path / "run"
     result = oomladder("run", "--memory-cap", "1200MiB", "--run-dir", str(run_dir), "--", sys.executable,
                        str(TRL_SFT), "--model-dir", str(tmp_path / "model"), "--output-dir", str(tmp_path / "out"),
                        "--count-steps", str(tmp_path / "steps"), "--batch-size", str(batch), "--max-steps", str(steps),
-                       *(["--dpo"] if trainer == "dpo" else []), cwd=tmp_path, env=env)
+                       *(["--dpo"] if trainer == "dpo" else []), cwd=tmp_path, env=relaunch_env)
     assert result.returncode == 0, result.stdout + result.stderr
     view = view_of(run_dir)
     assert view.program_plan.precision == "fp32" and view.program_plan.per_device_train_batch_size == batch

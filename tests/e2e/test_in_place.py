@@ -36,12 +36,11 @@ def equivalent(tmp_path_factory, env):
             "learning_rate": {**per_step(first, "learning_rate"), **per_step(second, "learning_rate")}}
 
 
-def test_a_mid_run_oom_is_recovered_in_place_and_is_the_training_of_the_equivalent_plan(tmp_path, in_place_env,
-                                                                                        equivalent):
+def test_a_mid_run_oom_is_recovered_in_place_and_is_the_training_of_the_equivalent_plan(tmp_path, env, equivalent):
     """The safety net: with split ahead off, the step that runs out of memory is split after the OOM."""
     with Webhook() as hook:
         run_dir, view = run(tmp_path, "in-place", "--memory-cap", "1200MiB", "--no-split-ahead", "--notify", hook.url,
-                            env=in_place_env, model=equivalent["model"],
+                            env=env, model=equivalent["model"],
                             program=(*TUTORIAL_DATA, "--report-to", "tensorboard"))
         messages = hook.wait_for(2)
     # One process ran every step once: no relaunch.
@@ -76,11 +75,10 @@ def test_a_mid_run_oom_is_recovered_in_place_and_is_the_training_of_the_equivale
         (3, "in place at step 3: out of memory; the micro-batch now runs in 2 chunks")]
 
 
-def test_split_ahead_sizes_the_long_steps_before_they_run_and_trains_as_the_equivalent_plan(tmp_path, in_place_env,
-                                                                                          equivalent):
+def test_split_ahead_sizes_the_long_steps_before_they_run_and_trains_as_the_equivalent_plan(tmp_path, env, equivalent):
     """The default: each step sized before it runs. The long steps run in chunks from the start, with no OOM at
     all, the short ones whole, and the training is the equivalent plan's."""
-    run_dir, view = run(tmp_path, "ahead", "--memory-cap", "1200MiB", env=in_place_env, model=equivalent["model"],
+    run_dir, view = run(tmp_path, "ahead", "--memory-cap", "1200MiB", env=env, model=equivalent["model"],
                         program=TUTORIAL_DATA)
     assert steps_by_process(tmp_path / "ahead.steps") == [[1, 2, 3, 4, 5, 6]]
     attempt, = view.attempts
@@ -108,12 +106,12 @@ def tracker_texts(folder, tag):
     return sorted(found)
 
 
-def test_a_step_1_oom_in_trl_needs_no_relaunch(tmp_path, in_place_env):
+def test_a_step_1_oom_in_trl_needs_no_relaunch(tmp_path, env):
     run_dir = tmp_path / "run"
     result = oomladder("run", "--memory-cap", "1200MiB", "--run-dir", str(run_dir), "--", sys.executable,
                        str(TRL_SFT), "--model-dir", str(tmp_path / "model"), "--output-dir", str(tmp_path / "out"),
                        "--count-steps", str(tmp_path / "steps"), "--batch-size", "16", "--max-steps", "2",
-                       cwd=tmp_path, env=in_place_env)
+                       cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     view = view_of(run_dir)
     attempt, = view.attempts  # no relaunch
@@ -125,7 +123,7 @@ def test_a_step_1_oom_in_trl_needs_no_relaunch(tmp_path, in_place_env):
     assert_each_step_ran_once(tmp_path / "steps", 2)
 
 
-def test_where_no_split_fits_checkpointing_is_turned_on_in_place_without_a_relaunch(tmp_path, in_place_env):
+def test_where_no_split_fits_checkpointing_is_turned_on_in_place_without_a_relaunch(tmp_path, env):
     """A long-sequence fine-tune (8 layers, 1024 tokens, batch 2) whose activations do not fit even a row at a time
     under the cap, while checkpointed both rows do: the ladder's checkpointing rung, taken in the same process."""
     run_dir = tmp_path / "run"
@@ -133,7 +131,7 @@ def test_where_no_split_fits_checkpointing_is_turned_on_in_place_without_a_relau
                        "-m", "oomladder.demo.train_tiny", "--model-dir", str(tmp_path / "model"), "--vocab", "2000",
                        "--layers", "8", "--long-len", "1024", "--grow-at-step", "1", "--batch-size", "2",
                        "--max-steps", "3", "--output-dir", str(tmp_path / "out"), "--count-steps",
-                       str(tmp_path / "steps"), cwd=tmp_path, env=in_place_env)
+                       str(tmp_path / "steps"), cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert steps_by_process(tmp_path / "steps") == [[1, 2, 3]]  # one process, every step once
     view = view_of(run_dir)
@@ -151,8 +149,8 @@ def test_where_no_split_fits_checkpointing_is_turned_on_in_place_without_a_relau
     assert "in place: gradient checkpointing" in (run_dir / "report.md").read_text()
 
 
-def test_a_program_whose_loss_cannot_be_seen_into_is_relaunched_with_the_reason(tmp_path, in_place_env):
-    run_dir, view = run(tmp_path, "own-loss", "--memory-cap", "1200MiB", *halving(tmp_path), env=in_place_env,
+def test_a_program_whose_loss_cannot_be_seen_into_is_relaunched_with_the_reason(tmp_path, env):
+    run_dir, view = run(tmp_path, "own-loss", "--memory-cap", "1200MiB", *halving(tmp_path), env=env,
                         program=("--own-loss",))
     assert_each_step_ran_once(tmp_path / "own-loss.steps", 6)
     first = view.attempts[0]

@@ -30,7 +30,7 @@ def halving(tmp_path):
     return ("--ladder", str(tmp_path / "halve.yaml"))
 
 
-def test_trl_s_cli_recovers_in_its_training_process_and_the_report_says_so(tmp_path, in_place_env, hub):
+def test_trl_s_cli_recovers_in_its_training_process_and_the_report_says_so(tmp_path, env, hub):
     """`trl sft` parses its arguments, then `accelerate launch` starts trl/scripts/sft.py: the OOM in step 3 is met
     in place there, and the journal has it (before, it said no adapter reached the program)."""
     run_dir = tmp_path / "run"
@@ -40,7 +40,7 @@ def test_trl_s_cli_recovers_in_its_training_process_and_the_report_says_so(tmp_p
                        "--logging_steps", "1", "--save_strategy", "no", "--report_to", "none", "--use_peft",
                        "--lora_target_modules", "q_proj", "v_proj", "--max_length", "1024", "--bf16", "false",
                        "--train_sampling_strategy", "sequential", "--dataloader_num_workers", "0",
-                       cwd=tmp_path, env=with_venv(in_place_env))
+                       cwd=tmp_path, env=with_venv(env))
     assert result.returncode == 0, result.stdout + result.stderr
     view = view_of(run_dir)
     attempt, = view.attempts
@@ -88,10 +88,10 @@ def test_a_launcher_s_own_failure_is_its_own_not_memory(tmp_path, env):
 
 
 @pytest.mark.parametrize("runner", ["papermill", "nbconvert"])
-def test_a_notebook_runs_again_on_the_new_plan_from_where_it_stopped(tmp_path, env, hub, runner):
+def test_a_notebook_runs_again_on_the_new_plan_from_where_it_stopped(tmp_path, relaunch_env, hub, runner):
     """The kernel papermill (or `jupyter nbconvert --execute`) starts trains under the cap. Its OOM in step 3 is
-    relaunched (in-place recovery is off in `env`): the notebook is executed again from the top, the plan reaching
-    its TrainingArguments, and its Trainer resumes after step 2."""
+    relaunched (in-place recovery off: `relaunch_env`): the notebook is executed again from the top, the plan
+    reaching its TrainingArguments, and its Trainer resumes after step 2."""
     run_dir, steps = tmp_path / "run", tmp_path / "steps"
     parameters = {"model_dir": f"{hub}/model", "data_dir": f"{hub}/data", "output_dir": str(tmp_path / "out"),
                   "steps_log": str(steps)}
@@ -103,7 +103,7 @@ def test_a_notebook_runs_again_on_the_new_plan_from_where_it_stopped(tmp_path, e
         notebook_tiny.write(tmp_path / "finetune.ipynb", **parameters)
         command = ["jupyter", "nbconvert", "--to", "notebook", "--execute", "finetune.ipynb", "--output", "out.ipynb"]
     result = oomladder("run", "--memory-cap", "1200MiB", *halving(tmp_path), "--run-dir", str(run_dir), "--",
-                       *command, cwd=tmp_path, env=with_venv(env))
+                       *command, cwd=tmp_path, env=with_venv(relaunch_env))
     assert result.returncode == 0, result.stdout + result.stderr
     view = view_of(run_dir)
     first, last = view.attempts

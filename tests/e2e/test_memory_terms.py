@@ -1,6 +1,7 @@
 """Rungs where the memory goes, end to end on the CPU: a full fine-tune whose Adam states dominate
 finishes on 8-bit AdamW after one OOM, resumes with its Adam moments carried over, and a LoRA run is told why
-8-bit AdamW (and the CUDA-only rungs) do not apply to it."""
+8-bit AdamW (and the CUDA-only rungs) do not apply to it. Each is the ladder's choice at a relaunch, so in-place
+recovery is off (`relaunch_env`)."""
 
 import pytest
 
@@ -15,10 +16,10 @@ FULL_34M = ("--full", "--vocab", "2000", "--hidden", "512", "--intermediate", "1
             "--batch-size", "2", "--max-steps", "4")
 
 
-def test_a_full_fine_tune_whose_optimizer_states_dominate_finishes_on_8bit_adamw(tmp_path, env):
+def test_a_full_fine_tune_whose_optimizer_states_dominate_finishes_on_8bit_adamw(tmp_path, relaunch_env):
     """Sequences of 16 at batch 2: no rung that shrinks activations can help (the ladder used to walk halve_batch
     and checkpointing, then stop). The estimate names the Adam states and takes 8-bit AdamW at once."""
-    run_dir, view = run(tmp_path, env, "--memory-cap", "500MiB",
+    run_dir, view = run(tmp_path, relaunch_env, "--memory-cap", "500MiB",
                         program=(*FULL_34M, "--optim", "adamw_torch", "--short-len", "16", "--long-len", "16"))
     assert len(view.attempts) <= 2 and view.attempts[0].failure.is_memory
     last = view.attempts[-1]
@@ -34,10 +35,10 @@ def test_a_full_fine_tune_whose_optimizer_states_dominate_finishes_on_8bit_adamw
     assert "optimizer_8bit" in report and "expected" in report
 
 
-def test_a_resumed_full_fine_tune_carries_its_adam_moments_into_8bit_adamw(tmp_path, env):
+def test_a_resumed_full_fine_tune_carries_its_adam_moments_into_8bit_adamw(tmp_path, relaunch_env):
     """The OOM strikes when the sequences grow at step 3, after two steps of fp32 Adam: the emergency checkpoint
     holds PyTorch's Adam moments, and the next attempt resumes from it on 8-bit AdamW, the moments quantized."""
-    run_dir, view = run(tmp_path, env, "--memory-cap", "560MiB",
+    run_dir, view = run(tmp_path, relaunch_env, "--memory-cap", "560MiB",
                         program=(*FULL_34M, "--short-len", "16", "--long-len", "256"))
     first, last = view.attempts
     assert first.failure.is_memory and first.failure.step == 2
@@ -47,11 +48,11 @@ def test_a_resumed_full_fine_tune_carries_its_adam_moments_into_8bit_adamw(tmp_p
     assert_each_step_ran_once(tmp_path / "steps", 4)
 
 
-def test_a_lora_run_is_told_why_8bit_adamw_and_the_cuda_rungs_do_not_apply(tmp_path, env):
+def test_a_lora_run_is_told_why_8bit_adamw_and_the_cuda_rungs_do_not_apply(tmp_path, relaunch_env):
     # The default ladder's rungs around 8-bit AdamW, without bf16 (minutes per step on a CPU without bf16 units).
     (tmp_path / "ladder.yaml").write_text("rungs: [expandable_segments, fused_cross_entropy, optimizer_8bit, "
                                           "halve_batch, activation_offloading]\n")
-    run_dir, view = run(tmp_path, env, "--memory-cap", "1200MiB", "--ladder", str(tmp_path / "ladder.yaml"))
+    run_dir, view = run(tmp_path, relaunch_env, "--memory-cap", "1200MiB", "--ladder", str(tmp_path / "ladder.yaml"))
     assert view.attempts[-1].status == "finished"
     skipped = {name: why for d in view.decisions for name, why in d.skipped}
     assert "% of the parameters train" in skipped["optimizer_8bit"] and "full fine-tunes" in skipped["optimizer_8bit"]

@@ -2,7 +2,9 @@
 1200MiB cap, then halve_batch to the end) with a webhook to tell and TensorBoard as the program's tracker. The
 ladder is halve_batch alone: the default ladder's climb is the demo's test (test_recovery.py), and bf16 is
 minutes per step on a CPU without bf16 units. What it leaves is read back as a person's tools read it: the page
-parsed as HTML, the webhook's requests as the server got them, the event files through TensorBoard's own reader."""
+parsed as HTML, the webhook's requests as the server got them, the event files through TensorBoard's own reader.
+In-place recovery is off (`relaunch_env`): this is the morning after a relaunch; tests/e2e/test_in_place.py reads
+the one after a step split in place (its report row, message and tracker event)."""
 
 import json
 import subprocess
@@ -24,7 +26,7 @@ TRAIN_TINY = Path(__file__).resolve().parents[2] / "supervisor" / "demo" / "trai
 
 
 @pytest.fixture(scope="module")
-def night(tmp_path_factory, env):
+def night(tmp_path_factory, relaunch_env):
     """The run, once for every test here: its directory, its console output, and what the webhook got."""
     tmp = tmp_path_factory.mktemp("morning")
     (tmp / "halve.yaml").write_text("rungs: [halve_batch]\n")
@@ -34,8 +36,8 @@ def night(tmp_path_factory, env):
                            str(tmp / "R"), "--notify", hook.url + "/flag",
                            "--", sys.executable, str(TRAIN_TINY), "--model-dir", str(tmp / "M"), "--output-dir",
                            str(tmp / "O"), "--report-to", "tensorboard"),
-            cwd=tmp, env={**env, "OOMLADDER_NOTIFY": hook.url + "/environment"}, capture_output=True, text=True,
-            timeout=900)
+            cwd=tmp, env={**relaunch_env, "OOMLADDER_NOTIFY": hook.url + "/environment"}, capture_output=True,
+            text=True, timeout=900)
         messages = hook.wait_for(4)
     assert run.returncode == 0, run.stdout + run.stderr
     return tmp, run, messages, hook.url

@@ -1,7 +1,8 @@
 """Two nodes on one machine: two supervisors sharing one run directory, each starting its node's half
 of a torchrun world (static rendezvous on localhost, gloo, one rank per node). A real mid-run OOM under
 the cap on both ranks, the same decision on both nodes from their journals, the world effective batch
-kept, and no process left."""
+kept, and no process left. On the default path (`env`): in-place recovery declines several ranks, and each node
+journals its own rank's `declined` record; the nodes must still agree."""
 
 import socket
 import subprocess

@@ -15,14 +15,14 @@ pytestmark = pytest.mark.e2e
 HF_ARGS = HERE / "programs" / "hf_args.py"
 
 
-def test_the_reports_command_runs_the_final_plan_without_running_out_of_memory(tmp_path, in_place_env, env):
+def test_the_reports_command_runs_the_final_plan_without_running_out_of_memory(tmp_path, env):
     first = tmp_path / "first"
     command = [sys.executable, str(HF_ARGS), "--model_dir", str(tmp_path / "model"), "--output_dir",
                str(tmp_path / "out"), "--per_device_train_batch_size", "16", "--max_steps", "3", "--learning_rate",
                "1e-3", "--report_to", "none", "--save_strategy", "no", "--use_cpu", "True", "--logging_steps", "1",
                "--count_steps", str(tmp_path / "first.steps")]
     result = oomladder("run", "--memory-cap", "1200MiB", "--run-dir", str(first), "--", *command, cwd=tmp_path,
-                       env=in_place_env)
+                       env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     view = view_of(first)
     assert view.facts.reads_flags  # the worker saw HfArgumentParser read TrainingArguments from the command line
@@ -34,11 +34,12 @@ def test_the_reports_command_runs_the_final_plan_without_running_out_of_memory(t
     batch = int(rerun[rerun.index("--per_device_train_batch_size") + 1])
     accumulation = int(rerun[rerun.index("--gradient_accumulation_steps") + 1])
     assert batch < 16 and batch * accumulation == 16
-    # Taken at its word: the same cap, nothing recovered in place, one attempt allowed.
+    # Taken at its word: the same cap, one attempt allowed, and no step split (--no-in-place: none sized ahead, none
+    # split after an OOM), as without oomladder.
     rerun[rerun.index("--count_steps") + 1] = str(tmp_path / "rerun.steps")
     again = tmp_path / "again"
-    result = oomladder("run", "--memory-cap", "1200MiB", "--max-attempts", "1", "--run-dir", str(again), "--", *rerun,
-                       cwd=tmp_path, env=env)
+    result = oomladder("run", "--memory-cap", "1200MiB", "--max-attempts", "1", "--no-in-place", "--run-dir",
+                       str(again), "--", *rerun, cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     attempt, = view_of(again).attempts
     assert attempt.failure is None and attempt.in_place == [] and attempt.status == "finished"

@@ -33,11 +33,11 @@ def run(tmp_path, env, *args, script=TRAIN_TINY, program=()):
     return run_dir, view_of(run_dir)
 
 
-def test_gradient_checkpointing_is_non_reentrant_and_the_adapters_still_learn(tmp_path, env):
+def test_gradient_checkpointing_is_non_reentrant_and_the_adapters_still_learn(tmp_path, relaunch_env):
     """Reentrant checkpointing gives LoRA no gradients when the layers' inputs are frozen: the steps would
     run and learn nothing. The program's own logs show gradients in every checkpointed step."""
     (tmp_path / "gc.yaml").write_text("rungs: [gradient_checkpointing]\n")
-    run_dir, view = run(tmp_path, env, "--memory-cap", "450MiB", "--ladder", str(tmp_path / "gc.yaml"),
+    run_dir, view = run(tmp_path, relaunch_env, "--memory-cap", "450MiB", "--ladder", str(tmp_path / "gc.yaml"),
                         program=(*DEEP, "--batch-size", "8", "--long-len", "256"))
     assert [a.rung for a in view.attempts] == [None, "gradient_checkpointing"] and view.attempts[0].failure.is_memory
     assert "gradient checkpointing False" in said(run_dir, 1)
@@ -61,11 +61,13 @@ def test_fewer_dataloader_workers_after_one_is_killed_for_host_memory(tmp_path, 
     assert processes_of(run_dir) == []
 
 
-def test_the_trainers_own_batch_search_is_turned_off_so_the_effective_batch_stays(tmp_path, env):
+def test_the_trainers_own_batch_search_is_turned_off_so_the_effective_batch_stays(tmp_path, relaunch_env):
     """With auto_find_batch_size the Trainer would catch the OOM itself, shrink the batch without raising
-    accumulation and start the steps again; under oomladder it never sees one."""
+    accumulation and start the steps again; under oomladder it never sees one. In-place recovery off
+    (`relaunch_env`): met in place, the OOM never leaves the step, and would not reach the Trainer's search either
+    way; the OOM that leaves it for a relaunch is the one that tells."""
     (tmp_path / "halve.yaml").write_text("rungs: [halve_batch]\n")  # bf16 on a CPU is minutes per step
-    run_dir, view = run(tmp_path, env, "--memory-cap", "1200MiB", "--ladder", str(tmp_path / "halve.yaml"),
+    run_dir, view = run(tmp_path, relaunch_env, "--memory-cap", "1200MiB", "--ladder", str(tmp_path / "halve.yaml"),
                         program=("--auto-find-batch-size",))
     assert len(view.attempts) == 2 and view.attempts[0].failure.is_memory
     last = (run_dir / "attempts" / "002" / "stdout.log").read_text()
@@ -73,11 +75,12 @@ def test_the_trainers_own_batch_search_is_turned_off_so_the_effective_batch_stay
     assert_each_step_ran_once(tmp_path / "steps", 6)
 
 
-def test_a_rung_that_breaks_a_program_that_worked_is_rolled_back_and_the_run_finishes(tmp_path, env):
+def test_a_rung_that_breaks_a_program_that_worked_is_rolled_back_and_the_run_finishes(tmp_path, relaunch_env):
     """The program logs a spectral norm of a frozen weight after each step, which has no BFloat16 kernel on the
     CPU. bf16 loads the base weights in bf16 and breaks it; oomladder undoes bf16, blames the rung, not the
     program, and finishes on the other rungs."""
-    run_dir, view = run(tmp_path, env, "--memory-cap", "1200MiB", script=HERE / "programs" / "spectral_monitor.py")
+    run_dir, view = run(tmp_path, relaunch_env, "--memory-cap", "1200MiB",
+                        script=HERE / "programs" / "spectral_monitor.py")
     first, broken, last = view.attempts
     assert first.failure.is_memory and "bf16" in broken.rung and broken.rolled_back
     assert "Low precision dtypes not supported" in broken.failure.summary

@@ -1,7 +1,8 @@
 """No optimizer step lost or repeated: a run that hits an OOM at step 3 continues from the end of
 step 2 on the next plan, and it is the same training as one that ran steps 1-2 on the first plan
 and steps 3-6 on the final one without oomladder. Checked against the program's own record of the
-steps it ran, and shown to fail when the worker does not resume."""
+steps it ran, and shown to fail when the worker does not resume. The relaunch's promise, so with in-place recovery
+off (`relaunch_env`); the same promise in place is tests/e2e/test_in_place.py's."""
 
 import json
 import sys
@@ -74,8 +75,8 @@ def continuous(tmp_path_factory, env):
             "learning_rate": {**per_step(first, "learning_rate"), **per_step(second, "learning_rate")}}
 
 
-def test_every_step_runs_once_and_the_recovered_run_is_the_continuous_training(tmp_path, env, continuous):
-    run_dir, recovered = run(tmp_path, "recovered", "--memory-cap", "1200MiB", *halving(tmp_path), env=env,
+def test_every_step_runs_once_and_the_recovered_run_is_the_continuous_training(tmp_path, relaunch_env, continuous):
+    run_dir, recovered = run(tmp_path, "recovered", "--memory-cap", "1200MiB", *halving(tmp_path), env=relaunch_env,
                              model=continuous["model"])
     # What the program itself did: steps 1-2 in the first process, 3-6 in the second, each once.
     assert steps_by_process(tmp_path / "recovered.steps") == [[1, 2], [3, 4, 5, 6]]
@@ -103,13 +104,13 @@ def test_every_step_runs_once_and_the_recovered_run_is_the_continuous_training(t
     assert processes_of(run_dir) == []
 
 
-def test_a_worker_that_does_not_resume_fails_the_checks_and_the_report_says_so(tmp_path, env, continuous):
+def test_a_worker_that_does_not_resume_fails_the_checks_and_the_report_says_so(tmp_path, relaunch_env, continuous):
     """The checks above can fail: with resume switched off in the worker (a test-only switch standing for a
     broken resume), the second attempt trains from scratch, and the program's record, the adapters, the
     table and the report all show it."""
     run_dir, sabotaged = run(tmp_path, "sabotaged", "--memory-cap", "1200MiB", *halving(tmp_path),
                              model=continuous["model"],
-                             env={**env, "_OOMLADDER_TEST_SKIP_RESUME": "1"})
+                             env={**relaunch_env, "_OOMLADDER_TEST_SKIP_RESUME": "1"})
     assert steps_by_process(tmp_path / "sabotaged.steps") == [[1, 2], [1, 2, 3, 4, 5, 6]]
     with pytest.raises(AssertionError):
         assert_each_step_ran_once(tmp_path / "sabotaged.steps", 6)
