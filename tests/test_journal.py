@@ -8,7 +8,7 @@ from oomladder.plan import Plan
 from oomladder.record import schema
 from oomladder.record.history import Folder, fold
 from oomladder.record.journal import SCHEMA_VERSION, Journal, read_journal
-from oomladder.record.records import CheckpointRecord, ModelData
+from oomladder.record.records import CheckpointRecord, ModelData, RunEnd
 from oomladder.status import AttemptOutcome, RunStatus
 
 
@@ -143,7 +143,8 @@ def test_checkpoints_warnings_and_the_runs_end_are_kept_and_a_resumed_run_is_run
     ended = {"type": "run_ended", "ts": 4, "status": "interrupted"}
     view = _run(_started(1), checkpoint, warning, ended)
     assert (view.checkpoints, view.warnings, view.ended, view.status) == (
-        [CheckpointRecord("/c/2", 2, attempt=1)], [warning], ended, RunStatus.INTERRUPTED)
+        [CheckpointRecord("/c/2", 2, attempt=1)], [warning], RunEnd(RunStatus.INTERRUPTED, ts=4),
+        RunStatus.INTERRUPTED)
     again = fold([{"type": "run_started", "ts": 0.0}, _started(1), ended, {"type": "run_started", "ts": 5.0}])
     assert (again.ended, again.status, again.run["ts"]) == (None, RunStatus.RUNNING, 5.0)
     assert _run().status is RunStatus.NOT_STARTED and _run().final_plan == Plan()

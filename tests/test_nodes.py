@@ -363,7 +363,7 @@ def test_a_node_started_with_other_options_stops_every_node_before_any_rank_runs
                              options=({}, {"initial": Plan(per_device_train_batch_size=4)}))
     assert codes == [2, 2]
     assert node0.specs == [] and node1.specs == []
-    assert "the nodes disagree on attempt 1: node 1 would run the plan" in views[0].ended["reason"]
+    assert "the nodes disagree on attempt 1: node 1 would run the plan" in views[0].ended.reason
     assert views[1].attempts[0].status == "interrupted"
 
 
@@ -371,7 +371,7 @@ def test_a_node_started_with_another_memory_cap_stops_every_node(tmp_path):
     node0, node1 = Node(finishes(0)), Node(finishes(1))
     codes, views = two_nodes(tmp_path, [node0, node1], options=({}, {"memory_cap": 2**31}))
     assert codes == [2, 2] and node0.specs == [] == node1.specs
-    assert "node 1 was started with another --memory-cap than node 0" in views[1].ended["reason"]
+    assert "node 1 was started with another --memory-cap than node 0" in views[1].ended.reason
 
 
 def test_a_node_that_never_starts_ends_the_run_after_the_timeout(tmp_path):
@@ -382,7 +382,7 @@ def test_a_node_that_never_starts_ends_the_run_after_the_timeout(tmp_path):
     code = Runner(config, launcher=launcher, clock=clock, sleep=clock.sleep, environ={}).run()
     view = fold(read_journal(tmp_path / "run" / "journal.jsonl"))
     assert code == 3 and launcher.specs == []
-    assert view.ended["reason"].startswith("node 1 did not start attempt 1 within 600 s")
+    assert view.ended.reason.startswith("node 1 did not start attempt 1 within 600 s")
 
 
 def test_a_run_directory_of_one_node_is_not_taken_for_two(tmp_path):
@@ -461,8 +461,8 @@ def test_a_signal_to_one_node_stops_the_run_on_every_node(tmp_path):
         t.join(timeout=30)
     assert codes == {0: 143, 1: 143}
     view1 = fold(read_journal(nodes.journal_path(tmp_path / "run", 1)))
-    assert view1.ended["status"] == "interrupted"
-    assert view1.ended["reason"].startswith("node 0 was stopped (SIGTERM), and this node's group with it")
+    assert view1.ended.status == "interrupted"
+    assert view1.ended.reason.startswith("node 0 was stopped (SIGTERM), and this node's group with it")
     assert launchers[1].groups[0].stopped_with == signal.SIGTERM
 
 

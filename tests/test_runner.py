@@ -122,7 +122,7 @@ def test_an_oom_walks_the_ladder_and_the_next_attempt_finishes(tmp_path):
     assert workers.plans()[2]["gradient_accumulation_steps"] == 2
     assert {a.plan.effective_batch for a in view.attempts} == {16}
     assert view.attempts[0].failure.summary == "CPU allocator out of memory: tried to allocate 500 MiB"
-    assert view.ended["status"] == "finished"
+    assert view.ended.status == "finished"
 
 
 def test_the_report_is_written_beside_the_journal(tmp_path):
@@ -139,22 +139,22 @@ def test_a_bug_stops_the_run_without_walking_the_ladder(tmp_path):
     code, view = run(tmp_path, ScriptedWorkers(bug))
     assert code == 3
     assert len(view.attempts) == 1 and not view.decisions
-    assert "KeyError: 'labels'" in view.ended["reason"] and "ladder was not walked" in view.ended["reason"]
+    assert "KeyError: 'labels'" in view.ended.reason and "ladder was not walked" in view.ended.reason
 
 
 def test_when_no_rung_is_left_the_run_stops_and_says_why(tmp_path):
     code, view = run(tmp_path, ScriptedWorkers(oom_at(1), oom_at(1)), ladder=parse_ladder(
         "rungs: [{halve_batch: {times: 1}}]", "one rung"))
     assert code == 4
-    assert view.ended["status"] == "ladder_exhausted"
-    assert "no rung of the ladder is left" in view.ended["reason"]
+    assert view.ended.status == "ladder_exhausted"
+    assert "no rung of the ladder is left" in view.ended.reason
 
 
 def test_the_attempt_budget_is_kept(tmp_path):
     code, view = run(tmp_path, ScriptedWorkers(oom_at(1), oom_at(1)), max_attempts=2)
     assert code == 5 and len(view.attempts) == 2
-    assert view.ended["status"] == "budget_exhausted"
-    assert "the --max-attempts budget (2 attempts) is spent" in view.ended["reason"]
+    assert view.ended.status == "budget_exhausted"
+    assert "the --max-attempts budget (2 attempts) is spent" in view.ended.reason
 
 
 def test_the_same_run_directory_again_continues_on_the_plan_it_reached(tmp_path):
@@ -192,7 +192,7 @@ def test_a_command_that_cannot_start_is_bad_input(tmp_path):
     def cannot(spec):
         raise LaunchError("cannot start 'trian.py': No such file or directory")
     code, view = run(tmp_path, cannot)
-    assert code == 2 and view.ended["status"] == "launch_failed"
+    assert code == 2 and view.ended.status == "launch_failed"
 
 
 def test_the_allocator_rung_reaches_the_worker_under_both_variable_names(tmp_path):
@@ -222,7 +222,7 @@ def test_a_stop_signal_stops_the_worker_group_and_the_run_says_so(tmp_path):
     assert runner.run() == 143
     assert handles[0].stopped_with == signal.SIGTERM
     view = fold(read_journal(tmp_path / "run" / "journal.jsonl"))
-    assert view.ended["status"] == "interrupted" and view.attempts[0].status == "interrupted"
+    assert view.ended.status == "interrupted" and view.attempts[0].status == "interrupted"
 
 
 def test_a_worker_without_progress_is_stopped_and_retried_once_then_the_run_stops(tmp_path):
@@ -240,7 +240,7 @@ def test_a_worker_without_progress_is_stopped_and_retried_once_then_the_run_stop
     assert [a.rung for a in view.attempts] == [None, "retry"]
     assert [a.failure.kind.value for a in view.attempts] == ["hang", "hang"]
     assert all(h.stopped_with == signal.SIGTERM for h in handles)
-    assert view.ended["status"] == "hang" and "2 times in a row; stopped after 1 retries" in view.ended["reason"]
+    assert view.ended.status == "hang" and "2 times in a row; stopped after 1 retries" in view.ended.reason
 
 
 def test_the_wall_time_budget_stops_a_running_attempt_and_names_itself(tmp_path):
@@ -251,8 +251,8 @@ def test_the_wall_time_budget_stops_a_running_attempt_and_names_itself(tmp_path)
     code = Runner(config, launcher=lambda spec: handle, clock=clock, sleep=clock.sleep, environ={}).run()
     assert code == 5 and handle.stopped_with == signal.SIGTERM
     view = fold(read_journal(tmp_path / "run" / "journal.jsonl"))
-    assert view.ended["status"] == "budget_exhausted"
-    assert "--max-wall-time budget (3600 s of wall time)" in view.ended["reason"]
+    assert view.ended.status == "budget_exhausted"
+    assert "--max-wall-time budget (3600 s of wall time)" in view.ended.reason
 
 
 def test_a_transient_failure_is_retried_on_the_same_plan_with_backoff(tmp_path):
@@ -282,7 +282,7 @@ def test_transient_failures_that_keep_coming_stop_the_run(tmp_path):
     runner = Runner(config, launcher=ScriptedWorkers(*[reset] * 4), clock=FakeClock(), sleep=lambda s: None, environ={})
     assert runner.run() == 3
     view = fold(read_journal(tmp_path / "run" / "journal.jsonl"))
-    assert len(view.attempts) == 4 and view.ended["status"] == "transient"
+    assert len(view.attempts) == 4 and view.ended.status == "transient"
 
 
 def test_a_worker_that_reports_one_step_per_look_is_not_taken_for_hung(tmp_path):
@@ -380,7 +380,7 @@ class Stoppable(Handle):
 def test_a_closed_terminal_stops_the_run_like_a_scheduler_and_exits_129(tmp_path):
     code, handles, view = stop_run(tmp_path, [signal.SIGHUP])
     assert code == 129 and handles[0].stopped_with == signal.SIGTERM
-    assert view.ended["status"] == "interrupted" and view.attempts[0].status == "interrupted"
+    assert view.ended.status == "interrupted" and view.attempts[0].status == "interrupted"
 
 
 @pytest.mark.parametrize("signals, hurried", [(1, False), (2, True)])
@@ -413,7 +413,7 @@ def test_a_signal_during_the_backoff_stops_before_the_next_launch(tmp_path):
                     sleep=lambda s: runner.request_stop(signal.SIGTERM) if s >= 1 else None, environ={})
     assert runner.run() == 143
     view = fold(read_journal(tmp_path / "run" / "journal.jsonl"))
-    assert len(workers.specs) == 1 and len(view.attempts) == 1 and view.ended["status"] == "interrupted"
+    assert len(workers.specs) == 1 and len(view.attempts) == 1 and view.ended.status == "interrupted"
 
 
 def test_a_step_of_the_wall_clock_is_not_taken_for_a_hang_or_a_spent_budget(tmp_path):
@@ -452,8 +452,8 @@ def test_a_full_disk_stops_the_worker_and_ends_the_run_in_one_line_with_exit_74(
 
     code, _, view = stop_run(tmp_path, [], launcher=launcher)
     assert code == 74 and handles[0].stopped_with == signal.SIGTERM
-    assert view.ended["status"] == "disk_full"
-    assert view.ended["reason"].startswith(f"the disk holding {tmp_path / 'run' / 'journal.jsonl'} is full")
+    assert view.ended.status == "disk_full"
+    assert view.ended.reason.startswith(f"the disk holding {tmp_path / 'run' / 'journal.jsonl'} is full")
 
 
 def test_a_bug_in_oomladder_stops_the_worker_and_is_journaled_before_it_is_raised(tmp_path):
@@ -471,7 +471,7 @@ def test_a_bug_in_oomladder_stops_the_worker_and_is_journaled_before_it_is_raise
         stop_run(tmp_path, [], launcher=launcher)
     view = fold(read_journal(tmp_path / "run" / "journal.jsonl"))
     assert handles[0].stopped_with == signal.SIGTERM
-    assert view.ended["status"] == "internal_error" and "ZeroDivisionError: oops" in view.ended["reason"]
+    assert view.ended.status == "internal_error" and "ZeroDivisionError: oops" in view.ended.reason
 
 
 def test_a_console_that_went_away_does_not_take_the_run_with_it(tmp_path):
@@ -489,5 +489,5 @@ def test_a_console_that_went_away_does_not_take_the_run_with_it(tmp_path):
     runner = Runner(config, launcher=lambda spec: Stoppable(), display=ClosedTerminal(),
                     sleep=lambda s: runner.request_stop(signal.SIGHUP), environ={})
     assert runner.run() == 129
-    assert fold(read_journal(tmp_path / "run" / "journal.jsonl")).ended["status"] == "interrupted"
+    assert fold(read_journal(tmp_path / "run" / "journal.jsonl")).ended.status == "interrupted"
     assert (tmp_path / "run" / "report.md").exists()

@@ -15,7 +15,7 @@ from oomladder.classify import Failure
 from oomladder.plan import Facts, Plan
 from oomladder.record import schema
 from oomladder.record.checks import damage
-from oomladder.record.records import CheckpointRecord, DecisionRecord, InPlaceRecord, ModelData
+from oomladder.record.records import CheckpointRecord, DecisionRecord, InPlaceRecord, ModelData, RunEnd
 from oomladder.record.steps import StepSet
 from oomladder.record.view import AttemptView, RunView
 from oomladder.status import AttemptOutcome
@@ -48,7 +48,7 @@ class Folder:
         self.facts: dict[str, Any] = {}
         self.model: ModelData | None = None
         self.load: dict[str, Any] | None = None
-        self.ended: dict[str, Any] | None = None
+        self.ended: RunEnd | None = None
         self.malformed = 0                   # records without the fields their type needs
         self.damaged: list[dict[str, Any]] = []  # the first DAMAGED_KEPT of them: {line, why}
         self._before: tuple[int, StepSet] | None = None  # (attempt, the steps of the attempts numbered below it)
@@ -129,7 +129,7 @@ class Folder:
             self.attempts[decision.rolled_back].rolled_back = True
 
     def _run_ended(self, r: dict[str, Any]) -> None:
-        self.ended = r
+        self.ended = RunEnd.of(r)
 
     # Each record type and how it folds; a type this oomladder does not know (a newer one's) is passed over.
     _FOLDS: dict[Any, Callable[[Folder, dict[str, Any]], None]] = {

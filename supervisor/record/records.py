@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from oomladder.plan import Plan
-from oomladder.status import InPlaceOutcome
+from oomladder.status import InPlaceOutcome, RunStatus
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,21 @@ class DecisionRecord:
     def rungs_used(self) -> tuple[int, ...]:
         """The rungs (by index) its plan used: each one it stacked, or its one rung."""
         return self.rung_indices or ((self.rung_index,) if self.rung_index is not None else ())
+
+
+@dataclass(frozen=True)
+class RunEnd:
+    """How the run ended (run/loop.py writes it): its status, the exit code oomladder returned, and why."""
+
+    status: RunStatus
+    exit_code: int | None = None
+    reason: str = ""
+    ts: float | None = None
+
+    @classmethod
+    def of(cls, r: dict[str, Any]) -> RunEnd:
+        return cls(status=RunStatus(r["status"]), exit_code=r.get("exit_code"), reason=r.get("reason") or "",
+                   ts=r.get("ts"))
 
 
 @dataclass(frozen=True)

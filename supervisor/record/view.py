@@ -12,7 +12,7 @@ from typing import Any
 
 from oomladder.classify import Failure
 from oomladder.plan import Facts, Plan
-from oomladder.record.records import CheckpointRecord, DecisionRecord, InPlaceRecord, ModelData
+from oomladder.record.records import CheckpointRecord, DecisionRecord, InPlaceRecord, ModelData, RunEnd
 from oomladder.record.steps import StepLog, StepSet
 from oomladder.status import AttemptOutcome, RunStatus
 
@@ -144,7 +144,7 @@ class RunView:
     checkpoints: list[CheckpointRecord]
     program_plan: Plan               # what the wrapped program does on its own, as observed
     facts: Facts
-    ended: dict[str, Any] | None
+    ended: RunEnd | None
     model: ModelData | None = None        # the worker's model shape and what trains (worker/protocol/probe.py)
     load: dict[str, Any] | None = None    # the last checkpoint load a worker asked for (worker/transformers/loading.py)
     warnings: list[dict[str, Any]] = field(default_factory=list)  # what a person should know, as journaled
@@ -216,5 +216,5 @@ class RunView:
     @property
     def status(self) -> RunStatus:
         if self.ended:
-            return RunStatus(self.ended["status"])
+            return self.ended.status
         return RunStatus.RUNNING if self.attempts else RunStatus.NOT_STARTED

@@ -71,8 +71,8 @@ def end_message(view: RunView, report: Path, where: str) -> Message:
     status = view.status
     title = f"oomladder: {OUTCOMES.get(status, status.value.replace('_', ' '))}"
     lines = []
-    if view.ended and view.ended.get("reason"):
-        lines.append(f"{view.ended['reason']}.")
+    if view.ended and view.ended.reason:
+        lines.append(f"{view.ended.reason}.")
     last = view.attempts[-1] if view.attempts else None
     if last is not None and last.failure is not None and status is not RunStatus.FINISHED:
         lines.append(f"Attempt {last.number}: {status_text(last)}.")

@@ -59,14 +59,14 @@ def build_report(view: RunView) -> dict[str, Any]:
         })
         previous = a.plan
     before, after = view.program_plan, view.final_plan
-    ended = view.ended or {}
+    ended = view.ended
     exact = view.steps_exact
     steps = {"reported": view.steps_reported, "repeated": view.repeated_steps.to_json(),
              "missing": view.missing_steps.to_json() if exact else [], "exact": exact}
     return {
         "schema": REPORT_SCHEMA,
         "status": view.status, "status_text": STATUS_TEXT.get(view.status, view.status),
-        "exit_code": ended.get("exit_code"), "reason": ended.get("reason"),
+        "exit_code": ended.exit_code if ended else None, "reason": ended.reason if ended else None,
         "command": view.run.get("command") or [], "memory_cap": view.run.get("memory_cap"),
         "trains_in": view.facts.trains_in, "notebook": view.facts.notebook,
         "device_memory": view.facts.device_memory,

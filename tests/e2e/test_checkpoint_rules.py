@@ -58,7 +58,7 @@ def test_an_oom_in_step_1_saves_no_checkpoint_and_the_next_attempt_starts_at_ste
     assert "no emergency checkpoint: the OOM struck in the first step" in stderr_of(run_dir, 1)
     assert view.checkpoints == [] and view.attempts[1].resumed_from is None
     assert_each_step_ran_once(tmp_path / "steps", 6)
-    assert view.ended["reason"].startswith("every step ran once")
+    assert view.ended.reason.startswith("every step ran once")
 
 
 def test_an_oom_inside_the_optimizer_step_saves_no_checkpoint_and_the_repeated_steps_are_reported(tmp_path, env):
@@ -72,7 +72,7 @@ def test_an_oom_inside_the_optimizer_step_saves_no_checkpoint_and_the_repeated_s
     assert "no emergency checkpoint: the OOM struck inside the optimizer step" in stderr_of(run_dir, 1)
     assert view.checkpoints == [] and view.attempts[1].resumed_from is None
     assert steps_by_process(tmp_path / "steps") == [[1, 2], [1, 2, 3, 4, 5, 6]]
-    assert view.repeated_steps == [1, 2] and "1–2 ran more than once" in view.ended["reason"]
+    assert view.repeated_steps == [1, 2] and "1–2 ran more than once" in view.ended.reason
     report = json.loads((run_dir / "report.json").read_text())
     assert report["steps"]["repeated"] == [[1, 2]] and report["attempts"][1]["steps_text"] == "1–6 (1–2 again)"
 

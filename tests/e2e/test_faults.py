@@ -28,7 +28,7 @@ def test_a_hung_worker_is_stopped_retried_once_and_the_run_stops(tmp_path, env):
     assert result.returncode == 3
     view = view_of(run_dir)
     assert [a.failure.kind for a in view.attempts] == [Kind.HANG, Kind.HANG]
-    assert view.ended["status"] == "hang"
+    assert view.ended.status == "hang"
     assert processes_of(run_dir) == []
 
 
@@ -75,5 +75,5 @@ def test_ctrl_c_stops_the_worker_group_and_exits_130(tmp_path, env):
         time.sleep(0.1)
     supervisor.send_signal(signal.SIGINT)
     assert supervisor.wait(timeout=120) == 130
-    assert view_of(run_dir).ended["status"] == "interrupted"
+    assert view_of(run_dir).ended.status == "interrupted"
     assert processes_of(run_dir) == []

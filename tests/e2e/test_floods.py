@@ -45,5 +45,5 @@ def test_a_progress_line_of_megabytes_is_skipped_and_said(tmp_path, env):
 def test_step_numbers_that_count_samples_stay_bounded_and_are_said_to_be_sparse(tmp_path, env):
     run_dir, report = flood(tmp_path, env, "--steps", "100000", "--every", "16")
     assert report["steps"]["exact"] is False and report["steps"]["missing"] == []
-    assert "too sparse" in view_of(run_dir).ended["reason"]
+    assert "too sparse" in view_of(run_dir).ended.reason
     assert (run_dir / "journal.jsonl").stat().st_size < 20 * 2**20

@@ -64,7 +64,7 @@ def test_an_accelerate_loop_with_its_own_counters_resumes_as_a_continuous_run(tm
     assert [lr for _, _, lr in log] == pytest.approx([1e-3 * (1 - k / 6) for k in range(1, 7)], rel=1e-6, abs=1e-12)
     assert "done: 6 optimizer steps by this program's own count" in (
         run_dir / "attempts" / f"{last.number:03d}" / "stdout.log").read_text()
-    assert view.ended["reason"].startswith("every step ran once")
+    assert view.ended.reason.startswith("every step ran once")
     assert processes_of(run_dir) == []
 
 
@@ -118,4 +118,4 @@ def test_a_program_no_adapter_reaches_is_told_so_and_no_step_is_claimed(tmp_path
     assert result.returncode == 0, result.stdout + result.stderr
     assert "oomladder's adapter did not load in this program" in result.stdout
     view = view_of(run_dir)
-    assert not view.steps_reported and "is not known" in view.ended["reason"]
+    assert not view.steps_reported and "is not known" in view.ended.reason

@@ -184,7 +184,7 @@ def test_without_cgroups_it_says_so_resume_finds_a_cleared_child_by_session_and_
     assert time.monotonic() - stopped < 8  # killed without waiting out the grace; the report is written after
     assert sweeping.wait(timeout=60) == 129
     view = view_of(run_dir)
-    assert (view.ended["status"], view.ended["exit_code"]) == ("interrupted", 129)
+    assert (view.ended.status, view.ended.exit_code) == ("interrupted", 129)
     assert len(view.attempts) == attempts and (run_dir / "report.md").exists()
     resumed = oomladder("resume", str(run_dir), cwd=tmp_path, env=env)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
@@ -224,7 +224,7 @@ def test_a_closed_terminal_stops_the_run_with_129_and_a_report(tmp_path, env):
     supervisor.send_signal(signal.SIGHUP)
     assert supervisor.wait(timeout=120) == 129
     view = view_of(run_dir)
-    assert view.ended["status"] == "interrupted" and (run_dir / "report.md").exists()
+    assert view.ended.status == "interrupted" and (run_dir / "report.md").exists()
     assert processes_of(run_dir) == []
 
 

@@ -53,7 +53,7 @@ def test_a_mid_run_oom_is_recovered_in_place_and_is_the_training_of_the_equivale
     assert record.numbers["tried_to_allocate"] > 0 and record.peak > 0
     plan = attempt.plan  # the plan the split equals, which a relaunch would start from
     assert (plan.per_device_train_batch_size, plan.gradient_accumulation_steps, plan.effective_batch) == (8, 2, 16)
-    assert view.ended["reason"].startswith("every step ran once")
+    assert view.ended.reason.startswith("every step ran once")
     # The same training: adapters within the tolerance of sums taken in another order, the same schedule.
     ours, theirs = adapters(tmp_path / "in-place-final"), equivalent["adapters"]
     assert ours.keys() == theirs.keys()

@@ -67,7 +67,7 @@ def test_an_unmodified_lightning_fine_tune_recovers_mid_run_with_its_effective_b
         assert "precision bf16-mixed" in stdout
 
     assert all(a.resumed_from == 2 and a.began_at == 2 for a in view.attempts[1:])
-    assert view.repeated_steps == [] and view.ended["reason"].startswith("every step ran once")
+    assert view.repeated_steps == [] and view.ended.reason.startswith("every step ran once")
     assert not list((run_dir / "checkpoints").iterdir())  # the emergency checkpoint went with the finished run
     assert processes_of(run_dir) == []
 
@@ -97,7 +97,7 @@ def test_sigterm_saves_the_step_in_flight_and_resume_continues_a_shuffled_epoch_
     supervisor.send_signal(signal.SIGTERM)
     assert supervisor.wait(timeout=120) == 143
     view = view_of(run_dir)
-    assert view.ended["status"] == "interrupted" and view.checkpoints  # the step in flight was saved
+    assert view.ended.status == "interrupted" and view.checkpoints  # the step in flight was saved
     saved = view.checkpoints[-1].step
     assert 7 <= saved < 14 and steps_by_process(tmp_path / "steps") == [list(range(1, saved + 1))]
 

@@ -64,8 +64,8 @@ def test_a_checkpoint_the_cpu_emulation_cannot_even_map_stops_at_once_and_says_w
     assert result.returncode == 4, result.stdout + result.stderr
     view = view_of(run_dir)
     assert len(view.attempts) == 1 and view.attempts[0].failure.phase == "load"
-    assert view.ended["status"] == "ladder_exhausted"
-    assert "under the CPU emulation the checkpoint's files (321 MiB) are mapped" in view.ended["reason"]
+    assert view.ended.status == "ladder_exhausted"
+    assert "under the CPU emulation the checkpoint's files (321 MiB) are mapped" in view.ended.reason
     assert "under the CPU emulation" in (run_dir / "report.md").read_text()
 
 

@@ -52,7 +52,7 @@ def test_sigterm_saves_the_step_in_flight_and_resume_finishes_the_run(tmp_path, 
     assert supervisor.wait(timeout=120) == 143
     assert wait_gone(run_dir) == []
     view = fold(read_journal(run_dir / "journal.jsonl"))
-    assert view.ended["status"] == "interrupted" and view.checkpoints  # the step in flight was saved
+    assert view.ended.status == "interrupted" and view.checkpoints  # the step in flight was saved
     saved = view.checkpoints[-1].step
 
     result = oomladder("resume", str(run_dir), cwd=tmp_path, env=env)

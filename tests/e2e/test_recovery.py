@@ -50,7 +50,7 @@ def test_the_demo_hits_a_real_oom_and_finishes_with_the_same_effective_batch(tmp
     assert {a.plan.effective_batch for a in view.attempts} == {16}
     assert "effective batch 16" in (run_dir / "attempts" / f"{last.number:03d}" / "stdout.log").read_text()
     assert_each_step_ran_once(run_dir / "steps.log", 4)  # the demo program's own record of its steps
-    assert view.ended["reason"].startswith("every step ran once")
+    assert view.ended.reason.startswith("every step ran once")
     assert (run_dir / "report.md").read_text().startswith("# oomladder report\n\n**Training finished.**")
     assert json.loads((run_dir / "report.json").read_text())["effective_batch"] == {"before": 16, "after": 16}
     assert f"oomladder report {run_dir}" in result.stdout
@@ -118,7 +118,7 @@ def test_a_plain_pytorch_program_gets_its_plan_through_placeholders(tmp_path, en
                                              "--accum", str(view.final_plan.gradient_accumulation_steps)]
     # The program restarts from step 1 on each attempt and tells oomladder nothing of its steps: the run's
     # end says so rather than claiming every step ran.
-    assert "every step ran" not in view.ended["reason"] and "is not known" in view.ended["reason"]
+    assert "every step ran" not in view.ended.reason and "is not known" in view.ended.reason
     assert processes_of(run_dir) == []
 
 
@@ -146,5 +146,5 @@ def test_sigterm_stops_the_worker_group_and_leaves_a_run_to_continue(tmp_path, e
     supervisor.send_signal(signal.SIGTERM)
     assert supervisor.wait(timeout=60) == 143
     view = view_of(run_dir)
-    assert view.ended["status"] == "interrupted" and view.attempts[0].status == "interrupted"
+    assert view.ended.status == "interrupted" and view.attempts[0].status == "interrupted"
     assert processes_of(run_dir) == []

@@ -87,7 +87,7 @@ def test_a_rung_that_breaks_a_program_that_worked_is_rolled_back_and_the_run_fin
     assert last.plan.precision == "fp32" and last.plan.effective_batch == 16 and last.status == "finished"
     undo = view.decisions[-1]
     assert undo.rolled_back == 2 and [name for name, _, _ in undo.incompatible] == ["bf16"]
-    assert view.ended["status"] == "finished" and view.ended["exit_code"] == 0
+    assert view.ended.status == "finished" and view.ended.exit_code == 0
     # Step 3 ran under the broken plan before the program's callback failed at its end, and again on resume:
     # the report counts it, as the program's own record shows it.
     ran = [step for steps in steps_by_process(tmp_path / "steps") for step in steps]

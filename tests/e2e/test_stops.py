@@ -64,6 +64,6 @@ def test_a_stop_at_any_phase_of_a_resumed_attempt_loses_nothing(tmp_path, env, s
     assert finished.returncode == 0, finished.stdout + finished.stderr
     assert_each_step_ran_once(ledger, MAX_STEPS)
     view = view_of(run_dir)
-    assert view.ended["reason"].startswith("every step ran once")
+    assert view.ended.reason.startswith("every step ran once")
     assert [len(steps) for steps in steps_by_process(ledger)] == [1, 1, 1, 1, 1]  # step, optimizer, save, the end
     assert processes_of(run_dir) == []

@@ -86,7 +86,7 @@ def test_every_step_runs_once_and_the_recovered_run_is_the_continuous_training(t
     assert (final.per_device_train_batch_size, final.gradient_accumulation_steps, final.precision) == (8, 2, "fp32")
     assert first.failure.is_memory and first.steps_run == (1, 2)
     assert second.resumed and second.began_at == 2 and second.steps_run == (3, 6)
-    assert recovered.repeated_steps == [] and recovered.ended["reason"].startswith("every step ran once")
+    assert recovered.repeated_steps == [] and recovered.ended.reason.startswith("every step ran once")
     assert not list((run_dir / "checkpoints").iterdir())  # the emergency checkpoint went with the finished run
     # The report says where each attempt resumed.
     report = json.loads((run_dir / "report.json").read_text())
@@ -120,7 +120,7 @@ def test_a_worker_that_does_not_resume_fails_the_checks_and_the_report_says_so(t
     second = sabotaged.attempts[1]
     assert second.resumed_from == 2 and second.began_at == 0 and second.ran_again == [1, 2]
     assert sabotaged.repeated_steps == [1, 2]
-    assert "ran more than once" in sabotaged.ended["reason"] and "every step ran" not in sabotaged.ended["reason"]
+    assert "ran more than once" in sabotaged.ended.reason and "every step ran" not in sabotaged.ended.reason
     warning = next(r for r in sabotaged.records if r["type"] == "warning")
     assert warning["text"].startswith("attempt 2 did not resume: asked to resume from the end of step 2")
     report = json.loads((run_dir / "report.json").read_text())
