@@ -8,7 +8,7 @@ from oomladder.plan import Plan
 from oomladder.record import schema
 from oomladder.record.history import Folder, fold
 from oomladder.record.journal import SCHEMA_VERSION, Journal, read_journal
-from oomladder.record.records import CheckpointRecord, ModelData, RunEnd
+from oomladder.record.records import CheckpointRecord, LoadRequest, ModelData, RunEnd, WarningRecord
 from oomladder.status import AttemptOutcome, RunStatus
 
 
@@ -133,7 +133,7 @@ def test_the_first_report_of_the_model_is_kept_and_the_latest_load_and_the_facts
                 {"type": "observed", "ts": 2, "model": {"shape": {"layers": 3}}, "load": None,
                  "facts": {"device": None, "base_frozen": False}},
                 {"type": "observed", "ts": 3, "load": {"path": "b"}})
-    assert (view.model, view.load) == (ModelData(shape={"layers": 2}, adapters=True), {"path": "b"})
+    assert (view.model, view.load) == (ModelData(shape={"layers": 2}, adapters=True), LoadRequest(path="b"))
     assert (view.facts.device, view.facts.bf16_supported, view.facts.base_frozen) == ("cuda", True, False)
 
 
@@ -143,8 +143,8 @@ def test_checkpoints_warnings_and_the_runs_end_are_kept_and_a_resumed_run_is_run
     ended = {"type": "run_ended", "ts": 4, "status": "interrupted"}
     view = _run(_started(1), checkpoint, warning, ended)
     assert (view.checkpoints, view.warnings, view.ended, view.status) == (
-        [CheckpointRecord("/c/2", 2, attempt=1)], [warning], RunEnd(RunStatus.INTERRUPTED, ts=4),
-        RunStatus.INTERRUPTED)
+        [CheckpointRecord("/c/2", 2, attempt=1)], [WarningRecord("the disk is nearly full", ts=3)],
+        RunEnd(RunStatus.INTERRUPTED, ts=4), RunStatus.INTERRUPTED)
     again = fold([{"type": "run_started", "ts": 0.0}, _started(1), ended, {"type": "run_started", "ts": 5.0}])
     assert (again.ended, again.status, again.run["ts"]) == (None, RunStatus.RUNNING, 5.0)
     assert _run().status is RunStatus.NOT_STARTED and _run().final_plan == Plan()

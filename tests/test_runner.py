@@ -105,10 +105,10 @@ def run(tmp_path, launcher, ladder=None, memory_cap=2**30, **options):
 
 def test_a_memory_cap_far_under_any_model_is_warned_of_at_the_start(tmp_path):
     code, view = run(tmp_path, ScriptedWorkers(finish), memory_cap=12 * 2**20)
-    warning, = [w for w in view.warnings if w.get("about") == "memory_cap"]
-    assert "12.0 MiB, is far under any model" in warning["text"] and "Check --memory-cap's unit" in warning["text"]
+    warning, = [w for w in view.warnings if w.about == "memory_cap"]
+    assert "12.0 MiB, is far under any model" in warning.text and "Check --memory-cap's unit" in warning.text
     code, view = run(tmp_path / "big", ScriptedWorkers(finish), memory_cap=64 * 2**20)
-    assert not [w for w in view.warnings if w.get("about") == "memory_cap"]
+    assert not [w for w in view.warnings if w.about == "memory_cap"]
 
 
 def test_an_oom_walks_the_ladder_and_the_next_attempt_finishes(tmp_path):

@@ -108,16 +108,18 @@ def fit_for(view: RunView, memory_cap: int | None) -> Yardstick | None:
 
 def load_fit(view: RunView, memory_cap: int | None) -> LoadFit | None:
     """After an OOM while the model loaded: the weights alone, from the checkpoint's config, since no step ran."""
-    request = view.load or {}
+    request = view.load
+    if request is None or request.config is None:
+        return None
     try:
-        shape = from_config(request["config"])
-    except (KeyError, UsageError):
+        shape = from_config(request.config)
+    except UsageError:
         return None
     device = view.facts.device or "cpu"
     capacity = _capacity(view, memory_cap, device)
     if capacity is None:
         return None
-    fit = LoadFit(shape, device, request.get("files_bytes"), capacity)
+    fit = LoadFit(shape, device, request.files_bytes, capacity)
     offset = 0
     for a in view.attempts:
         if a.failure is not None and a.failure.is_memory and a.failure.phase == "load":

@@ -15,7 +15,15 @@ from oomladder.classify import Failure
 from oomladder.plan import Facts, Plan
 from oomladder.record import schema
 from oomladder.record.checks import damage
-from oomladder.record.records import CheckpointRecord, DecisionRecord, InPlaceRecord, ModelData, RunEnd
+from oomladder.record.records import (
+    CheckpointRecord,
+    DecisionRecord,
+    InPlaceRecord,
+    LoadRequest,
+    ModelData,
+    RunEnd,
+    WarningRecord,
+)
 from oomladder.record.steps import StepSet
 from oomladder.record.view import AttemptView, RunView
 from oomladder.status import AttemptOutcome
@@ -43,11 +51,11 @@ class Folder:
         self.attempts: dict[int, AttemptView] = {}
         self.decisions: list[DecisionRecord] = []
         self.checkpoints: list[CheckpointRecord] = []
-        self.warnings: list[dict[str, Any]] = []
+        self.warnings: list[WarningRecord] = []
         self.observed = Plan()
         self.facts: dict[str, Any] = {}
         self.model: ModelData | None = None
-        self.load: dict[str, Any] | None = None
+        self.load: LoadRequest | None = None
         self.ended: RunEnd | None = None
         self.malformed = 0                   # records without the fields their type needs
         self.damaged: list[dict[str, Any]] = []  # the first DAMAGED_KEPT of them: {line, why}
@@ -88,7 +96,7 @@ class Folder:
         self.facts.update({k: v for k, v in (r.get("facts") or {}).items() if v is not None})
         if self.model is None and r.get("model"):  # the first report: later ones see the model as loaded
             self.model = ModelData.of(r["model"])
-        self.load = r.get("load") or self.load
+        self.load = LoadRequest.of(r["load"]) if r.get("load") else self.load
         for a in self.attempts.values():
             a.launched = self.observed.merged(a.overrides)
             a.plan = a.in_place_plan(a.split, a.checkpointed)
@@ -141,7 +149,7 @@ class Folder:
         schema.ATTEMPT_ENDED: _attempt_ended,
         schema.DECISION: _decision,
         schema.CHECKPOINT: lambda self, r: self.checkpoints.append(CheckpointRecord.of(r)),
-        schema.WARNING: lambda self, r: self.warnings.append(r),
+        schema.WARNING: lambda self, r: self.warnings.append(WarningRecord.of(r)),
         schema.RUN_ENDED: _run_ended,
     }
 

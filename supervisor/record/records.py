@@ -61,6 +61,37 @@ class RunEnd:
 
 
 @dataclass(frozen=True)
+class WarningRecord:
+    """Something a person should know that changes nothing (`about` names its kind, for whoever says it once)."""
+
+    text: str
+    about: str | None = None
+    attempt: int | None = None
+    ts: float | None = None
+
+    @classmethod
+    def of(cls, r: dict[str, Any]) -> WarningRecord:
+        return cls(text=r["text"], about=r.get("about"), attempt=r.get("attempt"), ts=r.get("ts"))
+
+
+@dataclass(frozen=True)
+class LoadRequest:
+    """What the program's `from_pretrained` was about to load, from the checkpoint's folder
+    (worker/transformers/loading.py): the estimator's weights after an OOM while loading."""
+
+    path: str | None = None
+    config: dict[str, Any] | None = None  # the shape keys of its config.json
+    files_bytes: int | None = None
+    device_map: str | None = None
+    default_dtype: str | None = None      # what a from_pretrained without dtype loads
+
+    @classmethod
+    def of(cls, r: dict[str, Any]) -> LoadRequest:
+        return cls(path=r.get("path"), config=r.get("config"), files_bytes=r.get("files_bytes"),
+                   device_map=r.get("device_map"), default_dtype=r.get("default_dtype"))
+
+
+@dataclass(frozen=True)
 class CheckpointRecord:
     """A whole emergency checkpoint an attempt saved (run/intake.py), or one a peer node saved (nodes/world.py)."""
 

@@ -12,7 +12,15 @@ from typing import Any
 
 from oomladder.classify import Failure
 from oomladder.plan import Facts, Plan
-from oomladder.record.records import CheckpointRecord, DecisionRecord, InPlaceRecord, ModelData, RunEnd
+from oomladder.record.records import (
+    CheckpointRecord,
+    DecisionRecord,
+    InPlaceRecord,
+    LoadRequest,
+    ModelData,
+    RunEnd,
+    WarningRecord,
+)
 from oomladder.record.steps import StepLog, StepSet
 from oomladder.status import AttemptOutcome, RunStatus
 
@@ -146,8 +154,8 @@ class RunView:
     facts: Facts
     ended: RunEnd | None
     model: ModelData | None = None        # the worker's model shape and what trains (worker/protocol/probe.py)
-    load: dict[str, Any] | None = None    # the last checkpoint load a worker asked for (worker/transformers/loading.py)
-    warnings: list[dict[str, Any]] = field(default_factory=list)  # what a person should know, as journaled
+    load: LoadRequest | None = None    # the last checkpoint load a worker asked for (worker/transformers/loading.py)
+    warnings: list[WarningRecord] = field(default_factory=list)  # what a person should know, as journaled
     malformed: int = 0                    # journal records that could not be folded (cut off, edited)
     skipped_lines: list[int] = field(default_factory=list)  # journal lines that were not records at all
     damaged: list[dict[str, Any]] = field(default_factory=list)  # the first malformed records: {line, why}

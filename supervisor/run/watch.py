@@ -133,7 +133,7 @@ class AttemptWatcher:
             self._cgroups = (None, "turned off with OOMLADDER_CGROUPS=0") if off else cgroup.attempt_root()
         base, why = self._cgroups
         group = cgroup.AttemptGroup.make(base, run_key(self.config.run_dir), number) if base is not None else None
-        said = any(w.get("about") == "cgroup" for w in self.journal.view().warnings)
+        said = any(w.about == "cgroup" for w in self.journal.view().warnings)
         if group is None and why is not None and not said:
             text = (f"attempts run without a cgroup of their own here ({why or 'the kernel refused one'}): a process "
                     f"that leaves its worker's session and clears its environment can outlive a supervisor killed "

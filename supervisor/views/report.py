@@ -73,8 +73,7 @@ def build_report(view: RunView) -> dict[str, Any]:
         "ladder": (view.run.get("ladder") or {}).get("source"),
         "effective_batch": {"before": before.effective_batch, "after": after.effective_batch},
         "steps": steps, "steps_summary": steps_line(steps, strong=lambda text: text),
-        "warnings": [{"attempt": w.get("attempt"), "about": w.get("about"), "text": w.get("text")}
-                     for w in view.warnings],
+        "warnings": [{"attempt": w.attempt, "about": w.about, "text": w.text} for w in view.warnings],
         "journal": {"unreadable_lines": view.skipped_lines, "malformed_records": view.malformed,
                     "damaged": view.damaged},
         "attempts": attempts,

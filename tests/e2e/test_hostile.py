@@ -96,8 +96,8 @@ def test_resume_stops_a_worker_that_ignores_sigterm_left_by_a_killed_supervisor(
     resumed = oomladder("resume", str(run_dir), cwd=tmp_path, env=env)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert not any(alive(pid) for pid in stray)
-    warning, = [w for w in view_of(run_dir).warnings if w.get("about") == "stray"]
-    assert "still running from an earlier supervisor" in warning["text"]
+    warning, = [w for w in view_of(run_dir).warnings if w.about == "stray"]
+    assert "still running from an earlier supervisor" in warning.text
     # Never two trainers at once: in the ledger, no line of the stray's comes after the resumed worker's first.
     pids = [line.split()[0] for line in ledger.read_text().splitlines()]
     assert pids == sorted(pids, key=pids.index) and str(stray[0]) in pids and pids[-1] != str(stray[0])
@@ -189,8 +189,8 @@ def test_without_cgroups_it_says_so_resume_finds_a_cleared_child_by_session_and_
     resumed = oomladder("resume", str(run_dir), cwd=tmp_path, env=env)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert_each_step_ran_once(ledger, 6)
-    said, = [w for w in view_of(run_dir).warnings if w.get("about") == "cgroup"]  # once, at the run's start
-    assert "OOMLADDER_CGROUPS=0" in said["text"]
+    said, = [w for w in view_of(run_dir).warnings if w.about == "cgroup"]  # once, at the run's start
+    assert "OOMLADDER_CGROUPS=0" in said.text
 
 
 def test_a_helper_that_fails_does_not_outrank_the_programs_own_oom(tmp_path, env):

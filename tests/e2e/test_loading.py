@@ -48,7 +48,7 @@ def test_a_bf16_checkpoint_loaded_as_float32_that_does_not_fit_loads_in_bf16_and
     view = view_of(run_dir)
     first, second = view.attempts
     assert first.failure.is_memory and first.failure.phase == "load"
-    assert view.load["files_bytes"] > 300 * 2**20 and view.load["config"]["num_hidden_layers"] == 8
+    assert view.load.files_bytes > 300 * 2**20 and view.load.config["num_hidden_layers"] == 8
     assert second.rung == "bf16" and second.plan.load_dtype == "bfloat16"
     assert "loaded: dtype torch.bfloat16" in loaded(run_dir, 2)
     assert_each_step_ran_once(tmp_path / "steps", 2)
