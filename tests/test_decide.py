@@ -87,11 +87,13 @@ def test_an_out_of_memory_error_climbs_to_the_ladders_next_plan():
 
 
 def test_no_rung_left_ends_the_run_with_exit_4_and_keeps_the_ladders_verdict():
-    verdict = next_step(view_of(OOM, plan={"precision": "bf16", "load_dtype": "bfloat16"}),
-                        ladder=parse_ladder("rungs: [bf16]", "t"))
+    verdict = next_step(view_of(OOM, plan={"precision": "bf16", "load_dtype": "bfloat16", "quantization": "int8"}),
+                        ladder=parse_ladder("rungs: [bf16, int8]", "t"))
     assert isinstance(verdict, End) and (verdict.status, verdict.exit_code) == ("ladder_exhausted", 4)
     assert verdict.decision is not None and verdict.decision.exhausted
-    assert "bf16: training already runs in bf16" in verdict.reason
+    assert verdict.reason == ("attempt 1 ran out of memory and no rung of the ladder is left that saves device memory "
+                              "(bf16: training already runs in bf16; int8: base weights are already loaded in int8). "
+                              "Try a bigger device, a smaller model or sequence, or a ladder with more rungs.")
 
 
 def test_a_ladder_exhausted_before_any_step_under_a_cap_names_the_cap():
@@ -100,8 +102,11 @@ def test_a_ladder_exhausted_before_any_step_under_a_cap_names_the_cap():
     result = AttemptResult(1, 1, at_once, None, 1.0)
     capped = decide(view, result, parse_ladder("rungs: [bf16]", "t"), memory_cap=1200, several_nodes=False,
                     backoff=lambda state: 5.0, log=LOG)
-    assert "No attempt finished a step under the memory cap of 1.2 KiB" in capped.reason
-    assert "give --memory-cap with its unit" in capped.reason and "bigger device" not in capped.reason
+    assert capped.reason == ("attempt 1 ran out of memory and no rung of the ladder is left that saves device memory "
+                             "(bf16: training already runs in bf16). No attempt finished a step under the memory cap "
+                             "of 1.2 KiB: if that is not the size you meant, give --memory-cap with its unit (1200MiB, "
+                             "16GiB); otherwise try a bigger cap, a smaller model or sequence, or a ladder with more "
+                             "rungs.")
     trained = decide(ran(view, (0, [1, 2])), result, parse_ladder("rungs: [bf16]", "t"), memory_cap=1200,
                      several_nodes=False, backoff=lambda state: 5.0, log=LOG)
     assert "memory cap" not in trained.reason and "Try a bigger device" in trained.reason
@@ -110,7 +115,8 @@ def test_a_ladder_exhausted_before_any_step_under_a_cap_names_the_cap():
 def test_a_bug_ends_the_run_with_exit_3_without_walking_the_ladder():
     verdict = next_step(view_of(Failure(Kind.ERROR, None, "KeyError: 'labels'")))
     assert (verdict.status, verdict.exit_code) == ("not_memory", 3)
-    assert "ladder was not walked" in verdict.reason and str(LOG) in verdict.reason
+    assert verdict.reason == (f"attempt 1 failed with error: KeyError: 'labels'. No memory setting fixes this, so "
+                              f"the ladder was not walked; see {LOG}")
 
 
 def test_a_transient_failure_is_retried_on_the_same_plan_with_backoff_three_times():
@@ -169,9 +175,9 @@ def after_a_broken_rung(broken, rungs=(2,), at_step=2):
     return decided(view, rungs)
 
 
-def decided(view, rungs):
-    """`view` with the ladder's decision after attempt 1: `rungs`, by index in the default ladder."""
-    decision = {"type": "decision", "ts": 1.7, "attempt": 1, "rung": "bf16" if rungs else None,
+def decided(view, rungs, attempt=1):
+    """`view` with the ladder's decision after attempt `attempt`: `rungs`, by index in the default ladder."""
+    decision = {"type": "decision", "ts": attempt + 0.7, "attempt": attempt, "rung": "bf16" if rungs else None,
                 "rung_index": rungs[0] if rungs else None, "rung_indices": list(rungs), "reason": "", "plan": {},
                 "skipped": []}
     records = sorted(view.records + [decision], key=lambda r: r["ts"])
@@ -192,7 +198,8 @@ def test_a_rung_that_broke_a_program_that_worked_is_undone_and_the_ladder_moves_
 
 def test_a_worker_stopped_from_outside_is_a_stop_never_a_rung_that_broke_the_program():
     for code, name, expected in ((-signal.SIGTERM, "SIGTERM", 143), (128 + signal.SIGINT, "SIGINT", 130),
-                                 (-signal.SIGHUP, "SIGHUP", 129)):
+                                 (-signal.SIGHUP, "SIGHUP", 129), (128 + signal.SIGTERM, "SIGTERM", 143),
+                                 (-signal.SIGUSR1, "SIGUSR1", 130)):
         stopped = Failure(Kind.INTERRUPTED, None, f"stopped by {name}", phase="train", step=2)
         view = after_a_broken_rung(stopped)
         last = view.attempts[-1]
@@ -246,11 +253,11 @@ def test_a_transient_retry_says_how_long_it_waits_and_the_backoff_counts_the_fai
         asked.append(state.attempt_number)
         return 2.5
 
-    view = view_of(OOM, RESET, RESET)
-    verdict = decide(view, AttemptResult(3, 1, RESET, None, 1.0), load_ladder(None), memory_cap=None,
+    view = view_of(RESET, OOM, RESET, RESET)
+    verdict = decide(view, AttemptResult(4, 1, RESET, None, 1.0), load_ladder(None), memory_cap=None,
                      several_nodes=False, backoff=backoff, log=LOG)
     assert verdict == Retry(view.attempts[-1].plan, f"{RESET.summary}: retry 2 on the same plan after 2.5 s", 2.5)
-    assert asked == [2]  # the OOM before the two resets is not part of their streak
+    assert asked == [2]  # the reset before the OOM is not part of the streak
 
 
 def test_failures_that_keep_coming_end_the_run_naming_the_streak_and_the_log():
@@ -545,3 +552,37 @@ def test_verbose_shows_a_calibration_that_lowers_the_arithmetic_and_no_micro_bat
     bare = arithmetic(view_of(OOM), Decision(Plan(), "bf16", 2, "", estimate={**said, "calibration": None,
                                                                                "split": None}), CAP)
     assert bare[1].startswith("calibration: +0 B on the arithmetic") and len(bare) == 2
+
+
+def test_a_rung_that_broke_the_program_after_a_retried_blink_is_undone():
+    view = decided(ran(view_of(RESET, OOM, BF16_ON_CPU), (0, []), (0, [1, 2]), (2, [])), (2,), attempt=2)
+    verdict = next_step(view)
+    assert isinstance(verdict, Climb) and verdict.rollback == Rollback(3, (("bf16", 2, BF16_ON_CPU.summary),))
+    assert verdict.decision.reason.startswith(f"bf16 broke the program ({BF16_ON_CPU.summary}): back to the plan of "
+                                              f"attempt 2; ")
+
+
+def ended_at(view, attempt, step):
+    """`view` with attempt `attempt`'s end journaled at `step` (the watcher's last look at its workers)."""
+    records = [({**r, "step": step} if r["type"] == "attempt_ended" and r["attempt"] == attempt else r)
+               for r in view.records]
+    out = fold(records)
+    out.records = records
+    return out
+
+
+def test_how_far_the_earlier_plan_got_is_read_from_the_oom_the_steps_reported_or_where_the_attempt_ended():
+    no_step = Failure(Kind.CPU_OOM, "device", "CPU allocator out of memory", phase="train")
+    error_in = {step: Failure(Kind.ERROR, None, "RuntimeError: bf16", phase="train", step=step) for step in (2, 4, 5)}
+    # an OOM in the first step, nothing reported: step 2 is beyond it
+    assert next_step(decided(view_of(no_step, error_in[2]), (2,))).status == "not_memory"
+    # the attempt's end says how far it got
+    ended = ended_at(decided(view_of(no_step, error_in[4]), (2,)), 1, 3)
+    assert isinstance(next_step(ended), Climb)
+    # the steps its workers ran, journaled as ranges (a flood of them)
+    flood = {"type": "progress", "ts": 1.2, "attempt": 1, "executed": True, "steps": [[1, 3]]}
+    for error, verdict in ((error_in[4], Climb), (error_in[5], End)):
+        records = sorted(view_of(no_step, error).records + [flood], key=lambda r: r["ts"])
+        flooded = fold(records)
+        flooded.records = records
+        assert isinstance(next_step(decided(flooded, (2,))), verdict)
