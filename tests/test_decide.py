@@ -586,3 +586,10 @@ def test_how_far_the_earlier_plan_got_is_read_from_the_oom_the_steps_reported_or
         flooded = fold(records)
         flooded.records = records
         assert isinstance(next_step(decided(flooded, (2,))), verdict)
+
+
+def test_verbose_shows_each_of_the_errors_numbers_in_words():
+    cuda = Failure(Kind.CUDA_OOM, "device", "CUDA out of memory", phase="train", step=2,
+                   numbers={"tried_to_allocate": 500 * 2**20, "total_capacity": 80 * 2**30, "free": 3 * 2**20})
+    lines = arithmetic(view_of(cuda), Decision(None, None, None, "no rung left"), None)
+    assert lines[0] == "the error's numbers: tried to allocate 500 MiB, total capacity 80.0 GiB, free 3.0 MiB"
