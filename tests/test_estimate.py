@@ -4,6 +4,7 @@ benchmarks/estimator.py measures the same arithmetic against real peaks; these t
 """
 
 import dataclasses
+import json
 
 import pytest
 
@@ -155,6 +156,31 @@ def test_the_peak_splits_into_its_terms_and_names_the_dominant_one():
     assert lora_long.dominant()[0] is Term.LOGITS and lora_long.split[Term.LOGITS] == lora_long.parts[Term.LOGITS]
 
 
+def test_the_terms_are_journaled_and_shown_by_the_names_a_person_reads_in_the_order_a_table_shows_them():
+    """A decision's estimate goes into the journal as JSON, keyed by these names, and the console, the report and
+    a later resume read them back: a term renamed would be a term an older journal no longer has."""
+    shape = from_config(LLAMA_1B)
+    step = estimate(shape, START.replace(precision="bf16"), full(shape, 2, 16), "cuda")
+    assert list(json.loads(json.dumps(step.parts))) == ["weights", "gradients", "optimizer states", "weight copies",
+                                                        "activations", "logits", "runtime"]
+    assert list(json.loads(json.dumps(load_estimate(shape, START, "cpu", 123).parts))) == ["weights", "file mapping"]
+
+
+def test_on_the_cpu_a_mapped_checkpoint_larger_than_the_step_is_the_peak_and_its_split():
+    """The checkpoint's files are mapped while the weights fill: on the CPU, where that outweighs a small step, it is
+    the peak, and the split (which sums to it) says so."""
+    shape = from_config(LLAMA_1B)
+    guess = estimate(shape, START, lora(shape, 1, 16), "cpu")
+    assert guess.split == {Term.WEIGHTS: 4 * shape.params, Term.FILE_MAPPING: 4 * shape.params}
+    assert guess.peak == sum(guess.split.values())
+    assert guess.dominant() == (Term.WEIGHTS, 0.5)  # the mapping is no term a rung acts on
+
+
+def test_an_estimate_without_a_split_names_no_dominant_term():
+    assert load_estimate(from_config(LLAMA_1B), START, "cuda").dominant() is None  # a load: no step, no split
+    assert Estimate().dominant() is None
+
+
 def test_8bit_adam_cuts_the_optimizer_term_of_a_full_fine_tune_by_three_quarters():
     shape = from_config(LLAMA_1B)
     work = full(shape, 2, 16)
@@ -192,10 +218,14 @@ def test_offloaded_activations_leave_about_one_layer_on_the_device():
     kept = estimate(shape, START, work).parts[Term.ACTIVATIONS]
     offloaded = estimate(shape, START.replace(activation_offloading=True), work).parts[Term.ACTIVATIONS]
     assert offloaded < kept / 8  # 16 layers' saved tensors, one left
+    one_layer = from_config({**LLAMA_1B, "num_hidden_layers": 1})
+    assert offloaded == estimate(one_layer, START, lora(one_layer, 8, 1024)).parts[Term.ACTIVATIONS]
     checkpointed = START.replace(gradient_checkpointing=True)
     inputs = estimate(shape, checkpointed, work).parts[Term.ACTIVATIONS]
     both = estimate(shape, checkpointed.replace(activation_offloading=True), work).parts[Term.ACTIVATIONS]
     assert both < inputs / 4  # the layers' inputs wait in host memory too: two on the device, not sixteen
+    two_layers = from_config({**LLAMA_1B, "num_hidden_layers": 2})
+    assert both == estimate(two_layers, checkpointed, lora(two_layers, 8, 1024)).parts[Term.ACTIVATIONS]
 
 
 # --- the arithmetic, term by term -------------------------------------------------------------------------
