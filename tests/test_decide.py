@@ -9,7 +9,6 @@ from oomladder.classify import Failure, Kind
 from oomladder.ladder import Decision, load_ladder, parse_ladder
 from oomladder.nodes.world import PeerStop
 from oomladder.plan import Plan
-from oomladder.process.checkpoints import Resume
 from oomladder.record.history import fold
 from oomladder.run.budget import BudgetState, budgets, exhausted
 from oomladder.run.decide import arithmetic, cap_warning, decide, evaluation_owed, over_budget, reached_plan
@@ -389,6 +388,8 @@ def test_a_rung_undone_with_nothing_left_after_it_ends_the_run_keeping_the_rollb
     assert verdict.rollback.incompatible == (("bf16", 0, BF16_ON_CPU.summary),)
     assert verdict.decision.reason == (f"bf16 broke the program ({BF16_ON_CPU.summary}): back to the plan of attempt "
                                        f"1, and no rung of the ladder is left that saves device memory")
+    # The run's end names the attempt that ran out of memory (1), not the one bf16 broke (2).
+    assert verdict.reason.startswith(f"attempt 1 ran out of memory and bf16 broke the program ({BF16_ON_CPU.summary})")
 
 
 def test_an_undone_rung_stays_out_of_later_climbs():
@@ -485,12 +486,12 @@ def test_a_continued_run_starts_on_the_last_attempts_plan_where_no_decision_foll
 def test_an_evaluation_cut_short_is_owed_only_where_the_next_attempt_resumes_at_its_step():
     in_eval = Failure(Kind.CPU_OOM, "device", "CPU allocator out of memory", phase="eval", step=4)
     view = view_of(in_eval)
-    assert evaluation_owed(view, Resume("checkpoint-4", 4, "emergency")) == 4
-    assert evaluation_owed(view, Resume("checkpoint-2", 2, "periodic")) is None  # steps 3-4 run again, and it with them
+    assert evaluation_owed(view, 4) == 4
+    assert evaluation_owed(view, 2) is None  # resumed at step 2: steps 3-4 run again, and it with them
     assert evaluation_owed(view, None) is None
-    assert evaluation_owed(view_of(OOM), Resume("checkpoint-2", 2, "emergency")) is None  # the OOM was in training
-    assert evaluation_owed(view_of(None), Resume("checkpoint-4", 4, "emergency")) is None
-    assert evaluation_owed(fold([]), Resume("checkpoint-4", 4, "emergency")) is None
+    assert evaluation_owed(view_of(OOM), 2) is None  # the OOM was in training
+    assert evaluation_owed(view_of(None), 4) is None
+    assert evaluation_owed(fold([]), 4) is None
 
 
 def test_a_memory_cap_no_model_fits_in_is_taken_for_a_forgotten_unit():

@@ -70,14 +70,16 @@ def decide(view: RunView, result: AttemptResult, ladder: Ladder, *, memory_cap: 
         return End(RunStatus.NOT_MEMORY, EXIT_NOT_MEMORY,
                    f"attempt {number} failed with {failure.kind.value}: {failure.summary}. No memory setting fixes "
                    f"this, so the ladder was not walked; see {log}")
-    return _climb(view, ladder, memory_cap, several_nodes, number, failure)
+    return _climb(view, ladder, memory_cap, several_nodes, failure)
 
 
-def _climb(view: RunView, ladder: Ladder, memory_cap: int | None, several_nodes: bool, number: int,
-           failure: Failure, rollback: Rollback | None = None) -> Climb | End:
+def _climb(view: RunView, ladder: Ladder, memory_cap: int | None, several_nodes: bool, failure: Failure,
+           rollback: Rollback | None = None) -> Climb | End:
     """The ladder's next plan after the last attempt's out-of-memory error, `failure`, leaving out the rungs that
-    broke this program."""
+    broke this program (after a rollback, `view` is without the broken attempt: its last is the one that ran out
+    of memory)."""
     last = view.attempts[-1]
+    number = last.number
     if failure.phase == "load" and (wall := load_wall(view, memory_cap)) is not None:
         return End(RunStatus.LADDER_EXHAUSTED, EXIT_LADDER_EXHAUSTED,
                    f"attempt {number} ran out of memory while the model loaded, and {wall}.", None, rollback)
@@ -130,7 +132,7 @@ def roll_back(view: RunView, error: Failure, ladder: Ladder, memory_cap: int | N
     rollback = Rollback(broken.number, tuple((ladder.rungs[i].name, i, error.summary) for i in suspects))
     # The view as it was before the broken attempt: its plan and rung uses are undone.
     earlier = view.without(broken.number)
-    return _climb(earlier, ladder, memory_cap, several_nodes, broken.number, before.failure, rollback)
+    return _climb(earlier, ladder, memory_cap, several_nodes, before.failure, rollback)
 
 
 def _stop_exit_code(returncode: int | None) -> int:
