@@ -10,7 +10,8 @@ Scenarios:
 Ways, each timed from the command's start to its end:
 - split ahead (the default: each step sized before it runs, in-place recovery as the safety net);
 - reactive in place (`--no-split-ahead`: a step runs whole until it runs out, then splits, and the run keeps it);
-- the best static plan, set in advance: the halved plan (batch 8 x accumulation 2) everywhere, run directly under
+- the best static plan, set in advance: the smallest micro-batch any step needed (split ahead's own journal says;
+  at least the halved plan) everywhere, with the same effective batch, run directly under
   the same cap (benchmarks/capped.py);
 - Hugging Face's `auto_find_batch_size`, directly under the same cap (the Trainer scripts only).
 
@@ -31,7 +32,7 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.in_place import TRL_SFT, steps_ran
-from benchmarks.run import TRAIN, timed
+from benchmarks.run import ROOT, TRAIN, timed
 from oomladder.record.history import fold
 from oomladder.record.journal import read_journal
 
@@ -43,7 +44,6 @@ SCENARIOS = {
     "long tail": (TRAIN, ["--batch-size", "16", "--max-steps", "8", "--short-len", "64", "--long-len", "256",
                           "--long-every", "4"], "1200MiB", 8, True),
 }
-HALVED = ["--batch-size", "8", "--grad-accum", "2"]
 
 
 def _with(args: list[str], replace: list[str]) -> list[str]:
@@ -72,6 +72,12 @@ def predictions(run_dir: Path) -> tuple[list[float], int, int, int]:
     return errors, split, late, ooms
 
 
+def needed_splits(run_dir: Path) -> list[int]:
+    """How many chunks each step that split ahead ran in (1: whole)."""
+    records = [json.loads(line) for line in (run_dir / "journal.jsonl").read_text().splitlines()]
+    return [r.get("split_ahead") or 1 for r in records if r.get("type") == "progress" and r.get("executed")]
+
+
 def scenario(work: Path, name: str) -> list[list]:
     program, args, cap, steps, hf = SCENARIOS[name]
     py, key = sys.executable, name.split()[0]
@@ -93,13 +99,20 @@ def scenario(work: Path, name: str) -> list[list]:
                  else "-")
         rows.append([f"{name}: {way}", seconds, len(view.attempts), ooms, late, split, error, ran, once,
                      result.returncode == 0])
-    directs = [("static: the halved plan, set in advance", _with(args, HALVED))]
+    # The best static plan that fits every batch: the smallest micro-batch any step needed, from split ahead's own
+    # journal (the halved plan where no step needed more), with the effective batch kept.
+    most = max([2, *needed_splits(work / f"{key}-0")])
+    batch = int(args[args.index("--batch-size") + 1])
+    static = ["--batch-size", str(batch // most), "--grad-accum", str(most)]
+    directs = [(f"static: batch {batch // most} x {most} everywhere, set in advance", _with(args, static))]
     if hf:
         directs.append(("Hugging Face auto_find_batch_size", [*args, "--auto-find-batch-size"]))
     for way, options in directs:
         log = work / f"{key}-direct-{len(rows)}.steps"
         seconds, result = timed([py, "-m", "benchmarks.capped", cap, *common, *options, "--output-dir",
-                                 str(work / f"{key}-direct-{len(rows)}"), "--count-steps", str(log)], work.parent)
+                                 str(work / f"{key}-direct-{len(rows)}"), "--count-steps", str(log)], ROOT)
+        if result.returncode != 0:  # a baseline that did not run makes every ratio meaningless: say why
+            print(f"{name}: {way} failed:\n{result.stderr[-2000:]}", file=sys.stderr)
         ran, once = steps_ran(log)
         rows.append([f"{name}: {way}", seconds, 1, "-", "-", "-", "-", ran, once, result.returncode == 0])
     static = rows[2][1]
