@@ -57,25 +57,21 @@ def _with(args: list[str], replace: list[str]) -> list[str]:
     return out
 
 
-def predictions(run_dir: Path) -> tuple[list[float], int, int, int]:
-    """(each split-ahead step's prediction error, as predicted / measured - 1; steps split ahead; OOMs after step 1;
-    OOMs met in place)."""
-    errors, split, late, ooms = [], 0, 0, 0
+def predictions(run_dir: Path) -> tuple[list[float], list[int], int, int]:
+    """(each split-ahead step's prediction error, as predicted / measured - 1; the chunks each step ran in, 1 where
+    whole; OOMs after step 1; OOMs met in place)."""
+    errors, splits, late, ooms = [], [], 0, 0
     for line in (run_dir / "journal.jsonl").read_text().splitlines():
         record = json.loads(line)
-        if record.get("type") == "progress" and record.get("executed") and record.get("measured"):
-            errors.append(record["predicted"] / record["measured"] - 1 if record.get("predicted") else float("nan"))
-            split += (record.get("split_ahead") or 1) > 1
+        if record.get("type") == "progress" and record.get("executed"):
+            splits.append(record.get("split_ahead") or 1)
+            if record.get("measured"):
+                errors.append(record["predicted"] / record["measured"] - 1 if record.get("predicted") else
+                              float("nan"))
         if record.get("type") == "in_place":
             ooms += 1
             late += (record.get("step") or 0) > 1
-    return errors, split, late, ooms
-
-
-def needed_splits(run_dir: Path) -> list[int]:
-    """How many chunks each step that split ahead ran in (1: whole)."""
-    records = [json.loads(line) for line in (run_dir / "journal.jsonl").read_text().splitlines()]
-    return [r.get("split_ahead") or 1 for r in records if r.get("type") == "progress" and r.get("executed")]
+    return errors, splits, late, ooms
 
 
 def scenario(work: Path, name: str) -> list[list]:
@@ -92,16 +88,17 @@ def scenario(work: Path, name: str) -> list[list]:
                                  "--", py, *common, *args, "--output-dir", str(run_dir / "out"), "--count-steps",
                                  str(log)], work)
         view = fold(read_journal(run_dir / "journal.jsonl"))
-        errors, split, late, ooms = predictions(run_dir)
+        errors, splits, late, ooms = predictions(run_dir)
+        if not extra:
+            most = max([2, *splits])  # the smallest micro-batch any step needed, for the static plan below
         ran, once = steps_ran(log)
         known = [e for e in errors if e == e]
         error = (f"median {statistics.median(known):+.0%}, worst {max(known, key=abs):+.0%}" if known and not extra
                  else "-")
-        rows.append([f"{name}: {way}", seconds, len(view.attempts), ooms, late, split, error, ran, once,
-                     result.returncode == 0])
+        rows.append([f"{name}: {way}", seconds, len(view.attempts), ooms, late, sum(n > 1 for n in splits), error,
+                     ran, once, result.returncode == 0])
     # The best static plan that fits every batch: the smallest micro-batch any step needed, from split ahead's own
     # journal (the halved plan where no step needed more), with the effective batch kept.
-    most = max([2, *needed_splits(work / f"{key}-0")])
     batch = int(args[args.index("--batch-size") + 1])
     static = ["--batch-size", str(batch // most), "--grad-accum", str(most)]
     directs = [(f"static: batch {batch // most} x {most} everywhere, set in advance", _with(args, static))]
