@@ -53,6 +53,23 @@ def test_a_seeded_model_keeps_the_estimators_slope_and_takes_what_it_left_out_as
     assert over.k == 0.5 and over.predict(16, 256) == 2048
 
 
+def test_the_first_steps_one_time_allocations_are_not_kept_as_a_constant():
+    """The first micro-step also allocates what every later one finds held. Kept, it would raise every prediction
+    by as much, and split steps that fit whole."""
+    model = StepMemory(feature=tokens, seeded=True)
+    model.observe(16, 32, 512 + 90 * MiB)  # the first step: the estimate's 512 and 90 MiB allocated once
+    assert model.predict(16, 32) == 512 + 90 * MiB  # all it knows yet
+    model.observe(16, 64, 1024 + MiB)  # the next step, another length
+    assert model.predict(16, 32) == 512 + MiB and model.predict(16, 64) == 1024 + MiB
+
+
+def test_a_shape_measured_again_is_predicted_from_its_latest_measurement():
+    model = StepMemory(feature=tokens, seeded=True)
+    for extra in (512 + 4 * MiB, 512 + 8 * MiB, 512 + 2 * MiB):  # the first is the warm-up; then 8 MiB, then 2 MiB
+        model.observe(16, 32, extra)
+    assert model.predict(16, 32) == 512 + 2 * MiB and len(model.samples) == 1
+
+
 @pytest.fixture
 def capped(monkeypatch):
     """A device with `room` bytes left, as memcap.available says it."""

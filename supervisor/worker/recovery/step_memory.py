@@ -7,7 +7,8 @@ as `k * f(rows, seq) + c`:
 - `f` is the estimator's (memory/estimate.py) activations and logits for that workload, from the model's real
   shape (probe.model_report): what grows with the rows, the tokens and, under eager attention, the tokens squared.
   Without a shape (a model that is not a language model), `f` is the tokens, and the model is empirical.
-- `k` and `c` start at 1 and 0 (the estimator's word), and are fitted to every micro-step measured since: while
+- `k` and `c` start at 1 and 0 (the estimator's word), and are fitted to the micro-steps measured since (each
+  shape's latest; the first, with its one-time allocations, only until there is another): while
   the steps measured are all of one size, the estimator's slope with what it left out as a constant; once they
   differ, the least-squares line through them, raised by its worst miss. An OOM is a lower bound: the micro-step
   needed more than was available, and `k` grows to say so.
@@ -44,7 +45,8 @@ class StepMemory:
 
     feature: Callable[[int, int], float]
     seeded: bool                                   # f is the estimator's: k=1, c=0 is a prediction already
-    samples: deque = field(default_factory=lambda: deque(maxlen=SAMPLES))  # (f, measured extra)
+    samples: deque = field(default_factory=lambda: deque(maxlen=SAMPLES))  # (f, measured extra), oldest first
+    measured: int = 0                              # micro-steps observed, the dropped ones included
     bounds: list = field(default_factory=list)     # (f, extra it exceeded): OOMs
     margin: float = MARGIN
     k: float = 1.0
@@ -62,8 +64,15 @@ class StepMemory:
 
     def observe(self, rows: int, seq: int, extra: int) -> None:
         """A micro-step of `rows` x `seq` took `extra` bytes over what was held when it began (the fit takes it in:
-        a step that fitted does not widen the margin, only one that ran out does)."""
-        self.samples.append((self.feature(rows, seq), extra))
+        a step that fitted does not widen the margin, only one that ran out does).
+
+        A shape's latest measurement replaces its earlier ones, and the model's first one is dropped once another
+        exists: the first micro-step also allocates what every later one finds already held (the allocator's heap,
+        library pages touched once), which the fit would keep as a constant and split every step finer by."""
+        f = self.feature(rows, seq)
+        kept = list(self.samples)[1:] if self.measured == 1 else list(self.samples)
+        self.samples = deque([*((g, e) for g, e in kept if g != f), (f, extra)], maxlen=SAMPLES)
+        self.measured += 1
         self._fit()
 
     def ran_out(self, rows: int, seq: int, available: int | None, predicted: int | None) -> None:
