@@ -227,6 +227,19 @@ def test_plan_takes_the_device_size_as_run_takes_the_cap_and_its_old_name_too(tm
     assert new.returncode == old.returncode == 0 and json.loads(new.stdout) == json.loads(old.stdout)
 
 
+def test_plan_for_trl_s_sft_trainer_counts_the_logits_its_metrics_keep(tmp_path, env):
+    """SFTTrainer computes each token's entropy and accuracy from the full logits beside the loss: five more fp32
+    tensors of the logits' size (memory/estimate.py). Without --trainer, `plan` said TRL + LoRA at batch 16 fit where
+    both 16 and 8 rows ran out of memory."""
+    runs = {trainer: json.loads(_plan(tmp_path, env, "--seq-len", "1024", "--batch-size", "16", "--lora-rank", "8",
+                                      "--memory-cap", "16GiB", "--format", "json", *extra).stdout)["rows"][0]
+            for trainer, extra in (("default", ()), ("trl-sft", ("--trainer", "trl-sft")))}
+    assert runs["trl-sft"]["parts"]["logits"] == runs["default"]["parts"]["logits"] * (12 + 20) // 12
+    assert runs["trl-sft"]["peak"] > runs["default"]["peak"]
+    wrong = _plan(tmp_path, env, "--seq-len", "1024", "--memory-cap", "16GiB", "--trainer", "sft")
+    assert wrong.returncode == 2 and "--trainer" in wrong.stderr and "trl-sft" in wrong.stderr
+
+
 def test_plan_without_a_gpu_or_a_size_asks_for_the_size(tmp_path, env):
     result = _plan(tmp_path, env, "--seq-len", "1024")
     _check_one_line(result, "give --memory-cap, the device's size")

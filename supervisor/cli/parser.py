@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--device", choices=("cuda", "cpu"), default=None,
                       help="what the estimate is for (default cuda; cpu counts the checkpoint file mapped while it "
                       "loads, and no CUDA workspace)")
+    plan.add_argument("--trainer", choices=("transformers", "trl-sft"), default="transformers",
+                      help="whose training step: transformers (the Trainer, or a loop of your own; the default) or "
+                           "trl-sft (TRL's SFTTrainer, whose loss keeps logits-sized tensors for its metrics)")
     plan.add_argument("--ladder", help="a YAML ladder file (default: the ladder shipped with oomladder)")
     plan.add_argument("--set", dest="settings", action="append", default=[], metavar="SETTING=VALUE",
                       help="a starting plan setting, e.g. precision=bf16 (repeatable; default: what a Trainer does "

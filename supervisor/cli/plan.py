@@ -16,6 +16,9 @@ from oomladder.plan import Facts, Plan
 from oomladder.units import format_size, parse_size
 from oomladder.views.display import make_console
 
+# --trainer's names, and the class the estimator knows each by (memory/estimate.py, METRICS_BYTES).
+TRAINERS = {"transformers": None, "trl-sft": "trl.trainer.sft_trainer.SFTTrainer"}
+
 
 def plan(args: argparse.Namespace) -> int:
     given = initial_plan(args.settings)
@@ -37,7 +40,7 @@ def plan(args: argparse.Namespace) -> int:
     facts = Facts(device=device, bf16_supported=True, base_frozen=adapters,
                   trainable_fraction=trainable / shape.params if shape.params else None,
                   liger=importlib.util.find_spec("liger_kernel") is not None)
-    work = Workload(args.batch_size, args.seq_len, adapters, trainable, targets)
+    work = Workload(args.batch_size, args.seq_len, adapters, trainable, targets, trainer=TRAINERS[args.trainer])
     capacity = fits.usable(total, device, capped=False)
     if capacity <= 0:
         raise UsageError(f"--memory-cap {args.memory_cap or format_size(total)} leaves nothing usable on {device} (the "
