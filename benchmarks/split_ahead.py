@@ -1,6 +1,6 @@
 """Split ahead against the ways without it, side by side in one invocation, every way under the same emulated
 device (the same `--memory-cap`, with oomladder's allocator settings): `python -m benchmarks.split_ahead`
-(about 25 minutes on 2 quiet cores; `spike`, `trl` or `tail` to run one scenario, `--repeat 1` for one pass).
+(about 20 minutes on 2 quiet cores; `spike`, `trl` or `tail` to run one scenario, `--repeat 1` for one pass).
 
 Scenarios:
 1. the spike: a Trainer + LoRA fine-tune at batch 16 whose sequences grow 4x (64 to 256 tokens) at step 2, 1200MiB;
@@ -12,8 +12,8 @@ Ways, each timed from the command's start to its end, and each run `--repeat` ti
 - reactive in place (`--no-split-ahead`: a step runs whole until it runs out, then splits, and the run keeps it);
 - the best static plan, set in advance: the smallest micro-batch any step needed (split ahead's own journal says;
   at least the halved plan) everywhere, with the same effective batch, under `oomladder run --no-split-ahead`: what
-  split ahead is compared with, the supervisor's own start and report (about 2 s a run, measured on its own by
-  benchmarks/run.py) on both sides;
+  split ahead is compared with, the supervisor's own start and report (about 2 s a run here, whatever its length)
+  on both sides;
 - the same static plan run directly under the same cap (benchmarks/capped.py), without oomladder;
 - Hugging Face's `auto_find_batch_size`, directly under the same cap (the Trainer scripts only).
 
