@@ -1,5 +1,5 @@
 """What the CPU rehearsal costs, and whether a cheaper allocator setting still fails where a device would:
-`python -m benchmarks.rehearsal` (about 5 minutes on 2 quiet cores).
+`python -m benchmarks.rehearsal` (about 8 minutes on 2 quiet cores).
 
 A healthy LoRA fine-tune of a Llama (hidden 512, 4 layers, batch 4, 128 then 512 tokens) runs in a fresh process
 per setting, each under oomladder's own `--memory-cap` code (worker/hooks/memcap.py: an address-space limit set after
@@ -8,12 +8,16 @@ the imports):
 - oomladder's emulation (process/launch.py): 2 malloc arenas, every block of 1 MiB or more mapped on its own, so a
   freed activation is given back at once, as a device's allocator reuses it;
 - the cheaper candidates: glibc's own thresholds under the same limit; a 4 MiB threshold; transparent huge pages
-  for PyTorch's large blocks (THP_MEM_ALLOC_ENABLE).
+  for PyTorch's large blocks (THP_MEM_ALLOC_ENABLE);
+- an experiment, where a C compiler is found: benchmarks/oomcap.c, a cap on the live malloc bytes through
+  `LD_PRELOAD` with glibc's own thresholds, armed after the imports as the limit is; its peak is the live bytes
+  over the baseline.
 
 Two runs each. Timing: under a cap it never reaches (16 GiB). Faithfulness: under a cap 10 % above the peak that
 oomladder's emulation measures (its address space over the baseline; the tensors alive at the step's peak, plus
 under 1 MiB per small block). A device of that size would finish; a setting that does not count freed memory as
-free runs out of memory there, and would send the ladder climbing for memory that the device would have had.
+free runs out of memory there, and would send the ladder climbing for memory that the device would have had. And
+under a cap 10 % below it, where a device would run out of memory and the setting must too.
 
 Columns: seconds per step (the median of the long steps), system time (the kernel mapping and zeroing pages), page
 faults, and the ratio to the uncapped run.
@@ -41,6 +45,8 @@ SETTINGS = {
     "4 MiB threshold, 2 arenas": {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": str(4 << 20)},
     "oomladder's + huge pages (THP_MEM_ALLOC_ENABLE=1)": {**CPU_DEVICE_ALLOCATOR, "THP_MEM_ALLOC_ENABLE": "1"},
 }
+SHIM = "allocator shim (experiment: live bytes capped, LD_PRELOAD)"
+SETTINGS[SHIM] = {}
 NEVER_REACHED = 16 << 30
 STEPS, LONG_FROM = 5, 3
 
@@ -57,7 +63,9 @@ def worker() -> None:
     torch.manual_seed(0)
     config = LlamaConfig(hidden_size=512, intermediate_size=1376, num_hidden_layers=4, num_attention_heads=8,
                          num_key_value_heads=8, vocab_size=8000, max_position_embeddings=1024)
-    memcap.arm()
+    shim = _shim_armed()
+    if shim is None:
+        memcap.arm()
     model = get_peft_model(LlamaForCausalLM(config), LoraConfig(r=8, target_modules=["q_proj", "v_proj"]))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     times, before = [], resource.getrusage(resource.RUSAGE_SELF)
@@ -75,14 +83,41 @@ def worker() -> None:
             raise
         finished = False
     after = resource.getrusage(resource.RUSAGE_SELF)
-    peak, _ = memcap.peak()
+    peak = memcap.peak()[0] if shim is None else shim.oomcap_peak() - shim.baseline
     print(json.dumps({"finished": finished, "step": statistics.median(times[LONG_FROM - 1:]) if finished else None,
                       "sys": after.ru_stime - before.ru_stime, "faults": after.ru_minflt - before.ru_minflt,
                       "peak": peak}))
 
 
+def _shim_armed():
+    """The preloaded shim, armed at OOMLADDER_MEMORY_CAP bytes over what is live now; None where it is not loaded."""
+    if "oomcap" not in os.environ.get("LD_PRELOAD", ""):
+        return None
+    import ctypes
+    lib = ctypes.CDLL(None)
+    lib.oomcap_arm.argtypes = [ctypes.c_long]
+    lib.oomcap_live.restype = lib.oomcap_peak.restype = ctypes.c_long
+    lib.baseline = lib.oomcap_live()
+    lib.oomcap_arm(int(os.environ["OOMLADDER_MEMORY_CAP"]))
+    lib.oomcap_reset_peak()
+    return lib
+
+
+def _shim_built() -> str | None:
+    """benchmarks/oomcap.c built into a temporary folder, or None without a C compiler."""
+    import shutil
+    import tempfile
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        return None
+    out = os.path.join(tempfile.mkdtemp(prefix="oomladder-oomcap-"), "liboomcap.so")
+    subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", out, os.path.join(os.path.dirname(__file__), "oomcap.c")],
+                   check=True)
+    return out
+
+
 def run(env_extra: dict[str, str] | None, cap: int | None) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "OOMLADDER_", "THP_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "OOMLADDER_", "THP_", "LD_PRELOAD"))}
     env.update(env_extra or {})
     if cap:
         env["OOMLADDER_MEMORY_CAP"] = str(cap)
@@ -92,24 +127,30 @@ def run(env_extra: dict[str, str] | None, cap: int | None) -> dict:
 
 
 def measure() -> Table:
+    shim = _shim_built()
+    if shim is None:
+        del SETTINGS[SHIM]
+    else:
+        SETTINGS[SHIM] = {"LD_PRELOAD": shim}
     timings = {name: [run(extra, NEVER_REACHED if extra is not None else None) for _ in range(2)]
                for name, extra in SETTINGS.items()}
     reference = max(r["peak"] for r in timings["oomladder's emulation (1 MiB threshold, 2 arenas)"])
-    device = int(reference * 1.10)
+    device, small = int(reference * 1.10), int(reference * 0.90)
     plain = statistics.median(r["step"] for r in timings["uncapped (no emulation)"])
     out = Table(title=f"A healthy LoRA fine-tune under each CPU emulation (faithfulness: a {device >> 20} MiB device, "
                       f"10 % above the emulated peak)", title_justify="left")
-    for column in ("setting", "s / long step", "vs uncapped", "system time", "page faults", "address space peak",
-                   f"finishes on {device >> 20} MiB"):
+    for column in ("setting", "s / long step", "vs uncapped", "system time", "page faults", "peak over the baseline",
+                   f"finishes on {device >> 20} MiB", f"out of memory on {small >> 20} MiB"):
         out.add_column(column)
     for name, extra in SETTINGS.items():
         rows = timings[name]
         step = statistics.median(r["step"] for r in rows)
         fits = "-" if extra is None else ("yes" if run(extra, device)["finished"] else "NO: out of memory")
+        fails = "-" if extra is None else ("NO: it finished" if run(extra, small)["finished"] else "yes")
         peaks = [r["peak"] for r in rows if extra is not None]
         out.add_row(name, f"{step:.2f}", f"{step / plain:.2f}x", f"{statistics.median(r['sys'] for r in rows):.1f} s",
                     f"{statistics.median(r['faults'] for r in rows):,.0f}",
-                    f"{max(peaks) >> 20} MiB" if peaks else "-", fits)
+                    f"{max(peaks) >> 20} MiB" if peaks else "-", fits, fails)
     return out
 
 
