@@ -1,5 +1,5 @@
 """`oomladder plan` against the peaks of real clients, run as their users run them: `python -m benchmarks.clients
-[--run-clm PATH]` prints a table (about 10 minutes on 2 cores, most of it the bf16 steps).
+[--run-clm PATH]` prints a table (about 7 minutes on 2 cores, most of it the bf16 steps).
 
 - TRL's `trl sft` command (its trl/scripts/sft.py) with LoRA (`--use_peft`, TRL's default rank 16, on q_proj and
   v_proj), batch 8 of 256 tokens, in fp32 and in bf16.
@@ -10,7 +10,7 @@
 Each runs two optimizer steps under `oomladder run` with no cap, on the tiny Llama of tests/e2e/programs/hub_tiny.py
 (nothing is downloaded), and the worker measures its peak as benchmarks/estimator.py's rows do. The estimate is
 `oomladder plan --device cpu --format json`'s starting row for the same model, batch, sequence length, adapters and
-the precision the worker reported (`--trainer trl-sft` for TRL). Target (issue 26): within 15 %.
+the precision the worker reported (`--trainer trl-sft` for TRL). Target: within 15 %.
 """
 
 from __future__ import annotations
