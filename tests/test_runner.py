@@ -401,6 +401,52 @@ def test_a_second_signal_while_the_worker_saves_stops_it_at_once(tmp_path, signa
     assert runner.run() == 130 and handles[0].hurried is hurried
 
 
+class Said:
+    """A display that keeps the events it is told."""
+
+    live = shows_output = verbose = False
+
+    def __init__(self):
+        self.events = []
+
+    def event(self, text):
+        self.events.append(text)
+
+    def update(self, view):
+        pass
+
+    def output(self, lines, pending):
+        pass
+
+    def detail(self, text):
+        pass
+
+    def close(self, view):
+        pass
+
+
+@pytest.mark.parametrize("at_once", [1, 2])
+def test_a_first_signal_says_the_step_is_saved_first_and_how_to_stop_at_once(tmp_path, at_once):
+    """Two quick Ctrl-C presses can reach oomladder as one signal; the line tells the person that another stops it at
+    once. Two that arrived as two stop it at once, with nothing to tell."""
+    said = Said()
+    config = RunConfig(command=("python", "train.py"), run_dir=tmp_path / "run", ladder=load_ladder(None), grace=30)
+    pending = [signal.SIGINT] * at_once
+
+    def sleep(seconds):
+        while pending:
+            runner.request_stop(pending.pop())
+
+    runner = Runner(config, launcher=lambda spec: Stoppable(), display=said, sleep=sleep, environ={})
+    assert runner.run() == 130
+    told = [e for e in said.events if e.startswith("SIGINT: stopping attempt 1")]
+    if at_once == 1:
+        assert told == ["SIGINT: stopping attempt 1; its step in flight is saved first (up to 30 s). Ctrl-C again, "
+                        "or a second signal, stops it at once"]
+    else:
+        assert told == []
+
+
 def test_a_signal_during_the_backoff_stops_before_the_next_launch(tmp_path):
     def reset(folder, plan):
         (folder / "failure.0.json").write_text(json.dumps({"exc_type": "ConnectionResetError",

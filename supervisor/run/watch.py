@@ -157,6 +157,12 @@ class AttemptWatcher:
                     return _Poll(handle.stop(signal.SIGTERM, min(cfg.grace, PEER_GRACE), hurry=self.hurry))
             if stop is not None:
                 self.journal.append(schema.INTERRUPT, attempt=number, reason=stop.kind.value, detail=stop.detail)
+                if stop.kind is Stop.SIGNAL and not self.hurry():
+                    # Said from the loop, not the signal handler (which must not print inside a live redraw). Two
+                    # quick presses can arrive as one: the person learns that a third still stops it at once.
+                    self.display.event(f"{signal.Signals(stop.signum or signal.SIGTERM).name}: stopping attempt "
+                                       f"{number}; its step in flight is saved first (up to {cfg.grace:g} s). "
+                                       f"Ctrl-C again, or a second signal, stops it at once")
                 return _Poll(handle.stop(stop.signal_to_send, cfg.grace, hurry=self.hurry), stop=stop)
             self.take_in(number, files)
             # Activity is any new record or output; totals, so a steady one record per poll counts too.
