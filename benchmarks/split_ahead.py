@@ -87,9 +87,9 @@ class Way:
     name: str
     seconds: list[float] = field(default_factory=list)
     processes: int = 1
-    ooms: int | str = "-"          # OOMs met in place (split ahead and reactive only), the most in any repetition
-    late: int | str = "-"          # of which after step 1
-    split: int | str = "-"         # steps split ahead, the most in any repetition
+    ooms: int | None = None        # OOMs met in place (the ways under oomladder only), the most in any repetition
+    late: int | None = None        # of which after step 1
+    split: int | None = None       # steps split ahead, the most in any repetition (split ahead only)
     errors: list[float] = field(default_factory=list)  # split ahead's prediction errors, every repetition's
     ran: int = 0                   # steps the program ran (the fewest in any repetition)
     once: bool = True              # each step once, in every repetition
@@ -115,9 +115,9 @@ def _supervised(work: Path, way: Way, tag: str, cap: str, extra: list[str], prog
     way.took(seconds, result, log)
     errors, splits, late, ooms = predictions(run_dir)
     way.processes = max(way.processes, len(fold(read_journal(run_dir / "journal.jsonl")).attempts))
-    way.ooms, way.late = max(ooms, way.ooms if way.ooms != "-" else 0), max(late, way.late if way.late != "-" else 0)
+    way.ooms, way.late = max(ooms, way.ooms or 0), max(late, way.late or 0)
     if not extra:
-        way.split = max(sum(n > 1 for n in splits), way.split if way.split != "-" else 0)
+        way.split = max(sum(n > 1 for n in splits), way.split or 0)
         way.errors += [e for e in errors if e == e]
     return splits
 
@@ -163,6 +163,10 @@ def scenario(work: Path, name: str, repeat: int = REPEAT) -> list[Way]:
     return ways
 
 
+def _cell(count: int | None) -> str:
+    return "-" if count is None else str(count)  # None: the column does not apply to this way
+
+
 def table(ways: list[Way]) -> Table:
     out = Table(title="Split ahead, reactive in-place recovery, the static plan and HF's search, under one cap "
                       "(median of the repetitions; vs static: the static plan under oomladder)", title_justify="left")
@@ -179,8 +183,8 @@ def table(ways: list[Way]) -> Table:
             error = (f"median {statistics.median(way.errors):+.0%}, worst {max(way.errors, key=abs):+.0%}"
                      if way.errors else "-")
             out.add_row(way.name, f"{seconds:.1f} s", f"{min(way.seconds):.1f}-{max(way.seconds):.1f} s",
-                        f"{seconds / static:.2f}x", f"{seconds / direct:.2f}x", str(way.processes), str(way.ooms),
-                        str(way.late), str(way.split), error, str(way.ran), "yes" if way.once else "NO",
+                        f"{seconds / static:.2f}x", f"{seconds / direct:.2f}x", str(way.processes), _cell(way.ooms),
+                        _cell(way.late), _cell(way.split), error, str(way.ran), "yes" if way.once else "NO",
                         "yes" if way.finished else "NO")
     return out
 
