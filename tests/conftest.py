@@ -22,6 +22,31 @@ class FakeClock:
         self.now += seconds
 
 
+class FakeDisplay:
+    """A display that shows nothing and keeps the events it is told, in order. Plain, not oomladder's
+    NullDisplay: this file imports oomladder only once pytest_configure has checked which one it is."""
+
+    live = shows_output = verbose = False
+
+    def __init__(self):
+        self.events = []
+
+    def event(self, text):
+        self.events.append(text)
+
+    def update(self, view):
+        pass
+
+    def output(self, lines, pending):
+        pass
+
+    def detail(self, text):
+        pass
+
+    def close(self, view):
+        pass
+
+
 def pytest_configure(config):
     """The suite tests this checkout: `oomladder` must be its own editable install (scripts/setup), not
     another worktree's or an installed release."""

@@ -15,27 +15,10 @@ from oomladder.record.history import fold
 from oomladder.record.journal import Journal, read_journal
 from oomladder.run.notify import Notifier, check_targets, private, scrub, targets
 from oomladder.views.messages import Message, end_message, fallback_message, whereabouts
+from tests.conftest import FakeDisplay
 from tests.test_report_html import night
 from tests.test_runner import ScriptedWorkers, bug, finish, oom_at, run
 from tests.webhook import Webhook, closed_port
-
-
-class Events:
-    """A display that keeps the lines the run shows."""
-
-    live = False
-
-    def __init__(self):
-        self.lines = []
-
-    def update(self, view):
-        pass
-
-    def event(self, text):
-        self.lines.append(text)
-
-    def close(self, view):
-        pass
 
 
 # --- what the messages say ----------------------------------------------------------------------------------
@@ -231,20 +214,20 @@ def test_a_target_that_cannot_be_reached_is_journaled_and_shown_and_the_run_goes
 
 
 def test_a_failed_notification_is_one_line_on_the_console(tmp_path):
-    events = Events()
+    display = FakeDisplay()
     with Journal(tmp_path / "journal.jsonl") as journal:
-        notifier = Notifier([f"json://127.0.0.1:{closed_port()}/x"], journal, events, tmp_path, host="h")
+        notifier = Notifier([f"json://127.0.0.1:{closed_port()}/x"], journal, display, tmp_path, host="h")
         notifier.send(Message("t", "b", "info"))
-    line, = events.lines
+    line, = display.events
     assert line.startswith("notification to json://127.0.0.1 failed: A Connection error occurred")
     assert "\n" not in line
 
 
 def test_a_service_that_answers_with_an_error_is_a_failed_notification(tmp_path):
-    events = Events()
+    display = FakeDisplay()
     with Webhook(status=500) as hook, Journal(tmp_path / "journal.jsonl") as journal:
-        Notifier([hook.url], journal, events, tmp_path, host="h").send(Message("t", "b", "info"))
-    assert len(hook.messages) == 1 and "500" in events.lines[0]
+        Notifier([hook.url], journal, display, tmp_path, host="h").send(Message("t", "b", "info"))
+    assert len(hook.messages) == 1 and "500" in display.events[0]
 
 
 def test_without_targets_nothing_is_sent_and_nothing_is_journaled(tmp_path):

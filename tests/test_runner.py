@@ -18,7 +18,7 @@ from oomladder.process.workers import LaunchError
 from oomladder.record.history import fold
 from oomladder.record.journal import read_journal
 from oomladder.run import RunConfig, Runner
-from tests.conftest import FakeClock
+from tests.conftest import FakeClock, FakeDisplay
 
 CPU_OOM = ("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried "
            "to allocate 524288000 bytes. Error code 12 (Cannot allocate memory)")
@@ -401,35 +401,11 @@ def test_a_second_signal_while_the_worker_saves_stops_it_at_once(tmp_path, signa
     assert runner.run() == 130 and handles[0].hurried is hurried
 
 
-class Said:
-    """A display that keeps the events it is told."""
-
-    live = shows_output = verbose = False
-
-    def __init__(self):
-        self.events = []
-
-    def event(self, text):
-        self.events.append(text)
-
-    def update(self, view):
-        pass
-
-    def output(self, lines, pending):
-        pass
-
-    def detail(self, text):
-        pass
-
-    def close(self, view):
-        pass
-
-
 @pytest.mark.parametrize("at_once", [1, 2])
 def test_a_first_signal_says_the_step_is_saved_first_and_how_to_stop_at_once(tmp_path, at_once):
     """Two quick Ctrl-C presses can reach oomladder as one signal; the line tells the person that another stops it at
     once. Two that arrived as two stop it at once, with nothing to tell."""
-    said = Said()
+    display = FakeDisplay()
     config = RunConfig(command=("python", "train.py"), run_dir=tmp_path / "run", ladder=load_ladder(None), grace=30)
     pending = [signal.SIGINT] * at_once
 
@@ -437,9 +413,9 @@ def test_a_first_signal_says_the_step_is_saved_first_and_how_to_stop_at_once(tmp
         while pending:
             runner.request_stop(pending.pop())
 
-    runner = Runner(config, launcher=lambda spec: Stoppable(), display=said, sleep=sleep, environ={})
+    runner = Runner(config, launcher=lambda spec: Stoppable(), display=display, sleep=sleep, environ={})
     assert runner.run() == 130
-    told = [e for e in said.events if e.startswith("SIGINT: stopping attempt 1")]
+    told = [e for e in display.events if e.startswith("SIGINT: stopping attempt 1")]
     if at_once == 1:
         assert told == ["SIGINT: stopping attempt 1; its step in flight is saved first (up to 30 s). Ctrl-C again, "
                         "or a second signal, stops it at once"]
