@@ -9,9 +9,9 @@ the imports):
   freed activation is given back at once, as a device's allocator reuses it;
 - the cheaper candidates: glibc's own thresholds under the same limit; a 4 MiB threshold; transparent huge pages
   for PyTorch's large blocks (THP_MEM_ALLOC_ENABLE);
-- an experiment, where a C compiler is found: benchmarks/oomcap.c, a cap on the live malloc bytes through
-  `LD_PRELOAD` with glibc's own thresholds, armed after the imports as the limit is; its peak is the live bytes
-  over the baseline.
+- `--cpu-cap allocator`, where a C compiler is found: process/oomcap.c, a cap on the bytes malloc has handed out
+  (and the files mapped in) through `LD_PRELOAD`, with glibc's own thresholds, armed after the imports as the limit
+  is; its peak is those bytes over the baseline.
 
 Two runs each. Timing: under a cap it never reaches (16 GiB). Faithfulness: under a cap 10 % above the peak that
 oomladder's emulation measures (its address space over the baseline; the tensors alive at the step's peak, plus
@@ -36,6 +36,7 @@ import time
 from rich.console import Console
 from rich.table import Table
 
+from oomladder.process import allocator
 from oomladder.process.launch import CPU_DEVICE_ALLOCATOR
 
 SETTINGS = {
@@ -45,7 +46,7 @@ SETTINGS = {
     "4 MiB threshold, 2 arenas": {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": str(4 << 20)},
     "oomladder's + huge pages (THP_MEM_ALLOC_ENABLE=1)": {**CPU_DEVICE_ALLOCATOR, "THP_MEM_ALLOC_ENABLE": "1"},
 }
-SHIM = "allocator shim (experiment: live bytes capped, LD_PRELOAD)"
+SHIM = "--cpu-cap allocator (allocated bytes capped, LD_PRELOAD)"
 SETTINGS[SHIM] = {}
 NEVER_REACHED = 16 << 30
 STEPS, LONG_FROM = 5, 3
@@ -63,9 +64,7 @@ def worker() -> None:
     torch.manual_seed(0)
     config = LlamaConfig(hidden_size=512, intermediate_size=1376, num_hidden_layers=4, num_attention_heads=8,
                          num_key_value_heads=8, vocab_size=8000, max_position_embeddings=1024)
-    shim = _shim_armed()
-    if shim is None:
-        memcap.arm()
+    memcap.arm()
     model = get_peft_model(LlamaForCausalLM(config), LoraConfig(r=8, target_modules=["q_proj", "v_proj"]))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     times, before = [], resource.getrusage(resource.RUSAGE_SELF)
@@ -83,37 +82,18 @@ def worker() -> None:
             raise
         finished = False
     after = resource.getrusage(resource.RUSAGE_SELF)
-    peak = memcap.peak()[0] if shim is None else shim.oomcap_peak() - shim.baseline
+    peak = memcap.peak()[0]
     print(json.dumps({"finished": finished, "step": statistics.median(times[LONG_FROM - 1:]) if finished else None,
                       "sys": after.ru_stime - before.ru_stime, "faults": after.ru_minflt - before.ru_minflt,
                       "peak": peak}))
 
 
-def _shim_armed():
-    """The preloaded shim, armed at OOMLADDER_MEMORY_CAP bytes over what is live now; None where it is not loaded."""
-    if "oomcap" not in os.environ.get("LD_PRELOAD", ""):
-        return None
-    import ctypes
-    lib = ctypes.CDLL(None)
-    lib.oomcap_arm.argtypes = [ctypes.c_long]
-    lib.oomcap_live.restype = lib.oomcap_peak.restype = ctypes.c_long
-    lib.baseline = lib.oomcap_live()
-    lib.oomcap_arm(int(os.environ["OOMLADDER_MEMORY_CAP"]))
-    lib.oomcap_reset_peak()
-    return lib
-
-
 def _shim_built() -> str | None:
-    """benchmarks/oomcap.c built into a temporary folder, or None without a C compiler."""
-    import shutil
-    import tempfile
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
+    """The shim as `oomladder run --cpu-cap allocator` builds it, or None where it cannot be built here."""
+    try:
+        return str(allocator.library())
+    except allocator.Unavailable:
         return None
-    out = os.path.join(tempfile.mkdtemp(prefix="oomladder-oomcap-"), "liboomcap.so")
-    subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", out, os.path.join(os.path.dirname(__file__), "oomcap.c")],
-                   check=True)
-    return out
 
 
 def run(env_extra: dict[str, str] | None, cap: int | None) -> dict:
@@ -131,7 +111,7 @@ def measure() -> Table:
     if shim is None:
         del SETTINGS[SHIM]
     else:
-        SETTINGS[SHIM] = {"LD_PRELOAD": shim}
+        SETTINGS[SHIM] = {"LD_PRELOAD": shim, "OOMLADDER_CPU_CAP": "allocator"}
     timings = {name: [run(extra, NEVER_REACHED if extra is not None else None) for _ in range(2)]
                for name, extra in SETTINGS.items()}
     reference = max(r["peak"] for r in timings["oomladder's emulation (1 MiB threshold, 2 arenas)"])

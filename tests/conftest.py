@@ -62,10 +62,11 @@ def oomladder_argv(*args: str) -> list[str]:
 
 @pytest.fixture(scope="session")
 def env():
-    """The environment for a subprocess of oomladder, on the default path (in-place recovery and split ahead on,
-    whatever the shell running the suite set), without a terminal's width guess. Shared: never change it in place
-    (`{**env, ...}` instead)."""
-    e = {k: v for k, v in os.environ.items() if k not in ("OOMLADDER_IN_PLACE", "OOMLADDER_SPLIT_AHEAD")}
+    """The environment for a subprocess of oomladder, on the default path (in-place recovery and split ahead on, the
+    address-space CPU cap, whatever the shell running the suite set), without a terminal's width guess. Shared: never
+    change it in place (`{**env, ...}` instead)."""
+    e = {k: v for k, v in os.environ.items()
+         if k not in ("OOMLADDER_IN_PLACE", "OOMLADDER_SPLIT_AHEAD", "OOMLADDER_CPU_CAP")}
     e["COLUMNS"] = "200"
     # tests/ and benchmarks/ importable in subprocesses (oomladder itself is the editable install).
     e["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + ([e["PYTHONPATH"]] if e.get("PYTHONPATH") else []))

@@ -54,7 +54,7 @@ def _dispatch(args) -> int:
     if args.verb == "demo":
         from oomladder.demo import run_demo
         return run_demo(args.run_dir, args.memory_cap, make_console(), in_place=args.in_place,
-                        verbosity=commands.verbosity(args))
+                        verbosity=commands.verbosity(args), cpu_cap=commands.cpu_cap(args.cpu_cap))
     if args.verb == "strategies":
         from oomladder.cli.strategies import list_strategies
         return list_strategies(make_console())

@@ -16,6 +16,7 @@ from oomladder.errors import RunDirError, UsageError
 from oomladder.ladder import ladder_from_journal, load_ladder
 from oomladder.nodes.topology import journal_path, topology
 from oomladder.plan import Plan, coerce_field
+from oomladder.process.allocator import MODES
 from oomladder.process.launch import placeholders
 from oomladder.record.history import RunView
 from oomladder.record.journal import fold_journal
@@ -76,7 +77,15 @@ def make_run_config(args: argparse.Namespace):
                      node_timeout=parse_duration(args.node_timeout) if args.node_timeout else 600.0,
                      no_offload=args.no_offload,
                      in_place=not (args.no_in_place or os.environ.get("OOMLADDER_IN_PLACE") == "0"),
-                     split_ahead=not (args.no_split_ahead or os.environ.get("OOMLADDER_SPLIT_AHEAD") == "0"))
+                     split_ahead=not (args.no_split_ahead or os.environ.get("OOMLADDER_SPLIT_AHEAD") == "0"),
+                     cpu_cap=cpu_cap(args.cpu_cap))
+
+
+def cpu_cap(flag: str | None) -> str:
+    mode = flag or os.environ.get("OOMLADDER_CPU_CAP") or "address-space"
+    if mode not in MODES:
+        raise UsageError(f"OOMLADDER_CPU_CAP={mode} is not a way to count the CPU cap: use one of {', '.join(MODES)}")
+    return mode
 
 
 def initial_plan(items: list[str]):
@@ -156,6 +165,7 @@ def resume_config(run_dir: Path, node_rank: int | None = None, notify_config: st
                      nnodes=started.get("nnodes", 1), node_rank=started.get("node_rank", 0),
                      node_timeout=started.get("node_timeout", 600.0), no_offload=bool(started.get("no_offload")),
                      in_place=started.get("in_place", True), split_ahead=started.get("split_ahead", True),
+                     cpu_cap=started.get("cpu_cap", "address-space"),
                      notify=notify, notify_config=notify_config)
 
 

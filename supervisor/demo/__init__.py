@@ -21,7 +21,8 @@ def demo_command(run_dir: Path) -> list[str]:
             "--count-steps", str(run_dir / "steps.log")]  # the program's own record of each step it ran
 
 
-def run_demo(run_dir: str | None, memory_cap: str | None, console, in_place: bool = False, verbosity=None) -> int:
+def run_demo(run_dir: str | None, memory_cap: str | None, console, in_place: bool = False, verbosity=None,
+             cpu_cap: str = "address-space") -> int:
     """The ladder at work: a relaunch on a cheaper plan. `in_place`: the same OOM met inside the running
     process instead (worker/recovery/in_place.py), as `oomladder run` does by default."""
     from oomladder.ladder import load_ladder
@@ -36,5 +37,5 @@ def run_demo(run_dir: str | None, memory_cap: str | None, console, in_place: boo
                   f"{memory_cap or DEMO_CAP} of emulated device memory; its sequences grow at step 3.",
                   markup=False, highlight=False)
     config = RunConfig(command=tuple(demo_command(path)), run_dir=path, ladder=load_ladder(None), memory_cap=cap,
-                       in_place=in_place)
+                       in_place=in_place, cpu_cap=cpu_cap)
     return run_in_console(config, console, Verbosity.NORMAL if verbosity is None else verbosity)

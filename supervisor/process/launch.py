@@ -15,6 +15,7 @@ from pathlib import Path
 
 from oomladder.errors import UsageError
 from oomladder.plan import FIELD_NAMES, Plan
+from oomladder.process.allocator import preload
 
 # A capped CPU worker emulates a device, so its allocator should behave like one: glibc reserves
 # 64 MiB of address space per malloc arena (keep that small and fixed), and by default it keeps
@@ -46,7 +47,8 @@ def worker_env(base: Mapping[str, str], attempt_dir: Path, overrides: Plan, plan
                memory_cap: int | None, resume_from: str | None = None,
                evaluate_at: int | None = None, run_dir: Path | None = None, no_offload: bool = False,
                rung: str | None = None, reason: str = "", in_place: bool = True,
-               in_place_checkpointing: bool = True, split_ahead: bool = True) -> dict[str, str]:
+               in_place_checkpointing: bool = True, split_ahead: bool = True,
+               allocator_shim: Path | None = None) -> dict[str, str]:
     env = {k: v for k, v in base.items() if not k.startswith("OOMLADDER_")}
     if not in_place or base.get("OOMLADDER_IN_PLACE") == "0":
         env["OOMLADDER_IN_PLACE"] = "0"  # --no-in-place: every OOM goes to the supervisor (worker/recovery/)
@@ -81,6 +83,9 @@ def worker_env(base: Mapping[str, str], attempt_dir: Path, overrides: Plan, plan
         env["PYTORCH_CUDA_ALLOC_CONF"] = env["PYTORCH_ALLOC_CONF"] = plan.allocator
     if memory_cap:
         env["OOMLADDER_MEMORY_CAP"] = str(memory_cap)
-        # glibc reserves 64 MiB of address space per malloc arena: keep that overhead small and fixed.
-        env.update({k: v for k, v in CPU_DEVICE_ALLOCATOR.items() if k not in env})
+        if allocator_shim is not None:  # --cpu-cap allocator: the shim counts what is allocated (process/oomcap.c)
+            env["OOMLADDER_CPU_CAP"] = "allocator"
+            preload(env, allocator_shim)
+        else:  # glibc reserves 64 MiB of address space per malloc arena: keep that overhead small and fixed.
+            env.update({k: v for k, v in CPU_DEVICE_ALLOCATOR.items() if k not in env})
     return env

@@ -129,7 +129,7 @@ FIELDS: dict[str, Callable[[Any], bool]] = {
     "phase": _str, "peak_measure": _str, "rung": _str, "reason": _str, "changes": _str, "status": _str,
     "outcome": _str, "text": _str, "about": _str, "path": _str, "kind": _str, "target": _str, "title": _str,
     "resume_failed": _str, "source": _str, "cwd": _str, "error": _str, "version": _str, "attempt_dir": _str,
-    "cgroup": _str, "pid": _count, "split_ahead": _count, "predicted": _count, "measured": _count,
+    "cgroup": _str, "cpu_cap": _str, "pid": _count, "split_ahead": _count, "predicted": _count, "measured": _count,
     "available": _count, "per_step": _bool, "seq": _count, "checkpointing": _bool, "checkpointing_before": _bool,
     "tries": lambda v: isinstance(v, list) and all(_TRY(t) and t.get("rows") is not None for t in v),
     "adopted_from": _count,

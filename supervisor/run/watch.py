@@ -77,6 +77,7 @@ class AttemptWatcher:
         self.config, self.journal, self.launcher = config, journal, launcher
         self.clock, self.monotonic, self.sleep, self.display = clock, monotonic, sleep, display
         self.environ, self.world = environ, world
+        self.allocator_shim: Path | None = None  # --cpu-cap allocator, once built (RunLoop.journal_run_started)
         self.signalled, self.hurry, self.wall_time_spent, self.recovered = signalled, hurry, wall_time_spent, recovered
         self.running: WorkerHandle | None = None     # the group being watched, for the loop to stop on a crash
         self.intake = Intake(config, journal, display, recovered)
@@ -92,7 +93,7 @@ class AttemptWatcher:
                          launch.resume.path if launch.resume else None, launch.evaluate_at, run_dir=cfg.run_dir,
                          no_offload=cfg.no_offload, rung=launch.rung, reason=launch.reason,
                          in_place=cfg.in_place, in_place_checkpointing=launch.checkpoint_in_place,
-                         split_ahead=cfg.split_ahead)
+                         split_ahead=cfg.split_ahead, allocator_shim=self.allocator_shim)
         group = self._attempt_group(launch.number)
         spec = LaunchSpec(tuple(launch.argv), env, cfg.cwd, launch.attempt_dir / "stdout.log",
                           launch.attempt_dir / "stderr.log", group.procs_file if group else None)

@@ -79,6 +79,8 @@ MEASURES = {
     "cuda_max_allocated": "the most memory PyTorch's CUDA allocator had handed out at once",
     "address_space_over_baseline": "the address space the program grew by after its imports, which the CPU "
                                    "emulation of a device caps",
+    "allocated_over_baseline": "the memory the program's allocations grew by after its imports, which the CPU "
+                               "emulation of a device caps (--cpu-cap allocator)",
     "rss_over_baseline": "the resident memory the program grew by after its imports",
     "max_rss": "the program's peak resident memory",
 }

@@ -64,7 +64,7 @@ def is_memory_failure(exc: BaseException) -> bool:
     """Out of memory on the device, or a DataLoader worker killed for host memory: the process that
     caught it is whole, and so are its weights between steps."""
     from oomladder.classify import Evidence, classify
-    capped = memcap.info().get("mode") == "cpu_address_space"
+    capped = memcap.cpu_capped()
     record = {"exc_type": type(exc).__name__, "message": str(exc)}
     return classify(Evidence(returncode=1, record=record, capped=capped)).is_memory
 

@@ -49,9 +49,10 @@ def test_oomladder_and_supervisord_install_side_by_side_and_both_work(tmp_path):
                  if not line.startswith(("../", dist.name))}
     assert top_level == {"oomladder"}
     # The report's documented schema ships beside the module that writes the report; the package says it is
-    # typed (PEP 561); the license's text and the project's URLs travel with the wheel.
+    # typed (PEP 561); --cpu-cap allocator's source ships, to be built at first use; the license's text and the
+    # project's URLs travel with the wheel.
     shipped = {line.split(",")[0] for line in (dist / "RECORD").read_text().splitlines()}
-    assert {"oomladder/views/report.schema.json", "oomladder/py.typed"} <= shipped
+    assert {"oomladder/views/report.schema.json", "oomladder/py.typed", "oomladder/process/oomcap.c"} <= shipped
     assert "Apache License" in (dist / "licenses" / "LICENSE").read_text()
     metadata = (dist / "METADATA").read_text()
     assert "License-Expression: Apache-2.0" in metadata and "Project-URL: Source, https://" in metadata

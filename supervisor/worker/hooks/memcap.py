@@ -3,15 +3,19 @@
 On CUDA it is `torch.cuda.set_per_process_memory_fraction`, so the caching allocator raises its
 own OutOfMemoryError. On the CPU it is an address-space limit of the worker's size once the
 frameworks are imported, plus the cap: PyTorch's CPU allocator then fails with its real
-"DefaultCPUAllocator: can't allocate memory" error where a smaller machine would.
+"DefaultCPUAllocator: can't allocate memory" error where a smaller machine would. With
+`--cpu-cap allocator` the supervisor preloads a shim (process/oomcap.c) that caps the bytes malloc
+has handed out instead, armed here the same way: the same error, without the address-space cap's cost.
 """
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import os
 import resource
 import sys
+from functools import cache
 
 from oomladder.worker.protocol import role
 from oomladder.worker.state import STATE
@@ -49,6 +53,14 @@ def arm() -> None:
             except Exception:
                 pass  # not installed or not importable: the program will not use it either
     torch.ones(64, 64) @ torch.ones(64, 64)  # start the intra-op threads: their stacks are overhead, not workload
+    if (shim := _shim()) is not None:
+        base = shim.oomcap_live()
+        shim.oomcap_arm(cap)
+        shim.oomcap_reset_peak()
+        STATE.memory_cap.update(mode="cpu_allocator", baseline=base, limit=base + cap)
+        return
+    if os.environ.get("OOMLADDER_CPU_CAP") == "allocator":
+        _device_like_malloc()  # the shim was asked for but is not in this process: the address-space cap after all
     base = vm_size()
     soft, hard = resource.getrlimit(resource.RLIMIT_AS)
     limit = base + cap if hard == resource.RLIM_INFINITY else min(hard, base + cap)
@@ -62,6 +74,33 @@ def lift_in_child() -> None:
     if STATE.memory_cap.get("mode") == "cpu_address_space":
         _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
         resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
+    elif STATE.memory_cap.get("mode") == "cpu_allocator" and (shim := _shim()) is not None:
+        shim.oomcap_disarm()
+
+
+def cpu_capped() -> bool:
+    return STATE.memory_cap.get("mode") in ("cpu_address_space", "cpu_allocator")
+
+
+@cache
+def _shim() -> ctypes.CDLL | None:
+    """The allocator shim's functions, where `--cpu-cap allocator` preloaded it into this process."""
+    if os.environ.get("OOMLADDER_CPU_CAP") != "allocator":
+        return None
+    lib = ctypes.CDLL(None)  # the process's own symbols: the preloaded shim's among them
+    if not hasattr(lib, "oomcap_arm"):
+        return None
+    for name in ("oomcap_live", "oomcap_peak", "oomcap_limit"):
+        getattr(lib, name).restype = ctypes.c_long
+    lib.oomcap_arm.argtypes = [ctypes.c_long]
+    return lib
+
+
+def _device_like_malloc() -> None:
+    """process/launch.py's CPU_DEVICE_ALLOCATOR, set from inside: large blocks mapped on their own, 2 arenas."""
+    libc = ctypes.CDLL(None)
+    libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+    libc.mallopt(-8, 2)  # M_ARENA_MAX
 
 
 def peak() -> tuple[int | None, str | None]:
@@ -75,6 +114,9 @@ def peak() -> tuple[int | None, str | None]:
         pass
     if STATE.memory_cap.get("mode") == "cpu_address_space":
         return max(0, _status_bytes("VmPeak") - int(STATE.memory_cap["baseline"])), "address_space_over_baseline"
+    if STATE.memory_cap.get("mode") == "cpu_allocator" and (shim := _shim()) is not None:
+        high = max(shim.oomcap_peak(), STATE.peak_before_reset.get("allocated", 0))
+        return max(0, high - int(STATE.memory_cap["baseline"])), "allocated_over_baseline"
     high = max(_status_bytes("VmHWM"), STATE.peak_before_reset["rss"])
     if STATE.memory_cap.get("mode") == "uncapped":
         return max(0, high - int(STATE.memory_cap["baseline"])), "rss_over_baseline"
@@ -100,6 +142,10 @@ def step_begin() -> int | None:
         STATE.peak_before_reset["cuda"] = max(STATE.peak_before_reset["cuda"], int(torch.cuda.max_memory_allocated()))
         torch.cuda.reset_peak_memory_stats()
         return int(torch.cuda.memory_allocated())
+    if (shim := _armed_shim()) is not None:
+        STATE.peak_before_reset["allocated"] = max(STATE.peak_before_reset.get("allocated", 0), shim.oomcap_peak())
+        shim.oomcap_reset_peak()
+        return int(shim.oomcap_live())
     try:
         STATE.peak_before_reset["rss"] = max(STATE.peak_before_reset["rss"], _status_bytes("VmHWM"))
         with open("/proc/self/clear_refs", "w") as f:
@@ -114,6 +160,8 @@ def step_peak() -> int | None:
     torch = _cuda()
     if torch is not None:
         return int(torch.cuda.max_memory_allocated())
+    if (shim := _armed_shim()) is not None:
+        return int(shim.oomcap_peak())
     return _status_bytes("VmHWM") or None
 
 
@@ -129,6 +177,8 @@ def available() -> int | None:
         return int(room + reserved - allocated)
     if STATE.memory_cap.get("mode") == "cpu_address_space":
         return max(0, int(STATE.memory_cap["limit"]) - vm_size())
+    if (shim := _armed_shim()) is not None:
+        return max(0, int(STATE.memory_cap["limit"]) - shim.oomcap_live())
     return None
 
 
@@ -143,7 +193,13 @@ def held() -> int | None:
         return None
     if STATE.memory_cap.get("mode") == "cpu_address_space":
         return max(0, vm_size() - int(STATE.memory_cap["baseline"]))
+    if (shim := _armed_shim()) is not None:
+        return max(0, shim.oomcap_live() - int(STATE.memory_cap["baseline"]))
     return None
+
+
+def _armed_shim() -> ctypes.CDLL | None:
+    return _shim() if STATE.memory_cap.get("mode") == "cpu_allocator" else None
 
 
 def info() -> dict[str, int | str]:
