@@ -2,19 +2,18 @@
 `python -m benchmarks.rehearsal` (about 8 minutes on 2 quiet cores).
 
 A healthy LoRA fine-tune of a Llama (hidden 512, 4 layers, batch 4, 128 then 512 tokens) runs in a fresh process
-per setting, each under oomladder's own `--memory-cap` code (worker/hooks/memcap.py: an address-space limit set after
-the imports):
+per setting, each under oomladder's own `--memory-cap` code (worker/hooks/memcap.py: a limit set after the imports):
 - uncapped: no limit and glibc's own allocator settings, the run as a user would start it;
-- oomladder's emulation (process/launch.py): 2 malloc arenas, every block of 1 MiB or more mapped on its own, so a
-  freed activation is given back at once, as a device's allocator reuses it;
+- `--cpu-cap address-space` (process/launch.py): an address-space limit, 2 malloc arenas, every block of 1 MiB or
+  more mapped on its own, so a freed activation is given back at once, as a device's allocator reuses it;
 - the cheaper candidates: glibc's own thresholds under the same limit; a 4 MiB threshold; transparent huge pages
   for PyTorch's large blocks (THP_MEM_ALLOC_ENABLE);
-- `--cpu-cap allocator`, where a C compiler is found: process/oomcap.c, a cap on the bytes malloc has handed out
-  (and the files mapped in) through `LD_PRELOAD`, with glibc's own thresholds, armed after the imports as the limit
-  is; its peak is those bytes over the baseline.
+- `--cpu-cap allocator`, the default where a C compiler is found: process/oomcap.c, a cap on the bytes malloc has
+  handed out (and the files mapped in) through `LD_PRELOAD`, with glibc's own thresholds, armed after the imports as
+  the limit is; its peak is those bytes over the baseline.
 
 Two runs each. Timing: under a cap it never reaches (16 GiB). Faithfulness: under a cap 10 % above the peak that
-oomladder's emulation measures (its address space over the baseline; the tensors alive at the step's peak, plus
+the address-space cap measures (its address space over the baseline; the tensors alive at the step's peak, plus
 under 1 MiB per small block). A device of that size would finish; a setting that does not count freed memory as
 free runs out of memory there, and would send the ladder climbing for memory that the device would have had. And
 under a cap 10 % below it, where a device would run out of memory and the setting must too.
@@ -41,12 +40,12 @@ from oomladder.process.launch import CPU_DEVICE_ALLOCATOR
 
 SETTINGS = {
     "uncapped (no emulation)": None,
-    "oomladder's emulation (1 MiB threshold, 2 arenas)": dict(CPU_DEVICE_ALLOCATOR),
+    "--cpu-cap address-space (1 MiB threshold, 2 arenas)": dict(CPU_DEVICE_ALLOCATOR),
     "glibc's own thresholds, 2 arenas": {"MALLOC_ARENA_MAX": "2"},
     "4 MiB threshold, 2 arenas": {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": str(4 << 20)},
-    "oomladder's + huge pages (THP_MEM_ALLOC_ENABLE=1)": {**CPU_DEVICE_ALLOCATOR, "THP_MEM_ALLOC_ENABLE": "1"},
+    "address-space + huge pages (THP_MEM_ALLOC_ENABLE=1)": {**CPU_DEVICE_ALLOCATOR, "THP_MEM_ALLOC_ENABLE": "1"},
 }
-SHIM = "--cpu-cap allocator (allocated bytes capped, LD_PRELOAD)"
+SHIM = "--cpu-cap allocator, the default (LD_PRELOAD)"
 SETTINGS[SHIM] = {}
 NEVER_REACHED = 16 << 30
 STEPS, LONG_FROM = 5, 3
@@ -114,7 +113,7 @@ def measure() -> Table:
         SETTINGS[SHIM] = {"LD_PRELOAD": shim, "OOMLADDER_CPU_CAP": "allocator"}
     timings = {name: [run(extra, NEVER_REACHED if extra is not None else None) for _ in range(2)]
                for name, extra in SETTINGS.items()}
-    reference = max(r["peak"] for r in timings["oomladder's emulation (1 MiB threshold, 2 arenas)"])
+    reference = max(r["peak"] for r in timings["--cpu-cap address-space (1 MiB threshold, 2 arenas)"])
     device, small = int(reference * 1.10), int(reference * 0.90)
     plain = statistics.median(r["step"] for r in timings["uncapped (no emulation)"])
     out = Table(title=f"A healthy LoRA fine-tune under each CPU emulation (faithfulness: a {device >> 20} MiB device, "

@@ -63,8 +63,8 @@ def oomladder_argv(*args: str) -> list[str]:
 @pytest.fixture(scope="session")
 def env():
     """The environment for a subprocess of oomladder, on the default path (in-place recovery and split ahead on, the
-    address-space CPU cap, whatever the shell running the suite set), without a terminal's width guess. Shared: never
-    change it in place (`{**env, ...}` instead)."""
+    CPU cap counted by default, whatever the shell running the suite set), without a terminal's width guess. Shared:
+    never change it in place (`{**env, ...}` instead)."""
     e = {k: v for k, v in os.environ.items()
          if k not in ("OOMLADDER_IN_PLACE", "OOMLADDER_SPLIT_AHEAD", "OOMLADDER_CPU_CAP")}
     e["COLUMNS"] = "200"
@@ -80,6 +80,13 @@ def relaunch_env(env):
     the attempts and decisions, the checkpoints a relaunch resumes from, the climb and its end. A test whose OOM
     is not about the relaunch takes `env`, and holds on the default path."""
     return {**env, "OOMLADDER_IN_PLACE": "0"}
+
+
+def capped_measure() -> str:
+    """The peak's measure in a process the CPU cap reached, on this machine's default: the allocator cap where it
+    can be built (process/allocator.py), else the address space. A launcher above the ranks has none."""
+    from oomladder.process import allocator
+    return "allocated_over_baseline" if allocator.choose("auto", {})[0] else "address_space_over_baseline"
 
 
 def processes_of(run_dir, attempt: int | None = None) -> list[int]:

@@ -1,5 +1,5 @@
-"""`--cpu-cap allocator`: the CPU emulation of a device that counts what the program has allocated
-(process/oomcap.c, preloaded and armed by worker/hooks/memcap.py), instead of its address space.
+"""`--cpu-cap allocator`, the default where it can be built: the CPU emulation of a device that counts what the
+program has allocated (process/oomcap.c, preloaded and armed by worker/hooks/memcap.py), not its address space.
 
 It must fail where a device of the cap's size would, with PyTorch's own error, and nowhere else: freed memory is free
 again, weights mapped from a file count, a forked DataLoader worker's host memory does not. Real processes and real
@@ -74,6 +74,21 @@ def test_it_fails_where_a_device_of_the_cap_s_size_would_with_pytorch_s_own_erro
     assert measure == "allocated_over_baseline" and 180 * MiB <= peak < 182 * MiB  # 120 + 60, never 120 + 3 x 60
 
 
+def test_a_full_device_leaves_the_interpreter_its_memory_to_handle_the_oom(tmp_path, shim):
+    """Python's own objects are the host's: with the device full, an OOM's handler can still import, classify and
+    save. Only a tensor (PyTorch's aligned allocation) is refused."""
+    seen = capped(tmp_path, """
+        held = torch.ones(190 * MiB // 4)
+        host = b"x" * (50 * MiB)  # plain malloc: counted, never refused
+        import email.mime.multipart  # a module first imported with the device full
+        try:
+            torch.ones(MiB // 4)
+        except RuntimeError as exc:
+            print(json.dumps({"refused": "DefaultCPUAllocator: can't allocate memory" in str(exc)}))
+    """, cap_mib=200, preload=shim)
+    assert seen == {"refused": True}
+
+
 def test_a_file_mapped_into_memory_counts_as_loaded_weights_do_on_a_device(tmp_path, shim):
     (tmp_path / "weights.bin").write_bytes(b"\0" * (80 * MiB))
     seen = capped(tmp_path, """
@@ -139,29 +154,50 @@ def test_the_worker_gets_the_shim_first_in_ld_preload_and_no_address_space_setti
     assert "LD_PRELOAD" not in plain and "OOMLADDER_CPU_CAP" not in plain and "MALLOC_MMAP_THRESHOLD_" in plain
 
 
+def test_by_default_the_shim_is_used_where_the_cap_is_the_cpu_s_and_the_program_preloads_nothing(tmp_path,
+                                                                                                   monkeypatch, shim):
+    assert allocator.choose("auto", {}) == (shim, None)
+    assert allocator.choose("address-space", {}) == (None, None)
+    _, why = allocator.choose("auto", {"LD_PRELOAD": "libtcmalloc.so"})  # its malloc would be bypassed
+    assert _ is None and "the program preloads libtcmalloc.so" in why and "--cpu-cap allocator" in why
+    assert allocator.choose("allocator", {"LD_PRELOAD": "libtcmalloc.so"}) == (shim, None)  # asked for: as asked
+    (tmp_path / "nvidiactl").touch()
+    monkeypatch.setattr(allocator, "GPU_DEVICE_NODES", (str(tmp_path / "nvidiactl"),))
+    assert allocator.choose("auto", {}) == (None, None)  # the cap is a CUDA memory fraction: nothing to preload
+
+
 def test_a_run_without_a_compiler_warns_once_and_rehearses_on_the_address_space_cap(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
     workers, display = ScriptedWorkers(oom_at(2), finish), FakeDisplay()
     config = RunConfig(command=("python", "train.py"), run_dir=tmp_path / "run", memory_cap=2**30,
-                       ladder=parse_ladder("rungs: [halve_batch]", "t"), cpu_cap="allocator",
+                       ladder=parse_ladder("rungs: [halve_batch]", "t"),
                        initial=Plan(per_device_train_batch_size=16, gradient_accumulation_steps=1))
     assert Runner(config, launcher=workers, clock=count().__next__, sleep=lambda s: None, environ={},
                   display=display).run() == 0
     records = read_journal(tmp_path / "run" / "journal.jsonl")
     started, = (r for r in records if r["type"] == "run_started")
     warned = [r for r in records if r["type"] == "warning" and r.get("about") == "cpu_cap"]
-    assert started["cpu_cap"] == "allocator" and len(warned) == 1
-    assert re.match(r"--cpu-cap allocator: building it with \S+no-such-cc failed: .+; the CPU cap counts the address "
-                    r"space instead", warned[0]["text"])
-    assert sum("--cpu-cap allocator" in line for line in display.events) == 1
+    assert started["cpu_cap"] == "auto" and len(warned) == 1
+    assert re.match(r"the CPU cap counts the address space \(1.2-1.4x slower\): the allocator cap cannot be used: "
+                    r"building it with \S+no-such-cc failed: ", warned[0]["text"])
+    assert sum("the CPU cap counts the address space" in line for line in display.events) == 1
     assert all("LD_PRELOAD" not in s.env and s.env["MALLOC_MMAP_THRESHOLD_"] for s in workers.specs)
+
+
+def test_by_default_a_capped_worker_gets_the_shim(tmp_path, shim):
+    workers = ScriptedWorkers(finish)
+    config = RunConfig(command=("python", "train.py"), run_dir=tmp_path / "run", memory_cap=2**30,
+                       ladder=parse_ladder("rungs: [halve_batch]", "t"))
+    assert Runner(config, launcher=workers, clock=count().__next__, sleep=lambda s: None, environ={}).run() == 0
+    env = workers.specs[0].env
+    assert env["LD_PRELOAD"] == str(shim) and env["OOMLADDER_CPU_CAP"] == "allocator"
 
 
 @pytest.mark.parametrize("argv, environ, says", [
     (["--cpu-cap", "malloc"], {}, "--cpu-cap: invalid choice: 'malloc'; did you mean 'allocator'?"),
     ([], {"OOMLADDER_CPU_CAP": "malloc"}, "OOMLADDER_CPU_CAP=malloc is not a way to count the CPU cap: use one of "
-                                          "address-space, allocator"),
+                                          "auto, allocator, address-space"),
 ])
 def test_a_wrong_cpu_cap_is_one_line_and_exit_2(tmp_path, argv, environ, says):
     (tmp_path / "t.py").write_text("")

@@ -82,7 +82,7 @@ def make_run_config(args: argparse.Namespace):
 
 
 def cpu_cap(flag: str | None) -> str:
-    mode = flag or os.environ.get("OOMLADDER_CPU_CAP") or "address-space"
+    mode = flag or os.environ.get("OOMLADDER_CPU_CAP") or "auto"
     if mode not in MODES:
         raise UsageError(f"OOMLADDER_CPU_CAP={mode} is not a way to count the CPU cap: use one of {', '.join(MODES)}")
     return mode
@@ -165,7 +165,7 @@ def resume_config(run_dir: Path, node_rank: int | None = None, notify_config: st
                      nnodes=started.get("nnodes", 1), node_rank=started.get("node_rank", 0),
                      node_timeout=started.get("node_timeout", 600.0), no_offload=bool(started.get("no_offload")),
                      in_place=started.get("in_place", True), split_ahead=started.get("split_ahead", True),
-                     cpu_cap=started.get("cpu_cap", "address-space"),
+                     cpu_cap=started.get("cpu_cap", "address-space"),  # a run from before --cpu-cap: as it began
                      notify=notify, notify_config=notify_config)
 
 

@@ -115,8 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--run-dir", default=None, help="where to keep the demo's run (default: a new folder "
                       "under ./oomladder-runs)")
     demo.add_argument("--memory-cap", default=None, help="the emulated device size (default: the demo's own)")
-    demo.add_argument("--cpu-cap", choices=MODES, help="how the cap is counted: address-space (the default) or "
-                      "allocator (cheaper; see `oomladder run --help`)")
+    demo.add_argument("--cpu-cap", choices=MODES, help="how the cap is counted (default auto: see `oomladder run "
+                      "--help`)")
     demo.add_argument("--in-place", action="store_true", help="meet the OOM inside the running process (a split "
                       "step), as `oomladder run` does by default, instead of showing the ladder's relaunch")
     _console_options(demo)
@@ -137,11 +137,12 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     _console_options(p)
     p.add_argument("--ladder", help="a YAML ladder file (default: the ladder shipped with oomladder)")
     p.add_argument("--memory-cap", metavar="SIZE", help="emulate a device of SIZE (1200MiB, 16GiB, 1.5G): a CUDA "
-                   "memory fraction on a GPU, an address-space limit on the CPU")
-    p.add_argument("--cpu-cap", choices=MODES, help="how --memory-cap is counted on a CPU: address-space (the "
-                   "default; every freed block goes back to the kernel, which costs 1.2-1.4x) or allocator (the bytes "
-                   "malloc has handed out, through a small C library built at first use: as cheap as no cap); also "
-                   "OOMLADDER_CPU_CAP in the environment")
+                   "memory fraction on a GPU, a cap on what the worker allocates on the CPU")
+    p.add_argument("--cpu-cap", choices=MODES, help="how --memory-cap is counted on a CPU: allocator (the bytes "
+                   "malloc has handed out and the files mapped in, through a small C library built at first use: as "
+                   "cheap as no cap), address-space (every freed block goes back to the kernel, which costs "
+                   "1.2-1.4x), or auto (the default: allocator where it can be built and the program preloads "
+                   "nothing of its own); also OOMLADDER_CPU_CAP in the environment")
     p.add_argument("--run-dir", metavar="DIR", help="where the journal, logs and report go (default: a new "
                    "folder under ./oomladder-runs); the same DIR again continues that run")
     p.add_argument("--max-attempts", type=_positive_int, default=10, metavar="N",

@@ -22,7 +22,7 @@ def demo_command(run_dir: Path) -> list[str]:
 
 
 def run_demo(run_dir: str | None, memory_cap: str | None, console, in_place: bool = False, verbosity=None,
-             cpu_cap: str = "address-space") -> int:
+             cpu_cap: str = "auto") -> int:
     """The ladder at work: a relaunch on a cheaper plan. `in_place`: the same OOM met inside the running
     process instead (worker/recovery/in_place.py), as `oomladder run` does by default."""
     from oomladder.ladder import load_ladder

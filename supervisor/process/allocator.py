@@ -1,7 +1,10 @@
-"""`--cpu-cap allocator`: the allocator shim (oomcap.c), built once per machine with the C compiler found.
+"""How `--memory-cap` is counted on a CPU, and the allocator shim (oomcap.c) that counts it by default.
 
-It is compiled at first use rather than shipped built, so the wheel stays one for every platform. Where no
-compiler works, the run falls back to the address-space cap and says so: slower, never wrong.
+`auto` (the default) and `allocator` preload the shim, built once per machine with the C compiler found: compiled
+at first use rather than shipped built, so the wheel stays one for every platform. Where it cannot be built, the
+run falls back to the address-space cap and says so: slower, never wrong. `auto` also keeps the address-space cap
+where the cap is a CUDA memory fraction (a GPU is present) and where the program preloads a library of its own (a
+malloc replacement would be bypassed).
 """
 
 from __future__ import annotations
@@ -12,10 +15,12 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 SOURCE = Path(__file__).resolve().parent / "oomcap.c"
-MODES = ("address-space", "allocator")
+MODES = ("auto", "allocator", "address-space")
+GPU_DEVICE_NODES = ("/dev/nvidiactl", "/dev/kfd")  # NVIDIA's and AMD's: --memory-cap is a device fraction there
 
 
 class Unavailable(Exception):
@@ -58,6 +63,20 @@ def library() -> Path:
         raise Unavailable(f"building it with {compiler} failed: {failed}")
     os.replace(partial, built)
     return built
+
+
+def choose(mode: str, environ: Mapping[str, str]) -> tuple[Path | None, str | None]:
+    """The shim to preload under `mode`, or None; and what to tell the person, where there is something to tell."""
+    if mode == "address-space" or (mode == "auto" and any(os.path.exists(p) for p in GPU_DEVICE_NODES)):
+        return None, None
+    if mode == "auto" and environ.get("LD_PRELOAD"):
+        return None, (f"the CPU cap counts the address space (1.2-1.4x slower): the program preloads "
+                      f"{environ['LD_PRELOAD']}, which the allocator cap would bypass (--cpu-cap allocator to use it "
+                      f"anyway)")
+    try:
+        return library(), None
+    except Unavailable as exc:
+        return None, f"the CPU cap counts the address space (1.2-1.4x slower): the allocator cap cannot be used: {exc}"
 
 
 def preload(env: dict[str, str], shim: Path) -> None:

@@ -4,6 +4,11 @@
 // (docs/benchmarks.md, "The CPU rehearsal's own cost"). Built by process/allocator.py, loaded with LD_PRELOAD,
 // and armed through ctypes by worker/hooks/memcap.py once the frameworks are imported. Until armed it only counts.
 //
+// What it refuses: an aligned allocation over the cap, which is what PyTorch's CPU allocator makes for every tensor
+// (posix_memalign), and a file mapped in over it. Plain malloc, the interpreter's and the libraries' own, is
+// counted but never refused: on a device, the host's memory is not the device's, and the program's handler of the
+// OOM (classify it, save a checkpoint) must be able to run when the device is full.
+//
 // What it counts: each block's usable size, as a device's allocator counts what it has handed out; and each file
 // mapped readable into memory by the program's libraries, because from_pretrained keeps safetensors weights as
 // views of the mapped file on a CPU, where a GPU would copy them into its memory. Not counted, as a device would
@@ -51,17 +56,11 @@ static void *took(void *p) {
 static void gave(void *p) { if (p) atomic_fetch_sub(&live, (long)malloc_usable_size(p)); }
 static void *refused(void) { errno = ENOMEM; return 0; }
 
-void *malloc(size_t n) { return over(n) ? refused() : took(__libc_malloc(n)); }
-void *calloc(size_t a, size_t b) {
-    size_t n;
-    if (__builtin_mul_overflow(a, b, &n)) return refused();
-    return over(n) ? refused() : took(__libc_calloc(a, b));
-}
+void *malloc(size_t n) { return took(__libc_malloc(n)); }
+void *calloc(size_t a, size_t b) { return took(__libc_calloc(a, b)); }
 void free(void *p) { gave(p); __libc_free(p); }
 void *realloc(void *p, size_t n) {
     if (!p) return malloc(n);
-    long before = (long)malloc_usable_size(p);
-    if (n > (size_t)before && over(n - (size_t)before)) return refused();
     gave(p);
     void *q = __libc_realloc(p, n);
     if (!q && n) { took(p); return 0; }  // the old block is still the caller's

@@ -45,7 +45,7 @@ class RunConfig:
     no_offload: bool = False                      # weights device_map puts on the CPU or disk count as an OOM
     in_place: bool = True                         # an OOM in a step is first met in the worker (worker/recovery/)
     split_ahead: bool = True                      # each step is sized before it runs (worker/recovery/ahead.py)
-    cpu_cap: str = "address-space"                # how --memory-cap is counted on a CPU (process/allocator.py)
+    cpu_cap: str = "auto"                         # how --memory-cap is counted on a CPU (process/allocator.py)
     notify: tuple[str, ...] = ()                  # Apprise URLs told of each fallback and of the end (run/notify.py)
     notify_config: str | None = None              # a file of targets in Apprise's configuration format
 

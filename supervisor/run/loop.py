@@ -285,7 +285,7 @@ class RunLoop:
                             version=__version__, initial=cfg.initial.set_fields(), no_offload=cfg.no_offload,
                             **({} if cfg.in_place else {"in_place": False}),
                             **({} if cfg.split_ahead else {"split_ahead": False}),
-                            **({} if cfg.cpu_cap == "address-space" else {"cpu_cap": cfg.cpu_cap}),
+                            cpu_cap=cfg.cpu_cap,
                             **journaled(cfg.notify, cfg.notify_config),  # names and a path, never a URL
                             **({"nnodes": cfg.nnodes, "node_rank": cfg.node_rank, "node_timeout": cfg.node_timeout}
                                if self.topology.multi else {}))
@@ -294,11 +294,9 @@ class RunLoop:
         if (text := cap_warning(cfg.memory_cap)) is not None:
             self.journal.append(schema.WARNING, attempt=None, about="memory_cap", text=text)
             self.display.event(f"warning: {text}")
-        if cfg.memory_cap and cfg.cpu_cap == "allocator":
-            try:
-                self.watcher.allocator_shim = allocator.library()
-            except allocator.Unavailable as exc:  # slower, never wrong: the address-space cap fails where it should
-                text = f"--cpu-cap allocator: {exc}; the CPU cap counts the address space instead (1.2-1.4x slower)"
+        if cfg.memory_cap:  # slower, never wrong: where the shim cannot be used, the address-space cap fails as well
+            self.watcher.allocator_shim, text = allocator.choose(cfg.cpu_cap, self.environ)
+            if text is not None:
                 self.journal.append(schema.WARNING, attempt=None, about="cpu_cap", text=text)
                 self.display.event(f"warning: {text}")
 

@@ -104,9 +104,10 @@ def test_a_checkpoint_cut_off_by_sigkill_mid_save_is_never_resumed_from(tmp_path
     """A full fine-tune's emergency save takes about half a second: the worker is killed while its
     `.partial` folder is being written. The next attempt starts from step 0, as it must, and says so."""
     run_dir = tmp_path / "run"
-    # The ladder is pinned to the rungs that fit this full fine-tune in one step: what is tested is the
-    # checkpoint, not the climb (the default ladder's cheaper 8-bit AdamW needs a second OOM here).
-    (tmp_path / "ladder.yaml").write_text("rungs: [bf16, halve_batch]\n")
+    # The ladder is pinned to rungs that fit this full fine-tune in one step with room to spare: what is tested is
+    # the checkpoint, not the climb (bf16 + halve_batch fits by the estimate but not by much, and CPU autocast's
+    # bf16 weight copies can take that margin).
+    (tmp_path / "ladder.yaml").write_text("rungs: [halve_batch, halve_batch]\n")
     supervisor = subprocess.Popen(oomladder_argv("run", "--memory-cap", "1200MiB", "--run-dir", str(run_dir),
                                                  "--ladder", str(tmp_path / "ladder.yaml"), "--",
                                                  *tiny(tmp_path, TRAIN_TINY, "--full")),

@@ -10,14 +10,14 @@ from collections import Counter
 
 import pytest
 
-from tests.conftest import processes_of
+from tests.conftest import capped_measure, processes_of
 from tests.e2e.ledger import assert_each_step_ran_once, steps_by_process, steps_in_trainer_logs
 from tests.e2e.programs import notebook_tiny
 from tests.e2e.test_frameworks import ACCELERATE_LOOP, own_log
 from tests.e2e.test_recovery import oomladder, view_of
 
 pytestmark = pytest.mark.e2e
-CAPPED = "address_space_over_baseline"  # the peak's measure in a process the cap reached; a launcher has none
+CAPPED = capped_measure()
 
 
 def with_venv(env):

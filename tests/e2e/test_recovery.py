@@ -13,7 +13,7 @@ import pytest
 from oomladder.classify import Kind
 from oomladder.record.history import fold
 from oomladder.record.journal import read_journal
-from tests.conftest import oomladder_argv, processes_of
+from tests.conftest import capped_measure, oomladder_argv, processes_of
 from tests.e2e.ledger import assert_each_step_ran_once
 
 pytestmark = pytest.mark.e2e
@@ -38,6 +38,7 @@ def test_the_demo_hits_a_real_oom_and_finishes_with_the_same_effective_batch(tmp
     assert result.returncode == 0, result.stdout + result.stderr
     view = view_of(run_dir)
     first, last = view.attempts[0], view.attempts[-1]
+    assert {a.peak_measure for a in view.attempts} == {capped_measure()}  # the default CPU cap (test_cpu_cap.py)
     assert first.failure.kind is Kind.CPU_OOM and first.failure.memory == "device"
     assert first.failure.step == 2  # died in step 3, when the long sequences came
     assert (last.status, last.step, last.max_steps) == ("finished", 4, 4)

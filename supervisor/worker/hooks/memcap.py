@@ -1,11 +1,11 @@
 """`--memory-cap` inside the worker: emulate a device of that size.
 
 On CUDA it is `torch.cuda.set_per_process_memory_fraction`, so the caching allocator raises its
-own OutOfMemoryError. On the CPU it is an address-space limit of the worker's size once the
-frameworks are imported, plus the cap: PyTorch's CPU allocator then fails with its real
-"DefaultCPUAllocator: can't allocate memory" error where a smaller machine would. With
-`--cpu-cap allocator` the supervisor preloads a shim (process/oomcap.c) that caps the bytes malloc
-has handed out instead, armed here the same way: the same error, without the address-space cap's cost.
+own OutOfMemoryError. On the CPU, by default (`--cpu-cap allocator`), the supervisor preloads a shim
+(process/oomcap.c) that caps the bytes allocated once the frameworks are imported, armed here; under
+`--cpu-cap address-space` it is an address-space limit of the worker's size then, plus the cap. Either
+way PyTorch's CPU allocator fails with its real "DefaultCPUAllocator: can't allocate memory" error
+where a smaller device would.
 """
 
 from __future__ import annotations
