@@ -141,7 +141,7 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpu-cap", choices=MODES, help="how --memory-cap is counted on a CPU: allocator (the bytes "
                    "malloc has handed out and the files mapped in, through a small C library built at first use: as "
                    "cheap as no cap), address-space (every freed block goes back to the kernel, which costs "
-                   "1.2-1.4x), or auto (the default: allocator where it can be built and the program preloads "
+                   "1.2-1.6x), or auto (the default: allocator where it can be built and the program preloads "
                    "nothing of its own); also OOMLADDER_CPU_CAP in the environment")
     p.add_argument("--run-dir", metavar="DIR", help="where the journal, logs and report go (default: a new "
                    "folder under ./oomladder-runs); the same DIR again continues that run")

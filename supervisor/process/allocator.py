@@ -70,13 +70,13 @@ def choose(mode: str, environ: Mapping[str, str]) -> tuple[Path | None, str | No
     if mode == "address-space" or (mode == "auto" and any(os.path.exists(p) for p in GPU_DEVICE_NODES)):
         return None, None
     if mode == "auto" and environ.get("LD_PRELOAD"):
-        return None, (f"the CPU cap counts the address space (1.2-1.4x slower): the program preloads "
+        return None, (f"the CPU cap counts the address space (1.2-1.6x slower): the program preloads "
                       f"{environ['LD_PRELOAD']}, which the allocator cap would bypass (--cpu-cap allocator to use it "
                       f"anyway)")
     try:
         return library(), None
     except Unavailable as exc:
-        return None, f"the CPU cap counts the address space (1.2-1.4x slower): the allocator cap cannot be used: {exc}"
+        return None, f"the CPU cap counts the address space (1.2-1.6x slower): the allocator cap cannot be used: {exc}"
 
 
 def preload(env: dict[str, str], shim: Path) -> None:

@@ -1,6 +1,6 @@
 // `--cpu-cap allocator`: a cap on a process's live malloc bytes, so PyTorch's CPU allocator fails with its own
 // "DefaultCPUAllocator: can't allocate memory" where a device of that size would. glibc's own caching is kept:
-// capping the address space instead makes every freed block go back to the kernel, which costs 1.2-1.4x
+// capping the address space instead makes every freed block go back to the kernel, which costs 1.2-1.6x
 // (docs/benchmarks.md, "The CPU rehearsal's own cost"). Built by process/allocator.py, loaded with LD_PRELOAD,
 // and armed through ctypes by worker/hooks/memcap.py once the frameworks are imported. Until armed it only counts.
 //
@@ -35,7 +35,6 @@ static _Atomic long limit = -1;  // live bytes allowed; -1: not armed
 
 long oomcap_live(void) { return live; }
 long oomcap_peak(void) { return peak; }
-long oomcap_limit(void) { return limit; }
 void oomcap_reset_peak(void) { peak = live; }
 void oomcap_arm(long over_now) { limit = live + over_now; }
 void oomcap_disarm(void) { limit = -1; }  // a forked DataLoader worker: host memory, not the device's

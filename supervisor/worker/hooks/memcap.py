@@ -90,7 +90,7 @@ def _shim() -> ctypes.CDLL | None:
     lib = ctypes.CDLL(None)  # the process's own symbols: the preloaded shim's among them
     if not hasattr(lib, "oomcap_arm"):
         return None
-    for name in ("oomcap_live", "oomcap_peak", "oomcap_limit"):
+    for name in ("oomcap_live", "oomcap_peak"):
         getattr(lib, name).restype = ctypes.c_long
     lib.oomcap_arm.argtypes = [ctypes.c_long]
     return lib
