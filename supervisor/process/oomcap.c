@@ -43,13 +43,12 @@ static int over(size_t n) {
     long cap = limit;
     return cap >= 0 && (n > (size_t)cap || live + (long)n > cap);
 }
+static void add(long size) {
+    long now = atomic_fetch_add(&live, size) + size, seen = peak;
+    while (now > seen && !atomic_compare_exchange_weak(&peak, &seen, now)) {}
+}
 static void *took(void *p) {
-    if (p) {
-        long size = (long)malloc_usable_size(p);
-        long now = atomic_fetch_add(&live, size) + size;
-        long seen = peak;
-        while (now > seen && !atomic_compare_exchange_weak(&peak, &seen, now)) {}
-    }
+    if (p) add((long)malloc_usable_size(p));
     return p;
 }
 static void gave(void *p) { if (p) atomic_fetch_sub(&live, (long)malloc_usable_size(p)); }
@@ -95,8 +94,7 @@ static void *map(void *a, size_t n, int prot, int flags, int fd, off_t off) {
         for (int i = 0; i < FILES; i++) {
             if (!files[i].at) {
                 files[i].at = p, files[i].len = n;
-                long now = atomic_fetch_add(&live, (long)n) + (long)n, seen = peak;
-                while (now > seen && !atomic_compare_exchange_weak(&peak, &seen, now)) {}
+                add((long)n);
                 break;
             }
         }  // more files than slots: the rest are not counted

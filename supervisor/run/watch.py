@@ -160,7 +160,7 @@ class AttemptWatcher:
                 self.journal.append(schema.INTERRUPT, attempt=number, reason=stop.kind.value, detail=stop.detail)
                 if stop.kind is Stop.SIGNAL and not self.hurry():
                     # Said from the loop, not the signal handler (which must not print inside a live redraw). Two
-                    # quick presses can arrive as one: the person learns that a third still stops it at once.
+                    # quick presses can arrive as one: the person learns that another still stops it at once.
                     self.display.event(f"{signal.Signals(stop.signum or signal.SIGTERM).name}: stopping attempt "
                                        f"{number}; its step in flight is saved first (up to {cfg.grace:g} s). "
                                        f"Ctrl-C again, or a second signal, stops it at once")

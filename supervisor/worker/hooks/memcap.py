@@ -74,7 +74,7 @@ def lift_in_child() -> None:
     if STATE.memory_cap.get("mode") == "cpu_address_space":
         _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
         resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
-    elif STATE.memory_cap.get("mode") == "cpu_allocator" and (shim := _shim()) is not None:
+    elif (shim := _armed_shim()) is not None:
         shim.oomcap_disarm()
 
 
@@ -114,7 +114,7 @@ def peak() -> tuple[int | None, str | None]:
         pass
     if STATE.memory_cap.get("mode") == "cpu_address_space":
         return max(0, _status_bytes("VmPeak") - int(STATE.memory_cap["baseline"])), "address_space_over_baseline"
-    if STATE.memory_cap.get("mode") == "cpu_allocator" and (shim := _shim()) is not None:
+    if (shim := _armed_shim()) is not None:
         high = max(shim.oomcap_peak(), STATE.peak_before_reset.get("allocated", 0))
         return max(0, high - int(STATE.memory_cap["baseline"])), "allocated_over_baseline"
     high = max(_status_bytes("VmHWM"), STATE.peak_before_reset["rss"])
